@@ -1,0 +1,1 @@
+"""The `tokenwise` command line: one module per sub-command, wired in :mod:`.main`."""

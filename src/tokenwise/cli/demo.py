@@ -1,0 +1,83 @@
+"""`tokenwise demo`: a tour on the built-in models, with no download."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import click
+
+from tokenwise.cli.common import show_piece
+
+PASSAGE = (
+    "Q: What is the profession of {frequent}?\nA: {frequent_answer}\n"
+    "{statement}\n"
+    "38+45=83\n"
+    "markov: ka ro yi tu ka ro zu va mi qa\n"
+)
+
+
+@click.command("demo")
+@click.option("--out", type=click.Path(file_okay=False), default="tokenwise-demo",
+              show_default=True, help="Where the HTML heatmap is written.")
+def demo_command(out: str) -> None:
+    """Score a passage, answer fact questions with per-token entropy, write a heatmap."""
+    from rich.console import Console
+
+    from tokenwise.heatmap import write_html
+    from tokenwise.models import builtin_names, load
+    from tokenwise.scoring import score
+    from tokenwise.testbed.evaluate import greedy_complete
+    from tokenwise.testbed.worlds import Testbed
+
+    console = Console()
+    start = time.perf_counter()
+    models = {name: load(name) for name in builtin_names()}
+    console.rule("[bold]tokenwise demo")
+    for lm in models.values():
+        console.print(f"loaded {lm.name}: {lm.num_parameters():,} parameters, "
+                      f"context {lm.context_length} tokens")
+    large = models.get("tw-large") or next(iter(models.values()))
+    world = Testbed(0).fact_world
+    wanted = ("profession", "birthplace")
+    by_bucket = {b: [q for q in world.questions((b,)) if q.attribute in wanted]
+                 for b in ("frequent", "rare", "unseen")}
+    freq = by_bucket["frequent"][0]
+    passage = PASSAGE.format(
+        frequent=freq.entity, frequent_answer=freq.answers[0],
+        statement=f"{by_bucket['rare'][0].entity} was born in the city of Velmora.",
+    )
+
+    console.rule("1. per-token entropy of a passage")
+    trace = score(large, passage)
+    console.print(f"{large.name} scored {len(trace)} tokens: mean entropy "
+                  f"{trace.mean_entropy:.2f} nats, perplexity {trace.perplexity:.2f}")
+    order = trace.entropies.argsort(descending=True)[:5].tolist()
+    console.print("most uncertain positions (the model was guessing before these tokens):")
+    for i in order:
+        console.print(f"  {show_piece(trace.pieces[i]):>14}  "
+                      f"entropy {float(trace.entropies[i]):.2f}  "
+                      f"p(token) {math.exp(float(trace.logprobs[i])):.2f}")
+    html = write_html(trace, Path(out) / "heatmap.html", title="tokenwise demo")
+    console.print(f"heatmap written to {html} (hover a token for its numbers)")
+
+    console.rule("2. fact questions: known, rare, never seen")
+    console.print("Questions on facts seen often, rarely and never in training. Entropy of the "
+                  "answer's first token tells a known fact from a guess.")
+    for bucket, items in by_bucket.items():
+        item = items[0]
+        for lm in models.values():
+            answer = greedy_complete(lm, [item.prompt])[0]
+            ans_trace = score(lm, f"{item.prompt} {answer}")
+            first = len(lm.encode(item.prompt))
+            ent = float(ans_trace.entropies[first]) if first < len(ans_trace) else float("nan")
+            verdict = "correct" if world.is_correct(item, answer) else "wrong"
+            console.print(f"  [{bucket:>8}] {lm.name:>8}: {item.question!r} -> {answer!r} "
+                          f"({verdict}; truth {item.answers[0]!r}); first-token entropy {ent:.2f}")
+
+    console.rule("done")
+    console.print(f"What happened: loaded {len(models)} built-in models from the package, scored "
+                  f"a {len(trace)}-token passage, answered {3 * len(models)} questions and wrote "
+                  f"{html}, in {time.perf_counter() - start:.1f} s. Next: `tokenwise score FILE "
+                  "--html out.html`, `tokenwise testbed eval --model tw-small`.")

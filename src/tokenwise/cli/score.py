@@ -1,0 +1,76 @@
+"""`tokenwise score`: per-token log-probability, entropy and alternatives of a text."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+from tokenwise.cli.common import model_option, read_text, show_piece
+
+
+@click.command("score")
+@click.argument("source", metavar="FILE|-")
+@model_option()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, writable=True),
+              help="Also write a self-contained HTML heatmap to this file.")
+@click.option("--color-by", type=click.Choice(["entropy", "surprisal", "varentropy"]),
+              default="entropy", show_default=True, help="Signal that colours the heatmap.")
+@click.option("--window", type=int, default=None,
+              help="Tokens per forward pass (2..context length; default: context length).")
+@click.option("--stride", type=int, default=None,
+              help="New tokens scored per window (1..window-1; default: window // 2).")
+@click.option("--top-k", type=int, default=3, show_default=True,
+              help="Alternatives shown per token.")
+@click.option("--bits", is_flag=True, help="Show entropy and surprisal in bits (table, HTML).")
+def score_command(source: str, model: str, as_json: bool, html_out: str | None, color_by: str,
+                  window: int | None, stride: int | None, top_k: int, bits: bool) -> None:
+    """Score every token of FILE (or standard input with -) under a model.
+
+    Prints a table (or JSON with --json) of each token's log-probability, surprisal,
+    entropy, varentropy and top alternatives; texts longer than the model's context are
+    scored with a sliding window. JSON values are in nats.
+    """
+    from tokenwise.models import load
+    from tokenwise.scoring import score
+
+    text = read_text(source)
+    lm = load(model)
+    trace = score(lm, text, window=window, stride=stride, top_k=top_k, progress=not as_json)
+    if html_out:
+        from tokenwise.heatmap import write_html
+
+        path = write_html(trace, html_out, color_by=color_by, base=2 if bits else None)
+        click.echo(f"wrote {path}", err=True)
+    if as_json:
+        click.echo(trace.to_json())
+        return
+    _print_table(trace, bits)
+
+
+def _print_table(trace, bits: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    unit = "bits" if bits else "nats"
+    scale = 1 / math.log(2) if bits else 1.0
+    table = Table(title=f"{trace.model}: {len(trace)} tokens", show_lines=False)
+    for col in ("#", "token", "logprob", f"surprisal ({unit})", f"entropy ({unit})",
+                "varentropy", "ctx", "top alternatives"):
+        table.add_column(col, justify="right" if col not in ("token", "top alternatives")
+                         else "left")
+    for row in trace.rows():
+        alts = "  ".join(f"{show_piece(a['piece'])} {math.exp(a['logprob']):.2f}"
+                         for a in row["top"])
+        table.add_row(
+            str(row["index"]), show_piece(row["piece"]), f"{row['logprob']:.3f}",
+            f"{row['surprisal'] * scale:.3f}", f"{row['entropy'] * scale:.3f}",
+            f"{row['varentropy'] * scale * scale:.3f}", str(row["context"]), alts,
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"mean entropy {trace.mean_entropy * scale:.3f} {unit}, perplexity "
+        f"{trace.perplexity:.2f}, window {trace.window}, stride {trace.stride}"
+    )

@@ -1,0 +1,220 @@
+"""`LanguageModel`: one wrapper over a Hugging Face causal LM and its tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokenwise.errors import TokenwiseError
+
+
+@dataclass
+class ForwardOutput:
+    """What :meth:`LanguageModel.forward` returns.
+
+    Attributes:
+        logits: ``(B, T_kept, V)`` float logits (T_kept = T, or ``logits_to_keep``).
+        past_key_values: the KV cache to pass to the next call, when ``use_cache``.
+        hidden_states: one ``(B, T, D)`` tensor per layer (embeddings first), when asked.
+    """
+
+    logits: torch.Tensor
+    past_key_values: Any = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class LanguageModel:
+    """A causal language model with its tokenizer, in eval mode, ready for inference.
+
+    Every part of tokenwise talks to models through this class. Build it with
+    :func:`tokenwise.models.load`.
+
+    Args:
+        hf_model: a ``transformers`` causal LM (``...ForCausalLM``).
+        tokenizer: its tokenizer.
+        name: a short name for reports.
+        path: the directory it came from, if any.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> lm = load("tw-small")
+        >>> ids = lm.encode("7+5=", add_bos=True)
+        >>> lm.forward(torch.tensor([ids])).logits.shape[-1] == lm.vocab_size
+        True
+    """
+
+    def __init__(self, hf_model: Any, tokenizer: Any, name: str, path: Path | None = None):
+        self.hf_model = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.path = path
+
+    def __repr__(self) -> str:
+        return (f"LanguageModel({self.name!r}, params={self.num_parameters():,}, "
+                f"device={self.device}, dtype={self.dtype})")
+
+    @property
+    def config(self) -> Any:
+        """The HF model config."""
+        return self.hf_model.config
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype."""
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of the logits (the output embedding's rows)."""
+        return int(self.hf_model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def context_length(self) -> int:
+        """Longest sequence the model was built for (``max_position_embeddings``)."""
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(self.config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < 1_000_000:
+            return limit
+        return 2048
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """The token that starts a text: BOS, else EOS (GPT-2 style), else None."""
+        for tid in (self.tokenizer.bos_token_id, self.tokenizer.eos_token_id):
+            if tid is not None:
+                return int(tid)
+        return None
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The end-of-text token, if the tokenizer has one."""
+        tid = self.tokenizer.eos_token_id
+        return None if tid is None else int(tid)
+
+    def num_parameters(self) -> int:
+        """Number of distinct parameters (tied embeddings counted once)."""
+        return sum(p.numel() for p in {id(p): p for p in self.hf_model.parameters()}.values())
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        """Token ids of ``text``; with ``add_bos`` the BOS id (see :attr:`bos_token_id`) first.
+
+        Args:
+            text: the text.
+            add_bos: put the start token in front.
+
+        Example:
+            >>> from tokenwise.models import load
+            >>> lm = load("tw-small")
+            >>> lm.decode(lm.encode("12+7=19"))
+            '12+7=19'
+        """
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if add_bos:
+            if self.bos_token_id is None:
+                raise TokenwiseError(
+                    f"model {self.name!r} has neither a BOS nor an EOS token; "
+                    "encode with add_bos=False"
+                )
+            ids.insert(0, self.bos_token_id)
+        return ids
+
+    def decode(self, ids: list[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+        """Text of token ids."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        past_key_values: Any = None,
+        position_ids: torch.Tensor | None = None,
+        use_cache: bool = False,
+        output_hidden_states: bool = False,
+        logits_to_keep: int = 0,
+    ) -> ForwardOutput:
+        """One forward pass, no gradients.
+
+        Args:
+            input_ids: ``(B, T)`` token ids.
+            attention_mask: ``(B, T_past + T)`` 1 for real tokens, 0 for padding.
+            past_key_values: a cache from a previous call with ``use_cache=True``.
+            position_ids: ``(B, T)`` positions (needed with left padding).
+            use_cache: return the KV cache for incremental decoding.
+            output_hidden_states: return every layer's hidden states.
+            logits_to_keep: if > 0, compute logits only for the last that many positions
+                (saves the ``(T, V)`` projection when only the tail is needed).
+
+        Example:
+            >>> from tokenwise.models import load
+            >>> lm = load("tw-small")
+            >>> out = lm.forward(torch.tensor([lm.encode("1+1=", add_bos=True)]), use_cache=True)
+            >>> nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            >>> lm.forward(nxt, past_key_values=out.past_key_values).logits.shape[1]
+            1
+        """
+        if input_ids.dim() != 2:
+            raise TokenwiseError(
+                f"input_ids must be (batch, tokens); got shape {tuple(input_ids.shape)}"
+            )
+        device = self.device
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids.to(device),
+            "use_cache": use_cache,
+            "output_hidden_states": output_hidden_states,
+        }
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.to(device)
+        if past_key_values is not None:
+            kwargs["past_key_values"] = past_key_values
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids.to(device)
+        if logits_to_keep:
+            kwargs["logits_to_keep"] = logits_to_keep
+        out = self.hf_model(**kwargs)
+        return ForwardOutput(
+            logits=out.logits,
+            past_key_values=out.past_key_values if use_cache else None,
+            hidden_states=out.hidden_states if output_hidden_states else None,
+        )
+
+    @torch.inference_mode()
+    def hidden_states(self, text_or_ids: str | list[int], layer: int = -1) -> torch.Tensor:
+        """``(T, D)`` hidden states of one layer for one text (BOS added to a text).
+
+        Args:
+            text_or_ids: a text, or token ids used as they are.
+            layer: which layer (0 = embeddings, -1 = last).
+
+        Example:
+            >>> from tokenwise.models import load
+            >>> lm = load("tw-small")
+            >>> lm.hidden_states("hello").shape[-1] == lm.config.hidden_size
+            True
+        """
+        if isinstance(text_or_ids, str):
+            ids = self.encode(text_or_ids, add_bos=True)
+        else:
+            ids = list(text_or_ids)
+        if len(ids) > self.context_length:
+            raise TokenwiseError(
+                f"{len(ids)} tokens exceed the context length {self.context_length} of "
+                f"{self.name!r}; split the text"
+            )
+        out = self.forward(torch.tensor([ids]), output_hidden_states=True, logits_to_keep=1)
+        assert out.hidden_states is not None
+        return out.hidden_states[layer][0]

@@ -1,0 +1,177 @@
+"""`tokenwise.score`: per-token signals of a text of any length under a model."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import torch
+
+from tokenwise import signals
+from tokenwise.errors import TokenwiseError
+from tokenwise.trace import TokenTrace
+
+if TYPE_CHECKING:
+    from tokenwise.models import LanguageModel
+
+
+def _check_text(text: object) -> str:
+    if not isinstance(text, str):
+        raise TokenwiseError(f"text must be a str; got {type(text).__name__}")
+    if not text.strip():
+        raise TokenwiseError(
+            f"text is empty or whitespace only ({len(text)} characters); nothing to score"
+        )
+    return text
+
+
+def _check_window(window: int | None, stride: int | None, limit: int) -> tuple[int, int]:
+    w = limit if window is None else window
+    if isinstance(w, bool) or not isinstance(w, int) or not 2 <= w <= limit:
+        raise TokenwiseError(
+            f"window={window!r}: allowed an integer from 2 to the model's context length {limit}"
+        )
+    s = max(1, w // 2) if stride is None else stride
+    if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= w - 1:
+        raise TokenwiseError(
+            f"stride={stride!r}: allowed an integer from 1 to window - 1 = {w - 1} (each new "
+            "window keeps window - stride tokens of the previous one as context)"
+        )
+    return w, s
+
+
+def plan_windows(n_targets: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows that score every target once, each with as much left context as fits.
+
+    The sequence is ``[BOS] + tokens``; target ``j`` (1..n) is predicted from the inputs
+    before it. Each window feeds inputs ``[begin, end)`` (at most ``window`` tokens) and
+    scores the targets ``first..end``. The first window starts at 0; each later one ends
+    ``stride`` targets further, so every target after the first window sees at least
+    ``window - stride + 1`` tokens of left context.
+
+    Args:
+        n_targets: tokens to score.
+        window: input tokens per forward pass.
+        stride: new targets per window after the first.
+
+    Returns:
+        ``(begin, first_target, end)`` per window.
+
+    Example:
+        >>> plan_windows(10, window=4, stride=2)
+        [(0, 1, 4), (2, 5, 6), (4, 7, 8), (6, 9, 10)]
+    """
+    plans = []
+    end = min(window, n_targets)
+    plans.append((0, 1, end))
+    while end < n_targets:
+        new_end = min(end + stride, n_targets)
+        plans.append((new_end - window, end + 1, new_end))
+        end = new_end
+    return plans
+
+
+def _pieces(
+    model: LanguageModel, text: str, ids: list[int]
+) -> tuple[list[str], list[tuple[int, int]]]:
+    try:
+        enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        if list(enc["input_ids"]) != ids or len(offsets) != len(ids):
+            raise ValueError("offsets do not line up")
+        pieces = []
+        prev_end = 0
+        for start, end in offsets:
+            # Byte-level tokens that split one character share its span: give the
+            # character to the first of them so the pieces still join to the text.
+            start = max(start, prev_end)
+            pieces.append(text[start:end] if end > start else "")
+            prev_end = max(prev_end, end)
+        return pieces, offsets
+    except (NotImplementedError, ValueError, KeyError, TypeError):
+        pieces = [model.decode([i]) for i in ids]
+        return pieces, [(-1, -1)] * len(ids)
+
+
+def score(
+    model: LanguageModel | str | os.PathLike[str],
+    text: str,
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    top_k: int = 5,
+    progress: bool = False,
+) -> TokenTrace:
+    """Score every token of ``text``: log-probability, entropy, varentropy, alternatives.
+
+    Texts longer than the window are scored with overlapping windows: each token is scored
+    exactly once, with at least ``window - stride + 1`` tokens of left context (all of it
+    when the text fits in one window). Only one window's logits exist at a time, and only
+    for the positions that window scores.
+
+    Args:
+        model: a :class:`~tokenwise.models.LanguageModel`, or a built-in name / local
+            directory to load.
+        text: the text (non-empty).
+        window: input tokens per forward pass, 2..context length (default: the context
+            length).
+        stride: new tokens scored per window after the first, 1..window-1 (default
+            ``window // 2``).
+        top_k: alternatives to keep per position (0..vocabulary size).
+        progress: show a progress bar over the windows.
+
+    Returns:
+        A :class:`~tokenwise.trace.TokenTrace` with one row per token of ``text``.
+
+    Example:
+        >>> import tokenwise as tw
+        >>> trace = tw.score("tw-large", "Q: Where was Dalvin Orsk born?\\nA:")
+        >>> bool((trace.entropies >= 0).all())
+        True
+    """
+    from tokenwise.models import LanguageModel, load
+
+    lm = model if isinstance(model, LanguageModel) else load(model)
+    text = _check_text(text)
+    w, s = _check_window(window, stride, lm.context_length)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= lm.vocab_size:
+        raise TokenwiseError(f"top_k={top_k!r}: allowed an integer from 0 to {lm.vocab_size}")
+    ids = lm.encode(text)
+    if lm.bos_token_id is None:
+        raise TokenwiseError(
+            f"model {lm.name!r} has no BOS or EOS token, so its first token cannot be scored"
+        )
+    seq = torch.tensor([lm.bos_token_id, *ids], dtype=torch.long)  # (n + 1,)
+    n = len(ids)
+    stats_parts = []
+    contexts = []
+    plans = plan_windows(n, w, s)
+    from tqdm.auto import tqdm
+
+    for begin, first, end in tqdm(plans, desc="score", unit="window", disable=not progress):
+        inputs = seq[begin:end][None]  # (1, end - begin)
+        n_new = end - first + 1
+        logits = lm.forward(inputs, logits_to_keep=n_new).logits[0]  # (n_new, V)
+        stats_parts.append(signals.token_stats(logits, seq[first : end + 1], top_k=top_k))
+        contexts.append(torch.arange(first, end + 1) - begin)
+        del logits
+    pieces, offsets = _pieces(lm, text, ids)
+    top_ids = torch.cat([p.top_ids for p in stats_parts])
+    unique = torch.unique(top_ids).tolist()
+    decoded = dict(zip(unique, lm.tokenizer.batch_decode([[u] for u in unique]), strict=True))
+    return TokenTrace(
+        text=text,
+        model=lm.name,
+        token_ids=seq[1:].clone(),
+        pieces=pieces,
+        offsets=offsets,
+        logprobs=torch.cat([p.logprobs for p in stats_parts]),
+        entropies=torch.cat([p.entropies for p in stats_parts]),
+        varentropies=torch.cat([p.varentropies for p in stats_parts]),
+        top_ids=top_ids,
+        top_logprobs=torch.cat([p.top_logprobs for p in stats_parts]),
+        top_pieces=[[decoded[t] for t in row] for row in top_ids.tolist()],
+        context_lengths=torch.cat(contexts),
+        window=w,
+        stride=s,
+    )

@@ -1,0 +1,542 @@
+"""Per-token signals computed from logits: log-probabilities, entropy, surprisal, varentropy.
+
+Every function here is a pure tensor function: it never modifies its inputs, has no state and
+depends only on :mod:`torch` and :mod:`math`.
+
+Conventions shared by all functions:
+
+* **Masking.** A logit of ``-inf`` marks a token that cannot be produced (top-k/top-p filtering,
+  grammar constraints, a padded vocabulary). Its probability is exactly 0 and it contributes
+  exactly 0 to entropy and varentropy; it never turns a result into NaN. A row in which *every*
+  logit is ``-inf`` has no distribution at all; such a row gets log-probabilities of ``-inf``
+  everywhere, entropy 0 and varentropy 0, and any token chosen from it has surprisal ``+inf``.
+* **Bad logits.** NaN or ``+inf`` logits have no meaningful distribution, so rather than
+  return NaN every logits function raises :class:`~tokenwise.errors.TokenwiseError` naming the
+  first bad row. The check reuses a per-row maximum (one read of the logits, one value per row
+  kept), which is cheap next to the softmax itself.
+* **Precision.** ``float16``/``bfloat16`` (and integer) logits are computed in ``float32``;
+  ``float64`` stays ``float64``. Results are ``float32`` (``float64`` for ``float64`` input).
+* **Units.** Natural logarithms (nats) by default; ``base=2`` gives bits. Any finite base
+  ``> 0`` and ``!= 1`` is allowed. Varentropy, a variance, is in squared units.
+* **Gradients.** :func:`log_probs`, :func:`entropy`, :func:`varentropy`, :func:`surprisal` and
+  :func:`rolling_mean` are differentiable, with finite (zero) gradients at masked logits.
+  :func:`token_stats` is for scoring and does not track gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from tokenwise.errors import TokenwiseError
+
+__all__ = [
+    "TokenStats",
+    "entropy",
+    "log_probs",
+    "rolling_mean",
+    "surprisal",
+    "token_stats",
+    "varentropy",
+]
+
+_NEG_INF = float("-inf")
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_tensor(value: object, name: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TokenwiseError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_complex():
+        raise TokenwiseError(f"{name} must be real-valued, got dtype {value.dtype}")
+    return value
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    # bool is an int subclass, but `window=True` is a mistake, not a window of 1
+    if isinstance(value, bool):
+        raise TokenwiseError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    try:
+        number = operator.index(value)  # accepts int and numpy integers, rejects 2.0 and "2"
+    except TypeError:
+        raise TokenwiseError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
+    if number < minimum:
+        raise TokenwiseError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def _check_dim(dim: object, ndim: int) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TokenwiseError(f"dim must be an integer, got {dim!r}")
+    if ndim == 0:
+        raise TokenwiseError("expected a tensor with at least one dimension, got a 0-d tensor")
+    if not -ndim <= dim < ndim:
+        raise TokenwiseError(
+            f"dim {dim} is out of range for a tensor with {ndim} dimension(s) "
+            f"(allowed: {-ndim}..{ndim - 1})"
+        )
+    return dim % ndim
+
+
+def _log_base(base: object) -> float | None:
+    """ln(base), or None for natural units."""
+    if base is None:
+        return None
+    if isinstance(base, bool) or not isinstance(base, numbers.Real):
+        raise TokenwiseError(f"base must be a number > 0 and != 1 (e.g. 2 for bits), got {base!r}")
+    value = float(base)
+    if not (math.isfinite(value) and value > 0 and value != 1):
+        raise TokenwiseError(
+            f"base must be a finite number > 0 and != 1 (e.g. 2 for bits), got {base!r}"
+        )
+    return math.log(value)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_logits(logits: object, dim: int) -> tuple[Tensor, int]:
+    logits = _check_tensor(logits, "logits")
+    dim = _check_dim(dim, logits.ndim)
+    if logits.shape[dim] == 0:
+        raise TokenwiseError(
+            f"logits have an empty vocabulary dimension (shape {tuple(logits.shape)}, dim {dim})"
+        )
+    return logits, dim
+
+
+def _raise_bad_rows(row_max: Tensor, dim: int, row_offset: int = 0) -> None:
+    """Raise for the first row whose maximum is NaN or +inf (row_max keeps `dim` as size 1)."""
+    bad = torch.isnan(row_max) | torch.isposinf(row_max)
+    position = bad.nonzero()[0].tolist()
+    kind = "NaN" if math.isnan(row_max[tuple(position)].item()) else "+inf"
+    del position[dim]
+    if position:
+        position[0] += row_offset
+    raise TokenwiseError(
+        f"logits contain {kind} in the row at index {tuple(position)}; logits must be finite, "
+        "or -inf for a masked token"
+    )
+
+
+def _log_softmax(logits: Tensor, dim: int, row_offset: int = 0) -> Tensor:
+    """Validated log-softmax in the compute dtype; fully masked rows become all -inf."""
+    ctype = _compute_dtype(logits.dtype)
+    if not logits.is_floating_point():
+        logits = logits.to(ctype)
+    # one per-row maximum serves both the NaN/+inf check and the fully-masked check
+    row_max = logits.detach().amax(dim=dim, keepdim=True)  # (..., 1, ...)
+    all_masked = torch.isneginf(row_max)  # (..., 1, ...)
+    bad = torch.isnan(row_max) | torch.isposinf(row_max)  # (..., 1, ...)
+    # a single host sync for both flags
+    any_bad, any_all_masked = torch.stack([bad.any(), all_masked.any()]).tolist()
+    if any_bad:
+        _raise_bad_rows(row_max, dim, row_offset)
+    if not any_all_masked:
+        # dtype= lets torch upcast half inputs inside the kernel instead of copying them first
+        return torch.log_softmax(logits, dim, dtype=ctype)
+    # log_softmax of an all -inf row is NaN (-inf - -inf); give it zeros, then mask it back
+    safe = torch.where(all_masked, 0, logits)  # (..., V, ...)
+    return torch.log_softmax(safe, dim, dtype=ctype).masked_fill(all_masked, _NEG_INF)
+
+
+def _entropy_parts(lp: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(p, log p with masked entries set to 0, H with `dim` kept)."""
+    p = lp.exp()
+    # p == 0 covers -inf (masked) and underflowed entries, whose p * log p is 0 in the limit;
+    # zeroing log p first (not the product) also keeps the gradient free of 0 * inf
+    lp_safe = torch.where(p > 0, lp, 0.0)
+    h = 0.0 - (p * lp_safe).sum(dim, keepdim=True)  # 0 - s rather than -s: no -0.0
+    return p, lp_safe, h
+
+
+def _check_token_ids(
+    token_ids: object, batch_shape: torch.Size, vocab_size: int, device: torch.device
+) -> Tensor:
+    if not isinstance(token_ids, Tensor):
+        try:
+            token_ids = torch.as_tensor(token_ids)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TokenwiseError(
+                f"token_ids must be a tensor of integer ids, got {type(token_ids).__name__}"
+            ) from exc
+    if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
+        raise TokenwiseError(f"token_ids must have an integer dtype, got {token_ids.dtype}")
+    if token_ids.shape != batch_shape:
+        raise TokenwiseError(
+            f"token_ids must have shape {tuple(batch_shape)} (the logits' shape without the "
+            f"vocabulary dimension), got {tuple(token_ids.shape)}"
+        )
+    token_ids = token_ids.to(device=device, dtype=torch.int64)
+    out_of_range = (token_ids < 0) | (token_ids >= vocab_size)
+    if out_of_range.any():
+        bad = token_ids[out_of_range][0].item()
+        raise TokenwiseError(
+            f"token id {bad} is out of range for vocabulary size {vocab_size} "
+            f"(allowed: 0..{vocab_size - 1})"
+        )
+    return token_ids
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+
+def log_probs(logits: Tensor, dim: int = -1) -> Tensor:
+    """Log-softmax of ``logits`` along ``dim``, computed in float32 (float64 stays float64).
+
+    Args:
+        logits: Real tensor of unnormalised scores; ``-inf`` marks a masked token.
+        dim: The vocabulary dimension.
+
+    Returns:
+        Tensor of ``logits``' shape: ``log p``, ``-inf`` at masked tokens. A row in which every
+        logit is ``-inf`` is ``-inf`` throughout.
+
+    Raises:
+        TokenwiseError: If a logit is NaN or ``+inf``, ``dim`` is out of range or the
+            vocabulary dimension is empty.
+
+    Example:
+        >>> import torch
+        >>> log_probs(torch.tensor([0.0, 0.0, float("-inf")]))
+        tensor([-0.6931, -0.6931,    -inf])
+    """
+    logits, dim = _check_logits(logits, dim)
+    return _log_softmax(logits, dim)
+
+
+def entropy(logits: Tensor, dim: int = -1, base: float | None = None) -> Tensor:
+    """Shannon entropy ``H = -sum p log p`` of the distribution ``softmax(logits)``.
+
+    Masked (``-inf``) logits contribute exactly 0. A row in which every logit is ``-inf`` has
+    entropy 0 (there is nothing left to be uncertain about).
+
+    Args:
+        logits: Real tensor of unnormalised scores; ``-inf`` marks a masked token.
+        dim: The vocabulary dimension, which is reduced away.
+        base: Logarithm base; ``None`` for nats, ``2`` for bits.
+
+    Returns:
+        Tensor of ``logits``' shape without ``dim``; float32 (float64 for float64 logits).
+
+    Raises:
+        TokenwiseError: For NaN or ``+inf`` logits, a bad ``dim`` or a bad ``base``.
+
+    Example:
+        >>> import torch
+        >>> entropy(torch.zeros(4))  # uniform over 4 tokens: ln 4 nats
+        tensor(1.3863)
+        >>> entropy(torch.tensor([[0.0, 0.0, float("-inf")], [5.0, float("-inf"), 1.0]]), base=2)
+        tensor([1.0000, 0.1300])
+    """
+    ln_base = _log_base(base)
+    logits, dim = _check_logits(logits, dim)
+    lp = _log_softmax(logits, dim)  # (..., V, ...)
+    h = _entropy_parts(lp, dim)[2].squeeze(dim)
+    return h if ln_base is None else h / ln_base
+
+
+def surprisal(logits: Tensor, token_ids: Tensor, base: float | None = None) -> Tensor:
+    """Surprisal ``-log p[token]`` of the chosen tokens; the vocabulary is the last dimension.
+
+    A chosen token whose logit is ``-inf`` (masked, impossible) has surprisal ``+inf``; so does
+    any token of a row in which every logit is ``-inf``.
+
+    Args:
+        logits: Tensor of shape ``(..., V)``.
+        token_ids: Integer tensor of shape ``(...)`` (``logits.shape[:-1]``), ids in ``[0, V)``.
+        base: Logarithm base; ``None`` for nats, ``2`` for bits.
+
+    Returns:
+        Tensor of shape ``logits.shape[:-1]``; float32 (float64 for float64 logits).
+
+    Raises:
+        TokenwiseError: For NaN or ``+inf`` logits, mismatched shapes, non-integer or
+            out-of-range ids, or a bad ``base``.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, float("-inf"), 0.0, 0.0]])
+        >>> surprisal(logits, torch.tensor([2, 1]), base=2)
+        tensor([2., inf])
+    """
+    ln_base = _log_base(base)
+    logits, _ = _check_logits(logits, -1)
+    token_ids = _check_token_ids(token_ids, logits.shape[:-1], logits.shape[-1], logits.device)
+    ctype = _compute_dtype(logits.dtype)
+    values = logits.to(ctype)  # (..., V)
+    chosen = values.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)  # (...)
+    # cross-entropy form lse - x[token]: needs one value per row, not a full log-softmax;
+    # logsumexp is NaN for a row with NaN, +inf for one with +inf, -inf for an all -inf row
+    lse = torch.logsumexp(values, dim=-1)  # (...)
+    all_masked = torch.isneginf(lse)  # (...)
+    any_bad, any_all_masked = torch.stack(
+        [(torch.isnan(lse) | torch.isposinf(lse)).any(), all_masked.any()]
+    ).tolist()
+    if any_bad:
+        _raise_bad_rows(lse.unsqueeze(-1), lse.ndim)
+    if any_all_masked:
+        # -inf - -inf would be NaN (in the value, and in logsumexp's gradient): zeros instead
+        # give lse 0 there, so any token of such a row gets surprisal 0 - (-inf) = +inf
+        safe = torch.where(all_masked.unsqueeze(-1), 0.0, values)  # (..., V)
+        lse = torch.logsumexp(safe, dim=-1).masked_fill(all_masked, 0.0)  # (...)
+    s = lse - chosen
+    return s if ln_base is None else s / ln_base
+
+
+def varentropy(logits: Tensor, dim: int = -1, base: float | None = None) -> Tensor:
+    """Varentropy ``sum p (log p + H)^2``: the variance of the surprisal under ``p``.
+
+    Masked (``-inf``) logits contribute exactly 0; a fully masked row has varentropy 0.
+    A uniform distribution (over its unmasked support) has varentropy 0.
+
+    Args:
+        logits: Real tensor of unnormalised scores; ``-inf`` marks a masked token.
+        dim: The vocabulary dimension, which is reduced away.
+        base: Logarithm base. Values are then in units of ``(log base)^2``, i.e. the nat result
+            divided by ``ln(base)^2``.
+
+    Returns:
+        Tensor of ``logits``' shape without ``dim``; float32 (float64 for float64 logits).
+
+    Raises:
+        TokenwiseError: For NaN or ``+inf`` logits, a bad ``dim`` or a bad ``base``.
+
+    Example:
+        >>> import torch, math
+        >>> p = torch.tensor([0.25, 0.75])  # surprisal ln 4 or ln(4/3), each with its p
+        >>> varentropy(p.log(), base=2)  # 0.25 * 0.75 * log2(3)^2
+        tensor(0.4710)
+        >>> varentropy(torch.zeros(3, 5))
+        tensor([0., 0., 0.])
+    """
+    ln_base = _log_base(base)
+    logits, dim = _check_logits(logits, dim)
+    lp = _log_softmax(logits, dim)  # (..., V, ...)
+    p, lp_safe, h = _entropy_parts(lp, dim)
+    # centred form: E[(log p)^2] - H^2 would cancel catastrophically for peaked distributions
+    v = (p * (lp_safe + h).square()).sum(dim)
+    return v if ln_base is None else v / (ln_base * ln_base)
+
+
+def rolling_mean(
+    x: Tensor,
+    window: int,
+    dim: int = -1,
+    direction: Literal["trailing", "leading"] = "trailing",
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Mean of ``x`` over a window of ``window`` consecutive positions along ``dim``.
+
+    ``"trailing"``: position ``t`` averages ``x[max(0, t-w+1) .. t]``, the last ``w`` values,
+    fewer at the start (EAD's rolling entropy). ``"leading"``: position ``t`` averages
+    ``x[t .. min(T-1, t+w-1)]``, the next ``w`` values, fewer at the end (ARES's
+    high-window entropy). Computed from float64 prefix sums, so the cost does not depend on
+    ``window``; the absolute error is about ``1e-16`` times the largest prefix sum.
+
+    ``+inf``/``-inf`` values are allowed and make every window that contains them ``+inf``/
+    ``-inf`` (e.g. surprisal of a masked token).
+
+    Args:
+        x: Tensor of values (any real or integer dtype).
+        window: Window length, an integer ``>= 1``; it may exceed the length of ``dim``.
+        dim: The dimension to slide along.
+        direction: ``"trailing"`` or ``"leading"``.
+        mask: Optional bool tensor of ``x``'s shape; ``False`` entries are ignored, so each
+            mean is over the valid entries in the window. A window with no valid entry gives 0.
+
+    Returns:
+        Tensor of ``x``'s shape, in ``x``'s float dtype (float32 for integer or bool ``x``).
+
+    Raises:
+        TokenwiseError: For a bad ``window``, ``direction``, ``dim`` or ``mask``, a NaN among
+            the valid values, or a window holding both ``+inf`` and ``-inf`` (no mean).
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+        >>> rolling_mean(x, 2)
+        tensor([1.0000, 1.5000, 2.5000, 3.5000])
+        >>> rolling_mean(x, 2, direction="leading")
+        tensor([1.5000, 2.5000, 3.5000, 4.0000])
+        >>> rolling_mean(x, 2, mask=torch.tensor([True, False, True, True]))
+        tensor([1.0000, 1.0000, 3.0000, 3.5000])
+    """
+    x = _check_tensor(x, "x")
+    window = _check_int(window, "window", 1)
+    if direction not in ("trailing", "leading"):
+        raise TokenwiseError(f"direction must be 'trailing' or 'leading', got {direction!r}")
+    dim = _check_dim(dim, x.ndim)
+    if mask is not None:
+        mask = _check_tensor(mask, "mask")
+        if mask.dtype != torch.bool:
+            raise TokenwiseError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+        if mask.shape != x.shape:
+            raise TokenwiseError(
+                f"mask must have x's shape {tuple(x.shape)}, got {tuple(mask.shape)}"
+            )
+    out_dtype = x.dtype if x.is_floating_point() else torch.float32
+
+    # work along the last dim; float64 keeps prefix-sum differences accurate over long texts
+    values = x.to(torch.float64).movedim(dim, -1)  # (..., T)
+    valid = None if mask is None else mask.to(x.device).movedim(dim, -1)  # (..., T)
+    if valid is not None:
+        values = torch.where(valid, values, 0.0)  # masked entries, even inf/NaN, are ignored
+    length = values.shape[-1]
+
+    positions = torch.arange(length, device=x.device)  # (T,)
+    if direction == "trailing":
+        lo, hi = (positions - window + 1).clamp_min(0), positions + 1
+    else:
+        lo, hi = positions, (positions + window).clamp_max(length)
+
+    def window_sum(v: Tensor) -> Tensor:
+        prefix = torch.nn.functional.pad(v.cumsum(-1), (1, 0))  # (..., T+1), prefix[i] = sum v[:i]
+        return prefix[..., hi] - prefix[..., lo]  # (..., T)
+
+    finite = torch.isfinite(values)  # (..., T)
+    has_nonfinite = not bool(finite.all())
+    if has_nonfinite:
+        if torch.isnan(values).any():
+            raise TokenwiseError(
+                "x contains NaN at a valid position; mask it out or replace it before averaging"
+            )
+        # inf - inf in the prefix sums would poison every later window: count infinities apart
+        n_pos = window_sum(torch.isposinf(values).to(torch.float64))  # (..., T)
+        n_neg = window_sum(torch.isneginf(values).to(torch.float64))  # (..., T)
+        both = (n_pos > 0) & (n_neg > 0)
+        if both.any():
+            where = both.nonzero()[0].tolist()
+            raise TokenwiseError(
+                f"the window at position {where[-1]} (along dim {dim}) holds both +inf and -inf, "
+                "so its mean is undefined"
+            )
+        values = torch.where(finite, values, 0.0)
+
+    sums = window_sum(values)  # (..., T)
+    # counts are small integers, so they are exact in float64; (T,) broadcasts without a mask
+    counts = (
+        (hi - lo).to(torch.float64)  # (T,)
+        if valid is None
+        else window_sum(valid.to(torch.float64))  # (..., T)
+    )
+    mean = torch.where(counts > 0, sums / counts.clamp_min(1.0), 0.0)  # (..., T)
+    if has_nonfinite:
+        mean = torch.where(n_pos > 0, math.inf, mean)
+        mean = torch.where(n_neg > 0, -math.inf, mean)
+    return mean.movedim(-1, dim).to(out_dtype)
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Per-token statistics of a scored text, as returned by :func:`token_stats`.
+
+    Attributes:
+        logprobs: ``log p[token]`` of each chosen token, float32 ``(N,)``; ``-inf`` when the
+            token was masked. Surprisal is ``-logprobs``.
+        entropies: Entropy in nats, float32 ``(N,)``.
+        varentropies: Varentropy in nats squared, float32 ``(N,)``.
+        top_ids: The ``k`` most likely token ids per position, most likely first, int64
+            ``(N, k)``. Ties are broken as :func:`torch.topk` breaks them.
+        top_logprobs: Their log-probabilities, float32 ``(N, k)``.
+    """
+
+    logprobs: Tensor
+    entropies: Tensor
+    varentropies: Tensor
+    top_ids: Tensor
+    top_logprobs: Tensor
+
+
+@torch.no_grad()
+def token_stats(
+    logits: Tensor, token_ids: Tensor, top_k: int = 5, chunk_size: int = 256
+) -> TokenStats:
+    """Log-prob of each chosen token, entropy, varentropy and the top-k, in one pass.
+
+    Rows are processed ``chunk_size`` at a time, so besides the input and the outputs only a
+    few ``chunk_size x V`` buffers are alive at once, whatever ``N`` is. Results do not depend
+    on ``chunk_size``. Gradients are not tracked.
+
+    A fully masked row (every logit ``-inf``) gets logprob ``-inf``, entropy 0, varentropy 0
+    and top log-probabilities of ``-inf`` (its top ids are then arbitrary).
+
+    Args:
+        logits: Tensor of shape ``(N, V)``; ``-inf`` marks a masked token.
+        token_ids: Integer tensor of shape ``(N,)``, ids in ``[0, V)``.
+        top_k: How many most likely tokens to keep per row, ``0 <= top_k <= V``.
+        chunk_size: Rows per chunk, an integer ``>= 1``.
+
+    Returns:
+        A :class:`TokenStats` on ``logits``' device.
+
+    Raises:
+        TokenwiseError: For logits that are not 2-D, NaN or ``+inf`` logits, bad ids, or a bad
+            ``top_k`` or ``chunk_size``.
+
+    Example:
+        >>> import torch
+        >>> stats = token_stats(torch.tensor([[0.0, 0.0, 0.0, 0.0]]), torch.tensor([3]), top_k=1)
+        >>> stats.logprobs, stats.entropies, stats.varentropies
+        (tensor([-1.3863]), tensor([1.3863]), tensor([0.]))
+        >>> stats.top_logprobs.shape
+        torch.Size([1, 1])
+    """
+    logits = _check_tensor(logits, "logits")
+    if logits.ndim != 2:
+        raise TokenwiseError(
+            f"token_stats needs logits of shape (N, V), got shape {tuple(logits.shape)}"
+        )
+    n_rows, vocab = logits.shape
+    if vocab == 0:
+        raise TokenwiseError(f"logits have an empty vocabulary dimension (shape {(n_rows, 0)})")
+    token_ids = _check_token_ids(token_ids, logits.shape[:-1], vocab, logits.device)
+    top_k = _check_int(top_k, "top_k", 0)
+    if top_k > vocab:
+        raise TokenwiseError(f"top_k must be <= the vocabulary size {vocab}, got {top_k}")
+    chunk_size = _check_int(chunk_size, "chunk_size", 1)
+
+    device = logits.device
+    out_logprobs = torch.empty(n_rows, dtype=torch.float32, device=device)  # (N,)
+    out_entropies = torch.empty(n_rows, dtype=torch.float32, device=device)  # (N,)
+    out_varentropies = torch.empty(n_rows, dtype=torch.float32, device=device)  # (N,)
+    out_top_ids = torch.empty(n_rows, top_k, dtype=torch.int64, device=device)  # (N, k)
+    out_top_logprobs = torch.empty(n_rows, top_k, dtype=torch.float32, device=device)  # (N, k)
+
+    for start in range(0, n_rows, chunk_size):
+        stop = min(start + chunk_size, n_rows)
+        lp = _log_softmax(logits[start:stop], 1, row_offset=start)  # (C, V)
+        out_logprobs[start:stop] = lp.gather(1, token_ids[start:stop, None]).squeeze(1)
+        if top_k:
+            top_values, top_indices = lp.topk(top_k, dim=1)  # (C, k)
+            out_top_logprobs[start:stop] = top_values
+            out_top_ids[start:stop] = top_indices
+        # the same arithmetic as entropy()/varentropy(), but in place on this chunk's buffers:
+        # nothing here needs autograd, and it keeps the peak at a few (C, V) tensors
+        p = lp.exp()  # (C, V)
+        lp.masked_fill_(p == 0, 0.0)  # masked/underflowed tokens contribute 0, not 0 * -inf
+        h = 0.0 - (p * lp).sum(1, keepdim=True)  # (C, 1)
+        out_entropies[start:stop] = h.squeeze(1)
+        out_varentropies[start:stop] = (p * lp.add_(h).square_()).sum(1)
+        del lp, p
+
+    return TokenStats(
+        logprobs=out_logprobs,
+        entropies=out_entropies,
+        varentropies=out_varentropies,
+        top_ids=out_top_ids,
+        top_logprobs=out_top_logprobs,
+    )

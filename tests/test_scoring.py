@@ -1,0 +1,131 @@
+"""`tokenwise.score`: windows, equality with one forward pass, long texts, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tokenwise as tw
+from tokenwise.errors import TokenwiseError
+from tokenwise.scoring import plan_windows
+
+TEXT = ("Q: Where was Dalvin Orsk born?\nA: the city of Velmora\n12+345=357\n"
+        "markov: ka ro yi tu ka ro zu va mi qa\nThe code of Brelix is 382.\n")
+
+
+def _reference(lm, ids: list[int], begin_of: dict[int, int]) -> torch.Tensor:
+    """Log-prob of each target j computed alone from inputs seq[begin_of[j]:j]."""
+    seq = [lm.bos_token_id, *ids]
+    out = []
+    for j in range(1, len(seq)):
+        ctx = torch.tensor([seq[begin_of[j] : j]])
+        logits = lm.forward(ctx).logits[0, -1].double()
+        out.append(torch.log_softmax(logits, -1)[seq[j]])
+    return torch.stack(out).float()
+
+
+def test_one_window_equals_one_forward_pass(large):
+    trace = tw.score(large, TEXT)
+    ids = large.encode(TEXT)
+    assert trace.token_ids.tolist() == ids
+    seq = torch.tensor([[large.bos_token_id, *ids]])
+    logp = torch.log_softmax(large.forward(seq).logits[0, :-1].double(), -1)  # (T, V)
+    torch.testing.assert_close(trace.logprobs, logp.gather(1, seq[0, 1:, None])[:, 0].float(),
+                               atol=1e-5, rtol=1e-5)
+    ent = -(logp.exp() * logp).sum(-1).float()
+    torch.testing.assert_close(trace.entropies, ent, atol=1e-4, rtol=1e-4)
+    assert trace.context_lengths.tolist() == list(range(1, len(ids) + 1))
+    top = logp.topk(5, dim=-1)
+    assert trace.top_ids.tolist() == top.indices.tolist()
+
+
+def test_sliding_windows_score_each_token_once_with_the_planned_context(small):
+    ids = small.encode(TEXT)
+    trace = tw.score(small, TEXT, window=12, stride=5)
+    assert len(trace) == len(ids)
+    begin_of = {}
+    for begin, first, end in plan_windows(len(ids), 12, 5):
+        for j in range(first, end + 1):
+            assert j not in begin_of, "a token was scored twice"
+            begin_of[j] = begin
+    assert sorted(begin_of) == list(range(1, len(ids) + 1))
+    torch.testing.assert_close(trace.logprobs, _reference(small, ids, begin_of),
+                               atol=1e-4, rtol=1e-4)
+    assert int(trace.context_lengths[12:].min()) >= 12 - 5 + 1
+    assert int(trace.context_lengths.max()) <= 12
+
+
+def test_text_longer_than_the_context_window(small):
+    text = TEXT * 40
+    n = len(small.encode(text))
+    assert n > 3 * small.context_length
+    trace = tw.score(small, text)
+    assert len(trace) == n and trace.window == small.context_length
+    assert torch.isfinite(trace.logprobs).all() and (trace.entropies >= 0).all()
+    # The repeated text is predictable once seen: late copies cost less than the first.
+    assert float(trace.surprisals[-50:].mean()) < float(trace.surprisals[:50].mean())
+
+
+def test_only_one_windows_logits_at_a_time(small, monkeypatch):
+    seen: list[tuple[int, ...]] = []
+    original = type(small).forward
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        seen.append(tuple(out.logits.shape))
+        return out
+
+    monkeypatch.setattr(type(small), "forward", spy)
+    tw.score(small, TEXT * 10, window=64, stride=16)
+    assert seen[0][1] == 64
+    assert all(shape[0] == 1 and shape[1] <= 16 for shape in seen[1:])
+
+
+def test_pieces_and_offsets_follow_the_text(small):
+    trace = tw.score(small, TEXT)
+    assert "".join(trace.pieces) == TEXT
+    for (start, end), piece in zip(trace.offsets, trace.pieces, strict=True):
+        assert TEXT[start:end] == piece
+    assert trace.rows()[0]["piece"] == trace.pieces[0]
+
+
+def test_non_ascii_text_is_scored(small):
+    text = "Zoë wrote 日本語 — ok"
+    trace = tw.score(small, text)
+    assert len(trace) == len(small.encode(text)) and torch.isfinite(trace.logprobs).all()
+
+
+def test_json_export_is_consistent(small):
+    import json
+
+    data = json.loads(tw.score(small, "7+5=12").to_json())
+    assert data["n_tokens"] == len(data["tokens"]) == 6
+    assert all(row["surprisal"] == pytest.approx(-row["logprob"]) for row in data["tokens"])
+
+
+def test_score_accepts_a_model_name():
+    assert tw.score("tw-small", "1+1=2").model == "tw-small"
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"text": ""}, "empty or whitespace"),
+    ({"text": " \n\t"}, "empty or whitespace"),
+    ({"window": 1}, "window=1: allowed an integer from 2"),
+    ({"window": 257}, "window=257"),
+    ({"window": 32, "stride": 0}, "stride=0: allowed an integer from 1 to window - 1 = 31"),
+    ({"window": 32, "stride": 32}, "stride=32"),
+    ({"top_k": -1}, "top_k=-1"),
+])
+def test_bad_input_is_named(small, kwargs, match):
+    args = {"text": "hello", **kwargs}
+    with pytest.raises(TokenwiseError, match=match):
+        tw.score(small, args.pop("text"), **args)
+
+
+def test_plan_covers_all_targets_once():
+    for n in (1, 5, 31, 100):
+        for w, s in ((2, 1), (8, 3), (16, 15), (64, 32)):
+            covered = [j for _, first, end in plan_windows(n, w, s)
+                       for j in range(first, end + 1)]
+            assert covered == list(range(1, n + 1))
+            assert all(end - begin <= w for begin, _, end in plan_windows(n, w, s))
