@@ -39,7 +39,7 @@ def test_kv_cache_matches_full_forward(large):
     full = large.forward(ids).logits
     out = large.forward(ids[:, :-3], use_cache=True)
     for i in range(ids.shape[1] - 3, ids.shape[1]):
-        out = large.forward(ids[:, i : i + 1], past_key_values=out.past_key_values,
+        out = large.forward(ids[:, i : i + 1], cache=out.cache,
                             use_cache=True)
         torch.testing.assert_close(out.logits[0, -1], full[0, i], atol=1e-4, rtol=1e-4)
 
@@ -116,3 +116,12 @@ def test_cuda_load_and_forward():
     lm = load("tw-small", device="cuda")
     ids = torch.tensor([lm.encode("1+1=", add_bos=True)])
     assert lm.forward(ids).logits.device.type == "cuda"
+
+
+def test_declared_context_length_reads_the_config_only(tiny_llama_dir, tmp_path):
+    from tokenwise.models import declared_context_length
+
+    assert declared_context_length("tw-large") == 256
+    assert declared_context_length(tiny_llama_dir) == 64
+    (tmp_path / "config.json").write_text("{}")
+    assert declared_context_length(tmp_path) is None

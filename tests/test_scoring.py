@@ -129,3 +129,16 @@ def test_plan_covers_all_targets_once():
                        for j in range(first, end + 1)]
             assert covered == list(range(1, n + 1))
             assert all(end - begin <= w for begin, _, end in plan_windows(n, w, s))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_scoring_on_cuda_matches_cpu(small):
+    from tokenwise.models import load
+
+    gpu = load("tw-small", device="cuda", dtype="float32")
+    cpu_trace, gpu_trace = tw.score(small, TEXT * 3, window=64), tw.score(gpu, TEXT * 3, window=64)
+    assert gpu_trace.token_ids.tolist() == cpu_trace.token_ids.tolist()
+    torch.testing.assert_close(gpu_trace.logprobs.cpu(), cpu_trace.logprobs, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(gpu_trace.entropies.cpu(), cpu_trace.entropies, atol=1e-3, rtol=1e-3)
+    bf16 = tw.score(load("tw-small", device="cuda", dtype="bfloat16"), TEXT)
+    assert torch.isfinite(bf16.entropies).all() and bf16.entropies.dtype == torch.float32

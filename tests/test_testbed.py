@@ -159,3 +159,21 @@ def test_pack_keeps_documents_whole():
     assert ids.tolist()[1] == [1, 7, 7, 7, 2, 0, 0, 0]
     assert ids.tolist()[2] == [1] + [9] * 7
     assert (labels[ids == 0] == -100).all()
+
+
+def test_training_is_reproducible_from_the_seed(tmp_path):
+    from tokenwise.models import load
+    from tokenwise.testbed.train import train_builtin
+
+    tiny = Testbed(0, FactWorldConfig(n_entities=30),
+                   CorpusConfig(fact_repeats=1, markov_docs=300, arithmetic_docs=100,
+                                needle_docs=100))
+    runs = []
+    for name in ("a", "b"):
+        facts = train_builtin(tmp_path / name, ["tw-small"], steps=3, progress=False,
+                              log=lambda s: None, testbed=tiny)
+        runs.append((tmp_path / name / "tw-small" / "model.safetensors").read_bytes())
+        assert facts["tw-small"]["spec"]["steps"] == 3
+    assert runs[0] == runs[1]
+    lm = load(tmp_path / "a" / "tw-small")
+    assert lm.encode("ka")  # the saved tokenizer loads with the model

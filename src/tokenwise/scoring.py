@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,16 @@ if TYPE_CHECKING:
     from tokenwise.models import LanguageModel
 
 
-def _check_text(text: object) -> str:
+def check_text(text: object) -> str:
+    """Return ``text`` if it is a non-empty string; raise a TokenwiseError naming it otherwise.
+
+    Args:
+        text: what was given as the text to score.
+
+    Example:
+        >>> check_text("hi")
+        'hi'
+    """
     if not isinstance(text, str):
         raise TokenwiseError(f"text must be a str; got {type(text).__name__}")
     if not text.strip():
@@ -25,17 +35,36 @@ def _check_text(text: object) -> str:
     return text
 
 
-def _check_window(window: int | None, stride: int | None, limit: int) -> tuple[int, int]:
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_window_args(window: int | None, stride: int | None,
+                      limit: int | None = None) -> tuple[int | None, int | None]:
+    """Check ``window`` and ``stride``; return them with defaults filled in.
+
+    Without ``limit`` (the model's context length, unknown before the model is loaded) the
+    checks that need no model are still made, so a command line can fail fast.
+
+    Args:
+        window: tokens per forward pass, 2..limit, or None for the context length.
+        stride: new tokens per window, 1..window-1, or None for ``window // 2``.
+        limit: the model's context length, if known.
+
+    Example:
+        >>> check_window_args(None, None, 256)
+        (256, 128)
+    """
     w = limit if window is None else window
-    if isinstance(w, bool) or not isinstance(w, int) or not 2 <= w <= limit:
+    if w is not None and (not _is_int(w) or w < 2 or (limit is not None and w > limit)):
+        most = f"the model's context length {limit}" if limit else "the model's context length"
+        raise TokenwiseError(f"window={window!r}: allowed an integer from 2 to {most}")
+    s = stride if stride is not None or w is None else max(1, w // 2)
+    if s is not None and (not _is_int(s) or s < 1 or (w is not None and s > w - 1)):
+        most = f"window - 1 = {w - 1}" if w is not None else "window - 1"
         raise TokenwiseError(
-            f"window={window!r}: allowed an integer from 2 to the model's context length {limit}"
-        )
-    s = max(1, w // 2) if stride is None else stride
-    if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= w - 1:
-        raise TokenwiseError(
-            f"stride={stride!r}: allowed an integer from 1 to window - 1 = {w - 1} (each new "
-            "window keeps window - stride tokens of the previous one as context)"
+            f"stride={stride!r}: allowed an integer from 1 to {most} (each new window keeps "
+            "window - stride tokens of the previous one as context)"
         )
     return w, s
 
@@ -132,8 +161,9 @@ def score(
     from tokenwise.models import LanguageModel, load
 
     lm = model if isinstance(model, LanguageModel) else load(model)
-    text = _check_text(text)
-    w, s = _check_window(window, stride, lm.context_length)
+    text = check_text(text)
+    w, s = check_window_args(window, stride, lm.context_length)
+    assert w is not None and s is not None
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= lm.vocab_size:
         raise TokenwiseError(f"top_k={top_k!r}: allowed an integer from 0 to {lm.vocab_size}")
     ids = lm.encode(text)
@@ -152,7 +182,11 @@ def score(
         inputs = seq[begin:end][None]  # (1, end - begin)
         n_new = end - first + 1
         logits = lm.forward(inputs, logits_to_keep=n_new).logits[0]  # (n_new, V)
-        stats_parts.append(signals.token_stats(logits, seq[first : end + 1], top_k=top_k))
+        stats = signals.token_stats(logits, seq[first : end + 1], top_k=top_k, chunk_size=64)
+        # The trace lives on the CPU whatever the model's device (JSON, HTML, numpy).
+        stats_parts.append(dataclasses.replace(
+            stats, **{f.name: getattr(stats, f.name).cpu() for f in dataclasses.fields(stats)}
+        ))
         contexts.append(torch.arange(first, end + 1) - begin)
         del logits
     pieces, offsets = _pieces(lm, text, ids)

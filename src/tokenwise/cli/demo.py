@@ -24,6 +24,7 @@ PASSAGE = (
 def demo_command(out: str) -> None:
     """Score a passage, answer fact questions with per-token entropy, write a heatmap."""
     from rich.console import Console
+    from rich.markup import escape
 
     from tokenwise.heatmap import write_html
     from tokenwise.models import builtin_names, load
@@ -56,7 +57,7 @@ def demo_command(out: str) -> None:
     order = trace.entropies.argsort(descending=True)[:5].tolist()
     console.print("most uncertain positions (the model was guessing before these tokens):")
     for i in order:
-        console.print(f"  {show_piece(trace.pieces[i]):>14}  "
+        console.print(f"  {escape(show_piece(trace.pieces[i])):>14}  "
                       f"entropy {float(trace.entropies[i]):.2f}  "
                       f"p(token) {math.exp(float(trace.logprobs[i])):.2f}")
     html = write_html(trace, Path(out) / "heatmap.html", title="tokenwise demo")
@@ -73,8 +74,9 @@ def demo_command(out: str) -> None:
             first = len(lm.encode(item.prompt))
             ent = float(ans_trace.entropies[first]) if first < len(ans_trace) else float("nan")
             verdict = "correct" if world.is_correct(item, answer) else "wrong"
-            console.print(f"  [{bucket:>8}] {lm.name:>8}: {item.question!r} -> {answer!r} "
-                          f"({verdict}; truth {item.answers[0]!r}); first-token entropy {ent:.2f}")
+            console.print(escape(
+                f"  [{bucket:>8}] {lm.name:>8}: {item.question!r} -> {answer!r} "
+                f"({verdict}; truth {item.answers[0]!r}); first-token entropy {ent:.2f}"))
 
     console.rule("done")
     console.print(f"What happened: loaded {len(models)} built-in models from the package, scored "

@@ -7,6 +7,7 @@ import math
 import click
 
 from tokenwise.cli.common import model_option, read_text, show_piece
+from tokenwise.scoring import check_text, check_window_args
 
 
 @click.command("score")
@@ -32,10 +33,13 @@ def score_command(source: str, model: str, as_json: bool, html_out: str | None, 
     entropy, varentropy and top alternatives; texts longer than the model's context are
     scored with a sliding window. JSON values are in nats.
     """
-    from tokenwise.models import load
+    from tokenwise.models import declared_context_length, load
     from tokenwise.scoring import score
 
     text = read_text(source)
+    check_text(text)
+    # Fail before loading weights: the window limit is in config.json.
+    check_window_args(window, stride, declared_context_length(model))
     lm = load(model)
     trace = score(lm, text, window=window, stride=stride, top_k=top_k, progress=not as_json)
     if html_out:
@@ -51,22 +55,23 @@ def score_command(source: str, model: str, as_json: bool, html_out: str | None, 
 
 def _print_table(trace, bits: bool) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     unit = "bits" if bits else "nats"
     scale = 1 / math.log(2) if bits else 1.0
-    table = Table(title=f"{trace.model}: {len(trace)} tokens", show_lines=False)
-    for col in ("#", "token", "logprob", f"surprisal ({unit})", f"entropy ({unit})",
-                "varentropy", "ctx", "top alternatives"):
+    table = Table(title=escape(f"{trace.model}: {len(trace)} tokens"), show_lines=False)
+    for col in ("#", "token", f"logprob ({unit})", f"surprisal ({unit})", f"entropy ({unit})",
+                f"varentropy ({unit}²)", "ctx", "top alternatives (p)"):
         table.add_column(col, justify="right" if col not in ("token", "top alternatives")
                          else "left")
     for row in trace.rows():
         alts = "  ".join(f"{show_piece(a['piece'])} {math.exp(a['logprob']):.2f}"
                          for a in row["top"])
         table.add_row(
-            str(row["index"]), show_piece(row["piece"]), f"{row['logprob']:.3f}",
+            str(row["index"]), escape(show_piece(row["piece"])), f"{row['logprob'] * scale:.3f}",
             f"{row['surprisal'] * scale:.3f}", f"{row['entropy'] * scale:.3f}",
-            f"{row['varentropy'] * scale * scale:.3f}", str(row["context"]), alts,
+            f"{row['varentropy'] * scale * scale:.3f}", str(row["context"]), escape(alts),
         )
     console = Console()
     console.print(table)

@@ -63,10 +63,11 @@ def eval_command(model: str, seed: int, quick: bool, json_out: str | None) -> No
 def print_report(report: dict) -> None:
     """Print a testbed report as tables."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]{report['model']}[/bold]: {report['parameters']:,} parameters")
+    console.print(f"[bold]{escape(report['model'])}[/bold]: {report['parameters']:,} parameters")
     for key, title, label in (("facts", "fact questions (greedy)", "bucket"),
                               ("arithmetic", "additions (greedy, exact)", "digits"),
                               ("needle", "needle contexts (greedy)", "distractors")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,12 @@ class ForwardOutput:
 
     Attributes:
         logits: ``(B, T_kept, V)`` float logits (T_kept = T, or ``logits_to_keep``).
-        past_key_values: the KV cache to pass to the next call, when ``use_cache``.
+        cache: the KV cache to pass to the next call, when ``use_cache``.
         hidden_states: one ``(B, T, D)`` tensor per layer (embeddings first), when asked.
     """
 
     logits: torch.Tensor
-    past_key_values: Any = None
+    cache: Any = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
@@ -51,6 +52,9 @@ class LanguageModel:
         self.tokenizer = tokenizer
         self.name = name
         self.path = path
+        # transformers renamed `past_key_values` to `cache` (5.2x); speak whichever it knows.
+        params = inspect.signature(hf_model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     def __repr__(self) -> str:
         return (f"LanguageModel({self.name!r}, params={self.num_parameters():,}, "
@@ -141,7 +145,7 @@ class LanguageModel:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         *,
-        past_key_values: Any = None,
+        cache: Any = None,
         position_ids: torch.Tensor | None = None,
         use_cache: bool = False,
         output_hidden_states: bool = False,
@@ -152,7 +156,7 @@ class LanguageModel:
         Args:
             input_ids: ``(B, T)`` token ids.
             attention_mask: ``(B, T_past + T)`` 1 for real tokens, 0 for padding.
-            past_key_values: a cache from a previous call with ``use_cache=True``.
+            cache: the KV cache from a previous call with ``use_cache=True``.
             position_ids: ``(B, T)`` positions (needed with left padding).
             use_cache: return the KV cache for incremental decoding.
             output_hidden_states: return every layer's hidden states.
@@ -164,7 +168,7 @@ class LanguageModel:
             >>> lm = load("tw-small")
             >>> out = lm.forward(torch.tensor([lm.encode("1+1=", add_bos=True)]), use_cache=True)
             >>> nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            >>> lm.forward(nxt, past_key_values=out.past_key_values).logits.shape[1]
+            >>> lm.forward(nxt, cache=out.cache).logits.shape[1]
             1
         """
         if input_ids.dim() != 2:
@@ -179,8 +183,8 @@ class LanguageModel:
         }
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask.to(device)
-        if past_key_values is not None:
-            kwargs["past_key_values"] = past_key_values
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
         if position_ids is not None:
             kwargs["position_ids"] = position_ids.to(device)
         if logits_to_keep:
@@ -188,7 +192,7 @@ class LanguageModel:
         out = self.hf_model(**kwargs)
         return ForwardOutput(
             logits=out.logits,
-            past_key_values=out.past_key_values if use_cache else None,
+            cache=getattr(out, self._cache_kw, None) if use_cache else None,
             hidden_states=out.hidden_states if output_hidden_states else None,
         )
 

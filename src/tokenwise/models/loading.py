@@ -86,6 +86,31 @@ def resolve(path_or_name: str | os.PathLike[str]) -> tuple[str, Path]:
     )
 
 
+def declared_context_length(path_or_name: str | os.PathLike[str]) -> int | None:
+    """The context length a model's config.json declares, read without loading weights.
+
+    Args:
+        path_or_name: a built-in name or a local model directory.
+
+    Returns:
+        ``max_position_embeddings`` (or ``n_positions``), or None when the config has none.
+
+    Example:
+        >>> declared_context_length("tw-small")
+        256
+    """
+    _, path = resolve(path_or_name)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = config.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _check_weights(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(

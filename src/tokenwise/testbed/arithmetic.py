@@ -12,6 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 LEVELS = (1, 2, 3, 4, 5, 6)
+#: Share of each level in training text: short sums are learnable and most useful, long ones
+#: stay in the mix so that their difficulty is real, not unseen.
+TRAINING_WEIGHTS = (4, 4, 3, 2, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,11 @@ def make_item(rng: random.Random, level: int) -> ArithmeticItem:
 
 
 def documents(rng: random.Random, count: int, lines_per_doc: int = 8) -> Iterator[str]:
-    """``count`` training documents of ``lines_per_doc`` additions, levels uniform."""
+    """``count`` training documents of ``lines_per_doc`` additions (levels by weight)."""
     for _ in range(count):
         lines = []
-        for _ in range(lines_per_doc):
-            item = make_item(rng, rng.choice(LEVELS))
+        for level in rng.choices(LEVELS, weights=TRAINING_WEIGHTS, k=lines_per_doc):
+            item = make_item(rng, level)
             lines.append(item.prompt + item.answer)
         yield "\n".join(lines) + "\n"
 

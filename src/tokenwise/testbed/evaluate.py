@@ -80,7 +80,7 @@ def greedy_complete(model: LanguageModel, prompts: Sequence[str], max_new_tokens
                 break
             mask = torch.cat([mask, torch.ones((len(chunk), 1), dtype=torch.long)], dim=1)
             positions = positions[:, -1:] + 1
-            out = model.forward(nxt[:, None], mask, past_key_values=out.past_key_values,
+            out = model.forward(nxt[:, None], mask, cache=out.cache,
                                 position_ids=positions, use_cache=True)
         for g in generated:
             text = model.decode(g, skip_special_tokens=True)

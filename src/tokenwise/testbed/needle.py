@@ -85,11 +85,24 @@ class NeedleWorld:
             n_distractors=n_distractors,
         )
 
-    def documents(self, rng: random.Random, count: int) -> Iterator[str]:
-        """``count`` training documents: a context, its question and the answer."""
+    def documents(self, rng: random.Random, count: int,
+                  questions_per_doc: int = 4) -> Iterator[str]:
+        """``count`` training documents: a context, then questions on some of its lines.
+
+        Only the answers can be learned (the codes themselves are random), so each training
+        context carries up to ``questions_per_doc`` questions to give that signal more weight
+        (fewer on the longest contexts, so a document stays within a 256-token block).
+        """
         for _ in range(count):
             item = self.item(rng, rng.choice(DISTRACTOR_COUNTS))
-            yield f"{item.prompt} {item.answer}\n"
+            lines = item.context.strip().split("\n")[1:]
+            room = max(1, (16 - len(lines)) // 2)
+            asked = rng.sample(range(len(lines)), min(questions_per_doc, room, len(lines)))
+            qa = []
+            for i in asked:
+                key, code = lines[i].removeprefix("The code of ").removesuffix(".").split(" is ")
+                qa.append(f"Q: {_QUESTION.format(k=key)}\nA: {code}\n")
+            yield item.context + "".join(qa)
 
     def eval_items(self, seed: int, per_count: int) -> list[NeedleItem]:
         """``per_count`` fresh contexts for every distractor count."""

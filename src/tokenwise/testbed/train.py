@@ -53,11 +53,15 @@ class ModelSpec:
     weight_decay: float = 0.01
 
 
+# Many small steps rather than few large ones: copying from context (needles) and carrying
+# (additions) appear only after enough optimizer steps, whatever the tokens seen.
 SPECS: dict[str, ModelSpec] = {
     "tw-small": ModelSpec("tw-small", hidden_size=128, layers=3, heads=4,
-                          intermediate_size=352, steps=500),
+                          intermediate_size=352, steps=1000, batch_size=16, lr=3e-3,
+                          warmup=50),
     "tw-large": ModelSpec("tw-large", hidden_size=256, layers=6, heads=8,
-                          intermediate_size=688, steps=500, lr=2e-3),
+                          intermediate_size=688, steps=1100, batch_size=16, lr=2.5e-3,
+                          warmup=50),
 }
 VOCAB_SIZE = 1024
 
@@ -168,7 +172,7 @@ def train_model(spec: ModelSpec, tokenizer, ids: torch.Tensor, labels: torch.Ten
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 10 == 0 or step == spec.steps - 1:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if not progress and (step % 50 == 0 or step == spec.steps - 1):
@@ -215,7 +219,8 @@ def build_corpus(seed: int, testbed: Testbed | None = None):
 
 def train_builtin(out_dir: str | Path, names: Sequence[str] = tuple(SPECS), seed: int = 0,
                   steps: int | None = None, progress: bool = True,
-                  log: Callable[[str], None] = print) -> dict[str, dict]:
+                  log: Callable[[str], None] = print,
+                  testbed: Testbed | None = None) -> dict[str, dict]:
     """Train the built-in models from scratch and write them to ``out_dir/NAME``.
 
     Weights are stored as float16 safetensors (half the size; loading casts them back to
@@ -228,6 +233,7 @@ def train_builtin(out_dir: str | Path, names: Sequence[str] = tuple(SPECS), seed
         steps: override every model's step count (for quick checks).
         progress: show progress bars.
         log: where to print progress lines.
+        testbed: the worlds to train on (default ``Testbed(seed)``, the shipped models').
 
     Example:
         >>> facts = train_builtin("/tmp/tw-models", names=["tw-small"], steps=2,
@@ -238,7 +244,7 @@ def train_builtin(out_dir: str | Path, names: Sequence[str] = tuple(SPECS), seed
         raise ValueError(f"unknown model(s) {unknown}; allowed: {sorted(SPECS)}")
     random.seed(seed)
     torch.use_deterministic_algorithms(True)
-    _testbed, tokenizer, docs_ids, stats = build_corpus(seed)
+    _, tokenizer, docs_ids, stats = build_corpus(seed, testbed)
     log(f"corpus: {stats['documents']} documents, {stats['tokens']:,} tokens")
     out = Path(out_dir)
     results = {}
@@ -255,6 +261,8 @@ def train_builtin(out_dir: str | Path, names: Sequence[str] = tuple(SPECS), seed
             old.unlink()
         model.to(torch.float16).save_pretrained(target, safe_serialization=True)
         tokenizer.save_pretrained(target)
+        for written in target.iterdir():
+            written.chmod(0o644)  # readable by every user of a shared install
         (target / "training.json").write_text(json.dumps(facts, indent=1) + "\n")
         log(f"{name}: {facts['parameters']:,} parameters, {facts['train_seconds']} s, "
             f"final loss {facts['final_loss']} -> {target}")

@@ -26,7 +26,7 @@ class CorpusConfig:
     """
 
     fact_repeats: int = 2
-    markov_docs: int = 6000
+    markov_docs: int = 3000
     arithmetic_docs: int = 6000
     needle_docs: int = 8000
 
@@ -46,6 +46,8 @@ class Testbed:
         >>> docs == Testbed(seed=0).training_documents()
         True
     """
+
+    __test__ = False  # not a pytest test class, despite the name
 
     seed: int = 0
     facts: FactWorldConfig = field(default_factory=FactWorldConfig)
