@@ -8,7 +8,10 @@ computed), and it never holds more than one window's float32 logits at once.
 Memory is measured in a fresh process per case, as the peak resident memory above what the
 process held just before the case ran (peak reset through /proc/self/clear_refs), on a
 random Llama with a 32k vocabulary and a 512-token window, where one window's logits take
-64 MiB.
+62.5 MiB. glibc's mmap threshold is fixed at 128 KiB in those processes
+(MALLOC_MMAP_THRESHOLD_): by default it grows after large frees, so freed tensors stay in
+the heap and resident memory reports allocator history (we saw 11 MiB to 1.6 GiB for the
+same run) instead of what is alive.
 
 Run:
     .venv/bin/python benchmarks/score_throughput.py            # prints a Markdown table
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -84,8 +88,6 @@ def memory_case(case: str, n_tokens: int) -> dict:
     """Run one case in this process; peak RSS above the pre-case level, in MiB."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tokenwise.models import builtin_path
-
     tok_lm = load("tw-small")
     torch.manual_seed(0)
     vocab, window = 32000, 512
@@ -93,7 +95,6 @@ def memory_case(case: str, n_tokens: int) -> dict:
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
                       max_position_embeddings=window, bos_token_id=1, eos_token_id=2)
     lm = LanguageModel(LlamaForCausalLM(cfg), tok_lm.tokenizer, name="random-32k")
-    del builtin_path
     text = make_text(lm, n_tokens)
     floor_pass(lm, text[:3000], window, window // 2)
     tw.score(lm, text[:3000], window=window, stride=window // 2)
@@ -123,8 +124,10 @@ def main() -> None:
     t = timing(args.model, args.tokens, args.repeats)
     mem = {}
     for case in ("floor", "score"):
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
         out = subprocess.run([sys.executable, __file__, "--memory-case", case, "--tokens",
-                              str(args.tokens)], capture_output=True, text=True, check=True)
+                              str(args.tokens)], capture_output=True, text=True, check=True,
+                             env=env)
         mem[case] = json.loads(out.stdout.strip().splitlines()[-1])
     print("| model | tokens | window/stride | floor tok/s | score tok/s | overhead |")
     print("|---|---|---|---|---|---|")

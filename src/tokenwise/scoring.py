@@ -100,26 +100,29 @@ def plan_windows(n_targets: int, window: int, stride: int) -> list[tuple[int, in
     return plans
 
 
-def _pieces(
-    model: LanguageModel, text: str, ids: list[int]
-) -> tuple[list[str], list[tuple[int, int]]]:
+def _tokenize(
+    model: LanguageModel, text: str
+) -> tuple[list[int], list[str], list[tuple[int, int]]]:
+    """Token ids, text pieces and character spans, from one tokenizer call where possible."""
     try:
         enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
         offsets = [tuple(o) for o in enc["offset_mapping"]]
-        if list(enc["input_ids"]) != ids or len(offsets) != len(ids):
-            raise ValueError("offsets do not line up")
-        pieces = []
-        prev_end = 0
-        for start, end in offsets:
-            # Byte-level tokens that split one character share its span: give the
-            # character to the first of them so the pieces still join to the text.
-            start = max(start, prev_end)
-            pieces.append(text[start:end] if end > start else "")
-            prev_end = max(prev_end, end)
-        return pieces, offsets
+        if len(offsets) != len(ids):
+            raise ValueError("offsets do not line up with the tokens")
     except (NotImplementedError, ValueError, KeyError, TypeError):
-        pieces = [model.decode([i]) for i in ids]
-        return pieces, [(-1, -1)] * len(ids)
+        # Slow (Python) tokenizers have no offsets: decode each token instead.
+        ids = model.encode(text)
+        return ids, [model.decode([i]) for i in ids], [(-1, -1)] * len(ids)
+    pieces = []
+    prev_end = 0
+    for start, end in offsets:
+        # Byte-level tokens that split one character share its span: give the character to
+        # the first of them so the pieces still join up to the text.
+        start = max(start, prev_end)
+        pieces.append(text[start:end] if end > start else "")
+        prev_end = max(prev_end, end)
+    return ids, pieces, offsets
 
 
 def score(
@@ -166,7 +169,7 @@ def score(
     assert w is not None and s is not None
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= lm.vocab_size:
         raise TokenwiseError(f"top_k={top_k!r}: allowed an integer from 0 to {lm.vocab_size}")
-    ids = lm.encode(text)
+    ids, pieces, offsets = _tokenize(lm, text)
     if lm.bos_token_id is None:
         raise TokenwiseError(
             f"model {lm.name!r} has no BOS or EOS token, so its first token cannot be scored"
@@ -189,7 +192,6 @@ def score(
         ))
         contexts.append(torch.arange(first, end + 1) - begin)
         del logits
-    pieces, offsets = _pieces(lm, text, ids)
     top_ids = torch.cat([p.top_ids for p in stats_parts])
     unique = torch.unique(top_ids).tolist()
     decoded = dict(zip(unique, lm.tokenizer.batch_decode([[u] for u in unique]), strict=True))
