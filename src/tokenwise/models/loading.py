@@ -76,9 +76,9 @@ def resolve(path_or_name: str | os.PathLike[str]) -> tuple[str, Path]:
     if looks_like_hub_id:
         raise ModelNotFoundError(
             f"model {text!r} is not on disk, and tokenwise never downloads. On a machine with "
-            f"network access run `huggingface-cli download {text} --local-dir DIR` (or "
-            f"`git clone https://huggingface.co/{text} DIR`), copy DIR here, then use "
-            "`load('DIR')` / `--model DIR`."
+            f"network access run `huggingface-cli download {text} --local-dir DIR` (or `hf "
+            f"download {text} --local-dir DIR`), copy DIR here, then use `load('DIR')` / "
+            "`--model DIR`."
         )
     raise ModelNotFoundError(
         f"unknown model {text!r}: not a built-in model ({', '.join(builtin_names())}) and not "
