@@ -594,3 +594,15 @@ def test_demo_runs_on_both_builtins(tmp_path: Path) -> None:
     assert "mean entropy" in out and f"heatmap written to {heatmap}" in out
     assert "answered 6 questions" in out
     assert not (tmp_path / "tokenwise-demo").exists()
+
+
+def test_unwritable_outputs_and_bad_seeds_fail_before_any_work(tmp_path: Path) -> None:
+    text = _file(tmp_path, "t.txt", b"7+5=12\n")
+    blocker = _file(tmp_path, "afile", b"")
+    message = assert_clean_error(
+        run_cli("score", text, "-m", "tw-small", "--html", blocker / "x.html", cwd=tmp_path),
+        "--html", "is a file, not a folder")
+    assert "afile" in message
+    bad_seed = run_cli("testbed", "eval", "-m", "tw-small", "--seed", "-1", cwd=tmp_path)
+    assert bad_seed.returncode == 2 and "Traceback" not in bad_seed.stderr
+    assert "Invalid value for '--seed': -1 is not in the range x>=0" in bad_seed.stderr

@@ -34,6 +34,33 @@ def test_encode_decode_round_trip_and_bos(small):
     assert ids[0] == small.bos_token_id and small.decode(ids[1:]) == text
 
 
+def test_special_token_strings_in_text_stay_text(small):
+    ids = small.encode("a <s> b </s> <pad>")
+    assert not {small.bos_token_id, small.eos_token_id, small.tokenizer.pad_token_id} & set(ids)
+    assert small.decode(ids) == "a <s> b </s> <pad>"
+
+
+def test_directory_without_tokenizer(tiny_llama_dir, tmp_path):
+    import shutil
+
+    target = tmp_path / "no-tokenizer"
+    target.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_llama_dir / name, target / name)
+    with pytest.raises(ModelNotFoundError, match=r"no tokenizer files"):
+        load(target)
+
+
+def test_corrupt_weights_are_a_clean_error(tiny_llama_dir, tmp_path):
+    import shutil
+
+    target = tmp_path / "corrupt"
+    shutil.copytree(tiny_llama_dir, target)
+    (target / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(TokenwiseError, match=r"could not load model 'corrupt'"):
+        load(target)
+
+
 def test_kv_cache_matches_full_forward(large):
     ids = torch.tensor([large.encode("The code of Brelix is 382.", add_bos=True)])
     full = large.forward(ids).logits
@@ -56,9 +83,15 @@ def test_logits_to_keep_and_hidden_states(small):
 
 
 def test_local_directory_loads_and_matches_its_weights(tiny_llama_dir):
+    from transformers import LlamaForCausalLM
+
     lm = load(tiny_llama_dir)
     assert lm.name == tiny_llama_dir.name and lm.path == tiny_llama_dir
     assert lm.context_length == 64
+    reference = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    ids = torch.tensor([lm.encode("12+30=42 ka", add_bos=True)])
+    with torch.no_grad():
+        torch.testing.assert_close(lm.forward(ids).logits, reference(ids).logits)
     bf = load(tiny_llama_dir, dtype="bfloat16")
     assert bf.dtype == torch.bfloat16
 

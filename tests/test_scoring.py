@@ -90,9 +90,30 @@ def test_pieces_and_offsets_follow_the_text(small):
 
 
 def test_non_ascii_text_is_scored(small):
-    text = "Zoë wrote 日本語 — ok"
+    text = "Zoë wrote 日本語 — ok 🙂"
     trace = tw.score(small, text)
     assert len(trace) == len(small.encode(text)) and torch.isfinite(trace.logprobs).all()
+    assert "".join(trace.pieces) == text
+    for (start, end), piece in zip(trace.offsets, trace.pieces, strict=True):
+        assert text[start:end] == piece
+    # Characters of several bytes are several tokens: one holds the character, the rest none.
+    assert "日" in trace.pieces and "" in trace.pieces
+
+
+def test_special_token_strings_are_scored_as_text(small):
+    trace = tw.score(small, "<s>bold</s>")
+    assert small.eos_token_id not in trace.token_ids.tolist()
+    assert "".join(trace.pieces) == "<s>bold</s>"
+
+
+def test_trace_slices_are_contiguous(small):
+    trace = tw.score(small, "7+5=12")
+    part = trace[1:3]
+    assert part.pieces == trace.pieces[1:3] and torch.equal(part.logprobs, trace.logprobs[1:3])
+    with pytest.raises(TokenwiseError, match="only contiguous slices"):
+        trace[::2]
+    with pytest.raises(TokenwiseError, match="only contiguous slices"):
+        trace[0]
 
 
 def test_json_export_is_consistent(small):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,7 @@ def check_text(text: object) -> str:
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_window_args(window: int | None, stride: int | None,
@@ -105,7 +106,8 @@ def _tokenize(
 ) -> tuple[list[int], list[str], list[tuple[int, int]]]:
     """Token ids, text pieces and character spans, from one tokenizer call where possible."""
     try:
-        enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                              split_special_tokens=True, verbose=False)
         ids = list(enc["input_ids"])
         offsets = [tuple(o) for o in enc["offset_mapping"]]
         if len(offsets) != len(ids):
@@ -114,15 +116,20 @@ def _tokenize(
         # Slow (Python) tokenizers have no offsets: decode each token instead.
         ids = model.encode(text)
         return ids, [model.decode([i]) for i in ids], [(-1, -1)] * len(ids)
-    pieces = []
+    # Make the spans tile the text: a gap (whitespace some tokenizers trim from their
+    # offsets) goes to the token after it, a character split over several byte-level tokens
+    # goes to the first of them (the others get an empty span at its end), and the last
+    # token runs to the end of the text. Then "".join(pieces) == text.
+    pieces: list[str] = []
+    spans: list[tuple[int, int]] = []
     prev_end = 0
-    for start, end in offsets:
-        # Byte-level tokens that split one character share its span: give the character to
-        # the first of them so the pieces still join up to the text.
-        start = max(start, prev_end)
-        pieces.append(text[start:end] if end > start else "")
-        prev_end = max(prev_end, end)
-    return ids, pieces, offsets
+    for i, (_, end) in enumerate(offsets):
+        start = prev_end
+        end = len(text) if i == len(offsets) - 1 else max(end, start)
+        pieces.append(text[start:end])
+        spans.append((start, end))
+        prev_end = end
+    return ids, pieces, spans
 
 
 def score(
@@ -163,11 +170,11 @@ def score(
     """
     from tokenwise.models import LanguageModel, load
 
-    lm = model if isinstance(model, LanguageModel) else load(model)
     text = check_text(text)
+    lm = model if isinstance(model, LanguageModel) else load(model)
     w, s = check_window_args(window, stride, lm.context_length)
     assert w is not None and s is not None
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= lm.vocab_size:
+    if not _is_int(top_k) or not 0 <= top_k <= lm.vocab_size:
         raise TokenwiseError(f"top_k={top_k!r}: allowed an integer from 0 to {lm.vocab_size}")
     ids, pieces, offsets = _tokenize(lm, text)
     if lm.bos_token_id is None:

@@ -48,6 +48,28 @@ def read_text(source: str) -> str:
         ) from None
 
 
+def check_output_path(path: str | None, option: str) -> None:
+    """Fail before any work when an output file cannot be written where asked.
+
+    Args:
+        path: the output file, or None when the option was not given.
+        option: the option's name, for the message (e.g. ``"--html"``).
+
+    Example:
+        >>> check_output_path(None, "--html")
+    """
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise TokenwiseError(f"{option} {path!r} is a directory; give a file name")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TokenwiseError(f"{option} {path!r}: {str(parent)!r} is a file, not a folder")
+            break
+
+
 def show_piece(piece: str) -> str:
     """A token piece with whitespace made visible, for tables."""
     return piece.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"

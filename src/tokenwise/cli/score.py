@@ -6,7 +6,7 @@ import math
 
 import click
 
-from tokenwise.cli.common import model_option, read_text, show_piece
+from tokenwise.cli.common import check_output_path, model_option, read_text, show_piece
 from tokenwise.scoring import check_text, check_window_args
 
 
@@ -36,6 +36,7 @@ def score_command(source: str, model: str, as_json: bool, html_out: str | None, 
     from tokenwise.models import declared_context_length, load
     from tokenwise.scoring import score
 
+    check_output_path(html_out, "--html")
     text = read_text(source)
     check_text(text)
     # Fail before loading weights: the window limit is in config.json.

@@ -22,7 +22,8 @@ def testbed_group() -> None:
                    "src/tokenwise/models/builtin).")
 @click.option("--models", "names", default="tw-small,tw-large", show_default=True,
               help="Comma-separated built-in model names to train.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Testbed and training seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Testbed and training seed.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Override the number of optimizer steps (quick checks).")
 def train_command(out: str, names: str, seed: int, steps: int | None) -> None:
@@ -41,17 +42,19 @@ def train_command(out: str, names: str, seed: int, steps: int | None) -> None:
 
 @testbed_group.command("eval")
 @model_option()
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Testbed seed (the built-in models were trained on seed 0).")
 @click.option("--quick", is_flag=True, help="Small samples (seconds, wide intervals).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the full report as JSON to this file.")
 def eval_command(model: str, seed: int, quick: bool, json_out: str | None) -> None:
     """Measure a model on the testbed: facts, additions, needles, Markov entropy."""
+    from tokenwise.cli.common import check_output_path
     from tokenwise.models import load
     from tokenwise.testbed.evaluate import evaluate
     from tokenwise.testbed.worlds import Testbed
 
+    check_output_path(json_out, "--json")
     lm = load(model)
     report = evaluate(lm, Testbed(seed), quick=quick)
     if json_out:

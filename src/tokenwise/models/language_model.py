@@ -113,6 +113,8 @@ class LanguageModel:
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         """Token ids of ``text``; with ``add_bos`` the BOS id (see :attr:`bos_token_id`) first.
 
+        Special-token strings inside ``text`` are encoded as ordinary text.
+
         Args:
             text: the text.
             add_bos: put the start token in front.
@@ -123,7 +125,9 @@ class LanguageModel:
             >>> lm.decode(lm.encode("12+7=19"))
             '12+7=19'
         """
-        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # Text that looks like a special token ("<s>", "</s>") is text, not a control token.
+        ids = list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True,
+                                  verbose=False)["input_ids"])
         if add_bos:
             if self.bos_token_id is None:
                 raise TokenwiseError(

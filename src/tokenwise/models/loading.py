@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from tokenwise.errors import ModelNotFoundError, TokenwiseError, UnsafeCheckpointError
 from tokenwise.models.language_model import LanguageModel
@@ -82,7 +83,9 @@ def resolve(path_or_name: str | os.PathLike[str]) -> tuple[str, Path]:
         )
     raise ModelNotFoundError(
         f"unknown model {text!r}: not a built-in model ({', '.join(builtin_names())}) and not "
-        "an existing directory"
+        "an existing directory. If it is a Hugging Face hub id: tokenwise never downloads; "
+        f"run `hf download {text} --local-dir DIR` on a machine with network access, copy DIR "
+        "here and use `load('DIR')` / `--model DIR`."
     )
 
 
@@ -130,6 +133,18 @@ def _check_weights(path: Path) -> None:
     raise ModelNotFoundError(f"{str(path)!r} has no weights (*.safetensors)")
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                    "vocab.txt", "spiece.model")
+
+
+def _check_tokenizer(path: Path) -> None:
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelNotFoundError(
+            f"{str(path)!r} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}); "
+            "save the tokenizer beside the weights with tokenizer.save_pretrained(DIR)"
+        )
+
+
 def _pick_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -142,15 +157,21 @@ def _pick_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def _pick_dtype(dtype: str | torch.dtype | None, device: torch.device,
+                saved: str | None = None) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
             raise TokenwiseError(f"dtype={dtype}: allowed float32, float16, bfloat16")
         return dtype
     if dtype is None or dtype == "auto":
-        # CPUs run float32 fastest and exactly; GPUs take bfloat16 where supported.
+        # CPUs run float32 fastest and exactly. GPUs take the half type the weights were
+        # saved in (a float16 model cast to bfloat16 loses 3 bits of mantissa for nothing),
+        # else bfloat16 where supported.
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            bf16_ok = torch.cuda.is_bf16_supported()
+            if saved == "float16" or (saved != "bfloat16" and not bf16_ok):
+                return torch.float16
+            return torch.bfloat16 if bf16_ok else torch.float16
         return torch.float32
     if dtype not in _DTYPES:
         raise TokenwiseError(f"dtype={dtype!r}: allowed 'auto', {', '.join(sorted(_DTYPES))}")
@@ -185,12 +206,14 @@ def load(
 
     name, path = resolve(path_or_name)
     _check_weights(path)
-    dev = _pick_device(device)
-    torch_dtype = _pick_dtype(dtype, dev)
+    _check_tokenizer(path)
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TokenwiseError(f"{str(path / 'config.json')!r} is not valid JSON: {exc}") from exc
+    dev = _pick_device(device)
+    saved = config.get("dtype", config.get("torch_dtype"))
+    torch_dtype = _pick_dtype(dtype, dev, saved if isinstance(saved, str) else None)
     if config.get("auto_map") and not trust_remote_code:
         raise TokenwiseError(
             f"model {name!r} needs its own code (config.json has auto_map); pass "
@@ -207,7 +230,8 @@ def load(
             trust_remote_code=trust_remote_code,
             dtype=torch_dtype,
         )
-    except (OSError, ValueError, KeyError) as exc:
-        raise TokenwiseError(f"could not load model {name!r} from {str(path)!r}: {exc}") from exc
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        detail = " ".join(str(exc).split())  # one line, whatever transformers wrote
+        raise TokenwiseError(f"could not load model {name!r} from {str(path)!r}: {detail}") from exc
     model.to(dev)
     return LanguageModel(model, tokenizer, name=name, path=path)

@@ -51,7 +51,7 @@ def greedy_complete(model: LanguageModel, prompts: Sequence[str], max_new_tokens
     for start in range(0, len(prompts), batch_size):
         chunk = [model.encode(p, add_bos=True) for p in prompts[start : start + batch_size]]
         longest = max(len(c) for c in chunk)
-        if longest + max_new_tokens > model.context_length:
+        if longest + max_new_tokens - 1 > model.context_length:
             raise TokenwiseError(
                 f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the context "
                 f"length {model.context_length} of {model.name!r}"
@@ -65,7 +65,7 @@ def greedy_complete(model: LanguageModel, prompts: Sequence[str], max_new_tokens
         out = model.forward(ids, mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         generated: list[list[int]] = [[] for _ in chunk]
         done = [False] * len(chunk)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             nxt = out.logits[:, -1].argmax(-1)  # (B,)
             for i, tok in enumerate(nxt.tolist()):
                 if done[i]:
@@ -76,8 +76,8 @@ def greedy_complete(model: LanguageModel, prompts: Sequence[str], max_new_tokens
                 generated[i].append(tok)
                 if stop and stop in model.decode(generated[i][-4:]):
                     done[i] = True
-            if all(done):
-                break
+            if all(done) or step == max_new_tokens - 1:
+                break  # the last token chosen needs no forward pass of its own
             mask = torch.cat([mask, torch.ones((len(chunk), 1), dtype=torch.long)], dim=1)
             positions = positions[:, -1:] + 1
             out = model.forward(nxt[:, None], mask, cache=out.cache,
@@ -197,9 +197,9 @@ def eval_markov(model: LanguageModel, testbed: Testbed, n_sequences: int = 50) -
         sym_positions = sym_positions[-source.length :]
         logits = model.forward(torch.tensor([ids])).logits[0].float()  # (T, V)
         pred = torch.tensor(sym_positions) - 1
-        model_h.append(signals.entropy(logits[pred]).numpy())
-        chosen = torch.tensor([ids[p] for p in sym_positions])
-        surprise.append(signals.surprisal(logits[pred], chosen).numpy())
+        model_h.append(signals.entropy(logits[pred]).cpu().numpy())
+        chosen = torch.tensor([ids[p] for p in sym_positions], device=logits.device)
+        surprise.append(signals.surprisal(logits[pred], chosen).cpu().numpy())
         true_h.append(seq.true_entropies)
     t, m, s = (np.concatenate(x) for x in (true_h, model_h, surprise))
     return {

@@ -28,7 +28,9 @@ def train_tokenizer(documents: Sequence[str], vocab_size: int = 1024) -> PreTrai
         vocab_size: total vocabulary, special tokens included.
 
     Example:
-        >>> tok = train_tokenizer(["markov: ka lo\\n"] * 50 + ["12+3=15\\n"] * 10, 300)
+        >>> from tokenwise.testbed.markov import SYMBOLS
+        >>> line = "markov:" + "".join(" " + s for s in SYMBOLS) + "\\n"
+        >>> tok = train_tokenizer([line] * 50 + ["12+3=15\\n"] * 10, 300)
         >>> tok.convert_ids_to_tokens(tok("12")["input_ids"])
         ['<s>', '1', '2']
     """

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -242,8 +241,17 @@ def train_builtin(out_dir: str | Path, names: Sequence[str] = tuple(SPECS), seed
     unknown = [n for n in names if n not in SPECS]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; allowed: {sorted(SPECS)}")
-    random.seed(seed)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train_all(out_dir, names, seed, steps, progress, log, testbed)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train_all(out_dir: str | Path, names: Sequence[str], seed: int, steps: int | None,
+               progress: bool, log: Callable[[str], None],
+               testbed: Testbed | None) -> dict[str, dict]:
     _, tokenizer, docs_ids, stats = build_corpus(seed, testbed)
     log(f"corpus: {stats['documents']} documents, {stats['tokens']:,} tokens")
     out = Path(out_dir)
@@ -261,9 +269,9 @@ def train_builtin(out_dir: str | Path, names: Sequence[str] = tuple(SPECS), seed
             old.unlink()
         model.to(torch.float16).save_pretrained(target, safe_serialization=True)
         tokenizer.save_pretrained(target)
+        (target / "training.json").write_text(json.dumps(facts, indent=1) + "\n")
         for written in target.iterdir():
             written.chmod(0o644)  # readable by every user of a shared install
-        (target / "training.json").write_text(json.dumps(facts, indent=1) + "\n")
         log(f"{name}: {facts['parameters']:,} parameters, {facts['train_seconds']} s, "
             f"final loss {facts['final_loss']} -> {target}")
         results[name] = facts
