@@ -45,6 +45,7 @@ lint: dev
 
 bench: dev
 	$(BIN)/python benchmarks/score_throughput.py
+	$(BIN)/python benchmarks/builtin_models.py
 
 # Retrain the shipped built-in models (deterministic from the seed; ~20 min on 2 cores).
 models: install
