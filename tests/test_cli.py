@@ -243,7 +243,7 @@ def long_json(work: Path, long_text: tuple[Path, str, list[int]]) -> dict[str, A
 def test_help_lists_every_command(tmp_path: Path) -> None:
     out = ok(run_cli("--help", cwd=tmp_path)).stdout
     assert "Usage: tokenwise" in out
-    for command in ("score", "models", "testbed", "demo"):
+    for command in ("score", "models", "samplers", "testbed", "demo"):
         assert f"  {command} " in out, out
     assert "--version" in out and "--help" in out
 
@@ -606,3 +606,14 @@ def test_unwritable_outputs_and_bad_seeds_fail_before_any_work(tmp_path: Path) -
     bad_seed = run_cli("testbed", "eval", "-m", "tw-small", "--seed", "-1", cwd=tmp_path)
     assert bad_seed.returncode == 2 and "Traceback" not in bad_seed.stderr
     assert "Invalid value for '--seed': -1 is not in the range x>=0" in bad_seed.stderr
+
+
+def test_samplers_lists_every_registered_sampler(tmp_path: Path) -> None:
+    from tokenwise.sampling import SAMPLERS
+
+    rows = json.loads(ok(run_cli("samplers", "--json", cwd=tmp_path)).stdout)
+    assert {r["name"] for r in rows} == set(SAMPLERS)
+    top_p = next(r for r in rows if r["name"] == "top_p")
+    assert top_p["params"] == {"top_p": 0.9, "min_tokens_to_keep": 1}
+    table = ok(run_cli("samplers", cwd=tmp_path)).stdout
+    assert all(name in table for name in SAMPLERS)

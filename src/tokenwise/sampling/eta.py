@@ -1,0 +1,62 @@
+"""Eta sampling: an entropy-dependent cut-off, ``min(epsilon, sqrt(epsilon) * exp(-H))``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from tokenwise.sampling.base import Sampler, check_float, check_int, row_param, settle_param
+from tokenwise.sampling.epsilon import below_kth
+
+
+def _check_epsilon(name: str, value: object) -> float:
+    return check_float(name, value, 0.0, 1.0, high_open=True)
+
+
+class Eta(Sampler):
+    """Eta sampling (Hewitt et al., 2022, "Truncation Sampling as Language Model
+    Desmoothing", Findings of EMNLP; arXiv 2210.15191): drop tokens with
+    ``p < eta = min(epsilon, sqrt(epsilon) * exp(-H))``, ``H`` the entropy in nats.
+
+    A flat (high-entropy) distribution gets a lower cut-off, so it keeps more of its tail.
+    Same rule as transformers' ``EtaLogitsWarper``, ``min_tokens_to_keep`` included: the
+    most likely tokens are kept, and so is every token tied with the last of them.
+
+    Args:
+        epsilon: in (0, 1); one value or one per row. The paper suggests 3e-4 to 2e-3
+            (transformers: 3e-4 to 4e-3, by model size).
+        min_tokens_to_keep: keep at least this many of the most likely tokens (>= 1).
+
+    Example:
+        >>> probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])   # H = 1.14, eta = 0.175
+        >>> Eta(0.3)(probs.log()).isinf().tolist()
+        [[False, False, True, True]]
+    """
+
+    name = "eta"
+
+    def __init__(self, epsilon: float | Sequence[float] | Tensor,
+                 min_tokens_to_keep: int = 1) -> None:
+        self.epsilon = settle_param("epsilon", epsilon, _check_epsilon)
+        self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
+
+    def params(self) -> dict:
+        """The settings."""
+        return {"epsilon": self.epsilon, "min_tokens_to_keep": self.min_tokens_to_keep}
+
+    def drop_mask(self, logits32: Tensor) -> Tensor:
+        """Drop tokens under eta (but not the ``min_tokens_to_keep`` most likely)."""
+        eps = row_param("epsilon", self.epsilon, logits32.shape[0], logits32.device,
+                        _check_epsilon)  # (B, 1)
+        empty = torch.isneginf(logits32).all(-1, keepdim=True)  # (B, 1): left as they are
+        z = logits32.masked_fill(empty, 0.0)
+        # Entropy as torch.distributions.Categorical computes it (as transformers does):
+        # clamping log p at the most negative float makes 0 * log 0 = 0, never NaN.
+        log_p = z - z.logsumexp(-1, keepdim=True)
+        log_p_safe = log_p.clamp(min=torch.finfo(log_p.dtype).min)
+        ent = -(log_p_safe * log_p.softmax(-1)).sum(-1, keepdim=True)  # (B, 1)
+        eta = torch.minimum(eps, eps.sqrt() * torch.exp(-ent))  # (B, 1)
+        probs = z.softmax(-1)  # (B, V)
+        return (probs < eta) & below_kth(logits32, self.min_tokens_to_keep)

@@ -1,0 +1,55 @@
+"""Temperature: divide the logits by T (the only sampler that changes kept values)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from tokenwise.sampling.base import Sampler, check_float, check_logits, row_param
+
+
+class Temperature(Sampler):
+    """Scale logits by ``1 / temperature``; ``temperature=0`` means greedy.
+
+    ``T < 1`` sharpens the distribution, ``T > 1`` flattens it. ``T = 0`` keeps only the
+    most likely token (its logit unchanged, every other one ``-inf``), so sampling after it
+    is greedy decoding. Masked (``-inf``) entries stay ``-inf``.
+
+    Args:
+        temperature: ``T >= 0``, one value or one per row.
+
+    Example:
+        >>> Temperature(2.0)(torch.tensor([[2.0, 4.0]])).tolist()
+        [[1.0, 2.0]]
+        >>> Temperature(0)(torch.tensor([[2.0, 4.0]])).tolist()
+        [[-inf, 4.0]]
+    """
+
+    name = "temperature"
+
+    def __init__(self, temperature: float | Sequence[float] | Tensor = 1.0) -> None:
+        if not isinstance(temperature, (Tensor, Sequence)):
+            check_float("temperature", temperature, 0.0, float("inf"), low_open=False,
+                        high_open=True)
+        self.temperature = temperature
+
+    def params(self) -> dict:
+        """The settings."""
+        t = self.temperature
+        return {"temperature": t.tolist() if isinstance(t, Tensor) else t}
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        logits = check_logits(logits)
+        t = row_param("temperature", self.temperature, logits.shape[0], logits.device,
+                      lambda n, v: check_float(n, v, 0.0, float("inf"), low_open=False,
+                                               high_open=True))  # (B, 1)
+        greedy = t == 0  # (B, 1)
+        scaled = (logits.float() / torch.where(greedy, 1.0, t)).to(logits.dtype)  # (B, V)
+        if bool(greedy.any()):
+            best = logits.float().argmax(-1, keepdim=True)  # (B, 1)
+            only_best = torch.full_like(logits, float("-inf")).scatter(
+                -1, best, logits.gather(-1, best))
+            scaled = torch.where(greedy, only_best, scaled)
+        return scaled
