@@ -292,3 +292,21 @@ def test_measure_kept_set_sizes():
         sizes["transformers"] = round(hf_mask(0.4, logits).sum(-1).float().mean().item(), 1)
         print(f"alpha=0.4, V=32000, logits=randn*{scale:g}: mean kept {sizes}")
         assert all(v >= 1 for v in sizes.values())
+
+
+@pytest.mark.parametrize("rule", ["reference", "bound"])
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("min_keep", [1, 4, 150])
+def test_fast_path_equals_the_generic_path(rule, temperature, min_keep):
+    from tokenwise.sampling.base import Sampler
+
+    gen = torch.Generator().manual_seed(min_keep)
+    for scale, masked in ((1.0, 0.0), (3.0, 0.3), (8.0, 0.9)):
+        logits = torch.randn(5, 700, generator=gen) * scale
+        logits = logits.masked_fill(torch.rand(5, 700, generator=gen) < masked, float("-inf"))
+        logits[:, 3] = 0.0  # a finite token in every row
+        sampler = TopH(0.4, rule=rule, temperature=temperature, min_tokens_to_keep=min_keep)
+        fast = sampler(logits)
+        generic = Sampler.__call__(sampler, logits)
+        assert torch.equal(fast.isneginf(), generic.isneginf())
+        assert torch.equal(fast[~fast.isneginf()], logits[~fast.isneginf()])

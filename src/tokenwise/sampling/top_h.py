@@ -137,26 +137,47 @@ class TopH(Sampler):
         return {"alpha": self.alpha, "rule": self.rule, "top_n": self.top_n,
                 "temperature": self.temperature, "min_tokens_to_keep": self.min_tokens_to_keep}
 
-    def drop_mask(self, logits32: Tensor) -> Tensor:
-        batch, vocab = logits32.shape
-        alpha = row_param("alpha", self.alpha, batch, logits32.device, _check_alpha)  # (B, 1)
-        z = logits32 / self.temperature
-        # +inf (or overflow from a small temperature) would make the softmax NaN.
-        z = torch.nan_to_num(z, posinf=torch.finfo(torch.float32).max, neginf=float("-inf"))
-        # All -inf rows: compute on zeros (no NaN); the caller drops every token anyway.
-        dead = torch.isneginf(z).all(dim=-1, keepdim=True)
-        z = z.masked_fill(dead, 0.0)
-        lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    def __call__(self, logits: Tensor) -> Tensor:
+        """Fast path: work on the top n only, and write the output in one scatter.
 
+        The generic path (``Sampler.__call__`` with :meth:`drop_mask`) makes a dozen passes
+        over the vocabulary; here one ``topk`` and one ``logsumexp`` decide the mask and
+        one fill writes the result. Inputs the fast path cannot take as they are (NaN,
+        ``+inf``, rows with no finite logit: all make the normaliser non-finite) go through
+        the generic path, which refuses or handles them.
+        """
+        if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+            return super().__call__(logits)  # the generic path names what is wrong
+        batch, vocab = logits.shape
+        z = logits.float()
+        if self.temperature != 1.0:
+            z = z / self.temperature
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, 1); NaN/inf input -> not finite
+        if vocab == 0 or not bool(torch.isfinite(lse).all()):
+            return super().__call__(logits)
+        alpha = row_param("alpha", self.alpha, batch, logits.device, _check_alpha)  # (B, 1)
         n = vocab if self.top_n is None else min(self.top_n, vocab)
-        top_z, top_idx = z.topk(n, dim=-1, largest=True, sorted=True)  # (B, n)
+        width = min(max(n, self.min_tokens_to_keep), vocab)
+        top_z, top_idx = z.topk(width, dim=-1, largest=True, sorted=True)  # (B, width)
+        keep_top = self._keep_top(z, lse, top_z[:, :n], alpha)  # (B, n)
+        if width > n:
+            keep_top = torch.cat([keep_top, keep_top.new_zeros(batch, width - n)], dim=-1)
+        forced = torch.arange(width, device=logits.device) < self.min_tokens_to_keep
+        keep_top = (keep_top | forced) & (top_z > float("-inf"))
+        values = torch.where(keep_top, logits.gather(-1, top_idx),
+                             torch.tensor(float("-inf"), dtype=logits.dtype))
+        out = torch.full_like(logits, float("-inf"))
+        return out.scatter_(-1, top_idx, values)
+
+    def _keep_top(self, z: Tensor, lse: Tensor, top_z: Tensor, alpha: Tensor) -> Tensor:
+        """``(B, n)`` bool over the top n (sorted): which of them the rule keeps."""
+        n = top_z.shape[-1]
         top_logp = top_z - lse
         top_p = top_logp.exp()
         positive = top_p > 0
         # -p log p, with 0 where p == 0 (avoids 0 · -inf = NaN).
         contrib = torch.where(positive, -top_p * top_logp, 0.0)
         cum = contrib.cumsum(dim=-1)
-
         if self.rule == "reference":
             tau = alpha * cum[:, -1:]  # = alpha · Σ_top-n -p log p, consistent with cum
             keep_top = cum <= tau
@@ -173,6 +194,22 @@ class TopH(Sampler):
             keep_top = positions <= longest
         keep_top = keep_top & positive
         keep_top[:, 0] = True
+        return keep_top
+
+    def drop_mask(self, logits32: Tensor) -> Tensor:
+        batch, vocab = logits32.shape
+        alpha = row_param("alpha", self.alpha, batch, logits32.device, _check_alpha)  # (B, 1)
+        z = logits32 / self.temperature
+        # +inf (or overflow from a small temperature) would make the softmax NaN.
+        z = torch.nan_to_num(z, posinf=torch.finfo(torch.float32).max, neginf=float("-inf"))
+        # All -inf rows: compute on zeros (no NaN); the caller drops every token anyway.
+        dead = torch.isneginf(z).all(dim=-1, keepdim=True)
+        z = z.masked_fill(dead, 0.0)
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)
+
+        n = vocab if self.top_n is None else min(self.top_n, vocab)
+        top_z, top_idx = z.topk(n, dim=-1, largest=True, sorted=True)  # (B, n)
+        keep_top = self._keep_top(z, lse, top_z, alpha)
         keep = torch.zeros((batch, vocab), dtype=torch.bool, device=z.device)
         keep = keep.scatter(-1, top_idx, keep_top)
         return ~keep
