@@ -10,7 +10,8 @@ from torch import Tensor
 from tokenwise.sampling.base import Sampler, check_float, check_int, row_param, settle_param
 
 
-def _check_epsilon(name: str, value: object) -> float:
+def check_epsilon(name: str, value: object) -> float:
+    """``value`` as an epsilon in (0, 1) (shared by Epsilon and Eta)."""
     return check_float(name, value, 0.0, 1.0, high_open=True)
 
 
@@ -52,7 +53,7 @@ class Epsilon(Sampler):
 
     def __init__(self, epsilon: float | Sequence[float] | Tensor,
                  min_tokens_to_keep: int = 1) -> None:
-        self.epsilon = settle_param("epsilon", epsilon, _check_epsilon)
+        self.epsilon = settle_param("epsilon", epsilon, check_epsilon)
         self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
 
     def params(self) -> dict:
@@ -62,7 +63,7 @@ class Epsilon(Sampler):
     def drop_mask(self, logits32: Tensor) -> Tensor:
         """Drop tokens under ``epsilon`` (but not the ``min_tokens_to_keep`` most likely)."""
         eps = row_param("epsilon", self.epsilon, logits32.shape[0], logits32.device,
-                        _check_epsilon)  # (B, 1)
+                        check_epsilon)  # (B, 1)
         empty = torch.isneginf(logits32).all(-1, keepdim=True)  # (B, 1): left as they are
         probs = logits32.masked_fill(empty, 0.0).softmax(-1)  # (B, V)
         return (probs < eps) & below_kth(logits32, self.min_tokens_to_keep)

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
-from tokenwise.sampling.base import Sampler, check_float, check_int, row_param, settle_param
-from tokenwise.sampling.epsilon import below_kth
+from tokenwise.sampling.base import row_param
+from tokenwise.sampling.epsilon import Epsilon, below_kth, check_epsilon
 
 
-def _check_epsilon(name: str, value: object) -> float:
-    return check_float(name, value, 0.0, 1.0, high_open=True)
-
-
-class Eta(Sampler):
+class Eta(Epsilon):
     """Eta sampling (Hewitt et al., 2022, "Truncation Sampling as Language Model
     Desmoothing", Findings of EMNLP; arXiv 2210.15191): drop tokens with
     ``p < eta = min(epsilon, sqrt(epsilon) * exp(-H))``, ``H`` the entropy in nats.
@@ -35,21 +29,12 @@ class Eta(Sampler):
         [[False, False, True, True]]
     """
 
-    name = "eta"
-
-    def __init__(self, epsilon: float | Sequence[float] | Tensor,
-                 min_tokens_to_keep: int = 1) -> None:
-        self.epsilon = settle_param("epsilon", epsilon, _check_epsilon)
-        self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
-
-    def params(self) -> dict:
-        """The settings."""
-        return {"epsilon": self.epsilon, "min_tokens_to_keep": self.min_tokens_to_keep}
+    name = "eta"  # same arguments as Epsilon; only the threshold differs
 
     def drop_mask(self, logits32: Tensor) -> Tensor:
         """Drop tokens under eta (but not the ``min_tokens_to_keep`` most likely)."""
         eps = row_param("epsilon", self.epsilon, logits32.shape[0], logits32.device,
-                        _check_epsilon)  # (B, 1)
+                        check_epsilon)  # (B, 1)
         empty = torch.isneginf(logits32).all(-1, keepdim=True)  # (B, 1): left as they are
         z = logits32.masked_fill(empty, 0.0)
         # Entropy as torch.distributions.Categorical computes it (as transformers does):
