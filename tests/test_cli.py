@@ -617,3 +617,16 @@ def test_samplers_lists_every_registered_sampler(tmp_path: Path) -> None:
     assert top_p["params"] == {"top_p": 0.9, "min_tokens_to_keep": 1}
     table = ok(run_cli("samplers", cwd=tmp_path)).stdout
     assert all(name in table for name in SAMPLERS)
+
+
+def test_generate_greedy_json_and_sampled_table(tmp_path: Path) -> None:
+    data = json.loads(ok(run_cli("generate", "7+2=", "-m", "tw-large", "--max-new-tokens", "4",
+                                 "--stop", "\n", "--json", cwd=tmp_path)).stdout)
+    assert data["text"] == "9" and data["finish_reason"] == "stop"
+    assert data["tokens"][0]["rank"] == 1 and data["tokens"][0]["entropy"] >= 0
+    out = ok(run_cli("generate", "markov: ka", "-m", "tw-small", "--sampler", "top_p",
+                     "--param", "top_p=0.8", "--seed", "4", "--max-new-tokens", "5",
+                     cwd=tmp_path)).stdout
+    assert "TopP(top_p=0.8" in out and "seed 4" in out and "entropy" in out
+    assert_clean_error(run_cli("generate", "x", "-m", "tw-small", "--sampler", "top_p",
+                               "--param", "top_p=2", cwd=tmp_path), "top_p=2")

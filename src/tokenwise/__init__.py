@@ -14,18 +14,22 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from tokenwise.generation import Generation, generate
     from tokenwise.models import LanguageModel, load
     from tokenwise.scoring import score
     from tokenwise.trace import TokenTrace
 
 _LAZY = {
     "score": ("tokenwise.scoring", "score"),
+    "generate": ("tokenwise.generation", "generate"),
+    "Generation": ("tokenwise.generation", "Generation"),
     "TokenTrace": ("tokenwise.trace", "TokenTrace"),
     "load": ("tokenwise.models", "load"),
     "LanguageModel": ("tokenwise.models", "LanguageModel"),
 }
 
-__all__ = ["LanguageModel", "TokenTrace", "__version__", "load", "score"]
+__all__ = ["Generation", "LanguageModel", "TokenTrace", "__version__", "generate", "load",
+           "score"]
 
 
 def __getattr__(name: str) -> Any:

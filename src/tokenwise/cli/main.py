@@ -27,11 +27,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from tokenwise.cli import demo, models, samplers, score, testbed
+    from tokenwise.cli import demo, generate, models, samplers, score, testbed
 
     cli.add_command(score.score_command)
     cli.add_command(models.models_command)
     cli.add_command(samplers.samplers_command)
+    cli.add_command(generate.generate_command)
     cli.add_command(testbed.testbed_group)
     cli.add_command(demo.demo_command)
 

@@ -1,0 +1,81 @@
+"""`tokenwise generate`: generate from a prompt with a sampler, showing each token's entropy."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+from tokenwise.cli.common import model_option, show_piece
+from tokenwise.errors import TokenwiseError
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict[str, object]:
+    """``("top_p=0.9", "top_k=40")`` -> ``{"top_p": 0.9, "top_k": 40}``.
+
+    Example:
+        >>> parse_params(("alpha=0.4", "rule=bound"))
+        {'alpha': 0.4, 'rule': 'bound'}
+    """
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise TokenwiseError(f"--param {pair!r}: write NAME=VALUE, e.g. --param top_p=0.9")
+        value: object = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                continue
+        out[key.strip()] = value
+    return out
+
+
+@click.command("generate")
+@click.argument("prompt")
+@model_option()
+@click.option("--sampler", default=None,
+              help="Sampler name (see `tokenwise samplers`); default: greedy.")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Sampler parameter, repeatable (e.g. --param alpha=0.4).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Sampling seed.")
+@click.option("--stop", multiple=True, help="Stop string, repeatable (default: none).")
+@click.option("--json", "as_json", is_flag=True, help="Print the generation as JSON.")
+def generate_command(prompt: str, model: str, sampler: str | None, params: tuple[str, ...],
+                     max_new_tokens: int, seed: int | None, stop: tuple[str, ...],
+                     as_json: bool) -> None:
+    """Generate a continuation of PROMPT; every token comes with its entropy and rank."""
+    from tokenwise.generation import generate
+    from tokenwise.models import load
+    from tokenwise.sampling import get
+
+    kwargs = parse_params(params)
+    if kwargs and sampler is None:
+        raise TokenwiseError("--param needs --sampler (greedy decoding has no parameters)")
+    chosen = get(sampler, **kwargs) if sampler else None
+    gen = generate(load(model), prompt, chosen, max_new_tokens=max_new_tokens, seed=seed,
+                   stop=list(stop) or None)
+    if as_json:
+        click.echo(json.dumps(gen.as_dict(), indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.text import Text
+
+    console = Console()
+    shown = Text(prompt, style="dim")
+    for t in gen.tokens:  # colour by entropy: green sure, yellow unsure, red guessing
+        style = "green" if t.entropy < 0.5 else "yellow" if t.entropy < 1.5 else "red"
+        shown.append(t.text, style=style)
+    console.print(shown)
+    used = escape(repr(chosen) if chosen else "greedy")
+    seed_note = "" if gen.seed is None else f"; seed {gen.seed}"
+    console.print(f"[dim]finish: {gen.finish_reason}; {len(gen.tokens)} tokens; mean entropy "
+                  f"{gen.mean_entropy:.2f} nats; sampler {used}{seed_note}[/dim]")
+    for t in gen.tokens:
+        console.print(escape(f"  {show_piece(t.text):>12}  p {math.exp(t.logprob):.2f}  "
+                             f"entropy {t.entropy:.2f}  rank {t.rank}"))

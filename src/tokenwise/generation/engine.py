@@ -1,0 +1,188 @@
+"""The decode loop: batched prompts, KV cache, samplers, seeds, stop strings, streaming."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Generator, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from tokenwise import signals
+from tokenwise.errors import TokenwiseError
+from tokenwise.generation.records import Generation, TokenRecord
+
+if TYPE_CHECKING:
+    from tokenwise.models import LanguageModel
+    from tokenwise.sampling import Sampler
+
+
+def _check_prompts(prompt: str | Sequence[str]) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise TokenwiseError("no prompt given; pass a string or a non-empty list of strings")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise TokenwiseError(f"prompt {i} is {p!r}: a non-empty string is needed")
+    return prompts
+
+
+def _check_seeds(seed: int | Sequence[int] | None, n: int) -> list[int | None]:
+    if seed is None:
+        return [None] * n
+    seeds = [seed] * n if isinstance(seed, numbers.Integral) else list(seed)
+    if len(seeds) != n:
+        raise TokenwiseError(f"{len(seeds)} seeds for {n} prompts: give one seed or one per prompt")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
+            raise TokenwiseError(f"seed={s!r}: allowed a non-negative integer")
+    return [int(s) for s in seeds]
+
+
+def _resolve_sampler(sampler: Sampler | str | None) -> Sampler | None:
+    if sampler is None or sampler == "greedy":
+        return None
+    if isinstance(sampler, str):
+        from tokenwise.sampling import get
+
+        return get(sampler)
+    from tokenwise.sampling import Sampler
+
+    if not isinstance(sampler, Sampler):
+        raise TokenwiseError(f"sampler={sampler!r}: allowed None (greedy), a sampler name or a "
+                             "tokenwise.sampling sampler")
+    return sampler
+
+
+@torch.inference_mode()
+def _decode(lm: LanguageModel, prompts: list[str], sampler: Sampler | None,
+            max_new_tokens: int, seeds: list[int | None], stop: list[str]
+            ) -> Generator[TokenRecord, None, list[Generation]]:
+    """Yield each token's record as it is chosen; return the finished generations."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) \
+            or max_new_tokens < 1:
+        raise TokenwiseError(f"max_new_tokens={max_new_tokens!r}: allowed an integer >= 1")
+    encoded = [lm.encode(p, add_bos=True) for p in prompts]
+    longest = max(len(e) for e in encoded)
+    if longest + max_new_tokens - 1 > lm.context_length:
+        raise TokenwiseError(
+            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the context "
+            f"length {lm.context_length} of {lm.name!r}; shorten the prompt or ask for fewer "
+            "tokens"
+        )
+    device = lm.device
+    pad = lm.tokenizer.pad_token_id
+    pad = lm.eos_token_id if pad is None else pad
+    pad = 0 if pad is None else pad
+    batch = len(prompts)
+    ids = torch.full((batch, longest), pad, dtype=torch.long)
+    mask = torch.zeros((batch, longest), dtype=torch.long)
+    for i, e in enumerate(encoded):  # left padding: every prompt ends at the last column
+        ids[i, longest - len(e):] = torch.tensor(e)
+        mask[i, longest - len(e):] = 1
+    mask = mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    generators = [None if s is None else torch.Generator(device=device).manual_seed(s)
+                  for s in seeds]
+    out = lm.forward(ids, mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    generated: list[list[int]] = [[] for _ in prompts]
+    results = [Generation(prompt=p, text="", prompt_tokens=len(e), seed=s)
+               for p, e, s in zip(prompts, encoded, seeds, strict=True)]
+    done = [False] * batch
+    for step in range(max_new_tokens):
+        raw = out.logits[:, -1].float()  # (B, V) the model's own distribution
+        if sampler is None:
+            chosen = raw.argmax(-1)  # (B,)
+        else:
+            probs = sampler(raw).softmax(-1)  # (B, V), dropped tokens 0
+            chosen = torch.stack([
+                torch.multinomial(probs[i], 1, generator=generators[i])[0] for i in range(batch)
+            ])  # (B,)
+        stats = signals.token_stats(raw, chosen, top_k=0)
+        ranks = (raw > raw.gather(-1, chosen[:, None])).sum(-1) + 1  # (B,)
+        for i, tok in enumerate(chosen.tolist()):
+            if done[i]:
+                continue
+            if tok == lm.eos_token_id:
+                done[i], results[i].finish_reason = True, "eos"
+                continue
+            generated[i].append(tok)
+            record = TokenRecord(
+                id=tok, text=lm.decode([tok]), logprob=float(stats.logprobs[i]),
+                entropy=float(stats.entropies[i]), varentropy=float(stats.varentropies[i]),
+                rank=int(ranks[i]), step=step, row=i,
+            )
+            results[i].tokens.append(record)
+            yield record
+            text = lm.decode(generated[i], skip_special_tokens=True)
+            hits = [text.index(s) for s in stop if s in text]
+            if hits:
+                done[i], results[i].finish_reason = True, "stop"
+                text = text[: min(hits)]
+            results[i].text = text
+        if all(done) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], 1)
+        positions = positions[:, -1:] + 1
+        out = lm.forward(chosen[:, None], mask, cache=out.cache, position_ids=positions,
+                         use_cache=True)
+    return results
+
+
+def generate(
+    model: LanguageModel | str,
+    prompt: str | Sequence[str],
+    sampler: Sampler | str | None = None,
+    *,
+    max_new_tokens: int = 64,
+    seed: int | Sequence[int] | None = None,
+    stop: str | Sequence[str] | None = None,
+    stream: bool = False,
+) -> Generation | list[Generation] | Iterator[TokenRecord]:
+    """Generate from one prompt or a batch, with a record for every token.
+
+    Greedy when ``sampler`` is None; otherwise each row samples from the sampler's output
+    with its own seeded random stream, so a prompt with a given seed gives the same text
+    alone or in any batch.
+
+    Args:
+        model: a :class:`~tokenwise.models.LanguageModel`, or a built-in name / directory.
+        prompt: a string, or a list of strings (a batch; left-padded).
+        sampler: None (greedy), a sampler name, or a :mod:`tokenwise.sampling` sampler
+            (e.g. ``Chain([TopH(0.4), Temperature(0.8)])``).
+        max_new_tokens: most tokens generated per prompt (>= 1).
+        seed: one seed, or one per prompt (sampling only; default: fresh randomness).
+        stop: string(s) that end a generation; the text is cut before the first one.
+        stream: return an iterator of :class:`TokenRecord` as tokens are chosen
+            (``record.row`` says which prompt) instead of the finished generations.
+
+    Returns:
+        A :class:`Generation` for a string prompt, a list for a list of prompts, or an
+        iterator of records with ``stream=True``.
+
+    Example:
+        >>> import tokenwise as tw
+        >>> g = tw.generate("tw-large", "7+2=", max_new_tokens=3, stop="\\n")
+        >>> g.text, g.finish_reason, g.tokens[0].rank
+        ('9', 'stop', 1)
+    """
+    from tokenwise.models import LanguageModel, load
+
+    prompts = _check_prompts(prompt)
+    lm = model if isinstance(model, LanguageModel) else load(model)
+    chosen_sampler = _resolve_sampler(sampler)
+    seeds = _check_seeds(seed, len(prompts))
+    if chosen_sampler is not None:  # fresh randomness when no seed is given
+        seeds = [int(torch.randint(0, 2**62, (1,)).item()) if s is None else s for s in seeds]
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise TokenwiseError(f"stop={stop!r}: allowed non-empty strings")
+    loop = _decode(lm, prompts, chosen_sampler, max_new_tokens, seeds, stops)
+    if stream:
+        return loop
+    try:
+        while True:
+            next(loop)
+    except StopIteration as finished:
+        results: list[Generation] = finished.value
+    return results[0] if isinstance(prompt, str) else results

@@ -1,0 +1,72 @@
+"""What generation returns: one record per generated token, and the finished generation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """One generated token and what the model thought when it chose it.
+
+    The signals describe the model's own next-token distribution (raw logits, before any
+    sampler), so they say how sure the model was, whatever the sampler then did.
+
+    Attributes:
+        id: the token id.
+        text: its decoded text.
+        logprob: log-probability of the token under the model (nats).
+        entropy: entropy of the model's distribution at this step (nats).
+        varentropy: variance of surprisal at this step.
+        rank: 1 + the number of tokens the model found more likely (1 = its top choice).
+        step: 0 for the first generated token.
+        row: the prompt's index in the batch.
+    """
+
+    id: int
+    text: str
+    logprob: float
+    entropy: float
+    varentropy: float
+    rank: int
+    step: int
+    row: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class Generation:
+    """A finished generation for one prompt.
+
+    Attributes:
+        prompt: the prompt.
+        text: the generated text (cut before a stop string when one was hit).
+        tokens: one :class:`TokenRecord` per generated token.
+        finish_reason: ``"stop"`` (a stop string), ``"eos"`` (end-of-text token) or
+            ``"length"`` (``max_new_tokens`` reached).
+        prompt_tokens: tokens in the prompt (BOS included).
+        seed: the seed the sampling used (None for greedy).
+    """
+
+    prompt: str
+    text: str
+    tokens: list[TokenRecord] = field(default_factory=list)
+    finish_reason: str = "length"
+    prompt_tokens: int = 0
+    seed: int | None = None
+
+    @property
+    def mean_entropy(self) -> float:
+        """Mean entropy over the generated tokens (nats)."""
+        return sum(t.entropy for t in self.tokens) / len(self.tokens) if self.tokens else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"prompt": self.prompt, "text": self.text, "finish_reason": self.finish_reason,
+                "prompt_tokens": self.prompt_tokens, "seed": self.seed,
+                "mean_entropy": self.mean_entropy,
+                "tokens": [t.as_dict() for t in self.tokens]}

@@ -1,0 +1,97 @@
+"""The decode loop: equal to transformers when greedy, reproducible when sampled, records."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import tokenwise as tw
+from tokenwise.errors import TokenwiseError
+from tokenwise.sampling import Chain, Temperature, TopK, TopP
+
+PROMPTS = ["Q: What is the job of Trather Shai?\nA:", "5+3=", "markov: ka ro",
+           "Memo:\nThe code of Brelix is 382.\nQ: What is the code of Brelix?\nA:"]
+
+
+def _hf_greedy(lm, prompt: str, n: int) -> list[int]:
+    ids = torch.tensor([lm.encode(prompt, add_bos=True)])
+    out = lm.hf_model.generate(ids, max_new_tokens=n, do_sample=False, min_new_tokens=n,
+                               pad_token_id=lm.tokenizer.pad_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def test_greedy_equals_transformers_generate_batched_and_alone(large):
+    batch = tw.generate(large, PROMPTS, max_new_tokens=8)
+    for prompt, gen in zip(PROMPTS, batch, strict=True):
+        ours = [t.id for t in gen.tokens]
+        assert ours == _hf_greedy(large, prompt, len(ours))
+        assert ours == [t.id for t in tw.generate(large, prompt, max_new_tokens=8).tokens]
+
+
+def test_same_seed_same_output_batched_or_alone(large):
+    sampler = Chain([Temperature(1.3), TopP(0.95)])
+    together = tw.generate(large, PROMPTS, sampler, max_new_tokens=12, seed=[5, 6, 7, 8])
+    for i, prompt in enumerate(PROMPTS):
+        alone = tw.generate(large, prompt, sampler, max_new_tokens=12, seed=5 + i)
+        assert alone.text == together[i].text and alone.seed == 5 + i
+    again = tw.generate(large, PROMPTS[2], sampler, max_new_tokens=12, seed=7)
+    assert again.text == together[2].text
+
+
+def test_sampling_follows_the_model_distribution(small):
+    # First token after "markov: ka": compare sampled frequencies with the softmax.
+    prompt = "markov: ka"
+    ids = torch.tensor([small.encode(prompt, add_bos=True)])
+    probs = small.forward(ids).logits[0, -1].float().softmax(-1)
+    n = 400
+    gens = tw.generate(small, [prompt] * n, TopK(small.vocab_size), max_new_tokens=1,
+                       seed=list(range(n)))
+    counts = torch.bincount(torch.tensor([g.tokens[0].id for g in gens]),
+                            minlength=small.vocab_size).float()
+    top = probs.topk(3).indices
+    for t in top.tolist():  # each frequent token within 4 standard errors
+        p = float(probs[t])
+        assert abs(counts[t] / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-3
+
+
+def test_records_describe_the_model_distribution(large):
+    gen = tw.generate(large, "7+2=", max_new_tokens=4)
+    first = gen.tokens[0]
+    ids = torch.tensor([large.encode("7+2=", add_bos=True)])
+    logits = large.forward(ids).logits[0, -1].float()
+    assert first.rank == 1 and first.id == int(logits.argmax())
+    assert first.logprob == pytest.approx(float(logits.log_softmax(-1).max()), abs=1e-5)
+    assert first.entropy == pytest.approx(float(tw.signals.entropy(logits)), abs=1e-5)
+    assert all(t.logprob <= 0 and t.entropy >= 0 and t.rank >= 1 for t in gen.tokens)
+
+
+def test_stop_strings_eos_and_length(large):
+    g = tw.generate(large, "7+2=", max_new_tokens=6, stop="\n")
+    assert g.text == "9" and g.finish_reason == "stop"
+    g = tw.generate(large, "markov: ka", max_new_tokens=3)
+    assert g.finish_reason == "length" and len(g.tokens) == 3
+
+
+def test_streaming_yields_the_same_tokens(large):
+    streamed = list(tw.generate(large, PROMPTS[:2], max_new_tokens=5, stream=True))
+    finished = tw.generate(large, PROMPTS[:2], max_new_tokens=5)
+    for row in range(2):
+        assert [r.id for r in streamed if r.row == row] == [t.id for t in finished[row].tokens]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"prompt": ""}, "non-empty string"),
+    ({"prompt": []}, "no prompt"),
+    ({"max_new_tokens": 0}, "max_new_tokens=0"),
+    ({"prompt": "ka " * 300}, "exceeds the context length 256"),
+    ({"sampler": "nucleus"}, "unknown sampler 'nucleus'"),
+    ({"sampler": "top_p", "seed": -1}, "seed=-1"),
+    ({"prompt": ["a", "b"], "seed": [1]}, "1 seeds for 2 prompts"),
+    ({"stop": [""]}, "stop="),
+])
+def test_bad_input(small, kwargs, match):
+    args = {"prompt": "hello", **kwargs}
+    with pytest.raises(TokenwiseError, match=match):
+        tw.generate(small, args.pop("prompt"), **args)
