@@ -22,6 +22,7 @@ class TokenRecord:
         rank: 1 + the number of tokens the model found more likely (1 = its top choice).
         step: 0 for the first generated token.
         row: the prompt's index in the batch.
+        model: the model that produced the token (entropy-adaptive decoding uses two).
     """
 
     id: int
@@ -32,6 +33,7 @@ class TokenRecord:
     rank: int
     step: int
     row: int = 0
+    model: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""

@@ -1,0 +1,207 @@
+"""Entropy Adaptive Decoding (Simonds, 2025): a small model writes, a large one takes over
+where the small one's rolling entropy says it is guessing.
+
+Both models share a tokenizer and keep their own KV cache. At each step the active model's
+next-token entropy (bits, from raw logits, before any sampler) joins a rolling window; when
+the small model is active and the window mean rises above ``up`` the large model produces
+this very token (it first reads, in one forward pass, every token it has not seen); when the
+large model is active and the mean falls below ``down`` the small one takes back. A switch
+needs the current model to have run at least ``min_run`` tokens (hysteresis).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tokenwise import signals
+from tokenwise.errors import TokenwiseError
+from tokenwise.generation.engine import _check_seeds, _resolve_sampler
+from tokenwise.generation.records import TokenRecord
+from tokenwise.models import LanguageModel
+from tokenwise.sampling import Sampler
+from tokenwise.sampling.base import check_float, check_int
+
+_LN2 = 0.6931471805599453
+
+
+@dataclass
+class EADGeneration:
+    """An EAD generation: the text, per-token records (``record.model`` says who wrote
+    each), and what it cost.
+
+    Attributes:
+        text: generated text (cut before a stop string).
+        tokens: one record per token.
+        finish_reason: ``"stop"``, ``"eos"`` or ``"length"``.
+        large_share: share of the tokens the large model produced.
+        forward_passes: forward passes per model name.
+        tokens_processed: tokens each model read (prefill and catch-up included).
+        flops: estimated forward FLOPs, ``2 x parameters x tokens read`` per model, summed.
+        switches: how many times control changed hands.
+        seconds: wall-clock time.
+    """
+
+    text: str
+    tokens: list[TokenRecord] = field(default_factory=list)
+    finish_reason: str = "length"
+    large_share: float = 0.0
+    forward_passes: dict[str, int] = field(default_factory=dict)
+    tokens_processed: dict[str, int] = field(default_factory=dict)
+    flops: float = 0.0
+    switches: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        out = dict(self.__dict__)
+        out["tokens"] = [t.as_dict() for t in self.tokens]
+        return out
+
+
+class _Runner:
+    """One model with its own KV cache and how many tokens of the sequence it has read."""
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+        self.cache: Any = None
+        self.seen = 0
+        self.passes = 0
+        self.read = 0
+
+    def next_logits(self, seq: list[int]) -> torch.Tensor:
+        new = torch.tensor([seq[self.seen:]])  # (1, unseen): catch up in one pass
+        positions = torch.arange(self.seen, len(seq))[None]
+        out = self.lm.forward(new, cache=self.cache, position_ids=positions, use_cache=True,
+                              logits_to_keep=1)
+        self.cache, self.seen = out.cache, len(seq)
+        self.passes += 1
+        self.read += new.shape[1]
+        return out.logits[0, -1].float()  # (V,)
+
+
+@torch.inference_mode()
+def generate_ead(
+    small: LanguageModel,
+    large: LanguageModel,
+    prompt: str,
+    sampler: Sampler | str | None = None,
+    *,
+    up: float = 1.0,
+    down: float | None = None,
+    window: int = 5,
+    min_run: int = 1,
+    max_new_tokens: int = 64,
+    seed: int | None = None,
+    stop: str | list[str] | None = None,
+) -> EADGeneration:
+    """Generate with the small model, handing over to the large one where entropy rises.
+
+    Args:
+        small: the model that writes by default.
+        large: the model that takes over; must share the small one's tokenizer.
+        prompt: the prompt.
+        sampler: None (greedy), a sampler name, or a sampler (applied to whichever model
+            is active).
+        up: rolling mean entropy in bits above which the large model takes over (> 0).
+        down: rolling mean entropy in bits below which the small model takes back
+            (default ``up``; must be <= ``up``).
+        window: tokens in the rolling mean (EAD: 5).
+        min_run: tokens a model must produce before control can change hands again.
+        max_new_tokens: most tokens generated.
+        seed: sampling seed.
+        stop: string(s) that end the generation.
+
+    Returns:
+        An :class:`EADGeneration`.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> g = generate_ead(load("tw-small"), load("tw-large"), "7+2=", up=0.5,
+        ...                  max_new_tokens=3, stop="\\n")
+        >>> g.text, g.tokens[0].model
+        ('9', 'tw-large')
+    """
+    if small.tokenizer.get_vocab() != large.tokenizer.get_vocab():
+        raise TokenwiseError(f"models {small.name!r} and {large.name!r} have different "
+                             "tokenizers; entropy-adaptive decoding needs one shared vocabulary")
+    up = check_float("up", up, 0.0, float("inf"), high_open=True)
+    down = up if down is None else check_float("down", down, 0.0, up, low_open=False)
+    window = check_int("window", window, 1)
+    min_run = check_int("min_run", min_run, 1)
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise TokenwiseError(f"prompt={prompt!r}: a non-empty string is needed")
+    chosen_sampler = _resolve_sampler(sampler)
+    (seed_value,) = _check_seeds(seed, 1)
+    gen = None
+    if chosen_sampler is not None:
+        gen = torch.Generator().manual_seed(seed_value if seed_value is not None
+                                            else int(torch.randint(0, 2**62, (1,))))
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    seq = small.encode(prompt, add_bos=True)
+    limit = min(small.context_length, large.context_length)
+    if len(seq) + max_new_tokens - 1 > limit:
+        raise TokenwiseError(f"prompt of {len(seq)} tokens + max_new_tokens={max_new_tokens} "
+                             f"exceeds the shared context length {limit}")
+    runners = {"small": _Runner(small), "large": _Runner(large)}
+    active, last, run, switches = "small", None, 0, 0
+    bits: list[float] = []
+
+    def rolling(latest: float) -> float:
+        recent = [*bits, latest][-window:]
+        return sum(recent) / len(recent)
+
+    result = EADGeneration(text="")
+    generated: list[int] = []
+    start = time.perf_counter()
+    for step in range(max_new_tokens):
+        producer = active
+        logits = runners[producer].next_logits(seq)
+        h = float(signals.entropy(logits)) / _LN2
+        if producer == "small" and rolling(h) > up and (last is None or run >= min_run):
+            producer = "large"  # it writes this very token
+            logits = runners[producer].next_logits(seq)
+            h = float(signals.entropy(logits)) / _LN2
+        bits.append(h)
+        if chosen_sampler is None:
+            tok = int(logits.argmax())
+        else:
+            probs = chosen_sampler(logits[None]).softmax(-1)[0]
+            tok = int(torch.multinomial(probs, 1, generator=gen))
+        if producer != last:
+            switches += last is not None
+            run = 0
+        run, last, active = run + 1, producer, producer
+        if producer == "large" and sum(bits[-window:]) / len(bits[-window:]) < down \
+                and run >= min_run:
+            active = "small"  # hands back from the next token on
+        lm = runners[producer].lm
+        if tok == lm.eos_token_id:
+            result.finish_reason = "eos"
+            break
+        stats = signals.token_stats(logits[None], torch.tensor([tok]), top_k=0)
+        rank = int((logits > logits[tok]).sum()) + 1
+        result.tokens.append(TokenRecord(
+            id=tok, text=lm.decode([tok]), logprob=float(stats.logprobs[0]),
+            entropy=float(stats.entropies[0]), varentropy=float(stats.varentropies[0]),
+            rank=rank, step=step, model=lm.name))
+        seq.append(tok)
+        generated.append(tok)
+        text = small.decode(generated, skip_special_tokens=True)
+        hits = [text.index(s) for s in stops if s in text]
+        if hits:
+            result.text, result.finish_reason = text[: min(hits)], "stop"
+            break
+        result.text = text
+    result.seconds = time.perf_counter() - start
+    n_large = sum(t.model == large.name for t in result.tokens)
+    result.large_share = n_large / len(result.tokens) if result.tokens else 0.0
+    result.switches = switches
+    result.forward_passes = {r.lm.name: r.passes for r in runners.values()}
+    result.tokens_processed = {r.lm.name: r.read for r in runners.values()}
+    result.flops = float(sum(2 * r.lm.num_parameters() * r.read for r in runners.values()))
+    return result
