@@ -630,3 +630,12 @@ def test_generate_greedy_json_and_sampled_table(tmp_path: Path) -> None:
     assert "TopP(top_p=0.8" in out and "seed 4" in out and "entropy" in out
     assert_clean_error(run_cli("generate", "x", "-m", "tw-small", "--sampler", "top_p",
                                "--param", "top_p=2", cwd=tmp_path), "top_p=2")
+
+
+def test_generate_with_entropy_adaptive_switching(tmp_path: Path) -> None:
+    data = json.loads(ok(run_cli("generate", "markov: ka ro", "-m", "tw-large", "--small",
+                                 "tw-small", "--switch-up", "1.5", "--max-new-tokens", "8",
+                                 "--json", cwd=tmp_path)).stdout)
+    models = {t["model"] for t in data["tokens"]}
+    assert models == {"tw-small", "tw-large"} and 0 < data["large_share"] < 1
+    assert data["forward_passes"]["tw-large"] >= 1

@@ -78,8 +78,33 @@ def demo_command(out: str) -> None:
                 f"  [{bucket:>8}] {lm.name:>8}: {item.question!r} -> {answer!r} "
                 f"({verdict}; truth {item.answers[0]!r}); first-token entropy {ent:.2f}"))
 
+    console.rule("3. decoding: samplers and entropy-adaptive switching")
+    from tokenwise.generation import generate
+    from tokenwise.generation.ead import generate_ead
+    from tokenwise.sampling import Chain, MinP, Temperature, TopH
+
+    prompt = "markov: ka ro"
+    samplers = {"greedy": None, "top-h 0.4": TopH(0.4),
+                "min-p 0.1, T 1.5": Chain([MinP(0.1), Temperature(1.5)])}
+    for label, sampler in samplers.items():
+        gen = generate(large, prompt, sampler, max_new_tokens=10, seed=0)
+        console.print(escape(f"  {label:>16}: {prompt}{gen.text}   (mean entropy "
+                             f"{gen.mean_entropy:.2f} nats)"))
+    small = models.get("tw-small")
+    if small is not None and small is not large:
+        for item_prompt in ("38+45=", f"{by_bucket['frequent'][1].prompt}"):
+            ead = generate_ead(small, large, item_prompt, up=1.25, down=0.94,
+                               max_new_tokens=10, stop="\n")
+            marked = "".join(f"[{t.text}]" if t.model == large.name else t.text
+                             for t in ead.tokens)
+            console.print(escape(f"  EAD {item_prompt!r} -> {marked!r}: tw-large wrote "
+                                 f"{100 * ead.large_share:.0f}% ([brackets]), "
+                                 f"{ead.flops / 1e6:.1f} MFLOPs"))
+
     console.rule("done")
     console.print(f"What happened: loaded {len(models)} built-in models from the package, scored "
-                  f"a {len(trace)}-token passage, answered {3 * len(models)} questions and wrote "
-                  f"{html}, in {time.perf_counter() - start:.1f} s. Next: `tokenwise score FILE "
-                  "--html out.html`, `tokenwise testbed eval --model tw-small`.")
+                  f"a {len(trace)}-token passage, answered {3 * len(models)} questions, decoded "
+                  f"with three samplers and with entropy-adaptive switching, and wrote {html}, "
+                  f"in {time.perf_counter() - start:.1f} s. Next: `tokenwise score FILE --html "
+                  "out.html`, `tokenwise generate PROMPT --sampler top_h`, `tokenwise testbed "
+                  "eval --model tw-small`.")

@@ -44,11 +44,24 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, object]:
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Sampling seed.")
 @click.option("--stop", multiple=True, help="Stop string, repeatable (default: none).")
+@click.option("--small", default=None,
+              help="Entropy-adaptive decoding: this smaller model writes, --model takes over "
+                   "where the rolling entropy rises.")
+@click.option("--switch-up", type=float, default=1.25, show_default=True,
+              help="EAD: rolling mean entropy (bits) above which --model takes over.")
+@click.option("--switch-down", type=float, default=None,
+              help="EAD: rolling mean entropy (bits) below which --small takes back "
+                   "(default: 0.75 x --switch-up).")
 @click.option("--json", "as_json", is_flag=True, help="Print the generation as JSON.")
 def generate_command(prompt: str, model: str, sampler: str | None, params: tuple[str, ...],
                      max_new_tokens: int, seed: int | None, stop: tuple[str, ...],
+                     small: str | None, switch_up: float, switch_down: float | None,
                      as_json: bool) -> None:
-    """Generate a continuation of PROMPT; every token comes with its entropy and rank."""
+    """Generate a continuation of PROMPT; every token comes with its entropy and rank.
+
+    With --small, entropy-adaptive decoding: the small model writes and --model writes
+    where the small one's rolling entropy rises; each token says which model wrote it.
+    """
     from tokenwise.generation import generate
     from tokenwise.models import load
     from tokenwise.sampling import get
@@ -57,8 +70,15 @@ def generate_command(prompt: str, model: str, sampler: str | None, params: tuple
     if kwargs and sampler is None:
         raise TokenwiseError("--param needs --sampler (greedy decoding has no parameters)")
     chosen = get(sampler, **kwargs) if sampler else None
-    gen = generate(load(model), prompt, chosen, max_new_tokens=max_new_tokens, seed=seed,
-                   stop=list(stop) or None)
+    if small is not None:
+        from tokenwise.generation.ead import generate_ead
+
+        down = 0.75 * switch_up if switch_down is None else switch_down
+        gen = generate_ead(load(small), load(model), prompt, chosen, up=switch_up, down=down,
+                           max_new_tokens=max_new_tokens, seed=seed, stop=list(stop) or None)
+    else:
+        gen = generate(load(model), prompt, chosen, max_new_tokens=max_new_tokens, seed=seed,
+                       stop=list(stop) or None)
     if as_json:
         click.echo(json.dumps(gen.as_dict(), indent=2, ensure_ascii=False))
         return
@@ -73,9 +93,15 @@ def generate_command(prompt: str, model: str, sampler: str | None, params: tuple
         shown.append(t.text, style=style)
     console.print(shown)
     used = escape(repr(chosen) if chosen else "greedy")
-    seed_note = "" if gen.seed is None else f"; seed {gen.seed}"
+    seed = getattr(gen, "seed", seed)
+    seed_note = "" if seed is None else f"; seed {seed}"
+    mean = sum(t.entropy for t in gen.tokens) / max(1, len(gen.tokens))
     console.print(f"[dim]finish: {gen.finish_reason}; {len(gen.tokens)} tokens; mean entropy "
-                  f"{gen.mean_entropy:.2f} nats; sampler {used}{seed_note}[/dim]")
+                  f"{mean:.2f} nats; sampler {used}{seed_note}[/dim]")
+    if small is not None:
+        console.print(f"[dim]{escape(model)} wrote {100 * gen.large_share:.0f}% of the tokens "
+                      f"({gen.switches} hand-overs; forward passes {gen.forward_passes})[/dim]")
     for t in gen.tokens:
+        who = f"  [{t.model}]" if small is not None else ""
         console.print(escape(f"  {show_piece(t.text):>12}  p {math.exp(t.logprob):.2f}  "
-                             f"entropy {t.entropy:.2f}  rank {t.rank}"))
+                             f"entropy {t.entropy:.2f}  rank {t.rank}{who}"))
