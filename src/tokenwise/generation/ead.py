@@ -147,6 +147,8 @@ def generate_ead(
     if len(seq) + max_new_tokens - 1 > limit:
         raise TokenwiseError(f"prompt of {len(seq)} tokens + max_new_tokens={max_new_tokens} "
                              f"exceeds the shared context length {limit}")
+    if chosen_sampler is not None:
+        chosen_sampler.reset()
     runners = {"small": _Runner(small), "large": _Runner(large)}
     active, last, run, switches = "small", None, 0, 0
     bits: list[float] = []
@@ -172,6 +174,7 @@ def generate_ead(
         else:
             probs = chosen_sampler(logits[None]).softmax(-1)[0]
             tok = int(torch.multinomial(probs, 1, generator=gen))
+            chosen_sampler.observe(torch.tensor([tok]))
         if producer != last:
             switches += last is not None
             run = 0

@@ -84,6 +84,8 @@ def _decode(lm: LanguageModel, prompts: list[str], sampler: Sampler | None,
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     generators = [None if s is None else torch.Generator(device=device).manual_seed(s)
                   for s in seeds]
+    if sampler is not None:
+        sampler.reset()  # stateful samplers (Mirostat) start fresh for each generation
     out = lm.forward(ids, mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     generated: list[list[int]] = [[] for _ in prompts]
     results = [Generation(prompt=p, text="", prompt_tokens=len(e), seed=s)
@@ -98,6 +100,7 @@ def _decode(lm: LanguageModel, prompts: list[str], sampler: Sampler | None,
             chosen = torch.stack([
                 torch.multinomial(probs[i], 1, generator=generators[i])[0] for i in range(batch)
             ])  # (B,)
+            sampler.observe(chosen)
         stats = signals.token_stats(raw, chosen, top_k=0)
         ranks = (raw > raw.gather(-1, chosen[:, None])).sum(-1) + 1  # (B,)
         for i, tok in enumerate(chosen.tolist()):

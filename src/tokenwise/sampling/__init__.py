@@ -13,6 +13,8 @@ from tokenwise.sampling.chain import Chain
 from tokenwise.sampling.epsilon import Epsilon
 from tokenwise.sampling.eta import Eta
 from tokenwise.sampling.min_p import MinP
+from tokenwise.sampling.mirostat import MirostatV2
+from tokenwise.sampling.regime import EntropyRegime
 from tokenwise.sampling.registry import SAMPLERS, describe, get, sampler_class
 from tokenwise.sampling.temperature import Temperature
 from tokenwise.sampling.top_h import TopH
@@ -23,9 +25,11 @@ from tokenwise.sampling.typical import Typical
 __all__ = [
     "SAMPLERS",
     "Chain",
+    "EntropyRegime",
     "Epsilon",
     "Eta",
     "MinP",
+    "MirostatV2",
     "Sampler",
     "Temperature",
     "TopH",

@@ -182,6 +182,16 @@ class Sampler:
         """The sampler's settings as a plain dict."""
         return {"min_tokens_to_keep": self.min_tokens_to_keep}
 
+    def observe(self, chosen: Tensor) -> None:
+        """Told which tokens were chosen after the last call; stateful samplers update here.
+
+        Args:
+            chosen: ``(B,)`` token ids.
+        """
+
+    def reset(self) -> None:
+        """Forget any state (start of a new generation)."""
+
     def __call__(self, logits: Tensor) -> Tensor:
         logits = check_logits(logits)
         logits32 = logits.float()
@@ -209,9 +219,18 @@ class Sampler:
         from transformers import LogitsProcessor
 
         sampler = self
+        sampler.reset()
 
         class _Adapter(LogitsProcessor):
+            seen: int | None = None
+
             def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+                # transformers has no "token chosen" hook: the last column of input_ids is
+                # the token chosen after the previous call.
+                if input_ids is not None:
+                    if self.seen is not None and input_ids.shape[1] == self.seen + 1:
+                        sampler.observe(input_ids[:, -1])
+                    self.seen = input_ids.shape[1]
                 return sampler(scores)
 
             def __repr__(self) -> str:

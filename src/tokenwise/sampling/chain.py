@@ -48,6 +48,16 @@ class Chain(Sampler):
     def __repr__(self) -> str:
         return f"Chain([{', '.join(repr(s) for s in self.samplers)}])"
 
+    def observe(self, chosen: Tensor) -> None:
+        """Pass the chosen tokens to every step (stateful samplers need them)."""
+        for sampler in self.samplers:
+            sampler.observe(chosen)
+
+    def reset(self) -> None:
+        """Reset every step."""
+        for sampler in self.samplers:
+            sampler.reset()
+
     def __call__(self, logits: Tensor) -> Tensor:
         out = check_logits(logits)
         for sampler in self.samplers:

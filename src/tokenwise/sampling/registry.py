@@ -19,6 +19,8 @@ SAMPLERS: dict[str, str] = {
     "epsilon": "tokenwise.sampling.epsilon:Epsilon",
     "eta": "tokenwise.sampling.eta:Eta",
     "top_h": "tokenwise.sampling.top_h:TopH",
+    "mirostat_v2": "tokenwise.sampling.mirostat:MirostatV2",
+    "entropy_regime": "tokenwise.sampling.regime:EntropyRegime",
 }
 
 
