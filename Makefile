@@ -44,8 +44,12 @@ lint: dev
 	$(BIN)/ruff check src tests benchmarks
 
 bench: dev
+	$(BIN)/pip install -e ".[dev,bench]"
 	$(BIN)/python benchmarks/score_throughput.py
 	$(BIN)/python benchmarks/builtin_models.py
+	$(BIN)/python benchmarks/sampler_cost.py
+	$(BIN)/python benchmarks/generate_throughput.py
+	$(BIN)/python benchmarks/ead_sweep.py --png docs/ead_sweep.png
 
 # Retrain the shipped built-in models (deterministic from the seed; ~20 min on 2 cores).
 models: install

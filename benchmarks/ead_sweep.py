@@ -8,7 +8,7 @@ relative to large-only, and wall-clock time. Target (decoding issue): a setting 
 wall-clock below large-only.
 
 Run:
-    .venv/bin/python benchmarks/ead_sweep.py
+    .venv/bin/python benchmarks/ead_sweep.py --png docs/ead_sweep.png   # PNG: bench extra
 """
 
 from __future__ import annotations
@@ -34,7 +34,39 @@ def items(testbed: Testbed, per_kind: int = 60) -> list[tuple[str, object]]:
     return out
 
 
+def plot(rows: list[tuple[str, float, float, float, float]], path: str) -> None:
+    """Accuracy (relative to large-only) against the large model's token share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    large_acc = rows[1][1]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ead = [r for r in rows if r[0].startswith("EAD")]
+    ax.plot([100 * r[2] for r in ead], [100 * r[1] / large_acc for r in ead], "o-",
+            label="EAD (up threshold, bits)")
+    for label, acc, share, _, _ in ead:
+        ax.annotate(label.split()[2], (100 * share, 100 * acc / large_acc),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for label, acc, share, _, _ in rows[:2]:
+        ax.plot(100 * share, 100 * acc / large_acc, "s", label=label)
+    ax.axhline(95, color="grey", lw=0.8, ls="--")
+    ax.axvline(50, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("tokens written by tw-large (%)")
+    ax.set_ylabel("accuracy, % of large-only")
+    ax.set_title("Entropy-adaptive decoding on the testbed")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--png", help="also draw accuracy vs large-model share here")
+    args = parser.parse_args()
     small, large = load("tw-small"), load("tw-large")
     testbed = Testbed(0)
     world = testbed.fact_world
@@ -67,6 +99,8 @@ def main() -> None:
         print(f"| {label} | {100 * acc:.1f}% | {100 * acc / large_acc:.1f}% | "
               f"{100 * share:.1f}% | {flops / large_flops:.2f}x | {secs:.1f} | "
               f"{secs / large_secs:.2f}x |")
+    if args.png:
+        plot(rows, args.png)
 
 
 if __name__ == "__main__":
