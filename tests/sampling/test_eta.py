@@ -6,32 +6,14 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from tests.sampling.helpers import INF, SETTINGS, make_logits
 from transformers import EtaLogitsWarper
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.sampling.epsilon import Epsilon
 from tokenwise.sampling.eta import Eta
-
-INF = math.inf
-SETTINGS = settings(max_examples=40, deadline=None, database=None)
-SCALES = torch.tensor([0.3, 1.0, 2.0, 3.0, 5.0, 10.0])[:, None]  # flat ... peaked rows
-
-
-def make_logits(seed: int, vocab: int = 64, masked: float = 0.0,
-                ties: bool = False) -> torch.Tensor:
-    """Six seeded rows from flat to peaked; ``ties``: small integers (many equal logits)."""
-    gen = torch.Generator().manual_seed(seed)
-    if ties:
-        x = torch.randint(-3, 3, (len(SCALES), vocab), generator=gen).float()
-    else:
-        x = torch.randn(len(SCALES), vocab, generator=gen) * SCALES
-    if masked:
-        drop = torch.rand(x.shape, generator=gen) < masked
-        drop[:, 0] = False  # transformers raises on fully masked rows
-        x = x.masked_fill(drop, -INF)
-    return x
 
 
 def hf(epsilon: float, x: torch.Tensor, k: int = 1) -> torch.Tensor:

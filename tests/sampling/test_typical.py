@@ -6,31 +6,13 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from tests.sampling.helpers import INF, SETTINGS, make_logits
 from transformers import TypicalLogitsWarper
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.sampling.typical import Typical
-
-INF = math.inf
-SETTINGS = settings(max_examples=40, deadline=None, database=None)
-SCALES = torch.tensor([0.3, 1.0, 2.0, 3.0, 5.0, 10.0])[:, None]  # flat ... peaked rows
-
-
-def make_logits(seed: int, vocab: int = 64, masked: float = 0.0,
-                ties: bool = False) -> torch.Tensor:
-    """Six seeded rows from flat to peaked; ``ties``: small integers (many equal logits)."""
-    gen = torch.Generator().manual_seed(seed)
-    if ties:
-        x = torch.randint(-3, 3, (len(SCALES), vocab), generator=gen).float()
-    else:
-        x = torch.randn(len(SCALES), vocab, generator=gen) * SCALES
-    if masked:
-        drop = torch.rand(x.shape, generator=gen) < masked
-        drop[:, 0] = False  # transformers turns fully masked rows into NaN
-        x = x.masked_fill(drop, -INF)
-    return x
 
 
 def hf(mass: float, x: torch.Tensor, k: int = 1) -> torch.Tensor:
