@@ -62,8 +62,23 @@ def test_different_tokenizers_are_refused(small, tiny_llama_dir):
     ({"window": 0}, "window=0"),
     ({"max_new_tokens": 0}, "max_new_tokens=0"),
     ({"prompt": " "}, "prompt=' '"),
+    ({"stop": ""}, "stop=''"),
+    ({"stop": [3]}, r"stop=\[3\]"),
 ])
 def test_bad_input(small, large, kwargs, match):
     args = {"prompt": "hi", **kwargs}
     with pytest.raises(TokenwiseError, match=match):
         generate_ead(small, large, args.pop("prompt"), **args)
+
+
+def test_small_keeps_min_run_tokens_after_a_hand_back(small, large):
+    g = generate_ead(small, large, "markov: ka ro", up=1.5, down=1.5, min_run=3,
+                     max_new_tokens=40)
+    runs, current = [], None
+    for t in g.tokens:
+        if t.model != current:
+            runs.append([t.model, 0])
+            current = t.model
+        runs[-1][1] += 1
+    # every run but the last lasts at least min_run tokens
+    assert all(length >= 3 for _, length in runs[:-1]), runs

@@ -87,6 +87,7 @@ def test_streaming_yields_the_same_tokens(large):
     ({"max_new_tokens": 0}, "max_new_tokens=0"),
     ({"prompt": "ka " * 300}, "exceeds the context length 256"),
     ({"sampler": "nucleus"}, "unknown sampler 'nucleus'"),
+    ({"sampler": "top_k"}, "sampler 'top_k' needs top_k"),
     ({"sampler": "top_p", "seed": -1}, "seed=-1"),
     ({"prompt": ["a", "b"], "seed": [1]}, "1 seeds for 2 prompts"),
     ({"stop": [""]}, "stop="),
@@ -95,3 +96,13 @@ def test_bad_input(small, kwargs, match):
     args = {"prompt": "hello", **kwargs}
     with pytest.raises(TokenwiseError, match=match):
         tw.generate(small, args.pop("prompt"), **args)
+
+
+def test_streaming_checks_arguments_at_the_call(small):
+    with pytest.raises(TokenwiseError, match="max_new_tokens=0"):
+        tw.generate(small, "hi", max_new_tokens=0, stream=True)
+
+
+def test_greedy_generations_record_no_seed(small):
+    assert tw.generate(small, "hi", max_new_tokens=2, seed=3).seed is None
+    assert tw.generate(small, "hi", "top_p", max_new_tokens=2, seed=3).seed == 3

@@ -63,3 +63,14 @@ def test_bad_arguments_and_misuse():
         MirostatV2(eta=-1)
     with pytest.raises(TokenwiseError, match="before the sampler saw"):
         MirostatV2().observe(torch.tensor([0]))
+
+
+def test_as_hf_starts_afresh_for_each_generate_call(small):
+    s = MirostatV2(tau=1.0, eta=0.5)
+    proc = s.as_hf()
+    ids = torch.tensor([small.encode("markov: ka", add_bos=True)])
+    small.hf_model.generate(ids, do_sample=True, max_new_tokens=5, logits_processor=[proc],
+                            pad_token_id=small.tokenizer.pad_token_id)
+    longer = torch.tensor([small.encode("markov: ka ro yi tu ka ro zu va mi qa nu", add_bos=True)])
+    proc(longer, torch.zeros(1, small.vocab_size))  # a new call's first step
+    assert float(s.mu[0]) == pytest.approx(2.0)  # reset to 2 * tau, not carried over

@@ -23,8 +23,8 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, object]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise TokenwiseError(f"--param {pair!r}: write NAME=VALUE, e.g. --param top_p=0.9")
-        value: object = raw
-        for cast in (int, float):
+        value: object = {"true": True, "false": False}.get(raw.lower(), raw)
+        for cast in (int, float) if isinstance(value, str) else ():
             try:
                 value = cast(raw)
                 break

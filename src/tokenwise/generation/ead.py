@@ -19,7 +19,7 @@ import torch
 
 from tokenwise import signals
 from tokenwise.errors import TokenwiseError
-from tokenwise.generation.engine import _check_seeds, _resolve_sampler
+from tokenwise.generation.engine import _check_seeds, _check_stops, _resolve_sampler
 from tokenwise.generation.records import TokenRecord
 from tokenwise.models import LanguageModel
 from tokenwise.sampling import Sampler
@@ -139,9 +139,11 @@ def generate_ead(
     (seed_value,) = _check_seeds(seed, 1)
     gen = None
     if chosen_sampler is not None:
-        gen = torch.Generator().manual_seed(seed_value if seed_value is not None
-                                            else int(torch.randint(0, 2**62, (1,))))
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
+        # One generator on the large model's device: its logits and the small model's are
+        # both moved there for sampling.
+        gen = torch.Generator(device=large.device).manual_seed(
+            seed_value if seed_value is not None else int(torch.randint(0, 2**62, (1,))))
+    stops = _check_stops(stop)
     seq = small.encode(prompt, add_bos=True)
     limit = min(small.context_length, large.context_length)
     if len(seq) + max_new_tokens - 1 > limit:
@@ -164,7 +166,8 @@ def generate_ead(
         producer = active
         logits = runners[producer].next_logits(seq)
         h = float(signals.entropy(logits)) / _LN2
-        if producer == "small" and rolling(h) > up and (last is None or run >= min_run):
+        may_switch = last is None or (last == "small" and run >= min_run)
+        if producer == "small" and rolling(h) > up and may_switch:
             producer = "large"  # it writes this very token
             logits = runners[producer].next_logits(seq)
             h = float(signals.entropy(logits)) / _LN2
@@ -172,9 +175,9 @@ def generate_ead(
         if chosen_sampler is None:
             tok = int(logits.argmax())
         else:
-            probs = chosen_sampler(logits[None]).softmax(-1)[0]
+            probs = chosen_sampler(logits[None].to(large.device)).softmax(-1)[0]
             tok = int(torch.multinomial(probs, 1, generator=gen))
-            chosen_sampler.observe(torch.tensor([tok]))
+            chosen_sampler.observe(torch.tensor([tok], device=large.device))
         if producer != last:
             switches += last is not None
             run = 0
@@ -186,7 +189,8 @@ def generate_ead(
         if tok == lm.eos_token_id:
             result.finish_reason = "eos"
             break
-        stats = signals.token_stats(logits[None], torch.tensor([tok]), top_k=0)
+        stats = signals.token_stats(logits[None], torch.tensor([tok], device=logits.device),
+                                    top_k=0)
         rank = int((logits > logits[tok]).sum()) + 1
         result.tokens.append(TokenRecord(
             id=tok, text=lm.decode([tok]), logprob=float(stats.logprobs[0]),

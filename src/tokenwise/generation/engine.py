@@ -39,6 +39,29 @@ def _check_seeds(seed: int | Sequence[int] | None, n: int) -> list[int | None]:
     return [int(s) for s in seeds]
 
 
+def _check_stops(stop: str | Sequence[str] | None) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise TokenwiseError(f"stop={stop!r}: allowed non-empty strings")
+    return stops
+
+
+def _check_budget(lm: LanguageModel, prompts: list[str], max_new_tokens: object) -> list[list[int]]:
+    """Encode the prompts; raise if they and ``max_new_tokens`` do not fit the context."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) \
+            or max_new_tokens < 1:
+        raise TokenwiseError(f"max_new_tokens={max_new_tokens!r}: allowed an integer >= 1")
+    encoded = [lm.encode(p, add_bos=True) for p in prompts]
+    longest = max(len(e) for e in encoded)
+    if longest + max_new_tokens - 1 > lm.context_length:
+        raise TokenwiseError(
+            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the context "
+            f"length {lm.context_length} of {lm.name!r}; shorten the prompt or ask for fewer "
+            "tokens"
+        )
+    return encoded
+
+
 def _resolve_sampler(sampler: Sampler | str | None) -> Sampler | None:
     if sampler is None or sampler == "greedy":
         return None
@@ -55,21 +78,15 @@ def _resolve_sampler(sampler: Sampler | str | None) -> Sampler | None:
 
 
 @torch.inference_mode()
-def _decode(lm: LanguageModel, prompts: list[str], sampler: Sampler | None,
-            max_new_tokens: int, seeds: list[int | None], stop: list[str]
-            ) -> Generator[TokenRecord, None, list[Generation]]:
-    """Yield each token's record as it is chosen; return the finished generations."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) \
-            or max_new_tokens < 1:
-        raise TokenwiseError(f"max_new_tokens={max_new_tokens!r}: allowed an integer >= 1")
-    encoded = [lm.encode(p, add_bos=True) for p in prompts]
+def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
+            sampler: Sampler | None, max_new_tokens: int, seeds: list[int | None],
+            stop: list[str]) -> Generator[TokenRecord, None, list[Generation]]:
+    """Yield each token's record as it is chosen; return the finished generations.
+
+    Arguments are checked by :func:`generate` before this generator starts, so a bad
+    request fails at the call even with ``stream=True``.
+    """
     longest = max(len(e) for e in encoded)
-    if longest + max_new_tokens - 1 > lm.context_length:
-        raise TokenwiseError(
-            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the context "
-            f"length {lm.context_length} of {lm.name!r}; shorten the prompt or ask for fewer "
-            "tokens"
-        )
     device = lm.device
     pad = lm.tokenizer.pad_token_id
     pad = lm.eos_token_id if pad is None else pad
@@ -88,7 +105,8 @@ def _decode(lm: LanguageModel, prompts: list[str], sampler: Sampler | None,
         sampler.reset()  # stateful samplers (Mirostat) start fresh for each generation
     out = lm.forward(ids, mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     generated: list[list[int]] = [[] for _ in prompts]
-    results = [Generation(prompt=p, text="", prompt_tokens=len(e), seed=s)
+    results = [Generation(prompt=p, text="", prompt_tokens=len(e),
+                          seed=None if sampler is None else s)
                for p, e, s in zip(prompts, encoded, seeds, strict=True)]
     done = [False] * batch
     for step in range(max_new_tokens):
@@ -177,10 +195,9 @@ def generate(
     seeds = _check_seeds(seed, len(prompts))
     if chosen_sampler is not None:  # fresh randomness when no seed is given
         seeds = [int(torch.randint(0, 2**62, (1,)).item()) if s is None else s for s in seeds]
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise TokenwiseError(f"stop={stop!r}: allowed non-empty strings")
-    loop = _decode(lm, prompts, chosen_sampler, max_new_tokens, seeds, stops)
+    stops = _check_stops(stop)
+    encoded = _check_budget(lm, prompts, max_new_tokens)
+    loop = _decode(lm, prompts, encoded, chosen_sampler, int(max_new_tokens), seeds, stops)
     if stream:
         return loop
     try:

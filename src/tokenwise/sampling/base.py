@@ -226,10 +226,13 @@ class Sampler:
 
             def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
                 # transformers has no "token chosen" hook: the last column of input_ids is
-                # the token chosen after the previous call.
+                # the token chosen after the previous call. Any other length is a new
+                # generate() call: start the sampler's state afresh.
                 if input_ids is not None:
                     if self.seen is not None and input_ids.shape[1] == self.seen + 1:
                         sampler.observe(input_ids[:, -1])
+                    else:
+                        sampler.reset()
                     self.seen = input_ids.shape[1]
                 return sampler(scores)
 

@@ -56,6 +56,12 @@ def get(name: str, **params: Any) -> Sampler:
             f"sampler {name!r} has no parameter(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(accepted)}"
         )
+    required = [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != "self" and p.default is inspect.Parameter.empty]
+    missing = [r for r in required if r not in params]
+    if missing:
+        raise TokenwiseError(f"sampler {name!r} needs {', '.join(missing)} "
+                             f"(e.g. get({name!r}, {missing[0]}=...))")
     return cls(**params)
 
 
