@@ -19,7 +19,12 @@ import torch
 
 from tokenwise import signals
 from tokenwise.errors import TokenwiseError
-from tokenwise.generation.engine import _check_seeds, _check_stops, _resolve_sampler
+from tokenwise.generation.engine import (
+    _check_seeds,
+    _check_stops,
+    _resolve_sampler,
+    step_records,
+)
 from tokenwise.generation.records import TokenRecord
 from tokenwise.models import LanguageModel
 from tokenwise.sampling import Sampler
@@ -189,13 +194,8 @@ def generate_ead(
         if tok == lm.eos_token_id:
             result.finish_reason = "eos"
             break
-        stats = signals.token_stats(logits[None], torch.tensor([tok], device=logits.device),
-                                    top_k=0)
-        rank = int((logits > logits[tok]).sum()) + 1
-        result.tokens.append(TokenRecord(
-            id=tok, text=lm.decode([tok]), logprob=float(stats.logprobs[0]),
-            entropy=float(stats.entropies[0]), varentropy=float(stats.varentropies[0]),
-            rank=rank, step=step, model=lm.name))
+        chosen = torch.tensor([tok], device=logits.device)
+        result.tokens.extend(step_records(lm, logits[None], chosen, step, model=lm.name))
         seq.append(tok)
         generated.append(tok)
         text = small.decode(generated, skip_special_tokens=True)

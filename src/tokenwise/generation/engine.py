@@ -39,6 +39,28 @@ def _check_seeds(seed: int | Sequence[int] | None, n: int) -> list[int | None]:
     return [int(s) for s in seeds]
 
 
+def step_records(lm: LanguageModel, raw: torch.Tensor, chosen: torch.Tensor, step: int,
+                 model: str = "") -> list[TokenRecord]:
+    """One record per row for the tokens ``chosen`` from the model's raw logits.
+
+    Args:
+        lm: the model (decodes the token text).
+        raw: ``(B, V)`` logits before any sampler.
+        chosen: ``(B,)`` chosen ids.
+        step: the generation step.
+        model: the name stored in the records (EAD says who wrote each token).
+    """
+    stats = signals.token_stats(raw, chosen, top_k=0)
+    ranks = ((raw > raw.gather(-1, chosen[:, None])).sum(-1) + 1).tolist()  # (B,)
+    return [
+        TokenRecord(id=tok, text=lm.decode([tok]), logprob=float(stats.logprobs[i]),
+                    entropy=float(stats.entropies[i]),
+                    varentropy=float(stats.varentropies[i]), rank=ranks[i], step=step, row=i,
+                    model=model)
+        for i, tok in enumerate(chosen.tolist())
+    ]
+
+
 def _check_stops(stop: str | Sequence[str] | None) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if any(not isinstance(s, str) or not s for s in stops):
@@ -119,8 +141,7 @@ def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
                 torch.multinomial(probs[i], 1, generator=generators[i])[0] for i in range(batch)
             ])  # (B,)
             sampler.observe(chosen)
-        stats = signals.token_stats(raw, chosen, top_k=0)
-        ranks = (raw > raw.gather(-1, chosen[:, None])).sum(-1) + 1  # (B,)
+        records = step_records(lm, raw, chosen, step)
         for i, tok in enumerate(chosen.tolist()):
             if done[i]:
                 continue
@@ -128,13 +149,8 @@ def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
                 done[i], results[i].finish_reason = True, "eos"
                 continue
             generated[i].append(tok)
-            record = TokenRecord(
-                id=tok, text=lm.decode([tok]), logprob=float(stats.logprobs[i]),
-                entropy=float(stats.entropies[i]), varentropy=float(stats.varentropies[i]),
-                rank=int(ranks[i]), step=step, row=i,
-            )
-            results[i].tokens.append(record)
-            yield record
+            results[i].tokens.append(records[i])
+            yield records[i]
             text = lm.decode(generated[i], skip_special_tokens=True)
             hits = [text.index(s) for s in stop if s in text]
             if hits:

@@ -11,6 +11,19 @@ import torch
 
 from tokenwise.errors import TokenwiseError
 
+#: config keys that hold a model's context length, most common first.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Distinct parameters of ``module`` (tied weights counted once).
+
+    Example:
+        >>> count_parameters(torch.nn.Linear(3, 2))
+        8
+    """
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
 
 @dataclass
 class ForwardOutput:
@@ -83,7 +96,7 @@ class LanguageModel:
     @property
     def context_length(self) -> int:
         """Longest sequence the model was built for (``max_position_embeddings``)."""
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        for key in CONTEXT_KEYS:
             value = getattr(self.config, key, None)
             if isinstance(value, int) and value > 0:
                 return value
@@ -108,7 +121,7 @@ class LanguageModel:
 
     def num_parameters(self) -> int:
         """Number of distinct parameters (tied embeddings counted once)."""
-        return sum(p.numel() for p in {id(p): p for p in self.hf_model.parameters()}.values())
+        return count_parameters(self.hf_model)
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         """Token ids of ``text``; with ``add_bos`` the BOS id (see :attr:`bos_token_id`) first.

@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError
 
 from tokenwise.errors import ModelNotFoundError, TokenwiseError, UnsafeCheckpointError
-from tokenwise.models.language_model import LanguageModel
+from tokenwise.models.language_model import CONTEXT_KEYS, LanguageModel
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -107,7 +107,7 @@ def declared_context_length(path_or_name: str | os.PathLike[str]) -> int | None:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+    for key in CONTEXT_KEYS:
         value = config.get(key)
         if isinstance(value, int) and value > 0:
             return value

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch  # noqa: F401  (used in the doctest)
 from torch import Tensor
 
-from tokenwise.sampling.base import Sampler, check_float, check_int, row_param
+from tokenwise.sampling.base import Sampler, check_float, check_int, row_param, settle_param
 
 
 def _check_min_p(name: str, value: object) -> float:
@@ -33,16 +33,12 @@ class MinP(Sampler):
 
     def __init__(self, min_p: float | Sequence[float] | Tensor = 0.05,
                  min_tokens_to_keep: int = 1) -> None:
-        if not isinstance(min_p, (Tensor, Sequence)):
-            _check_min_p("min_p", min_p)
-        self.min_p = min_p
+        self.min_p = settle_param("min_p", min_p, _check_min_p)
         self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
 
     def params(self) -> dict:
         """The settings."""
-        m = self.min_p
-        return {"min_p": m.tolist() if isinstance(m, Tensor) else m,
-                "min_tokens_to_keep": self.min_tokens_to_keep}
+        return {"min_p": self.min_p, "min_tokens_to_keep": self.min_tokens_to_keep}
 
     def drop_mask(self, logits32: Tensor) -> Tensor:
         """Drop tokens under the scaled threshold."""

@@ -7,7 +7,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from tokenwise.sampling.base import Sampler, check_float, check_logits, row_param
+from tokenwise.sampling.base import (
+    Sampler,
+    check_float,
+    check_logits,
+    row_param,
+    settle_param,
+)
+
+
+def _check_temperature(name: str, value: object) -> float:
+    return check_float(name, value, 0.0, float("inf"), low_open=False, high_open=True)
 
 
 class Temperature(Sampler):
@@ -30,21 +40,16 @@ class Temperature(Sampler):
     name = "temperature"
 
     def __init__(self, temperature: float | Sequence[float] | Tensor = 1.0) -> None:
-        if not isinstance(temperature, (Tensor, Sequence)):
-            check_float("temperature", temperature, 0.0, float("inf"), low_open=False,
-                        high_open=True)
-        self.temperature = temperature
+        self.temperature = settle_param("temperature", temperature, _check_temperature)
 
     def params(self) -> dict:
         """The settings."""
-        t = self.temperature
-        return {"temperature": t.tolist() if isinstance(t, Tensor) else t}
+        return {"temperature": self.temperature}
 
     def __call__(self, logits: Tensor) -> Tensor:
         logits = check_logits(logits)
         t = row_param("temperature", self.temperature, logits.shape[0], logits.device,
-                      lambda n, v: check_float(n, v, 0.0, float("inf"), low_open=False,
-                                               high_open=True))  # (B, 1)
+                      _check_temperature)  # (B, 1)
         greedy = t == 0  # (B, 1)
         scaled = (logits.float() / torch.where(greedy, 1.0, t)).to(logits.dtype)  # (B, V)
         if bool(greedy.any()):

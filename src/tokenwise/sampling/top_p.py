@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from tokenwise.sampling.base import Sampler, check_float, check_int, row_param
+from tokenwise.sampling.base import Sampler, check_float, check_int, row_param, settle_param
 
 
 def _check_p(name: str, value: object) -> float:
@@ -35,16 +35,12 @@ class TopP(Sampler):
 
     def __init__(self, top_p: float | Sequence[float] | Tensor = 0.9,
                  min_tokens_to_keep: int = 1) -> None:
-        if not isinstance(top_p, (Tensor, Sequence)):
-            _check_p("top_p", top_p)
-        self.top_p = top_p
+        self.top_p = settle_param("top_p", top_p, _check_p)
         self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
 
     def params(self) -> dict:
         """The settings."""
-        p = self.top_p
-        return {"top_p": p.tolist() if isinstance(p, Tensor) else p,
-                "min_tokens_to_keep": self.min_tokens_to_keep}
+        return {"top_p": self.top_p, "min_tokens_to_keep": self.min_tokens_to_keep}
 
     def drop_mask(self, logits32: Tensor) -> Tensor:
         """Drop the low tail whose mass is at most ``1 - top_p``."""

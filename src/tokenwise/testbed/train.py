@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from tokenwise.models.language_model import count_parameters
 from tokenwise.testbed.tokenizer import train_tokenizer
 from tokenwise.testbed.worlds import Testbed
 
@@ -178,7 +179,7 @@ def train_model(spec: ModelSpec, tokenizer, ids: torch.Tensor, labels: torch.Ten
             log(f"{spec.name} step {step}/{spec.steps} loss {losses[-1]:.4f}")
     seconds = time.perf_counter() - start
     model.eval()
-    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    n_params = count_parameters(model)
     facts = {
         "spec": asdict(spec),
         "seed": seed,
