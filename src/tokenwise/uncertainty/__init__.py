@@ -5,12 +5,15 @@ generated elsewhere); every estimator reads the same :class:`SampleSet` and its 
 statistics (clusters, embeddings). Higher scores mean less certain.
 
 Example:
-    >>> from tokenwise.uncertainty import SampleSet, cluster, ExactEquivalence
-    >>> s = SampleSet.from_texts("Where?", ["Velmora", "velmora.", "Kastrin"])
+    >>> from tokenwise.uncertainty import SampleSet, ExactEquivalence, get
+    >>> s = SampleSet.from_texts("Where?", ["Velmora", "velmora.", "Kastrin", "Velmora"])
     >>> s.stats.clusters(ExactEquivalence()).ids
-    (0, 0, 1)
+    (0, 0, 1, 0)
+    >>> round(get("discrete_semantic_entropy", equivalence=ExactEquivalence())(s), 4)
+    0.5623
 """
 
+from tokenwise.uncertainty import metrics
 from tokenwise.uncertainty.embedding import Embedder, FunctionEmbedder, HFEmbedder
 from tokenwise.uncertainty.equivalence import (
     Clustering,
@@ -18,10 +21,15 @@ from tokenwise.uncertainty.equivalence import (
     Equivalence,
     ExactEquivalence,
     FunctionEquivalence,
+    as_equivalence,
     cluster,
+    default_equivalence,
     normalise_text,
 )
+from tokenwise.uncertainty.estimators import Estimator, get, names
+from tokenwise.uncertainty.gaap import gaap
 from tokenwise.uncertainty.nli import NLIEquivalence
+from tokenwise.uncertainty.perturbation import add_paraphrases, paraphrase_questions
 from tokenwise.uncertainty.samples import (
     Answer,
     ParaphraseGroup,
@@ -29,6 +37,8 @@ from tokenwise.uncertainty.samples import (
     SampleStats,
     sample_answers,
 )
+from tokenwise.uncertainty.seed_grpo import scale_advantages
+from tokenwise.uncertainty.tsu import temperature_sensitivity, tsu
 
 __all__ = [
     "Answer",
@@ -36,6 +46,7 @@ __all__ = [
     "Embedder",
     "EmbeddingEquivalence",
     "Equivalence",
+    "Estimator",
     "ExactEquivalence",
     "FunctionEmbedder",
     "FunctionEquivalence",
@@ -44,7 +55,18 @@ __all__ = [
     "ParaphraseGroup",
     "SampleSet",
     "SampleStats",
+    "add_paraphrases",
+    "as_equivalence",
     "cluster",
+    "default_equivalence",
+    "gaap",
+    "get",
+    "metrics",
+    "names",
     "normalise_text",
+    "paraphrase_questions",
     "sample_answers",
+    "scale_advantages",
+    "temperature_sensitivity",
+    "tsu",
 ]

