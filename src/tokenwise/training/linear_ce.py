@@ -1,0 +1,711 @@
+"""Fused linear cross-entropy: the loss of ``e @ c.T`` without the ``[N, V]`` logits.
+
+Cut Cross-Entropy (Wijmans et al., 2025; ref: apple/ml-cross-entropy, PyPI
+``cut-cross-entropy``). The cross-entropy of a classifier ``c`` (``[V, D]``) on embeddings ``e``
+(``[N, D]``) is ``lse(e·c^T) - e·c_y``. A plain implementation keeps the ``[N, V]`` logits, their
+softmax and their gradient alive, which for a large vocabulary is the biggest tensor of a whole
+training step. Here the logits only ever exist one block at a time:
+
+* **Forward** walks vocabulary blocks (outer) and token blocks (inner), merging each block's
+  log-sum-exp into a running one, and picks each token's target logit out of the block that holds
+  it. Only ``lse`` (one value per token) is kept for backward.
+* **Backward** recomputes each block's logits and turns them into ``d = softmax - onehot`` in
+  place (times the softcap's chain rule, the z-loss term and the per-token upstream gradient),
+  then adds ``d @ c_v`` to ``grad_e`` and ``d^T @ e_b`` to ``grad_c``. A block whose ``|softmax -
+  onehot|`` is everywhere below ``filter_eps`` is skipped, as in the reference.
+* **Gradient in forward** (``grad_in_forward``): when the loss is a scalar (``"mean"``/``"sum"``)
+  and no ``lse`` is returned, the upstream gradient is a single number, so the gradients can be
+  computed in the forward pass itself from whole rows of logits (a few rows at a time) and only
+  scaled in backward. That is three matrix products instead of four (no recomputation), which
+  is what makes the fused loss faster than the plain one on a CPU. The price: the gradients
+  (``grad_e``, ``grad_c`` in fp32) live from forward to backward, and backward can run only once.
+
+All accumulation is in fp32 (fp64 for fp64 inputs); gradients come back in the inputs' dtypes.
+On CUDA with Triton installed, :mod:`tokenwise.training.linear_ce_triton` provides the block
+loops as kernels (same arithmetic); elsewhere the loops run as torch operations.
+
+Example:
+    >>> import torch
+    >>> from tokenwise.training import linear_cross_entropy
+    >>> _ = torch.manual_seed(0)
+    >>> e = torch.randn(6, 8, requires_grad=True)
+    >>> c = torch.randn(11, 8, requires_grad=True)
+    >>> y = torch.tensor([1, 4, -100, 0, 10, 3])
+    >>> loss = linear_cross_entropy(e, c, y)
+    >>> plain = torch.nn.functional.cross_entropy(e @ c.T, y)
+    >>> torch.allclose(loss, plain)
+    True
+    >>> loss.backward()
+    >>> e.grad.shape, c.grad.shape
+    (torch.Size([6, 8]), torch.Size([11, 8]))
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from tokenwise.errors import TokenwiseError
+
+__all__ = ["linear_cross_entropy", "resolve_filter_eps"]
+
+IGNORE_INDEX = -100
+_REDUCTIONS = ("mean", "sum", "none")
+_IMPLS = ("auto", "torch", "triton")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Each transient logits block holds about this many elements (16 MiB in fp32): big enough for
+# efficient matrix products, small next to the gradients themselves.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class _Config:
+    """The static settings of one call, shared by forward and backward."""
+
+    softcap: float | None
+    z_loss: float
+    reduction: str
+    filter_eps: float | None
+    return_entropy: bool
+    grad_in_forward: bool
+    block_n: int | None
+    block_v: int | None
+    acc: torch.dtype  # accumulation dtype: fp32, or fp64 when an input is fp64
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_float_tensor(value: object, name: str, ndim: int | None = None) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TokenwiseError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in _FLOAT_DTYPES:
+        raise TokenwiseError(
+            f"{name} must be a float16, bfloat16, float32 or float64 tensor, got {value.dtype}"
+        )
+    if ndim is not None and value.ndim != ndim:
+        raise TokenwiseError(
+            f"{name} must have {ndim} dimension(s), got shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def _check_positive_block(value: object, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TokenwiseError(f"{name} must be a positive integer or None, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TokenwiseError(f"{name} must be a positive integer or None, got {value!r}") from None
+    if number < 1:
+        raise TokenwiseError(f"{name} must be a positive integer or None, got {value!r}")
+    return number
+
+
+def _check_optional_float(value: object, name: str, *, positive: bool) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TokenwiseError(f"{name} must be a number or None, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        allowed = "> 0" if positive else ">= 0"
+        raise TokenwiseError(f"{name} must be a finite number {allowed} or None, got {value!r}")
+    return number
+
+
+def resolve_filter_eps(filter_eps: object, dtype: torch.dtype) -> float | None:
+    """The gradient-filter threshold for inputs of ``dtype``.
+
+    Args:
+        filter_eps: ``"auto"`` (``finfo(dtype).eps / 32``, the reference's rule), a float ``>= 0``,
+            or ``None`` (no filtering).
+        dtype: the dtype of the embeddings.
+
+    Example:
+        >>> import torch
+        >>> resolve_filter_eps("auto", torch.bfloat16)
+        0.000244140625
+    """
+    if filter_eps is None:
+        return None
+    if isinstance(filter_eps, str):
+        if filter_eps == "auto":
+            return torch.finfo(dtype).eps / 32
+        raise TokenwiseError(f"filter_eps must be 'auto', a float >= 0 or None, got {filter_eps!r}")
+    return _check_optional_float(filter_eps, "filter_eps", positive=False)
+
+
+def _check_shift(shift: object, targets: Tensor) -> int:
+    if isinstance(shift, bool):
+        shift = int(shift)
+    try:
+        number = operator.index(shift)
+    except TypeError:
+        raise TokenwiseError(f"shift must be an integer or a bool, got {shift!r}") from None
+    if number == 0:
+        return 0
+    if targets.ndim == 0:
+        raise TokenwiseError(
+            "shift needs targets with a time axis (shape (..., T)), got a 0-d tensor")
+    length = targets.shape[-1]
+    if not 0 <= number < length:
+        raise TokenwiseError(
+            f"shift must be in [0, T) = [0, {length}) for targets of shape "
+            f"{tuple(targets.shape)}, got {number}"
+        )
+    return number
+
+
+# --------------------------------------------------------------------------------------------
+# block helpers shared by the torch loops
+# --------------------------------------------------------------------------------------------
+
+
+def _take_rows(e2: Tensor, rows: Tensor | None, i0: int, i1: int, acc: torch.dtype) -> Tensor:
+    """Embeddings of valid tokens ``i0:i1`` in ``acc`` dtype (a view when nothing is gathered)."""
+    block = e2[i0:i1] if rows is None else e2.index_select(0, rows[i0:i1])  # (nb, D)
+    return block.to(acc)
+
+
+def _finish_logits(z: Tensor, bias_v: Tensor | None, softcap: float | None) -> None:
+    """Bias then softcap, in place: ``z = softcap * tanh((e·c + b) / softcap)``."""
+    if bias_v is not None:
+        z.add_(bias_v)
+    if softcap is not None:
+        z.div_(softcap).tanh_().mul_(softcap)
+
+
+def _target_hits(tgt_b: Tensor, v0: int, v1: int) -> tuple[Tensor, Tensor]:
+    """Rows of this token block whose target lies in vocabulary block ``v0:v1``, and its column."""
+    hit = (tgt_b >= v0) & (tgt_b < v1)
+    r = hit.nonzero().squeeze(1)  # (h,)
+    return r, tgt_b[r] - v0
+
+
+def _logits_to_grad(z: Tensor, lse_b: Tensor, r: Tensor, col: Tensor, a_b: Tensor,
+                    g_b: Tensor, softcap: float | None, filter_eps: float | None,
+                    scratch: Tensor) -> bool:
+    """Turn a block of logits into ``dLoss/d(pre-softcap logits)`` in place.
+
+    With ``p = softmax`` and ``q = p - onehot``, the gradient of ``g * (nll + zc * lse^2) +
+    g_lse * lse`` is ``p * a - onehot * g`` where ``a = g * (1 + 2 zc lse) + g_lse``; the softcap
+    multiplies it by ``1 - (z / softcap)^2``. Returns False (block left undefined) when every
+    ``|q|`` is below ``filter_eps``, the reference's test for a negligible block.
+    """
+    if softcap is not None:
+        factor = scratch[: z.numel()].view_as(z)  # (nb, vb)
+        torch.mul(z, 1.0 / softcap, out=factor)
+        factor.square_().neg_().add_(1.0)
+    z.sub_(lse_b[:, None]).exp_()  # p, (nb, vb)
+    has_hits = r.numel() > 0
+    if has_hits:
+        z.index_put_((r, col), z.new_full((1,), -1.0), accumulate=True)  # q = p - onehot
+    if filter_eps is not None:
+        lo, hi = torch.aminmax(z)
+        if max(-float(lo), float(hi)) < filter_eps:
+            return False
+    z.mul_(a_b[:, None])
+    if has_hits:
+        # q * a = p * a - onehot * a; the onehot term must carry g, so add back (a - g) there
+        z.index_put_((r, col), (a_b - g_b)[r], accumulate=True)
+    if softcap is not None:
+        z.mul_(factor)
+    return True
+
+
+def _default_blocks(n: int, v: int, cfg: _Config, fused: bool) -> tuple[int, int]:
+    if fused:
+        # whole rows of logits per token block; the vocabulary sub-block only sets the size of
+        # the elementwise/GEMM pieces within it
+        bn = cfg.block_n or max(8, min(1024, _BLOCK_ELEMENTS // max(v, 1)))
+        bv = cfg.block_v or 4096
+    else:
+        bv = cfg.block_v or 2048
+        bn = cfg.block_n or max(16, _BLOCK_ELEMENTS // bv)
+    return max(1, min(bn, max(n, 1))), max(1, min(bv, v))
+
+
+# --------------------------------------------------------------------------------------------
+# the torch loops
+# --------------------------------------------------------------------------------------------
+
+
+def _torch_lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
+                       tgt: Tensor, cfg: _Config) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per valid token: log-sum-exp, target logit and (optionally) entropy, in ``cfg.acc``."""
+    m_rows, v_size, acc = tgt.numel(), c.shape[0], cfg.acc
+    bn, bv = _default_blocks(m_rows, v_size, cfg, fused=False)
+    run_max = e2.new_empty(m_rows, dtype=acc)  # (M,)
+    run_sum = e2.new_empty(m_rows, dtype=acc)  # (M,) sum of exp(z - run_max)
+    run_wsum = e2.new_empty(m_rows, dtype=acc) if cfg.return_entropy else None  # (M,)
+    target_logit = e2.new_zeros(m_rows, dtype=acc)  # (M,)
+    buf = e2.new_empty(bn * bv, dtype=acc)
+    scratch = e2.new_empty(bn * bv, dtype=acc) if cfg.return_entropy else None
+    for v0 in range(0, v_size, bv):
+        v1 = min(v0 + bv, v_size)
+        c_v = c[v0:v1].to(acc)  # (vb, D)
+        bias_v = None if bias is None else bias[v0:v1].to(acc)
+        for i0 in range(0, m_rows, bn):
+            i1 = min(i0 + bn, m_rows)
+            e_b = _take_rows(e2, rows, i0, i1, acc)  # (nb, D)
+            z = buf[: (i1 - i0) * (v1 - v0)].view(i1 - i0, v1 - v0)  # (nb, vb)
+            torch.mm(e_b, c_v.T, out=z)
+            _finish_logits(z, bias_v, cfg.softcap)
+            r, col = _target_hits(tgt[i0:i1], v0, v1)
+            if r.numel():
+                target_logit[i0 + r] = z[r, col]
+            old_max = run_max[i0:i1]
+            new_max = z.amax(1) if v0 == 0 else torch.maximum(old_max, z.amax(1))  # (nb,)
+            z.sub_(new_max[:, None])  # y = z - new_max
+            if scratch is not None:
+                ex = scratch[: z.numel()].view_as(z)
+                torch.exp(z, out=ex)
+                block_sum = ex.sum(1)
+                block_wsum = ex.mul_(z).sum(1)  # sum exp(y) * y
+            else:
+                block_sum = z.exp_().sum(1)
+                block_wsum = None
+            if v0 == 0:
+                run_sum[i0:i1] = block_sum
+                if run_wsum is not None:
+                    run_wsum[i0:i1] = block_wsum
+            else:
+                delta = old_max - new_max  # (nb,) <= 0
+                rescale = delta.exp()
+                if run_wsum is not None:
+                    # re-centre sum exp(z - m) * (z - m) on the new maximum before adding
+                    run_wsum[i0:i1] = rescale * (run_wsum[i0:i1] + delta * run_sum[i0:i1]) \
+                        + block_wsum
+                run_sum[i0:i1] = rescale * run_sum[i0:i1] + block_sum
+            run_max[i0:i1] = new_max
+    log_sum = run_sum.log()
+    lse = run_max + log_sum
+    entropy = None if run_wsum is None else (log_sum - run_wsum / run_sum)
+    return lse, target_logit, entropy
+
+
+def _torch_backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
+                    tgt: Tensor, lse: Tensor, a: Tensor, g: Tensor, cfg: _Config,
+                    need: tuple[bool, bool, bool]
+                    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients by recomputing each block (vocabulary outer, tokens inner)."""
+    need_e, need_c, need_b = need
+    m_rows, v_size, acc = tgt.numel(), c.shape[0], cfg.acc
+    bn, bv = _default_blocks(m_rows, v_size, cfg, fused=False)
+    grad_e = e2.new_zeros(e2.shape, dtype=acc) if need_e else None  # (N, D)
+    # an fp32 c accumulates straight into its gradient; a low-precision one per block only
+    grad_c = (c.new_zeros(c.shape) if c.dtype == acc else c.new_empty(c.shape)) if need_c else None
+    grad_b = c.new_zeros(v_size, dtype=acc) if need_b else None  # (V,)
+    buf = e2.new_empty(bn * bv, dtype=acc)
+    scratch = e2.new_empty(bn * bv, dtype=acc) if cfg.softcap is not None else buf[:0]
+    for v0 in range(0, v_size, bv):
+        v1 = min(v0 + bv, v_size)
+        c_v = c[v0:v1].to(acc)  # (vb, D)
+        bias_v = None if bias is None else bias[v0:v1].to(acc)
+        gc_v = None
+        if grad_c is not None:
+            gc_v = grad_c[v0:v1] if c.dtype == acc else c_v.new_zeros(c_v.shape)  # (vb, D)
+        for i0 in range(0, m_rows, bn):
+            i1 = min(i0 + bn, m_rows)
+            e_b = _take_rows(e2, rows, i0, i1, acc)  # (nb, D)
+            z = buf[: (i1 - i0) * (v1 - v0)].view(i1 - i0, v1 - v0)  # (nb, vb)
+            torch.mm(e_b, c_v.T, out=z)
+            _finish_logits(z, bias_v, cfg.softcap)
+            r, col = _target_hits(tgt[i0:i1], v0, v1)
+            if not _logits_to_grad(z, lse[i0:i1], r, col, a[i0:i1], g[i0:i1], cfg.softcap,
+                                   cfg.filter_eps, scratch):
+                continue
+            if grad_e is not None:
+                if rows is None:
+                    grad_e[i0:i1].addmm_(z, c_v)
+                else:
+                    grad_e.index_add_(0, rows[i0:i1], z @ c_v)
+            if gc_v is not None:
+                gc_v.addmm_(z.T, e_b)
+            if grad_b is not None:
+                grad_b[v0:v1] += z.sum(0)
+        if gc_v is not None and c.dtype != acc:
+            grad_c[v0:v1].copy_(gc_v)
+    return grad_e, grad_c, grad_b
+
+
+def _torch_fused(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tgt: Tensor,
+                 cfg: _Config, need: tuple[bool, bool, bool]
+                 ) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor | None]]:
+    """Loss statistics and the gradients of a scalar loss (upstream gradient 1) in one pass.
+
+    Each token block holds its whole rows of logits (``block_n x V``), so its log-sum-exp is
+    known before the gradient is formed and nothing is recomputed.
+    """
+    need_e, need_c, need_b = need
+    m_rows, v_size, acc = tgt.numel(), c.shape[0], cfg.acc
+    bn, bv = _default_blocks(m_rows, v_size, cfg, fused=True)
+    scale = 1.0 / max(m_rows, 1) if cfg.reduction == "mean" else 1.0
+    grad_e = e2.new_zeros(e2.shape, dtype=acc) if need_e else None  # (N, D)
+    grad_c = c.new_zeros(c.shape, dtype=acc) if need_c else None  # (V, D)
+    grad_b = c.new_zeros(v_size, dtype=acc) if need_b else None  # (V,)
+    lse = e2.new_empty(m_rows, dtype=acc)  # (M,)
+    target_logit = e2.new_zeros(m_rows, dtype=acc)  # (M,)
+    entropy = e2.new_empty(m_rows, dtype=acc) if cfg.return_entropy else None
+    flat = e2.new_empty(bn * v_size, dtype=acc)  # one token block's rows of logits
+    scratch = e2.new_empty(2 * bn * bv, dtype=acc)
+    spans = [(v0, min(v0 + bv, v_size)) for v0 in range(0, v_size, bv)]
+    cast_c = c.dtype != acc
+    for i0 in range(0, m_rows, bn):
+        i1 = min(i0 + bn, m_rows)
+        nb = i1 - i0
+        e_b = _take_rows(e2, rows, i0, i1, acc)  # (nb, D)
+        tgt_b = tgt[i0:i1]
+        # each vocabulary piece is its own contiguous (nb, vb) matrix inside `flat`
+        pieces = [flat[nb * v0: nb * v1].view(nb, v1 - v0) for v0, v1 in spans]
+        row_max = None
+        for (v0, v1), z in zip(spans, pieces, strict=True):
+            c_v = c[v0:v1].to(acc) if cast_c else c[v0:v1]
+            torch.mm(e_b, c_v.T, out=z)
+            _finish_logits(z, None if bias is None else bias[v0:v1].to(acc), cfg.softcap)
+            r, col = _target_hits(tgt_b, v0, v1)
+            if r.numel():
+                target_logit[i0 + r] = z[r, col]
+            piece_max = z.amax(1)
+            row_max = piece_max if row_max is None else torch.maximum(row_max, piece_max)
+        row_sum = e_b.new_zeros(nb)
+        row_wsum = e_b.new_zeros(nb) if entropy is not None else None
+        for z in pieces:
+            y = scratch[: z.numel()].view_as(z)
+            torch.sub(z, row_max[:, None], out=y)
+            ex = scratch[z.numel(): 2 * z.numel()].view_as(z)
+            torch.exp(y, out=ex)
+            row_sum += ex.sum(1)
+            if row_wsum is not None:
+                row_wsum += ex.mul_(y).sum(1)
+        log_sum = row_sum.log()
+        lse_b = row_max + log_sum  # (nb,)
+        lse[i0:i1] = lse_b
+        if entropy is not None:
+            entropy[i0:i1] = log_sum - row_wsum / row_sum
+        if not (need_e or need_c or need_b):
+            continue
+        g_b = lse_b.new_full((nb,), scale)
+        a_b = g_b * (1.0 + 2.0 * cfg.z_loss * lse_b) if cfg.z_loss else g_b
+        for (v0, v1), z in zip(spans, pieces, strict=True):
+            r, col = _target_hits(tgt_b, v0, v1)
+            if not _logits_to_grad(z, lse_b, r, col, a_b, g_b, cfg.softcap, cfg.filter_eps,
+                                   scratch):
+                continue
+            c_v = c[v0:v1].to(acc) if cast_c else c[v0:v1]
+            if grad_e is not None:
+                if rows is None:
+                    grad_e[i0:i1].addmm_(z, c_v)
+                else:
+                    grad_e.index_add_(0, rows[i0:i1], z @ c_v)
+            if grad_c is not None:
+                grad_c[v0:v1].addmm_(z.T, e_b)
+            if grad_b is not None:
+                grad_b[v0:v1] += z.sum(0)
+    return lse, target_logit, entropy, [grad_e, grad_c, grad_b]
+
+
+# --------------------------------------------------------------------------------------------
+# autograd
+# --------------------------------------------------------------------------------------------
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Valid tokens only: returns (loss, lse [M], entropy [M] or empty)."""
+
+    @staticmethod
+    def forward(ctx, e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
+                tgt: Tensor, cfg: _Config, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
+        need = (bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]),
+                bias is not None and bool(ctx.needs_input_grad[2]))
+        fused = cfg.grad_in_forward and any(need)
+        if fused:
+            lse, target_logit, entropy, grads = _torch_fused(e2, c, bias, rows, tgt, cfg, need)
+            ctx.fused_grads = grads
+        elif backend == "triton":
+            from tokenwise.training import linear_ce_triton
+
+            lse, target_logit, entropy = linear_ce_triton.lse_forward(
+                e2, c, bias, rows, tgt, cfg.softcap, cfg.return_entropy)
+        else:
+            lse, target_logit, entropy = _torch_lse_forward(e2, c, bias, rows, tgt, cfg)
+        nll = lse - target_logit  # (M,)
+        if cfg.z_loss:
+            nll = nll + cfg.z_loss * lse.square()
+        if cfg.reduction == "none":
+            loss = nll
+        else:
+            loss = nll.sum()
+            if cfg.reduction == "mean":
+                loss = loss / max(tgt.numel(), 1)
+        if entropy is None:
+            entropy = lse.new_empty(0)
+        ctx.mark_non_differentiable(entropy)
+        ctx.cfg, ctx.backend, ctx.fused, ctx.need = cfg, backend, fused, need
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        if not fused:
+            ctx.save_for_backward(e2, c, bias, rows, tgt, lse)
+        ctx.dtypes = (e2.dtype, c.dtype)
+        return loss, lse, entropy
+
+    @staticmethod
+    def backward(ctx, g_loss: Tensor | None, g_lse: Tensor | None, _g_entropy: Tensor | None):
+        cfg: _Config = ctx.cfg
+        e_dtype, c_dtype = ctx.dtypes
+        if ctx.fused:
+            grads = ctx.fused_grads
+            if grads is None:
+                raise RuntimeError(
+                    "linear_cross_entropy computed its gradients in forward "
+                    "(grad_in_forward), so backward can run only once; pass "
+                    "grad_in_forward=False to backpropagate through it more than once")
+            ctx.fused_grads = None  # hand the buffers to autograd without a copy
+            if g_loss is None:
+                return None, None, None, None, None, None, None
+            # one host read of a scalar; skipping the multiply saves a pass over grad_c
+            factor = float(g_loss)
+            out = []
+            for grad, dtype in zip(grads, (e_dtype, c_dtype, ctx.bias_dtype), strict=True):
+                if grad is not None:
+                    if factor != 1.0:
+                        grad.mul_(factor)
+                    grad = grad.to(dtype)
+                out.append(grad)
+            return out[0], out[1], out[2], None, None, None, None
+
+        e2, c, bias, rows, tgt, lse = ctx.saved_tensors
+        m_rows = tgt.numel()
+        if m_rows == 0 or (g_loss is None and g_lse is None):
+            zeros = [None if not n else torch.zeros_like(t)
+                     for n, t in zip(ctx.need, (e2, c, bias), strict=True)]
+            return zeros[0], zeros[1], zeros[2], None, None, None, None
+        if g_loss is None:
+            g = lse.new_zeros(m_rows)
+        elif cfg.reduction == "none":
+            g = g_loss.to(cfg.acc)
+        else:
+            scale = 1.0 / m_rows if cfg.reduction == "mean" else 1.0
+            g = (g_loss.to(cfg.acc) * scale).expand(m_rows)
+        a = g * (1.0 + 2.0 * cfg.z_loss * lse) if cfg.z_loss else g
+        if g_lse is not None:
+            a = a + g_lse.to(cfg.acc)
+        if ctx.backend == "triton":
+            from tokenwise.training import linear_ce_triton
+
+            grad_e, grad_c, grad_b = linear_ce_triton.backward(
+                e2, c, bias, rows, tgt, lse, a.contiguous(), g.contiguous(), cfg.softcap,
+                cfg.filter_eps, ctx.need)
+        else:
+            grad_e, grad_c, grad_b = _torch_backward(e2, c, bias, rows, tgt, lse, a, g, cfg,
+                                                     ctx.need)
+        grad_e = None if grad_e is None else grad_e.to(e_dtype)
+        grad_c = None if grad_c is None else grad_c.to(c_dtype)
+        grad_b = None if grad_b is None else grad_b.to(ctx.bias_dtype)
+        return grad_e, grad_c, grad_b, None, None, None, None
+
+
+def _triton_usable(*tensors: Tensor) -> bool:
+    if not all(t.is_cuda for t in tensors):
+        return False
+    try:
+        from tokenwise.training import linear_ce_triton
+    except ImportError:
+        return False
+    return linear_ce_triton.available()
+
+
+def _scatter_valid(values: Tensor, out_idx: Tensor | None, out_shape: torch.Size) -> Tensor:
+    """Per-valid-token values back at their positions, 0 at ignored ones (differentiable)."""
+    if out_idx is None:
+        return values.view(out_shape)
+    full = values.new_zeros(math.prod(out_shape))
+    return full.index_put((out_idx,), values).view(out_shape)
+
+
+def linear_cross_entropy(
+    e: Tensor,
+    c: Tensor,
+    targets: Tensor,
+    bias: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    softcap: float | None = None,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+    shift: bool | int = 0,
+    return_lse: bool = False,
+    z_loss: float | None = None,
+    filter_eps: float | str | None = "auto",
+    return_entropy: bool = False,
+    grad_in_forward: bool | None = None,
+    block_n: int | None = None,
+    block_v: int | None = None,
+    impl: Literal["auto", "torch", "triton"] = "auto",
+) -> Tensor | tuple[Tensor, ...]:
+    """Cross-entropy of ``softcap(e @ c.T + bias)`` against ``targets``, never building the logits.
+
+    Same meaning as ``cut_cross_entropy.linear_cross_entropy`` (the loss equals
+    ``F.cross_entropy((e @ c.T + bias).float(), targets, ignore_index=..., reduction=...)``),
+    plus z-loss, per-token entropy and a CPU-friendly single-pass mode.
+
+    Args:
+        e: embeddings, shape ``(..., D)``; float16, bfloat16, float32 or float64.
+        c: classifier, shape ``(V, D)``.
+        targets: integer class ids, shape ``(...)`` = ``e.shape[:-1]``; each in ``[0, V)`` or
+            equal to ``ignore_index``.
+        bias: optional classifier bias, shape ``(V,)``, added before the softcap.
+        ignore_index: targets with this value contribute nothing (loss, lse and entropy 0 there).
+        softcap: if given, logits become ``softcap * tanh(logits / softcap)`` (Gemma 2 style).
+        reduction: ``"mean"`` over non-ignored tokens, ``"sum"``, or ``"none"`` (per position,
+            shape of ``targets``, or ``(..., T - shift)`` with ``shift``). With every token
+            ignored, ``"mean"`` gives 0 (not NaN, unlike ``F.cross_entropy``) and zero gradients.
+        shift: ``k > 0`` pairs ``e[..., t, :]`` with ``targets[..., t + k]`` (next-token
+            prediction for ``k = 1``; ``True`` means 1); must be in ``[0, T)``.
+        return_lse: also return the per-position log-sum-exp (0 at ignored positions). It is
+            differentiable: a gradient on it flows into ``e``, ``c`` and ``bias`` (used by a
+            vocabulary-parallel loss that combines shard log-sum-exps, and for z-loss terms
+            built outside).
+        z_loss: coefficient ``zc``; adds ``zc * lse^2`` to each token's loss before reduction.
+        filter_eps: skip gradient blocks where every ``|softmax - onehot|`` is below this;
+            ``"auto"`` is ``finfo(e.dtype).eps / 32`` as in the reference, ``None`` never skips.
+        return_entropy: also return the per-position entropy (nats) of the (softcapped)
+            softmax, 0 at ignored positions. It carries no gradient.
+        grad_in_forward: compute the gradients during forward (no recomputation; needs a scalar
+            loss and ``return_lse=False``; the torch implementation only; backward then runs once).
+            ``None`` chooses it when that applies, the classifier is fp32/fp64 and the Triton
+            path is not in use.
+        block_n: tokens per block (``None``: about 16 MiB of fp32 logits per block).
+        block_v: vocabulary entries per block (``None``: a default for the implementation).
+        impl: ``"triton"`` (CUDA kernels), ``"torch"`` (block loops of torch ops, any device) or
+            ``"auto"`` (Triton when every tensor is on CUDA and Triton imports).
+
+    Returns:
+        The loss (fp32; fp64 for fp64 inputs); with ``return_lse`` and/or ``return_entropy``, a
+        tuple ``(loss, lse)``, ``(loss, entropy)`` or ``(loss, lse, entropy)``.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> e = torch.randn(2, 5, 8)          # (batch, time, D)
+        >>> c = torch.randn(13, 8)
+        >>> ids = torch.randint(0, 13, (2, 5))
+        >>> loss, lse = linear_cross_entropy(e, c, ids, shift=1, reduction="none",
+        ...                                  return_lse=True)
+        >>> loss.shape, lse.shape
+        (torch.Size([2, 4]), torch.Size([2, 4]))
+        >>> plain = torch.nn.functional.cross_entropy(
+        ...     (e[:, :-1] @ c.T).flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+        >>> torch.allclose(loss.flatten(), plain, atol=1e-5)
+        True
+    """
+    e = _check_float_tensor(e, "e")
+    c = _check_float_tensor(c, "c", ndim=2)
+    if e.ndim < 1:
+        raise TokenwiseError("e must have shape (..., D), got a 0-d tensor")
+    if not isinstance(targets, Tensor):
+        raise TokenwiseError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.dtype == torch.bool or targets.is_floating_point() or targets.is_complex():
+        raise TokenwiseError(f"targets must have an integer dtype, got {targets.dtype}")
+    if bias is not None:
+        bias = _check_float_tensor(bias, "bias", ndim=1)
+        if bias.shape[0] != c.shape[0]:
+            raise TokenwiseError(
+                f"bias must have shape (V,) = ({c.shape[0]},) like c's rows, got "
+                f"{tuple(bias.shape)}")
+    if e.shape[-1] != c.shape[1]:
+        raise TokenwiseError(
+            f"e's last dimension must equal c's (D): e {tuple(e.shape)} vs c {tuple(c.shape)}")
+    if tuple(e.shape[:-1]) != tuple(targets.shape):
+        raise TokenwiseError(
+            f"targets must have shape e.shape[:-1] = {tuple(e.shape[:-1])}, got "
+            f"{tuple(targets.shape)}")
+    devices = {t.device for t in (e, c, targets) + (() if bias is None else (bias,))}
+    if len(devices) > 1:
+        raise TokenwiseError(f"e, c, targets and bias must be on one device, got {devices}")
+    if reduction not in _REDUCTIONS:
+        raise TokenwiseError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if impl not in _IMPLS:
+        raise TokenwiseError(f"impl must be one of {_IMPLS}, got {impl!r}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TokenwiseError(f"ignore_index must be an integer, got {ignore_index!r}")
+    shift = _check_shift(shift, targets)
+    softcap = _check_optional_float(softcap, "softcap", positive=True)
+    z_coef = _check_optional_float(z_loss, "z_loss", positive=False) or 0.0
+    eps = resolve_filter_eps(filter_eps, e.dtype)
+    block_n = _check_positive_block(block_n, "block_n")
+    block_v = _check_positive_block(block_v, "block_v")
+    if grad_in_forward not in (None, True, False):
+        raise TokenwiseError(
+            f"grad_in_forward must be True, False or None, got {grad_in_forward!r}")
+
+    if impl == "triton" and not _triton_usable(e, c):
+        raise TokenwiseError("impl='triton' needs CUDA tensors and an importable triton; "
+                             f"got tensors on {e.device}")
+    backend = "triton" if impl == "triton" or (impl == "auto" and _triton_usable(e, c)) \
+        else "torch"
+    fusable = reduction != "none" and not return_lse
+    if grad_in_forward:
+        if not fusable:
+            raise TokenwiseError(
+                "grad_in_forward=True needs reduction 'mean' or 'sum' and return_lse=False "
+                f"(got reduction={reduction!r}, return_lse={return_lse}); a per-token or lse "
+                "gradient is only known in backward")
+        if impl == "triton":
+            raise TokenwiseError("grad_in_forward=True runs the torch implementation; "
+                                 "use impl='torch' or 'auto' with it")
+        backend = "torch"
+    acc = torch.float64 if torch.float64 in {e.dtype, c.dtype, getattr(bias, "dtype", None)} \
+        else torch.float32
+    use_fused = bool(grad_in_forward) if grad_in_forward is not None else (
+        fusable and backend == "torch" and c.dtype == acc)
+
+    # valid tokens: positions whose (shifted) target is not ignored
+    batch_shape = targets.shape
+    d_size, v_size = c.shape[1], c.shape[0]
+    if shift:
+        length = batch_shape[-1]
+        shifted = targets[..., shift:]  # (..., T - shift)
+        positions = torch.arange(targets.numel(), device=targets.device).view(batch_shape)
+        e_rows = positions[..., : length - shift]  # flat row of e for each output position
+    else:
+        shifted = targets
+        e_rows = None
+    out_shape = shifted.shape
+    valid = shifted != ignore_index
+    flat_valid = valid.reshape(-1)
+    tgt = shifted.reshape(-1)[flat_valid].long()  # (M,)
+    if tgt.numel():
+        bad = (tgt < 0) | (tgt >= v_size)
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0, 0])
+            raise TokenwiseError(
+                f"targets must be in [0, V) = [0, {v_size}) or equal ignore_index="
+                f"{ignore_index}; got {int(tgt[first])}")
+    all_valid = bool(flat_valid.all())
+    out_idx = None if all_valid else flat_valid.nonzero().squeeze(1)
+    # row of e2 for each valid token; None means "row i is token i" (no gather needed)
+    rows = e_rows.reshape(-1)[flat_valid] if e_rows is not None else out_idx
+
+    cfg = _Config(softcap=softcap, z_loss=z_coef, reduction=reduction, filter_eps=eps,
+                  return_entropy=return_entropy, grad_in_forward=use_fused, block_n=block_n,
+                  block_v=block_v, acc=acc)
+    e2 = e.reshape(-1, d_size)  # (N, D)
+    loss, lse, entropy = _LinearCrossEntropy.apply(e2, c, bias, rows, tgt, cfg, backend)
+    if reduction == "none":
+        loss = _scatter_valid(loss, out_idx, out_shape)
+    extra: list[Tensor] = []
+    if return_lse:
+        extra.append(_scatter_valid(lse, out_idx, out_shape))
+    if return_entropy:
+        extra.append(_scatter_valid(entropy, out_idx, out_shape).detach())
+    return (loss, *extra) if extra else loss
