@@ -1,0 +1,47 @@
+"""`tokenwise train` through click: a run, a resume, and clean errors."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from tokenwise.cli.train import train_command
+from tokenwise.models import load
+
+
+def test_train_then_resume_from_the_command_line(tmp_path, tiny_llama_dir):
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"{a}+{a}=", "response": str(2 * a)})
+                              for a in range(6)) + "\n")
+    out = tmp_path / "run"
+    args = [str(tiny_llama_dir), str(data), "--out", str(out), "--loss", "emo",
+            "--batch-size", "2", "--lr", "0.01", "--save-every", "1", "--seq-len", "16"]
+    first = CliRunner().invoke(train_command, [*args, "--steps", "2"])
+    assert first.exit_code == 0, first.output
+    assert "2 steps" in first.output
+    again = CliRunner().invoke(train_command, [*args, "--steps", "3"])
+    assert again.exit_code != 0 and "--resume" in again.output
+    resumed = CliRunner().invoke(train_command, [*args, "--steps", "3", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from step 2" in resumed.output
+    record = json.loads((out / "training.json").read_text())
+    assert record["steps"] == 3 and len(record["losses"]) == 3
+    assert load(out).vocab_size == load(tiny_llama_dir).vocab_size
+
+
+def test_clean_errors(tmp_path, tiny_llama_dir):
+    data = tmp_path / "d.txt"
+    data.write_text("some text to learn from, long enough for a window or two")
+    out = str(tmp_path / "o")
+    no_history = CliRunner().invoke(train_command, [str(tiny_llama_dir), str(data), "--out", out,
+                                                    "--select", "sstoken"])
+    assert no_history.exit_code != 0 and "--history-model" in no_history.output
+    assert "Traceback" not in no_history.output
+    bad_data = tmp_path / "bad.jsonl"
+    bad_data.write_text('{"question": "x"}\n')
+    res = CliRunner().invoke(train_command, [str(tiny_llama_dir), str(bad_data), "--out", out])
+    assert res.exit_code != 0 and "line 1" in res.output
+    res = CliRunner().invoke(train_command, [str(tiny_llama_dir), str(data), "--out", out,
+                                             "--rho", "1.5"])
+    assert res.exit_code != 0 and "--rho" in res.output
