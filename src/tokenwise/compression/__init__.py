@@ -1,0 +1,41 @@
+"""Prompt compression: keep the words a reader needs, drop the rest, on a token budget.
+
+``compress(text_or_messages, method=..., rate=... | target_tokens=... | threshold=...)``
+returns a :class:`CompressionResult`. Methods are registered by name in
+:mod:`tokenwise.compression.registry`; ``token_classifier`` is LLMLingua-2 over any local
+token-classification model.
+
+Example:
+    >>> from tokenwise.compression import names
+    >>> names()
+    ['token_classifier']
+"""
+
+from tokenwise.compression.api import compress, get
+from tokenwise.compression.base import (
+    DEFAULT_ROLES,
+    Compressor,
+    SelectiveCompressor,
+    WordScores,
+    check_budget,
+    parse_input,
+)
+from tokenwise.compression.counting import TokenCounter
+from tokenwise.compression.registry import METHODS, compressor_class, names
+from tokenwise.compression.result import CompressionResult
+
+__all__ = [
+    "DEFAULT_ROLES",
+    "METHODS",
+    "CompressionResult",
+    "Compressor",
+    "SelectiveCompressor",
+    "TokenCounter",
+    "WordScores",
+    "check_budget",
+    "compress",
+    "compressor_class",
+    "get",
+    "names",
+    "parse_input",
+]

@@ -1,0 +1,118 @@
+"""Token counts on the *target* model's tokenizer (the model that reads the compressed text).
+
+Budgets (``rate``, ``target_tokens``) are about what the reader pays for, so they are
+counted with the reader's tokenizer: a :class:`~tokenwise.models.LanguageModel`, a local
+tokenizer directory, any Hugging Face tokenizer object, or, by default, the built-in
+models' tokenizer. Never a hard-coded GPT tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenwise.errors import TokenwiseError
+
+DEFAULT_TARGET = "tw-large"
+
+
+class TokenCounter:
+    """Counts tokens of texts with one tokenizer, special tokens excluded.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (anything callable as ``tok(texts,
+            add_special_tokens=False)`` returning ``input_ids``), or a function ``str -> int``.
+        name: a short name for reports.
+
+    Example:
+        >>> counter = TokenCounter.resolve(None)
+        >>> counter.count("12+7=19")
+        7
+        >>> counter.count_each(["ab", "", "12"]).tolist()
+        [1, 0, 2]
+    """
+
+    def __init__(self, tokenizer: Any, name: str):
+        self.tokenizer = tokenizer
+        self.name = name
+        self._is_function = not hasattr(tokenizer, "encode") and callable(tokenizer)
+
+    def __repr__(self) -> str:
+        return f"TokenCounter({self.name!r})"
+
+    def count(self, text: str) -> int:
+        """Tokens in ``text``."""
+        if self._is_function:
+            return int(self.tokenizer(text))
+        if not text:
+            return 0
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return len(ids)
+
+    def count_each(self, texts: Sequence[str]) -> np.ndarray:
+        """Tokens in each text, as an ``int64`` array (one batched tokenizer call)."""
+        if self._is_function:
+            return np.asarray([int(self.tokenizer(t)) for t in texts], dtype=np.int64)
+        if len(texts) == 0:
+            return np.zeros(0, dtype=np.int64)
+        ids = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(texts))
+
+    @classmethod
+    def resolve(cls, target: Any) -> TokenCounter:
+        """A counter for ``target``.
+
+        Args:
+            target: None (the built-in models' tokenizer), a :class:`TokenCounter`, a
+                ``LanguageModel``, a built-in model name, a local directory with tokenizer
+                files, a tokenizer object, or a function ``str -> int``.
+
+        Example:
+            >>> TokenCounter.resolve("tw-small").name
+            'tw-small'
+        """
+        if isinstance(target, TokenCounter):
+            return target
+        if target is None:
+            return _cached_dir_counter(DEFAULT_TARGET)
+        if isinstance(target, (str, os.PathLike)):
+            return _cached_dir_counter(os.fspath(target))
+        tokenizer = getattr(target, "tokenizer", None)
+        if tokenizer is not None and hasattr(target, "hf_model"):  # a LanguageModel
+            return cls(tokenizer, getattr(target, "name", "model"))
+        if hasattr(target, "encode") and callable(target):
+            return cls(target, getattr(target, "name_or_path", "") or type(target).__name__)
+        if callable(target):
+            return cls(target, getattr(target, "__name__", "function"))
+        raise TokenwiseError(
+            f"target_model={target!r}: give a LanguageModel, a built-in model name, a local "
+            "tokenizer directory, a Hugging Face tokenizer or a function str -> int"
+        )
+
+
+@lru_cache(maxsize=8)
+def _cached_dir_counter(path_or_name: str) -> TokenCounter:
+    from transformers import AutoTokenizer
+
+    from tokenwise.models import resolve
+
+    name, path = resolve(path_or_name)
+    if not _has_tokenizer_files(path):
+        raise TokenwiseError(
+            f"target_model={path_or_name!r}: {str(path)!r} has no tokenizer files "
+            "(tokenizer.json, tokenizer_config.json, vocab.txt, ...)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return TokenCounter(tokenizer, name)
+
+
+def _has_tokenizer_files(path: Path) -> bool:
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+             "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+    return any((path / n).is_file() for n in names)
+

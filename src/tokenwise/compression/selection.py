@@ -1,0 +1,166 @@
+"""Which words to keep, given their scores: per-chunk percentile, global budget, threshold.
+
+Three rules, all vectorised over words:
+
+- :func:`chunk_percentile_keep` is LLMLingua-2's rule: inside each chunk, keep the words
+  above the ``int(100·(1-rate)+1)``-th percentile of the token-weighted scores. It does not
+  meet the rate (each chunk, and each word's token count, shifts it).
+- :func:`budget_keep` meets a token budget on the target tokenizer: it searches, over the
+  words sorted by score, the longest prefix whose *rendered, re-tokenized* text fits.
+- :func:`threshold_keep` keeps every word scoring at least ``t``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from tokenwise.errors import TokenwiseError
+
+
+def reference_percentile(rate: float) -> int:
+    """The percentile LLMLingua-2 thresholds at for ``rate`` (its float arithmetic kept).
+
+    Example:
+        >>> reference_percentile(0.33), reference_percentile(0.5), reference_percentile(0.7)
+        (68, 51, 31)
+    """
+    reduce_rate = max(0.0, 1 - rate)
+    return int(100 * reduce_rate + 1)
+
+
+def chunk_percentile_keep(scores: np.ndarray, weights: np.ndarray, groups: np.ndarray,
+                          rate: float) -> np.ndarray:
+    """LLMLingua-2's keep rule, one percentile per chunk.
+
+    Args:
+        scores: ``(W,)`` keep scores, forced words already raised to 1.0.
+        weights: ``(W,)`` target-tokenizer tokens per word (each score counts that often).
+        groups: ``(W,)`` chunk index per word, non-decreasing.
+        rate: kept fraction asked for, in (0, 1].
+
+    Example:
+        >>> s = np.array([.1, .9, .5, .2, .8], np.float32)
+        >>> chunk_percentile_keep(s, np.ones(5, int), np.array([0, 0, 0, 1, 1]), 0.5).tolist()
+        [False, True, False, False, True]
+    """
+    keep = np.zeros(len(scores), dtype=bool)
+    if rate >= 1.0:
+        keep[:] = True
+        return keep
+    q = reference_percentile(rate)
+    bounds = np.flatnonzero(np.diff(groups)) + 1
+    for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(scores)], strict=True):
+        s = scores[lo:hi]
+        repeated = np.repeat(s, weights[lo:hi])
+        if repeated.size == 0:  # every word of the chunk is zero tokens long
+            repeated = s
+        if repeated.size == 0:
+            continue
+        threshold = np.percentile(repeated, q)
+        keep[lo:hi] = (s > threshold) | ((threshold == 1.0) & (s == threshold))
+    return keep
+
+
+def threshold_keep(scores: np.ndarray, forced: np.ndarray, threshold: float) -> np.ndarray:
+    """Keep forced words and every word scoring at least ``threshold``.
+
+    Example:
+        >>> threshold_keep(np.array([.2, .6, .4]), np.array([1, 0, 0], bool), .5).tolist()
+        [True, True, False]
+    """
+    return forced | (scores >= threshold)
+
+
+def budget_keep(scores: np.ndarray, forced: np.ndarray, weights: np.ndarray, target: int,
+                count: Callable[[np.ndarray], int], tolerance: float = 0.01) -> np.ndarray:
+    """The most words, taken in score order, whose rendered text fits ``target`` tokens.
+
+    The estimate from per-word token counts places a first guess; exact counts of the
+    rendered text (joining can merge or split tokens) then bracket and bisect it, so only a
+    handful of texts are tokenized. If the result is still more than ``tolerance`` below
+    the target (a few long words straddle it), lower-scored words that still fit are added.
+
+    Args:
+        scores: ``(W,)`` keep scores, higher first.
+        forced: ``(W,)`` words kept whatever their score.
+        weights: ``(W,)`` estimated tokens per word.
+        target: the token budget of the whole output.
+        count: exact token count of the output for a keep mask.
+        tolerance: how far below ``target`` is close enough before the fill-up pass.
+
+    Raises:
+        TokenwiseError: when the forced words alone exceed the budget.
+
+    Example:
+        >>> w = np.ones(6, int)
+        >>> k = budget_keep(np.arange(6.0), np.zeros(6, bool), w, 4, lambda m: int(m.sum()))
+        >>> k.tolist()
+        [False, False, True, True, True, True]
+    """
+    free = np.flatnonzero(~forced)
+    order = free[np.argsort(-scores[free], kind="stable")]  # (F,) best first
+    rank = np.full(len(scores), len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    cache: dict[int, int] = {}
+
+    def mask(k: int) -> np.ndarray:
+        return forced | (rank < k)
+
+    def exact(k: int) -> int:
+        if k not in cache:
+            cache[k] = int(count(mask(k)))
+        return cache[k]
+
+    n = len(order)
+    if exact(n) <= target:
+        return mask(n)
+    if exact(0) > target:
+        raise TokenwiseError(
+            f"target of {target} tokens cannot be met: the forced words (force_tokens, "
+            f"keep_digits, protected spans, question words) alone take {exact(0)} tokens; "
+            "raise the budget or pass protect=False / fewer force tokens"
+        )
+    cum = np.concatenate([[0], np.cumsum(weights[order])]).astype(np.float64)  # (F+1,)
+    # Scale the estimate so that it agrees with the exact counts at both ends.
+    lo_c, hi_c = exact(0), exact(n)
+    est = lo_c + cum * ((hi_c - lo_c) / cum[-1] if cum[-1] > 0 else 0.0)
+    guess = int(np.clip(np.searchsorted(est, target, side="right") - 1, 0, n))
+    lo, hi = 0, n  # invariant: exact(lo) <= target < exact(hi)
+    step = max(1, n // 200)
+    if exact(guess) <= target:
+        lo = guess
+        probe = guess + step
+        while probe < hi and exact(probe) <= target:
+            lo, step = probe, step * 2
+            probe = lo + step
+        if probe < hi:  # the loop stopped on a probe that does not fit
+            hi = probe
+    else:
+        hi = guess
+        probe = guess - step
+        while probe > lo and exact(probe) > target:
+            hi, step = probe, step * 2
+            probe = hi - step
+        if probe > lo:  # the loop stopped on a probe that fits
+            lo = probe
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if exact(mid) <= target:
+            lo = mid
+        else:
+            hi = mid
+    keep = mask(lo)
+    total = exact(lo)
+    if total < (1 - tolerance) * target:
+        # Long words at the boundary: top up with later words that still fit.
+        for i in order[lo + 1: lo + 1 + 64].tolist():
+            trial = keep.copy()
+            trial[i] = True
+            c = int(count(trial))
+            if c <= target:
+                keep, total = trial, c
+                if total >= (1 - tolerance) * target:
+                    break
+    return keep

@@ -1,0 +1,425 @@
+"""LLMLingua-2: keep the words a token classifier marks as worth keeping.
+
+Pan et al., 2024, "LLMLingua-2: Data Distillation for Efficient and Faithful Task-Agnostic
+Prompt Compression" (arXiv 2403.12968; ref: microsoft/LLMLingua). A bidirectional encoder
+with a two-label head (0 = drop, 1 = keep) reads the text in chunks of at most its maximum
+length; a word's keep probability is the mean (or first) of its sub-tokens'
+``softmax(logits)[:, 1]``.
+
+What is the reference's, and kept: the chunking (windows of ``max_length - 1`` tokens that
+back off to the last ``"."``/``"\\n"`` token, the closing separator dropped when a window is
+full), the word boundaries (WordPiece: a piece without ``##``; SentencePiece/byte-level: a
+piece with the space marker, or a punctuation piece), the per-chunk token-weighted percentile
+``int(100·(1-rate)+1)`` with ``percentile="chunk"``, and the context filter's
+``(rate+1)/2``. What differs, on purpose: post-processing is vectorised over the whole text
+(one tokenizer call, numpy merges) instead of a Python loop per token; words are spans of
+the original text, so nothing is re-decoded; a Han character starts a new word even where
+the tokenizer has no space marker; force tokens and ``keep_digits`` force whole words (the
+reference forces single tokens, which a word's other tokens then average away); and the
+default ``percentile="global"`` meets the rate on the target tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tokenwise.compression import words
+from tokenwise.compression.base import SelectiveCompressor, WordScores
+from tokenwise.errors import ModelNotFoundError, TokenwiseError, UnsafeCheckpointError
+
+TOKEN_TO_WORD = ("mean", "first")
+_ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
+
+
+class TokenClassifierCompressor(SelectiveCompressor):
+    """LLMLingua-2 over any local Hugging Face token-classification model.
+
+    Args:
+        model: a local directory holding a ``...ForTokenClassification`` model (safetensors)
+            and its tokenizer, or such a model object (then pass ``tokenizer``).
+        tokenizer: a fast tokenizer for a model object (read from the directory otherwise).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; default: where the model is, or CPU.
+        dtype: ``"float32"``, ``"float16"``, ``"bfloat16"`` or a torch dtype for a directory.
+        batch_size: chunks per forward pass.
+        max_length: tokens per chunk, special tokens included (default: the model's limit).
+        token_to_word: ``"mean"`` or ``"first"`` sub-token probability per word.
+        chunk_end_tokens: tokens a chunk may end on when it backs off from a full window.
+        progress: show a progress bar over batches.
+
+    Example:
+        >>> comp = TokenClassifierCompressor("path/to/llmlingua-2-model")  # doctest: +SKIP
+        >>> comp.compress("Some long prompt ...", rate=0.33).text  # doctest: +SKIP
+    """
+
+    name = "token_classifier"
+    forced_score = 1.0
+    threshold_range = (0.0, 1.0)
+
+    def __init__(
+        self,
+        model: Any = None,
+        tokenizer: Any = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        batch_size: int = 16,
+        max_length: int | None = None,
+        token_to_word: str = "mean",
+        chunk_end_tokens: tuple[str, ...] = (".", "\n"),
+        progress: bool = False,
+    ):
+        if model is None:
+            raise TokenwiseError(
+                "method 'token_classifier' needs model=DIR: a local token-classification model "
+                "(e.g. microsoft/llmlingua-2-xlm-roberta-large-meetingbank downloaded elsewhere "
+                "and copied here); no built-in classifier ships yet"
+            )
+        if token_to_word not in TOKEN_TO_WORD:
+            raise TokenwiseError(f"token_to_word={token_to_word!r}: allowed {TOKEN_TO_WORD}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise TokenwiseError(f"batch_size={batch_size!r}: must be an integer >= 1")
+        if isinstance(model, (str, os.PathLike)):
+            self.model, self.tokenizer = _load_dir(model, dtype)
+            self.model_name = Path(os.fspath(model)).name
+        else:
+            if tokenizer is None:
+                raise TokenwiseError("a model object needs its tokenizer: pass tokenizer=")
+            _check_head(model, type(model).__name__)
+            self.model, self.tokenizer = model, tokenizer
+            self.model_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise TokenwiseError(
+                f"tokenizer {type(self.tokenizer).__name__} is not a fast (Rust) tokenizer; "
+                "character offsets are needed to map tokens to words. Load it with "
+                "AutoTokenizer.from_pretrained(DIR) (tokenizer.json)"
+            )
+        if device is not None:
+            self.model.to(_pick_device(device))
+        self.model.eval()
+        limit = _model_max_length(self.model, self.tokenizer)
+        if max_length is None:
+            max_length = limit
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or not (
+                4 <= max_length <= limit):
+            raise TokenwiseError(f"max_length={max_length!r}: allowed 4..{limit} (the model's "
+                                 "limit, special tokens included)")
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.token_to_word = token_to_word
+        self.chunk_end_tokens = tuple(chunk_end_tokens)
+        self.progress = progress
+        self._vocab = _vocab_flags(self.tokenizer, self.chunk_end_tokens)
+        tok = self.tokenizer
+        self._cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        self._sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        pad = tok.pad_token_id
+        self._pad = pad if pad is not None else (self._sep if self._sep is not None else 0)
+
+    def __repr__(self) -> str:
+        return (f"TokenClassifierCompressor({self.model_name!r}, max_length={self.max_length}, "
+                f"token_to_word={self.token_to_word!r})")
+
+    def check_force_tokens(self, force_tokens: tuple[str, ...]) -> None:
+        """Reject force tokens the classifier's tokenizer cannot represent (unknown pieces)."""
+        unk = self.tokenizer.unk_token_id
+        for tok in force_tokens:
+            ids = self.tokenizer(tok, add_special_tokens=False)["input_ids"]
+            if not ids or (unk is not None and unk in ids):
+                raise TokenwiseError(
+                    f"force token {tok!r} does not tokenize with {self.model_name}'s tokenizer "
+                    f"(got {self.tokenizer.convert_ids_to_tokens(ids)}); a force token must be "
+                    "text the classifier can read"
+                )
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    def score_words(self, texts: list[str], *, question: str | None = None) -> WordScores:
+        """Keep probability of every word of ``texts`` under the classifier.
+
+        Args:
+            texts: the segments to score (each chunked on its own).
+            question: unused by the classifier (question words are forced by the caller).
+
+        Returns:
+            the words' spans and scores; ``groups`` numbers the model's chunks.
+        """
+        t0 = time.perf_counter()
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                             split_special_tokens=True, verbose=False)
+        seg_ids, seg_offsets = [], []
+        for e in enc.encodings:
+            seg_ids.append(np.asarray(e.ids, dtype=np.int64))
+            off = np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2)
+            seg_offsets.append(off)
+        chunks = []  # (segment, start, stop) token ranges
+        for s, ids in enumerate(seg_ids):
+            is_end = self._vocab.chunk_end[ids]
+            chunks.extend((s, a, b) for a, b in reference_chunks(len(ids), is_end,
+                                                                  self.max_length - 2))
+        t1 = time.perf_counter()
+        probs = self._keep_probabilities(seg_ids, chunks)  # (N,) over all chunk tokens
+        t2 = time.perf_counter()
+        out = self._merge(texts, seg_ids, seg_offsets, chunks, probs)
+        t3 = time.perf_counter()
+        out.timings = {"tokenize": t1 - t0, "model": t2 - t1, "merge": t3 - t2}
+        return out
+
+    @torch.inference_mode()
+    def _keep_probabilities(self, seg_ids: list[np.ndarray],
+                            chunks: list[tuple[int, int, int]]) -> np.ndarray:
+        device = next(self.model.parameters()).device
+        pieces = []
+        batches = range(0, len(chunks), self.batch_size)
+        if self.progress and len(batches) > 2:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="classifying", unit="batch")
+        for b in batches:
+            part = chunks[b:b + self.batch_size]
+            rows = []
+            for s, a, z in part:
+                row = seg_ids[s][a:z]
+                if self._cls is not None:
+                    row = np.concatenate([[self._cls], row])
+                if self._sep is not None:
+                    row = np.concatenate([row, [self._sep]])
+                rows.append(row[:self.max_length])  # a full window loses its separator
+            width = max(len(r) for r in rows)
+            ids = np.full((len(rows), width), self._pad, dtype=np.int64)  # (B, T)
+            mask = np.zeros((len(rows), width), dtype=np.int64)  # (B, T)
+            content = np.zeros((len(rows), width), dtype=bool)  # (B, T) the chunk's own tokens
+            first = 1 if self._cls is not None else 0
+            for i, r in enumerate(rows):
+                ids[i, :len(r)] = r
+                mask[i, :len(r)] = 1
+                n_content = part[i][2] - part[i][1]
+                content[i, first:first + n_content] = True
+            logits = self.model(input_ids=torch.from_numpy(ids).to(device),
+                                attention_mask=torch.from_numpy(mask).to(device)).logits
+            p_keep = torch.softmax(logits.float(), dim=-1)[..., 1]  # (B, T)
+            pieces.append(p_keep[torch.from_numpy(content).to(device)].cpu().numpy())
+        if not pieces:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(pieces).astype(np.float32, copy=False)
+
+    def _merge(self, texts: list[str], seg_ids: list[np.ndarray], seg_offsets: list[np.ndarray],
+               chunks: list[tuple[int, int, int]], probs: np.ndarray) -> WordScores:
+        all_starts, all_ends, all_seg, all_groups, all_scores = [], [], [], [], []
+        pos = 0
+        flags = self._vocab
+        for s, text in enumerate(texts):
+            ids, off = seg_ids[s], seg_offsets[s]
+            n = len(ids)
+            if n == 0:
+                continue
+            cps = words.code_points(text)
+            p = probs[pos:pos + n]
+            pos += n
+            begin = flags.begins_word[ids].copy()  # (n,)
+            t_start, t_end = off[:, 0], off[:, 1]
+            empty = t_start >= t_end
+            if flags.by_offsets:
+                begin |= np.concatenate([[True], t_start[1:] > t_end[:-1]])
+            # A Han character starts a word unless it follows a bare space-marker piece
+            # (SentencePiece vocabularies have no space marker inside Chinese text).
+            first_cp = cps[np.clip(t_start, 0, max(len(cps) - 1, 0))]
+            cjk = words.is_han(first_cp) & ~empty
+            prev_empty = np.concatenate([[False], empty[:-1]])
+            begin |= cjk & ~prev_empty
+            chunk_starts = np.asarray([a for c_s, a, _ in chunks if c_s == s], dtype=np.int64)
+            begin[chunk_starts] = True  # a chunk always starts a word (the reference requires it)
+            group = np.searchsorted(chunk_starts, np.arange(n), side="right") - 1  # (n,)
+            firsts = np.flatnonzero(begin)  # (W,)
+            if self.token_to_word == "mean":
+                sizes = np.diff(np.append(firsts, n)).astype(np.float32)
+                score = np.add.reduceat(p, firsts) / sizes
+            else:
+                score = p[firsts]
+            w_start = np.minimum.reduceat(np.where(empty, np.iinfo(np.int64).max, t_start),
+                                          firsts)
+            w_end = np.maximum.reduceat(t_end, firsts)
+            # A word made only of empty pieces has no text of its own: place it at its end.
+            w_start = np.minimum(w_start, w_end)
+            w_start, w_end = words.strip_spans(cps, w_start, w_end)
+            all_starts.append(w_start)
+            all_ends.append(w_end)
+            all_seg.append(np.full(len(firsts), s, dtype=np.int64))
+            all_groups.append(group[firsts])
+            all_scores.append(score.astype(np.float32, copy=False))
+        if not all_starts:
+            z = np.zeros(0, dtype=np.int64)
+            return WordScores(z, z.copy(), z.copy(), np.zeros(0, np.float32), z.copy())
+        # Chunk numbers are per text; make them global so no chunk spans two texts.
+        groups, offset = [], 0
+        for g in all_groups:
+            groups.append(g + offset)
+            offset += int(g.max()) + 1 if len(g) else 0
+        return WordScores(
+            starts=np.concatenate(all_starts), ends=np.concatenate(all_ends),
+            segment=np.concatenate(all_seg), scores=np.concatenate(all_scores),
+            groups=np.concatenate(groups),
+        )
+
+
+def reference_chunks(n: int, is_end: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """Token ranges ``[start, stop)`` of LLMLingua-2's chunks.
+
+    A window reaches ``max_tokens`` past its start (so it may hold ``max_tokens + 1``
+    tokens) and backs off to the last end token after its first; the final window holds at
+    most ``max_tokens`` tokens.
+
+    Args:
+        n: tokens in the text.
+        is_end: ``(n,)`` bool, tokens a chunk may end on.
+        max_tokens: the model's length less its two special tokens.
+
+    Example:
+        >>> ends = np.array([0, 0, 1, 0, 0, 0, 0, 1, 0, 0], bool)
+        >>> reference_chunks(10, ends, 4)
+        [(0, 3), (3, 8), (8, 10)]
+    """
+    out, st = [], 0
+    while st < n:
+        if st + max_tokens > n - 1:
+            out.append((st, n))
+            break
+        ed = st + max_tokens
+        hits = np.flatnonzero(is_end[st + 1:ed + 1])
+        if hits.size:
+            ed = st + 1 + int(hits[-1])
+        out.append((st, ed + 1))
+        st = ed + 1
+    return out
+
+
+class _VocabFlags:
+    """Per-vocabulary-id facts, computed once per tokenizer."""
+
+    def __init__(self, begins_word: np.ndarray, chunk_end: np.ndarray, by_offsets: bool):
+        self.begins_word = begins_word
+        self.chunk_end = chunk_end
+        self.by_offsets = by_offsets
+
+
+def _vocab_flags(tokenizer: Any, chunk_end_tokens: tuple[str, ...]) -> _VocabFlags:
+    return _vocab_flags_cached(tokenizer, tuple(chunk_end_tokens))
+
+
+@lru_cache(maxsize=4)
+def _vocab_flags_cached(tokenizer: Any, chunk_end_tokens: tuple[str, ...]) -> _VocabFlags:
+    size = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=0) + 1)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
+    pieces = ["" if p is None else p for p in pieces]
+    backend = tokenizer.backend_tokenizer
+    model_kind = type(backend.model).__name__
+    decoder_kind = type(backend.decoder).__name__ if backend.decoder is not None else ""
+    ends = set(chunk_end_tokens)
+    chunk_end = np.fromiter((p in ends for p in pieces), dtype=bool, count=size)
+    punct = string.punctuation
+    if model_kind == "WordPiece":
+        prefix = getattr(backend.model, "continuing_subword_prefix", "##") or "##"
+        begins = np.fromiter((not p.startswith(prefix) for p in pieces), dtype=bool, count=size)
+        return _VocabFlags(begins, chunk_end, by_offsets=False)
+    marker = {"Metaspace": "▁", "ByteLevel": "Ġ"}.get(decoder_kind)
+    if marker is None:
+        sample = pieces[: min(size, 5000)]
+        marker = "▁" if sum(p.startswith("▁") for p in sample) > 50 else (
+            "Ġ" if sum(p.startswith("Ġ") for p in sample) > 50 else None)
+    if marker is None:  # unknown scheme: a space before a piece starts a word
+        begins = np.fromiter((p in punct for p in pieces), dtype=bool, count=size)
+        return _VocabFlags(begins, chunk_end, by_offsets=True)
+    # The reference's rule: a piece with the space marker, or a punctuation piece. (Its test
+    # is `piece in string.punctuation`, a substring test, kept for agreement.)
+    begins = np.fromiter((p.startswith(marker) or p in punct for p in pieces), dtype=bool,
+                         count=size)
+    return _VocabFlags(begins, chunk_end, by_offsets=False)
+
+
+def _check_head(model: Any, what: str) -> None:
+    config = getattr(model, "config", None)
+    cls = type(model).__name__
+    if config is None or not cls.endswith("ForTokenClassification"):
+        raise TokenwiseError(
+            f"{what} is a {cls}, not a token-classification model; LLMLingua-2 needs a "
+            "...ForTokenClassification model with labels (0 = drop, 1 = keep)"
+        )
+    if getattr(config, "num_labels", 0) < 2:
+        raise TokenwiseError(
+            f"{what} has num_labels={config.num_labels}; LLMLingua-2 needs 2 labels "
+            "(0 = drop, 1 = keep)"
+        )
+
+
+def _load_dir(model: str | os.PathLike[str], dtype: Any) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+
+    from tokenwise.models import resolve
+
+    name, path = resolve(model)
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{str(path)!r} has no config.json")
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    archs = list(getattr(config, "architectures", None) or [])
+    if not any(a.endswith("ForTokenClassification") for a in archs):
+        raise TokenwiseError(
+            f"model {name!r} ({', '.join(archs) or config.model_type}) has no token-"
+            "classification head; LLMLingua-2 needs a ...ForTokenClassification model with "
+            "labels (0 = drop, 1 = keep)"
+        )
+    files = [p.name for p in path.iterdir() if p.is_file()]
+    if not any(f.endswith(".safetensors") for f in files):
+        raise UnsafeCheckpointError(
+            f"{str(path)!r} has no *.safetensors weights; tokenwise loads safetensors only "
+            "(convert with model.save_pretrained(DIR, safe_serialization=True))"
+        )
+    torch_dtype = _pick_dtype(dtype)
+    hf = AutoModelForTokenClassification.from_pretrained(
+        str(path), local_files_only=True, use_safetensors=True, dtype=torch_dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    _check_head(hf, repr(name))
+    return hf, tokenizer
+
+
+def _pick_dtype(dtype: Any) -> torch.dtype:
+    table = {None: torch.float32, "float32": torch.float32, "float16": torch.float16,
+             "bfloat16": torch.bfloat16}
+    if isinstance(dtype, torch.dtype):
+        if dtype not in table.values():
+            raise TokenwiseError(f"dtype={dtype}: allowed float32, float16, bfloat16")
+        return dtype
+    if dtype not in table:
+        raise TokenwiseError(f"dtype={dtype!r}: allowed 'float32', 'float16', 'bfloat16'")
+    return table[dtype]
+
+
+def _pick_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise TokenwiseError(f"device={device!r}: allowed 'cpu', 'cuda', 'cuda:N'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TokenwiseError(f"device={device!r} asked for, but no CUDA GPU is available")
+    return dev
+
+
+def _model_max_length(model: Any, tokenizer: Any) -> int:
+    config = model.config
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        if getattr(config, "model_type", "") in _ROBERTA_LIKE:
+            # RoBERTa numbers positions from padding_idx + 1: two rows are never used.
+            positions -= (getattr(config, "pad_token_id", 1) or 1) + 1
+    else:
+        positions = None
+    limit = getattr(tokenizer, "model_max_length", None)
+    limit = limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
+    candidates = [x for x in (positions, limit) if x]
+    return min(candidates) if candidates else 512
