@@ -173,6 +173,36 @@ def test_fused_false_keeps_logits_and_matches():
     assert_same_grads(grads, ref_grads)
 
 
+def test_gradient_checkpointing_and_inputs_embeds():
+    plain = build("LlamaForCausalLM")
+    plain.activation_checkpointing_enable()
+    patched = patch(copy.deepcopy(plain))
+    ids, mask, labels = batch()
+    embeds = plain.get_input_embeddings()(ids).detach()
+    ref, ref_grads = loss_and_grads(plain, inputs_embeds=embeds, attention_mask=mask,
+                                    labels=labels)
+    out, grads = loss_and_grads(patched, inputs_embeds=embeds, attention_mask=mask,
+                                labels=labels)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-6, rtol=1e-5)
+    assert_same_grads(grads, ref_grads)
+
+
+def test_bf16_model_is_at_least_as_accurate_as_transformers():
+    plain = build("Gemma2ForCausalLM").to(torch.bfloat16)
+    patched = patch(copy.deepcopy(plain))
+    ids, mask, labels = batch()
+    with torch.no_grad():
+        hidden = plain.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = hidden[:, :-1].double() @ plain.lm_head.weight.double().T  # exact products
+        logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
+        exact = F.cross_entropy(logits.reshape(-1, VOCAB), labels[:, 1:].reshape(-1))
+        hf = plain(input_ids=ids, attention_mask=mask, labels=labels).loss
+        ours = patched(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert ours.dtype == torch.float32
+    # the reference's rule: no further from the exact value than the plain low-precision path
+    assert abs(exact - ours.double()) <= abs(exact - hf.double()) + 1e-4
+
+
 def test_all_ignored_gives_nan_like_transformers():
     plain = build("LlamaForCausalLM")
     patched = patch(copy.deepcopy(plain))
