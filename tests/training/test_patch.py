@@ -98,6 +98,27 @@ def test_loss_and_gradients_equal_transformers(model_pair, num_items):
     assert out.logits.shape == (3, 0, VOCAB)  # no logits were made
 
 
+def test_no_logits_are_kept_for_backward():
+    plain = build("LlamaForCausalLM")
+    patched = patch(copy.deepcopy(plain))
+    ids, mask, labels = batch(t=40)  # logits (B*T*V) well above the weights (V*H)
+    n_logits = ids.numel() * VOCAB
+
+    def largest_saved(model) -> int:
+        sizes = [0]
+
+        def pack(t):
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=ids, attention_mask=mask, labels=labels)
+        return max(sizes)
+
+    assert largest_saved(plain) >= n_logits  # transformers keeps (B, T, V) logits
+    assert largest_saved(patched) < n_logits / 4
+
+
 def test_num_items_in_batch_scales_the_sum(model_pair):
     _, patched = model_pair
     ids, mask, labels = batch()
