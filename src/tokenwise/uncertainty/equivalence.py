@@ -224,8 +224,9 @@ def cluster(answers: Sequence[str], equivalence: Equivalence | Callable[[str, st
     3. ``mode="representative"``: each text, in canonical order, is compared with the
        representative (first member in canonical order) of every cluster formed so
        far; it joins every cluster it matches, and clusters it bridges merge
-       (union-find). At most ``u × k`` comparisons (``u`` distinct texts, ``k``
-       clusters), all pairs of one step batched. ``mode="complete"``: every pair is
+       (union-find). At most ``u × k`` comparisons (``u`` distinct texts, ``k`` the
+       most clusters open at once: the final number of clusters whenever none merge,
+       always so for a transitive relation), all pairs of one step batched. ``mode="complete"``: every pair is
        compared and the clusters are the connected components of the relation
        (``u(u-1)/2`` comparisons; the transitive closure, fully canonical).
 
