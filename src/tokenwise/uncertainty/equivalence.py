@@ -226,8 +226,9 @@ def cluster(answers: Sequence[str], equivalence: Equivalence | Callable[[str, st
        far; it joins every cluster it matches, and clusters it bridges merge
        (union-find). At most ``u × k`` comparisons (``u`` distinct texts, ``k`` the
        most clusters open at once: the final number of clusters whenever none merge,
-       always so for a transitive relation), all pairs of one step batched. ``mode="complete"``: every pair is
-       compared and the clusters are the connected components of the relation
+       always so for a transitive relation), all pairs of one step batched.
+       ``mode="complete"``: every pair is compared and the clusters are the connected
+       components of the relation
        (``u(u-1)/2`` comparisons; the transitive closure, fully canonical).
 
     For a transitive relation both modes give its equivalence classes. The reference
