@@ -345,3 +345,19 @@ def test_bad_parameters_are_named():
         bootstrap_ci(auroc, [0.1, 0.2], [True, False], level=1.5)
     with pytest.raises(TokenwiseError, match="finite"):
         isotonic_fit([0.0, 1.0], [0.0, float("nan")])
+
+
+def test_paired_bootstrap_uses_the_same_resamples_for_both():
+    rng = np.random.default_rng(3)
+    y = rng.random(60) < 0.5
+    a = rng.normal(size=60) + 1.5 * y
+    b = rng.normal(size=60) + 0.5 * y
+    ci = metrics.paired_bootstrap_ci(auroc, a, b, y, n=150, seed=4)
+    assert ci.estimate == pytest.approx(auroc(a, y) - auroc(b, y))
+    picks = np.random.default_rng(4).integers(0, 60, size=(150, 60))
+    diffs = [auroc(a[p], y[p]) - auroc(b[p], y[p]) for p in picks
+             if y[p].any() and not y[p].all()]
+    assert (ci.low, ci.high) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])))
+    # An estimator against itself differs by exactly 0 on every resample.
+    same = metrics.paired_bootstrap_ci(auroc, a, a, y, n=50)
+    assert same.low == same.high == same.estimate == 0.0
