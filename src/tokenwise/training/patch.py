@@ -66,8 +66,9 @@ KNOWN_MODEL_CLASSES: tuple[str, ...] = (
 )
 
 _STATE_ATTR = "_tokenwise_patch"
-# Rows of logits per chunk for logits losses: 2**24 float32 logits (64 MiB) per chunk.
-_CHUNK_LOGITS = 2**24
+# Rows of logits per chunk for logits losses: 2**22 float32 logits (16 MiB) per chunk, as
+# linear_ce's blocks: a loss makes several chunk-sized temporaries (softmax, its gradient).
+_CHUNK_LOGITS = 2**22
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,7 @@ def patch(
         fused: compute the loss from the hidden states (``"ce"``: the fused linear
             cross-entropy; logits losses: chunked, recomputed logits) instead of full logits.
         chunk_size: tokens per logits chunk for logits losses when ``fused``; default keeps a
-            chunk at about 2**24 logits.
+            chunk at about 2**22 logits.
         **loss_options: passed to the loss (for ``"ce"``: options of ``linear_cross_entropy``
             such as ``filter_eps``; for ``"emo"``: e.g. ``mix_mle``).
 
