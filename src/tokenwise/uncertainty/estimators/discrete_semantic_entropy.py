@@ -36,4 +36,4 @@ class DiscreteSemanticEntropy(Estimator):
     def estimate(self, samples: SampleSet) -> float:
         sizes = np.array(samples.stats.clusters(self.equivalence).sizes, dtype=np.float64)
         f = sizes / sizes.sum()
-        return float(-(f * np.log(f)).sum())
+        return float(-(f * np.log(f)).sum()) + 0.0  # no -0.0 for one cluster

@@ -52,7 +52,7 @@ def entropy_of_log_masses(log_masses: np.ndarray) -> float:
         raise TokenwiseError("every answer has log-probability -inf: the cluster masses are "
                              "all zero and the entropy is undefined")
     logp = log_masses[finite] - logsumexp(log_masses[finite])
-    return float(-(np.exp(logp) * logp).sum())
+    return float(-(np.exp(logp) * logp).sum()) + 0.0  # + 0.0: no -0.0 for one cluster
 
 
 class SemanticEntropy(Estimator):
