@@ -340,79 +340,132 @@ def _torch_backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | N
     return grad_e, grad_c, grad_b
 
 
+def _kept_pieces(z: Tensor, tgt_b: Tensor, bv: int, log_eps: float, log1m_eps: float
+                 ) -> list[tuple[int, int]]:
+    """Runs of vocabulary pieces of log-probabilities ``z`` whose ``|p - onehot|`` reaches eps.
+
+    A piece is negligible when, in every row, ``max p < eps`` there, except that a row holding
+    its target there needs ``p_target > 1 - eps`` instead (which already forces every other
+    ``p`` of that row below eps). All pieces are decided at once, with one host read.
+    """
+    nb, v_size = z.shape
+    n_full = v_size // bv
+    parts = []
+    if n_full:
+        parts.append(z[:, : n_full * bv].unflatten(1, (n_full, bv)).amax(2))  # (nb, n_full)
+    if v_size % bv:
+        parts.append(z[:, n_full * bv:].amax(1, keepdim=True))  # (nb, 1)
+    small = torch.cat(parts, 1) < log_eps  # (nb, pieces)
+    arange_b = torch.arange(nb, device=z.device)
+    small[arange_b, tgt_b // bv] = z[arange_b, tgt_b] > log1m_eps
+    keep = (~small.all(0)).tolist()
+    runs: list[tuple[int, int]] = []
+    for j, kept in enumerate(keep):
+        if not kept:
+            continue
+        v0, v1 = j * bv, min((j + 1) * bv, v_size)
+        if runs and runs[-1][1] == v0:
+            runs[-1] = (runs[-1][0], v1)
+        else:
+            runs.append((v0, v1))
+    return runs
+
+
 def _torch_fused(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tgt: Tensor,
                  cfg: _Config, need: tuple[bool, bool, bool]
                  ) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor | None]]:
     """Loss statistics and the gradients of a scalar loss (upstream gradient 1) in one pass.
 
-    Each token block holds its whole rows of logits (``block_n x V``), so its log-sum-exp is
-    known before the gradient is formed and nothing is recomputed.
+    Each token block holds its whole rows of logits (``block_n x V``), so a row-local in-place
+    log-softmax (cache-friendly, one kernel) gives the log-probabilities before the gradient is
+    formed, and nothing is recomputed. The gradient is then formed one vocabulary piece at a time
+    (small enough to stay in cache), and the products run over runs of pieces not filtered out.
     """
     need_e, need_c, need_b = need
     m_rows, v_size, acc = tgt.numel(), c.shape[0], cfg.acc
     bn, bv = _default_blocks(m_rows, v_size, cfg, fused=True)
     scale = 1.0 / max(m_rows, 1) if cfg.reduction == "mean" else 1.0
+    eps = cfg.filter_eps or None  # a threshold of 0 never skips anything
+    log_eps = math.log(eps) if eps else float("-inf")
+    log1m_eps = math.log1p(-eps) if eps and eps < 1 else float("-inf")
     grad_e = e2.new_zeros(e2.shape, dtype=acc) if need_e else None  # (N, D)
     grad_c = c.new_zeros(c.shape, dtype=acc) if need_c else None  # (V, D)
     grad_b = c.new_zeros(v_size, dtype=acc) if need_b else None  # (V,)
     lse = e2.new_empty(m_rows, dtype=acc)  # (M,)
-    target_logit = e2.new_zeros(m_rows, dtype=acc)  # (M,)
+    target_logit = e2.new_empty(m_rows, dtype=acc)  # (M,)
     entropy = e2.new_empty(m_rows, dtype=acc) if cfg.return_entropy else None
     flat = e2.new_empty(bn * v_size, dtype=acc)  # one token block's rows of logits
-    scratch = e2.new_empty(2 * bn * bv, dtype=acc)
+    scratch = e2.new_empty(bn * bv, dtype=acc)
+    c_acc = c if c.dtype == acc else None  # a low-precision c is cast piece by piece
+    bias_acc = None if bias is None else bias.to(acc)  # (V,)
     spans = [(v0, min(v0 + bv, v_size)) for v0 in range(0, v_size, bv)]
-    cast_c = c.dtype != acc
+
+    def c_rows(v0: int, v1: int) -> Tensor:
+        return c[v0:v1] if c_acc is not None else c[v0:v1].to(acc)  # (vb, D)
+
     for i0 in range(0, m_rows, bn):
         i1 = min(i0 + bn, m_rows)
         nb = i1 - i0
         e_b = _take_rows(e2, rows, i0, i1, acc)  # (nb, D)
         tgt_b = tgt[i0:i1]
-        # each vocabulary piece is its own contiguous (nb, vb) matrix inside `flat`
-        pieces = [flat[nb * v0: nb * v1].view(nb, v1 - v0) for v0, v1 in spans]
-        row_max = None
-        for (v0, v1), z in zip(spans, pieces, strict=True):
-            c_v = c[v0:v1].to(acc) if cast_c else c[v0:v1]
-            torch.mm(e_b, c_v.T, out=z)
-            _finish_logits(z, None if bias is None else bias[v0:v1].to(acc), cfg.softcap)
-            r, col = _target_hits(tgt_b, v0, v1)
-            if r.numel():
-                target_logit[i0 + r] = z[r, col]
-            piece_max = z.amax(1)
-            row_max = piece_max if row_max is None else torch.maximum(row_max, piece_max)
-        row_sum = e_b.new_zeros(nb)
-        row_wsum = e_b.new_zeros(nb) if entropy is not None else None
-        for z in pieces:
-            y = scratch[: z.numel()].view_as(z)
-            torch.sub(z, row_max[:, None], out=y)
-            ex = scratch[z.numel(): 2 * z.numel()].view_as(z)
-            torch.exp(y, out=ex)
-            row_sum += ex.sum(1)
-            if row_wsum is not None:
-                row_wsum += ex.mul_(y).sum(1)
-        log_sum = row_sum.log()
-        lse_b = row_max + log_sum  # (nb,)
+        z = flat[: nb * v_size].view(nb, v_size)  # (nb, V)
+        if c_acc is not None:
+            if bias_acc is None:
+                torch.mm(e_b, c_acc.T, out=z)
+            else:
+                torch.addmm(bias_acc, e_b, c_acc.T, out=z)
+        else:
+            for v0, v1 in spans:
+                z[:, v0:v1] = e_b @ c_rows(v0, v1).T
+            if bias_acc is not None:
+                z.add_(bias_acc)
+        _finish_logits(z, None, cfg.softcap)
+        arange_b = torch.arange(nb, device=z.device)
+        target_logit[i0:i1] = z[arange_b, tgt_b]
+        # in place: z becomes log p; the kernel reads each row fully before writing it
+        torch.ops.aten._log_softmax.out(z, 1, False, out=z)
+        logp_t = z[arange_b, tgt_b]  # (nb,)
+        lse_b = target_logit[i0:i1] - logp_t  # (nb,)
         lse[i0:i1] = lse_b
         if entropy is not None:
-            entropy[i0:i1] = log_sum - row_wsum / row_sum
+            ent_b = lse_b.new_zeros(nb)
+            for v0, v1 in spans:
+                piece = scratch[: nb * (v1 - v0)].view(nb, v1 - v0)
+                torch.exp(z[:, v0:v1], out=piece)
+                ent_b -= piece.mul_(z[:, v0:v1]).sum(1)
+            entropy[i0:i1] = ent_b
         if not (need_e or need_c or need_b):
             continue
-        g_b = lse_b.new_full((nb,), scale)
-        a_b = g_b * (1.0 + 2.0 * cfg.z_loss * lse_b) if cfg.z_loss else g_b
-        for (v0, v1), z in zip(spans, pieces, strict=True):
-            r, col = _target_hits(tgt_b, v0, v1)
-            if not _logits_to_grad(z, lse_b, r, col, a_b, g_b, cfg.softcap, cfg.filter_eps,
-                                   scratch):
-                continue
-            c_v = c[v0:v1].to(acc) if cast_c else c[v0:v1]
+        # d = p * a - onehot * g with g = scale and a = g (1 + 2 zc lse)
+        a_col = scale if not cfg.z_loss else (scale * (1.0 + 2.0 * cfg.z_loss * lse_b))[:, None]
+        runs = [(0, v_size)] if eps is None else _kept_pieces(z, tgt_b, bv, log_eps, log1m_eps)
+        for v0, v1 in runs:
+            d = z[:, v0:v1]  # (nb, vr) log-probabilities, turned into the gradient in place
+            # the softcap's factor needs the logit, so go piece by piece through a small buffer
+            chunks = [(v0, v1)] if cfg.softcap is None else \
+                [(u0, min(u0 + bv, v1)) for u0 in range(v0, v1, bv)]
+            for u0, u1 in chunks:
+                piece = z[:, u0:u1]
+                factor = None
+                if cfg.softcap is not None:
+                    factor = scratch[: piece.numel()].view_as(piece)
+                    torch.add(piece, lse_b[:, None], out=factor)  # the softcapped logit
+                    factor.mul_(1.0 / cfg.softcap).square_().neg_().add_(1.0)
+                piece.exp_().mul_(a_col)
+                r, col = _target_hits(tgt_b, u0, u1)
+                if r.numel():
+                    piece.index_put_((r, col), piece.new_full((1,), -scale), accumulate=True)
+                if factor is not None:
+                    piece.mul_(factor)
             if grad_e is not None:
                 if rows is None:
-                    grad_e[i0:i1].addmm_(z, c_v)
+                    grad_e[i0:i1].addmm_(d, c_rows(v0, v1))
                 else:
-                    grad_e.index_add_(0, rows[i0:i1], z @ c_v)
+                    grad_e.index_add_(0, rows[i0:i1], d @ c_rows(v0, v1))
             if grad_c is not None:
-                grad_c[v0:v1].addmm_(z.T, e_b)
+                grad_c[v0:v1].addmm_(d.T, e_b)
             if grad_b is not None:
-                grad_b[v0:v1] += z.sum(0)
+                grad_b[v0:v1] += d.sum(0)
     return lse, target_logit, entropy, [grad_e, grad_c, grad_b]
 
 
