@@ -1,0 +1,422 @@
+"""LLMLingua and LongLLMLingua: keep the words a causal LM finds surprising.
+
+Jiang et al., 2023, "LLMLingua: Compressing Prompts for Accelerated Inference of Large
+Language Models" (arXiv 2310.05736) and "LongLLMLingua: Accelerating and Enhancing LLMs in
+Long Context Scenarios via Prompt Compression" (arXiv 2310.06839); ref: microsoft/LLMLingua.
+
+A word's score is the mean surprisal ``-log p(token | left context)`` of its tokens under any
+local causal LM (the built-in ``tw-small`` by default). Three refinements of the papers:
+
+- **Question-aware contrastive score** (LongLLMLingua): with a question, a token scores
+  ``loss(t) - loss(t | question)``: how much more predictable the question makes it. The
+  question goes before the text (the reference's ``condition_in_question="before"``).
+- **Budget controller over documents**: given several contexts (a list of texts, or chat
+  messages) and a rate or token target, documents are ranked (with a question: by the mean
+  surprisal of the question appended to the document, lowest first, LongLLMLingua's ranking;
+  without: by the document's own perplexity, highest first, LLMLingua's) and taken in that
+  order until their tokens reach ``context_budget`` times the target; the words of the other
+  documents score below every word of a taken one, so the token budget is spent on the best.
+- **Iterative windowed re-scoring**: the text is read in windows of ``iterative_size`` tokens
+  (200 by default, cut at word ends); each window is scored conditioned on what was kept
+  of the windows before it, and its own kept words (the rate's share of its tokens, forced
+  words first; or the words at or above ``threshold=``) become the context of the next.
+
+The final choice of words is the shared one of :class:`SelectiveCompressor` (one global cut
+that meets the rate on the target tokenizer), made on the scores above. Texts longer than
+the model's context are read with overlapping windows, never truncated.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from tokenwise.compression import words
+from tokenwise.compression.base import (
+    DEFAULT_ROLES,
+    SelectiveCompressor,
+    WordScores,
+    check_force_tokens,
+)
+from tokenwise.compression.result import CompressionResult
+from tokenwise.errors import TokenwiseError
+
+QUESTION_MODES = ("contrastive", "none")
+TOKEN_TO_WORD = ("mean", "sum", "max")
+
+
+def load_causal_lm(model: Any) -> Any:
+    """A :class:`~tokenwise.models.LanguageModel` from a name, a directory, or itself.
+
+    Example:
+        >>> load_causal_lm("tw-small").name
+        'tw-small'
+    """
+    from tokenwise.models import LanguageModel, load
+
+    if isinstance(model, LanguageModel):
+        return model
+    if model is None:
+        model = "tw-small"
+    lm = load(model)
+    if lm.bos_token_id is None:
+        raise TokenwiseError(f"model {lm.name!r} has no BOS or EOS token; the first token of a "
+                             "text cannot be scored")
+    return lm
+
+
+def tokenize_spans(lm: Any, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids of ``text`` and their character spans (non-decreasing, special text as text).
+
+    Example:
+        >>> ids, s, e = tokenize_spans(load_causal_lm("tw-small"), "ab cd")
+        >>> int(s[0]), int(e[-1])
+        (0, 5)
+    """
+    enc = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                       split_special_tokens=True, verbose=False)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)  # (N,)
+    off = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)  # (N, 2)
+    if len(off) != len(ids):
+        raise TokenwiseError(f"the tokenizer of {lm.name!r} gives no character offsets; "
+                             "a fast (tokenizer.json) tokenizer is needed")
+    # Byte pieces of one character share its span; keep both edges monotone for searches.
+    ends = np.maximum.accumulate(off[:, 1]) if len(off) else off[:, 1]
+    starts = np.minimum(off[:, 0], ends)
+    return ids, starts, ends
+
+
+def word_token_ranges(tok_starts: np.ndarray, tok_ends: np.ndarray, w_starts: np.ndarray,
+                      w_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each word ``[w_start, w_end)``, the tokens ``[lo, hi)`` that overlap it.
+
+    A token spanning two words (``".\\n"``) counts for both; a word no token overlaps gets the
+    token after it.
+
+    Example:
+        >>> word_token_ranges(np.array([0, 2, 5]), np.array([2, 5, 8]), np.array([0, 3]),
+        ...                   np.array([4, 8]))
+        (array([0, 1]), array([2, 3]))
+    """
+    n = len(tok_starts)
+    lo = np.searchsorted(tok_ends, w_starts, side="right")  # (W,)
+    hi = np.searchsorted(tok_starts, w_ends, side="left")  # (W,)
+    lo = np.minimum(lo, max(n - 1, 0))
+    hi = np.clip(np.maximum(hi, lo + 1), 0, n)
+    return lo, hi
+
+
+def pool_words(losses: np.ndarray, lo: np.ndarray, hi: np.ndarray, how: str) -> np.ndarray:
+    """Pool token losses into word scores over the ranges ``[lo, hi)``.
+
+    Example:
+        >>> pool_words(np.array([1.0, 3.0, 5.0]), np.array([0, 2]), np.array([2, 3]), "mean")
+        array([2., 5.])
+    """
+    if len(lo) == 0:
+        return np.zeros(0, dtype=np.float64)
+    if how == "max":
+        return np.asarray([losses[a:b].max() for a, b in zip(lo.tolist(), hi.tolist(),
+                                                             strict=True)])
+    cs = np.concatenate([[0.0], np.cumsum(losses, dtype=np.float64)])  # (N+1,)
+    total = cs[hi] - cs[lo]
+    return total / (hi - lo) if how == "mean" else total
+
+
+@torch.inference_mode()
+def token_surprisal(lm: Any, ids: Sequence[int], prefix: Sequence[int] = (), *,
+                    window: int | None = None, stride: int | None = None) -> np.ndarray:
+    """Surprisal (nats) of each of ``ids`` given BOS, ``prefix`` and the ids before it.
+
+    Sequences longer than ``window`` (default: the model's context length) are read with
+    overlapping windows of it, ``stride`` new tokens each (default half a window); every
+    token is scored once, with at least ``window - stride`` tokens of left context.
+
+    Args:
+        lm: a :class:`~tokenwise.models.LanguageModel`.
+        ids: the tokens to score.
+        prefix: tokens they are conditioned on (not scored).
+        window: input tokens per forward pass, 2..context length.
+        stride: new tokens per window after the first.
+
+    Example:
+        >>> lm = load_causal_lm("tw-small")
+        >>> s = token_surprisal(lm, lm.encode("12+7=19"))
+        >>> s.shape, bool((s >= 0).all())
+        ((7,), True)
+    """
+    from tokenwise.scoring import check_window_args, plan_windows
+
+    w, s = check_window_args(window, stride, lm.context_length)
+    assert w is not None and s is not None
+    seq = torch.tensor([lm.bos_token_id, *prefix, *ids], dtype=torch.long)  # (1 + P + N,)
+    n_prefix, n = len(prefix), len(ids)
+    out = np.zeros(n, dtype=np.float64)
+    if n == 0:
+        return out
+    first_target = n_prefix + 1  # position in seq of ids[0]
+    for begin, first, end in plan_windows(len(seq) - 1, w, s):
+        if end < first_target:
+            continue  # this window scores only prefix tokens
+        first = max(first, first_target)
+        n_new = end - first + 1
+        logits = lm.forward(seq[begin:end][None], logits_to_keep=n_new).logits[0]  # (n_new, V)
+        logits = logits.float()
+        lse = torch.logsumexp(logits, dim=-1)  # (n_new,)
+        chosen = logits.gather(-1, seq[first:end + 1, None].to(logits.device))[:, 0]
+        out[first - first_target:end + 1 - first_target] = (lse - chosen).cpu().double().numpy()
+    return out
+
+
+class PerplexityCompressor(SelectiveCompressor):
+    """LLMLingua / LongLLMLingua over any local causal LM.
+
+    Args:
+        model: a :class:`~tokenwise.models.LanguageModel`, a built-in name or a local
+            directory (default ``"tw-small"``).
+        token_to_word: pool a word's token surprisals by ``"mean"``, ``"sum"`` or ``"max"``.
+        question_mode: ``"contrastive"`` (with a question, score ``loss(t) -
+            loss(t | question)``) or ``"none"`` (plain surprisal even with a question).
+        rank_documents: with several contexts and a rate or target, spend the budget on the
+            best-ranked documents (see the module docstring).
+        context_budget: documents are taken until their tokens reach this multiple of the
+            target (>= 1; LLMLingua adds a fixed 100 tokens instead, too much for short texts).
+        iterative_size: tokens per re-scoring window (None: one pass over the whole text).
+            At most half the model's context, so each window sees kept text before it.
+        window, stride: the model's reading windows for long texts (see :func:`token_surprisal`).
+        progress: show a progress bar over texts.
+
+    Example:
+        >>> comp = PerplexityCompressor("tw-small")
+        >>> r = comp.compress("The code of Tavoun is 917. The code of Brelix is 382.", rate=0.5,
+        ...                   protect=False)
+        >>> 0 < r.tokens_after <= r.tokens_before // 2 + 1
+        True
+    """
+
+    name = "perplexity"
+
+    def __init__(self, model: Any = "tw-small", *, token_to_word: str = "mean",
+                 question_mode: str = "contrastive", rank_documents: bool = True,
+                 context_budget: float = 1.5, iterative_size: int | None = 200,
+                 window: int | None = None, stride: int | None = None, progress: bool = False):
+        if token_to_word not in TOKEN_TO_WORD:
+            raise TokenwiseError(f"token_to_word={token_to_word!r}: allowed {TOKEN_TO_WORD}")
+        if question_mode not in QUESTION_MODES:
+            raise TokenwiseError(f"question_mode={question_mode!r}: allowed {QUESTION_MODES}")
+        if (isinstance(context_budget, bool) or not isinstance(context_budget, (int, float))
+                or not math.isfinite(context_budget) or context_budget < 1):
+            raise TokenwiseError(f"context_budget={context_budget!r}: must be a number >= 1 "
+                                 "(documents are taken up to that multiple of the target)")
+        if iterative_size is not None and (isinstance(iterative_size, bool)
+                                           or not isinstance(iterative_size, int)
+                                           or iterative_size < 1):
+            raise TokenwiseError(f"iterative_size={iterative_size!r}: must be an integer >= 1 "
+                                 "or None (one pass)")
+        self.lm = load_causal_lm(model)
+        from tokenwise.scoring import check_window_args
+
+        self.window, self.stride = check_window_args(window, stride, self.lm.context_length)
+        self.token_to_word = token_to_word
+        self.question_mode = question_mode
+        self.rank_documents = rank_documents
+        self.context_budget = float(context_budget)
+        self.iterative_size = (None if iterative_size is None
+                               else min(iterative_size, self.lm.context_length // 2))
+        self.progress = progress
+        self._call: dict[str, Any] = {}
+        self.last_document_order: list[int] | None = None
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.lm.name!r}, question_mode={self.question_mode!r}, "
+                f"iterative_size={self.iterative_size})")
+
+    def compress(self, text_or_messages: Any, *, rate: float | None = None,
+                 target_tokens: int | None = None, threshold: float | None = None,
+                 question: str | None = None, force_tokens: Sequence[str] = (),
+                 keep_digits: bool = False, protect: bool | Sequence[str] = True,
+                 target_model: Any = None, roles: Sequence[str] = DEFAULT_ROLES,
+                 percentile: str = "global", context_filter: bool = False,
+                 context_rate: float | None = None) -> CompressionResult:
+        """Compress; the arguments are those of :func:`tokenwise.compression.compress`.
+
+        The budget and the forcing options are also read by :meth:`score_words` (the
+        document budget and each window's kept context depend on them).
+        """
+        self._call = dict(rate=rate, target_tokens=target_tokens, threshold=threshold,
+                          force_tokens=force_tokens, keep_digits=keep_digits, protect=protect)
+        try:
+            return super().compress(
+                text_or_messages, rate=rate, target_tokens=target_tokens, threshold=threshold,
+                question=question, force_tokens=force_tokens, keep_digits=keep_digits,
+                protect=protect, target_model=target_model, roles=roles, percentile=percentile,
+                context_filter=context_filter, context_rate=context_rate)
+        finally:
+            self._call = {}
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    def score_words(self, texts: list[str], *, question: str | None = None) -> WordScores:
+        """Surprisal-based keep score of every word of ``texts`` (higher = keep).
+
+        Args:
+            texts: the segments to score.
+            question: with ``question_mode="contrastive"``, scores become contrastive and
+                documents are ranked by how well each predicts the question.
+        """
+        t0 = time.perf_counter()
+        q_ids: list[int] = []
+        if question and question.strip() and self.question_mode == "contrastive":
+            q_ids = self.lm.encode(question.strip() + "\n")
+        call = self._call
+        seg_words = [words.split_words(t) for t in texts]
+        toks = [tokenize_spans(self.lm, t) for t in texts]
+        n_tokens = np.asarray([len(t[0]) for t in toks], dtype=np.int64)
+        keep_rate = None
+        if call.get("rate") is not None:
+            keep_rate = float(call["rate"])
+        elif call.get("target_tokens") is not None:
+            keep_rate = min(1.0, call["target_tokens"] / max(int(n_tokens.sum()), 1))
+        t1 = time.perf_counter()
+
+        # Documents first: which ones the budget goes to.
+        alive = np.ones(len(texts), dtype=bool)
+        self.last_document_order = None
+        if self.rank_documents and keep_rate is not None and len(texts) > 1:
+            order = self._rank_documents(texts, toks, question)
+            self.last_document_order = order
+            budget = keep_rate * self.context_budget * n_tokens.sum()
+            taken, used = [], 0
+            for d in order:
+                taken.append(d)
+                used += int(n_tokens[d])
+                if used >= budget:
+                    break
+            alive[:] = False
+            alive[taken] = True
+        t2 = time.perf_counter()
+
+        from tqdm.auto import tqdm
+
+        parts = []
+        for j in tqdm(range(len(texts)), desc="perplexity", unit="text",
+                      disable=not self.progress or len(texts) < 3):
+            w_starts, w_ends = seg_words[j]
+            ids, t_starts, t_ends = toks[j]
+            lo, hi = word_token_ranges(t_starts, t_ends, w_starts, w_ends)
+            if len(w_starts) == 0:
+                parts.append(np.zeros(0, dtype=np.float64))
+                continue
+            if self.iterative_size is None or not alive[j]:
+                scores = self._word_scores(ids, lo, hi, q_ids, prefix=[])
+            else:
+                forced = self._forced_words(texts[j], w_starts, w_ends, question)
+                scores = self._iterative(ids, lo, hi, q_ids, forced, keep_rate,
+                                         call.get("threshold"))
+            parts.append(scores)
+        t3 = time.perf_counter()
+        scores = np.concatenate(parts) if parts else np.zeros(0)
+        seg = np.concatenate([np.full(len(seg_words[j][0]), j, dtype=np.int64)
+                              for j in range(len(texts))])
+        if not alive.all() and len(scores):
+            # Words of documents left out rank below every word of a taken one.
+            floor = scores[alive[seg]].min() if alive[seg].any() else 0.0
+            scores = np.where(alive[seg], scores, floor - 1.0 - np.abs(scores))
+        return WordScores(
+            starts=np.concatenate([s for s, _ in seg_words]),
+            ends=np.concatenate([e for _, e in seg_words]),
+            segment=seg, scores=scores.astype(np.float32),
+            timings={"tokenize": t1 - t0, "rank": t2 - t1, "model": t3 - t2},
+        )
+
+    def _word_scores(self, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                     q_ids: list[int], prefix: list[int]) -> np.ndarray:
+        plain = token_surprisal(self.lm, ids.tolist(), prefix, window=self.window,
+                                stride=self.stride)
+        if q_ids:
+            cond = token_surprisal(self.lm, ids.tolist(), q_ids + prefix, window=self.window,
+                                   stride=self.stride)
+            plain = plain - cond
+        return pool_words(plain, lo, hi, self.token_to_word)
+
+    def _forced_words(self, text: str, starts: np.ndarray, ends: np.ndarray,
+                      question: str | None) -> np.ndarray:
+        call = self._call
+        phrases, _ = check_force_tokens(call.get("force_tokens", ()))
+        word_list = [text[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+        return self._forced([text], word_list, starts, ends, np.zeros(len(starts), np.int64),
+                            phrases, bool(call.get("keep_digits", False)),
+                            call.get("protect", True), question)
+
+    def _iterative(self, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray, q_ids: list[int],
+                   forced: np.ndarray, keep_rate: float | None,
+                   threshold: float | None) -> np.ndarray:
+        """Score windows in turn, each conditioned on the words kept from the ones before."""
+        size = self.iterative_size
+        assert size is not None
+        n_words = len(lo)
+        scores = np.zeros(n_words, dtype=np.float64)
+        kept: list[int] = []  # token ids kept so far (the next window's context)
+        room = self.lm.context_length - 1 - len(q_ids)  # tokens of context + window that fit
+        w0 = 0
+        while w0 < n_words:
+            # The window: words whose tokens start within `size` tokens of this one's first.
+            w1 = int(np.searchsorted(lo, lo[w0] + size, side="left"))
+            w1 = max(w1, w0 + 1)
+            t_lo, t_hi = int(lo[w0]), int(hi[w1 - 1])
+            window_ids = ids[t_lo:t_hi]
+            prefix = kept[max(0, len(kept) - max(room - len(window_ids), 0)):]
+            scores[w0:w1] = self._word_scores(window_ids, lo[w0:w1] - t_lo, hi[w0:w1] - t_lo,
+                                              q_ids, prefix)
+            keep = self._window_keep(scores[w0:w1], forced[w0:w1], hi[w0:w1] - lo[w0:w1],
+                                     keep_rate, threshold)
+            taken = np.zeros(t_hi - t_lo, dtype=bool)
+            for a, b in zip((lo[w0:w1][keep] - t_lo).tolist(), (hi[w0:w1][keep] - t_lo).tolist(),
+                            strict=True):
+                taken[a:b] = True
+            kept.extend(window_ids[taken].tolist())
+            w0 = w1
+        return scores
+
+    @staticmethod
+    def _window_keep(scores: np.ndarray, forced: np.ndarray, sizes: np.ndarray,
+                     keep_rate: float | None, threshold: float | None) -> np.ndarray:
+        if threshold is not None:
+            return forced | (scores >= threshold)
+        if keep_rate is None:
+            return np.ones(len(scores), dtype=bool)
+        goal = keep_rate * sizes.sum()
+        keep = forced.copy()
+        used = sizes[keep].sum()
+        for i in np.argsort(-scores, kind="stable").tolist():
+            if used >= goal:
+                break
+            if not keep[i]:
+                keep[i] = True
+                used += sizes[i]
+        return keep
+
+    @torch.inference_mode()
+    def _rank_documents(self, texts: list[str], toks: list[tuple[np.ndarray, ...]],
+                        question: str | None) -> list[int]:
+        """Document indices, best first."""
+        if question and question.strip():
+            # LongLLMLingua: how well each document predicts the question (lower is better).
+            q_tail = self.lm.encode("\n" + question.strip())
+            room = self.lm.context_length - 1 - len(q_tail)
+            ppl = []
+            for ids, _, _ in toks:
+                doc = ids.tolist()[-room:] if room > 0 else []
+                ppl.append(float(token_surprisal(self.lm, q_tail, doc, window=self.window,
+                                                 stride=self.stride).mean()))
+            return [int(i) for i in np.argsort(np.asarray(ppl), kind="stable")]
+        # LLMLingua without a question: the most perplexing documents carry the most.
+        ppl = [float(token_surprisal(self.lm, ids.tolist(), window=self.window,
+                                     stride=self.stride).mean()) if len(ids) else -np.inf
+               for ids, _, _ in toks]
+        return [int(i) for i in np.argsort(-np.asarray(ppl), kind="stable")]
