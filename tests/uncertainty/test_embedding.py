@@ -45,3 +45,10 @@ def test_embedder_bad_input():
         FunctionEmbedder(lambda ts: [[1.0]] * len(ts)).embed("abc")
     with pytest.raises(TokenwiseError, match="not a local directory"):
         HFEmbedder("/no/such/model")
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs CUDA")
+def test_cuda_matches_cpu():
+    texts = ["a doctor", "the year 1742", ""]
+    np.testing.assert_allclose(HFEmbedder(device="cuda").embed(texts),
+                               HFEmbedder().embed(texts), atol=1e-4)

@@ -163,3 +163,11 @@ def test_loaded_model_needs_tokenizer(nli_dir):
         NLIEquivalence(model)
     eq = NLIEquivalence(model, AutoTokenizer.from_pretrained(nli_dir))
     assert isinstance(eq("Q?", "a", "b"), bool)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(nli_dir):
+    pairs = list(itertools.combinations(ANSWERS, 2))
+    gpu = NLIEquivalence(nli_dir, device="cuda", strict=False)
+    assert gpu.many(QUESTION, pairs) == NLIEquivalence(nli_dir, strict=False).many(QUESTION,
+                                                                                  pairs)
