@@ -52,7 +52,8 @@ class NLIEquivalence(Equivalence):
         strict: the strict (both entail) or the reference's non-strict rule.
         condition_on_question: prepend ``"question "`` to each answer (as the reference).
         batch_size: premise/hypothesis pairs per forward pass.
-        max_length: longer pairs are truncated (longest first) to this many tokens.
+        max_length: longer pairs are truncated (longest first) to this many tokens (and
+            to the model's and tokenizer's own limits).
         device: torch device.
 
     Raises:
@@ -102,8 +103,9 @@ class NLIEquivalence(Equivalence):
         self.strict = strict
         self.condition_on_question = condition_on_question
         self.batch_size = batch_size
-        limit = getattr(tokenizer, "model_max_length", max_length) or max_length
-        self.max_length = min(max_length, limit)
+        limits = [max_length, getattr(tokenizer, "model_max_length", None),
+                  getattr(model.config, "max_position_embeddings", None)]
+        self.max_length = min(v for v in limits if isinstance(v, int) and v > 0)
         self._cache: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         self.model_calls = 0  # forward passes run, for tests and benchmarks
