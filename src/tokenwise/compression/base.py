@@ -332,7 +332,12 @@ class SelectiveCompressor(Compressor):
 
         weights = None
         if budget.threshold is None:
-            weights = _word_weights(counter, word_list)
+            if percentile == "chunk":  # the reference weighs each word counted on its own
+                weights = _word_weights(counter, word_list)
+            else:  # in context, so that the estimate of a kept set is close to its count
+                weights = counter.per_word(texts, starts, ends, seg)
+                if weights is None:
+                    weights = _word_weights(counter, word_list)
 
         # Context-level filter: drop whole segments whose mean score is low.
         alive_seg = np.ones(len(texts), dtype=bool)
@@ -375,7 +380,8 @@ class SelectiveCompressor(Compressor):
                     return count_mask(full)
 
                 sub = selection.budget_keep(scores[idx], sub_forced, weights[idx], target,
-                                            count_sub)
+                                            count_sub,
+                                            full_count=tokens_before if alive.all() else None)
                 keep = np.zeros(len(scores), dtype=bool)
                 keep[idx] = sub
         t_count = time.perf_counter()

@@ -63,6 +63,42 @@ class TokenCounter:
         ids = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
         return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(texts))
 
+    def per_word(self, texts: Sequence[str], starts: np.ndarray, ends: np.ndarray,
+                 segment: np.ndarray) -> np.ndarray | None:
+        """Tokens of each text attributed to its words, in context (None for a function).
+
+        A token belongs to the word its first character falls in, or to the next word when
+        it starts in the gap before it (a leading space), so the weights of all words sum
+        to the text's count.
+
+        Args:
+            texts: the texts.
+            starts, ends: ``(W,)`` word spans, sorted within each text.
+            segment: ``(W,)`` which text each word is in (non-decreasing).
+
+        Example:
+            >>> c = TokenCounter.resolve(None)
+            >>> c.per_word(["ab 12"], np.array([0, 3]), np.array([2, 5]), np.array([0, 0]))
+            array([1, 3])
+        """
+        if self._is_function:
+            return None
+        weights = np.zeros(len(starts), dtype=np.int64)
+        if len(starts) == 0:
+            return weights
+        enc = self.tokenizer(list(texts), add_special_tokens=False,
+                             return_offsets_mapping=True, verbose=False)
+        bounds = np.searchsorted(segment, np.arange(len(texts) + 1))
+        for j, offsets in enumerate(enc["offset_mapping"]):
+            lo, hi = bounds[j], bounds[j + 1]
+            if hi == lo or not offsets:
+                continue
+            tok_start = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)[:, 0]  # (T,)
+            owner = np.minimum(np.searchsorted(ends[lo:hi], tok_start, side="right"),
+                               hi - lo - 1)
+            weights[lo:hi] = np.bincount(owner, minlength=hi - lo)
+        return weights
+
     @classmethod
     def resolve(cls, target: Any) -> TokenCounter:
         """A counter for ``target``.

@@ -74,12 +74,14 @@ def threshold_keep(scores: np.ndarray, forced: np.ndarray, threshold: float) -> 
 
 
 def budget_keep(scores: np.ndarray, forced: np.ndarray, weights: np.ndarray, target: int,
-                count: Callable[[np.ndarray], int], tolerance: float = 0.01) -> np.ndarray:
+                count: Callable[[np.ndarray], int], tolerance: float = 0.01,
+                full_count: int | None = None) -> np.ndarray:
     """The most words, taken in score order, whose rendered text fits ``target`` tokens.
 
-    The estimate from per-word token counts places a first guess; exact counts of the
-    rendered text (joining can merge or split tokens) then bracket and bisect it, so only a
-    handful of texts are tokenized. If the result is still more than ``tolerance`` below
+    False-position steps on the cumulative per-word token counts, calibrated by exact
+    counts of the rendered text (joining can keep line breaks or merge tokens), close in
+    until the count is within ``tolerance / 5`` of the target (or one word from it), so only
+    a handful of texts are tokenized. If the result is still more than ``tolerance`` below
     the target (a few long words straddle it), lower-scored words that still fit are added.
 
     Args:
@@ -89,6 +91,7 @@ def budget_keep(scores: np.ndarray, forced: np.ndarray, weights: np.ndarray, tar
         target: the token budget of the whole output.
         count: exact token count of the output for a keep mask.
         tolerance: how far below ``target`` is close enough before the fill-up pass.
+        full_count: the count with every word kept, when already known (the input's).
 
     Raises:
         TokenwiseError: when the forced words alone exceed the budget.
@@ -114,6 +117,8 @@ def budget_keep(scores: np.ndarray, forced: np.ndarray, weights: np.ndarray, tar
         return cache[k]
 
     n = len(order)
+    if full_count is not None:
+        cache[n] = int(full_count)
     if exact(n) <= target:
         return mask(n)
     if exact(0) > target:
@@ -123,29 +128,32 @@ def budget_keep(scores: np.ndarray, forced: np.ndarray, weights: np.ndarray, tar
             "raise the budget or pass protect=False / fewer force tokens"
         )
     cum = np.concatenate([[0], np.cumsum(weights[order])]).astype(np.float64)  # (F+1,)
-    # Scale the estimate so that it agrees with the exact counts at both ends.
-    lo_c, hi_c = exact(0), exact(n)
-    est = lo_c + cum * ((hi_c - lo_c) / cum[-1] if cum[-1] > 0 else 0.0)
-    guess = int(np.clip(np.searchsorted(est, target, side="right") - 1, 0, n))
     lo, hi = 0, n  # invariant: exact(lo) <= target < exact(hi)
-    step = max(1, n // 200)
-    if exact(guess) <= target:
-        lo = guess
-        probe = guess + step
-        while probe < hi and exact(probe) <= target:
-            lo, step = probe, step * 2
-            probe = lo + step
-        if probe < hi:  # the loop stopped on a probe that does not fit
-            hi = probe
-    else:
-        hi = guess
-        probe = guess - step
-        while probe > lo and exact(probe) > target:
-            hi, step = probe, step * 2
-            probe = hi - step
-        if probe > lo:  # the loop stopped on a probe that fits
-            lo = probe
-    while hi - lo > 1:
+    close = target - max(1.0, tolerance * target / 5)  # near enough to stop searching
+    # Illinois false position on the cumulative estimate: interpolate the exact counts at
+    # the bracket's ends (so joins the estimate misses, such as kept line breaks, are learnt
+    # from measurements), halving a stale end's weight so neither end gets stuck.
+    f_lo, f_hi = float(exact(lo) - target), float(exact(hi) - target)
+    side = 0
+    for _ in range(16):
+        if hi - lo <= 1 or exact(lo) >= close:
+            break
+        goal = cum[lo] + (-f_lo) / (f_hi - f_lo) * (cum[hi] - cum[lo])
+        k = int(np.searchsorted(cum, goal, side="right") - 1)
+        if not lo < k < hi:
+            k = (lo + hi) // 2
+        f_k = float(exact(k) - target)
+        if f_k <= 0:
+            lo, f_lo = k, f_k
+            if side == -1:
+                f_hi /= 2
+            side = -1
+        else:
+            hi, f_hi = k, f_k
+            if side == 1:
+                f_lo /= 2
+            side = 1
+    while hi - lo > 1 and exact(lo) < close:
         mid = (lo + hi) // 2
         if exact(mid) <= target:
             lo = mid
@@ -154,13 +162,21 @@ def budget_keep(scores: np.ndarray, forced: np.ndarray, weights: np.ndarray, tar
     keep = mask(lo)
     total = exact(lo)
     if total < (1 - tolerance) * target:
-        # Long words at the boundary: top up with later words that still fit.
-        for i in order[lo + 1: lo + 1 + 64].tolist():
+        # Long words at the boundary: top up with lower-scored words that still fit, trying
+        # (in score order) only those whose estimate fits the gap.
+        tried = 0
+        for i in order[lo:].tolist():
+            # A word can cost a token less than its estimate where it joins two kept runs.
+            if keep[i] or weights[i] > target - total + 1:
+                continue
             trial = keep.copy()
             trial[i] = True
             c = int(count(trial))
+            tried += 1
             if c <= target:
                 keep, total = trial, c
                 if total >= (1 - tolerance) * target:
                     break
+            if tried >= 64:
+                break
     return keep

@@ -10,6 +10,7 @@ URLs are one word each; every other non-space symbol is a word of its own.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import numpy as np
 
@@ -27,13 +28,34 @@ _CJK_CLASS = "".join(f"{chr(a)}-{chr(b)}" for a, b in _CJK_RANGES)
 _CLOSING = set(".,;:!?)]}%…'\"”’»") | {chr(c) for a, b in _CJK_PUNCT_RANGES
                                        for c in range(a, b + 1)}
 
+
+
+def _mark_class() -> str:
+    # Combining marks (accents in NFD text, Indic vowel signs) belong to the letters before
+    # them; Python's \w leaves them out, so list them (Basic Multilingual Plane).
+    ranges, start, prev = [], None, None
+    for c in range(0x300, 0x10000):
+        if unicodedata.category(chr(c)).startswith("M"):
+            if start is None:
+                start = c
+            elif c != prev + 1:
+                ranges.append((start, prev))
+                start = c
+            prev = c
+    ranges.append((start, prev))
+    return "".join(f"{chr(a)}-{chr(b)}" for a, b in ranges)
+
+
+_MARKS = _mark_class()
+_LETTER = rf"[^\W\d_{_CJK_CLASS}]"
 _URL = r"(?:https?://|ftp://|www\.)[^\s<>\"'`]+[^\s<>\"'`.,;:!?)\]}]"
 _NUMBER = r"[-+]?\d+(?:[.,:]\d+)*%?"
 _WORD_RE = re.compile(
     rf"{_URL}"                          # a URL is one word
     rf"|{_NUMBER}"                      # so is a number: 3.14, 1,000, 12:30, 7%
     rf"|[{_CJK_CLASS}]"                 # one CJK character
-    rf"|[^\W\d_{_CJK_CLASS}]+(?:['’][^\W\d_{_CJK_CLASS}]+)*"  # letters, with inner apostrophes
+    rf"|{_LETTER}(?:{_LETTER}|[{_MARKS}])*"  # letters and their marks,
+    rf"(?:['’]{_LETTER}(?:{_LETTER}|[{_MARKS}])*)*"  # with inner apostrophes
     r"|[\d_]+"                          # digits glued to underscores (ids like a_1 split)
     r"|[^\s\w]",                        # any other symbol alone
     re.UNICODE,
@@ -43,7 +65,7 @@ _WORD_RE = re.compile(
 #: addresses, numbers, JSON keys, short double-quoted strings, and markup tags.
 PROTECTED_PATTERNS: dict[str, re.Pattern[str]] = {
     "code_fence": re.compile(r"```.*?(?:```|\Z)", re.DOTALL),
-    "inline_code": re.compile(r"`[^`\n]+`"),
+    "inline_code": re.compile(r"(?<!`)`[^`\n]+`(?!`)"),
     "url": re.compile(_URL),
     "email": re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
     "number": re.compile(r"(?<![^\W\d_])" + _NUMBER),

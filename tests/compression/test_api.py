@@ -1,0 +1,35 @@
+"""`compress()` and `get()`: dispatch by name, option routing, caching."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenwise.compression import compress, compressor_class, get, names
+from tokenwise.errors import TokenwiseError
+
+
+def test_registry():
+    assert names() == ["token_classifier"]
+    assert compressor_class("llmlingua-2") is compressor_class("token_classifier")
+    with pytest.raises(TokenwiseError, match=r"unknown compression method 'zip'.*token_classifier"):
+        compressor_class("zip")
+
+
+def test_compress_by_name_routes_options_and_reuses_the_model(tiny_bert_dir):
+    res = compress("The council approved the park budget. Water costs rose.", rate=0.5,
+                   model=tiny_bert_dir, batch_size=2, token_to_word="first")
+    assert res.method == "token_classifier" and 0 < res.keep.sum() < len(res.words)
+    a = get("token_classifier", model=tiny_bert_dir, batch_size=2, token_to_word="first")
+    b = get("token_classifier", model=str(tiny_bert_dir), batch_size=2, token_to_word="first")
+    assert a is b and a.batch_size == 2 and a.token_to_word == "first"
+
+
+def test_compress_errors(tiny_bert_dir):
+    with pytest.raises(TokenwiseError, match="needs model=DIR"):
+        compress("some text", rate=0.5)
+    with pytest.raises(TokenwiseError, match=r"unknown option\(s\) \['beam'\]"):
+        compress("some text", rate=0.5, model=tiny_bert_dir, beam=3)
+    with pytest.raises(TokenwiseError, match="rate=0"):
+        compress("some text", rate=0, model="/nonexistent")  # checked before loading
+    with pytest.raises(TokenwiseError, match="method=3"):
+        compress("some text", method=3, rate=0.5)

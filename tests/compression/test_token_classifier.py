@@ -1,0 +1,184 @@
+"""LLMLingua-2 over a local token classifier: chunking, scores, merges, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tests.compression.helpers import generated_texts
+
+from tokenwise.compression.token_classifier import TokenClassifierCompressor, reference_chunks
+from tokenwise.errors import ModelNotFoundError, TokenwiseError, UnsafeCheckpointError
+from tokenwise.models import builtin_path
+
+
+def naive_chunks(n, is_end, max_len):
+    """llmlingua's __chunk_context loop, on token indices."""
+    out, st_ = [], 0
+    while st_ < n:
+        if st_ + max_len > n - 1:
+            out.append((st_, n))
+            break
+        ed = st_ + max_len
+        for j in range(0, ed - st_):
+            if is_end[ed - j]:
+                ed = ed - j
+                break
+        out.append((st_, ed + 1))
+        st_ = ed + 1
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.booleans(), max_size=120), st.integers(2, 30))
+def test_reference_chunks_match_the_loop(ends, max_len):
+    is_end = np.array(ends, dtype=bool)
+    got = reference_chunks(len(ends), is_end, max_len)
+    assert got == naive_chunks(len(ends), is_end, max_len)
+    assert all(b - a <= max_len + 1 for a, b in got)
+    assert [a for a, _ in got[1:]] == [b for _, b in got[:-1]]
+
+
+def _naive_word_scores(comp, text, mode):
+    """One chunk by hand: [CLS] ids [SEP] through the model, grouped by BERT's word ids."""
+    enc = comp.tokenizer(text, add_special_tokens=False)
+    ids = [comp.tokenizer.cls_token_id, *enc["input_ids"], comp.tokenizer.sep_token_id]
+    with torch.no_grad():
+        logits = comp.model(input_ids=torch.tensor([ids])).logits[0, 1:-1]
+    p = torch.softmax(logits, -1)[:, 1].numpy()
+    groups = {}
+    for i, w in enumerate(enc.word_ids()):
+        groups.setdefault(w, []).append(p[i])
+    return [float(np.mean(v)) if mode == "mean" else float(v[0]) for v in groups.values()]
+
+
+@pytest.mark.parametrize("mode", ["mean", "first"])
+def test_scores_are_the_classifiers_keep_probabilities(tiny_bert_dir, mode):
+    comp = TokenClassifierCompressor(tiny_bert_dir, token_to_word=mode)
+    text = "The council approved the coördinate budget: 4,200 thousand (see item 42)."
+    res = comp.compress(text, rate=0.5, protect=False)
+    np.testing.assert_allclose(res.scores, _naive_word_scores(comp, text, mode), rtol=1e-5)
+    assert res.words[:3] == ["The", "council", "approved"]
+
+
+def test_batching_and_chunk_size_do_not_change_short_chunks(tiny_bert_dir):
+    texts = generated_texts(6, seed=4, long_every=2)
+    one = TokenClassifierCompressor(tiny_bert_dir, batch_size=1)
+    many = TokenClassifierCompressor(tiny_bert_dir, batch_size=16)
+    for text in texts:
+        a = one.compress(text, rate=0.4)
+        b = many.compress(text, rate=0.4)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+        assert a.words == b.words
+
+
+def test_long_text_is_chunked_within_the_model_limit(tiny_bert_dir):
+    comp = TokenClassifierCompressor(tiny_bert_dir, max_length=32, batch_size=4)
+    seen = []
+    real = comp.model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["input_ids"].shape[1])
+        return real(*args, **kwargs)
+
+    comp.model.forward = spy
+    text = " ".join(generated_texts(3, seed=2, long_every=1))
+    res = comp.compress(text, target_tokens=300, protect=False)
+    assert max(seen) <= 32 and len(seen) > 3
+    assert res.tokens_after <= 300 and res.tokens_after >= 297
+    assert len(set(res.words)) > 50
+
+
+def test_model_object_and_directory_agree(tiny_bert_dir):
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_bert_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    text = generated_texts(1, seed=8)[0]
+    a = TokenClassifierCompressor(model, tok).compress(text, rate=0.3)
+    b = TokenClassifierCompressor(tiny_bert_dir).compress(text, rate=0.3)
+    assert a.words == b.words and a.keep.tolist() == b.keep.tolist()
+
+
+def test_threshold_mode_keeps_probabilities_at_least_t(tiny_compressor):
+    text = generated_texts(1, seed=6, long_every=1)[0]
+    res = tiny_compressor.compress(text, threshold=0.6, protect=False)
+    assert res.keep.tolist() == (res.scores >= 0.6).tolist()
+    with pytest.raises(TokenwiseError, match=r"threshold=1.2 is outside \[0.0, 1.0\]"):
+        tiny_compressor.compress(text, threshold=1.2)
+
+
+def test_cjk_words_and_no_garbling(tiny_compressor):
+    text = "北京是中国的首都。東京は日本の首都です。会议预算已经批准了。"
+    res = tiny_compressor.compress(text, rate=0.5)
+    assert all(len(w) == 1 for w in res.words if "\u4e00" <= w[0] <= "\u9fff")
+    out = iter(text)
+    assert all(ch in out for ch in res.text)  # a subsequence of the original characters
+
+
+def test_force_tokens_must_tokenize(tiny_compressor):
+    with pytest.raises(TokenwiseError, match="force token '☃' does not tokenize"):
+        tiny_compressor.compress("council budget", rate=0.5, force_tokens=["☃"])
+    res = tiny_compressor.compress("council budget. water road park", rate=0.6,
+                                   force_tokens=["water road"], protect=False)
+    assert {"water", "road"} <= set(res.kept_words)
+
+
+def test_errors_for_models_without_the_head(tmp_path, tiny_bert_dir):
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, BertModel
+
+    with pytest.raises(TokenwiseError, match="needs model=DIR"):
+        TokenClassifierCompressor()
+    with pytest.raises(TokenwiseError, match=r"LlamaForCausalLM.*no token-classification head"):
+        TokenClassifierCompressor(builtin_path("tw-small"))
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    config = BertConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1,
+                        num_attention_heads=1, intermediate_size=8)
+    bare = tmp_path / "bare"
+    BertModel(config).save_pretrained(bare)
+    tok.save_pretrained(bare)
+    with pytest.raises(TokenwiseError, match=r"BertModel.*no token-classification head"):
+        TokenClassifierCompressor(bare)
+    with pytest.raises(TokenwiseError, match="not a token-classification model"):
+        TokenClassifierCompressor(BertModel(config), tok)
+    one_label = BertForTokenClassification(BertConfig(**{**config.to_dict(), "num_labels": 1}))
+    with pytest.raises(TokenwiseError, match="num_labels=1"):
+        TokenClassifierCompressor(one_label, tok)
+    with pytest.raises(TokenwiseError, match="pass tokenizer="):
+        TokenClassifierCompressor(one_label)
+
+    class Slow:
+        is_fast = False
+
+    with pytest.raises(TokenwiseError, match="not a fast"):
+        TokenClassifierCompressor(BertForTokenClassification(config), Slow())
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((tiny_bert_dir / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(UnsafeCheckpointError, match="safetensors"):
+        TokenClassifierCompressor(pickled)
+    with pytest.raises(ModelNotFoundError):
+        TokenClassifierCompressor(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"max_length": 4096}, "max_length=4096: allowed 4..512"),
+    ({"max_length": 2}, "max_length=2"),
+    ({"token_to_word": "last"}, "token_to_word='last'"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"dtype": "int8"}, "dtype='int8'"),
+])
+def test_bad_options(tiny_bert_dir, bad, match):
+    with pytest.raises(TokenwiseError, match=match):
+        TokenClassifierCompressor(tiny_bert_dir, **bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_gpu_gives_the_cpu_scores(tiny_bert_dir):
+    text = generated_texts(1, seed=12, long_every=1)[0]
+    cpu = TokenClassifierCompressor(tiny_bert_dir).compress(text, rate=0.4)
+    gpu = TokenClassifierCompressor(tiny_bert_dir, device="cuda").compress(text, rate=0.4)
+    np.testing.assert_allclose(cpu.scores, gpu.scores, atol=1e-4)
