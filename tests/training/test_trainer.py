@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import save_tiny_llama
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.models import load
@@ -217,7 +216,13 @@ def test_bad_settings(tmp_path, tiny_llama_dir, qa_file, kwargs, match):
 
 
 def test_history_model_with_another_vocabulary(tmp_path, tiny_llama_dir, qa_file):
-    other = save_tiny_llama(tmp_path / "wide", vocab_size=2000)
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig.from_pretrained(tiny_llama_dir)
+    cfg.vocab_size = 2000
+    other = tmp_path / "wide"
+    LlamaForCausalLM(cfg).save_pretrained(other, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(other)
     with pytest.raises(TokenwiseError, match="does not share the tokenizer"):
         train(config(tiny_llama_dir, qa_file, tmp_path / "o", select="sstoken",
                      history_model=str(other)), **quiet())
