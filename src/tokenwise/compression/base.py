@@ -408,6 +408,7 @@ class SelectiveCompressor(Compressor):
             tokens_before=tokens_before, tokens_after=tokens_after, method=self.name,
             seconds=t_end - t_start, timings=timings, target_tokenizer=counter.name,
             messages=messages, contexts=contexts, kept_segments=kept_segments,
+            starts=starts, ends=ends, segment_texts=list(prompt.texts),
         )
 
     # -- pieces subclasses may reuse -------------------------------------------------------

@@ -32,6 +32,8 @@ class CompressionResult:
         messages: the compressed chat messages, when the input was messages.
         contexts: the compressed contexts, when the input was a list of texts.
         kept_segments: which segments survived the context-level filter (all when unused).
+        starts, ends: ``(W,)`` character spans of the words in their segment's text.
+        segment_texts: the text of every segment (index with ``segments``).
 
     Example:
         >>> r = CompressionResult("a c", ["a", "b", "c"], np.array([1, 0, 1], bool),
@@ -56,6 +58,9 @@ class CompressionResult:
     messages: list[dict[str, Any]] | None = None
     contexts: list[str] | None = None
     kept_segments: list[bool] | None = None
+    starts: np.ndarray | None = None
+    ends: np.ndarray | None = None
+    segment_texts: list[str] | None = None
 
     @property
     def rate(self) -> float:
@@ -71,6 +76,38 @@ class CompressionResult:
     def kept_words(self) -> list[str]:
         """The words that survive, in order."""
         return [w for w, k in zip(self.words, self.keep.tolist(), strict=True) if k]
+
+    def pieces(self) -> list[tuple[int, str, bool | None]]:
+        """The input as ``(segment, piece, kept)`` runs: words with their decision, and the
+        text between them with ``None``; concatenated per segment they give the input back.
+
+        Example:
+            >>> r = CompressionResult("a", ["a", "b"], np.array([1, 0], bool),
+            ...                       np.zeros(2, np.float32), np.zeros(2, bool),
+            ...                       np.zeros(2, int), 2, 1, "demo", 0.0,
+            ...                       starts=np.array([0, 2]), ends=np.array([1, 3]),
+            ...                       segment_texts=["a b."])
+            >>> r.pieces()
+            [(0, 'a', True), (0, ' ', None), (0, 'b', False), (0, '.', None)]
+        """
+        if self.starts is None or self.ends is None or self.segment_texts is None:
+            raise ValueError("this result carries no word spans")
+        out: list[tuple[int, str, bool | None]] = []
+        prev_g, pos = -1, 0
+        for i, (g, a, b) in enumerate(zip(self.segments.tolist(), self.starts.tolist(),
+                                          self.ends.tolist(), strict=True)):
+            if g != prev_g:
+                if prev_g >= 0 and pos < len(self.segment_texts[prev_g]):
+                    out.append((prev_g, self.segment_texts[prev_g][pos:], None))
+                prev_g, pos = g, 0
+            text = self.segment_texts[g]
+            if a > pos:
+                out.append((g, text[pos:a], None))
+            out.append((g, text[a:b], bool(self.keep[i])))
+            pos = b
+        if prev_g >= 0 and pos < len(self.segment_texts[prev_g]):
+            out.append((prev_g, self.segment_texts[prev_g][pos:], None))
+        return out
 
     def to_dict(self, per_word: bool = True) -> dict[str, Any]:
         """A JSON-ready dict (per-word lists only with ``per_word``)."""

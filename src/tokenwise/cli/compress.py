@@ -1,0 +1,147 @@
+"""`tokenwise compress`: shorten a prompt to a token budget, and show what was dropped."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from tokenwise.cli.common import read_text
+from tokenwise.errors import TokenwiseError
+
+
+def _method_names() -> list[str]:
+    from tokenwise.compression.registry import ALIASES, names
+
+    return [*names(), *sorted(ALIASES)]
+
+
+@click.command("compress")
+@click.argument("source", metavar="FILE|-")
+@click.option("--rate", type=float, default=None,
+              help="Fraction of the tokens to keep, in (0, 1].")
+@click.option("--target-tokens", type=int, default=None,
+              help="Tokens to keep (met within 1% on the target tokenizer).")
+@click.option("--threshold", type=float, default=None,
+              help="Keep every word scoring at least this (token_classifier: a probability).")
+@click.option("--method", type=click.Choice(_method_names()), default="token_classifier",
+              show_default=True, help="Compression method.")
+@click.option("--model", "-m", default=None,
+              help="The method's model: for token_classifier a local token-classification "
+                   "model directory (required).")
+@click.option("--target-model", default=None,
+              help="Whose tokenizer counts tokens: a built-in name or a local directory "
+                   "(default: the built-in models' tokenizer).")
+@click.option("--question", "-q", default=None,
+              help="A question the compressed prompt must answer (its words are kept).")
+@click.option("--percentile", type=click.Choice(["global", "chunk"]), default="global",
+              show_default=True,
+              help="global: one cut over the whole text that meets the budget; chunk: "
+                   "LLMLingua-2's per-chunk cut.")
+@click.option("--force", "force_tokens", multiple=True,
+              help="A string always kept where it is a whole word (repeatable; '\\n' keeps "
+                   "every line break).")
+@click.option("--keep-digits", is_flag=True, help="Keep every word containing a digit.")
+@click.option("--no-protect", is_flag=True,
+              help="Let code, URLs, numbers, JSON keys, quoted strings and tags be cut too.")
+@click.option("--context-filter", is_flag=True,
+              help="First drop whole paragraphs (or messages / contexts) with low scores.")
+@click.option("--messages", "as_messages", is_flag=True,
+              help="FILE is JSON: a list of {role, content} messages, or a list of texts.")
+@click.option("--role", "roles", multiple=True,
+              help="Message roles to compress (repeatable; default user and assistant).")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N for the method's model.")
+@click.option("--batch-size", type=int, default=None, help="Chunks per forward pass.")
+@click.option("--show", is_flag=True,
+              help="Print the input with kept words bright and dropped words dim.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the result as JSON (text, counts, per-word decisions).")
+def compress_command(source: str, rate: float | None, target_tokens: int | None,
+                     threshold: float | None, method: str, model: str | None,
+                     target_model: str | None, question: str | None, percentile: str,
+                     force_tokens: tuple[str, ...], keep_digits: bool, no_protect: bool,
+                     context_filter: bool, as_messages: bool, roles: tuple[str, ...],
+                     device: str | None, batch_size: int | None, show: bool,
+                     as_json: bool) -> None:
+    """Compress the prompt in FILE (or standard input with -) to a token budget.
+
+    Give exactly one of --rate, --target-tokens or --threshold. The compressed text goes to
+    standard output and a one-line summary (tokens before and after, on the target
+    tokenizer) to standard error.
+    """
+    from tokenwise.compression import check_budget, compress
+    from tokenwise.compression.base import DEFAULT_ROLES
+    from tokenwise.compression.registry import ALIASES
+
+    check_budget(rate, target_tokens, threshold)
+    canonical = ALIASES.get(method, method)
+    if canonical == "token_classifier" and model is None:
+        raise TokenwiseError(
+            "--method token_classifier needs --model DIR: a local token-classification model "
+            "(e.g. an LLMLingua-2 model downloaded elsewhere and copied here); no built-in "
+            "classifier ships yet"
+        )
+    text = read_text(source)
+    data: object = text
+    if as_messages:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TokenwiseError(f"--messages: {source!r} is not JSON ({exc.msg} at line "
+                                 f"{exc.lineno})") from None
+    force = tuple(t.replace("\\n", "\n") for t in force_tokens)
+    options: dict[str, object] = {}
+    if device is not None:
+        options["device"] = device
+    if batch_size is not None:
+        options["batch_size"] = batch_size
+    if canonical == "token_classifier" and not as_json:
+        options["progress"] = True
+    result = compress(
+        data, method=method, rate=rate, target_tokens=target_tokens, threshold=threshold,
+        question=question, force_tokens=force, keep_digits=keep_digits,
+        protect=not no_protect, model=model, target_model=target_model,
+        roles=roles or DEFAULT_ROLES, percentile=percentile, context_filter=context_filter,
+        **options,
+    )
+    if as_json:
+        click.echo(result.to_json())
+        return
+    if show:
+        _show(result)
+    else:
+        out = result.text
+        if result.messages is not None:
+            out = json.dumps(result.messages, ensure_ascii=False, indent=2)
+        click.echo(out)
+    click.echo(
+        f"{result.method}: {result.tokens_before} -> {result.tokens_after} tokens "
+        f"({100 * result.rate:.1f}%, {result.target_tokenizer} tokenizer), "
+        f"{len(result.kept_words)}/{len(result.words)} words kept, {result.seconds:.2f} s",
+        err=True,
+    )
+
+
+def _show(result) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False)
+    roles = None
+    if result.messages is not None:
+        roles = [m.get("role", "?") for m in result.messages]
+    current = None
+    line = Text()
+    for seg, piece, kept in result.pieces():
+        if seg != current:
+            if current is not None:
+                console.print(line)
+                line = Text()
+            if roles is not None:
+                console.print(Text(f"[{roles[seg]}]", style="bold cyan"))
+            elif current is not None:
+                console.print()
+            current = seg
+        style = "" if kept is None else ("bold bright_white" if kept else "dim")
+        line.append(piece, style=style)
+    console.print(line)

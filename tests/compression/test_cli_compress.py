@@ -1,0 +1,107 @@
+"""`tokenwise compress`, invoked through click's test runner."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+from click.testing import CliRunner
+from tests.compression.helpers import generated_texts
+
+from tokenwise.cli.compress import compress_command
+from tokenwise.cli.main import _Group
+from tokenwise.compression import compress
+
+TEXT = generated_texts(1, seed=21, long_every=1)[0]
+
+
+@pytest.fixture(scope="module")
+def cli():
+    group = _Group(name="tokenwise")  # the real group's error handling
+    group.add_command(compress_command)
+    return group
+
+
+def _run(cli, args, stdin=None):
+    return CliRunner().invoke(cli, ["compress", *args], input=stdin)
+
+
+def test_text_out_and_summary(cli, tmp_path, tiny_bert_dir):
+    path = tmp_path / "prompt.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    res = _run(cli, [str(path), "--rate", "0.4", "--model", str(tiny_bert_dir)])
+    assert res.exit_code == 0, res.output
+    expected = compress(TEXT, rate=0.4, model=tiny_bert_dir)
+    assert res.stdout == expected.text + "\n"
+    assert f"{expected.tokens_before} -> {expected.tokens_after} tokens" in res.stderr
+    piped = _run(cli, ["-", "--rate", "0.4", "--model", str(tiny_bert_dir)], stdin=TEXT)
+    assert piped.stdout == res.stdout
+
+
+def test_json_and_options(cli, tmp_path, tiny_bert_dir):
+    path = tmp_path / "prompt.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    res = _run(cli, [str(path), "--target-tokens", "600", "--model", str(tiny_bert_dir),
+                     "--json", "--percentile", "global", "--keep-digits", "--force", "council",
+                     "--question", "What about the budget?", "--batch-size", "2"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert 594 <= out["tokens_after"] <= 600
+    kept = {w["word"] for w in out["words"] if w["keep"]}
+    assert all(w["keep"] for w in out["words"]
+               if w["word"] in ("council", "budget") or any(c.isdigit() for c in w["word"]))
+    assert kept
+
+
+def test_show_prints_the_whole_input(cli, tmp_path, tiny_bert_dir):
+    path = tmp_path / "prompt.txt"
+    path.write_text("The council met. Item 4 was approved by 7 votes.", encoding="utf-8")
+    res = _run(cli, [str(path), "--rate", "0.5", "--model", str(tiny_bert_dir), "--show"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == "The council met. Item 4 was approved by 7 votes."
+
+
+def test_messages(cli, tmp_path, tiny_bert_dir):
+    msgs = [{"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": TEXT}]
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(msgs), encoding="utf-8")
+    res = _run(cli, [str(path), "--messages", "--rate", "0.3", "--model", str(tiny_bert_dir)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out[0] == msgs[0] and out[1]["role"] == "user"
+    assert len(out[1]["content"]) < len(TEXT)
+    show = _run(cli, [str(path), "--messages", "--rate", "0.3", "--model", str(tiny_bert_dir),
+                      "--show"])
+    assert "[user]" in show.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rate", "0.5"], "needs --model DIR"),
+    (["--rate", "0.5", "--target-tokens", "9", "--model", "x"], "exactly one of"),
+    (["--rate", "2", "--model", "x"], "rate=2.0 is outside"),
+    (["--target-tokens", "0", "--model", "x"], "target_tokens=0"),
+    (["--rate", "0.5", "--method", "zip"], "Invalid value for '--method'"),
+])
+def test_errors(cli, tmp_path, args, message):
+    path = tmp_path / "prompt.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    res = _run(cli, [str(path), *args])
+    assert res.exit_code != 0
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_input_errors(cli, tmp_path, tiny_bert_dir):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n", encoding="utf-8")
+    res = _run(cli, [str(empty), "--rate", "0.5", "--model", str(tiny_bert_dir)])
+    assert res.exit_code != 0 and "empty" in res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{", encoding="utf-8")
+    res = _run(cli, [str(bad), "--messages", "--rate", "0.5", "--model", str(tiny_bert_dir)])
+    assert res.exit_code != 0 and "is not JSON" in res.output
+    res = _run(cli, [str(tmp_path / "nope.txt"), "--rate", "0.5", "--model", "x"])
+    assert res.exit_code != 0 and "does not exist" in res.output
+    assert isinstance(compress_command, click.Command)
