@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tokenwise.errors import TokenwiseError
 from tokenwise.models import load
 from tokenwise.training.emo import emo_loss
+from tokenwise.training.sstoken import select_tokens
 from tokenwise.training.trainer import (
     CHECKPOINT_DIR,
     CHECKPOINT_FILE,
@@ -168,9 +169,15 @@ def test_first_losses_match_plain_computations(tmp_path, tiny_llama_dir, qa_file
     target = labels[0, 1:]
     ce = F.cross_entropy(logits, target, ignore_index=-100)
     emo = emo_loss(logits, target, lm.hf_model.get_output_embeddings().weight)
+    selected = select_tokens(lm, load(tiny_llama_dir), ids, labels, rho=0.5)[0, 1:]
+    assert 0 < int((selected != -100).sum()) < int((target != -100).sum())
+    ce_selected = F.cross_entropy(logits, selected, ignore_index=-100)
     for name, kwargs, expected in [("ce-plain", {"fused": False}, ce),
                                    ("ce-fused", {"fused": True}, ce),
-                                   ("emo", {"loss": "emo"}, emo)]:
+                                   ("emo", {"loss": "emo"}, emo),
+                                   ("sstoken", {"select": "sstoken", "rho": 0.5,
+                                                "history_model": str(tiny_llama_dir)},
+                                    ce_selected)]:
         res = train(config(tiny_llama_dir, data, tmp_path / name, steps=1, batch_size=1,
                            **kwargs), **quiet())
         assert res.losses[0] == pytest.approx(float(expected), rel=1e-5), name
