@@ -6,12 +6,20 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
-from scipy.special import logsumexp
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.uncertainty.equivalence import Equivalence, as_equivalence, default_equivalence
 from tokenwise.uncertainty.estimators.base import Estimator
 from tokenwise.uncertainty.samples import SampleSet
+
+
+def logsumexp(values: np.ndarray | list[float]) -> float:
+    """``log Σ exp(v)`` without overflow; -inf when every value is -inf (numpy only)."""
+    v = np.asarray(values, dtype=np.float64)
+    top = v.max()
+    if not np.isfinite(top):
+        return float(top)
+    return float(top + np.log(np.exp(v - top).sum()))
 
 
 def cluster_log_masses(samples: SampleSet, equivalence: Equivalence,
