@@ -569,14 +569,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_e, grad_c, grad_b, None, None, None, None
 
 
-def _triton_usable(*tensors: Tensor) -> bool:
-    if not all(t.is_cuda for t in tensors):
+def _triton_usable(tensors: list[Tensor], *, explicit: bool) -> bool:
+    """Whether the Triton kernels take these tensors: CUDA (or, when asked for explicitly,
+    CPU tensors under Triton's interpreter) and fp16/bf16/fp32."""
+    if not explicit and not all(t.is_cuda for t in tensors):
         return False
     try:
         from tokenwise.training import linear_ce_triton
     except ImportError:
         return False
-    return linear_ce_triton.available()
+    return linear_ce_triton.supports(*tensors)
 
 
 def _scatter_valid(values: Tensor, out_idx: Tensor | None, out_shape: torch.Size) -> Tensor:
@@ -640,7 +642,7 @@ def linear_cross_entropy(
         block_n: tokens per block (``None``: about 16 MiB of fp32 logits per block).
         block_v: vocabulary entries per block (``None``: a default for the implementation).
         impl: ``"triton"`` (CUDA kernels), ``"torch"`` (block loops of torch ops, any device) or
-            ``"auto"`` (Triton when every tensor is on CUDA and Triton imports).
+            ``"auto"`` (Triton when every tensor is on CUDA, not fp64, and Triton imports).
 
     Returns:
         The loss (fp32; fp64 for fp64 inputs); with ``return_lse`` and/or ``return_entropy``, a
@@ -701,11 +703,14 @@ def linear_cross_entropy(
         raise TokenwiseError(
             f"grad_in_forward must be True, False or None, got {grad_in_forward!r}")
 
-    if impl == "triton" and not _triton_usable(e, c):
-        raise TokenwiseError("impl='triton' needs CUDA tensors and an importable triton; "
-                             f"got tensors on {e.device}")
-    backend = "triton" if impl == "triton" or (impl == "auto" and _triton_usable(e, c)) \
-        else "torch"
+    floats = [e, c] + ([] if bias is None else [bias])
+    if impl == "triton" and not _triton_usable(floats, explicit=True):
+        raise TokenwiseError(
+            "impl='triton' needs an importable triton, CUDA tensors (or CPU tensors with "
+            "TRITON_INTERPRET=1) and float16/bfloat16/float32 inputs; got "
+            f"{e.device} tensors of dtypes {sorted({str(t.dtype) for t in floats})}")
+    backend = "triton" if impl == "triton" or (
+        impl == "auto" and _triton_usable(floats, explicit=False)) else "torch"
     fusable = reduction != "none" and not return_lse
     if grad_in_forward:
         if not fusable:

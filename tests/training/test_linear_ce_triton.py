@@ -1,0 +1,105 @@
+"""The Triton kernels of the fused linear cross-entropy, against the same fp64 reference rule.
+
+On a CUDA machine the cases run on the GPU (bf16 included). Elsewhere they run on CPU tensors
+under Triton's interpreter, in a child pytest process started with ``TRITON_INTERPRET=1``
+(Triton reads it when kernels are defined, so it cannot be switched on inside this process);
+the interpreter has no bf16 dot products, so there the cases are fp32 and fp16.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tests.training.linear_ce_reference import BLOCKS, IGNORE, check_case, make_inputs
+
+from tokenwise.training import linear_cross_entropy
+
+triton = pytest.importorskip("triton")
+
+from tokenwise.training import linear_ce_triton  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+INTERPRETING = linear_ce_triton.interpreting()
+RUNS_HERE = CUDA or INTERPRETING
+DEVICE = "cuda" if CUDA else "cpu"
+needs_kernels = pytest.mark.skipif(
+    not RUNS_HERE, reason="needs CUDA, or TRITON_INTERPRET=1 (run by test_kernels_interpreted)")
+ROOT = Path(__file__).resolve().parents[2]
+
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("bias", "softcap", "shift", "reduction"), [
+    (False, None, 0, "mean"), (True, 20.0, 1, "none"), (True, None, 1, "sum"),
+    (False, 20.0, 0, "mean")])
+def test_triton_matches_reference(dtype, bias, softcap, shift, reduction):
+    check_case(dtype, bias=bias, softcap=softcap, shift=shift, invalid=True,
+               reduction=reduction, device=DEVICE, impl="triton")
+
+
+@needs_kernels
+@pytest.mark.parametrize("filter_eps", ["auto", None])
+def test_triton_lse_entropy_z_loss(filter_eps):
+    check_case(torch.float32, bias=True, softcap=20.0, shift=1, invalid=True, reduction="none",
+               z_loss=1e-2, with_lse=True, with_entropy=True, filter_eps=filter_eps,
+               device=DEVICE, impl="triton")
+
+
+@needs_kernels
+def test_triton_agrees_with_torch_loops_and_skips_filtered_tiles():
+    e, c, targets, b = make_inputs(torch.float32, bias=True, invalid=True, device=DEVICE)
+    results = []
+    for impl, extra in (("triton", {}), ("torch", BLOCKS)):
+        ee, cc, bb = (t.clone().requires_grad_() for t in (e, c, b))
+        loss, lse = linear_cross_entropy(ee, cc, targets, bias=bb, shift=1, softcap=20.0,
+                                         return_lse=True, impl=impl, **extra)
+        (loss + lse.square().mean()).backward()
+        results.append((loss.detach(), lse.detach(), ee.grad, cc.grad, bb.grad))
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    # a threshold above every |p - onehot| skips every tile
+    ee, cc = e.clone().requires_grad_(), c.clone().requires_grad_()
+    linear_cross_entropy(ee, cc, targets, filter_eps=1.0, impl="triton").backward()
+    assert not ee.grad.any() and not cc.grad.any()
+
+
+@needs_kernels
+def test_triton_all_ignored():
+    e = torch.randn(2, 7, 16, device=DEVICE, requires_grad=True)
+    c = torch.randn(33, 16, device=DEVICE, requires_grad=True)
+    targets = torch.full((2, 7), IGNORE, device=DEVICE)
+    loss = linear_cross_entropy(e, c, targets, impl="triton")
+    loss.backward()
+    assert float(loss) == 0.0 and not e.grad.any() and not c.grad.any()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_auto_picks_triton_on_cuda(monkeypatch):
+    calls = []
+    original = linear_ce_triton.lse_forward
+    monkeypatch.setattr(linear_ce_triton, "lse_forward",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    e = torch.randn(8, 16, device="cuda")
+    c = torch.randn(40, 16, device="cuda")
+    linear_cross_entropy(e, c, torch.randint(0, 40, (8,), device="cuda"))
+    assert calls
+
+
+@pytest.mark.skipif(RUNS_HERE, reason="the kernels run directly in this process")
+def test_kernels_interpreted():
+    """No GPU: run this file's kernel tests on CPU under Triton's interpreter."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-x", "-p", "no:cacheprovider",
+         "-k", "not interpreted"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
+    assert proc.returncode == 0, tail
+    assert " passed" in tail and " failed" not in tail, tail
