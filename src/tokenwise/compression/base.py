@@ -17,6 +17,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -282,7 +283,26 @@ class SelectiveCompressor(Compressor):
 
         comp = [i for i, c in enumerate(prompt.compressible) if c]
         texts = [prompt.texts[i] for i in comp]
-        scored = self.score_words(texts, question=question)
+        if prompt.kind == "messages":
+            whole = None
+        elif prompt.kind == "contexts":
+            whole = _SEPARATOR.join(prompt.texts)
+        else:
+            whole = prompt.source
+        single = prompt.kind == "text" and not prompt.split
+        in_context = budget.threshold is None and percentile != "chunk"
+        # The target tokenizer reads the input while the method scores it (tokenizers and
+        # torch both release the GIL): its count, and its token offsets for the budget.
+        # (Not when the method reads with the very same tokenizer object: one Rust tokenizer
+        # must not be borrowed from two threads.)
+        if getattr(self, "tokenizer", None) is counter.tokenizer:
+            scored = self.score_words(texts, question=question)
+            whole_count, token_starts = _read_ahead(counter, whole, texts, single and in_context)
+        else:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                ahead = pool.submit(_read_ahead, counter, whole, texts, single and in_context)
+                scored = self.score_words(texts, question=question)
+                whole_count, token_starts = ahead.result()
         t_post = time.perf_counter()
         starts, ends, seg = scored.starts, scored.ends, scored.segment
         word_list = [texts[g][a:b] for g, a, b in zip(seg.tolist(), starts.tolist(),
@@ -322,22 +342,19 @@ class SelectiveCompressor(Compressor):
                     [parts[i] for i in comp]).sum())
             return counter.count(text)
 
-        if prompt.kind == "messages":
-            tokens_before = count_output("", prompt.texts)
-        elif prompt.kind == "contexts":
-            tokens_before = counter.count(_SEPARATOR.join(prompt.texts))
-        else:
-            tokens_before = counter.count(prompt.source)
-        comp_before = tokens_before - fixed_tokens
-
         weights = None
-        if budget.threshold is None:
-            if percentile == "chunk":  # the reference weighs each word counted on its own
+        if in_context and token_starts is not None:
+            weights = counter.per_word(texts, starts, ends, seg, token_starts)
+        tokens_before = whole_count if whole is not None else count_output("", prompt.texts)
+        if budget.threshold is None and percentile == "chunk":
+            # The reference weighs each word counted on its own (distinct words once).
+            weights = _word_weights(counter, word_list)
+        elif budget.threshold is None and weights is None:
+            # In context, so that the estimate of a kept set is close to its count.
+            weights = counter.per_word(texts, starts, ends, seg)
+            if weights is None:
                 weights = _word_weights(counter, word_list)
-            else:  # in context, so that the estimate of a kept set is close to its count
-                weights = counter.per_word(texts, starts, ends, seg)
-                if weights is None:
-                    weights = _word_weights(counter, word_list)
+        comp_before = tokens_before - fixed_tokens
 
         # Context-level filter: drop whole segments whose mean score is low.
         alive_seg = np.ones(len(texts), dtype=bool)
@@ -484,3 +501,13 @@ def _word_weights(counter: TokenCounter, word_list: list[str]) -> np.ndarray:
                           count=len(word_list))
     counts = counter.count_each(list(index))
     return counts[inverse] if len(word_list) else counts
+
+
+def _read_ahead(counter: TokenCounter, whole: str | None, texts: list[str],
+                offsets: bool) -> tuple[int, list[np.ndarray] | None]:
+    """The whole input's count and, for a single text, its token offsets (one encoding)."""
+    if offsets:
+        starts = counter.token_starts(texts)
+        if starts is not None:
+            return sum(len(s) for s in starts), starts
+    return (counter.count(whole) if whole is not None else 0), None

@@ -41,6 +41,12 @@ class TokenCounter:
         self.tokenizer = tokenizer
         self.name = name
         self._is_function = not hasattr(tokenizer, "encode") and callable(tokenizer)
+        # The Rust tokenizer itself, when it can be called bare (no truncation or padding
+        # configured): it skips the per-text Python conversion of the transformers wrapper.
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        usable = (backend is not None and hasattr(backend, "encode_batch_fast")
+                  and backend.truncation is None and backend.padding is None)
+        self._backend = backend if usable else None
 
     def __repr__(self) -> str:
         return f"TokenCounter({self.name!r})"
@@ -51,6 +57,8 @@ class TokenCounter:
             return int(self.tokenizer(text))
         if not text:
             return 0
+        if self._backend is not None:
+            return len(self._backend.encode_batch_fast([text], add_special_tokens=False)[0])
         ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         return len(ids)
 
@@ -60,11 +68,33 @@ class TokenCounter:
             return np.asarray([int(self.tokenizer(t)) for t in texts], dtype=np.int64)
         if len(texts) == 0:
             return np.zeros(0, dtype=np.int64)
+        if self._backend is not None:
+            encs = self._backend.encode_batch_fast(list(texts), add_special_tokens=False)
+            return np.fromiter((len(e) for e in encs), dtype=np.int64, count=len(texts))
         ids = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
         return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(texts))
 
+    def token_starts(self, texts: Sequence[str]) -> list[np.ndarray] | None:
+        """Start offset of every token of each text (None for a counting function).
+
+        Example:
+            >>> TokenCounter.resolve(None).token_starts(["ab 12"])[0].tolist()
+            [0, 2, 3, 4]
+        """
+        if self._is_function:
+            return None
+        if self._backend is not None:
+            offsets = [e.offsets for e in self._backend.encode_batch(
+                list(texts), add_special_tokens=False)]
+        else:
+            offsets = self.tokenizer(list(texts), add_special_tokens=False,
+                                     return_offsets_mapping=True,
+                                     verbose=False)["offset_mapping"]
+        return [np.asarray(o, dtype=np.int64).reshape(-1, 2)[:, 0] for o in offsets]
+
     def per_word(self, texts: Sequence[str], starts: np.ndarray, ends: np.ndarray,
-                 segment: np.ndarray) -> np.ndarray | None:
+                 segment: np.ndarray,
+                 token_starts: list[np.ndarray] | None = None) -> np.ndarray | None:
         """Tokens of each text attributed to its words, in context (None for a function).
 
         A token belongs to the word its first character falls in, or to the next word when
@@ -75,27 +105,25 @@ class TokenCounter:
             texts: the texts.
             starts, ends: ``(W,)`` word spans, sorted within each text.
             segment: ``(W,)`` which text each word is in (non-decreasing).
+            token_starts: :meth:`token_starts` of ``texts``, when already computed.
 
         Example:
             >>> c = TokenCounter.resolve(None)
             >>> c.per_word(["ab 12"], np.array([0, 3]), np.array([2, 5]), np.array([0, 0]))
             array([1, 3])
         """
-        if self._is_function:
+        if token_starts is None:
+            token_starts = self.token_starts(texts)
+        if token_starts is None:
             return None
         weights = np.zeros(len(starts), dtype=np.int64)
-        if len(starts) == 0:
-            return weights
-        enc = self.tokenizer(list(texts), add_special_tokens=False,
-                             return_offsets_mapping=True, verbose=False)
         bounds = np.searchsorted(segment, np.arange(len(texts) + 1))
-        for j, offsets in enumerate(enc["offset_mapping"]):
+        for j, tok_start in enumerate(token_starts):
             lo, hi = bounds[j], bounds[j + 1]
-            if hi == lo or not offsets:
+            if hi == lo or len(tok_start) == 0:
                 continue
-            tok_start = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)[:, 0]  # (T,)
             owner = np.minimum(np.searchsorted(ends[lo:hi], tok_start, side="right"),
-                               hi - lo - 1)
+                               hi - lo - 1)  # (T,)
             weights[lo:hi] = np.bincount(owner, minlength=hi - lo)
         return weights
 
