@@ -1,0 +1,138 @@
+"""`tokenwise compress train`: fit a keep/drop token classifier for `--method token_classifier`."""
+
+from __future__ import annotations
+
+import random
+import shlex
+import sys
+
+import click
+import numpy as np
+
+from tokenwise.errors import TokenwiseError
+
+LABEL_SOURCES = ("given", "surprisal", "needle")
+
+
+def needle_examples(n: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """Needle contexts labelled by the testbed's oracle.
+
+    The text is the memo followed by its question (``"Q: ..."``), so a classifier can tell
+    which line is asked about. "Keep": every word of the needle line, and the question's key
+    words (the key's name and ``code``); everything else (distractor lines, the memo header,
+    the question's function words) is "drop".
+
+    Example:
+        >>> text, keep = needle_examples(1, seed=3)[0]
+        >>> from tokenwise.compression import words
+        >>> s, e = words.split_words(text)
+        >>> [text[a:b] for a, b, k in zip(s, e, keep) if k]
+        ['The', 'code', 'of', 'Stazol', 'is', '229', '.', 'code', 'Stazol']
+    """
+    from tokenwise.compression import words
+    from tokenwise.testbed import NeedleWorld
+
+    world = NeedleWorld(seed)
+    rng = random.Random(f"compress-train/{seed}")
+    counts = (0, 1, 3, 7, 15)
+    out = []
+    for _ in range(n):
+        item = world.item(rng, rng.choice(counts))
+        text = f"{item.context}Q: {item.question}\n"
+        starts, ends = words.split_words(text)
+        keep = np.zeros(len(starts), dtype=bool)
+        a = item.context.index("\n" + item.needle + "\n") + 1
+        b = a + len(item.needle)
+        keep |= (starts >= a) & (ends <= b)
+        q0 = len(item.context)
+        key = item.question.removeprefix("What is the code of ").removesuffix("?")
+        w_text = [text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        keep |= (starts >= q0) & np.isin(w_text, ["code", *key.split()])
+        out.append((text, keep))
+    return out
+
+
+@click.command("train")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory (config.json, model.safetensors, tokenizer, training.json).")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSONL: {\"text\": ..., \"keep\": [kept words]} or {\"text\", \"labels\": "
+                   "[0/1 per word]} (labels given), or just {\"text\"} (--labels surprisal).")
+@click.option("--labels", "label_source", type=click.Choice(LABEL_SOURCES), default="given",
+              show_default=True,
+              help="given: from --data; surprisal: distilled from --lm on --data's texts; "
+                   "needle: the testbed's oracle on generated needle contexts (no --data).")
+@click.option("--lm", default="tw-small", show_default=True,
+              help="Causal LM for --labels surprisal (built-in name or directory).")
+@click.option("--rate", type=click.FloatRange(0, 1, min_open=True), default=0.33,
+              show_default=True, help="--labels surprisal: share of tokens labelled keep.")
+@click.option("--examples", "n_examples", type=click.IntRange(min=1), default=2000,
+              show_default=True, help="--labels needle: how many contexts to generate.")
+@click.option("--tokenizer", default="tw-small", show_default=True,
+              help="Tokenizer (built-in name or directory; a fast tokenizer).")
+@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-3, show_default=True)
+@click.option("--hidden-size", type=click.IntRange(min=8), default=64, show_default=True)
+@click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Tokens per window, special tokens included.")
+@click.option("--keep-weight", type=click.FloatRange(0, min_open=True), default=1.0,
+              show_default=True, help="Loss weight of keep tokens.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch CPU threads (fix it for bit-identical reruns).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def compress_train_command(out: str, data: str | None, label_source: str, lm: str, rate: float,
+                           n_examples: int, tokenizer: str, steps: int, batch_size: int,
+                           lr: float, hidden_size: int, layers: int, heads: int,
+                           max_length: int, keep_weight: float, seed: int,
+                           threads: int | None, progress: bool) -> None:
+    """Train a token classifier that `tokenwise compress --method token_classifier --model OUT`
+    (and `TokenClassifierCompressor(OUT)`) loads.
+    """
+    import torch
+
+    from tokenwise.compression.trainer import (
+        ClassifierConfig,
+        given_labels,
+        read_jsonl,
+        surprisal_labels,
+        train_token_classifier,
+    )
+
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if label_source == "needle":
+            if data is not None:
+                raise TokenwiseError("--labels needle generates its own data; drop --data")
+            examples = needle_examples(n_examples, seed)
+        else:
+            if data is None:
+                raise TokenwiseError(f"--labels {label_source} needs --data FILE.jsonl")
+            rows = read_jsonl(data)
+            if label_source == "given":
+                examples = [(r["text"], given_labels(r)) for r in rows]
+            else:
+                from tokenwise.compression.perplexity import load_causal_lm
+
+                model = load_causal_lm(lm)
+                examples = [(r["text"], surprisal_labels(model, r["text"], rate)) for r in rows]
+        cfg = ClassifierConfig(hidden_size=hidden_size, layers=layers, heads=heads,
+                               intermediate_size=2 * hidden_size, max_length=max_length,
+                               steps=steps, batch_size=batch_size, lr=lr,
+                               keep_weight=keep_weight, seed=seed)
+        command = "tokenwise compress train " + " ".join(shlex.quote(a) for a in sys.argv[3:]) \
+            if sys.argv[1:3] == ["compress", "train"] else None
+        extra = {"labels": label_source, "data": data, "threads": torch.get_num_threads()}
+        if label_source == "surprisal":
+            extra.update(lm=lm, rate=rate)
+        info = train_token_classifier(examples, out, tokenizer=tokenizer, config=cfg,
+                                      command=command, extra=extra, progress=progress)
+    except TokenwiseError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"saved {out}: {info['parameters']:,} parameters, {info['examples']} examples, "
+               f"final loss {info['final_loss']}, token accuracy {info['token_accuracy']:.3f}, "
+               f"{info['train_seconds']} s")

@@ -1,0 +1,148 @@
+"""Token-classifier trainer: labels, token alignment, reproducibility, loading by the compressor."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tokenwise.compression import words
+from tokenwise.compression.trainer import (
+    IGNORE,
+    ClassifierConfig,
+    encode_example,
+    given_labels,
+    label_words,
+    load_tokenizer,
+    read_jsonl,
+    surprisal_labels,
+    train_token_classifier,
+)
+from tokenwise.errors import TokenwiseError
+
+TINY = ClassifierConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32, max_length=64,
+                        steps=40, batch_size=8, lr=1e-2, warmup=2)
+
+
+def examples():
+    """Keep every number, drop every other word: a rule a tiny model learns quickly."""
+    out = []
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        parts = [str(rng.integers(10, 999)) if rng.random() < 0.3 else
+                 rng.choice(["the", "code", "of", "memo", "is", "a"]) for _ in range(12)]
+        text = " ".join(parts) + "."
+        s, e = words.split_words(text)
+        out.append((text, np.array([text[a:b].isdigit() for a, b in zip(s, e, strict=True)])))
+    return out
+
+
+def test_label_words_and_given_labels():
+    assert label_words("a b a c", ["a", "c"]).tolist() == [True, False, False, True]
+    assert label_words("a b a c", ["b", "a"]).tolist() == [False, True, True, False]
+    with pytest.raises(TokenwiseError, match="subsequence"):
+        label_words("a b", ["b", "a"])
+    assert given_labels({"text": "x y", "keep": ["y"]}).tolist() == [False, True]
+    with pytest.raises(TokenwiseError, match="2 zeros and ones"):
+        given_labels({"text": "x y", "labels": [1]})
+    with pytest.raises(TokenwiseError, match="needs"):
+        given_labels({"text": "x y"})
+
+
+def test_token_labels_follow_their_words():
+    tok = load_tokenizer()
+    text = "The code of Tavoun is 917.\nNext"
+    s, e = words.split_words(text)
+    keep = np.array([text[a:b] in ("Tavoun", "917") for a, b in zip(s, e, strict=True)])
+    (ids, labels), = encode_example(tok, text, keep, 256)
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert labels[0] == labels[-1] == IGNORE
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    for (a, b), lab in zip(enc["offset_mapping"], labels[1:-1], strict=True):
+        piece = text[a:b].strip()
+        if not piece:  # a bare space/newline piece: the label of the word after it
+            nxt = next(text[x:y] for x, y in zip(s, e, strict=True) if x >= b)
+            assert lab == int(nxt in ("Tavoun", "917"))
+        else:
+            word = next(text[x:y] for x, y in zip(s, e, strict=True) if x <= a + (
+                len(text[a:b]) - len(text[a:b].lstrip())) < y)
+            assert lab == int(word in ("Tavoun", "917")), (piece, word, lab)
+    # Long texts are cut into windows of max_length, each with its own specials.
+    rows = encode_example(tok, " ".join(["word"] * 100), np.zeros(100, bool), 32)
+    assert all(len(r) <= 32 for r, _ in rows) and sum(len(r) - 2 for r, _ in rows) == len(
+        tok(" ".join(["word"] * 100), add_special_tokens=False)["input_ids"])
+
+
+def test_surprisal_labels_keep_the_most_surprising():
+    from tokenwise.compression.perplexity import PerplexityCompressor
+
+    text = "The code of Tavoun is 917. The code of Brelix is 382."
+    keep = surprisal_labels("tw-small", text, 0.4)
+    scores = PerplexityCompressor("tw-small", iterative_size=None).score_words([text]).scores
+    assert scores[keep].min() >= scores[~keep].max()
+
+
+def test_trains_learns_reproducibly_and_loads(tmp_path):
+    from tokenwise.compression.token_classifier import TokenClassifierCompressor
+
+    ex = examples()
+    a = train_token_classifier(ex, tmp_path / "a", config=TINY, progress=False)
+    b = train_token_classifier(ex, tmp_path / "b", config=TINY, progress=False)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
+        tmp_path / "b" / "model.safetensors").read_bytes()
+    assert a["loss_curve"] == b["loss_curve"]
+    assert a["loss_curve"][-1] < a["loss_curve"][0] and a["token_accuracy"] > 0.9
+    assert json.loads((tmp_path / "a" / "training.json").read_text())["config"]["seed"] == 0
+    comp = TokenClassifierCompressor(str(tmp_path / "a"))
+    r = comp.compress("the code 417 of memo is 52 a the.", threshold=0.5, protect=False)
+    assert r.text == "417 52"
+    c = train_token_classifier(ex, tmp_path / "c", progress=False,
+                               config=ClassifierConfig(**{**TINY.__dict__, "seed": 1}))
+    assert (tmp_path / "c" / "model.safetensors").read_bytes() != (
+        tmp_path / "a" / "model.safetensors").read_bytes()
+    assert c["examples"] == 40
+
+
+def test_cli_given_and_needle(tmp_path):
+    from tokenwise.cli.compress_train import compress_train_command, needle_examples
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t, "labels": k.astype(int).tolist()})
+                              for t, k in examples()) + "\n")
+    runner = CliRunner()
+    common = ["--steps", "3", "--hidden-size", "16", "--layers", "1", "--heads", "2",
+              "--max-length", "64", "--no-progress", "--threads", "1"]
+    res = runner.invoke(compress_train_command, ["--out", str(tmp_path / "g"), "--data",
+                                                 str(data), *common])
+    assert res.exit_code == 0, res.output
+    assert "saved" in res.output and (tmp_path / "g" / "model.safetensors").is_file()
+    res = runner.invoke(compress_train_command, ["--out", str(tmp_path / "n"), "--labels",
+                                                 "needle", "--examples", "8", *common])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "n" / "training.json").read_text())
+    assert info["labels"] == "needle" and info["examples"] == 8
+    text, keep = needle_examples(1, seed=0)[0]
+    s, e = words.split_words(text)
+    kept = " ".join(text[a:b] for a, b, k in zip(s, e, keep, strict=True) if k)
+    assert kept.startswith("The code of ") and kept.endswith(" code " + kept.split()[3])
+
+
+def test_cli_errors(tmp_path):
+    from tokenwise.cli.compress_train import compress_train_command
+
+    runner = CliRunner()
+    res = runner.invoke(compress_train_command, ["--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "needs --data" in res.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": 1}\n')
+    res = runner.invoke(compress_train_command, ["--out", str(tmp_path / "x"), "--data",
+                                                 str(bad)])
+    assert res.exit_code != 0 and '"text"' in res.output
+    with pytest.raises(TokenwiseError, match="no examples"):
+        empty = tmp_path / "e.jsonl"
+        empty.write_text("\n")
+        read_jsonl(empty)
+    with pytest.raises(TokenwiseError, match="multiple of heads"):
+        ClassifierConfig(hidden_size=30, heads=4).check()
