@@ -19,7 +19,7 @@ WORDS = _WORD_LIST.split(" ")
 CJK = list("北京是中国的首都东京は日本の首都です会议预算城市公园水路学校")
 
 
-def generated_texts(n: int, seed: int = 0, long_every: int = 4) -> list[str]:
+def generated_texts(n: int, seed: int = 0, long_every: int = 4, cjk: bool = True) -> list[str]:
     """Varied synthetic texts: prose, numbers, punctuation, CJK runs, line breaks."""
     rng = random.Random(seed)
     out = []
@@ -32,7 +32,7 @@ def generated_texts(n: int, seed: int = 0, long_every: int = 4) -> list[str]:
                 r = rng.random()
                 if r < 0.08:
                     toks.append(str(rng.randint(0, 5000)))
-                elif r < 0.13:
+                elif r < 0.13 and cjk:
                     toks.append("".join(rng.choice(CJK) for _ in range(rng.randint(1, 5))))
                 elif r < 0.17:
                     toks.append(rng.choice(["(see", "e.g.", "—", "&", "#4", "x2", "3.5%"]))
@@ -78,6 +78,46 @@ def save_tiny_bert(path: Path, corpus: list[str], seed: int = 0, hidden: int = 1
                         max_position_embeddings=512, num_labels=2, pad_token_id=tok.pad_token_id)
     model = BertForTokenClassification(config)
     # Spread the keep logits so that word probabilities are far apart (no near-ties).
+    with torch.no_grad():
+        model.classifier.weight.mul_(20.0)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def save_tiny_xlmr(path: Path, corpus: list[str], seed: int = 0, hidden: int = 16,
+                   vocab_size: int = 700) -> Path:
+    """A random XLMRobertaForTokenClassification with a SentencePiece-style Unigram vocabulary.
+
+    The directory name should contain ``xlm-roberta-large`` for llmlingua's word rule.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import (
+        XLMRobertaConfig,
+        XLMRobertaForTokenClassification,
+        XLMRobertaTokenizerFast,
+    )
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    core = Tokenizer(models.Unigram())
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    core.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    core.train_from_iterator(corpus, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False))
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", core.token_to_id("<s>")), ("</s>", core.token_to_id("</s>"))])
+    tok = XLMRobertaTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                  sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+                                  pad_token="<pad>", mask_token="<mask>", model_max_length=512)
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=1,
+                              num_attention_heads=2, intermediate_size=2 * hidden,
+                              max_position_embeddings=514, num_labels=2,
+                              pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                              eos_token_id=tok.eos_token_id)
+    model = XLMRobertaForTokenClassification(config)
     with torch.no_grad():
         model.classifier.weight.mul_(20.0)
     path.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,9 @@
 
 llmlingua 0.2.2 counts tokens with tiktoken's GPT-3.5 encoding, which it downloads; here
 (only inside this test) that counter is replaced by the built-in models' tokenizer, and we
-count with the same tokenizer. The classifier is a tiny random BERT with a WordPiece
-vocabulary trained on the test texts, saved in a directory whose name tells llmlingua to
-use its multilingual-BERT word rule.
+count with the same tokenizer. The classifiers are a tiny random BERT with a WordPiece vocabulary
+and a tiny random XLM-RoBERTa with a SentencePiece-style vocabulary, both trained on the
+test texts and saved in directories whose names tell llmlingua which word rule to use.
 """
 
 from __future__ import annotations
@@ -23,10 +23,15 @@ RATES = (0.33, 0.5, 0.7, 0.2)
 class _Encoding:
     """Stands in for tiktoken's encoding: encode() with the built-in models' tokenizer."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, strip_marker: bool = False):
         self.tokenizer = tokenizer
+        self.strip_marker = strip_marker
 
     def encode(self, text: str) -> list[int]:
+        if self.strip_marker:
+            # llmlingua weighs an XLM-R word with its "▁" marker still on (the marker's
+            # bytes then count as text); both sides here count the word's own text.
+            text = text.lstrip("▁")
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -37,15 +42,19 @@ def target():
     return TokenCounter.resolve(None)
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_bert_dir, target):
+def _reference(model_dir, target, strip_marker=False):
     from llmlingua import prompt_compressor
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(prompt_compressor.tiktoken, "encoding_for_model",
-                   lambda name: _Encoding(target.tokenizer))
-        yield prompt_compressor.PromptCompressor(
-            model_name=str(tiny_bert_dir), use_llmlingua2=True, device_map="cpu")
+                   lambda name: _Encoding(target.tokenizer, strip_marker))
+        return prompt_compressor.PromptCompressor(
+            model_name=str(model_dir), use_llmlingua2=True, device_map="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert_dir, target):
+    return _reference(tiny_bert_dir, target)
 
 
 def _reference_labels(result: dict) -> tuple[list[str], list[int]]:
@@ -131,3 +140,26 @@ def test_context_filter_equals_llmlingua(reference, tiny_bert_dir, target):
         assert ours.keep.astype(int).tolist() == ref_labels
         assert ours.contexts is not None
         assert len(res["compressed_prompt_list"]) == sum(ours.kept_segments)
+
+
+def test_xlm_roberta_word_rule_equals_llmlingua(tiny_xlmr_dir, target):
+    # SentencePiece pieces: a word starts at a "▁" piece or a punctuation piece. Han
+    # characters are left out: there we start a word at each one (llmlingua would make a
+    # whole unspaced Chinese sentence one word).
+    from tests.compression.helpers import generated_texts
+
+    from tokenwise.compression.token_classifier import TokenClassifierCompressor
+
+    reference = _reference(tiny_xlmr_dir, target, strip_marker=True)
+    comp = TokenClassifierCompressor(tiny_xlmr_dir)
+    assert comp._broadcast_mask
+    texts = [t for t in CONFORMANCE_TEXTS if not re.search("[\u3040-\u9fff]", t)]
+    texts += generated_texts(4, seed=3, cjk=False)
+    assert len(texts) >= 20
+    for i, text in enumerate(texts):
+        rate = RATES[i % len(RATES)]
+        ref_words, ref_labels = _reference_labels(
+            reference.compress_prompt(text, rate=rate, return_word_label=True))
+        ours = _ours(comp, target, text, rate=rate)
+        assert ours.words == ref_words
+        assert ours.keep.astype(int).tolist() == ref_labels, f"text {i}, rate={rate}"

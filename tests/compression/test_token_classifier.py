@@ -176,6 +176,24 @@ def test_bad_options(tiny_bert_dir, bad, match):
         TokenClassifierCompressor(tiny_bert_dir, **bad)
 
 
+@pytest.mark.parametrize("kind, attn", [("bert", "sdpa"), ("bert", "eager"), ("xlmr", "sdpa")])
+def test_broadcast_padding_mask_gives_the_2d_mask_outputs(tiny_bert_dir, tiny_xlmr_dir, kind,
+                                                          attn):
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    path = tiny_bert_dir if kind == "bert" else tiny_xlmr_dir
+    model = AutoModelForTokenClassification.from_pretrained(path, attn_implementation=attn)
+    comp = TokenClassifierCompressor(model, AutoTokenizer.from_pretrained(path), batch_size=8,
+                                     max_length=64)
+    assert comp._broadcast_mask
+    texts = generated_texts(3, seed=13, long_every=1)
+    fast = comp.score_words(texts)
+    comp._broadcast_mask = False  # transformers' own (B, 1, T, T) mask
+    slow = comp.score_words(texts)
+    np.testing.assert_allclose(fast.scores, slow.scores, atol=1e-6)
+    assert len(set(fast.groups.tolist())) > 8  # many padded batches were compared
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 def test_gpu_gives_the_cpu_scores(tiny_bert_dir):
     text = generated_texts(1, seed=12, long_every=1)[0]

@@ -37,6 +37,8 @@ from tokenwise.errors import ModelNotFoundError, TokenwiseError, UnsafeCheckpoin
 
 TOKEN_TO_WORD = ("mean", "first")
 _ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
+# Encoders whose transformers code takes a 4-D attention mask as given (checked in tests).
+_BROADCAST_MASK_TYPES = ("bert", "roberta", "xlm-roberta")
 
 
 class TokenClassifierCompressor(SelectiveCompressor):
@@ -117,6 +119,9 @@ class TokenClassifierCompressor(SelectiveCompressor):
         self.chunk_end_tokens = tuple(chunk_end_tokens)
         self.progress = progress
         self._vocab = _vocab_flags(self.tokenizer, self.chunk_end_tokens)
+        config = self.model.config
+        self._broadcast_mask = (getattr(config, "model_type", "") in _BROADCAST_MASK_TYPES and
+                                getattr(config, "_attn_implementation", "") in ("sdpa", "eager"))
         tok = self.tokenizer
         self._cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         self._sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
@@ -203,12 +208,28 @@ class TokenClassifierCompressor(SelectiveCompressor):
                 n_content = part[i][2] - part[i][1]
                 content[i, first:first + n_content] = True
             logits = self.model(input_ids=torch.from_numpy(ids).to(device),
-                                attention_mask=torch.from_numpy(mask).to(device)).logits
+                                attention_mask=self._attention_mask(mask, device)).logits
             p_keep = torch.softmax(logits.float(), dim=-1)[..., 1]  # (B, T)
             pieces.append(p_keep[torch.from_numpy(content).to(device)].cpu().numpy())
         if not pieces:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(pieces).astype(np.float32, copy=False)
+
+    def _attention_mask(self, mask: np.ndarray, device: torch.device) -> torch.Tensor | None:
+        """The padding mask in the cheapest form the model takes.
+
+        Given a 2-D mask, transformers builds a ``(B, 1, T, T)`` mask, which costs more than
+        the attention itself for a small encoder; a broadcast ``(B, 1, 1, T)`` additive mask
+        (or none when nothing is padded) gives the same outputs.
+        """
+        if not self._broadcast_mask:
+            return torch.from_numpy(mask).to(device)
+        if mask.all():
+            return None
+        keep = torch.from_numpy(mask).to(device).bool()[:, None, None, :]  # (B, 1, 1, T)
+        dtype = next(self.model.parameters()).dtype
+        additive = torch.zeros(keep.shape, dtype=dtype, device=device)
+        return additive.masked_fill_(~keep, torch.finfo(dtype).min)
 
     def _merge(self, texts: list[str], seg_ids: list[np.ndarray], seg_offsets: list[np.ndarray],
                chunks: list[tuple[int, int, int]], probs: np.ndarray) -> WordScores:
@@ -225,7 +246,8 @@ class TokenClassifierCompressor(SelectiveCompressor):
             pos += n
             begin = flags.begins_word[ids].copy()  # (n,)
             t_start, t_end = off[:, 0], off[:, 1]
-            empty = t_start >= t_end
+            # A bare space-marker piece ("▁") holds no text of its own, whatever its offsets.
+            empty = (t_start >= t_end) | flags.bare_marker[ids]
             if flags.by_offsets:
                 begin |= np.concatenate([[True], t_start[1:] > t_end[:-1]])
             # A Han character starts a word unless it follows a bare space-marker piece
@@ -303,10 +325,12 @@ def reference_chunks(n: int, is_end: np.ndarray, max_tokens: int) -> list[tuple[
 class _VocabFlags:
     """Per-vocabulary-id facts, computed once per tokenizer."""
 
-    def __init__(self, begins_word: np.ndarray, chunk_end: np.ndarray, by_offsets: bool):
+    def __init__(self, begins_word: np.ndarray, chunk_end: np.ndarray, by_offsets: bool,
+                 bare_marker: np.ndarray):
         self.begins_word = begins_word
         self.chunk_end = chunk_end
         self.by_offsets = by_offsets
+        self.bare_marker = bare_marker
 
 
 def _vocab_flags(tokenizer: Any, chunk_end_tokens: tuple[str, ...]) -> _VocabFlags:
@@ -327,7 +351,7 @@ def _vocab_flags_cached(tokenizer: Any, chunk_end_tokens: tuple[str, ...]) -> _V
     if model_kind == "WordPiece":
         prefix = getattr(backend.model, "continuing_subword_prefix", "##") or "##"
         begins = np.fromiter((not p.startswith(prefix) for p in pieces), dtype=bool, count=size)
-        return _VocabFlags(begins, chunk_end, by_offsets=False)
+        return _VocabFlags(begins, chunk_end, False, np.zeros(size, dtype=bool))
     marker = {"Metaspace": "▁", "ByteLevel": "Ġ"}.get(decoder_kind)
     if marker is None:
         sample = pieces[: min(size, 5000)]
@@ -335,12 +359,13 @@ def _vocab_flags_cached(tokenizer: Any, chunk_end_tokens: tuple[str, ...]) -> _V
             "Ġ" if sum(p.startswith("Ġ") for p in sample) > 50 else None)
     if marker is None:  # unknown scheme: a space before a piece starts a word
         begins = np.fromiter((p in punct for p in pieces), dtype=bool, count=size)
-        return _VocabFlags(begins, chunk_end, by_offsets=True)
+        return _VocabFlags(begins, chunk_end, True, np.zeros(size, dtype=bool))
     # The reference's rule: a piece with the space marker, or a punctuation piece. (Its test
     # is `piece in string.punctuation`, a substring test, kept for agreement.)
     begins = np.fromiter((p.startswith(marker) or p in punct for p in pieces), dtype=bool,
                          count=size)
-    return _VocabFlags(begins, chunk_end, by_offsets=False)
+    bare = np.fromiter((p == marker for p in pieces), dtype=bool, count=size)
+    return _VocabFlags(begins, chunk_end, False, bare)
 
 
 def _check_head(model: Any, what: str) -> None:
