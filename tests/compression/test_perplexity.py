@@ -211,3 +211,13 @@ def test_bad_budget_and_empty_text(lm):
         comp.compress(MEMO, target_tokens=-3)
     with pytest.raises(TokenwiseError, match="empty"):
         comp.compress("   ", rate=0.5)
+
+
+def test_question_words_forced_only_when_asked(lm):
+    r = PerplexityCompressor(lm, iterative_size=None).compress(
+        MEMO, rate=0.3, question=QUESTION, protect=False)
+    assert not r.forced.any()
+    r = PerplexityCompressor(lm, iterative_size=None, force_question_words=True).compress(
+        MEMO, rate=0.6, question=QUESTION, protect=False)
+    forced = {w for w, f in zip(r.words, r.forced, strict=True) if f}
+    assert forced == {"The", "code", "Brelix"}

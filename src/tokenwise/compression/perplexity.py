@@ -189,6 +189,9 @@ class PerplexityCompressor(SelectiveCompressor):
         iterative_size: tokens per re-scoring window (None: one pass over the whole text).
             At most half the model's context, so each window sees kept text before it.
         window, stride: the model's reading windows for long texts (see :func:`token_surprisal`).
+        force_question_words: also keep the question's words wherever they occur (the shared
+            pipeline's rule). Off by default: the contrastive score already uses the question,
+            and forcing "the", "code", ... in every line can take the whole budget.
         progress: show a progress bar over texts.
 
     Example:
@@ -204,7 +207,8 @@ class PerplexityCompressor(SelectiveCompressor):
     def __init__(self, model: Any = "tw-small", *, token_to_word: str = "mean",
                  question_mode: str = "contrastive", rank_documents: bool = True,
                  context_budget: float = 1.5, iterative_size: int | None = 200,
-                 window: int | None = None, stride: int | None = None, progress: bool = False):
+                 window: int | None = None, stride: int | None = None,
+                 force_question_words: bool = False, progress: bool = False):
         if token_to_word not in TOKEN_TO_WORD:
             raise TokenwiseError(f"token_to_word={token_to_word!r}: allowed {TOKEN_TO_WORD}")
         if question_mode not in QUESTION_MODES:
@@ -229,6 +233,7 @@ class PerplexityCompressor(SelectiveCompressor):
         self.iterative_size = (None if iterative_size is None
                                else min(iterative_size, self.lm.context_length // 2))
         self.progress = progress
+        self.force_question_words = force_question_words
         self._call: dict[str, Any] = {}
         self.last_document_order: list[int] | None = None
 
@@ -248,12 +253,16 @@ class PerplexityCompressor(SelectiveCompressor):
         The budget and the forcing options are also read by :meth:`score_words` (the
         document budget and each window's kept context depend on them).
         """
+        if question is not None and not isinstance(question, str):
+            raise TokenwiseError(f"question={question!r} must be a string")
         self._call = dict(rate=rate, target_tokens=target_tokens, threshold=threshold,
-                          force_tokens=force_tokens, keep_digits=keep_digits, protect=protect)
+                          force_tokens=force_tokens, keep_digits=keep_digits, protect=protect,
+                          question=question)
         try:
             return super().compress(
                 text_or_messages, rate=rate, target_tokens=target_tokens, threshold=threshold,
-                question=question, force_tokens=force_tokens, keep_digits=keep_digits,
+                question=question if self.force_question_words else None,
+                force_tokens=force_tokens, keep_digits=keep_digits,
                 protect=protect, target_model=target_model, roles=roles, percentile=percentile,
                 context_filter=context_filter, context_rate=context_rate)
         finally:
@@ -270,6 +279,8 @@ class PerplexityCompressor(SelectiveCompressor):
                 documents are ranked by how well each predicts the question.
         """
         t0 = time.perf_counter()
+        if question is None:
+            question = self._call.get("question")
         q_ids: list[int] = []
         if question and question.strip() and self.question_mode == "contrastive":
             q_ids = self.lm.encode(question.strip() + "\n")
@@ -315,7 +326,8 @@ class PerplexityCompressor(SelectiveCompressor):
             if self.iterative_size is None or not alive[j]:
                 scores = self._word_scores(ids, lo, hi, q_ids, prefix=[])
             else:
-                forced = self._forced_words(texts[j], w_starts, w_ends, question)
+                forced = self._forced_words(texts[j], w_starts, w_ends,
+                                            question if self.force_question_words else None)
                 scores = self._iterative(ids, lo, hi, q_ids, forced, keep_rate,
                                          call.get("threshold"))
             parts.append(scores)
