@@ -16,7 +16,7 @@ equal llmlingua's (``percentile="chunk"``) before timing.
 
 Run:
     .venv/bin/python benchmarks/compression_speed.py                 # every classifier
-    .venv/bin/python benchmarks/compression_speed.py --sizes tiny small --repeats 5
+    .venv/bin/python benchmarks/compression_speed.py --sizes tiny small --repeats 5 --threads 1
 """
 
 from __future__ import annotations
@@ -169,7 +169,11 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=WORDS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rate", type=float, default=0.33)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     text = make_text(args.words)
     print(f"text: {len(text.split())} words, rate {args.rate}, torch threads "
           f"{torch.get_num_threads()}, median of {args.repeats}\n")

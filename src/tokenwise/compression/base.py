@@ -12,8 +12,10 @@ the target model's tokenizer. A compressor that rewrites text instead subclasses
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -234,6 +236,27 @@ class SelectiveCompressor(Compressor):
 
     forced_score: ClassVar[float] = math.inf
     threshold_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)
+    #: True when :meth:`score_words` calls :meth:`read_ahead` itself, once its own
+    #: tokenizing is done (so the two tokenizers do not compete for the CPU).
+    defer_read_ahead: ClassVar[bool] = False
+
+    @property
+    def _local(self) -> threading.local:
+        # Per-thread state of the call in progress (compress may run in several threads).
+        local = self.__dict__.get("_thread_state")
+        if local is None:
+            local = self.__dict__.setdefault("_thread_state", threading.local())
+        return local
+
+    def read_ahead(self) -> None:
+        """Let the target tokenizer start reading the input in the background (idempotent).
+
+        Methods with ``defer_read_ahead = True`` call it from :meth:`score_words` just before
+        their model runs; it does nothing outside :meth:`compress`.
+        """
+        start = getattr(self._local, "start", None)
+        if start is not None:
+            start()
 
     @abstractmethod
     def score_words(self, texts: list[str], *, question: str | None = None) -> WordScores:
@@ -291,18 +314,31 @@ class SelectiveCompressor(Compressor):
             whole = prompt.source
         single = prompt.kind == "text" and not prompt.split
         in_context = budget.threshold is None and percentile != "chunk"
-        # The target tokenizer reads the input while the method scores it (tokenizers and
+        # The target tokenizer reads the input while the method's model runs (tokenizers and
         # torch both release the GIL): its count, and its token offsets for the budget.
         # (Not when the method reads with the very same tokenizer object: one Rust tokenizer
         # must not be borrowed from two threads.)
+        job = functools.partial(_read_ahead, counter, whole, texts, single and in_context)
         if getattr(self, "tokenizer", None) is counter.tokenizer:
             scored = self.score_words(texts, question=question)
-            whole_count, token_starts = _read_ahead(counter, whole, texts, single and in_context)
+            whole_count, token_starts = job()
         else:
             with ThreadPoolExecutor(max_workers=1) as pool:
-                ahead = pool.submit(_read_ahead, counter, whole, texts, single and in_context)
-                scored = self.score_words(texts, question=question)
-                whole_count, token_starts = ahead.result()
+                state = self._local
+
+                def start() -> None:
+                    if getattr(state, "future", None) is None:
+                        state.future = pool.submit(job)
+
+                state.start = start
+                if not self.defer_read_ahead:
+                    self.read_ahead()
+                try:
+                    scored = self.score_words(texts, question=question)
+                    self.read_ahead()
+                    whole_count, token_starts = state.future.result()
+                finally:
+                    state.__dict__.clear()
         t_post = time.perf_counter()
         starts, ends, seg = scored.starts, scored.ends, scored.segment
         word_list = [texts[g][a:b] for g, a, b in zip(seg.tolist(), starts.tolist(),

@@ -64,6 +64,7 @@ class TokenClassifierCompressor(SelectiveCompressor):
     name = "token_classifier"
     forced_score = 1.0
     threshold_range = (0.0, 1.0)
+    defer_read_ahead = True
 
     def __init__(
         self,
@@ -170,6 +171,7 @@ class TokenClassifierCompressor(SelectiveCompressor):
             chunks.extend((s, a, b) for a, b in reference_chunks(len(ids), is_end,
                                                                   self.max_length - 2))
         t1 = time.perf_counter()
+        self.read_ahead()  # the target tokenizer may use the CPU while the model runs
         probs = self._keep_probabilities(seg_ids, chunks)  # (N,) over all chunk tokens
         t2 = time.perf_counter()
         out = self._merge(texts, seg_ids, seg_offsets, chunks, probs)
