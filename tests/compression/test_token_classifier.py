@@ -200,3 +200,14 @@ def test_gpu_gives_the_cpu_scores(tiny_bert_dir):
     cpu = TokenClassifierCompressor(tiny_bert_dir).compress(text, rate=0.4)
     gpu = TokenClassifierCompressor(tiny_bert_dir, device="cuda").compress(text, rate=0.4)
     np.testing.assert_allclose(cpu.scores, gpu.scores, atol=1e-4)
+
+
+def test_concurrent_calls_give_the_sequential_results(tiny_compressor):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = generated_texts(6, seed=31, long_every=3)
+    alone = [tiny_compressor.compress(t, rate=0.4) for t in texts]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        together = list(pool.map(lambda t: tiny_compressor.compress(t, rate=0.4), texts))
+    for a, b in zip(alone, together, strict=True):
+        assert a.text == b.text and a.tokens_before == b.tokens_before
