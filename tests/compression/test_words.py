@@ -138,3 +138,9 @@ def test_strip_spans_and_cjk_tests():
                                                                                           [4]]
     assert words.is_cjk(words.code_points("中の한a")).tolist() == [True, True, False, False]
     assert words.is_han(words.code_points("中の")).tolist() == [True, False]
+
+
+def test_render_skips_words_without_text():
+    text = "a b"
+    starts, ends = np.array([0, 1, 2]), np.array([1, 1, 3])  # an empty word between
+    assert words.render(text, starts, ends, np.ones(3, dtype=bool)) == "a b"

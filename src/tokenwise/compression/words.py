@@ -231,7 +231,7 @@ def render(text: str, starts: np.ndarray, ends: np.ndarray, keep: np.ndarray,
         >>> render(t, s, e, np.array([1, 0, 1, 1, 0, 1, 0, 1, 0], dtype=bool))
         'Hello world.\\n北市'
     """
-    idx = np.flatnonzero(keep)
+    idx = np.flatnonzero(keep & (ends > starts))  # a word with no text adds nothing
     if len(idx) == 0:
         return ""
     if cps is None:
