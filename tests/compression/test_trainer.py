@@ -146,3 +146,23 @@ def test_cli_errors(tmp_path):
         read_jsonl(empty)
     with pytest.raises(TokenwiseError, match="multiple of heads"):
         ClassifierConfig(hidden_size=30, heads=4).check()
+
+
+def test_builtin_classifier_ships_small_and_loads():
+    from pathlib import Path
+
+    import tokenwise.compression as tc
+    from tokenwise.cli.compress_train import needle_examples
+    from tokenwise.compression.token_classifier import TokenClassifierCompressor
+
+    path = Path(tc.__file__).parent / "builtin" / "tw-keep"
+    info = json.loads((path / "training.json").read_text())
+    assert info["command"].startswith("tokenwise compress train ") and "--seed 0" in info["command"]
+    assert (path / "model.safetensors").stat().st_size < 2_000_000
+    comp = TokenClassifierCompressor(str(path))
+    text, _ = needle_examples(1, seed=11)[0]
+    r = comp.compress(text, threshold=0.5, protect=False)
+    # It learned the question line: the key's name and "code" there are kept, "What" is not.
+    q_words = [w for w, g in zip(r.words, r.keep, strict=True)][-8:]
+    kept_q = [w for w, k in zip(r.words[-8:], r.keep[-8:], strict=True) if k]
+    assert "code" in kept_q and q_words[-2] in kept_q and "What" not in kept_q

@@ -14,6 +14,18 @@ from tokenwise.errors import TokenwiseError
 LABEL_SOURCES = ("given", "surprisal", "needle")
 
 
+def _command_line() -> str | None:
+    """The options of this run as a `tokenwise compress train ...` line (for training.json)."""
+    argv = sys.argv
+    if argv[1:3] == ["compress", "train"]:
+        args = argv[3:]
+    elif argv and argv[0].endswith("compress_train.py"):  # python -m tokenwise.cli.compress_train
+        args = argv[1:]
+    else:
+        return None
+    return "tokenwise compress train " + " ".join(shlex.quote(a) for a in args)
+
+
 def needle_examples(n: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
     """Needle contexts labelled by the testbed's oracle.
 
@@ -124,8 +136,7 @@ def compress_train_command(out: str, data: str | None, label_source: str, lm: st
                                intermediate_size=2 * hidden_size, max_length=max_length,
                                steps=steps, batch_size=batch_size, lr=lr,
                                keep_weight=keep_weight, seed=seed)
-        command = "tokenwise compress train " + " ".join(shlex.quote(a) for a in sys.argv[3:]) \
-            if sys.argv[1:3] == ["compress", "train"] else None
+        command = _command_line()
         extra = {"labels": label_source, "data": data, "threads": torch.get_num_threads()}
         if label_source == "surprisal":
             extra.update(lm=lm, rate=rate)
@@ -136,3 +147,7 @@ def compress_train_command(out: str, data: str | None, label_source: str, lm: st
     click.echo(f"saved {out}: {info['parameters']:,} parameters, {info['examples']} examples, "
                f"final loss {info['final_loss']}, token accuracy {info['token_accuracy']:.3f}, "
                f"{info['train_seconds']} s")
+
+
+if __name__ == "__main__":  # python -m tokenwise.cli.compress_train (same options)
+    compress_train_command()
