@@ -211,3 +211,19 @@ def test_concurrent_calls_give_the_sequential_results(tiny_compressor):
         together = list(pool.map(lambda t: tiny_compressor.compress(t, rate=0.4), texts))
     for a, b in zip(alone, together, strict=True):
         assert a.text == b.text and a.tokens_before == b.tokens_before
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sampled_from(["council", "budget", " ", "\n", "北京", ".", "x2", "  ",
+                                 "coördinate", "\t", "(see", "42"]), max_size=80).map("".join),
+       st.integers(1, 40))
+def test_pieces_tokenize_as_the_whole_text(tiny_compressor, text, size):
+    assert tiny_compressor._split_safe
+    whole_ids, whole_off = tiny_compressor._encode([text])
+    tiny_compressor.piece_chars = size
+    try:
+        ids, off = tiny_compressor._encode([text])
+    finally:
+        tiny_compressor.piece_chars = TokenClassifierCompressor.piece_chars
+    assert ids[0].tolist() == whole_ids[0].tolist()
+    assert off[0].tolist() == whole_off[0].tolist()

@@ -21,7 +21,9 @@ default ``percentile="global"`` meets the rate on the target tokenizer.
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import string
 import time
 from functools import lru_cache
@@ -36,7 +38,12 @@ from tokenwise.compression.base import SelectiveCompressor, WordScores
 from tokenwise.errors import ModelNotFoundError, TokenwiseError, UnsafeCheckpointError
 
 TOKEN_TO_WORD = ("mean", "first")
+_SPACE_RE = re.compile(r"\s")
 _ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
+# Pre-tokenizers that split at every whitespace character, and normalizers that map each
+# character on its own: with both, a text cut at spaces tokenizes as the whole does.
+_SPACE_SPLITTERS = ("BertPreTokenizer", "Whitespace", "WhitespaceSplit")
+_LOCAL_NORMALIZERS = ("BertNormalizer", "Lowercase", "StripAccents", "NFD", "NFKD")
 # Encoders whose transformers code takes a 4-D attention mask as given (checked in tests).
 _BROADCAST_MASK_TYPES = ("bert", "roberta", "xlm-roberta")
 
@@ -65,6 +72,8 @@ class TokenClassifierCompressor(SelectiveCompressor):
     forced_score = 1.0
     threshold_range = (0.0, 1.0)
     defer_read_ahead = True
+    #: characters per piece when a long text is tokenized in parallel pieces.
+    piece_chars = 8192
 
     def __init__(
         self,
@@ -120,6 +129,12 @@ class TokenClassifierCompressor(SelectiveCompressor):
         self.chunk_end_tokens = tuple(chunk_end_tokens)
         self.progress = progress
         self._vocab = _vocab_flags(self.tokenizer, self.chunk_end_tokens)
+        backend = self.tokenizer.backend_tokenizer
+        self._split_safe = (
+            type(backend.model).__name__ == "WordPiece"
+            and type(backend.pre_tokenizer).__name__ in _SPACE_SPLITTERS
+            and (backend.normalizer is None
+                 or type(backend.normalizer).__name__ in _LOCAL_NORMALIZERS))
         config = self.model.config
         self._broadcast_mask = (getattr(config, "model_type", "") in _BROADCAST_MASK_TYPES and
                                 getattr(config, "_attn_implementation", "") in ("sdpa", "eager"))
@@ -158,13 +173,7 @@ class TokenClassifierCompressor(SelectiveCompressor):
             the words' spans and scores; ``groups`` numbers the model's chunks.
         """
         t0 = time.perf_counter()
-        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
-                             split_special_tokens=True, verbose=False)
-        seg_ids, seg_offsets = [], []
-        for e in enc.encodings:
-            seg_ids.append(np.asarray(e.ids, dtype=np.int64))
-            off = np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2)
-            seg_offsets.append(off)
+        seg_ids, seg_offsets = self._encode(texts)
         chunks = []  # (segment, start, stop) token ranges
         for s, ids in enumerate(seg_ids):
             is_end = self._vocab.chunk_end[ids]
@@ -178,6 +187,30 @@ class TokenClassifierCompressor(SelectiveCompressor):
         t3 = time.perf_counter()
         out.timings = {"tokenize": t1 - t0, "model": t2 - t1, "merge": t3 - t2}
         return out
+
+    def _encode(self, texts: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Token ids and ``(T, 2)`` character offsets of each text.
+
+        A long text is cut at spaces into pieces the Rust tokenizer encodes in parallel,
+        where that cannot change the tokens: a WordPiece tokenizer whose pre-tokenizer splits
+        at whitespace (tokens never cross a space) and whose normalizer works per character.
+        """
+        pieces, owners, bases = [], [], []
+        for i, text in enumerate(texts):
+            cuts = _space_cuts(text, self.piece_chars) if self._split_safe else [0, len(text)]
+            for a, b in itertools.pairwise(cuts):
+                pieces.append(text[a:b])
+                owners.append(i)
+                bases.append(a)
+        enc = self.tokenizer(pieces, add_special_tokens=False, return_offsets_mapping=True,
+                             split_special_tokens=True, verbose=False)
+        ids: list[list[np.ndarray]] = [[] for _ in texts]
+        offsets: list[list[np.ndarray]] = [[] for _ in texts]
+        for e, i, base in zip(enc.encodings, owners, bases, strict=True):
+            ids[i].append(np.asarray(e.ids, dtype=np.int64))
+            offsets[i].append(np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) + base)
+        return ([np.concatenate(x) if x else np.zeros(0, np.int64) for x in ids],
+                [np.concatenate(x) if x else np.zeros((0, 2), np.int64) for x in offsets])
 
     @torch.inference_mode()
     def _keep_probabilities(self, seg_ids: list[np.ndarray],
@@ -291,6 +324,20 @@ class TokenClassifierCompressor(SelectiveCompressor):
             segment=np.concatenate(all_seg), scores=np.concatenate(all_scores),
             groups=np.concatenate(groups),
         )
+
+
+def _space_cuts(text: str, size: int) -> list[int]:
+    """Cut points ``[0, ..., len(text)]``, each later cut at the first space after ``size``
+    more characters (no cut inside a run of non-space characters)."""
+    cuts, pos, n = [0], size, len(text)
+    while pos < n:
+        m = _SPACE_RE.search(text, pos)
+        if m is None:
+            break
+        cuts.append(m.start())
+        pos = m.start() + size
+    cuts.append(n)
+    return cuts
 
 
 def reference_chunks(n: int, is_end: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
