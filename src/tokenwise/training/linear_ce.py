@@ -228,7 +228,9 @@ def _default_blocks(n: int, v: int, cfg: _Config, fused: bool) -> tuple[int, int
     if fused:
         # whole rows of logits per token block; the vocabulary sub-block only sets the size of
         # the elementwise/GEMM pieces within it
-        bn = cfg.block_n or max(8, min(1024, _BLOCK_ELEMENTS // max(v, 1)))
+        # taller blocks amortise re-reading all of c per block (3 passes: logits, grad_e,
+        # grad_c); 32 MiB of fp32 rows is about 1/8 of the gradients at V=65536
+        bn = cfg.block_n or max(8, min(1024, 2 * _BLOCK_ELEMENTS // max(v, 1)))
         bv = cfg.block_v or 4096
     else:
         bv = cfg.block_v or 2048
@@ -639,7 +641,8 @@ def linear_cross_entropy(
             loss and ``return_lse=False``; the torch implementation only; backward then runs once).
             ``None`` chooses it when that applies, the classifier is fp32/fp64 and the Triton
             path is not in use.
-        block_n: tokens per block (``None``: about 16 MiB of fp32 logits per block).
+        block_n: tokens per block (``None``: about 16 MiB of fp32 logits per block; 32 MiB of
+            whole rows with ``grad_in_forward``).
         block_v: vocabulary entries per block (``None``: a default for the implementation).
         impl: ``"triton"`` (CUDA kernels), ``"torch"`` (block loops of torch ops, any device) or
             ``"auto"`` (Triton when every tensor is on CUDA, not fp64, and Triton imports).

@@ -1,0 +1,245 @@
+"""Memory and time of the fused linear cross-entropy against the plain loss and its peers.
+
+Claims checked (issue 8): on a CPU at N=4096 tokens, D=1024, V=65536 in fp32, the fused loss's
+forward+backward needs at most 1.2x the gradients' own size (grad_e + grad_c = 272 MiB) of memory
+beyond its inputs, and takes at most 0.85x the time of plain ``F.cross_entropy(e @ c.T, y)``.
+``cut-cross-entropy``'s ``impl="torch_compile"`` (its only CPU implementation) runs beside them.
+
+Each run is a fresh process (cases take turns, round by round): the inputs are allocated and
+every code path warmed up on a tiny problem first, then the peak resident set is reset
+(``/proc/self/clear_refs``) and the baseline RSS read; the peak RSS of one forward+backward
+minus that baseline is the memory figure (the largest over the rounds). Time is the median
+forward+backward over ``--repeats`` rounds.
+
+On a GPU (``--device cuda``; Gemma-2-like N=8192, D=2304, V=256000 in bf16 by default) the
+cases are ours (Triton), cut-cross-entropy's ``cce`` and Liger-Kernel's fused loss when
+installed, with memory from ``torch.cuda.max_memory_allocated``.
+
+Run:
+    .venv/bin/python benchmarks/linear_ce_memory.py
+    .venv/bin/python benchmarks/linear_ce_memory.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+MIB = 1024 * 1024
+CPU_CASES = ["plain", "ours", "ours_recompute", "cce_torch_compile"]
+CUDA_CASES = ["plain", "ours", "cce", "liger"]
+
+
+# --------------------------------------------------------------------------------------------
+# the losses
+# --------------------------------------------------------------------------------------------
+
+
+def loss_fn(case: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    if case == "plain":
+        return lambda e, c, t: F.cross_entropy((e @ c.T).float(), t)
+    if case in ("ours", "ours_recompute"):
+        from tokenwise.training import linear_cross_entropy
+
+        gif = False if case == "ours_recompute" else None
+        return lambda e, c, t: linear_cross_entropy(e, c, t, grad_in_forward=gif)
+    if case in ("cce_torch_compile", "cce"):
+        from cut_cross_entropy import linear_cross_entropy as cce_lce
+
+        impl = "torch_compile" if case == "cce_torch_compile" else "cce"
+        return lambda e, c, t: cce_lce(e, c, t, impl=impl)
+    if case == "liger":
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        module = LigerFusedLinearCrossEntropyLoss()
+        return lambda e, c, t: module(c, e, t)
+    raise ValueError(f"unknown case {case!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# one case, in its own process
+# --------------------------------------------------------------------------------------------
+
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    # "5" resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def _inputs(n: int, d: int, v: int, dtype: torch.dtype, device: str, seed: int = 0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    e = (torch.randn(n, d, generator=gen, device=device) / d**0.5).to(dtype).requires_grad_()
+    c = torch.randn(v, d, generator=gen, device=device).to(dtype).requires_grad_()
+    t = torch.randint(0, v, (n,), generator=gen, device=device)
+    return e, c, t
+
+
+def run_case(case: str, n: int, d: int, v: int, dtype: torch.dtype, device: str,
+             repeats: int) -> dict:
+    fn = loss_fn(case)
+    # warm-up: load kernels, compile, fill thread pools, on a problem too small to matter
+    we, wc, wt = _inputs(64, d, 512, dtype, device, seed=1)
+    for _ in range(2):
+        fn(we, wc, wt).backward()
+    del we, wc, wt
+    e, c, t = _inputs(n, d, v, dtype, device)
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        _reset_peak_rss()
+        base = _rss_bytes("VmRSS")
+    times, peak, loss_value = [], 0, float("nan")
+    for _ in range(repeats):
+        e.grad = c.grad = None
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = fn(e, c, t)
+        loss.backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        loss_value = loss.item()
+        del loss
+        peak = max(peak, torch.cuda.max_memory_allocated() if device == "cuda"
+                   else _rss_bytes("VmHWM"))
+    grad_bytes = e.grad.numel() * e.grad.element_size() + c.grad.numel() * c.grad.element_size()
+    return {"case": case, "peak_mib": (peak - base) / MIB, "time_s": statistics.median(times),
+            "times_s": times, "loss": loss_value, "grad_mib": grad_bytes / MIB}
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------------------------
+
+
+def _available(case: str, device: str) -> str | None:
+    """None if the case can run, else why not."""
+    try:
+        if case.startswith("cce"):
+            import cut_cross_entropy  # noqa: F401
+        if case == "liger":
+            import liger_kernel  # noqa: F401
+        if case == "ours" and device == "cuda":
+            from tokenwise.training import linear_ce_triton
+
+            if not linear_ce_triton.available():
+                return "triton is not importable"
+    except ImportError as err:
+        return f"not installed ({err.name})"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--n", type=int)
+    parser.add_argument("--d", type=int)
+    parser.add_argument("--v", type=int)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (one process per case each)")
+    parser.add_argument("--cases", nargs="+")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads in each case (default: torch's own choice)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    cuda = args.device == "cuda"
+    n = args.n or (8192 if cuda else 4096)
+    d = args.d or (2304 if cuda else 1024)
+    v = args.v or (256000 if cuda else 65536)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        result = run_case(args.child, n, d, v, dtype, args.device, args.repeats)
+        print("RESULT " + json.dumps(result))
+        return 0
+
+    if cuda and not torch.cuda.is_available():
+        print("skipped: --device cuda needs a CUDA device, and torch sees none")
+        return 0
+    cases = args.cases or (CUDA_CASES if cuda else CPU_CASES)
+    grad_mib = (n * d + v * d) * torch.finfo(dtype).bits / 8 / MIB
+    print(f"device={args.device} N={n} D={d} V={v} dtype={dtype} repeats={args.repeats} "
+          f"threads={torch.get_num_threads()}; gradients' own size {grad_mib:.0f} MiB")
+    runnable = []
+    for case in cases:
+        why = _available(case, args.device)
+        if why:
+            print(f"  {case}: skipped ({why})")
+        else:
+            runnable.append(case)
+    # round-robin: one fresh process per case per round, so load drifting on a shared machine
+    # hits every case alike
+    runs: dict[str, list[dict]] = {case: [] for case in runnable}
+    for round_no in range(args.repeats):
+        for case in runnable:
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", case, "--device",
+                   args.device, "--n", str(n), "--d", str(d), "--v", str(v), "--dtype",
+                   str(dtype).removeprefix("torch."), "--repeats", "1"]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                print(f"  {case}: failed ({' | '.join(tail)})")
+                continue
+            one = json.loads(lines[-1].removeprefix("RESULT "))
+            runs[case].append(one)
+            print(f"  round {round_no + 1} {case}: peak {one['peak_mib']:.0f} MiB, "
+                  f"{one['time_s']:.2f} s, loss {one['loss']:.5f}", flush=True)
+    results = []
+    for case, got in runs.items():
+        if got:
+            results.append({"case": case, "peak_mib": max(r["peak_mib"] for r in got),
+                            "time_s": statistics.median(r["time_s"] for r in got),
+                            "times_s": [r["time_s"] for r in got]})
+
+    by_case = {r["case"]: r for r in results}
+    plain = by_case.get("plain")
+    print()
+    print(f"| case | peak beyond inputs (MiB) | / gradients ({grad_mib:.0f} MiB) | "
+          "fwd+bwd median (s) | time / plain |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        ratio = f"{r['time_s'] / plain['time_s']:.2f}" if plain else "n/a"
+        print(f"| {r['case']} | {r['peak_mib']:.0f} | {r['peak_mib'] / grad_mib:.2f} | "
+              f"{r['time_s']:.2f} ({', '.join(f'{x:.2f}' for x in r['times_s'])}) | {ratio} |")
+    ours = by_case.get("ours")
+    if ours and plain:
+        mem_ok = ours["peak_mib"] <= 1.2 * grad_mib
+        time_ok = ours["time_s"] <= 0.85 * plain["time_s"]
+        print(f"\ntarget memory <= 1.2x gradients: {'met' if mem_ok else 'NOT met'} "
+              f"({ours['peak_mib'] / grad_mib:.2f}x); target time <= 0.85x plain: "
+              f"{'met' if time_ok else 'NOT met'} ({ours['time_s'] / plain['time_s']:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
