@@ -194,7 +194,7 @@ def encode_example(tok: Any, text: str, keep: np.ndarray,
         >>> rows = encode_example(tok, "a b", np.array([True, False]), 16)
         >>> rows[0][1]
         [-100, 1, 0, -100]
-        >>> encode_example(tok, "a \n b", np.array([True, False]), 16)[0][1]
+        >>> encode_example(tok, "a \\n b", np.array([True, False]), 16)[0][1]
         [-100, 1, 0, 0, 0, -100]
     """
     starts, ends = words.split_words(text)
