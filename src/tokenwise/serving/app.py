@@ -1,0 +1,132 @@
+"""`create_app`: the FastAPI application (API, playground page, guards, error shapes).
+
+Routes: ``GET /`` (the playground), ``/static/*`` (its assets), ``GET /health``,
+``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
+``POST /v1/completions``, ``GET /tokenwise/options`` (what the playground offers) and
+``GET /tokenwise/stats`` (batcher counters). The interactive API docs are off: they load
+scripts from a CDN, and this server serves nothing it does not ship.
+
+Example:
+    >>> from tokenwise.serving.config import ServerConfig
+    >>> app = create_app(ServerConfig(models=("tw-small",)))
+    >>> sorted(app.state.models)
+    ['tw-small']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+
+from tokenwise.models import LanguageModel
+from tokenwise.serving.batcher import Batcher
+from tokenwise.serving.config import ServerConfig, load_models
+from tokenwise.serving.errors import APIError
+from tokenwise.serving.planning import pick_model
+from tokenwise.serving.responses import model_card, models_list
+from tokenwise.serving.routes import CompletionService, register
+from tokenwise.serving.security import GuardMiddleware
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("tokenwise.serving")
+
+
+def options_listing(models: dict[str, LanguageModel]) -> dict[str, Any]:
+    """What a client may choose: models, samplers with their parameters, compression
+    methods, uncertainty estimators.
+
+    Example:
+        >>> "top_h" in [s["name"] for s in options_listing({})["samplers"]]
+        True
+    """
+    from tokenwise.compression import names as compression_names
+    from tokenwise.sampling import describe
+    from tokenwise.serving.uncertainty_score import available
+
+    return {"models": list(models), "samplers": describe(),
+            "compression": compression_names(), "uncertainty": available()}
+
+
+def create_app(config: ServerConfig | None = None,
+               models: dict[str, LanguageModel] | None = None) -> FastAPI:
+    """Build the app; models are loaded now (given, or from ``config.models``) and fixed.
+
+    Args:
+        config: the settings (default :class:`ServerConfig`).
+        models: already loaded models by id (skips loading).
+    """
+    config = config or ServerConfig()
+    models = dict(models) if models is not None else load_models(config.models, config.device)
+    batcher = Batcher(models, batching=config.batching, window_s=config.batch_window_ms / 1000,
+                      max_rows=config.max_batch_rows)
+    service = CompletionService(config, models, batcher)
+    started = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="tokenwise", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.state.config, app.state.models, app.state.batcher = config, models, batcher
+    app.add_middleware(GuardMiddleware, api_key=config.resolved_api_key(),
+                       max_body_bytes=config.max_request_bytes)
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = APIError(exc.status_code, str(exc.detail), code="not_found"
+                         if exc.status_code == 404 else None)
+        return JSONResponse(error.body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        error = APIError(500, f"internal error ({type(exc).__name__}); see the server log")
+        return JSONResponse(error.body(), status_code=500)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return models_list(models, started)
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        return model_card(model_id, pick_model(models, model_id), started)
+
+    @app.get("/tokenwise/options")
+    async def options() -> dict[str, Any]:
+        return options_listing(models)
+
+    @app.get("/tokenwise/stats")
+    async def stats() -> dict[str, Any]:
+        return {"batching": batcher.batching, **batcher.stats.as_dict()}
+
+    register(app, service)
+
+    @app.get("/")
+    async def playground() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

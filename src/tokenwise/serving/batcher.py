@@ -1,0 +1,209 @@
+"""`Batcher`: collect concurrent requests for a moment, decode compatible ones together.
+
+All model work runs on one engine thread, so the event loop stays free to accept
+connections and stream tokens while a batch decodes. When the thread is idle and a request
+arrives, the batcher waits ``window_s`` for company; while a batch decodes, new requests
+queue up and the next batch takes all compatible ones at once. Compatible means the same
+model and the same sampler spec, and a longest prompt plus longest ``max_tokens`` that fit
+the model's context; ``max_tokens``, stop strings, seeds and logprob settings may differ.
+Requests whose client left before their batch began are not decoded at all.
+
+Other model work (compression, uncertainty sampling, entropy-adaptive decoding) goes
+through :meth:`Batcher.call`, on the same thread, between batches.
+
+With ``batching=False`` every request is decoded alone, in arrival order: the baseline of
+the load benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenwise.models import LanguageModel
+from tokenwise.serving.engine import BatchStats, FinishEvent, Row, run_batch
+from tokenwise.serving.logprobs import TokenBytes
+from tokenwise.serving.sampler_spec import SamplerSpec
+
+log = logging.getLogger("tokenwise.serving")
+
+
+@dataclass
+class Job:
+    """One request's sequences (its ``n`` choices), decoded in the same batch.
+
+    Attributes:
+        model: the model id.
+        spec: the sampler spec.
+        rows: the sequences.
+        cancelled: set when the client leaves.
+    """
+
+    model: str
+    spec: SamplerSpec
+    rows: list[Row]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        for row in self.rows:
+            row.cancelled = self.cancelled.is_set
+
+
+@dataclass
+class _Call:
+    fn: Callable[[], Any]
+    future: asyncio.Future
+
+
+@dataclass
+class BatcherStats:
+    """Counters since start (read them for monitoring and the load benchmark)."""
+
+    requests: int = 0
+    batches: int = 0
+    rows: int = 0
+    tokens: int = 0
+    steps: int = 0
+    cancelled: int = 0
+    timed_out: int = 0
+    skipped: int = 0
+    largest_batch: int = 0
+    calls: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the mean batch size."""
+        out = dict(self.__dict__)
+        out["mean_batch_rows"] = self.rows / self.batches if self.batches else 0.0
+        return out
+
+
+class Batcher:
+    """The engine's front door: queues jobs and calls, runs them on one worker thread.
+
+    Args:
+        models: model id -> loaded model.
+        batching: group compatible jobs (False: one job per batch).
+        window_s: how long an idle batcher waits for company.
+        max_rows: most sequences per batch.
+    """
+
+    def __init__(self, models: dict[str, LanguageModel], *, batching: bool = True,
+                 window_s: float = 0.005, max_rows: int = 64) -> None:
+        self.models = models
+        self.batching = batching
+        self.window_s = window_s
+        self.max_rows = max_rows
+        self.stats = BatcherStats()
+        self.names = {k: TokenBytes(lm.tokenizer) for k, lm in models.items()}
+        self._queue: asyncio.Queue | None = None
+        self._pending: collections.deque = collections.deque()
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenwise-engine")
+
+    async def start(self) -> None:
+        """Start the scheduling task on the running event loop."""
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop scheduling and let the engine thread finish its batch."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; its rows' sinks get the events (on the engine thread)."""
+        assert self._queue is not None, "Batcher.start() was not awaited"
+        self.stats.requests += 1
+        self._queue.put_nowait(job)
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn()`` on the engine thread between batches and return its result."""
+        assert self._queue is not None, "Batcher.start() was not awaited"
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Call(fn, future))
+        return await future
+
+    def _fits(self, lm: LanguageModel, rows: list[Row]) -> bool:
+        longest = max(r.prompt_tokens for r in rows)
+        return longest + max(r.max_tokens for r in rows) - 1 <= lm.context_length
+
+    def _take_batch(self, first: Job) -> list[Job]:
+        jobs, rows = [first], list(first.rows)
+        if not self.batching:
+            return jobs
+        lm = self.models[first.model]
+        for other in list(self._pending):
+            if not isinstance(other, Job) or other.model != first.model \
+                    or other.spec != first.spec:
+                continue
+            if len(rows) + len(other.rows) > self.max_rows \
+                    or not self._fits(lm, rows + other.rows):
+                continue
+            self._pending.remove(other)
+            jobs.append(other)
+            rows += other.rows
+        return jobs
+
+    def _decode(self, jobs: list[Job]) -> BatchStats:
+        first = jobs[0]
+        rows = [r for j in jobs for r in j.rows]
+        return run_batch(self.models[first.model], first.spec, rows, self.names[first.model])
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._pending.append(await self._queue.get())
+                if self.batching and self.window_s > 0:
+                    await asyncio.sleep(self.window_s)
+            while not self._queue.empty():
+                self._pending.append(self._queue.get_nowait())
+            item = self._pending.popleft()
+            if isinstance(item, _Call):
+                await self._run_call(loop, item)
+                continue
+            jobs = [j for j in self._take_batch(item) if not self._skip_if_gone(j)]
+            if not jobs:
+                continue
+            try:
+                done = await loop.run_in_executor(self._executor, self._decode, jobs)
+            except Exception:  # the rows already got an "error" finish; keep serving
+                log.exception("a batch of %d request(s) failed", len(jobs))
+                continue
+            self.stats.batches += 1
+            self.stats.rows += done.rows
+            self.stats.tokens += done.tokens
+            self.stats.steps += done.steps
+            self.stats.cancelled += done.cancelled
+            self.stats.timed_out += done.timed_out
+            self.stats.largest_batch = max(self.stats.largest_batch, done.rows)
+
+    def _skip_if_gone(self, job: Job) -> bool:
+        if not job.cancelled.is_set():
+            return False
+        self.stats.skipped += 1
+        for row in job.rows:
+            row.sink(FinishEvent("cancelled", "", "", 0))
+        return True
+
+    async def _run_call(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
+        self.stats.calls += 1
+        try:
+            result = await loop.run_in_executor(self._executor, call.fn)
+        except Exception as exc:
+            if not call.future.done():
+                call.future.set_exception(exc)
+        else:
+            if not call.future.done():
+                call.future.set_result(result)

@@ -1,0 +1,83 @@
+"""Chat messages -> one prompt: the model's own chat template, or a documented fallback.
+
+The built-in models were trained on plain text and carry no chat template. For them (and
+any model without one) the fallback is the testbed's question-answer form, so a single
+question reaches a built-in model exactly as it saw questions in training::
+
+    {system or developer content}\\n        (each such message, in order)
+    Q: {user content}\\n
+    A: {assistant content}\\n
+    A:                                    (the model writes from here)
+
+A reply ends at the first line break (the fallback adds the stop string ``"\\n"``), because
+in this form a turn is one line. Line breaks inside a message are kept as they are.
+
+Example:
+    >>> render_fallback([{"role": "user", "content": "What is 2+3?"}])
+    'Q: What is 2+3?\\nA:'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: the stop strings the fallback format adds.
+FALLBACK_STOPS = ("\n",)
+_PREFIX = {"user": "Q: ", "assistant": "A: "}
+
+
+@dataclass
+class ChatPrompt:
+    """A rendered chat prompt.
+
+    Attributes:
+        text: the prompt text.
+        format: ``"template"`` (the model's chat template) or ``"qa-fallback"``.
+        stops: stop strings the format needs (added to the request's own).
+    """
+
+    text: str
+    format: str
+    stops: list[str] = field(default_factory=list)
+
+
+def render_fallback(messages: list[dict[str, str]]) -> str:
+    """The fallback prompt for ``messages`` (see the module docstring).
+
+    Args:
+        messages: ``[{"role": ..., "content": ...}]`` with roles system, developer, user,
+            assistant.
+
+    Example:
+        >>> render_fallback([{"role": "system", "content": "Be brief."},
+        ...                  {"role": "user", "content": "7+2="},
+        ...                  {"role": "assistant", "content": "9"},
+        ...                  {"role": "user", "content": "8+1="}])
+        'Be brief.\\nQ: 7+2=\\nA: 9\\nQ: 8+1=\\nA:'
+    """
+    lines = [_PREFIX.get(m["role"], "") + m["content"] for m in messages]
+    return "\n".join([*lines, "A:"])
+
+
+def render(tokenizer: Any, messages: list[dict[str, str]]) -> ChatPrompt:
+    """Render ``messages`` with the tokenizer's chat template if it has one, else the fallback.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        messages: role/content dicts.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> p = render(load("tw-small").tokenizer, [{"role": "user", "content": "hi"}])
+        >>> p.format, p.stops
+        ('qa-fallback', ['\\n'])
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return ChatPrompt(render_fallback(messages), "qa-fallback", list(FALLBACK_STOPS))
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos):
+        text = text[len(bos):]  # the engine adds BOS itself; a second one would confuse the model
+    return ChatPrompt(text, "template", [])

@@ -1,0 +1,82 @@
+"""Errors in OpenAI's JSON shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+OpenAI clients read this shape to raise their typed exceptions (``BadRequestError`` on 400,
+``AuthenticationError`` on 401, ...), so every failure the server reports uses it.
+
+Example:
+    >>> APIError(400, "bad", param="top_k").body()["error"]["param"]
+    'top_k'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
+          404: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
+          429: "rate_limit_error", 499: "cancelled", 500: "server_error",
+          503: "server_error", 504: "timeout_error"}
+
+
+class APIError(Exception):
+    """An error the server answers with, as an HTTP status and an OpenAI error body.
+
+    Args:
+        status: the HTTP status.
+        message: what went wrong and what is allowed.
+        param: the request field at fault, dotted (``tokenwise.sampler.0.alpha``).
+        code: a short machine-readable code (``unknown_field``, ``invalid_api_key``, ...).
+    """
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {"error": {"message": self.message,
+                          "type": _TYPES.get(self.status, "invalid_request_error"),
+                          "param": self.param, "code": self.code}}
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    # pydantic adds the union member's name to the location ("str", "list[...]"); drop it.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in
+                                                                   ("str", "float", "int")))]
+    return ".".join(parts)
+
+
+def from_validation(error: ValidationError) -> APIError:
+    """A 400 for a request that failed schema validation: unknown fields first, all named.
+
+    Example:
+        >>> from tokenwise.serving.schemas import CompletionRequest
+        >>> try:
+        ...     CompletionRequest.model_validate_json('{"model": "m", "prompt": "x", "foo": 1}')
+        ... except ValidationError as exc:
+        ...     print(from_validation(exc).message)
+        Unrecognized request argument supplied: foo
+    """
+    errors = error.errors(include_url=False)
+    unknown = [_dotted(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:
+        return APIError(400, "Unrecognized request argument supplied: " + ", ".join(unknown),
+                        param=unknown[0], code="unknown_field")
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return APIError(400, f"The request body is not valid JSON: {first['msg']}",
+                        code="invalid_json")
+    where = _dotted(first["loc"])
+    if first["type"] == "missing":
+        return APIError(400, f"Missing required parameter: {where}", param=where,
+                        code="missing_required_parameter")
+    got = first.get("input")
+    shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    return APIError(400, f"Invalid value for {where or 'the body'}: {first['msg']} "
+                         f"(got {shown})", param=where or None, code="invalid_value")

@@ -1,0 +1,158 @@
+"""Per-token log-probabilities in OpenAI's two wire formats, each token with its entropy.
+
+Chat (``choices[i].logprobs.content``): one object per token,
+``{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}], "entropy"}``.
+Completions (``choices[i].logprobs``): parallel lists ``tokens``, ``token_logprobs``,
+``top_logprobs`` (one ``{token: logprob}`` dict per token), ``text_offset``, and
+``token_entropies``. ``entropy`` is the entropy in nats of the model's own next-token
+distribution at that step (before any sampler), the same number as
+:attr:`tokenwise.generation.TokenRecord.entropy`.
+
+``bytes`` are the token's exact bytes: a byte-level BPE token may hold part of a UTF-8
+character, whose text alone shows as U+FFFD.
+
+Example:
+    >>> tok = WireToken(id=5, text="hi", bytes=[104, 105], logprob=-0.5, entropy=1.2)
+    >>> chat_entry(tok)["entropy"]
+    1.2
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One of the most likely tokens at a step."""
+
+    text: str
+    bytes: list[int]
+    logprob: float
+
+
+@dataclass(frozen=True)
+class WireToken:
+    """A generated token as the wire formats need it.
+
+    Attributes:
+        id: token id.
+        text: decoded text of the token alone.
+        bytes: its exact bytes.
+        logprob: its log-probability under the model (nats).
+        entropy: entropy of the model's distribution at this step (nats).
+        top: the most likely tokens at this step, best first (empty when not asked for).
+        model: the model that wrote it (entropy-adaptive decoding uses two).
+    """
+
+    id: int
+    text: str
+    bytes: list[int]
+    logprob: float
+    entropy: float
+    top: list[Alternative] = field(default_factory=list)
+    model: str = ""
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    # GPT-2's printable stand-ins for the 256 byte values (byte-level BPE vocabularies).
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    codes, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(keep, codes, strict=True)}
+
+
+class TokenBytes:
+    """Text and exact bytes of single tokens of one tokenizer (cached per id).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> tb = TokenBytes(load("tw-small").tokenizer)
+        >>> ids = load("tw-small").encode("é")
+        >>> b"".join(bytes(tb.bytes(i)) for i in ids).decode()
+        'é'
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        decoder = getattr(backend, "decoder", None)
+        self.byte_level = type(decoder).__name__ == "ByteLevel"
+        self._cache: dict[int, tuple[str, list[int]]] = {}
+
+    def _get(self, token_id: int) -> tuple[str, list[int]]:
+        if token_id not in self._cache:
+            text = self.tokenizer.decode([token_id])
+            raw = None
+            if self.byte_level:
+                piece = self.tokenizer.convert_ids_to_tokens(token_id)
+                table = _byte_decoder()
+                if isinstance(piece, str) and all(ch in table for ch in piece):
+                    raw = [table[ch] for ch in piece]
+            self._cache[token_id] = (text, raw if raw is not None else list(text.encode()))
+        return self._cache[token_id]
+
+    def text(self, token_id: int) -> str:
+        """The token's text on its own."""
+        return self._get(token_id)[0]
+
+    def bytes(self, token_id: int) -> list[int]:
+        """The token's exact bytes."""
+        return self._get(token_id)[1]
+
+
+def chat_entry(tok: WireToken) -> dict[str, Any]:
+    """One token of ``logprobs.content`` in a chat response.
+
+    Example:
+        >>> t = WireToken(1, "a", [97], -0.1, 0.3, [Alternative("a", [97], -0.1)])
+        >>> chat_entry(t)["top_logprobs"]
+        [{'token': 'a', 'logprob': -0.1, 'bytes': [97]}]
+    """
+    return {"token": tok.text, "logprob": tok.logprob, "bytes": tok.bytes,
+            "top_logprobs": [{"token": a.text, "logprob": a.logprob, "bytes": a.bytes}
+                             for a in tok.top],
+            "entropy": tok.entropy}
+
+
+def chat_logprobs(tokens: list[WireToken]) -> dict[str, Any]:
+    """``choices[i].logprobs`` of a chat response."""
+    return {"content": [chat_entry(t) for t in tokens], "refusal": None}
+
+
+def completion_logprobs(tokens: list[WireToken], start_offset: int = 0) -> dict[str, Any]:
+    """``choices[i].logprobs`` of a completions response (offsets count characters of the
+    generated text from ``start_offset``).
+
+    Where two alternatives decode to the same text the dict keeps the likelier one (OpenAI's
+    format keys alternatives by text).
+
+    Example:
+        >>> t = WireToken(1, "ab", [97, 98], -0.2, 0.5, [Alternative("ab", [97, 98], -0.2)])
+        >>> completion_logprobs([t, t])["text_offset"]
+        [0, 2]
+    """
+    offsets, pos = [], start_offset
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t.text)
+    tops = []
+    for t in tokens:
+        best: dict[str, float] = {}
+        for a in t.top:
+            best.setdefault(a.text, a.logprob)
+        tops.append(best)
+    return {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": tops, "text_offset": offsets,
+            "token_entropies": [t.entropy for t in tokens]}

@@ -1,0 +1,204 @@
+"""From a validated request to a :class:`Plan`: the prompts, limits, sampler, seeds and
+extras, every check done before a token is generated (so a bad request is a 400, also when
+it asks for a stream).
+
+Example:
+    >>> from tokenwise.serving.schemas import CompletionRequest
+    >>> req = CompletionRequest(model="tw-small", prompt="7+2=", max_tokens=2000)
+    >>> check_max_tokens(req.max_tokens, 512)
+    Traceback (most recent call last):
+    ...
+    tokenwise.serving.errors.APIError: max_tokens=2000 is over this server's limit of 512
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenwise.models import LanguageModel
+from tokenwise.serving import uncertainty_score
+from tokenwise.serving.chat_format import render
+from tokenwise.serving.config import ServerConfig
+from tokenwise.serving.errors import APIError
+from tokenwise.serving.sampler_spec import SamplerSpec, sampler_spec
+from tokenwise.serving.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EADOptions,
+    UncertaintyOptions,
+)
+
+
+@dataclass
+class Plan:
+    """Everything a request will do.
+
+    Attributes:
+        kind: ``"chat"`` or ``"completion"``.
+        model: the model id; ``lm`` the model.
+        prompts: the prompt texts (chat: one; completions: one per prompt).
+        prompt_tokens: their lengths in tokens, BOS included.
+        n: choices per prompt (choice ``p * n + j`` is prompt p's j-th).
+        max_tokens: most tokens per choice.
+        stops: stop strings (the request's, plus any the chat format needs).
+        spec: the sampler.
+        seeds: one per choice (None for greedy decoding).
+        logprobs: report per-token logprobs.
+        top_logprobs: alternatives per token.
+        stream, include_usage: streaming settings.
+        ead: entropy-adaptive decoding options (with ``large`` the second model).
+        uncertainty: uncertainty options.
+        info: the ``tokenwise`` response object so far (settings applied, compression).
+    """
+
+    kind: str
+    model: str
+    lm: LanguageModel
+    prompts: list[str]
+    prompt_tokens: list[int]
+    n: int
+    max_tokens: int
+    stops: list[str]
+    spec: SamplerSpec
+    seeds: list[int | None]
+    logprobs: bool
+    top_logprobs: int
+    stream: bool
+    include_usage: bool
+    ead: EADOptions | None = None
+    large: LanguageModel | None = None
+    uncertainty: UncertaintyOptions | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def choices(self) -> int:
+        """How many choices the response has."""
+        return len(self.prompts) * self.n
+
+
+def check_max_tokens(value: int | None, limit: int) -> None:
+    """Raise a 400 when ``max_tokens`` is over the server's limit."""
+    if value is not None and value > limit:
+        raise APIError(400, f"max_tokens={value} is over this server's limit of {limit}",
+                       param="max_tokens", code="max_tokens_too_large")
+
+
+def pick_model(models: dict[str, LanguageModel], name: str, param: str = "model"
+               ) -> LanguageModel:
+    """The served model ``name`` (404 naming the served ones otherwise)."""
+    if name not in models:
+        raise APIError(404, f"The model {name!r} does not exist on this server; served: "
+                            f"{', '.join(models)}", param=param, code="model_not_found")
+    return models[name]
+
+
+def chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
+    """The messages as role/content dicts."""
+    return [{"role": m.role, "content": m.text()} for m in req.messages]
+
+
+def _max_tokens(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConfig) -> int:
+    given = req.max_tokens
+    if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
+        if given is not None and given != req.max_completion_tokens:
+            raise APIError(400, f"max_tokens={given} and max_completion_tokens="
+                                f"{req.max_completion_tokens} disagree; give one",
+                           param="max_completion_tokens", code="conflicting_fields")
+        given = req.max_completion_tokens
+    check_max_tokens(given, cfg.max_tokens_limit)
+    return cfg.default_max_tokens if given is None else given
+
+
+def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConfig,
+                 models: dict[str, LanguageModel], compressed: Any = None,
+                 check_context: bool = True) -> Plan:
+    """Check a request against the server's models and limits and plan it.
+
+    Args:
+        req: the validated request.
+        cfg: the server's settings.
+        models: the served models.
+        compressed: ``(prompt, stats)`` from :mod:`~tokenwise.serving.prompt_compression`
+            when the request asked for compression (it replaces the prompt).
+        check_context: check that prompt and ``max_tokens`` fit the context (off for the
+            check before compression, which may shorten the prompt).
+    """
+    kind = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
+    lm = pick_model(models, req.model)
+    max_tokens = _max_tokens(req, cfg)
+    if req.n > cfg.max_n:
+        raise APIError(400, f"n={req.n}: this server allows at most {cfg.max_n} choices",
+                       param="n")
+    stops = req.stops()
+    if any(not s for s in stops):
+        raise APIError(400, "stop strings must not be empty", param="stop")
+    spec = sampler_spec(req)
+    opts = req.tokenwise
+    info: dict[str, Any] = {"model": req.model, "sampler": spec.describe()}
+    prompt_input: Any = compressed[0] if compressed is not None else None
+    if kind == "chat":
+        messages = prompt_input if prompt_input is not None else chat_messages(req)
+        rendered = render(lm.tokenizer, messages)
+        prompts = [rendered.text]
+        stops = stops + [s for s in rendered.stops if s not in stops]
+        info["chat_format"] = rendered.format
+        logprobs = req.logprobs
+        top = req.top_logprobs or 0
+        if top and not logprobs:
+            raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
+    else:
+        raw = req.prompt
+        prompts = [prompt_input] if prompt_input is not None else (
+            [raw] if isinstance(raw, str) else list(raw))
+        logprobs = req.logprobs is not None
+        top = req.logprobs or 0
+    for i, p in enumerate(prompts):
+        if not p.strip():
+            raise APIError(400, f"prompt {i} is empty", param="prompt")
+    prompt_tokens = [len(lm.encode(p, add_bos=True)) for p in prompts]
+    longest = max(prompt_tokens)
+    if check_context and longest + max_tokens - 1 > lm.context_length:
+        raise APIError(400, f"This model's maximum context length is {lm.context_length} "
+                            f"tokens; the prompt has {longest} and max_tokens={max_tokens} "
+                            "would pass it. Shorten the prompt or lower max_tokens.",
+                       param="max_tokens" if longest < lm.context_length else "messages",
+                       code="context_length_exceeded")
+    choices = len(prompts) * req.n
+    if spec.greedy:
+        seeds: list[int | None] = [None] * choices
+    elif req.seed is not None:
+        seeds = [req.seed + c for c in range(choices)]
+    else:  # drawn here, reported in the response, so any answer can be reproduced
+        seeds = [secrets.randbelow(2**62) for _ in range(choices)]
+    info.update({"seeds": seeds, "stop": stops, "max_tokens": max_tokens,
+                 "prompt": prompts[0] if len(prompts) == 1 else prompts,
+                 "compression": compressed[1] if compressed is not None else None,
+                 "uncertainty": None, "ead": None, "large_share": None})
+    large = None
+    if opts is not None and opts.ead is not None:
+        large = pick_model(models, opts.ead.large, "tokenwise.ead.large")
+        if opts.ead.large == req.model:
+            raise APIError(400, "tokenwise.ead.large names the request's own model; EAD "
+                                "switches to a different (larger) one",
+                           param="tokenwise.ead.large")
+        if top:
+            raise APIError(400, "top alternatives are not reported with tokenwise.ead; ask "
+                                "for logprobs without them", param="top_logprobs")
+    if opts is not None and opts.uncertainty is not None:
+        uncertainty_score.check(opts.uncertainty, cfg.max_uncertainty_n)
+        if len(prompts) > 1:
+            raise APIError(400, "tokenwise.uncertainty scores one prompt; send the prompts "
+                                "one per request", param="tokenwise.uncertainty")
+    stream_opts = req.stream_options
+    if stream_opts is not None and not req.stream:
+        raise APIError(400, "stream_options is only allowed with stream=true",
+                       param="stream_options")
+    return Plan(kind=kind, model=req.model, lm=lm, prompts=prompts,
+                prompt_tokens=prompt_tokens, n=req.n, max_tokens=max_tokens, stops=stops,
+                spec=spec, seeds=seeds, logprobs=logprobs, top_logprobs=top,
+                stream=req.stream,
+                include_usage=bool(stream_opts is not None and stream_opts.include_usage),
+                ead=opts.ead if opts is not None else None, large=large,
+                uncertainty=opts.uncertainty if opts is not None else None, info=info)

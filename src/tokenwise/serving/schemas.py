@@ -1,0 +1,166 @@
+"""Wire schemas of the requests: OpenAI's fields, the vLLM/llama.cpp sampling extras, and the
+one namespaced ``tokenwise`` object.
+
+Every model forbids unknown fields, so a misspelt option is a 400 that names it instead of
+a silent default, and validation is strict (``"0.5"`` is not a number, ``true`` is not 1).
+Fields OpenAI defines but this server cannot honour (tools, logit bias, penalties, ...) are
+absent on purpose: they are rejected like any unknown field, never ignored.
+
+Example:
+    >>> req = ChatCompletionRequest.model_validate_json(
+    ...     '{"model": "tw-small", "messages": [{"role": "user", "content": "hi"}]}')
+    >>> req.messages[0].text()
+    'hi'
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+#: numbers with a sane range; the engine checks them again with its own messages.
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+class WireModel(BaseModel):
+    """Base of every request object: unknown fields rejected, no type coercion."""
+
+    model_config = _STRICT
+
+
+class TextPart(WireModel):
+    """One text part of a message's content list (images and audio are not supported)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(WireModel):
+    """One chat message."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        """The content as one string (text parts joined without a separator, as OpenAI does)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(WireModel):
+    """``stream_options``: a last chunk with the token usage when ``include_usage``."""
+
+    include_usage: bool = False
+
+
+class SamplerStep(BaseModel):
+    """One step of ``tokenwise.sampler``: ``{"name": "top_h", "alpha": 0.4}``.
+
+    The parameters sit beside the name and are checked by the sampler itself, whose
+    error names any parameter it does not take.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str
+
+    def params(self) -> dict[str, float | int | bool | str]:
+        """The step's parameters (everything but ``name``)."""
+        return dict(self.model_extra or {})
+
+
+class EADOptions(WireModel):
+    """Entropy-adaptive decoding: the request's model writes, ``large`` takes over where the
+    rolling entropy (bits) rises above ``up``."""
+
+    large: str
+    up: Annotated[float, Field(gt=0.0)] = 1.0
+    down: NonNegative | None = None
+    window: Annotated[int, Field(ge=1)] = 5
+    min_run: Annotated[int, Field(ge=1)] = 1
+
+
+class CompressOptions(WireModel):
+    """Prompt compression before generation (see :func:`tokenwise.compression.compress`).
+
+    The method's model is fixed when the server starts (``--compress-model``); nothing
+    in a request names a file.
+    """
+
+    method: str
+    rate: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    target_tokens: Annotated[int, Field(ge=1)] | None = None
+    threshold: float | None = None
+    question: str | None = None
+    force_tokens: list[str] = []
+    keep_digits: bool = False
+    protect: bool = True
+    percentile: Literal["global", "chunk"] = "global"
+    context_filter: bool = False
+    context_rate: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+
+
+class UncertaintyOptions(WireModel):
+    """Score how sure the model is of its answer: sample ``n`` answers to the same prompt at
+    ``temperature`` and apply the estimator ``method`` (higher = less certain)."""
+
+    method: str = "semantic_entropy"
+    n: Annotated[int, Field(ge=2)] = 5
+    temperature: Annotated[float, Field(gt=0.0)] = 1.0
+
+
+class TokenwiseOptions(WireModel):
+    """The namespaced extras."""
+
+    sampler: list[SamplerStep] | None = None
+    ead: EADOptions | None = None
+    compress: CompressOptions | None = None
+    uncertainty: UncertaintyOptions | None = None
+
+
+class SamplingFields(WireModel):
+    """Sampling fields shared by both endpoints (OpenAI's, then vLLM/llama.cpp's)."""
+
+    model: str
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    n: Annotated[int, Field(ge=1)] = 1
+    seed: Annotated[int, Field(ge=0)] | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Probability | None = None
+    top_k: int | None = None
+    min_p: Probability | None = None
+    typical_p: Probability | None = None
+    top_h: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    user: str | None = None
+    tokenwise: TokenwiseOptions | None = None
+
+    def stops(self) -> list[str]:
+        """The stop strings as a list."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """``POST /v1/chat/completions``."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+
+class CompletionRequest(SamplingFields):
+    """``POST /v1/completions`` (the legacy endpoint): ``logprobs`` is the number of top
+    alternatives per token (0 = the chosen token's logprob only)."""
+
+    prompt: str | Annotated[list[str], Field(min_length=1)]
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    echo: Literal[False] = False
