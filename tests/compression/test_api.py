@@ -9,8 +9,13 @@ from tokenwise.errors import TokenwiseError
 
 
 def test_registry():
-    assert names() == ["token_classifier"]
-    assert compressor_class("llmlingua-2") is compressor_class("token_classifier")
+    from tokenwise.compression.registry import ALIASES
+
+    assert "token_classifier" in names()
+    for name in names():
+        assert compressor_class(name).name == name
+    for alias, name in ALIASES.items():
+        assert compressor_class(alias) is compressor_class(name)
     with pytest.raises(TokenwiseError, match=r"unknown compression method 'zip'.*token_classifier"):
         compressor_class("zip")
 
@@ -33,3 +38,9 @@ def test_compress_errors(tiny_bert_dir):
         compress("some text", rate=0, model="/nonexistent")  # checked before loading
     with pytest.raises(TokenwiseError, match="method=3"):
         compress("some text", method=3, rate=0.5)
+
+
+def test_a_method_keeps_its_own_default_model():
+    res = compress("The code of Brelix is 382. The code of Tavoun is 917.", method="perplexity",
+                   rate=0.6)
+    assert res.method == "perplexity"

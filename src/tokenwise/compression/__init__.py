@@ -2,13 +2,14 @@
 
 ``compress(text_or_messages, method=..., rate=... | target_tokens=... | threshold=...)``
 returns a :class:`CompressionResult`. Methods are registered by name in
-:mod:`tokenwise.compression.registry`; ``token_classifier`` is LLMLingua-2 over any local
-token-classification model.
+:mod:`tokenwise.compression.registry`: ``token_classifier`` (LLMLingua-2 over any local
+token-classification model), ``perplexity`` (LLMLingua / LongLLMLingua), ``selective_context``,
+``extractive`` (RECOMP) and ``generative`` (SCOPE).
 
 Example:
     >>> from tokenwise.compression import names
-    >>> names()
-    ['token_classifier']
+    >>> "token_classifier" in names()
+    True
 """
 
 from tokenwise.compression.api import compress, get

@@ -50,7 +50,8 @@ def get(method: str = "token_classifier", model: Any = None, **options: Any) -> 
     if key is not None and key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    comp = cls(model=model, **options)
+    # A method's own default model stands unless one is given.
+    comp = cls(**options) if model is None else cls(model=model, **options)
     if key is not None:
         _CACHE[key] = comp
         while len(_CACHE) > _CACHE_SIZE:

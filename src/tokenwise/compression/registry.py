@@ -10,12 +10,20 @@ from tokenwise.errors import TokenwiseError
 #: name -> "module:Class". A new method is one file and one line here.
 METHODS: dict[str, str] = {
     "token_classifier": "tokenwise.compression.token_classifier:TokenClassifierCompressor",
+    "perplexity": "tokenwise.compression.perplexity:PerplexityCompressor",
+    "selective_context": "tokenwise.compression.selective_context:SelectiveContextCompressor",
+    "extractive": "tokenwise.compression.extractive:ExtractiveCompressor",
+    "generative": "tokenwise.compression.generative:GenerativeCompressor",
 }
 
 #: other spellings users type.
 ALIASES: dict[str, str] = {
     "llmlingua2": "token_classifier",
     "llmlingua-2": "token_classifier",
+    "llmlingua": "perplexity",
+    "longllmlingua": "perplexity",
+    "recomp": "extractive",
+    "scope": "generative",
 }
 
 
