@@ -33,7 +33,8 @@ def _method_names() -> list[str]:
               help="Whose tokenizer counts tokens: a built-in name or a local directory "
                    "(default: the built-in models' tokenizer).")
 @click.option("--question", "-q", default=None,
-              help="A question the compressed prompt must answer (its words are kept).")
+              help="A question the compressed prompt must answer (token_classifier keeps "
+                   "its words; other methods also score by it).")
 @click.option("--percentile", type=click.Choice(["global", "chunk"]), default="global",
               show_default=True,
               help="global: one cut over the whole text that meets the budget; chunk: "
