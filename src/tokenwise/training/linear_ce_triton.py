@@ -104,10 +104,10 @@ if triton is not None:
         pid_s = tl.program_id(1)
         offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
         b_mask = offs_b < M
-        if HAS_ROWS:  # noqa: SIM108 - a constexpr branch, compiled away
-            rows = tl.load(Rows + offs_b, mask=b_mask, other=0)
+        if HAS_ROWS:
+            rows = tl.load(Rows + offs_b, mask=b_mask, other=0).to(tl.int64)
         else:
-            rows = offs_b
+            rows = offs_b.to(tl.int64)  # row * stride can pass 2**31 on long batches
         tgt = tl.load(Tgt + offs_b, mask=b_mask, other=-1)
         run_max = tl.full((BLOCK_B,), float("-inf"), dtype=tl.float32)
         run_sum = tl.zeros((BLOCK_B,), dtype=tl.float32)
@@ -115,7 +115,7 @@ if triton is not None:
         v_start = pid_s * chunk_v
         v_stop = tl.minimum(v_start + chunk_v, V)
         for v0 in range(v_start, v_stop, BLOCK_V):
-            offs_v = v0 + tl.arange(0, BLOCK_V)
+            offs_v = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
             v_mask = offs_v < v_stop
             z = _logits_tile(E, C, Bias, rows, offs_v, b_mask, v_mask, D, stride_e0, stride_e1,
                              stride_c0, stride_c1, softcap, BLOCK_B, BLOCK_V, BLOCK_D, HAS_BIAS,
@@ -153,11 +153,11 @@ if triton is not None:
         pid_v = tl.program_id(1)
         offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
         b_mask = offs_b < M
-        if HAS_ROWS:  # noqa: SIM108 - a constexpr branch, compiled away
-            rows = tl.load(Rows + offs_b, mask=b_mask, other=0)
+        if HAS_ROWS:
+            rows = tl.load(Rows + offs_b, mask=b_mask, other=0).to(tl.int64)
         else:
-            rows = offs_b
-        offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+            rows = offs_b.to(tl.int64)  # row * stride can pass 2**31 on long batches
+        offs_v = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
         v_mask = offs_v < V
         z = _logits_tile(E, C, Bias, rows, offs_v, b_mask, v_mask, D, stride_e0, stride_e1,
                          stride_c0, stride_c1, softcap, BLOCK_B, BLOCK_V, BLOCK_D, HAS_BIAS,
