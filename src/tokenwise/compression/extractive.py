@@ -33,9 +33,11 @@ from tokenwise.compression.base import (
 )
 from tokenwise.compression.counting import TokenCounter
 from tokenwise.compression.result import CompressionResult
-from tokenwise.compression.selective_context import sentence_units
+from tokenwise.compression.selective_context import FUNCTION_WORDS, sentence_units
 from tokenwise.errors import TokenwiseError
 
+#: added to a content word's score, so a partly kept sentence keeps its content words first.
+_CONTENT_BONUS = 1e-4
 #: score of a sentence outside ``top_k``: below every cosine, so never kept before one inside.
 _OUTSIDE = -2.0
 
@@ -247,6 +249,9 @@ class ExtractiveCompressor(SelectiveCompressor):
     def score_words(self, texts: list[str], *, question: str | None = None) -> WordScores:
         """Each word scores its sentence's cosine to the question (or to the text's centroid).
 
+        Content words get ``1e-4`` more than the function words and punctuation of their
+        sentence, so a sentence cut by the budget keeps its names and numbers first.
+
         Sentences past ``top_k`` (over all texts) score below -1. ``groups`` numbers the
         sentences.
         """
@@ -279,7 +284,14 @@ class ExtractiveCompressor(SelectiveCompressor):
             all_starts.append(starts)
             all_ends.append(ends)
             all_seg.append(np.full(len(starts), j, dtype=np.int64))
-            all_scores.append(sent_scores[s_index + unit])
+            # Inside a sentence the budget cuts through, content words (names, numbers) go
+            # before function words and punctuation: a tie-break far below any cosine gap
+            # that matters.
+            lower = [text[a:b].lower() for a, b in zip(starts.tolist(), ends.tolist(),
+                                                       strict=True)]
+            content = np.fromiter((w[:1].isalnum() and w not in FUNCTION_WORDS for w in lower),
+                                  dtype=bool, count=len(lower))
+            all_scores.append(sent_scores[s_index + unit] + _CONTENT_BONUS * content)
             all_groups.append(s_index + unit)
             s_index += len(sp)
         if not all_starts:
