@@ -92,6 +92,7 @@ def test_auto_picks_triton_on_cuda(monkeypatch):
     assert calls
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(RUNS_HERE, reason="the kernels run directly in this process")
 def test_kernels_interpreted():
     """No GPU: run this file's kernel tests on CPU under Triton's interpreter."""
