@@ -117,6 +117,6 @@ def sampler_spec(req: SamplingFields) -> SamplerSpec:
     temperature = 1.0 if req.temperature is None else req.temperature
     if temperature == 0.0 and not steps:
         return SamplerSpec()  # plain greedy: the engine's argmax path
-    if temperature != 1.0:
+    if temperature != 1.0 or not steps:  # T = 1 alone still samples (an empty spec is greedy)
         steps.append(_step("temperature", {"temperature": temperature}, "temperature"))
     return SamplerSpec(tuple(steps))
