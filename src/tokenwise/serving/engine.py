@@ -96,10 +96,11 @@ class _LogitsTap(LanguageModel):
 
     def __init__(self, lm: LanguageModel) -> None:  # shares everything, copies nothing
         self.__dict__.update(lm.__dict__)
+        self.inner = lm
         self.last: torch.Tensor | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        out = super().forward(*args, **kwargs)
+        out = self.inner.forward(*args, **kwargs)  # the model's own forward, even a subclass's
         self.last = out.logits[:, -1]  # (B, V)
         return out
 

@@ -1,0 +1,76 @@
+"""run_batch: per-row limits, stops and seeds inside one batch equal each row decoded alone."""
+
+from __future__ import annotations
+
+import torch
+
+import tokenwise as tw
+from tokenwise.sampling import Chain, Temperature, TopK
+from tokenwise.serving.engine import FinishEvent, Row, TokenEvent, run_batch
+from tokenwise.serving.sampler_spec import SamplerSpec
+
+SPEC = SamplerSpec((("top_k", (("top_k", 8),)), ("temperature", (("temperature", 0.9),))))
+
+
+def collect(rows_args):
+    events = [[] for _ in rows_args]
+    rows = [Row(sink=events[i].append, **args) for i, args in enumerate(rows_args)]
+    return rows, events
+
+
+def test_rows_in_a_batch_equal_their_solo_generations(small):
+    args = [dict(prompt="markov: ka", max_tokens=12, seed=1),
+            dict(prompt="7+2=", max_tokens=3, seed=2, stops=["\n"]),
+            dict(prompt="Q: Where was Tavoun born?\nA:", max_tokens=20, seed=3,
+                 stops=["\n"], top_logprobs=4)]
+    rows, events = collect(args)
+    stats = run_batch(small, SPEC, rows)
+    for a, ev in zip(args, events, strict=True):
+        ref = tw.generate(small, a["prompt"], Chain([TopK(8), Temperature(0.9)]), seed=a["seed"],
+                          max_new_tokens=a["max_tokens"], stop=a.get("stops"))
+        tokens = [e for e in ev if isinstance(e, TokenEvent)]
+        finish = ev[-1]
+        assert isinstance(finish, FinishEvent) and finish.text == ref.text
+        assert "".join(t.delta for t in tokens) + finish.delta == ref.text
+        assert [t.token.id for t in tokens] == [r.id for r in ref.tokens]
+        expected = "stop" if ref.finish_reason in ("stop", "eos") else "length"
+        assert finish.reason == expected
+    assert stats.tokens == sum(len([e for e in ev if isinstance(e, TokenEvent)])
+                               for ev in events)
+
+
+def test_top_alternatives_are_the_models_own_distribution(small):
+    rows, events = collect([dict(prompt="markov: ka", max_tokens=3, top_logprobs=5)])
+    run_batch(small, SamplerSpec(), rows)
+    first = events[0][0].token
+    with torch.no_grad():
+        logits = small.hf_model(torch.tensor([small.encode("markov: ka", add_bos=True)]))
+    logp = logits.logits[0, -1].double().log_softmax(-1)
+    values, ids = logp.topk(5)
+    assert [a.text for a in first.top] == [small.decode([i]) for i in ids.tolist()]
+    assert max(abs(a.logprob - v) for a, v in zip(first.top, values.tolist(), strict=True)) < 1e-4
+
+
+def test_a_cancelled_row_stops_and_the_batch_ends_when_all_have(small):
+    flag = {"gone": False}
+    rows, events = collect([dict(prompt="markov: ka", max_tokens=40)])
+    rows[0].cancelled = lambda: flag["gone"]
+
+    def sink(event, inner=rows[0].sink):
+        inner(event)
+        if isinstance(event, TokenEvent) and len(events[0]) == 3:
+            flag["gone"] = True
+
+    rows[0].sink = sink
+    stats = run_batch(small, SamplerSpec(), rows)
+    assert events[0][-1].reason == "cancelled"
+    assert stats.cancelled == 1 and stats.steps <= 5
+
+
+def test_eos_ends_a_row_as_stop(small):
+    # tw-small ends a fact answer with EOS or a newline; without stops, EOS must show as stop
+    rows, events = collect([dict(prompt="Q: Where was Tavoun born?\nA:", max_tokens=60)])
+    run_batch(small, SamplerSpec(), rows)
+    ref = tw.generate(small, "Q: Where was Tavoun born?\nA:", max_new_tokens=60)
+    want = "stop" if ref.finish_reason == "eos" else "length"
+    assert events[0][-1].reason == want and events[0][-1].text == ref.text
