@@ -9,17 +9,17 @@ import pytest
 from click.testing import CliRunner
 from tests.compression.helpers import generated_texts
 
-from tokenwise.cli.compress import compress_command
+from tokenwise.cli.compress import compress_command, compress_group
 from tokenwise.cli.main import _Group
 from tokenwise.compression import compress
 
 TEXT = generated_texts(1, seed=21, long_every=1)[0]
 
 
-@pytest.fixture(scope="module")
-def cli():
+@pytest.fixture(scope="module", params=["command", "group"])
+def cli(request):
     group = _Group(name="tokenwise")  # the real group's error handling
-    group.add_command(compress_command)
+    group.add_command(compress_command if request.param == "command" else compress_group)
     return group
 
 
@@ -105,3 +105,20 @@ def test_input_errors(cli, tmp_path, tiny_bert_dir):
     res = _run(cli, [str(tmp_path / "nope.txt"), "--rate", "0.5", "--model", "x"])
     assert res.exit_code != 0 and "does not exist" in res.output
     assert isinstance(compress_command, click.Command)
+
+
+def test_group_routes_train_and_files(tmp_path, tiny_bert_dir):
+    group = _Group(name="tokenwise")
+    group.add_command(compress_group)
+    runner = CliRunner()
+    assert "Usage: tokenwise compress train" in runner.invoke(
+        group, ["compress", "train", "--help"]).output
+    helped = runner.invoke(group, ["compress", "--help"])
+    assert helped.exit_code == 0 and "--target-tokens" in helped.output and "train" in helped.output
+    # Options may come before the file.
+    path = tmp_path / "p.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    res = runner.invoke(group, ["compress", "--rate", "0.4", "--model", str(tiny_bert_dir),
+                                str(path)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == compress(TEXT, rate=0.4, model=tiny_bert_dir).text + "\n"

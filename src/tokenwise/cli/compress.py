@@ -146,3 +146,45 @@ def _show(result) -> None:
         style = "" if kept is None else ("bold bright_white" if kept else "dim")
         line.append(piece, style=style)
     console.print(line)
+
+
+class _CompressGroup(click.Group):
+    """``tokenwise compress FILE ...`` compresses; ``tokenwise compress SUBCOMMAND ...`` (e.g.
+    ``train``) runs that sub-command. A file that shares a sub-command's name is reached as
+    ``./NAME``."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
+        if args and args[0] in self.commands:
+            return super().resolve_command(ctx, args)
+        return "compress", compress_command, args
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "FILE|- [OPTIONS] | train [OPTIONS]")
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help_text(ctx, formatter)
+        sub = click.Context(compress_command, info_name=ctx.info_name, parent=ctx.parent)
+        rows = [r for p in compress_command.get_params(sub)
+                if isinstance(p, click.Option) and (r := p.get_help_record(sub)) is not None]
+        with formatter.section("Options of `compress FILE|-`"):
+            formatter.write_dl(rows)
+
+
+def _compress_group() -> click.Group:
+    group = _CompressGroup(
+        "compress", no_args_is_help=True,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                          "help_option_names": ["-h", "--help"]},
+        help="Compress a prompt to a token budget (FILE or - for standard input), or train a "
+             "token classifier for it (`compress train`).",
+    )
+    try:
+        from tokenwise.cli.compress_train import compress_train_command
+    except ImportError:  # the trainer is optional
+        return group
+    group.add_command(compress_train_command, "train")
+    return group
+
+
+#: What the `tokenwise` group registers: `compress FILE|- ...` and `compress train ...`.
+compress_group = _compress_group()
