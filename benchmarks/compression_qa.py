@@ -1,0 +1,205 @@
+"""QA retention of every compression method on the needle world.
+
+For each method and rate (0.2, 0.33, 0.5) on fresh needle items (1, 3, 7 and 15 distractors):
+(a) survival: does the needle's answer (its code) survive, as a word, in the compressed
+context; (b) reader accuracy: the large built-in model (tw-large) answering greedily from the
+compressed context, against the same model on the uncompressed prompt.
+
+Every method compresses the memo followed by its question line (``"Q: ..."``). The question
+is passed as ``question=`` to the methods that read it (perplexity's contrastive score,
+extractive, generative; none of them forces the question's words). The question line is a
+force token, so it survives whole, and the budget is
+``target_tokens = round(rate * memo tokens) + question-line tokens`` on tw-large's tokenizer.
+Protection of structured spans is off (``protect=False``): it keeps every number, and the
+codes are numbers, which would make survival trivial. A method that cannot meet a budget
+(forced words alone over it) counts as a failure, and the failures are reported.
+
+A random word-dropping baseline (same budget rule) shows what chance gives.
+
+Run:
+    .venv/bin/python benchmarks/compression_qa.py [--per-count 25] [--png docs/compression_qa.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tokenwise.compression import TokenCounter, words
+from tokenwise.compression.base import SelectiveCompressor, WordScores
+from tokenwise.models import load
+from tokenwise.testbed.evaluate import greedy_complete
+from tokenwise.testbed.needle import DISTRACTOR_COUNTS, NeedleWorld
+
+RATES = (0.2, 0.33, 0.5)
+#: methods that read the question (without forcing its words into every line).
+USES_QUESTION = ("perplexity", "extractive", "generative")
+BUILTIN_CLASSIFIER = (Path(__file__).resolve().parents[1] / "src" / "tokenwise" / "compression"
+                      / "builtin" / "tw-keep")
+
+
+class RandomCompressor(SelectiveCompressor):
+    """Baseline: every word gets a seeded uniform random score."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def score_words(self, texts, *, question=None):
+        starts, ends, seg = [], [], []
+        for j, t in enumerate(texts):
+            s, e = words.split_words(t)
+            starts.append(s)
+            ends.append(e)
+            seg.append(np.full(len(s), j, dtype=np.int64))
+        n = sum(len(s) for s in starts)
+        return WordScores(np.concatenate(starts), np.concatenate(ends), np.concatenate(seg),
+                          self.rng.random(n).astype(np.float32))
+
+
+def build(name: str, classifier: Path):
+    if name == "random":
+        return RandomCompressor(0)
+    if name == "token_classifier":
+        from tokenwise.compression.token_classifier import TokenClassifierCompressor
+
+        return TokenClassifierCompressor(str(classifier))
+    if name == "perplexity":
+        from tokenwise.compression.perplexity import PerplexityCompressor
+
+        return PerplexityCompressor("tw-small")
+    if name == "selective_context":
+        from tokenwise.compression.selective_context import SelectiveContextCompressor
+
+        return SelectiveContextCompressor("tw-small", unit="phrase")
+    if name == "extractive":
+        from tokenwise.compression.extractive import ExtractiveCompressor
+
+        return ExtractiveCompressor()
+    if name == "generative":
+        from tokenwise.compression.generative import GenerativeCompressor
+
+        return GenerativeCompressor("tw-small")
+    raise ValueError(name)
+
+
+def survived(answer: str, context: str) -> bool:
+    return re.search(rf"(?<!\d){answer}(?!\d)", context) is not None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--per-count", type=int, default=25, help="items per distractor count")
+    parser.add_argument("--methods", default="random,token_classifier,perplexity,"
+                        "selective_context,extractive,generative")
+    parser.add_argument("--classifier", default=str(BUILTIN_CLASSIFIER))
+    parser.add_argument("--png", default="docs/compression_qa.png")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    reader = load("tw-large")
+    counter = TokenCounter.resolve(reader)
+    items = NeedleWorld(0).eval_items(seed=7, per_count=args.per_count)
+    base_answers = greedy_complete(reader, [it.prompt for it in items], max_new_tokens=5,
+                                   batch_size=32)
+    base_acc = float(np.mean([a == it.answer for a, it in zip(base_answers, items,
+                                                              strict=True)]))
+    results: dict[str, dict] = {}
+    for name in args.methods.split(","):
+        comp = build(name, Path(args.classifier))
+        results[name] = {}
+        for rate in RATES:
+            t0 = time.perf_counter()
+            rows = []
+            for it in items:
+                q_line = f"Q: {it.question}"
+                text = f"{it.context}{q_line}\n"
+                target = round(rate * counter.count(it.context)) + counter.count(q_line)
+                try:
+                    r = comp.compress(text, target_tokens=target,
+                                      question=it.question if name in USES_QUESTION else None,
+                                      force_tokens=[q_line], protect=False,
+                                      target_model=counter)
+                    out = r.text
+                    ctx = out[:out.rfind("Q:")] if "Q:" in out else out
+                    # Budget spent on the memo: all output tokens but the question line's
+                    # (the built-in classifier's word merge can keep only part of that line).
+                    memo_rate = ((r.tokens_after - counter.count(q_line))
+                                 / counter.count(it.context))
+                    rows.append((survived(it.answer, ctx), ctx.rstrip() + f"\n{q_line}\nA:",
+                                 memo_rate, True))
+                except Exception as exc:  # a budget the method cannot meet counts as lost
+                    rows.append((False, None, float("nan"), False))
+                    last_error = str(exc)[:120]
+            prompts = [p for _, p, _, ok in rows if ok]
+            answers = iter(greedy_complete(reader, prompts, max_new_tokens=5, batch_size=32)
+                           if prompts else [])
+            correct = [ok and next(answers) == it.answer
+                       for (_, _, _, ok), it in zip(rows, items, strict=True)]
+            by_count = {}
+            for n in DISTRACTOR_COUNTS:
+                sel = [i for i, it in enumerate(items) if it.n_distractors == n]
+                by_count[str(n)] = float(np.mean([rows[i][0] for i in sel]))
+            failed = sum(not ok for *_, ok in rows)
+            results[name][str(rate)] = {
+                "survival": float(np.mean([s for s, *_ in rows])),
+                "survival_by_distractors": by_count,
+                "reader_accuracy": float(np.mean(correct)),
+                "achieved_rate": float(np.nanmean([x for _, _, x, _ in rows]))
+                if failed < len(rows) else float("nan"),
+                "budget_failures": failed,
+                "seconds_per_item": (time.perf_counter() - t0) / len(items),
+            }
+            if failed:
+                results[name][str(rate)]["last_error"] = last_error
+            print(name, rate, json.dumps(results[name][str(rate)]), flush=True)
+
+    print(f"\nitems: {len(items)} ({args.per_count} per distractor count "
+          f"{DISTRACTOR_COUNTS}); reader tw-large uncompressed accuracy {100 * base_acc:.1f}%\n")
+    print("| method | rate | answer survives | by distractors 1/3/7/15 | achieved rate | "
+          "tw-large accuracy | budget failures |")
+    print("|---|---|---|---|---|---|---|")
+    for name, per in results.items():
+        for rate, r in per.items():
+            bc = "/".join(f"{100 * v:.0f}" for v in r["survival_by_distractors"].values())
+            print(f"| {name} | {rate} | {100 * r['survival']:.1f}% | {bc} | "
+                  f"{r['achieved_rate']:.3f} | {100 * r['reader_accuracy']:.1f}% | "
+                  f"{r['budget_failures']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"uncompressed_accuracy": base_acc,
+                                               "results": results}, indent=1) + "\n")
+    if args.png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for name, per in results.items():
+            kept = [per[str(r)]["achieved_rate"] for r in RATES]
+            label = name
+            if any(abs(k - r) > 0.05 for k, r in zip(kept, RATES, strict=True)):
+                label += f" (kept {min(kept):.2f}-{max(kept):.2f}: over budget)"
+            ax.plot(RATES, [100 * per[str(r)]["survival"] for r in RATES], marker="o",
+                    label=label, linestyle="--" if name == "random" else "-")
+        ax.set_xlabel("rate (share of memo tokens kept)")
+        ax.set_ylabel("needle answer survives (%)")
+        ax.set_xticks(RATES)
+        ax.set_ylim(0, 102)
+        ax.set_title(f"Needle survival under compression ({len(items)} items)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.png, dpi=120)
+        print(f"\nwrote {args.png}")
+
+
+if __name__ == "__main__":
+    main()
