@@ -27,13 +27,26 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from tokenwise.cli import demo, generate, models, samplers, score, testbed
+    from tokenwise.cli import (
+        compress,
+        demo,
+        generate,
+        models,
+        samplers,
+        score,
+        testbed,
+        train,
+        uncertainty,
+    )
 
     cli.add_command(score.score_command)
     cli.add_command(models.models_command)
     cli.add_command(samplers.samplers_command)
     cli.add_command(generate.generate_command)
     cli.add_command(testbed.testbed_group)
+    cli.add_command(uncertainty.uncertainty_group)
+    cli.add_command(compress.compress_group)
+    cli.add_command(train.train_command)
     cli.add_command(demo.demo_command)
 
 

@@ -1,4 +1,10 @@
-"""Training-side tools: memory-light losses and token selection.
+"""Training-side tools: memory-light losses, token selection, test-time adaptation.
+
+``linear_cross_entropy`` is the fused linear cross-entropy (no ``[N, V]`` logits);
+``patch(model)`` makes an HF causal LM use it (or EMO) for ``model(ids, labels=...)``;
+``vocab_parallel_linear_cross_entropy`` shards the classifier over ranks; ``select_tokens``
+is ssToken; ``EntropyMinimization``/``tent`` adapt a classifier at test time; ``train`` is
+the loop behind ``tokenwise train``.
 
 Example:
     >>> import torch
@@ -8,11 +14,43 @@ Example:
     1.6094
 """
 
+from tokenwise.training.distributed import ddp_num_items, vocab_parallel_linear_cross_entropy
+from tokenwise.training.emo import emo_distance, emo_loss, frozen_embedding
 from tokenwise.training.linear_ce import linear_cross_entropy, resolve_filter_eps
-
-# --- other training modules: the lead adds their imports here -------------------------------
+from tokenwise.training.patch import (
+    KNOWN_MODEL_CLASSES,
+    LOSSES,
+    LossSpec,
+    patch,
+    patched_loss,
+    register_loss,
+    unpatch,
+)
+from tokenwise.training.sstoken import select_tokens, sstoken_mask, token_losses
+from tokenwise.training.trainer import TrainConfig, train
+from tokenwise.training.tta import EntropyMinimization, norm_parameters, tent
 
 __all__ = [
+    "KNOWN_MODEL_CLASSES",
+    "LOSSES",
+    "EntropyMinimization",
+    "LossSpec",
+    "TrainConfig",
+    "ddp_num_items",
+    "emo_distance",
+    "emo_loss",
+    "frozen_embedding",
     "linear_cross_entropy",
+    "norm_parameters",
+    "patch",
+    "patched_loss",
+    "register_loss",
     "resolve_filter_eps",
+    "select_tokens",
+    "sstoken_mask",
+    "tent",
+    "token_losses",
+    "train",
+    "unpatch",
+    "vocab_parallel_linear_cross_entropy",
 ]
