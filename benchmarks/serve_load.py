@@ -141,6 +141,7 @@ def measure(batching: bool, plan: list, max_tokens: int, threads: int,
             "requests_per_s": len(lat) / result["wall"], "tokens_per_s": tokens / result["wall"],
             "completion_tokens": tokens,
             "mean_batch_rows": server_stats["mean_batch_rows"],
+            "engine_busy_s": server_stats["engine_busy_s"],
             "largest_batch": server_stats["largest_batch"]}
 
 
@@ -162,7 +163,8 @@ def main() -> None:
               f"answered, {r['n_errors']} errors, {r['mismatched']} differ from solo | "
               f"p50 {1000 * r['p50_s']:.0f} ms, p99 {1000 * r['p99_s']:.0f} ms | "
               f"{r['requests_per_s']:.1f} req/s, {r['tokens_per_s']:.0f} tok/s | "
-              f"mean batch {r['mean_batch_rows']:.1f} rows (largest {r['largest_batch']})")
+              f"mean batch {r['mean_batch_rows']:.1f} rows (largest {r['largest_batch']}), "
+              f"engine busy {r['engine_busy_s']:.1f} s of {r['wall_s']:.1f} s")
     on, off = results["on"], results["off"]
     results["ratio"] = {"throughput_on_over_off": on["requests_per_s"] / off["requests_per_s"],
                         "p50_off_over_on": off["p50_s"] / on["p50_s"],

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class BatcherStats:
     skipped: int = 0
     largest_batch: int = 0
     calls: int = 0
+    engine_busy_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, with the mean batch size."""
@@ -176,11 +178,14 @@ class Batcher:
             jobs = [j for j in self._take_batch(item) if not self._skip_if_gone(j)]
             if not jobs:
                 continue
+            start = time.perf_counter()
             try:
                 done = await loop.run_in_executor(self._executor, self._decode, jobs)
             except Exception:  # the rows already got an "error" finish; keep serving
                 log.exception("a batch of %d request(s) failed", len(jobs))
                 continue
+            finally:
+                self.stats.engine_busy_s += time.perf_counter() - start
             self.stats.batches += 1
             self.stats.rows += done.rows
             self.stats.tokens += done.tokens
@@ -199,6 +204,7 @@ class Batcher:
 
     async def _run_call(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
         self.stats.calls += 1
+        start = time.perf_counter()
         try:
             result = await loop.run_in_executor(self._executor, call.fn)
         except Exception as exc:
@@ -207,3 +213,5 @@ class Batcher:
         else:
             if not call.future.done():
                 call.future.set_result(result)
+        finally:
+            self.stats.engine_busy_s += time.perf_counter() - start

@@ -11,6 +11,7 @@ answered with 504.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -125,13 +126,13 @@ class CompletionService:
                                                                 "flops", "forward_passes")}
                                             for i in infos]}
             return
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        inbox = _Inbox(asyncio.get_running_loop(), wake_on_tokens=plan.stream)
         rows = [Row(prompt=plan.prompts[c // plan.n], max_tokens=plan.max_tokens,
                     prompt_tokens=plan.prompt_tokens[c // plan.n], stops=plan.stops,
                     seed=plan.seeds[c], top_logprobs=plan.top_logprobs, deadline=deadline,
-                    sink=lambda ev, c=c: loop.call_soon_threadsafe(queue.put_nowait, (c, ev)))
+                    sink=lambda ev, c=c: inbox.put((c, ev)))
                 for c in range(plan.choices)]
+        queue = inbox.queue
         job = Job(plan.model, plan.spec, rows)
         self.batcher.submit(job)
         open_choices = plan.choices
@@ -235,6 +236,36 @@ class CompletionService:
         except APIError as exc:  # headers are sent: the error travels as an event
             yield sse(exc.body())
         yield DONE
+
+
+class _Inbox:
+    """Events from the engine thread to the event loop, in order.
+
+    Waking the event loop costs a system call and a turn of the loop; a plain (unstreamed)
+    request needs nothing before its sequences finish, so its tokens wait here and travel
+    with the finish event, one wake-up per sequence instead of one per token.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake_on_tokens: bool) -> None:
+        self.loop = loop
+        self.wake_on_tokens = wake_on_tokens
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._held: list[Event] = []
+        self._lock = threading.Lock()
+
+    def put(self, item: Event) -> None:
+        """Called on the engine thread."""
+        with self._lock:
+            self._held.append(item)
+            if not self.wake_on_tokens and isinstance(item[1], TokenEvent):
+                return
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        for item in held:
+            self.queue.put_nowait(item)
 
 
 def _timeout(seconds: float) -> APIError:
