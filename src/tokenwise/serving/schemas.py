@@ -138,6 +138,7 @@ class SamplingFields(WireModel):
     min_p: Probability | None = None
     typical_p: Probability | None = None
     top_h: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    #: OpenAI's end-user id, accepted so clients that always send it work; never stored.
     user: str | None = None
     tokenwise: TokenwiseOptions | None = None
 
