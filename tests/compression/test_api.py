@@ -30,8 +30,10 @@ def test_compress_by_name_routes_options_and_reuses_the_model(tiny_bert_dir):
 
 
 def test_compress_errors(tiny_bert_dir):
-    with pytest.raises(TokenwiseError, match="needs model=DIR"):
-        compress("some text", rate=0.5)
+    with pytest.raises(TokenwiseError, match=r"token classifier 'nope' not found.*tw-keep"):
+        compress("some text", rate=0.5, model="nope")
+    with pytest.raises(TokenwiseError, match="no token-classification head"):
+        compress("some text", rate=0.5, model="tw-small")
     with pytest.raises(TokenwiseError, match=r"unknown option\(s\) \['beam'\]"):
         compress("some text", rate=0.5, model=tiny_bert_dir, beam=3)
     with pytest.raises(TokenwiseError, match="rate=0"):

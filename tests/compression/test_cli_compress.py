@@ -78,7 +78,7 @@ def test_messages(cli, tmp_path, tiny_bert_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--rate", "0.5"], "needs --model DIR"),
+    (["--rate", "0.5", "--model", "nope"], "token classifier 'nope' not found"),
     (["--rate", "0.5", "--target-tokens", "9", "--model", "x"], "exactly one of"),
     (["--rate", "2", "--model", "x"], "rate=2.0 is outside"),
     (["--target-tokens", "0", "--model", "x"], "target_tokens=0"),
@@ -122,3 +122,32 @@ def test_group_routes_train_and_files(tmp_path, tiny_bert_dir):
                                 str(path)])
     assert res.exit_code == 0, res.output
     assert res.stdout == compress(TEXT, rate=0.4, model=tiny_bert_dir).text + "\n"
+
+
+def test_default_model_is_the_builtin_classifier(cli, tmp_path):
+    path = tmp_path / "prompt.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    res = _run(cli, [str(path), "--rate", "0.4"])
+    assert res.exit_code == 0, res.output
+    expected = compress(TEXT, rate=0.4)
+    assert expected.method == "token_classifier"
+    assert res.stdout == expected.text + "\n"
+    named = _run(cli, [str(path), "--rate", "0.4", "--model", "tw-keep"])
+    assert named.stdout == res.stdout
+
+
+def test_group_trains_a_classifier_the_compressor_loads(tmp_path):
+    group = _Group(name="tokenwise")
+    group.add_command(compress_group)
+    out = tmp_path / "clf"
+    res = CliRunner().invoke(group, [
+        "compress", "train", "--out", str(out), "--labels", "needle", "--examples", "6",
+        "--steps", "2", "--batch-size", "2", "--hidden-size", "8", "--layers", "1",
+        "--heads", "1", "--max-length", "64", "--threads", "1", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert (out / "model.safetensors").is_file() and "saved" in res.output
+    path = tmp_path / "p.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    res = CliRunner().invoke(group, ["compress", str(path), "--rate", "0.4", "--model", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == compress(TEXT, rate=0.4, model=out).text + "\n"

@@ -116,3 +116,16 @@ def test_bad_embedder_output_and_missing_budget():
         comp.compress(DOC, rate=0.5)
     with pytest.raises(TokenwiseError, match="give exactly one of"):
         ExtractiveCompressor(bag).compress(DOC)
+
+
+def test_top_k_alone_is_a_budget_through_compress():
+    from tokenwise.compression import compress
+
+    want = ExtractiveCompressor(bag, top_k=1).compress(DOC, question="library?").text
+    assert want == "The new library opens in July with three reading rooms."
+    assert compress(DOC, method="extractive", top_k=1, question="library?",
+                    embedder=bag).text == want
+    assert compress(DOC, method=ExtractiveCompressor(bag, top_k=1), question="library?").text \
+        == want
+    with pytest.raises(TokenwiseError, match="give exactly one of"):
+        compress(DOC, method="extractive", question="library?", embedder=bag)

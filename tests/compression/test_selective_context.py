@@ -82,3 +82,12 @@ def test_longer_than_the_window_does_not_crash(lm):
 def test_bad_unit(lm):
     with pytest.raises(TokenwiseError, match="unit"):
         SelectiveContextCompressor(lm, unit="paragraph")
+
+
+def test_question_keywords_forced_unless_turned_off(lm):
+    q = "What is the code of Brelix?"
+    r = SelectiveContextCompressor(lm).compress(MEMO, rate=0.6, question=q, protect=False)
+    assert {w for w, f in zip(r.words, r.forced, strict=True) if f} == {"code", "Brelix"}
+    r = SelectiveContextCompressor(lm, force_question_words=False).compress(
+        MEMO, rate=0.6, question=q, protect=False)
+    assert not r.forced.any()

@@ -129,8 +129,8 @@ def test_force_tokens_must_tokenize(tiny_compressor):
 def test_errors_for_models_without_the_head(tmp_path, tiny_bert_dir):
     from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, BertModel
 
-    with pytest.raises(TokenwiseError, match="needs model=DIR"):
-        TokenClassifierCompressor()
+    with pytest.raises(TokenwiseError, match=r"token classifier 'nope' not found.*tw-keep"):
+        TokenClassifierCompressor("nope")
     with pytest.raises(TokenwiseError, match=r"LlamaForCausalLM.*no token-classification head"):
         TokenClassifierCompressor(builtin_path("tw-small"))
     tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
@@ -227,3 +227,67 @@ def test_pieces_tokenize_as_the_whole_text(tiny_compressor, text, size):
         tiny_compressor.piece_chars = TokenClassifierCompressor.piece_chars
     assert ids[0].tolist() == whole_ids[0].tolist()
     assert off[0].tolist() == whole_off[0].tolist()
+
+
+@pytest.fixture(scope="module")
+def tw_keep():
+    return TokenClassifierCompressor()  # the built-in byte-level classifier
+
+
+def _needles(n, seed):
+    from tokenwise.cli.compress_train import needle_examples
+
+    return [t for t, _ in needle_examples(n, seed=seed)]
+
+
+def test_default_model_is_tw_keep(tw_keep):
+    assert tw_keep.model_name == "tw-keep"
+    assert TokenClassifierCompressor("tw-keep").model is not None
+
+
+def test_byte_level_words_split_at_line_breaks(tw_keep):
+    from tokenwise.compression import words
+
+    # The reference rule glued ".", "\n", "The" into one word; ours matches the text's words.
+    texts = [*_needles(12, seed=3), "Memo:\n\nThe end.\n \nQ: who?\n\n", "a\tb\r\nc  d "]
+    for text in texts:
+        s = tw_keep.score_words([text])
+        got = [text[a:b] for a, b in zip(s.starts.tolist(), s.ends.tolist(), strict=True)]
+        ws, we = words.split_words(text)
+        assert got == [text[a:b] for a, b in zip(ws.tolist(), we.tolist(), strict=True)]
+
+
+def test_force_phrase_at_a_line_start_is_kept_whole(tw_keep):
+    text = _needles(1, seed=5)[0]
+    q_line = text.rstrip("\n").rsplit("\n", 1)[1]
+    assert q_line.startswith("Q: What is the code of ")
+    for percentile in ("global", "chunk"):
+        r = tw_keep.compress(text, rate=0.33, force_tokens=[q_line], protect=False,
+                             percentile=percentile)
+        assert r.text.rstrip("\n").endswith(q_line)
+        n_q = len(q_line.split()) + 2  # "Q", ":", ..., "?"
+        assert r.forced[-n_q:].all() and not r.forced[:-n_q].any()
+
+
+def test_byte_level_chunks_may_end_at_line_breaks(tw_keep):
+    nl = tw_keep.tokenizer.convert_tokens_to_ids("Ċ")
+    assert tw_keep._vocab.chunk_end[nl]
+    short = TokenClassifierCompressor(max_length=20)
+    text = max(_needles(8, seed=8), key=len)
+    s = short.score_words([text])
+    cuts = np.flatnonzero(np.diff(s.groups)) + 1  # first word of each later chunk
+    assert len(cuts) >= 3
+    for i in cuts:
+        gap = text[s.ends[i - 1]:s.starts[i]]
+        assert "\n" in gap or text[s.starts[i - 1]:s.ends[i - 1]] == "."
+
+
+def test_question_keywords_forced_by_default(tw_keep):
+    text = _needles(1, seed=5)[0]
+    key = text.rstrip("\n").rsplit("of ", 1)[1].rstrip("?")
+    r = tw_keep.compress(text, rate=0.5, question=f"What is the code of {key}?", protect=False)
+    assert {w for w, f in zip(r.words, r.forced, strict=True) if f} == {"code", key}
+    assert all(k for w, k in zip(r.words, r.keep, strict=True) if w in ("code", key))
+    off = TokenClassifierCompressor(force_question_words=False).compress(
+        text, rate=0.5, question=f"What is the code of {key}?", protect=False)
+    assert not off.forced.any()

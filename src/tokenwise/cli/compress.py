@@ -27,14 +27,16 @@ def _method_names() -> list[str]:
 @click.option("--method", type=click.Choice(_method_names()), default="token_classifier",
               show_default=True, help="Compression method.")
 @click.option("--model", "-m", default=None,
-              help="The method's model: for token_classifier a local token-classification "
-                   "model directory (required).")
+              help="The method's model: token_classifier: the built-in 'tw-keep' (default) "
+                   "or a local token-classification model directory (e.g. LLMLingua-2); "
+                   "perplexity / selective_context: a causal LM (default tw-small).")
 @click.option("--target-model", default=None,
               help="Whose tokenizer counts tokens: a built-in name or a local directory "
                    "(default: the built-in models' tokenizer).")
 @click.option("--question", "-q", default=None,
-              help="A question the compressed prompt must answer (token_classifier keeps "
-                   "its words; other methods also score by it).")
+              help="A question the compressed prompt must answer (token_classifier and "
+                   "selective_context keep its keywords; perplexity and extractive score by "
+                   "it; generative keeps its keywords in rewrites).")
 @click.option("--percentile", type=click.Choice(["global", "chunk"]), default="global",
               show_default=True,
               help="global: one cut over the whole text that meets the budget; chunk: "
@@ -76,12 +78,6 @@ def compress_command(source: str, rate: float | None, target_tokens: int | None,
 
     check_budget(rate, target_tokens, threshold)
     canonical = ALIASES.get(method, method)
-    if canonical == "token_classifier" and model is None:
-        raise TokenwiseError(
-            "--method token_classifier needs --model DIR: a local token-classification model "
-            "(e.g. an LLMLingua-2 model downloaded elsewhere and copied here); no built-in "
-            "classifier ships yet"
-        )
     text = read_text(source)
     data: object = text
     if as_messages:

@@ -22,15 +22,18 @@ def get(method: str = "token_classifier", model: Any = None, **options: Any) -> 
 
     Args:
         method: a registered name (see :func:`tokenwise.compression.names`).
-        model: what the method reads with (token_classifier: a local model directory or
-            a model object with ``tokenizer=``).
+        model: what the method reads with (token_classifier: a built-in classifier name,
+            default ``"tw-keep"``, a local model directory, or a model object with
+            ``tokenizer=``); None: the method's default.
         **options: the method's constructor options (e.g. ``batch_size``, ``max_length``).
 
     Example:
-        >>> get("token_classifier")
+        >>> get("token_classifier")  # the built-in classifier tw-keep
+        TokenClassifierCompressor('tw-keep', max_length=256, token_to_word='mean')
+        >>> get("token_classifier", batch_size=0)
         Traceback (most recent call last):
         ...
-        tokenwise.errors.TokenwiseError: method 'token_classifier' needs model=DIR: ...
+        tokenwise.errors.TokenwiseError: batch_size=0: must be an integer >= 1
     """
     cls = compressor_class(method)
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self",)]
@@ -41,9 +44,11 @@ def get(method: str = "token_classifier", model: Any = None, **options: Any) -> 
             f"{', '.join(a for a in allowed if a != 'model')}"
         )
     key = None
-    if isinstance(model, (str, os.PathLike)):
+    if model is None or isinstance(model, (str, os.PathLike)):
         try:
-            key = (cls.name, os.fspath(model), tuple(sorted(options.items())))
+            # model=None (the method's default) is cached too: repeated calls reuse it.
+            key = (cls.name, None if model is None else os.fspath(model),
+                   tuple(sorted(options.items())))
             hash(key)
         except TypeError:
             key = None
@@ -87,14 +92,20 @@ def compress(
         rate: fraction of the tokens to keep, in (0, 1].
         target_tokens: tokens to keep (met within 1% on the target tokenizer).
         threshold: keep every word scoring at least this (instead of a rate or target).
-        question: words of the text that also occur in the question are kept.
+        question: the question the compressed prompt must answer. ``token_classifier``
+            and ``selective_context`` keep the question's keywords wherever they occur
+            (function words and wh-words excepted; constructor option
+            ``force_question_words=True``); ``perplexity`` (contrastive score) and
+            ``extractive`` (similarity) score by the question without forcing its words
+            (``force_question_words=False`` by default); ``generative`` keeps its keywords.
         force_tokens: strings always kept where they occur as whole words (``"\\n"``:
             keep every line break).
         keep_digits: keep every word containing a digit.
         protect: keep structured spans whole (code, URLs, e-mails, numbers, JSON keys,
             quoted strings, tags): True, False, or a tuple of kinds from
             :data:`tokenwise.compression.words.PROTECTED_PATTERNS`.
-        model: the method's model (token_classifier: a local directory or a model object).
+        model: the method's model (token_classifier: ``"tw-keep"`` by default, a local
+            directory or a model object; perplexity: a causal LM, ``"tw-small"`` by default).
         target_model: whose tokenizer counts tokens: a LanguageModel, a built-in name, a
             tokenizer directory or object; default the built-in models' tokenizer.
         roles: message roles that may be compressed (system and tool are left alone).
@@ -106,13 +117,16 @@ def compress(
         context_rate: fraction of contexts the filter keeps.
         **options: the method's constructor options (token_classifier: ``tokenizer``,
             ``device``, ``dtype``, ``batch_size``, ``max_length``, ``token_to_word``,
-            ``chunk_end_tokens``, ``progress``).
+            ``chunk_end_tokens``, ``force_question_words``, ``progress``; extractive:
+            ``top_k``, which may stand in for the budget, ``min_similarity``, ...).
 
     Returns:
         a :class:`CompressionResult`.
 
     Example:
-        >>> compress("some text", rate=0.5, model="path/to/classifier")  # doctest: +SKIP
+        >>> r = compress("The code of Tavoun is 917. The road is long.", rate=0.5)
+        >>> r.method, r.tokens_after <= r.tokens_before
+        ('token_classifier', True)
         >>> compress("some text", rate=2.0, model="path/to/classifier")
         Traceback (most recent call last):
         ...
@@ -120,7 +134,10 @@ def compress(
     """
     from tokenwise.compression.base import check_budget
 
-    check_budget(rate, target_tokens, threshold)  # fail before loading any model
+    top_k = options.get("top_k") if isinstance(method, str) else getattr(method, "top_k", None)
+    if top_k is None or any(b is not None for b in (rate, target_tokens, threshold)):
+        # Fail before loading any model. (RECOMP's top_k alone is a budget: its class checks.)
+        check_budget(rate, target_tokens, threshold)
     if isinstance(method, Compressor):
         extra = sorted(options) + (["model"] if model is not None else [])
         if extra:

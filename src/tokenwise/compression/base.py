@@ -36,7 +36,6 @@ PERCENTILE_MODES = ("global", "chunk")
 _SEPARATOR = "\n\n"
 _PARAGRAPH_RE = re.compile(r"\n[ \t]*\n\s*")
 _DIGIT_RE = re.compile(r"\d")
-_QUESTION_WORD_RE = re.compile(r"[^\W\d_]{3,}|[" + words._CJK_CLASS + r"]", re.UNICODE)
 
 
 @dataclass
@@ -235,6 +234,9 @@ class SelectiveCompressor(Compressor):
     """
 
     forced_score: ClassVar[float] = math.inf
+    #: keep the question's keywords (:func:`words.question_words`) wherever they occur.
+    #: Methods that read the question themselves (perplexity, extractive) turn it off.
+    force_question_words: bool = True
     threshold_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)
     #: True when :meth:`score_words` calls :meth:`read_ahead` itself, once its own
     #: tokenizing is done (so the two tokenizers do not compete for the CPU).
@@ -344,7 +346,7 @@ class SelectiveCompressor(Compressor):
         word_list = [texts[g][a:b] for g, a, b in zip(seg.tolist(), starts.tolist(),
                                                       ends.tolist(), strict=True)]
         forced = self._forced(texts, word_list, starts, ends, seg, forced_phrases, keep_digits,
-                              protect, question)
+                              protect, question if self.force_question_words else None)
         scores = scored.scores.astype(np.float32, copy=False)
         cps = [words.code_points(t) for t in texts]
         bounds = np.searchsorted(seg, np.arange(len(texts) + 1))  # word range of each text
@@ -497,7 +499,7 @@ class SelectiveCompressor(Compressor):
             forced |= np.fromiter((_DIGIT_RE.search(w) is not None for w in word_list),
                                   dtype=bool, count=len(word_list))
         if question:
-            qwords = {w.lower() for w in _QUESTION_WORD_RE.findall(question)}
+            qwords = words.question_words(question)
             forced |= np.fromiter((w.lower() in qwords for w in word_list), dtype=bool,
                                   count=len(word_list))
         if phrases or protect:

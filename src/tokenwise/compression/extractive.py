@@ -206,7 +206,7 @@ class ExtractiveCompressor(SelectiveCompressor):
             ``compress(text, question=q)`` keeps the ``top_k`` best).
         min_similarity: with a question, if no sentence reaches this cosine the result is
             empty (selective augmentation); None: never empty.
-        force_question_words: also keep the question's words wherever they occur (the
+        force_question_words: also keep the question's keywords wherever they occur (the
             shared pipeline's rule); off by default, since RECOMP keeps whole sentences and
             stray question words from dropped ones only add noise.
         model: accepted for the registry's ``get(method, model=...)``; the same as
@@ -328,7 +328,7 @@ class ExtractiveCompressor(SelectiveCompressor):
         try:
             result = super().compress(
                 text_or_messages, rate=rate, target_tokens=target_tokens, threshold=threshold,
-                question=question if self.force_question_words else None,
+                question=question,
                 force_tokens=force_tokens, keep_digits=keep_digits,
                 protect=protect, target_model=target_model, roles=roles,
                 percentile=percentile, context_filter=context_filter, context_rate=context_rate)

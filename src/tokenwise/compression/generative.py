@@ -38,10 +38,9 @@ from tokenwise.compression.base import (
 from tokenwise.compression.counting import TokenCounter
 from tokenwise.compression.extractive import resolve_embedder, sentence_spans
 from tokenwise.compression.result import CompressionResult
-from tokenwise.compression.selective_context import FUNCTION_WORDS
 from tokenwise.errors import TokenwiseError
 
-_QUESTION_WORDS = frozenset({"what", "who", "whom", "where", "when", "which", "why", "how"})
+FUNCTION_WORDS = words.FUNCTION_WORDS
 PROMPT = ("Rewrite the text in fewer words. Keep these words exactly: {keywords}.\n"
           "Text: {chunk}\nShorter:")
 
@@ -226,7 +225,7 @@ class GenerativeCompressor(Compressor):
         t_rewrite = time.perf_counter()
 
         # Rewrite each chunk, or fall back to its keywords and best words.
-        q_words = _question_words(question)
+        q_words = words.question_words(question)
         outputs, fallbacks = [], 0
         word_rows = []
         for (j, a, _), chunk, ratio, size in zip(chunks, chunk_texts, ratios.tolist(),
@@ -352,14 +351,6 @@ def chunks_end(chunks: list[tuple[int, int, int]], j: int, k: int) -> int:
 def _word_strings(text: str) -> list[str]:
     s, e = words.split_words(text)
     return [text[a:b] for a, b in zip(s.tolist(), e.tolist(), strict=True)]
-
-
-def _question_words(question: str | None) -> set[str]:
-    if not question:
-        return set()
-    return {w.lower() for w in _word_strings(question)
-            if w[:1].isalnum() and w.lower() not in FUNCTION_WORDS
-            and w.lower() not in _QUESTION_WORDS}
 
 
 def keywords(text: str, starts: np.ndarray, ends: np.ndarray, phrases: tuple[str, ...] = (),

@@ -189,9 +189,10 @@ class PerplexityCompressor(SelectiveCompressor):
         iterative_size: tokens per re-scoring window (None: one pass over the whole text).
             At most half the model's context, so each window sees kept text before it.
         window, stride: the model's reading windows for long texts (see :func:`token_surprisal`).
-        force_question_words: also keep the question's words wherever they occur (the shared
-            pipeline's rule). Off by default: the contrastive score already uses the question,
-            and forcing "the", "code", ... in every line can take the whole budget.
+        force_question_words: also keep the question's keywords wherever they occur (the
+            shared pipeline's rule, :func:`tokenwise.compression.words.question_words`). Off
+            by default: the contrastive score already uses the question, and forcing "code",
+            a name, ... in every line can take much of the budget.
         progress: show a progress bar over texts.
 
     Example:
@@ -261,7 +262,7 @@ class PerplexityCompressor(SelectiveCompressor):
         try:
             return super().compress(
                 text_or_messages, rate=rate, target_tokens=target_tokens, threshold=threshold,
-                question=question if self.force_question_words else None,
+                question=question,
                 force_tokens=force_tokens, keep_digits=keep_digits,
                 protect=protect, target_model=target_model, roles=roles, percentile=percentile,
                 context_filter=context_filter, context_rate=context_rate)

@@ -36,15 +36,8 @@ from tokenwise.errors import TokenwiseError
 UNITS = ("phrase", "sentence", "word")
 _SENTENCE_END = re.compile(r"^(?:[.!?。！？…]+|\.\.\.)$")
 _PUNCT = re.compile(r"^[^\w\s]+$", re.UNICODE)
-#: words that start a new phrase (English function words: articles, prepositions,
-#: conjunctions, relative pronouns, auxiliaries).
-_FUNCTION_WORDS = (
-    "a an the of in on at to for with by from into onto over under about after before "
-    "between through during without within and or but nor so yet because although while "
-    "if then than that which who whom whose where when is are was were be been being has "
-    "have had do does did will would can could should may might must not"
-)
-FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split(" "))
+#: words that start a new phrase (shared with the question-word rule).
+FUNCTION_WORDS = words.FUNCTION_WORDS
 
 
 def sentence_units(text: str, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -112,6 +105,9 @@ class SelectiveContextCompressor(SelectiveCompressor):
             directory (default ``"tw-small"``).
         unit: ``"phrase"`` (the paper's best), ``"sentence"`` or ``"word"``.
         window, stride: the model's reading windows for long texts.
+        force_question_words: with ``question=``, keep the question's keywords wherever
+            they occur (function words and wh-words excepted). On by default: Selective
+            Context's score does not read the question.
 
     Example:
         >>> comp = SelectiveContextCompressor("tw-small", unit="sentence")
@@ -124,7 +120,8 @@ class SelectiveContextCompressor(SelectiveCompressor):
     name = "selective_context"
 
     def __init__(self, model: Any = "tw-small", *, unit: str = "phrase",
-                 window: int | None = None, stride: int | None = None):
+                 window: int | None = None, stride: int | None = None,
+                 force_question_words: bool = True):
         if unit not in UNITS:
             raise TokenwiseError(f"unit={unit!r}: allowed {UNITS}")
         self.lm = load_causal_lm(model)
@@ -132,6 +129,7 @@ class SelectiveContextCompressor(SelectiveCompressor):
 
         self.window, self.stride = check_window_args(window, stride, self.lm.context_length)
         self.unit = unit
+        self.force_question_words = bool(force_question_words)
 
     def __repr__(self) -> str:
         return f"SelectiveContextCompressor({self.lm.name!r}, unit={self.unit!r})"
@@ -141,8 +139,8 @@ class SelectiveContextCompressor(SelectiveCompressor):
 
         Args:
             texts: the segments to score (each read on its own, whole).
-            question: unused (Selective Context is not question-aware; question words are
-                still forced by the caller).
+            question: unused (Selective Context is not question-aware; the caller forces
+                the question's keywords unless ``force_question_words=False``).
         """
         import time
 

@@ -46,14 +46,23 @@ _SPACE_SPLITTERS = ("BertPreTokenizer", "Whitespace", "WhitespaceSplit")
 _LOCAL_NORMALIZERS = ("BertNormalizer", "Lowercase", "StripAccents", "NFD", "NFKD")
 # Encoders whose transformers code takes a 4-D attention mask as given (checked in tests).
 _BROADCAST_MASK_TYPES = ("bert", "roberta", "xlm-roberta")
+#: Built-in classifiers by name. ``tw-keep`` (149k parameters) was trained on the testbed's
+#: needle memos by the command in its ``training.json``; it is the default model.
+BUILTIN_CLASSIFIERS = {"tw-keep": Path(__file__).parent / "builtin" / "tw-keep"}
+DEFAULT_CLASSIFIER = "tw-keep"
+# Byte-level BPE stands for each whitespace byte by a printable character: space "Ġ",
+# "\t" "ĉ", "\n" "Ċ", "\v" "ċ", "\f" "Č", "\r" "č".
+_BYTE_SPACES = frozenset("ĠĉĊċČč")
 
 
 class TokenClassifierCompressor(SelectiveCompressor):
     """LLMLingua-2 over any local Hugging Face token-classification model.
 
     Args:
-        model: a local directory holding a ``...ForTokenClassification`` model (safetensors)
-            and its tokenizer, or such a model object (then pass ``tokenizer``).
+        model: a built-in classifier name (default ``"tw-keep"``, see
+            :data:`BUILTIN_CLASSIFIERS`), a local directory holding a
+            ``...ForTokenClassification`` model (safetensors) and its tokenizer (e.g. an
+            LLMLingua-2 model), or such a model object (then pass ``tokenizer``).
         tokenizer: a fast tokenizer for a model object (read from the directory otherwise).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; default: where the model is, or CPU.
         dtype: ``"float32"``, ``"float16"``, ``"bfloat16"`` or a torch dtype for a directory.
@@ -61,11 +70,18 @@ class TokenClassifierCompressor(SelectiveCompressor):
         max_length: tokens per chunk, special tokens included (default: the model's limit).
         token_to_word: ``"mean"`` or ``"first"`` sub-token probability per word.
         chunk_end_tokens: tokens a chunk may end on when it backs off from a full window.
+        force_question_words: with ``question=``, keep the question's keywords wherever they
+            occur (:func:`tokenwise.compression.words.question_words`: function words and
+            wh-words are left to the classifier). On by default: the classifier does not
+            read the question, so this is how a question shapes what is kept.
         progress: show a progress bar over batches.
 
     Example:
-        >>> comp = TokenClassifierCompressor("path/to/llmlingua-2-model")  # doctest: +SKIP
-        >>> comp.compress("Some long prompt ...", rate=0.33).text  # doctest: +SKIP
+        >>> comp = TokenClassifierCompressor()  # the built-in tw-keep
+        >>> r = comp.compress("The code of Tavoun is 917. The code of Brelix is 382.",
+        ...                   rate=0.5, question="What is the code of Brelix?", protect=False)
+        >>> "Brelix" in r.kept_words and r.tokens_after <= r.tokens_before
+        True
     """
 
     name = "token_classifier"
@@ -86,14 +102,13 @@ class TokenClassifierCompressor(SelectiveCompressor):
         max_length: int | None = None,
         token_to_word: str = "mean",
         chunk_end_tokens: tuple[str, ...] = (".", "\n"),
+        force_question_words: bool = True,
         progress: bool = False,
     ):
         if model is None:
-            raise TokenwiseError(
-                "method 'token_classifier' needs model=DIR: a local token-classification model "
-                "(e.g. microsoft/llmlingua-2-xlm-roberta-large-meetingbank downloaded elsewhere "
-                "and copied here); no built-in classifier ships yet"
-            )
+            model = DEFAULT_CLASSIFIER
+        if isinstance(model, str) and model in BUILTIN_CLASSIFIERS:
+            model = BUILTIN_CLASSIFIERS[model]
         if token_to_word not in TOKEN_TO_WORD:
             raise TokenwiseError(f"token_to_word={token_to_word!r}: allowed {TOKEN_TO_WORD}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -128,6 +143,7 @@ class TokenClassifierCompressor(SelectiveCompressor):
         self.token_to_word = token_to_word
         self.chunk_end_tokens = tuple(chunk_end_tokens)
         self.progress = progress
+        self.force_question_words = bool(force_question_words)
         self._vocab = _vocab_flags(self.tokenizer, self.chunk_end_tokens)
         backend = self.tokenizer.backend_tokenizer
         self._split_safe = (
@@ -285,13 +301,23 @@ class TokenClassifierCompressor(SelectiveCompressor):
             empty = (t_start >= t_end) | flags.bare_marker[ids]
             if flags.by_offsets:
                 begin |= np.concatenate([[True], t_start[1:] > t_end[:-1]])
+            chunk_starts = np.asarray([a for c_s, a, _ in chunks if c_s == s], dtype=np.int64)
+            if flags.glue_after is not None:
+                glue = flags.glue_after[ids]  # (n,) whitespace pieces
+                begin[1:] &= ~glue[:-1]
+                # Whitespace that ends a chunk (or the text) belongs to the word before it,
+                # so no chunk ends on an empty word.
+                stops = np.append(chunk_starts[1:], n)[
+                    np.searchsorted(chunk_starts, np.arange(n), side="right") - 1]  # (n,)
+                solid = np.where(glue, n, np.arange(n))
+                next_solid = np.minimum.accumulate(solid[::-1])[::-1]  # (n,)
+                begin &= ~(glue & (next_solid >= stops))
             # A Han character starts a word unless it follows a bare space-marker piece
             # (SentencePiece vocabularies have no space marker inside Chinese text).
             first_cp = cps[np.clip(t_start, 0, max(len(cps) - 1, 0))]
             cjk = words.is_han(first_cp) & ~empty
             prev_empty = np.concatenate([[False], empty[:-1]])
             begin |= cjk & ~prev_empty
-            chunk_starts = np.asarray([a for c_s, a, _ in chunks if c_s == s], dtype=np.int64)
             begin[chunk_starts] = True  # a chunk always starts a word (the reference requires it)
             group = np.searchsorted(chunk_starts, np.arange(n), side="right") - 1  # (n,)
             firsts = np.flatnonzero(begin)  # (W,)
@@ -375,11 +401,13 @@ class _VocabFlags:
     """Per-vocabulary-id facts, computed once per tokenizer."""
 
     def __init__(self, begins_word: np.ndarray, chunk_end: np.ndarray, by_offsets: bool,
-                 bare_marker: np.ndarray):
+                 bare_marker: np.ndarray, glue_after: np.ndarray | None = None):
         self.begins_word = begins_word
         self.chunk_end = chunk_end
         self.by_offsets = by_offsets
         self.bare_marker = bare_marker
+        # Pieces after which the next piece continues the same word (None: no such piece).
+        self.glue_after = glue_after
 
 
 def _vocab_flags(tokenizer: Any, chunk_end_tokens: tuple[str, ...]) -> _VocabFlags:
@@ -414,6 +442,22 @@ def _vocab_flags_cached(tokenizer: Any, chunk_end_tokens: tuple[str, ...]) -> _V
     begins = np.fromiter((p.startswith(marker) or p in punct for p in pieces), dtype=bool,
                          count=size)
     bare = np.fromiter((p == marker for p in pieces), dtype=bool, count=size)
+    if marker == "Ġ":
+        # Byte-level pieces: a line break carries no space marker, so the reference's rule
+        # would glue ".", "Ċ", "The" into one word ".\nThe" (and a force phrase at a line
+        # start would never match). A piece of whitespace bytes opens the next word and holds
+        # no text of its own, as a bare marker does (the trainer labels it with that word).
+        spaces = np.fromiter((bool(p) and all(c in _BYTE_SPACES for c in p) for p in pieces),
+                             dtype=bool, count=size)
+        opens = np.fromiter((p[:1] in _BYTE_SPACES for p in pieces), dtype=bool,
+                            count=size)
+        begins |= opens
+        bare |= spaces
+        if "\n" in ends:
+            chunk_end |= spaces & np.fromiter(("Ċ" in p for p in pieces), dtype=bool,
+                                              count=size)
+        # What follows a whitespace piece joins it (so "\n\n", "\n " open one word).
+        return _VocabFlags(begins, chunk_end, False, bare, glue_after=spaces)
     return _VocabFlags(begins, chunk_end, False, bare)
 
 
@@ -437,7 +481,13 @@ def _load_dir(model: str | os.PathLike[str], dtype: Any) -> tuple[Any, Any]:
 
     from tokenwise.models import resolve
 
-    name, path = resolve(model)
+    try:
+        name, path = resolve(model)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"token classifier {os.fspath(model)!r} not found: give a built-in classifier "
+            f"({', '.join(BUILTIN_CLASSIFIERS)}) or a local directory with a "
+            f"...ForTokenClassification model ({exc})") from None
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{str(path)!r} has no config.json")
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)

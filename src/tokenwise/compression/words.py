@@ -75,6 +75,19 @@ PROTECTED_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 
 
+#: English function words (articles, prepositions, conjunctions, relative pronouns,
+#: auxiliaries): they open phrases in Selective Context and are never question keywords.
+_FUNCTION_WORDS = (
+    "a an the of in on at to for with by from into onto over under about after before "
+    "between through during without within and or but nor so yet because although while "
+    "if then than that which who whom whose where when is are was were be been being has "
+    "have had do does did will would can could should may might must not"
+)
+FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split())
+#: Words that ask rather than say what is asked about.
+WH_WORDS = frozenset({"what", "who", "whom", "whose", "where", "when", "which", "why", "how"})
+
+
 def code_points(text: str) -> np.ndarray:
     """The text as an array of Unicode code points (one entry per ``str`` index).
 
@@ -264,6 +277,25 @@ _SPACE_CPS = np.array(sorted(ord(c) for c in " \t\n\r\v\f\u00a0\u2028\u2029\u300
 
 def _is_space(cps: np.ndarray) -> np.ndarray:
     return np.isin(cps, _SPACE_CPS)
+
+
+def question_words(question: str | None) -> frozenset[str]:
+    """The question's keywords, lowercased: its words less function words and wh-words.
+
+    These are the words a question-aware keep rule forces wherever they occur in the text
+    ("What is the code of Tavoun?" forces "code" and "tavoun", not "the" or "what", which
+    occur in every line and would take the budget).
+
+    Example:
+        >>> sorted(question_words("What is the code of Tavoun?"))
+        ['code', 'tavoun']
+    """
+    if not question:
+        return frozenset()
+    s, e = split_words(question)
+    found = (question[a:b].lower() for a, b in zip(s.tolist(), e.tolist(), strict=True))
+    return frozenset(w for w in found if w[:1].isalnum() and w not in FUNCTION_WORDS
+                     and w not in WH_WORDS)
 
 
 def strip_spans(cps: np.ndarray, starts: np.ndarray, ends: np.ndarray,
