@@ -34,6 +34,7 @@ def _register() -> None:
         models,
         samplers,
         score,
+        serve,
         testbed,
         train,
         uncertainty,
@@ -47,6 +48,7 @@ def _register() -> None:
     cli.add_command(uncertainty.uncertainty_group)
     cli.add_command(compress.compress_group)
     cli.add_command(train.train_command)
+    cli.add_command(serve.serve_command)
     cli.add_command(demo.demo_command)
 
 
