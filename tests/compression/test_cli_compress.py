@@ -151,3 +151,31 @@ def test_group_trains_a_classifier_the_compressor_loads(tmp_path):
     res = CliRunner().invoke(group, ["compress", str(path), "--rate", "0.4", "--model", str(out)])
     assert res.exit_code == 0, res.output
     assert res.stdout == compress(TEXT, rate=0.4, model=out).text + "\n"
+
+
+def test_demo_lines_prints_kept_and_dropped_words_and_survival():
+    import io
+
+    from rich.console import Console
+
+    from tokenwise.cli.compress import DEMO_FACTS, DEMO_KEY, demo_lines
+    from tokenwise.compression import TokenCounter
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, color_system="standard", width=200)
+    rows = demo_lines(console, rate=0.33)
+    out = buf.getvalue()
+    assert [r["method"] for r in rows] == ["token_classifier", "perplexity"]
+    counter = TokenCounter.resolve(None)
+    memo = "Memo:\n" + "".join(f"The code of {k} is {v}.\n" for k, v in DEMO_FACTS)
+    q_line = f"Q: What is the code of {DEMO_KEY}?"
+    target = round(0.33 * counter.count(memo)) + counter.count(q_line)
+    answer = dict(DEMO_FACTS)[DEMO_KEY]
+    for r in rows:
+        assert r["tokens_before"] == counter.count(memo + q_line)
+        assert abs(r["tokens_after"] - target) <= max(1, 0.01 * target)
+    verdicts = [line for line in out.splitlines() if f"answer {answer}" in line]
+    assert len(verdicts) == 2
+    for r, line in zip(rows, verdicts, strict=True):
+        assert ("survived" in line) == r["survived"] and ("dropped" in line) != r["survived"]
+    assert "\x1b[2m" in out and "\x1b[1;97m" in out  # dim (dropped) and bright (kept)

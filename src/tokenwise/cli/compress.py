@@ -119,11 +119,11 @@ def compress_command(source: str, rate: float | None, target_tokens: int | None,
     )
 
 
-def _show(result) -> None:
+def _show(result, console=None) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    console = Console(highlight=False)
+    console = console if console is not None else Console(highlight=False)
     roles = None
     if result.messages is not None:
         roles = [m.get("role", "?") for m in result.messages]
@@ -184,3 +184,70 @@ def _compress_group() -> click.Group:
 
 #: What the `tokenwise` group registers: `compress FILE|- ...` and `compress train ...`.
 compress_group = _compress_group()
+
+
+#: The demo's memo: one needle (Tavoun's code) among distractors, then its question.
+DEMO_FACTS = (("Brelix", 382), ("Kivibath", 204), ("Tavoun", 917), ("Lego", 526),
+              ("Gounasas", 904), ("Mirodel", 155), ("Pelanor", 731), ("Suvik", 648))
+DEMO_KEY = "Tavoun"
+
+
+def demo_lines(console=None, *, rate: float = 0.33,
+               methods: tuple[str, ...] = ("token_classifier", "perplexity")) -> list[dict]:
+    """Compress a short needle memo with each method and print what was kept.
+
+    Kept words print bright and dropped ones dim, then whether the needle's answer survived.
+    The question line is a force token (it survives whole) and the budget is ``rate`` of the
+    memo's tokens plus the question line's; number protection is off, since every code is a
+    number. token_classifier is the built-in tw-keep (it keeps the question's keywords);
+    perplexity is tw-small's contrastive surprisal. For `tokenwise demo`.
+
+    Args:
+        console: a ``rich.console.Console`` to print to (default: a new one on stdout).
+        rate: share of the memo's tokens to keep.
+        methods: compression methods to show.
+
+    Returns:
+        one dict per method: ``method``, ``tokens_before``, ``tokens_after``, ``survived``,
+        ``seconds``.
+
+    Example:
+        >>> import io
+        >>> from rich.console import Console
+        >>> rows = demo_lines(Console(file=io.StringIO()), methods=("token_classifier",))
+        >>> rows[0]["method"], rows[0]["tokens_after"] < rows[0]["tokens_before"]
+        ('token_classifier', True)
+    """
+    import re
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from tokenwise.compression import TokenCounter, get
+
+    console = console if console is not None else Console(highlight=False)
+    memo = "Memo:\n" + "".join(f"The code of {k} is {v}.\n" for k, v in DEMO_FACTS)
+    question = f"What is the code of {DEMO_KEY}?"
+    q_line = f"Q: {question}"
+    answer = str(dict(DEMO_FACTS)[DEMO_KEY])
+    counter = TokenCounter.resolve(None)
+    target = round(rate * counter.count(memo)) + counter.count(q_line)
+    rows = []
+    for method in methods:
+        comp = get(method)
+        result = comp.compress(memo + q_line, target_tokens=target, question=question,
+                               force_tokens=[q_line], protect=False, target_model=counter)
+        context = result.text[:result.text.rfind("Q:")]
+        ok = re.search(rf"(?<!\d){answer}(?!\d)", context) is not None
+        reader = getattr(comp, "model_name", None) or getattr(getattr(comp, "lm", None),
+                                                              "name", "")
+        console.print(f"[bold]{escape(method)}[/bold] ({escape(reader)}): "
+                      f"{result.tokens_before} -> {result.tokens_after} tokens, "
+                      f"{result.seconds:.2f} s", highlight=False)
+        _show(result, console)
+        console.print(f"  answer {answer} " + ("[green]survived[/green]" if ok else
+                                               "[red]was dropped[/red]"), highlight=False)
+        rows.append({"method": method, "tokens_before": result.tokens_before,
+                     "tokens_after": result.tokens_after, "survived": ok,
+                     "seconds": result.seconds})
+    return rows
