@@ -22,7 +22,7 @@ PASSAGE = (
 @click.option("--out", type=click.Path(file_okay=False), default="tokenwise-demo",
               show_default=True, help="Where the HTML heatmap is written.")
 def demo_command(out: str) -> None:
-    """Score a passage, answer fact questions with per-token entropy, write a heatmap."""
+    """Score a passage, answer fact questions, decode, score uncertainty, compress a memo."""
     from rich.console import Console
     from rich.markup import escape
 
@@ -101,10 +101,36 @@ def demo_command(out: str) -> None:
                                  f"{100 * ead.large_share:.0f}% ([brackets]), "
                                  f"{ead.flops / 1e6:.1f} MFLOPs"))
 
+    console.rule("4. uncertainty: should this answer be trusted?")
+    from tokenwise.uncertainty import get as get_estimator
+    from tokenwise.uncertainty import sample_answers
+
+    console.print("Ten answers sampled at T = 1 per question, grouped by meaning (MiniLM "
+                  "embeddings); semantic entropy is low when they agree, high when they scatter.")
+    semantic_entropy = get_estimator("semantic_entropy")
+    for bucket in ("frequent", "unseen"):
+        item = by_bucket[bucket][2]
+        samples = sample_answers(large, item.question, n=10, seed=0)
+        counts: dict[str, int] = {}
+        for text in samples.texts:
+            counts[text] = counts.get(text, 0) + 1
+        shown = ", ".join(f"{text!r} x{k}" for text, k in
+                          sorted(counts.items(), key=lambda kv: -kv[1])[:4])
+        console.print(escape(f"  [{bucket:>8}] {item.question!r}: {shown}"))
+        console.print(f"             semantic entropy {semantic_entropy(samples):.2f} nats "
+                      f"(truth {escape(repr(item.answers[0]))})")
+
+    console.rule("5. prompt compression: does the needle survive?")
+    from tokenwise.cli.compress import demo_lines
+
+    demo_lines(console)
+
     console.rule("done")
     console.print(f"What happened: loaded {len(models)} built-in models from the package, scored "
                   f"a {len(trace)}-token passage, answered {3 * len(models)} questions, decoded "
-                  f"with three samplers and with entropy-adaptive switching, and wrote {html}, "
+                  f"with three samplers and with entropy-adaptive switching, scored answers' "
+                  f"uncertainty, compressed a memo, and wrote {html}, "
                   f"in {time.perf_counter() - start:.1f} s. Next: `tokenwise score FILE --html "
-                  "out.html`, `tokenwise generate PROMPT --sampler top_h`, `tokenwise testbed "
-                  "eval --model tw-small`.")
+                  "out.html`, `tokenwise generate PROMPT --sampler top_h`, `tokenwise "
+                  "uncertainty \"QUESTION\"`, `tokenwise compress FILE --rate 0.33 --show`, "
+                  "`tokenwise serve`.")

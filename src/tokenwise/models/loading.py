@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,6 +22,29 @@ _DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
 
+
+
+@contextmanager
+def quiet_weights_loading() -> Iterator[None]:
+    """Hide transformers' "Loading weights" progress bar inside the block, then restore it.
+
+    Our models load in milliseconds from local files; a progress bar per load only clutters
+    a CLI's output. The bar's global switch is put back as it was, so a caller's own
+    transformers use is unaffected.
+
+    Example:
+        >>> with quiet_weights_loading():
+        ...     pass
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 def builtin_names() -> list[str]:
     """Names of the built-in models shipped inside the package (e.g. ``tw-small``).
@@ -223,13 +248,14 @@ def load(
         tokenizer = AutoTokenizer.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
         )
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            local_files_only=True,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            dtype=torch_dtype,
-        )
+        with quiet_weights_loading():
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                local_files_only=True,
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+                dtype=torch_dtype,
+            )
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         detail = " ".join(str(exc).split())  # one line, whatever transformers wrote
         raise TokenwiseError(f"could not load model {name!r} from {str(path)!r}: {detail}") from exc

@@ -138,6 +138,8 @@ class HFEmbedder(Embedder):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
+        from tokenwise.models.loading import quiet_weights_loading
+
         path = minilm_path() if model is None else Path(model)
         if not path.is_dir():
             raise TokenwiseError(f"embedding model {str(path)!r} is not a local directory; "
@@ -147,7 +149,8 @@ class HFEmbedder(Embedder):
                                  "batch_size >= 1 and max_length >= 2")
         self.path = path
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        with quiet_weights_loading():
+            self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
         self.batch_size = batch_size
         limit = getattr(self.model.config, "max_position_embeddings", max_length)
         self.max_length = min(max_length, limit)

@@ -77,9 +77,12 @@ class NLIEquivalence(Equivalence):
                                      "tokenwise never downloads models")
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+            from tokenwise.models.loading import quiet_weights_loading
+
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, local_files_only=True, use_safetensors=True)
+            with quiet_weights_loading():
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    path, local_files_only=True, use_safetensors=True)
             self.name = str(path)
         else:
             if tokenizer is None:
