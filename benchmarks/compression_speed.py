@@ -1,8 +1,10 @@
 """LLMLingua-2 speed: `tokenwise.compression` against llmlingua 0.2.2's `compress_prompt`.
 
 Claim checked: on a 10k-word text, with the same token classifier for both,
-(a) a small classifier, where llmlingua's per-token Python post-processing dominates: our
-    total time is >= 3x faster (``tiny``: 16 wide, 1 layer; ``small``: 64 wide, 2 layers);
+(a) a small classifier, where llmlingua's per-token Python post-processing weighs most:
+    our total time is >= 3x faster. ``builtin`` is the shipped classifier tw-keep (149k
+    parameters, byte-level BPE, 256 positions); ``tiny`` (16 wide, 1 layer) and ``small``
+    (64 wide, 2 layers) are random BERTs with a WordPiece vocabulary;
 (b) a BERT-base-sized classifier (randomly initialised; 12 layers, 768 wide), where the
     model dominates: ours is never slower.
 Both are split into model time and everything else. llmlingua's model time is measured by
@@ -11,18 +13,34 @@ timing its classifier's forward calls; ours comes from the result's ``timings``.
 llmlingua counts tokens with tiktoken's GPT-3.5 encoding, which needs a download; here it
 gets the built-in models' tokenizer instead (a direct Rust ``encode`` per word, the cheapest
 per-call path), and we count with the same tokenizer. Both run with batch size 50 (the
-reference's default) in float32 on the same threads, and we check that our kept words
-equal llmlingua's (``percentile="chunk"``) before timing.
+reference's default; ``--ref-batch-size``) and ours with its own default (16, longest
+chunks first; ``--our-batch-size``), in float32 on the same threads, and we check that our
+kept words equal llmlingua's (``percentile="chunk"``) before timing; the run stops if they
+do not.
+
+llmlingua knows two word rules, picked by the model's name (mBERT's "##", XLM-R's "▁"),
+and builds every chunk with the literal tokens "[CLS]", "[SEP]", "[PAD]". For ``builtin``,
+inside this benchmark only: tw-keep is copied to a directory named ``xlm-roberta-large-...``
+with its special tokens renamed to those literals (same ids, same weights), llmlingua's
+XLM-R rule gets the byte-level space marker "Ġ" for "▁", and its window is the model's 256
+positions (it assumes 512). The text is given on one line after a space: llmlingua's rule
+glues a line break to the next word in a byte-level vocabulary (ours opens a word there),
+and its merge needs every chunk to open with a marked piece.
 
 Run:
     .venv/bin/python benchmarks/compression_speed.py                 # every classifier
-    .venv/bin/python benchmarks/compression_speed.py --sizes tiny small --repeats 5 --threads 1
+    .venv/bin/python benchmarks/compression_speed.py --sizes builtin tiny small --repeats 7 \
+        --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import shutil
 import statistics
+import string
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +49,8 @@ import torch
 
 WORDS = 10_000
 SIZES = {
-    # name: (hidden, layers, heads)
+    # name: (hidden, layers, heads); None: the shipped classifier tw-keep
+    "builtin": None,
     "tiny": (16, 1, 2),
     "small": (64, 2, 2),
     "base": (768, 12, 12),
@@ -87,31 +106,88 @@ def build_classifier(directory: Path, text: str, size: str) -> Path:
     return path
 
 
+def builtin_classifier(directory: Path) -> Path:
+    """tw-keep, copied with its special tokens named as llmlingua writes them (same ids)."""
+    from tokenwise.compression.token_classifier import BUILTIN_CLASSIFIERS
+
+    path = directory / "xlm-roberta-large-tw-keep"  # llmlingua picks rules by name
+    shutil.copytree(BUILTIN_CLASSIFIERS["tw-keep"], path)
+    names = {"<pad>": "[PAD]", "<s>": "[CLS]", "</s>": "[SEP]"}
+    spec = json.loads((path / "tokenizer.json").read_text())
+    for tok in spec["added_tokens"]:
+        tok["content"] = names.get(tok["content"], tok["content"])
+    spec["model"]["vocab"] = {names.get(k, k): v for k, v in spec["model"]["vocab"].items()}
+    spec["post_processor"] = json.loads(json.dumps(spec["post_processor"]).replace(
+        '"<s>"', '"[CLS]"'))
+    (path / "tokenizer.json").write_text(json.dumps(spec))
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config.update(bos_token="[CLS]", cls_token="[CLS]", eos_token="[SEP]", sep_token="[SEP]",
+                  pad_token="[PAD]")
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+@contextlib.contextmanager
+def byte_level_rule():
+    """llmlingua's XLM-R word rule with the byte-level marker "Ġ" for "▁" (inside only)."""
+    from llmlingua import prompt_compressor
+
+    def begins(token, model_name, force_tokens, token_map):
+        if token in string.punctuation or token in force_tokens or token in set(
+                token_map.values()):
+            return True
+        return token.startswith("Ġ")
+
+    def pure(token, model_name):
+        return token.lstrip("Ġ")
+
+    saved = prompt_compressor.is_begin_of_new_word, prompt_compressor.get_pure_token
+    prompt_compressor.is_begin_of_new_word, prompt_compressor.get_pure_token = begins, pure
+    try:
+        yield
+    finally:
+        prompt_compressor.is_begin_of_new_word, prompt_compressor.get_pure_token = saved
+
+
 class _Encoding:
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, marker: str = ""):
         self.backend = tokenizer.backend_tokenizer
+        self.marker = marker
 
     def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+        # A byte-level word reaches the counter with its "Ġ" on; count its own text.
+        return self.backend.encode(text.lstrip(self.marker) if self.marker else text,
+                                   add_special_tokens=False).ids
 
 
-def run(size: str, text: str, repeats: int, rate: float) -> dict[str, float]:
+def run(size: str, text: str, repeats: int, rate: float, our_batch: int | None = None,
+        ref_batch: int = 50) -> dict[str, float]:
     from llmlingua import prompt_compressor
 
     from tokenwise.compression import TokenCounter
     from tokenwise.compression.token_classifier import TokenClassifierCompressor
 
     counter = TokenCounter.resolve(None)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = build_classifier(Path(tmp), make_text(20_000, seed=7), size)
+    builtin = SIZES[size] is None
+    marker = "Ġ" if builtin else ""
+    if builtin:
+        text = " " + " ".join(text.split("\n"))
+    with tempfile.TemporaryDirectory() as tmp, (
+            byte_level_rule() if builtin else contextlib.nullcontext()):
+        path = (builtin_classifier(Path(tmp)) if builtin
+                else build_classifier(Path(tmp), make_text(20_000, seed=7), size))
         real = prompt_compressor.tiktoken.encoding_for_model
-        prompt_compressor.tiktoken.encoding_for_model = lambda name: _Encoding(counter.tokenizer)
+        prompt_compressor.tiktoken.encoding_for_model = lambda name: _Encoding(
+            counter.tokenizer, marker)
         try:
-            ref = prompt_compressor.PromptCompressor(model_name=str(path), use_llmlingua2=True,
-                                                     device_map="cpu")
+            ref = prompt_compressor.PromptCompressor(
+                model_name=str(path), use_llmlingua2=True, device_map="cpu",
+                llmlingua2_config={"max_batch_size": ref_batch})
         finally:
             prompt_compressor.tiktoken.encoding_for_model = real
-        ours = TokenClassifierCompressor(path, batch_size=50)
+        ours = TokenClassifierCompressor(path, **(
+            {} if our_batch is None else {"batch_size": our_batch}))
+        ref.max_seq_len = ours.max_length  # llmlingua assumes 512 positions
         params = sum(p.numel() for p in ours.model.parameters())
 
         model_time = [0.0]
@@ -141,21 +217,29 @@ def run(size: str, text: str, repeats: int, rate: float) -> dict[str, float]:
         _, _, ref_res = reference_call()
         _, _, our_res = our_call("chunk")
         pairs = [x.rsplit(" ", 1) for x in ref_res["fn_labeled_original_prompt"].split("\t\t|\t\t")]
-        same = ([w for w, _ in pairs] == our_res.words
+        ref_words = [w.lstrip(marker) if marker else w for w, _ in pairs]
+        same = (ref_words == our_res.words
                 and [int(b) for _, b in pairs] == our_res.keep.astype(int).tolist())
+        if not same:
+            raise SystemExit(f"{size}: our kept words differ from llmlingua's; not timing")
 
         rows: dict[str, list[tuple[float, float]]] = {"llmlingua": [], "ours chunk": [],
                                                        "ours global": []}
+        stages: list[dict[str, float]] = []
         for _ in range(repeats):  # interleaved, so load changes hit all three alike
             total, model, _ = reference_call()
             rows["llmlingua"].append((total, model))
-            total, model, _ = our_call("chunk")
+            total, model, res = our_call("chunk")
             rows["ours chunk"].append((total, model))
+            stages.append(res.timings)
             total, model, res = our_call("global")
             rows["ours global"].append((total, model))
     out = {"params": params, "same": same, "words": len(our_res.words),
            "model_tokens": int(sum(len(x) for x in ours.tokenizer(
-               [text], add_special_tokens=False)["input_ids"]))}
+               [text], add_special_tokens=False)["input_ids"])),
+           "chunk_stages": {k: statistics.median(s[k] for s in stages) for k in stages[0]},
+           "ratios": [a[0] / b[0] for a, b in zip(rows["llmlingua"], rows["ours chunk"],
+                                                  strict=True)]}
     for name, values in rows.items():
         out[name] = (statistics.median(t for t, _ in values),
                      statistics.median(m for _, m in values))
@@ -169,6 +253,10 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=WORDS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rate", type=float, default=0.33)
+    parser.add_argument("--our-batch-size", type=int, default=None,
+                        help="chunks per forward pass for ours (default: our default, 16)")
+    parser.add_argument("--ref-batch-size", type=int, default=50,
+                        help="chunks per forward pass for llmlingua (its default: 50)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for both (default: torch's choice)")
     args = parser.parse_args()
@@ -176,19 +264,23 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     text = make_text(args.words)
     print(f"text: {len(text.split())} words, rate {args.rate}, torch threads "
-          f"{torch.get_num_threads()}, median of {args.repeats}\n")
+          f"{torch.get_num_threads()}, median of {args.repeats}, batch size llmlingua "
+          f"{args.ref_batch_size}, ours {args.our_batch_size or 'default (16)'}\n")
     print("| classifier | params | who | total s | model s | rest s | speed-up (total) |")
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
-        r = run(size, text, args.repeats, args.rate)
+        r = run(size, text, args.repeats, args.rate, args.our_batch_size, args.ref_batch_size)
         base_total = r["llmlingua"][0]
         for who in ("llmlingua", "ours chunk", "ours global"):
             total, model = r[who]
             print(f"| {size} | {r['params'] / 1e6:.2f}M | {who} | {total:.3f} | {model:.3f} | "
                   f"{total - model:.3f} | {base_total / total:.2f}x |")
+        stages = ", ".join(f"{k} {1000 * v:.1f}" for k, v in r["chunk_stages"].items())
+        ratios = ", ".join(f"{x:.2f}" for x in sorted(r["ratios"]))
         print(f"<!-- {size}: {r['words']} words, {r['model_tokens']} classifier tokens; "
               f"kept words equal llmlingua's: {r['same']}; global rate met: "
-              f"{r['global_rate']:.4f} -->")
+              f"{r['global_rate']:.4f}; ours chunk, median ms: {stages}; per-repeat "
+              f"llmlingua/ours-chunk ratios: {ratios} -->")
 
 
 if __name__ == "__main__":

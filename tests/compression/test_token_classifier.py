@@ -218,15 +218,29 @@ def test_concurrent_calls_give_the_sequential_results(tiny_compressor):
                                  "coördinate", "\t", "(see", "42"]), max_size=80).map("".join),
        st.integers(1, 40))
 def test_pieces_tokenize_as_the_whole_text(tiny_compressor, text, size):
-    assert tiny_compressor._split_safe
-    whole_ids, whole_off = tiny_compressor._encode([text])
-    tiny_compressor.piece_chars = size
+    assert tiny_compressor._split_mode == "space"
+    _check_pieces(tiny_compressor, text, size)
+
+
+def _check_pieces(comp, text, size):
+    whole = comp.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    comp.piece_chars = size
     try:
-        ids, off = tiny_compressor._encode([text])
+        ids, off = comp._encode([text])
     finally:
-        tiny_compressor.piece_chars = TokenClassifierCompressor.piece_chars
-    assert ids[0].tolist() == whole_ids[0].tolist()
-    assert off[0].tolist() == whole_off[0].tolist()
+        comp.piece_chars = TokenClassifierCompressor.piece_chars
+    assert ids[0].tolist() == whole["input_ids"]
+    assert off[0].tolist() == [list(o) for o in whole["offset_mapping"]]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sampled_from(["code", "Tavoun", " ", "\n", "北京", ".", "x2", "  ", "'s",
+                                 "coördinate", "\t", "(see", "917", " \n", "é", "?!"]),
+                max_size=80).map("".join),
+       st.integers(1, 40))
+def test_byte_level_pieces_tokenize_as_the_whole_text(tw_keep, text, size):
+    assert tw_keep._split_mode == "marker"
+    _check_pieces(tw_keep, text, size)
 
 
 @pytest.fixture(scope="module")

@@ -534,10 +534,11 @@ class SelectiveCompressor(Compressor):
 
 def _word_weights(counter: TokenCounter, word_list: list[str]) -> np.ndarray:
     # Count each distinct word once, in one batched tokenizer call.
-    index: dict[str, int] = {}
-    inverse = np.fromiter((index.setdefault(w, len(index)) for w in word_list), dtype=np.int64,
+    distinct = list(dict.fromkeys(word_list))
+    index = {w: i for i, w in enumerate(distinct)}
+    inverse = np.fromiter(map(index.__getitem__, word_list), dtype=np.int64,
                           count=len(word_list))
-    counts = counter.count_each(list(index))
+    counts = counter.count_each(distinct)
     return counts[inverse] if len(word_list) else counts
 
 

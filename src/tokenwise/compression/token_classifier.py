@@ -22,6 +22,7 @@ default ``percentile="global"`` meets the rate on the target tokenizer.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import string
@@ -39,6 +40,7 @@ from tokenwise.errors import ModelNotFoundError, TokenwiseError, UnsafeCheckpoin
 
 TOKEN_TO_WORD = ("mean", "first")
 _SPACE_RE = re.compile(r"\s")
+_LONE_SPACE_RE = re.compile(r"(?<=\S) (?=\S)")
 _ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
 # Pre-tokenizers that split at every whitespace character, and normalizers that map each
 # character on its own: with both, a text cut at spaces tokenizes as the whole does.
@@ -145,12 +147,7 @@ class TokenClassifierCompressor(SelectiveCompressor):
         self.progress = progress
         self.force_question_words = bool(force_question_words)
         self._vocab = _vocab_flags(self.tokenizer, self.chunk_end_tokens)
-        backend = self.tokenizer.backend_tokenizer
-        self._split_safe = (
-            type(backend.model).__name__ == "WordPiece"
-            and type(backend.pre_tokenizer).__name__ in _SPACE_SPLITTERS
-            and (backend.normalizer is None
-                 or type(backend.normalizer).__name__ in _LOCAL_NORMALIZERS))
+        self._split_mode = _split_mode(self.tokenizer.backend_tokenizer)
         config = self.model.config
         self._broadcast_mask = (getattr(config, "model_type", "") in _BROADCAST_MASK_TYPES and
                                 getattr(config, "_attn_implementation", "") in ("sdpa", "eager"))
@@ -208,63 +205,79 @@ class TokenClassifierCompressor(SelectiveCompressor):
         """Token ids and ``(T, 2)`` character offsets of each text.
 
         A long text is cut at spaces into pieces the Rust tokenizer encodes in parallel,
-        where that cannot change the tokens: a WordPiece tokenizer whose pre-tokenizer splits
-        at whitespace (tokens never cross a space) and whose normalizer works per character.
+        where that cannot change the tokens (see :func:`_split_mode`).
         """
         pieces, owners, bases = [], [], []
         for i, text in enumerate(texts):
-            cuts = _space_cuts(text, self.piece_chars) if self._split_safe else [0, len(text)]
+            cuts = (_space_cuts(text, self.piece_chars, self._split_mode == "marker")
+                    if self._split_mode else [0, len(text)])
             for a, b in itertools.pairwise(cuts):
                 pieces.append(text[a:b])
                 owners.append(i)
                 bases.append(a)
-        enc = self.tokenizer(pieces, add_special_tokens=False, return_offsets_mapping=True,
-                             split_special_tokens=True, verbose=False)
+        backend = self.tokenizer.backend_tokenizer
+        if backend.truncation is None and backend.padding is None:
+            # The Rust tokenizer directly (what the transformers call runs, less its
+            # wrapping); special-token text in the input is read as text.
+            if not backend.encode_special_tokens:
+                backend.encode_special_tokens = True
+            encodings = backend.encode_batch(pieces, add_special_tokens=False)
+        else:
+            encodings = self.tokenizer(pieces, add_special_tokens=False,
+                                       return_offsets_mapping=True, split_special_tokens=True,
+                                       verbose=False).encodings
         ids: list[list[np.ndarray]] = [[] for _ in texts]
         offsets: list[list[np.ndarray]] = [[] for _ in texts]
-        for e, i, base in zip(enc.encodings, owners, bases, strict=True):
+        for e, i, base in zip(encodings, owners, bases, strict=True):
+            n = len(e.ids)
             ids[i].append(np.asarray(e.ids, dtype=np.int64))
-            offsets[i].append(np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) + base)
+            flat = np.fromiter(itertools.chain.from_iterable(e.offsets), np.int64, 2 * n)
+            offsets[i].append(flat.reshape(n, 2) + base)
         return ([np.concatenate(x) if x else np.zeros(0, np.int64) for x in ids],
                 [np.concatenate(x) if x else np.zeros((0, 2), np.int64) for x in offsets])
 
     @torch.inference_mode()
     def _keep_probabilities(self, seg_ids: list[np.ndarray],
                             chunks: list[tuple[int, int, int]]) -> np.ndarray:
+        """Keep probability of every chunk token, in chunk order.
+
+        Chunks are batched longest first, so a batch pads its rows to lengths close to
+        their own (less padded attention than batching in text order).
+        """
         device = next(self.model.parameters()).device
-        pieces = []
-        batches = range(0, len(chunks), self.batch_size)
+        first = 1 if self._cls is not None else 0
+        rows = []
+        for s, a, z in chunks:
+            row = seg_ids[s][a:z]
+            if self._cls is not None:
+                row = np.concatenate([[self._cls], row])
+            if self._sep is not None:
+                row = np.concatenate([row, [self._sep]])
+            rows.append(row[:self.max_length])  # a full window loses its separator
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        out: list[np.ndarray | None] = [None] * len(rows)
+        batches = range(0, len(order), self.batch_size)
         if self.progress and len(batches) > 2:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="classifying", unit="batch")
         for b in batches:
-            part = chunks[b:b + self.batch_size]
-            rows = []
-            for s, a, z in part:
-                row = seg_ids[s][a:z]
-                if self._cls is not None:
-                    row = np.concatenate([[self._cls], row])
-                if self._sep is not None:
-                    row = np.concatenate([row, [self._sep]])
-                rows.append(row[:self.max_length])  # a full window loses its separator
-            width = max(len(r) for r in rows)
-            ids = np.full((len(rows), width), self._pad, dtype=np.int64)  # (B, T)
-            mask = np.zeros((len(rows), width), dtype=np.int64)  # (B, T)
-            content = np.zeros((len(rows), width), dtype=bool)  # (B, T) the chunk's own tokens
-            first = 1 if self._cls is not None else 0
-            for i, r in enumerate(rows):
-                ids[i, :len(r)] = r
-                mask[i, :len(r)] = 1
-                n_content = part[i][2] - part[i][1]
-                content[i, first:first + n_content] = True
+            part = order[b:b + self.batch_size]
+            width = len(rows[part[0]])
+            ids = np.full((len(part), width), self._pad, dtype=np.int64)  # (B, T)
+            mask = np.zeros((len(part), width), dtype=np.int64)  # (B, T)
+            for i, c in enumerate(part):
+                ids[i, :len(rows[c])] = rows[c]
+                mask[i, :len(rows[c])] = 1
             logits = self.model(input_ids=torch.from_numpy(ids).to(device),
                                 attention_mask=self._attention_mask(mask, device)).logits
-            p_keep = torch.softmax(logits.float(), dim=-1)[..., 1]  # (B, T)
-            pieces.append(p_keep[torch.from_numpy(content).to(device)].cpu().numpy())
-        if not pieces:
+            p_keep = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()  # (B, T)
+            for i, c in enumerate(part):
+                n_content = chunks[c][2] - chunks[c][1]
+                out[c] = p_keep[i, first:first + n_content]
+        if not out:
             return np.zeros(0, dtype=np.float32)
-        return np.concatenate(pieces).astype(np.float32, copy=False)
+        return np.concatenate(out).astype(np.float32, copy=False)
 
     def _attention_mask(self, mask: np.ndarray, device: torch.device) -> torch.Tensor | None:
         """The padding mask in the cheapest form the model takes.
@@ -352,12 +365,43 @@ class TokenClassifierCompressor(SelectiveCompressor):
         )
 
 
-def _space_cuts(text: str, size: int) -> list[int]:
+def _split_mode(backend: Any) -> str | None:
+    """How a text may be cut into pieces that tokenize as the whole does, if at all.
+
+    ``"space"``: a WordPiece tokenizer whose pre-tokenizer splits at whitespace (tokens
+    never cross a space) and whose normalizer works per character: cut at any whitespace.
+    ``"marker"``: byte-level BPE with the GPT-2 split rule (a space joins the word after
+    it, a run of spaces stays apart; digits may be split one by one first) and no
+    normalizer: cut before a single space between two non-spaces, where the rule always
+    splits. None: do not cut.
+    """
+    normalizer = backend.normalizer
+    kind = type(backend.model).__name__
+    if kind == "WordPiece":
+        local = normalizer is None or type(normalizer).__name__ in _LOCAL_NORMALIZERS
+        spaced = type(backend.pre_tokenizer).__name__ in _SPACE_SPLITTERS
+        return "space" if local and spaced else None
+    if kind != "BPE" or normalizer is not None or backend.pre_tokenizer is None:
+        return None
+    try:
+        spec = json.loads(backend.pre_tokenizer.__getstate__())
+    except (TypeError, ValueError, AttributeError):
+        return None
+    parts = spec.get("pretokenizers", [spec]) if spec.get("type") == "Sequence" else [spec]
+    kinds = [p.get("type") for p in parts]
+    if kinds not in (["ByteLevel"], ["Digits", "ByteLevel"]) or not parts[-1].get("use_regex"):
+        return None
+    return "marker"
+
+
+def _space_cuts(text: str, size: int, single: bool = False) -> list[int]:
     """Cut points ``[0, ..., len(text)]``, each later cut at the first space after ``size``
-    more characters (no cut inside a run of non-space characters)."""
+    more characters (no cut inside a run of non-space characters). ``single``: only before
+    a ``" "`` with a non-space on both sides."""
     cuts, pos, n = [0], size, len(text)
+    pattern = _LONE_SPACE_RE if single else _SPACE_RE
     while pos < n:
-        m = _SPACE_RE.search(text, pos)
+        m = pattern.search(text, pos)
         if m is None:
             break
         cuts.append(m.start())
