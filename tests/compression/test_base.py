@@ -127,10 +127,15 @@ def test_result_is_consistent():
 
 def test_forcing_rules():
     text = "alpha beta 42 gamma x7 delta? epsilon, beta\nzeta eta theta iota kappa lambda mu"
-    res = HASHED.compress(text, rate=0.7, protect=False, keep_digits=True,
+    asking = Hashed()
+    asking.force_question_words = True
+    res = asking.compress(text, rate=0.7, protect=False, keep_digits=True,
                           force_tokens=["beta", "?"], question="Where is EPSILON now?")
     assert res.forced.tolist() == [w in ("beta", "?", "epsilon") or w.isdigit()
                                    for w in res.words]
+    # Off by default: the question alone forces nothing.
+    assert not HASHED.compress(text, rate=0.7, protect=False,
+                               question="Where is EPSILON now?").forced.any()
     assert res.keep[res.forced].all()
     plain = HASHED.compress(text, rate=0.7, protect=False)
     assert not plain.forced.any()

@@ -44,7 +44,8 @@ def test_json_and_options(cli, tmp_path, tiny_bert_dir):
     path.write_text(TEXT, encoding="utf-8")
     res = _run(cli, [str(path), "--target-tokens", "600", "--model", str(tiny_bert_dir),
                      "--json", "--percentile", "global", "--keep-digits", "--force", "council",
-                     "--question", "What about the budget?", "--batch-size", "2"])
+                     "--question", "What about the budget?", "--batch-size", "2",
+                     "--force-question-words"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert 594 <= out["tokens_after"] <= 600

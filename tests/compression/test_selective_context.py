@@ -84,10 +84,10 @@ def test_bad_unit(lm):
         SelectiveContextCompressor(lm, unit="paragraph")
 
 
-def test_question_keywords_forced_unless_turned_off(lm):
+def test_question_keywords_forced_when_asked(lm):
     q = "What is the code of Brelix?"
-    r = SelectiveContextCompressor(lm).compress(MEMO, rate=0.6, question=q, protect=False)
-    assert {w for w, f in zip(r.words, r.forced, strict=True) if f} == {"code", "Brelix"}
-    r = SelectiveContextCompressor(lm, force_question_words=False).compress(
+    r = SelectiveContextCompressor(lm, force_question_words=True).compress(
         MEMO, rate=0.6, question=q, protect=False)
+    assert {w for w, f in zip(r.words, r.forced, strict=True) if f} == {"code", "Brelix"}
+    r = SelectiveContextCompressor(lm).compress(MEMO, rate=0.6, question=q, protect=False)
     assert not r.forced.any()

@@ -296,12 +296,14 @@ def test_byte_level_chunks_may_end_at_line_breaks(tw_keep):
         assert "\n" in gap or text[s.starts[i - 1]:s.ends[i - 1]] == "."
 
 
-def test_question_keywords_forced_by_default(tw_keep):
+def test_question_keywords_forced_when_asked(tw_keep):
     text = _needles(1, seed=5)[0]
     key = text.rstrip("\n").rsplit("of ", 1)[1].rstrip("?")
-    r = tw_keep.compress(text, rate=0.5, question=f"What is the code of {key}?", protect=False)
-    assert {w for w, f in zip(r.words, r.forced, strict=True) if f} == {"code", key}
-    assert all(k for w, k in zip(r.words, r.keep, strict=True) if w in ("code", key))
-    off = TokenClassifierCompressor(force_question_words=False).compress(
-        text, rate=0.5, question=f"What is the code of {key}?", protect=False)
+    q = f"What is the code of {key}?"
+    on = TokenClassifierCompressor(force_question_words=True).compress(
+        text, rate=0.5, question=q, protect=False)
+    assert {w for w, f in zip(on.words, on.forced, strict=True) if f} == {"code", key}
+    assert all(k for w, k in zip(on.words, on.keep, strict=True) if w in ("code", key))
+    off = tw_keep.compress(text, rate=0.5, question=q, protect=False)
     assert not off.forced.any()
+    assert off.text == tw_keep.compress(text, rate=0.5, protect=False).text

@@ -34,9 +34,12 @@ def _method_names() -> list[str]:
               help="Whose tokenizer counts tokens: a built-in name or a local directory "
                    "(default: the built-in models' tokenizer).")
 @click.option("--question", "-q", default=None,
-              help="A question the compressed prompt must answer (token_classifier and "
-                   "selective_context keep its keywords; perplexity and extractive score by "
-                   "it; generative keeps its keywords in rewrites).")
+              help="A question the compressed prompt must answer (perplexity and extractive "
+                   "score by it; generative keeps its keywords in rewrites; see "
+                   "--force-question-words).")
+@click.option("--force-question-words", is_flag=True,
+              help="Keep the question's keywords wherever they occur (function words and "
+                   "wh-words excepted); not for generative.")
 @click.option("--percentile", type=click.Choice(["global", "chunk"]), default="global",
               show_default=True,
               help="global: one cut over the whole text that meets the budget; chunk: "
@@ -62,7 +65,8 @@ def _method_names() -> list[str]:
 def compress_command(source: str, rate: float | None, target_tokens: int | None,
                      threshold: float | None, method: str, model: str | None,
                      target_model: str | None, question: str | None, percentile: str,
-                     force_tokens: tuple[str, ...], keep_digits: bool, no_protect: bool,
+                     force_question_words: bool, force_tokens: tuple[str, ...],
+                     keep_digits: bool, no_protect: bool,
                      context_filter: bool, as_messages: bool, roles: tuple[str, ...],
                      device: str | None, batch_size: int | None, show: bool,
                      as_json: bool) -> None:
@@ -92,6 +96,8 @@ def compress_command(source: str, rate: float | None, target_tokens: int | None,
         options["device"] = device
     if batch_size is not None:
         options["batch_size"] = batch_size
+    if force_question_words:
+        options["force_question_words"] = True
     if canonical == "token_classifier" and not as_json:
         options["progress"] = True
     result = compress(
@@ -199,7 +205,7 @@ def demo_lines(console=None, *, rate: float = 0.33,
     Kept words print bright and dropped ones dim, then whether the needle's answer survived.
     The question line is a force token (it survives whole) and the budget is ``rate`` of the
     memo's tokens plus the question line's; number protection is off, since every code is a
-    number. token_classifier is the built-in tw-keep (it keeps the question's keywords);
+    number. token_classifier is the built-in tw-keep;
     perplexity is tw-small's contrastive surprisal. For `tokenwise demo`.
 
     Args:

@@ -92,12 +92,13 @@ def compress(
         rate: fraction of the tokens to keep, in (0, 1].
         target_tokens: tokens to keep (met within 1% on the target tokenizer).
         threshold: keep every word scoring at least this (instead of a rate or target).
-        question: the question the compressed prompt must answer. ``token_classifier``
-            and ``selective_context`` keep the question's keywords wherever they occur
-            (function words and wh-words excepted; constructor option
-            ``force_question_words=True``); ``perplexity`` (contrastive score) and
-            ``extractive`` (similarity) score by the question without forcing its words
-            (``force_question_words=False`` by default); ``generative`` keeps its keywords.
+        question: the question the compressed prompt must answer. ``perplexity``
+            (contrastive score) and ``extractive`` (similarity) score by it; ``generative``
+            keeps its keywords in rewrites; ``token_classifier`` and ``selective_context``
+            do not read it. With the option ``force_question_words=True`` (every selective
+            method; off by default, since a keyword found in every line would take the
+            budget) the question's keywords are kept wherever they occur (function words
+            and wh-words excepted).
         force_tokens: strings always kept where they occur as whole words (``"\\n"``:
             keep every line break).
         keep_digits: keep every word containing a digit.

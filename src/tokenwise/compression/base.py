@@ -235,8 +235,9 @@ class SelectiveCompressor(Compressor):
 
     forced_score: ClassVar[float] = math.inf
     #: keep the question's keywords (:func:`words.question_words`) wherever they occur.
-    #: Methods that read the question themselves (perplexity, extractive) turn it off.
-    force_question_words: bool = True
+    #: Off by default: a keyword found in every line (the "code" of "What is the code of
+    #: X?" in a memo of codes) would take the budget. Subclasses take it as an option.
+    force_question_words: bool = False
     threshold_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)
     #: True when :meth:`score_words` calls :meth:`read_ahead` itself, once its own
     #: tokenizing is done (so the two tokenizers do not compete for the CPU).

@@ -106,8 +106,9 @@ class SelectiveContextCompressor(SelectiveCompressor):
         unit: ``"phrase"`` (the paper's best), ``"sentence"`` or ``"word"``.
         window, stride: the model's reading windows for long texts.
         force_question_words: with ``question=``, keep the question's keywords wherever
-            they occur (function words and wh-words excepted). On by default: Selective
-            Context's score does not read the question.
+            they occur (function words and wh-words excepted). Off by default: Selective
+            Context's score does not read the question, and a keyword found in every line
+            would take the budget.
 
     Example:
         >>> comp = SelectiveContextCompressor("tw-small", unit="sentence")
@@ -121,7 +122,7 @@ class SelectiveContextCompressor(SelectiveCompressor):
 
     def __init__(self, model: Any = "tw-small", *, unit: str = "phrase",
                  window: int | None = None, stride: int | None = None,
-                 force_question_words: bool = True):
+                 force_question_words: bool = False):
         if unit not in UNITS:
             raise TokenwiseError(f"unit={unit!r}: allowed {UNITS}")
         self.lm = load_causal_lm(model)
@@ -140,7 +141,7 @@ class SelectiveContextCompressor(SelectiveCompressor):
         Args:
             texts: the segments to score (each read on its own, whole).
             question: unused (Selective Context is not question-aware; the caller forces
-                the question's keywords unless ``force_question_words=False``).
+                the question's keywords with ``force_question_words=True``).
         """
         import time
 

@@ -74,15 +74,16 @@ class TokenClassifierCompressor(SelectiveCompressor):
         chunk_end_tokens: tokens a chunk may end on when it backs off from a full window.
         force_question_words: with ``question=``, keep the question's keywords wherever they
             occur (:func:`tokenwise.compression.words.question_words`: function words and
-            wh-words are left to the classifier). On by default: the classifier does not
-            read the question, so this is how a question shapes what is kept.
+            wh-words are left to the classifier). Off by default: the classifier does not
+            read the question (as in LLMLingua-2), and a keyword found in every line would
+            take the budget; turn it on to make a question shape what is kept.
         progress: show a progress bar over batches.
 
     Example:
         >>> comp = TokenClassifierCompressor()  # the built-in tw-keep
         >>> r = comp.compress("The code of Tavoun is 917. The code of Brelix is 382.",
-        ...                   rate=0.5, question="What is the code of Brelix?", protect=False)
-        >>> "Brelix" in r.kept_words and r.tokens_after <= r.tokens_before
+        ...                   rate=0.5, protect=False)
+        >>> 0 < r.tokens_after <= r.tokens_before // 2 + 1
         True
     """
 
@@ -104,7 +105,7 @@ class TokenClassifierCompressor(SelectiveCompressor):
         max_length: int | None = None,
         token_to_word: str = "mean",
         chunk_end_tokens: tuple[str, ...] = (".", "\n"),
-        force_question_words: bool = True,
+        force_question_words: bool = False,
         progress: bool = False,
     ):
         if model is None:
