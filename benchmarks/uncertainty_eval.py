@@ -83,8 +83,10 @@ def main() -> None:
         else:  # the rows a meaning relation changes
             rows = {n: n for n in ("semantic_entropy", "discrete_semantic_entropy",
                                    "num_semantic_sets")}
-        rows["semantic_entropy_normalised"] = get("semantic_entropy", equivalence=eq,
-                                                  length_normalised=True)
+        # the registered semantic_entropy weights by mean token logprob; this row is the
+        # sequence-likelihood variant beside it
+        rows["semantic_entropy_raw"] = get("semantic_entropy", equivalence=eq,
+                                           length_normalised=False)
         ev = evaluate_samples(sets, labels, rows, equivalence=eq, bootstrap=args.bootstrap,
                               seed=args.seed, groups=groups)
         print(f"\n### meaning relation: {rel_name}\n")
@@ -98,13 +100,16 @@ def main() -> None:
     print("| meaning relation | pair | SE AUROC | PE AUROC | difference [95% CI] |")
     print("|---|---|---|---|---|")
     for rel_name, eq in relations.items():
-        for norm in (False, True):
+        # (SE weighting, PE weighting): both raw, both length-normalised, and the two
+        # registered defaults (SE by mean token logprob, PE by sequence log-likelihood)
+        for norm, pe_norm in ((False, False), (True, True), (True, False)):
             se = np.array([get("semantic_entropy", equivalence=eq,
                                length_normalised=norm)(s) for s in sets])
-            base = pe["predictive_entropy_normalised" if norm else "predictive_entropy"]
+            base = pe["predictive_entropy_normalised" if pe_norm else "predictive_entropy"]
             ci = paired_bootstrap_ci(auroc, se, base, labels, n=args.bootstrap,
                                      seed=args.seed)
-            pair = "length-normalised" if norm else "raw log-likelihoods"
+            pair = ("registered defaults" if norm != pe_norm
+                    else "length-normalised" if norm else "raw log-likelihoods")
             print(f"| {rel_name} | {pair} | {auroc(se, labels):.3f} | "
                   f"{auroc(base, labels):.3f} | {ci.estimate:+.3f} "
                   f"[{ci.low:+.3f}, {ci.high:+.3f}] |")
@@ -112,7 +117,7 @@ def main() -> None:
                                           "difference": ci.estimate,
                                           "ci": [ci.low, ci.high]})
     if args.png and main_eval is not None:
-        keep = {"semantic_entropy", "semantic_entropy_normalised", "predictive_entropy",
+        keep = {"semantic_entropy", "semantic_entropy_raw", "predictive_entropy",
                 "maximum_sequence_probability", "semantic_volume", "inv_entropy"}
         main_eval.results = [r for r in main_eval.results if r.name in keep]
         plot_rejection_curves(main_eval, args.png, title=(

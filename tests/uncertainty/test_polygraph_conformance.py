@@ -143,7 +143,7 @@ def test_semantic_entropy_on_the_same_clusters(seed):
     theirs = float(SemanticEntropy()(stats)[0])
     # Exactly lm-polygraph's estimator: Monte-Carlo, un-normalised, repeats added.
     same = get("semantic_entropy", equivalence=eq, estimator="mc", normalise=False,
-               unique=False)(s)
+               unique=False, length_normalised=False)(s)
     assert same == pytest.approx(theirs, abs=1e-12)
     # Independently: -1/n sum_i log sum_{j in C(i)} p_j.
     naive = -np.mean([math.log(sum(math.exp(lls[j]) for j in range(len(ids))
@@ -152,14 +152,15 @@ def test_semantic_entropy_on_the_same_clusters(seed):
     # lm-polygraph's unique-responses variant counts each text once, as ours does.
     theirs_unique = float(SemanticEntropy(use_unique_responses=True)(stats)[0])
     ours_unique_mc = get("semantic_entropy", equivalence=eq, estimator="mc", normalise=False,
-                         unique=True)(s)
+                         unique=True, length_normalised=False)(s)
     assert ours_unique_mc == pytest.approx(theirs_unique, abs=1e-12)
     # Discrete SE: cluster frequencies, identical by construction of both.
     theirs_discrete = float(SemanticEntropy(class_probability_estimation="frequency")(stats)[0])
     assert get("discrete_semantic_entropy", equivalence=eq)(s) == pytest.approx(
         theirs_discrete, abs=1e-12)
-    # Our default is the entropy of the normalised distribution over meanings.
-    ours = get("semantic_entropy", equivalence=eq)(s)
+    # Our default ("rao") is the entropy of the normalised distribution over meanings
+    # (shown here with sequence log-likelihoods; the default weights by mean token logprob).
+    ours = get("semantic_entropy", equivalence=eq, length_normalised=False)(s)
     masses = {}
     for c, t, ll in zip(ids, texts, lls, strict=True):
         masses.setdefault(c, {})[t] = math.exp(ll)

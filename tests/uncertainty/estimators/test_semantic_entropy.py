@@ -16,6 +16,11 @@ from tokenwise.uncertainty.estimators.semantic_entropy import SemanticEntropy
 from .helpers import FIRST_LETTER, probs_set
 
 
+def raw_se(**options):
+    """Semantic entropy weighted by sequence log-likelihoods (closed forms below use them)."""
+    return SemanticEntropy(FIRST_LETTER, length_normalised=False, **options)
+
+
 def h(ps):
     ps = np.asarray(ps, dtype=float) / sum(ps)
     return float(-(ps * np.log(ps)).sum())
@@ -23,40 +28,40 @@ def h(ps):
 
 def test_closed_form_likelihood_weighted():
     s = probs_set(["apple", "avocado", "banana", "cherry"], [0.4, 0.2, 0.1, 0.1])
-    assert SemanticEntropy(FIRST_LETTER)(s) == pytest.approx(h([0.6, 0.1, 0.1]))
+    assert raw_se()(s) == pytest.approx(h([0.6, 0.1, 0.1]))
 
 
 def test_one_meaning_is_zero():
     s = probs_set(["apple", "Avocado", "apple"], [0.1, 0.01, 0.1])
-    assert SemanticEntropy(FIRST_LETTER)(s) == pytest.approx(0.0, abs=1e-12)
+    assert raw_se()(s) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_repeats_count_once():
     once = probs_set(["apple", "banana"], [0.3, 0.1])
     thrice = probs_set(["apple", "banana", "apple", "apple"], [0.3, 0.1, 0.3, 0.3])
-    se = SemanticEntropy(FIRST_LETTER)
+    se = SemanticEntropy(FIRST_LETTER, length_normalised=False)
     assert se(thrice) == pytest.approx(se(once)) == pytest.approx(h([0.3, 0.1]))
     # counted every time (the reference code): 0.9 vs 0.1
-    assert SemanticEntropy(FIRST_LETTER, unique=False)(thrice) == pytest.approx(h([0.9, 0.1]))
+    assert raw_se(unique=False)(thrice) == pytest.approx(h([0.9, 0.1]))
 
 
 def test_same_text_other_tokenisation_adds_mass():
     s = SampleSet.from_texts("Q?", ["apple", "apple", "banana"],
                              logprobs=[[math.log(0.2)], [math.log(0.05), 0.0],
                                        [math.log(0.25)]])
-    assert SemanticEntropy(FIRST_LETTER)(s) == pytest.approx(h([0.25, 0.25]))
+    assert raw_se()(s) == pytest.approx(h([0.25, 0.25]))
 
 
 def test_order_invariance():
     texts = ["apple", "banana", "apple", "avocado", "cherry", "blueberry"]
     probs = [0.2, 0.1, 0.2, 0.05, 0.3, 0.02]
-    base = SemanticEntropy(FIRST_LETTER)(probs_set(texts, probs))
+    base = raw_se()(probs_set(texts, probs))
     rng = random.Random(0)
     for _ in range(5):
         order = list(range(len(texts)))
         rng.shuffle(order)
         shuffled = probs_set([texts[i] for i in order], [probs[i] for i in order])
-        assert SemanticEntropy(FIRST_LETTER)(shuffled) == pytest.approx(base)
+        assert raw_se()(shuffled) == pytest.approx(base)
 
 
 def test_matches_reference_and_lm_polygraph_formulas():
@@ -77,7 +82,8 @@ def test_matches_reference_and_lm_polygraph_formulas():
     cls = {k: np.logaddexp.reduce(ll[[i for i, c in enumerate(ids) if c == k]])
            for k in set(ids)}
     poly = -np.mean([cls[c] for c in ids])
-    got = SemanticEntropy(FIRST_LETTER, unique=False, estimator="mc", normalise=False)(s)
+    got = SemanticEntropy(FIRST_LETTER, length_normalised=False, unique=False, estimator="mc",
+                          normalise=False)(s)
     assert got == pytest.approx(poly)
 
 
@@ -96,14 +102,14 @@ def test_shares_clusters_with_other_estimators():
 
 def test_bad_input():
     with pytest.raises(TokenwiseError, match="needs token log-probabilities"):
-        SemanticEntropy(FIRST_LETTER)(SampleSet.from_texts("Q?", ["a", "b"]))
+        raw_se()(SampleSet.from_texts("Q?", ["a", "b"]))
     with pytest.raises(TokenwiseError, match="estimator="):
         SemanticEntropy(FIRST_LETTER, estimator="plugin")
     with pytest.raises(TokenwiseError, match="normalise=True"):
         SemanticEntropy(FIRST_LETTER, normalise=False)
     s = SampleSet.from_texts("Q?", ["a", "b"], logprobs=[-math.inf, -math.inf])
     with pytest.raises(TokenwiseError, match="-inf"):
-        SemanticEntropy(FIRST_LETTER)(s)
+        raw_se()(s)
     # one impossible answer contributes nothing
     s = SampleSet.from_texts("Q?", ["a", "b"], logprobs=[-math.inf, -1.0])
-    assert SemanticEntropy(FIRST_LETTER)(s) == pytest.approx(0.0, abs=1e-12)
+    assert raw_se()(s) == pytest.approx(0.0, abs=1e-12)

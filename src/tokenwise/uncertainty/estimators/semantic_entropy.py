@@ -77,8 +77,12 @@ class SemanticEntropy(Estimator):
         equivalence: meaning relation (an :class:`~tokenwise.uncertainty.Equivalence` or
             a callable ``(question, a, b) -> bool``); None = the shared
             :func:`~tokenwise.uncertainty.equivalence.default_equivalence`.
-        length_normalised: weight by mean token log-probabilities instead of sequence
-            log-likelihoods.
+        length_normalised: weight each answer by its mean token log-probability (the
+            default, as the reference code of the Nature paper does: its answers' lengths
+            then do not decide its cluster's mass), or with False by its sequence
+            log-likelihood. On the fact world (tw-large, 480 questions, MiniLM meanings) the
+            default flags wrong answers with AUROC 0.866 against 0.855 for raw
+            log-likelihoods (BENCHMARKS.md).
         unique: count a repeated sequence once in its cluster's mass.
         estimator: ``"rao"`` or ``"mc"``.
         normalise: divide the cluster masses by their sum (always True for "rao").
@@ -96,7 +100,7 @@ class SemanticEntropy(Estimator):
     needs_logprobs = True
 
     def __init__(self, equivalence: Equivalence | Callable[[str, str, str], bool] | None = None,
-                 length_normalised: bool = False, unique: bool = True, estimator: str = "rao",
+                 length_normalised: bool = True, unique: bool = True, estimator: str = "rao",
                  normalise: bool = True):
         if estimator not in ("rao", "mc"):
             raise TokenwiseError(f"estimator={estimator!r}: allowed 'rao' or 'mc'")
