@@ -9,12 +9,14 @@ rate 0.33 for the best method). Retention is undefined while the reader answers 
 uncompressed (tw-large does not answer needles, see BENCHMARKS.md); then survival is the
 figure to read, and the same command measures the target once a reader that answers exists.
 
-Every method compresses the memo followed by its question line (``"Q: ..."``) and gets the
-question as ``question=``, which each method uses by its default: perplexity's contrastive
-score and extractive's similarity read it; token_classifier, selective_context and generative
-keep its keywords ("code" and the key's name) wherever they occur. The question line is a
+Every method compresses the question line (``"Q: ..."``) followed by the memo (``--layout
+last``: the memo, then the question line; the built-in classifier tw-keep was trained on the
+question first) and gets the question as ``question=``, which each method uses by its
+default: perplexity's contrastive score and extractive's similarity read it; generative keeps
+its keywords; token_classifier and selective_context do not read it (their
+``force_question_words`` is off). The question line is a
 force token, so it survives whole, and the budget is
-``target_tokens = round(rate * memo tokens) + question-line tokens`` on tw-large's tokenizer.
+``target_tokens = round(rate * memo tokens) + question-line tokens`` on the reader's tokenizer.
 Protection of structured spans is off (``protect=False``): it keeps every number, and the
 codes are numbers, which would make survival trivial. A method that cannot meet a budget
 (forced words alone over it) counts as a failure, and the failures are reported.
@@ -108,6 +110,8 @@ def main() -> None:
                         "selective_context,extractive,generative")
     parser.add_argument("--classifier", default="tw-keep",
                         help="token_classifier's model: built-in name or local directory")
+    parser.add_argument("--layout", choices=("first", "last"), default="first",
+                        help="the question line before the memo (first) or after it (last)")
     parser.add_argument("--reader", default="tw-large",
                         help="the model that answers (built-in name or local directory)")
     parser.add_argument("--png", default="docs/compression_qa.png")
@@ -130,19 +134,19 @@ def main() -> None:
             rows = []
             for it in items:
                 q_line = f"Q: {it.question}"
-                text = f"{it.context}{q_line}\n"
+                text = (f"{q_line}\n{it.context}" if args.layout == "first"
+                        else f"{it.context}{q_line}\n")
                 target = round(rate * counter.count(it.context)) + counter.count(q_line)
                 try:
                     r = comp.compress(text, target_tokens=target,
                                       question=it.question,
                                       force_tokens=[q_line], protect=False,
                                       target_model=counter)
-                    out = r.text
-                    ctx = out[:out.rfind("Q:")] if "Q:" in out else out
+                    ctx = r.text.replace(q_line, "", 1).strip("\n") + "\n"
                     # Budget spent on the memo: all output tokens but the question line's.
                     memo_rate = ((r.tokens_after - counter.count(q_line))
                                  / counter.count(it.context))
-                    rows.append((survived(it.answer, ctx), ctx.rstrip() + f"\n{q_line}\nA:",
+                    rows.append((survived(it.answer, ctx), f"{ctx}{q_line}\nA:",
                                  memo_rate, True))
                 except Exception as exc:  # a budget the method cannot meet counts as lost
                     rows.append((False, None, float("nan"), False))

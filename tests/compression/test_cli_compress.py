@@ -168,12 +168,12 @@ def test_demo_lines_prints_kept_and_dropped_words_and_survival():
     out = buf.getvalue()
     assert [r["method"] for r in rows] == ["token_classifier", "perplexity"]
     counter = TokenCounter.resolve(None)
-    memo = "Memo:\n" + "".join(f"The code of {k} is {v}.\n" for k, v in DEMO_FACTS)
+    memo = "Memo:\n" + "\n".join(f"The code of {k} is {v}." for k, v in DEMO_FACTS)
     q_line = f"Q: What is the code of {DEMO_KEY}?"
     target = round(0.33 * counter.count(memo)) + counter.count(q_line)
     answer = dict(DEMO_FACTS)[DEMO_KEY]
     for r in rows:
-        assert r["tokens_before"] == counter.count(memo + q_line)
+        assert r["tokens_before"] == counter.count(f"{q_line}\n{memo}")
         assert abs(r["tokens_after"] - target) <= max(1, 0.01 * target)
     verdicts = [line for line in out.splitlines() if f"answer {answer}" in line]
     assert len(verdicts) == 2

@@ -203,9 +203,9 @@ def demo_lines(console=None, *, rate: float = 0.33,
     """Compress a short needle memo with each method and print what was kept.
 
     Kept words print bright and dropped ones dim, then whether the needle's answer survived.
-    The question line is a force token (it survives whole) and the budget is ``rate`` of the
-    memo's tokens plus the question line's; number protection is off, since every code is a
-    number. token_classifier is the built-in tw-keep;
+    The question line comes first (as tw-keep was trained) and is a force token (it survives
+    whole); the budget is ``rate`` of the memo's tokens plus the question line's; number
+    protection is off, since every code is a number. token_classifier is the built-in tw-keep;
     perplexity is tw-small's contrastive surprisal. For `tokenwise demo`.
 
     Args:
@@ -232,7 +232,7 @@ def demo_lines(console=None, *, rate: float = 0.33,
     from tokenwise.compression import TokenCounter, get
 
     console = console if console is not None else Console(highlight=False)
-    memo = "Memo:\n" + "".join(f"The code of {k} is {v}.\n" for k, v in DEMO_FACTS)
+    memo = "Memo:\n" + "\n".join(f"The code of {k} is {v}." for k, v in DEMO_FACTS)
     question = f"What is the code of {DEMO_KEY}?"
     q_line = f"Q: {question}"
     answer = str(dict(DEMO_FACTS)[DEMO_KEY])
@@ -241,9 +241,9 @@ def demo_lines(console=None, *, rate: float = 0.33,
     rows = []
     for method in methods:
         comp = get(method)
-        result = comp.compress(memo + q_line, target_tokens=target, question=question,
+        result = comp.compress(f"{q_line}\n{memo}", target_tokens=target, question=question,
                                force_tokens=[q_line], protect=False, target_model=counter)
-        context = result.text[:result.text.rfind("Q:")]
+        context = result.text.replace(q_line, "", 1)
         ok = re.search(rf"(?<!\d){answer}(?!\d)", context) is not None
         reader = getattr(comp, "model_name", None) or getattr(getattr(comp, "lm", None),
                                                               "name", "")

@@ -26,13 +26,15 @@ def _command_line() -> str | None:
     return "tokenwise compress train " + " ".join(shlex.quote(a) for a in args)
 
 
-def needle_examples(n: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+def needle_examples(n: int, seed: int = 0, question_first: bool = False,
+                    ) -> list[tuple[str, np.ndarray]]:
     """Needle contexts labelled by the testbed's oracle.
 
-    The text is the memo followed by its question (``"Q: ..."``), so a classifier can tell
-    which line is asked about. "Keep": every word of the needle line, and the question's key
-    words (the key's name and ``code``); everything else (distractor lines, the memo header,
-    the question's function words) is "drop".
+    The text is the memo followed by its question (``"Q: ..."``), or the question line
+    first (``question_first``), so a classifier can tell which line is asked about. "Keep":
+    every word of the needle line, and the question's key words (the key's name and
+    ``code``); everything else (distractor lines, the memo header, the question's function
+    words) is "drop".
 
     Example:
         >>> text, keep = needle_examples(1, seed=3)[0]
@@ -50,16 +52,18 @@ def needle_examples(n: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
     out = []
     for _ in range(n):
         item = world.item(rng, rng.choice(counts))
-        text = f"{item.context}Q: {item.question}\n"
+        q_line = f"Q: {item.question}\n"
+        text = q_line + item.context if question_first else item.context + q_line
+        q0 = 0 if question_first else len(item.context)
         starts, ends = words.split_words(text)
         keep = np.zeros(len(starts), dtype=bool)
-        a = item.context.index("\n" + item.needle + "\n") + 1
+        a = text.index("\n" + item.needle + "\n") + 1
         b = a + len(item.needle)
         keep |= (starts >= a) & (ends <= b)
-        q0 = len(item.context)
         key = item.question.removeprefix("What is the code of ").removesuffix("?")
         w_text = [text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
-        keep |= (starts >= q0) & np.isin(w_text, ["code", *key.split()])
+        in_q = (starts >= q0) & (ends <= q0 + len(q_line))
+        keep |= in_q & np.isin(w_text, ["code", *key.split()])
         out.append((text, keep))
     return out
 
@@ -80,6 +84,9 @@ def needle_examples(n: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
               show_default=True, help="--labels surprisal: share of tokens labelled keep.")
 @click.option("--examples", "n_examples", type=click.IntRange(min=1), default=2000,
               show_default=True, help="--labels needle: how many contexts to generate.")
+@click.option("--question-first", is_flag=True,
+              help="--labels needle: put the question line before the memo (the classifier "
+                   "then reads 'Q: ...' first; give it texts in that order).")
 @click.option("--tokenizer", default="tw-small", show_default=True,
               help="Tokenizer (built-in name or directory; a fast tokenizer).")
 @click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True)
@@ -97,7 +104,8 @@ def needle_examples(n: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
               help="Torch CPU threads (fix it for bit-identical reruns).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def compress_train_command(out: str, data: str | None, label_source: str, lm: str, rate: float,
-                           n_examples: int, tokenizer: str, steps: int, batch_size: int,
+                           n_examples: int, question_first: bool, tokenizer: str, steps: int,
+                           batch_size: int,
                            lr: float, hidden_size: int, layers: int, heads: int,
                            max_length: int, keep_weight: float, seed: int,
                            threads: int | None, progress: bool) -> None:
@@ -120,7 +128,7 @@ def compress_train_command(out: str, data: str | None, label_source: str, lm: st
         if label_source == "needle":
             if data is not None:
                 raise TokenwiseError("--labels needle generates its own data; drop --data")
-            examples = needle_examples(n_examples, seed)
+            examples = needle_examples(n_examples, seed, question_first)
         else:
             if data is None:
                 raise TokenwiseError(f"--labels {label_source} needs --data FILE.jsonl")
@@ -138,6 +146,8 @@ def compress_train_command(out: str, data: str | None, label_source: str, lm: st
                                keep_weight=keep_weight, seed=seed)
         command = _command_line()
         extra = {"labels": label_source, "data": data, "threads": torch.get_num_threads()}
+        if label_source == "needle":
+            extra["layout"] = "question first" if question_first else "question last"
         if label_source == "surprisal":
             extra.update(lm=lm, rate=rate)
         info = train_token_classifier(examples, out, tokenizer=tokenizer, config=cfg,
