@@ -103,6 +103,34 @@ def correct(completion: str, answer: str) -> bool:
     return m is not None and m.group(1) == answer
 
 
+def plot(results: dict, n_items: int, png: str) -> None:
+    """Survival per method against the rate (legend outside the axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
+    for name, per in results.items():
+        kept = [per[str(r)]["achieved_rate"] for r in RATES]
+        label = name
+        if any(abs(k - r) > 0.05 for k, r in zip(kept, RATES, strict=True)):
+            label += f"\n(kept {min(kept):.2f}-{max(kept):.2f}: over budget)"
+        ax.plot(RATES, [100 * per[str(r)]["survival"] for r in RATES], marker="o",
+                label=label, linestyle="--" if name == "random" else "-")
+    ax.set_xlabel("rate (share of memo tokens kept)")
+    ax.set_ylabel("needle answer survives (%)")
+    ax.set_xticks(RATES)
+    ax.set_ylim(0, 102)
+    ax.set_title(f"Needle survival under compression ({n_items} items)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    print(f"\nwrote {png}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-count", type=int, default=25, help="items per distractor count")
@@ -116,7 +144,13 @@ def main() -> None:
                         help="the model that answers (built-in name or local directory)")
     parser.add_argument("--png", default="docs/compression_qa.png")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--plot-only", metavar="JSON", default=None,
+                        help="redraw --png from a --json file of an earlier run")
     args = parser.parse_args()
+    if args.plot_only:
+        saved = json.loads(Path(args.plot_only).read_text())
+        plot(saved["results"], saved["items"], args.png)
+        return
 
     reader = load(args.reader)
     counter = TokenCounter.resolve(reader)
@@ -190,34 +224,11 @@ def main() -> None:
                      else "n/a (0% uncompressed)")
                   + f" | {r['budget_failures']} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"reader": reader.name,
+        Path(args.json).write_text(json.dumps({"reader": reader.name, "items": len(items),
                                                "uncompressed_accuracy": base_acc,
                                                "results": results}, indent=1) + "\n")
     if args.png:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for name, per in results.items():
-            kept = [per[str(r)]["achieved_rate"] for r in RATES]
-            label = name
-            if any(abs(k - r) > 0.05 for k, r in zip(kept, RATES, strict=True)):
-                label += f" (kept {min(kept):.2f}-{max(kept):.2f}: over budget)"
-            ax.plot(RATES, [100 * per[str(r)]["survival"] for r in RATES], marker="o",
-                    label=label, linestyle="--" if name == "random" else "-")
-        ax.set_xlabel("rate (share of memo tokens kept)")
-        ax.set_ylabel("needle answer survives (%)")
-        ax.set_xticks(RATES)
-        ax.set_ylim(0, 102)
-        ax.set_title(f"Needle survival under compression ({len(items)} items)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.png, dpi=120)
-        print(f"\nwrote {args.png}")
+        plot(results, len(items), args.png)
 
 
 if __name__ == "__main__":

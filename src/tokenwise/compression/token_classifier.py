@@ -49,7 +49,9 @@ _LOCAL_NORMALIZERS = ("BertNormalizer", "Lowercase", "StripAccents", "NFD", "NFK
 # Encoders whose transformers code takes a 4-D attention mask as given (checked in tests).
 _BROADCAST_MASK_TYPES = ("bert", "roberta", "xlm-roberta")
 #: Built-in classifiers by name. ``tw-keep`` (149k parameters) was trained on the testbed's
-#: needle memos by the command in its ``training.json``; it is the default model.
+#: needle memos, each preceded by its question line ("Q: What is the code of X?"), by the
+#: command in its ``training.json``: give it the question line first and it keeps the line
+#: that answers it. It is the default model.
 BUILTIN_CLASSIFIERS = {"tw-keep": Path(__file__).parent / "builtin" / "tw-keep"}
 DEFAULT_CLASSIFIER = "tw-keep"
 # Byte-level BPE stands for each whitespace byte by a printable character: space "Ġ",
