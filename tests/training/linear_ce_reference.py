@@ -129,3 +129,24 @@ def check_case(dtype, *, bias=False, softcap=None, shift=0, invalid=False, reduc
     for name, g, r, o in zip(["grad_e", "grad_c", "grad_bias"], gt_grads, ref_grads, got_grads,
                              strict=False):
         assert_reference_rule(g, r, o, tol, name)
+
+
+def make_peaked_inputs(dtype: torch.dtype, *, n: int = N, v: int = V, d: int = D,
+                       beta: float = 5.0, delta: float = -8.0, gamma: float = 1.0, seed: int = 0):
+    """Trained-model-like data: a sharp softmax where most vocabulary entries are negligible.
+
+    Logits are ``beta * log pi_j + gamma * noise`` off the target and about ``delta`` at it, with
+    ``pi`` a Zipf(1) prior over the vocabulary in random order and targets drawn from ``pi``
+    (the benchmark's ``--logits peaked`` construction, at test size). Returns (e, c, targets) with
+    e flat ``(n, d)``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    log_pi = -(torch.randperm(v, generator=gen).double() + 1.0).log()
+    log_pi -= torch.logsumexp(log_pi, 0)  # (V,)
+    targets = torch.multinomial(log_pi.exp(), n, replacement=True, generator=gen)  # (N,)
+    x = torch.randn(v, d - 1, generator=gen, dtype=torch.float64)  # (V, D-1)
+    c = torch.cat([log_pi[:, None], x], 1)  # (V, D)
+    pull = (delta - beta * log_pi[targets])[:, None] / (d - 1)  # (N, 1)
+    noise = torch.randn(n, d - 1, generator=gen, dtype=torch.float64) * (gamma / (d - 1) ** 0.5)
+    e = torch.cat([torch.full((n, 1), beta, dtype=torch.float64), pull * x[targets] + noise], 1)
+    return e.to(dtype), c.to(dtype), targets

@@ -17,14 +17,19 @@ import torch.nn.functional as F
 from tests.training.linear_ce_reference import (
     BLOCKS,
     IGNORE,
+    TOL,
     D,
     N,
+    assert_reference_rule,
     check_case,
     make_inputs,
+    make_peaked_inputs,
+    ours,
+    plain,
 )
 
 from tokenwise.errors import TokenwiseError
-from tokenwise.training import linear_cross_entropy
+from tokenwise.training import linear_ce, linear_cross_entropy
 
 # --- every option, fp32, both torch modes --------------------------------------------------
 
@@ -88,6 +93,103 @@ def test_filter_skips_negligible_blocks():
                                  **BLOCKS).backward()
             grads.append((ee.grad, cc.grad))
         assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+# --- column filtering on a peaked (trained-model-like) softmax -----------------------------
+
+PEAKED_CASES = [
+    {},
+    {"bias": True},
+    {"softcap": 50.0},  # a cap of 20 flattens this softmax until nothing can be filtered
+    {"z_loss": 1e-3},
+    {"shift": 1, "invalid": True, "reduction": "sum"},
+]
+
+
+def _peaked(dtype, *, bias=False, invalid=False, seed=0):
+    e, c, targets = make_peaked_inputs(dtype, seed=seed)
+    e, targets = e.view(4, N // 4, D), targets.view(4, N // 4)
+    if invalid:
+        gen = torch.Generator().manual_seed(seed + 7)
+        targets = targets.clone()
+        targets.view(-1)[torch.randperm(N, generator=gen)[: N // 5]] = IGNORE
+    b = (torch.randn(c.shape[0], generator=torch.Generator().manual_seed(seed + 3)) * 0.02
+         ).to(dtype) if bias else None
+    return e, c, targets, b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", PEAKED_CASES, ids=lambda o: ",".join(o) or "plain")
+def test_peaked_column_filter_keeps_the_rule(dtype, case):
+    case = dict(case)
+    bias, invalid = case.pop("bias", False), case.pop("invalid", False)
+    options = {"softcap": None, "shift": 0, "reduction": "mean", "z_loss": None,
+               "with_lse": False, "with_entropy": False, **case}
+    e, c, targets, b = _peaked(dtype, bias=bias, invalid=invalid)
+    upstream = {"loss": torch.tensor(1.0)}
+    gt_outs, gt_grads = plain(e.double(), c.double(), targets,
+                              None if b is None else b.double(), upstream=upstream, **options)
+    ref_outs, ref_grads = plain(e, c, targets, b, upstream=upstream, **options)
+    linear_ce._FILTER_STATS.reset()
+    got_outs, got_grads = ours(e, c, targets, b, upstream=upstream, grad_in_forward=True,
+                               block_n=40, **options)
+    # the filter really skipped most of the gradient work (the fp32 threshold is 3.7e-9)
+    kept = linear_ce._FILTER_STATS.kept / linear_ce._FILTER_STATS.total
+    assert kept < 0.5, kept
+    assert_reference_rule(gt_outs[0], ref_outs[0], got_outs[0], TOL[dtype], "loss")
+    for name, g, r, o in zip(["grad_e", "grad_c", "grad_bias"], gt_grads, ref_grads, got_grads,
+                             strict=False):
+        assert_reference_rule(g, r, o, TOL[dtype], name)
+
+
+def _column_filtered_grads(e, c, targets, eps, block_n):
+    """Naive fp64 gradients of the mean loss with the column filter: in each block of
+    ``block_n`` tokens, a vocabulary column is zeroed when all its ``|p - onehot|`` < eps."""
+    d = (e @ c.T).softmax(1)  # (N, V)
+    d[torch.arange(len(targets)), targets] -= 1.0
+    for i0 in range(0, len(targets), block_n):
+        blk = d[i0:i0 + block_n]
+        blk[:, (blk.abs() < eps).all(0)] = 0.0
+    d /= len(targets)
+    return d @ c, d.T @ e
+
+
+@pytest.mark.parametrize("gather_columns", [2048, 64])
+def test_column_filter_semantics_exactly(monkeypatch, gather_columns):
+    # 64: the kept columns go through the gathered products in several pieces
+    monkeypatch.setattr(linear_ce, "_GATHER_COLUMNS", gather_columns)
+    e, c, targets = make_peaked_inputs(torch.float64)
+    eps, block_n = 1e-6, 40
+    want_e, want_c = _column_filtered_grads(e, c, targets, eps, block_n)
+    _, full_c = _column_filtered_grads(e, c, targets, 0.0, block_n)
+    # the filter drops something measurable at this threshold, so the check below can fail
+    assert (want_c - full_c).abs().max() > 1e-9
+    ee, cc = e.clone().requires_grad_(), c.clone().requires_grad_()
+    linear_ce._FILTER_STATS.reset()
+    linear_cross_entropy(ee, cc, targets, filter_eps=eps, grad_in_forward=True,
+                         block_n=block_n).backward()
+    assert linear_ce._FILTER_STATS.kept < 0.5 * linear_ce._FILTER_STATS.total
+    torch.testing.assert_close(ee.grad, want_e, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(cc.grad, want_c, rtol=1e-10, atol=1e-14)
+
+
+def test_no_filter_is_dense_and_gathering_everything_matches_it(monkeypatch):
+    e, c, targets = make_peaked_inputs(torch.float64)
+    grads = {}
+    for name, eps in (("none", None), ("zero", 0.0), ("tiny", 1e-300)):
+        if name == "tiny":
+            # every column survives a threshold of 1e-300: take the gathering path anyway
+            monkeypatch.setattr(linear_ce, "_GATHER_MAX_FRACTION", 1.0)
+        ee, cc = e.clone().requires_grad_(), c.clone().requires_grad_()
+        linear_ce._FILTER_STATS.reset()
+        linear_cross_entropy(ee, cc, targets, filter_eps=eps, grad_in_forward=True,
+                             block_n=40).backward()
+        assert linear_ce._FILTER_STATS.kept == linear_ce._FILTER_STATS.total > 0
+        grads[name] = (ee.grad, cc.grad)
+    assert torch.equal(grads["none"][0], grads["zero"][0])
+    assert torch.equal(grads["none"][1], grads["zero"][1])
+    torch.testing.assert_close(grads["tiny"][0], grads["none"][0], rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(grads["tiny"][1], grads["none"][1], rtol=1e-12, atol=1e-15)
 
 
 def test_default_blocks_and_flat_input():

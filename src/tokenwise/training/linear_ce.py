@@ -16,9 +16,13 @@ training step. Here the logits only ever exist one block at a time:
 * **Gradient in forward** (``grad_in_forward``): when the loss is a scalar (``"mean"``/``"sum"``)
   and no ``lse`` is returned, the upstream gradient is a single number, so the gradients can be
   computed in the forward pass itself from whole rows of logits (a few rows at a time) and only
-  scaled in backward. That is three matrix products instead of four (no recomputation), which
-  is what makes the fused loss faster than the plain one on a CPU. The price: the gradients
-  (``grad_e``, ``grad_c`` in fp32) live from forward to backward, and backward can run only once.
+  scaled in backward. That is three matrix products instead of four (no recomputation). The
+  price: the gradients (``grad_e``, ``grad_c`` in fp32) live from forward to backward, and
+  backward can run only once. Filtering here is per vocabulary *column* of each token block: the
+  columns where every ``|softmax - onehot|`` is below ``filter_eps`` are dropped and the two
+  gradient products run over the gathered survivors only (when few enough survive to pay for the
+  gathers). On a trained model's sharp softmax most columns are negligible; on a freshly
+  initialised model's near-uniform one nothing is, and the dense products run.
 
 All accumulation is in fp32 (fp64 for fp64 inputs); gradients come back in the inputs' dtypes.
 On CUDA with Triton installed, :mod:`tokenwise.training.linear_ce_triton` provides the block
@@ -342,35 +346,68 @@ def _torch_backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | N
     return grad_e, grad_c, grad_b
 
 
-def _kept_pieces(z: Tensor, tgt_b: Tensor, bv: int, log_eps: float, log1m_eps: float
-                 ) -> list[tuple[int, int]]:
-    """Runs of vocabulary pieces of log-probabilities ``z`` whose ``|p - onehot|`` reaches eps.
+class _FilterStats:
+    """How much gradient work the filter left: entries (token x vocabulary) of the gradient
+    blocks that were formed and multiplied, out of all entries of the blocks visited.
 
-    A piece is negligible when, in every row, ``max p < eps`` there, except that a row holding
-    its target there needs ``p_target > 1 - eps`` instead (which already forces every other
-    ``p`` of that row below eps). All pieces are decided at once, with one host read.
+    A debugging aid (tests read it to check that filtering really skips work); not thread-safe.
     """
-    nb, v_size = z.shape
-    n_full = v_size // bv
-    parts = []
-    if n_full:
-        parts.append(z[:, : n_full * bv].unflatten(1, (n_full, bv)).amax(2))  # (nb, n_full)
-    if v_size % bv:
-        parts.append(z[:, n_full * bv:].amax(1, keepdim=True))  # (nb, 1)
-    small = torch.cat(parts, 1) < log_eps  # (nb, pieces)
-    arange_b = torch.arange(nb, device=z.device)
-    small[arange_b, tgt_b // bv] = z[arange_b, tgt_b] > log1m_eps
-    keep = (~small.all(0)).tolist()
-    runs: list[tuple[int, int]] = []
-    for j, kept in enumerate(keep):
-        if not kept:
-            continue
-        v0, v1 = j * bv, min((j + 1) * bv, v_size)
-        if runs and runs[-1][1] == v0:
-            runs[-1] = (runs[-1][0], v1)
-        else:
-            runs.append((v0, v1))
-    return runs
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.kept = 0
+
+    def reset(self) -> None:
+        self.total = self.kept = 0
+
+    def add(self, total: int, kept: int) -> None:
+        self.total += total
+        self.kept += kept
+
+
+_FILTER_STATS = _FilterStats()
+# Gather only the surviving columns when at most this fraction of the vocabulary survives; above
+# it the gathers (classifier rows, grad_c rows read and written back) cost more than the products
+# they save. Measured on a 2-core CPU at N=1024, D=1024, V=65536, 128-row blocks: with every
+# column gathered the backward costs ~1.1x the dense one; break-even near 0.83 of the columns.
+_GATHER_MAX_FRACTION = 0.8
+# Surviving columns are processed this many at a time, so the gathered classifier rows (reused for
+# the grad_c product) stay at 8 MiB in fp32 at D=1024.
+_GATHER_COLUMNS = 2048
+
+
+def _kept_columns(logp: Tensor, tgt_b: Tensor, logp_t: Tensor, log_eps: float,
+                  log1m_eps: float) -> Tensor:
+    """Vocabulary columns of a block of log-probabilities holding some ``|p - onehot| >= eps``.
+
+    That is ``p >= eps`` off the target and ``p <= 1 - eps`` at it. ``logp_t``: each row's target
+    log-probability. The targets are masked out of the column maxima for the first test (and
+    written back), so a confident target does not keep its column alive.
+    """
+    arange_b = torch.arange(logp.shape[0], device=logp.device)
+    logp[arange_b, tgt_b] = float("-inf")
+    keep = logp.amax(0) >= log_eps  # (V,)
+    logp[arange_b, tgt_b] = logp_t
+    keep[tgt_b[logp_t <= log1m_eps]] = True
+    return keep.nonzero().squeeze(1)  # (k,) sorted
+
+
+def _grad_piece(piece: Tensor, lse_b: Tensor, a_col: float | Tensor, r: Tensor, col: Tensor,
+                scale: float, softcap: float | None, scratch: Tensor) -> None:
+    """Log-probabilities -> ``d = p * a - onehot * g`` in place (times the softcap's factor).
+
+    ``r``/``col``: rows whose target lies in this piece and the target's column within it.
+    """
+    factor = None
+    if softcap is not None:
+        factor = scratch[: piece.numel()].view_as(piece)  # (nb, w)
+        torch.add(piece, lse_b[:, None], out=factor)  # the softcapped logit
+        factor.mul_(1.0 / softcap).square_().neg_().add_(1.0)
+    piece.exp_().mul_(a_col)
+    if r.numel():
+        piece.index_put_((r, col), piece.new_full((1,), -scale), accumulate=True)
+    if factor is not None:
+        piece.mul_(factor)
 
 
 def _torch_fused(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tgt: Tensor,
@@ -380,8 +417,11 @@ def _torch_fused(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None
 
     Each token block holds its whole rows of logits (``block_n x V``), so a row-local in-place
     log-softmax (cache-friendly, one kernel) gives the log-probabilities before the gradient is
-    formed, and nothing is recomputed. The gradient is then formed one vocabulary piece at a time
-    (small enough to stay in cache), and the products run over runs of pieces not filtered out.
+    formed, and nothing is recomputed. With a filter, the vocabulary columns holding some
+    ``|p - onehot| >= eps`` in this block are found; if at most ``_GATHER_MAX_FRACTION`` of them
+    survive, the gradient is formed and multiplied over the gathered survivors only, a bounded
+    ``_GATHER_COLUMNS`` at a time (the rest count as zero, the reference's meaning of a filtered
+    entry); otherwise over the whole rows.
     """
     need_e, need_c, need_b = need
     m_rows, v_size, acc = tgt.numel(), c.shape[0], cfg.acc
@@ -397,7 +437,11 @@ def _torch_fused(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None
     target_logit = e2.new_empty(m_rows, dtype=acc)  # (M,)
     entropy = e2.new_empty(m_rows, dtype=acc) if cfg.return_entropy else None
     flat = e2.new_empty(bn * v_size, dtype=acc)  # one token block's rows of logits
-    scratch = e2.new_empty(bn * bv, dtype=acc)
+    scratch = e2.new_empty(bn * max(bv, _GATHER_COLUMNS), dtype=acc)
+    d_size = c.shape[1]
+    # bounded buffers for the filtered path: gathered gradient columns and classifier rows
+    gather_d = e2.new_empty(0 if eps is None else bn * _GATHER_COLUMNS, dtype=acc)
+    gather_c = e2.new_empty(0 if eps is None else _GATHER_COLUMNS * d_size, dtype=acc)
     c_acc = c if c.dtype == acc else None  # a low-precision c is cast piece by piece
     bias_acc = None if bias is None else bias.to(acc)  # (V,)
     spans = [(v0, min(v0 + bv, v_size)) for v0 in range(0, v_size, bv)]
@@ -440,34 +484,52 @@ def _torch_fused(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None
             continue
         # d = p * a - onehot * g with g = scale and a = g (1 + 2 zc lse)
         a_col = scale if not cfg.z_loss else (scale * (1.0 + 2.0 * cfg.z_loss * lse_b))[:, None]
-        runs = [(0, v_size)] if eps is None else _kept_pieces(z, tgt_b, bv, log_eps, log1m_eps)
-        for v0, v1 in runs:
-            d = z[:, v0:v1]  # (nb, vr) log-probabilities, turned into the gradient in place
-            # the softcap's factor needs the logit, so go piece by piece through a small buffer
-            chunks = [(v0, v1)] if cfg.softcap is None else \
-                [(u0, min(u0 + bv, v1)) for u0 in range(v0, v1, bv)]
-            for u0, u1 in chunks:
-                piece = z[:, u0:u1]
-                factor = None
-                if cfg.softcap is not None:
-                    factor = scratch[: piece.numel()].view_as(piece)
-                    torch.add(piece, lse_b[:, None], out=factor)  # the softcapped logit
-                    factor.mul_(1.0 / cfg.softcap).square_().neg_().add_(1.0)
-                piece.exp_().mul_(a_col)
-                r, col = _target_hits(tgt_b, u0, u1)
-                if r.numel():
-                    piece.index_put_((r, col), piece.new_full((1,), -scale), accumulate=True)
-                if factor is not None:
-                    piece.mul_(factor)
-            if grad_e is not None:
-                if rows is None:
-                    grad_e[i0:i1].addmm_(d, c_rows(v0, v1))
+        cols = None if eps is None else _kept_columns(z, tgt_b, logp_t, log_eps, log1m_eps)
+        if cols is not None and cols.numel() <= _GATHER_MAX_FRACTION * v_size:
+            _FILTER_STATS.add(nb * v_size, nb * cols.numel())
+            # each target's place among the kept columns; len(cols) where it was filtered out
+            pos = torch.searchsorted(cols, tgt_b)  # (nb,)
+            found = cols[pos.clamp(max=max(cols.numel() - 1, 0))] == tgt_b if cols.numel() \
+                else torch.zeros_like(tgt_b, dtype=torch.bool)
+            pos = torch.where(found, pos, cols.numel())
+            for k0 in range(0, cols.numel(), _GATHER_COLUMNS):
+                k1 = min(k0 + _GATHER_COLUMNS, cols.numel())
+                idx = cols[k0:k1]  # (kc,)
+                d = torch.index_select(z, 1, idx, out=gather_d[: nb * (k1 - k0)].view(nb, -1))
+                r = ((pos >= k0) & (pos < k1)).nonzero().squeeze(1)
+                _grad_piece(d, lse_b, a_col, r, pos[r] - k0, scale, cfg.softcap, scratch)
+                rows_c = gather_c[: (k1 - k0) * d_size].view(k1 - k0, d_size)  # (kc, D)
+                if c_acc is not None:
+                    torch.index_select(c_acc, 0, idx, out=rows_c)
                 else:
-                    grad_e.index_add_(0, rows[i0:i1], d @ c_rows(v0, v1))
-            if grad_c is not None:
-                grad_c[v0:v1].addmm_(d.T, e_b)
-            if grad_b is not None:
-                grad_b[v0:v1] += d.sum(0)
+                    rows_c.copy_(c.index_select(0, idx))
+                if grad_e is not None:
+                    if rows is None:
+                        grad_e[i0:i1].addmm_(d, rows_c)
+                    else:
+                        grad_e.index_add_(0, rows[i0:i1], d @ rows_c)
+                if grad_c is not None:
+                    # the gathered classifier rows are spent: their buffer takes grad_c's rows,
+                    # which are updated and written back (index_add_ is several times slower)
+                    torch.index_select(grad_c, 0, idx, out=rows_c).addmm_(d.T, e_b)
+                    grad_c.index_copy_(0, idx, rows_c)
+                if grad_b is not None:
+                    grad_b.index_add_(0, idx, d.sum(0))
+            continue
+        _FILTER_STATS.add(nb * v_size, nb * v_size)
+        for u0, u1 in [(0, v_size)] if cfg.softcap is None else spans:
+            # the softcap's factor needs the logit, so go piece by piece through a small buffer
+            r, col = _target_hits(tgt_b, u0, u1)
+            _grad_piece(z[:, u0:u1], lse_b, a_col, r, col, scale, cfg.softcap, scratch)
+        if grad_e is not None:
+            if rows is None:
+                grad_e[i0:i1].addmm_(z, c_rows(0, v_size))
+            else:
+                grad_e.index_add_(0, rows[i0:i1], z @ c_rows(0, v_size))
+        if grad_c is not None:
+            grad_c.addmm_(z.T, e_b)
+        if grad_b is not None:
+            grad_b += z.sum(0)
     return lse, target_logit, entropy, [grad_e, grad_c, grad_b]
 
 
@@ -633,7 +695,8 @@ def linear_cross_entropy(
             vocabulary-parallel loss that combines shard log-sum-exps, and for z-loss terms
             built outside).
         z_loss: coefficient ``zc``; adds ``zc * lse^2`` to each token's loss before reduction.
-        filter_eps: skip gradient blocks where every ``|softmax - onehot|`` is below this;
+        filter_eps: skip gradient blocks where every ``|softmax - onehot|`` is below this
+            (with ``grad_in_forward``: vocabulary columns of a token block; otherwise tiles);
             ``"auto"`` is ``finfo(e.dtype).eps / 32`` as in the reference, ``None`` never skips.
         return_entropy: also return the per-position entropy (nats) of the (softcapped)
             softmax, 0 at ignored positions. It carries no gradient.
