@@ -11,12 +11,21 @@ every code path warmed up on a tiny problem first, then the peak resident set is
 minus that baseline is the memory figure (the largest over the rounds). Time is the median
 forward+backward over ``--repeats`` rounds.
 
+The data (``--logits``): ``uniform`` is a randomly initialised model (logits ~N(0, 1), loss ~ ln V),
+where no gradient entry is negligible, the worst case for CCE-style filtering; ``peaked`` is a
+trained-model-like softmax (Zipf unigram prior plus context noise, targets lifted to a fixed
+logit; see ``_inputs``), where most vocabulary columns of a token block are negligible. Both our
+loss and cut-cross-entropy's filter on the same data. The parent prints the data's mean loss and
+entropy and the share of vocabulary columns the filter keeps; ours' children print the share of
+gradient entries they actually formed.
+
 On a GPU (``--device cuda``; Gemma-2-like N=8192, D=2304, V=256000 in bf16 by default) the
 cases are ours (Triton), cut-cross-entropy's ``cce`` and Liger-Kernel's fused loss when
 installed, with memory from ``torch.cuda.max_memory_allocated``.
 
 Run:
     .venv/bin/python benchmarks/linear_ce_memory.py
+    .venv/bin/python benchmarks/linear_ce_memory.py --logits peaked
     .venv/bin/python benchmarks/linear_ce_memory.py --device cuda
 """
 
@@ -25,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -85,23 +95,72 @@ def _reset_peak_rss() -> None:
         fh.write("5")
 
 
-def _inputs(n: int, d: int, v: int, dtype: torch.dtype, device: str, seed: int = 0):
+def _inputs(n: int, d: int, v: int, dtype: torch.dtype, device: str, seed: int = 0,
+            logits: str = "uniform", peak: tuple[float, float, float] = (2.5, -7.0, 2.0)):
+    """Benchmark data. ``uniform``: e ~ N(0, 1/D), c ~ N(0, 1), uniform targets, so the logits are
+    ~N(0, 1) and the loss is about ln V (a randomly initialised model; nothing can be filtered).
+
+    ``peaked`` (a trained-model-like softmax), with ``peak = (beta, delta, gamma)``: every row's
+    logits are ``beta * log pi_j + gamma * g_ij`` off the target and ``delta + gamma * g_it`` at
+    it, where ``pi`` is a Zipf(1) unigram distribution over the vocabulary in a random order, the
+    targets are drawn from ``pi``, and ``g`` is standard normal context noise. Realised as
+    ``e @ c.T`` with ``c = [log pi, x]`` (x ~ N(0, 1), D - 1 columns) and ``e = [beta, (delta -
+    beta log pi_t) x_t / (D - 1) + gamma n / sqrt(D - 1)]`` (n ~ N(0, 1)), so the target's own
+    row carries its logit up to about ``delta`` whatever its frequency, as a trained model does.
+    """
     gen = torch.Generator(device=device).manual_seed(seed)
-    e = (torch.randn(n, d, generator=gen, device=device) / d**0.5).to(dtype).requires_grad_()
-    c = torch.randn(v, d, generator=gen, device=device).to(dtype).requires_grad_()
-    t = torch.randint(0, v, (n,), generator=gen, device=device)
-    return e, c, t
+    if logits == "uniform":
+        e = (torch.randn(n, d, generator=gen, device=device) / d**0.5).to(dtype)
+        c = torch.randn(v, d, generator=gen, device=device).to(dtype)
+        t = torch.randint(0, v, (n,), generator=gen, device=device)
+        return e.requires_grad_(), c.requires_grad_(), t
+    if logits != "peaked":
+        raise ValueError(f"logits must be 'uniform' or 'peaked', got {logits!r}")
+    beta, delta, gamma = peak
+    ranks = torch.randperm(v, generator=gen, device=device).double() + 1.0
+    log_pi = -ranks.log()
+    log_pi -= torch.logsumexp(log_pi, 0)  # (V,) Zipf(1), random vocabulary order
+    t = torch.multinomial(log_pi.exp(), n, replacement=True, generator=gen)  # (N,)
+    x = torch.randn(v, d - 1, generator=gen, device=device)  # (V, D-1)
+    c = torch.cat([log_pi.float()[:, None], x], 1)  # (V, D)
+    pull = (delta - beta * log_pi[t]).float()[:, None] / (d - 1)  # (N, 1)
+    noise = torch.randn(n, d - 1, generator=gen, device=device) * (gamma / (d - 1) ** 0.5)
+    e = torch.cat([torch.full((n, 1), beta, device=device), pull * x[t] + noise], 1)  # (N, D)
+    return e.to(dtype).requires_grad_(), c.to(dtype).requires_grad_(), t
+
+
+def softmax_stats(e: torch.Tensor, c: torch.Tensor, t: torch.Tensor, eps: float,
+                  block: int = 128) -> dict:
+    """Mean loss and entropy (nats) of the data, and the fraction of vocabulary columns that the
+    column filter keeps per ``block``-row token block (some ``|p - onehot| >= eps``)."""
+    loss = ent = kept = 0.0
+    blocks = 0
+    with torch.no_grad():
+        for i0 in range(0, e.shape[0], block):
+            logp = (e[i0:i0 + block].float() @ c.float().T).log_softmax(1)  # (b, V)
+            rows = torch.arange(logp.shape[0])
+            tgt = t[i0:i0 + block]
+            loss -= logp[rows, tgt].sum().item()
+            ent -= (logp.exp() * logp).sum().item()
+            off = logp.clone()
+            off[rows, tgt] = float("-inf")
+            keep = off.amax(0) >= math.log(eps)
+            keep[tgt[logp[rows, tgt] <= math.log1p(-eps)]] = True
+            kept += keep.float().mean().item()
+            blocks += 1
+    return {"loss": loss / e.shape[0], "entropy": ent / e.shape[0], "kept": kept / blocks}
 
 
 def run_case(case: str, n: int, d: int, v: int, dtype: torch.dtype, device: str,
-             repeats: int) -> dict:
+             repeats: int, logits: str = "uniform",
+             peak: tuple[float, float, float] = (2.5, -7.0, 2.0)) -> dict:
     fn = loss_fn(case)
     # warm-up: load kernels, compile, fill thread pools, on a problem too small to matter
-    we, wc, wt = _inputs(64, d, 512, dtype, device, seed=1)
+    we, wc, wt = _inputs(64, d, 512, dtype, device, seed=1, logits=logits, peak=peak)
     for _ in range(2):
         fn(we, wc, wt).backward()
     del we, wc, wt
-    e, c, t = _inputs(n, d, v, dtype, device)
+    e, c, t = _inputs(n, d, v, dtype, device, logits=logits, peak=peak)
     gc.collect()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -127,9 +186,18 @@ def run_case(case: str, n: int, d: int, v: int, dtype: torch.dtype, device: str,
         del loss
         peak = max(peak, torch.cuda.max_memory_allocated() if device == "cuda"
                    else _rss_bytes("VmHWM"))
+    kept = None
+    if case.startswith("ours"):
+        from tokenwise.training.linear_ce import _FILTER_STATS
+
+        _FILTER_STATS.reset()
+        e.grad = c.grad = None
+        fn(e, c, t).backward()  # once more, untimed, to read how much the filter kept
+        kept = _FILTER_STATS.kept / max(_FILTER_STATS.total, 1)
     grad_bytes = e.grad.numel() * e.grad.element_size() + c.grad.numel() * c.grad.element_size()
     return {"case": case, "peak_mib": (peak - base) / MIB, "time_s": statistics.median(times),
-            "times_s": times, "loss": loss_value, "grad_mib": grad_bytes / MIB}
+            "times_s": times, "loss": loss_value, "grad_mib": grad_bytes / MIB,
+            "kept": kept}
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads in each case (default: torch's own choice)")
+    parser.add_argument("--logits", choices=["uniform", "peaked"], default="uniform",
+                        help="uniform: random init, loss ~ ln V (worst case for filtering); "
+                        "peaked: trained-model-like softmax (see _inputs)")
+    parser.add_argument("--peak", type=float, nargs=3, default=[2.5, -7.0, 2.0],
+                        metavar=("BETA", "DELTA", "GAMMA"),
+                        help="peaked data: Zipf prior scale, target logit, noise std")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
@@ -176,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        result = run_case(args.child, n, d, v, dtype, args.device, args.repeats)
+        result = run_case(args.child, n, d, v, dtype, args.device, args.repeats, args.logits,
+                          tuple(args.peak))
         print("RESULT " + json.dumps(result))
         return 0
 
@@ -186,7 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     cases = args.cases or (CUDA_CASES if cuda else CPU_CASES)
     grad_mib = (n * d + v * d) * torch.finfo(dtype).bits / 8 / MIB
     print(f"device={args.device} N={n} D={d} V={v} dtype={dtype} repeats={args.repeats} "
-          f"threads={torch.get_num_threads()}; gradients' own size {grad_mib:.0f} MiB")
+          f"threads={torch.get_num_threads()} logits={args.logits}"
+          f"{' peak=' + str(args.peak) if args.logits == 'peaked' else ''}; "
+          f"gradients' own size {grad_mib:.0f} MiB")
+    if not cuda:
+        from tokenwise.training import resolve_filter_eps
+
+        se, sc, st = _inputs(n, d, v, dtype, args.device, logits=args.logits,
+                             peak=tuple(args.peak))
+        stats = softmax_stats(se, sc, st, resolve_filter_eps("auto", dtype))
+        del se, sc, st
+        print(f"data: mean loss {stats['loss']:.2f} nats, mean entropy {stats['entropy']:.2f} "
+              f"nats, vocabulary columns kept by the filter per 128-row block "
+              f"{100 * stats['kept']:.1f}%", flush=True)
     runnable = []
     for case in cases:
         why = _available(case, args.device)
@@ -201,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         for case in runnable:
             cmd = [sys.executable, os.path.abspath(__file__), "--child", case, "--device",
                    args.device, "--n", str(n), "--d", str(d), "--v", str(v), "--dtype",
-                   str(dtype).removeprefix("torch."), "--repeats", "1"]
+                   str(dtype).removeprefix("torch."), "--repeats", "1", "--logits", args.logits,
+                   "--peak", *map(str, args.peak)]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -212,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             one = json.loads(lines[-1].removeprefix("RESULT "))
             runs[case].append(one)
+            kept = "" if one["kept"] is None else f", gradient entries kept {one['kept']:.3f}"
             print(f"  round {round_no + 1} {case}: peak {one['peak_mib']:.0f} MiB, "
-                  f"{one['time_s']:.2f} s, loss {one['loss']:.5f}", flush=True)
+                  f"{one['time_s']:.2f} s, loss {one['loss']:.5f}{kept}", flush=True)
     results = []
     for case, got in runs.items():
         if got:

@@ -331,7 +331,9 @@ def _torch_backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | N
             r, col = _target_hits(tgt[i0:i1], v0, v1)
             if not _logits_to_grad(z, lse[i0:i1], r, col, a[i0:i1], g[i0:i1], cfg.softcap,
                                    cfg.filter_eps, scratch):
+                _FILTER_STATS.add(z.numel(), 0)
                 continue
+            _FILTER_STATS.add(z.numel(), z.numel())
             if grad_e is not None:
                 if rows is None:
                     grad_e[i0:i1].addmm_(z, c_v)
