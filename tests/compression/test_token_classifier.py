@@ -306,4 +306,71 @@ def test_question_keywords_forced_when_asked(tw_keep):
     assert all(k for w, k in zip(on.words, on.keep, strict=True) if w in ("code", key))
     off = tw_keep.compress(text, rate=0.5, question=q, protect=False)
     assert not off.forced.any()
-    assert off.text == tw_keep.compress(text, rate=0.5, protect=False).text
+
+
+def test_question_template_reads_the_question_before_every_chunk(tw_keep):
+    from tokenwise.testbed.needle import NeedleWorld
+
+    assert tw_keep.question_template == "Q: {question}\n"  # from tw-keep's training.json
+    it = next(i for i in NeedleWorld(0).eval_items(seed=3, per_count=3) if i.n_distractors == 7)
+    # One chunk: the same scores as the text with the question line written first.
+    asked = tw_keep.score_words([it.context], question=it.question)
+    whole = tw_keep.score_words([f"Q: {it.question}\n{it.context}"])
+    n_q = len(whole.scores) - len(asked.scores)
+    assert n_q == 9 and np.allclose(asked.scores, whole.scores[n_q:], atol=1e-5)
+    # ... and a text that already opens with the question line is read as it is.
+    again = tw_keep.score_words([f"Q: {it.question}\n{it.context}"], question=it.question)
+    assert np.allclose(again.scores, whole.scores, atol=1e-5)
+    plain = tw_keep.score_words([it.context])
+    off = TokenClassifierCompressor(question_template=None).score_words(
+        [it.context], question=it.question)
+    assert np.array_equal(off.scores, plain.scores)
+    assert not np.allclose(asked.scores, plain.scores, atol=1e-3)
+
+
+def test_question_prefix_reaches_every_chunk_naive_forward():
+    from tokenwise.testbed.needle import NeedleWorld
+
+    short = TokenClassifierCompressor(max_length=48)
+    it = next(i for i in NeedleWorld(0).eval_items(seed=4, per_count=3) if i.n_distractors == 15)
+    (ids,), _ = short._encode([it.context])
+    (prefix,) = short._question_prefixes([it.context], it.question)
+    line = short.tokenizer(f"Q: {it.question}\n", add_special_tokens=False)["input_ids"]
+    assert prefix.tolist() == line
+    spans = reference_chunks(len(ids), short._vocab.chunk_end[ids], 48 - 2 - len(prefix))
+    assert len(spans) >= 4
+    got = short._keep_probabilities([ids], [(0, a, b) for a, b in spans], [prefix])
+    expected = []
+    with torch.inference_mode():
+        for a, b in spans:  # one chunk at a time, no padding: [CLS] question chunk [SEP]
+            row = np.concatenate([[short._cls], prefix, ids[a:b], [short._sep]])[:48]
+            logits = short.model(input_ids=torch.from_numpy(row)[None]).logits[0]
+            p = torch.softmax(logits, -1)[:, 1].numpy()
+            expected.append(p[1 + len(prefix):1 + len(prefix) + b - a])
+    assert np.allclose(got, np.concatenate(expected), atol=1e-5)
+
+
+def test_a_question_finds_the_needle_without_its_line_in_the_text(tw_keep):
+    import re
+
+    from tokenwise.compression import TokenCounter
+    from tokenwise.testbed.needle import NeedleWorld
+
+    counter = TokenCounter.resolve(None)
+    hits = {True: [], False: []}
+    for it in NeedleWorld(0).eval_items(seed=3, per_count=10):
+        if it.n_distractors < 3:
+            continue
+        for asked in (True, False):
+            r = tw_keep.compress(it.context, target_tokens=round(0.33 * counter.count(it.context)),
+                                 question=it.question if asked else None, protect=False,
+                                 target_model=counter)
+            hits[asked].append(re.search(rf"(?<!\d){it.answer}(?!\d)", r.text) is not None)
+    assert np.mean(hits[True]) >= 0.7 and np.mean(hits[True]) > np.mean(hits[False]) + 0.2
+
+
+def test_question_template_errors(tw_keep):
+    with pytest.raises(TokenwiseError, match="question_template="):
+        TokenClassifierCompressor(question_template="Q: ")
+    with pytest.raises(TokenwiseError, match="at most half"):
+        tw_keep.compress("The code of Lego is 526.", rate=0.5, question="why " * 200)

@@ -35,8 +35,8 @@ def _method_names() -> list[str]:
                    "(default: the built-in models' tokenizer).")
 @click.option("--question", "-q", default=None,
               help="A question the compressed prompt must answer (perplexity and extractive "
-                   "score by it; generative keeps its keywords in rewrites; see "
-                   "--force-question-words).")
+                   "score by it; the built-in classifier tw-keep reads it; generative keeps "
+                   "its keywords in rewrites; see --force-question-words).")
 @click.option("--force-question-words", is_flag=True,
               help="Keep the question's keywords wherever they occur (function words and "
                    "wh-words excepted); not for generative.")

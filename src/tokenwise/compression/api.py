@@ -94,11 +94,13 @@ def compress(
         threshold: keep every word scoring at least this (instead of a rate or target).
         question: the question the compressed prompt must answer. ``perplexity``
             (contrastive score) and ``extractive`` (similarity) score by it; ``generative``
-            keeps its keywords in rewrites; ``token_classifier`` and ``selective_context``
-            do not read it. With the option ``force_question_words=True`` (every selective
-            method; off by default, since a keyword found in every line would take the
-            budget) the question's keywords are kept wherever they occur (function words
-            and wh-words excepted).
+            keeps its keywords in rewrites; ``token_classifier`` reads it before every chunk
+            when the classifier was trained so (the built-in tw-keep; option
+            ``question_template``), LLMLingua-2 models and ``selective_context`` do not.
+            With the option ``force_question_words=True`` (every selective method; off by
+            default, since a keyword found in every line would take the budget) the
+            question's keywords are kept wherever they occur (function words and wh-words
+            excepted).
         force_tokens: strings always kept where they occur as whole words (``"\\n"``:
             keep every line break).
         keep_digits: keep every word containing a digit.
@@ -118,8 +120,9 @@ def compress(
         context_rate: fraction of contexts the filter keeps.
         **options: the method's constructor options (token_classifier: ``tokenizer``,
             ``device``, ``dtype``, ``batch_size``, ``max_length``, ``token_to_word``,
-            ``chunk_end_tokens``, ``force_question_words``, ``progress``; extractive:
-            ``top_k``, which may stand in for the budget, ``min_similarity``, ...).
+            ``chunk_end_tokens``, ``question_template``, ``force_question_words``,
+            ``progress``; extractive: ``top_k``, which may stand in for the budget,
+            ``min_similarity``, ...).
 
     Returns:
         a :class:`CompressionResult`.

@@ -74,6 +74,13 @@ class TokenClassifierCompressor(SelectiveCompressor):
         max_length: tokens per chunk, special tokens included (default: the model's limit).
         token_to_word: ``"mean"`` or ``"first"`` sub-token probability per word.
         chunk_end_tokens: tokens a chunk may end on when it backs off from a full window.
+        question_template: how a classifier trained to read its question sees ``question=``:
+            a format string with ``{question}`` whose text is put before every chunk (not
+            into the output), e.g. ``"Q: {question}\n"``; None: the question is not read.
+            Default ``"auto"``: ``"Q: {question}\n"`` for a classifier whose
+            ``training.json`` says it was trained with the question first (tw-keep), else
+            None (LLMLingua-2 models are question-agnostic). A text that already opens with
+            that line is read as it is.
         force_question_words: with ``question=``, keep the question's keywords wherever they
             occur (:func:`tokenwise.compression.words.question_words`: function words and
             wh-words are left to the classifier). Off by default: the classifier does not
@@ -107,6 +114,7 @@ class TokenClassifierCompressor(SelectiveCompressor):
         max_length: int | None = None,
         token_to_word: str = "mean",
         chunk_end_tokens: tuple[str, ...] = (".", "\n"),
+        question_template: str | None = "auto",
         force_question_words: bool = False,
         progress: bool = False,
     ):
@@ -118,9 +126,11 @@ class TokenClassifierCompressor(SelectiveCompressor):
             raise TokenwiseError(f"token_to_word={token_to_word!r}: allowed {TOKEN_TO_WORD}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise TokenwiseError(f"batch_size={batch_size!r}: must be an integer >= 1")
+        trained_layout = None
         if isinstance(model, (str, os.PathLike)):
-            self.model, self.tokenizer = _load_dir(model, dtype)
-            self.model_name = Path(os.fspath(model)).name
+            self.model, self.tokenizer, path = _load_dir(model, dtype)
+            self.model_name = path.name
+            trained_layout = _trained_layout(path)
         else:
             if tokenizer is None:
                 raise TokenwiseError("a model object needs its tokenizer: pass tokenizer=")
@@ -149,6 +159,14 @@ class TokenClassifierCompressor(SelectiveCompressor):
         self.chunk_end_tokens = tuple(chunk_end_tokens)
         self.progress = progress
         self.force_question_words = bool(force_question_words)
+        if question_template == "auto":
+            question_template = ("Q: {question}\n" if trained_layout == "question first"
+                                 else None)
+        if question_template is not None and (not isinstance(question_template, str)
+                                              or "{question}" not in question_template):
+            raise TokenwiseError(f"question_template={question_template!r}: give a string "
+                                 "with '{question}' in it, None, or 'auto'")
+        self.question_template = question_template
         self._vocab = _vocab_flags(self.tokenizer, self.chunk_end_tokens)
         self._split_mode = _split_mode(self.tokenizer.backend_tokenizer)
         config = self.model.config
@@ -183,26 +201,44 @@ class TokenClassifierCompressor(SelectiveCompressor):
 
         Args:
             texts: the segments to score (each chunked on its own).
-            question: unused by the classifier (question words are forced by the caller).
+            question: read through :attr:`question_template` (before every chunk), if the
+                classifier has one; otherwise unused.
 
         Returns:
             the words' spans and scores; ``groups`` numbers the model's chunks.
         """
         t0 = time.perf_counter()
         seg_ids, seg_offsets = self._encode(texts)
+        prefixes = self._question_prefixes(texts, question)
         chunks = []  # (segment, start, stop) token ranges
         for s, ids in enumerate(seg_ids):
             is_end = self._vocab.chunk_end[ids]
-            chunks.extend((s, a, b) for a, b in reference_chunks(len(ids), is_end,
-                                                                  self.max_length - 2))
+            room = self.max_length - 2 - len(prefixes[s])
+            chunks.extend((s, a, b) for a, b in reference_chunks(len(ids), is_end, room))
         t1 = time.perf_counter()
         self.read_ahead()  # the target tokenizer may use the CPU while the model runs
-        probs = self._keep_probabilities(seg_ids, chunks)  # (N,) over all chunk tokens
+        probs = self._keep_probabilities(seg_ids, chunks, prefixes)  # (N,) chunk tokens
         t2 = time.perf_counter()
         out = self._merge(texts, seg_ids, seg_offsets, chunks, probs)
         t3 = time.perf_counter()
         out.timings = {"tokenize": t1 - t0, "model": t2 - t1, "merge": t3 - t2}
         return out
+
+    def _question_prefixes(self, texts: list[str], question: str | None) -> list[np.ndarray]:
+        """Token ids put before every chunk of each text (empty: none)."""
+        none = np.zeros(0, dtype=np.int64)
+        if self.question_template is None or not question or not question.strip():
+            return [none] * len(texts)
+        line = self.question_template.format(question=question.strip())
+        ids = np.asarray(self.tokenizer(line, add_special_tokens=False)["input_ids"],
+                         dtype=np.int64)
+        if len(ids) > (self.max_length - 2) // 2:
+            raise TokenwiseError(
+                f"the question takes {len(ids)} of the classifier's {self.max_length} tokens "
+                "per chunk (at most half may go to it); shorten it or pass "
+                "question_template=None")
+        head = line.strip()
+        return [none if t.lstrip().startswith(head) else ids for t in texts]
 
     def _encode(self, texts: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Token ids and ``(T, 2)`` character offsets of each text.
@@ -240,18 +276,22 @@ class TokenClassifierCompressor(SelectiveCompressor):
                 [np.concatenate(x) if x else np.zeros((0, 2), np.int64) for x in offsets])
 
     @torch.inference_mode()
-    def _keep_probabilities(self, seg_ids: list[np.ndarray],
-                            chunks: list[tuple[int, int, int]]) -> np.ndarray:
+    def _keep_probabilities(self, seg_ids: list[np.ndarray], chunks: list[tuple[int, int, int]],
+                            prefixes: list[np.ndarray] | None = None) -> np.ndarray:
         """Keep probability of every chunk token, in chunk order.
 
         Chunks are batched longest first, so a batch pads its rows to lengths close to
-        their own (less padded attention than batching in text order).
+        their own (less padded attention than batching in text order). ``prefixes``: token
+        ids read before each text's chunks (a question), not scored.
         """
         device = next(self.model.parameters()).device
-        first = 1 if self._cls is not None else 0
-        rows = []
+        cls_len = 1 if self._cls is not None else 0
+        rows, firsts = [], []
         for s, a, z in chunks:
             row = seg_ids[s][a:z]
+            if prefixes is not None and len(prefixes[s]):
+                row = np.concatenate([prefixes[s], row])
+            firsts.append(cls_len + (len(prefixes[s]) if prefixes is not None else 0))
             if self._cls is not None:
                 row = np.concatenate([[self._cls], row])
             if self._sep is not None:
@@ -277,7 +317,7 @@ class TokenClassifierCompressor(SelectiveCompressor):
             p_keep = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()  # (B, T)
             for i, c in enumerate(part):
                 n_content = chunks[c][2] - chunks[c][1]
-                out[c] = p_keep[i, first:first + n_content]
+                out[c] = p_keep[i, firsts[c]:firsts[c] + n_content]
         if not out:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)
@@ -508,6 +548,15 @@ def _vocab_flags_cached(tokenizer: Any, chunk_end_tokens: tuple[str, ...]) -> _V
     return _VocabFlags(begins, chunk_end, False, bare)
 
 
+def _trained_layout(path: Path) -> str | None:
+    """The ``layout`` a tokenwise-trained classifier records in its training.json, if any."""
+    try:
+        info = json.loads((path / "training.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info.get("layout") if isinstance(info, dict) else None
+
+
 def _check_head(model: Any, what: str) -> None:
     config = getattr(model, "config", None)
     cls = type(model).__name__
@@ -523,7 +572,7 @@ def _check_head(model: Any, what: str) -> None:
         )
 
 
-def _load_dir(model: str | os.PathLike[str], dtype: Any) -> tuple[Any, Any]:
+def _load_dir(model: str | os.PathLike[str], dtype: Any) -> tuple[Any, Any, Path]:
     from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
     from tokenwise.models import resolve
@@ -556,7 +605,7 @@ def _load_dir(model: str | os.PathLike[str], dtype: Any) -> tuple[Any, Any]:
         str(path), local_files_only=True, use_safetensors=True, dtype=torch_dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     _check_head(hf, repr(name))
-    return hf, tokenizer
+    return hf, tokenizer, path
 
 
 def _pick_dtype(dtype: Any) -> torch.dtype:
