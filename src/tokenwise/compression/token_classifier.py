@@ -15,8 +15,12 @@ piece with the space marker, or a punctuation piece), the per-chunk token-weight
 (one tokenizer call, numpy merges) instead of a Python loop per token; words are spans of
 the original text, so nothing is re-decoded; a Han character starts a new word even where
 the tokenizer has no space marker; force tokens and ``keep_digits`` force whole words (the
-reference forces single tokens, which a word's other tokens then average away); and the
-default ``percentile="global"`` meets the rate on the target tokenizer.
+reference forces single tokens, which a word's other tokens then average away); the
+default ``percentile="global"`` meets the rate on the target tokenizer; in a byte-level
+vocabulary a whitespace piece ("Ċ" for a line break) opens a word and holds no text, and a
+line-break piece is a chunk end like ``"\n"`` (the reference glues ".", "Ċ", "The" into one
+word and never ends a chunk there); and a classifier trained with its question first reads
+``question=`` before every chunk (:attr:`question_template`).
 """
 
 from __future__ import annotations
