@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # venv so its pins can never change what the main suite runs against.
 PEER_VENV ?= .venv-polygraph
 
-.PHONY: demo test test-polygraph install dev lint bench models clean
+.PHONY: demo test test-polygraph install dev lint bench models classifier clean
 
 demo: install
 	$(BIN)/tokenwise demo
@@ -72,6 +72,11 @@ bench: dev
 # Retrain the shipped built-in models (deterministic from the seed; ~20 min on 2 cores).
 models: install
 	$(BIN)/tokenwise testbed train --out src/tokenwise/models/builtin
+
+# Retrain the built-in keep/drop token classifier tw-keep (deterministic from the seed; ~5 min).
+classifier: install
+	$(BIN)/tokenwise compress train --out src/tokenwise/compression/builtin/tw-keep \
+		--labels needle --question-first --examples 4000 --steps 3000 --seed 0 --threads 1
 
 clean:
 	rm -rf $(VENV) $(PEER_VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache tokenwise-demo
