@@ -118,6 +118,8 @@ class HFMeanPoolEmbedder(SentenceEmbedder):
                  max_length: int = 256, device: str = "cpu"):
         from transformers import AutoModel, AutoTokenizer
 
+        from tokenwise.models.loading import quiet_weights_loading
+
         path = default_embedding_path() if model is None else Path(os.fspath(model))
         if not path.is_dir():
             raise TokenwiseError(f"embedding model {str(path)!r} is not a local directory; "
@@ -128,7 +130,8 @@ class HFMeanPoolEmbedder(SentenceEmbedder):
             raise TokenwiseError(f"max_length={max_length!r}: must be an integer >= 2")
         self.path = path
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device)
+        with quiet_weights_loading():
+            self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device)
         self.model.eval()
         limit = getattr(self.model.config, "max_position_embeddings", max_length)
         self.max_length = min(max_length, limit)

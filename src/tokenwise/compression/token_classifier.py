@@ -605,8 +605,11 @@ def _load_dir(model: str | os.PathLike[str], dtype: Any) -> tuple[Any, Any, Path
             "(convert with model.save_pretrained(DIR, safe_serialization=True))"
         )
     torch_dtype = _pick_dtype(dtype)
-    hf = AutoModelForTokenClassification.from_pretrained(
-        str(path), local_files_only=True, use_safetensors=True, dtype=torch_dtype)
+    from tokenwise.models.loading import quiet_weights_loading
+
+    with quiet_weights_loading():
+        hf = AutoModelForTokenClassification.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True, dtype=torch_dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     _check_head(hf, repr(name))
     return hf, tokenizer, path
