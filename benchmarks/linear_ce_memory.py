@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 MIB = 1024 * 1024
 CPU_CASES = ["plain", "ours", "ours_recompute", "cce_torch_compile"]
+# also runnable with --cases: ours_nofilter (filter_eps=None: what the filter saves, same data)
 CUDA_CASES = ["plain", "ours", "cce", "liger"]
 
 
@@ -58,11 +59,12 @@ CUDA_CASES = ["plain", "ours", "cce", "liger"]
 def loss_fn(case: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     if case == "plain":
         return lambda e, c, t: F.cross_entropy((e @ c.T).float(), t)
-    if case in ("ours", "ours_recompute"):
+    if case in ("ours", "ours_recompute", "ours_nofilter"):
         from tokenwise.training import linear_cross_entropy
 
         gif = False if case == "ours_recompute" else None
-        return lambda e, c, t: linear_cross_entropy(e, c, t, grad_in_forward=gif)
+        eps = None if case == "ours_nofilter" else "auto"
+        return lambda e, c, t: linear_cross_entropy(e, c, t, grad_in_forward=gif, filter_eps=eps)
     if case in ("cce_torch_compile", "cce"):
         from cut_cross_entropy import linear_cross_entropy as cce_lce
 
