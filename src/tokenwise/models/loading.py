@@ -170,7 +170,16 @@ def _check_tokenizer(path: Path) -> None:
         )
 
 
-def _pick_device(device: str | torch.device | None) -> torch.device:
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """The torch device for ``device`` ("auto"/None = CUDA when available, else CPU).
+
+    Args:
+        device: "auto", None, "cpu", "cuda", "cuda:N" or a ``torch.device``.
+
+    Example:
+        >>> pick_device("cpu")
+        device(type='cpu')
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -236,7 +245,7 @@ def load(
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TokenwiseError(f"{str(path / 'config.json')!r} is not valid JSON: {exc}") from exc
-    dev = _pick_device(device)
+    dev = pick_device(device)
     saved = config.get("dtype", config.get("torch_dtype"))
     torch_dtype = _pick_dtype(dtype, dev, saved if isinstance(saved, str) else None)
     if config.get("auto_map") and not trust_remote_code:

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from tokenwise.errors import TokenwiseError
+from tokenwise.models.loading import pick_device
 
 __all__ = ["TrainConfig", "TrainResult", "load_examples", "train"]
 
@@ -425,18 +426,6 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 # the run
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise TokenwiseError(f"device={device!r}: allowed 'auto', 'cpu', 'cuda', 'cuda:N'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TokenwiseError(f"device={device!r} asked for, but no CUDA GPU is available")
-    return dev
-
-
 def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
@@ -493,7 +482,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
             f"{str(out)!r} already holds a checkpoint; pass --resume to continue it, or choose "
             "another --out"
         )
-    device = _resolve_device(cfg.device)
+    device = pick_device(cfg.device)
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     lm = load(cfg.model, device=device, dtype="float32")
