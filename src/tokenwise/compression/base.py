@@ -86,6 +86,22 @@ class WordScores:
     groups: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def join(cls, starts: list[np.ndarray], ends: list[np.ndarray], segment: list[np.ndarray],
+             scores: list[np.ndarray], groups: list[np.ndarray] | None = None,
+             timings: dict[str, float] | None = None) -> WordScores:
+        """Concatenate per-text arrays (scores as float32); no texts: empty, no timings."""
+        if not starts:
+            z = np.zeros(0, dtype=np.int64)
+            return cls(z, z.copy(), z.copy(), np.zeros(0, np.float32))
+        return cls(
+            starts=np.concatenate(starts), ends=np.concatenate(ends),
+            segment=np.concatenate(segment),
+            scores=np.concatenate(scores).astype(np.float32),
+            groups=np.concatenate(groups) if groups is not None else None,
+            timings=timings if timings is not None else {},
+        )
+
 
 def check_budget(rate: Any = None, target_tokens: Any = None,
                  threshold: Any = None) -> Budget:
@@ -184,6 +200,12 @@ def parse_input(text_or_messages: Any, roles: Sequence[str] = DEFAULT_ROLES,
             f"(roles present: {sorted({m['role'] for m in items})}); pass roles=... to choose"
         )
     return Prompt("messages", texts, compressible, items)
+
+
+def check_question(question: Any) -> None:
+    """Raise unless ``question`` is None or a string."""
+    if question is not None and not isinstance(question, str):
+        raise TokenwiseError(f"question={question!r} must be a string")
 
 
 def check_force_tokens(force_tokens: Any) -> tuple[tuple[str, ...], bool]:
@@ -300,8 +322,7 @@ class SelectiveCompressor(Compressor):
             raise TokenwiseError("context_filter with threshold= needs context_rate= as well")
         if context_rate is not None and not (0 < context_rate <= 1):
             raise TokenwiseError(f"context_rate={context_rate!r} is outside (0, 1]")
-        if question is not None and not isinstance(question, str):
-            raise TokenwiseError(f"question={question!r} must be a string")
+        check_question(question)
         forced_phrases, keep_newlines = check_force_tokens(force_tokens)
         self.check_force_tokens(forced_phrases)
         prompt = parse_input(text_or_messages, roles, split_paragraphs=context_filter)

@@ -29,6 +29,7 @@ from tokenwise.compression.base import (
     SelectiveCompressor,
     WordScores,
     check_budget,
+    check_question,
     parse_input,
 )
 from tokenwise.compression.counting import TokenCounter
@@ -297,16 +298,8 @@ class ExtractiveCompressor(SelectiveCompressor):
             all_scores.append(sent_scores[s_index + unit] + _CONTENT_BONUS * content)
             all_groups.append(s_index + unit)
             s_index += len(sp)
-        if not all_starts:
-            z = np.zeros(0, dtype=np.int64)
-            return WordScores(z, z.copy(), z.copy(), np.zeros(0, np.float32))
-        return WordScores(
-            starts=np.concatenate(all_starts), ends=np.concatenate(all_ends),
-            segment=np.concatenate(all_seg),
-            scores=np.concatenate(all_scores).astype(np.float32),
-            groups=np.concatenate(all_groups),
-            timings={"embed": time.perf_counter() - t0},
-        )
+        return WordScores.join(all_starts, all_ends, all_seg, all_scores, all_groups,
+                               timings={"embed": time.perf_counter() - t0})
 
     def compress(self, text_or_messages: Any, *, rate: float | None = None,
                  target_tokens: int | None = None, threshold: float | None = None,
@@ -325,8 +318,7 @@ class ExtractiveCompressor(SelectiveCompressor):
             if self.top_k is None:
                 check_budget()  # raises: which budgets exist
             threshold = -1.0  # every sentence inside top_k, none outside
-        if question is not None and not isinstance(question, str):
-            raise TokenwiseError(f"question={question!r} must be a string")
+        check_question(question)
         self._question = question
         try:
             result = super().compress(

@@ -33,6 +33,7 @@ from tokenwise.compression.base import (
     Compressor,
     check_budget,
     check_force_tokens,
+    check_question,
     parse_input,
 )
 from tokenwise.compression.counting import TokenCounter
@@ -189,8 +190,7 @@ class GenerativeCompressor(Compressor):
         if percentile != "global" or context_filter or context_rate is not None:
             raise TokenwiseError("percentile='chunk' and the context filter select words; "
                                  "generative compression rewrites chunks instead")
-        if question is not None and not isinstance(question, str):
-            raise TokenwiseError(f"question={question!r} must be a string")
+        check_question(question)
         phrases, keep_newlines = check_force_tokens(force_tokens)
         prompt = parse_input(text_or_messages, roles)
         counter = TokenCounter.resolve(target_model)

@@ -42,6 +42,7 @@ from tokenwise.compression.base import (
     SelectiveCompressor,
     WordScores,
     check_force_tokens,
+    check_question,
 )
 from tokenwise.compression.result import CompressionResult
 from tokenwise.errors import TokenwiseError
@@ -254,8 +255,7 @@ class PerplexityCompressor(SelectiveCompressor):
         The budget and the forcing options are also read by :meth:`score_words` (the
         document budget and each window's kept context depend on them).
         """
-        if question is not None and not isinstance(question, str):
-            raise TokenwiseError(f"question={question!r} must be a string")
+        check_question(question)
         self._call = dict(rate=rate, target_tokens=target_tokens, threshold=threshold,
                           force_tokens=force_tokens, keep_digits=keep_digits, protect=protect,
                           question=question)

@@ -168,12 +168,5 @@ class SelectiveContextCompressor(SelectiveCompressor):
             all_ends.append(ends)
             all_seg.append(np.full(len(starts), j, dtype=np.int64))
             all_scores.append(scores)
-        if not all_starts:
-            z = np.zeros(0, dtype=np.int64)
-            return WordScores(z, z.copy(), z.copy(), np.zeros(0, np.float32))
-        return WordScores(
-            starts=np.concatenate(all_starts), ends=np.concatenate(all_ends),
-            segment=np.concatenate(all_seg),
-            scores=np.concatenate(all_scores).astype(np.float32),
-            timings={"model": time.perf_counter() - t0},
-        )
+        return WordScores.join(all_starts, all_ends, all_seg, all_scores,
+                               timings={"model": time.perf_counter() - t0})
