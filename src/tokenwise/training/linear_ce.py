@@ -190,6 +190,15 @@ def _finish_logits(z: Tensor, bias_v: Tensor | None, softcap: float | None) -> N
         z.div_(softcap).tanh_().mul_(softcap)
 
 
+def _block_logits(buf: Tensor, e_b: Tensor, c_v: Tensor, bias_v: Tensor | None,
+                  softcap: float | None) -> Tensor:
+    """Finished logits ``e_b · c_vᵀ`` of one (token, vocabulary) block, written into ``buf``."""
+    z = buf[: e_b.shape[0] * c_v.shape[0]].view(e_b.shape[0], c_v.shape[0])  # (nb, vb)
+    torch.mm(e_b, c_v.T, out=z)
+    _finish_logits(z, bias_v, softcap)
+    return z
+
+
 def _target_hits(tgt_b: Tensor, v0: int, v1: int) -> tuple[Tensor, Tensor]:
     """Rows of this token block whose target lies in vocabulary block ``v0:v1``, and its column."""
     hit = (tgt_b >= v0) & (tgt_b < v1)
@@ -265,9 +274,7 @@ def _torch_lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor 
         for i0 in range(0, m_rows, bn):
             i1 = min(i0 + bn, m_rows)
             e_b = _take_rows(e2, rows, i0, i1, acc)  # (nb, D)
-            z = buf[: (i1 - i0) * (v1 - v0)].view(i1 - i0, v1 - v0)  # (nb, vb)
-            torch.mm(e_b, c_v.T, out=z)
-            _finish_logits(z, bias_v, cfg.softcap)
+            z = _block_logits(buf, e_b, c_v, bias_v, cfg.softcap)  # (nb, vb)
             r, col = _target_hits(tgt[i0:i1], v0, v1)
             if r.numel():
                 target_logit[i0 + r] = z[r, col]
@@ -325,9 +332,7 @@ def _torch_backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | N
         for i0 in range(0, m_rows, bn):
             i1 = min(i0 + bn, m_rows)
             e_b = _take_rows(e2, rows, i0, i1, acc)  # (nb, D)
-            z = buf[: (i1 - i0) * (v1 - v0)].view(i1 - i0, v1 - v0)  # (nb, vb)
-            torch.mm(e_b, c_v.T, out=z)
-            _finish_logits(z, bias_v, cfg.softcap)
+            z = _block_logits(buf, e_b, c_v, bias_v, cfg.softcap)  # (nb, vb)
             r, col = _target_hits(tgt[i0:i1], v0, v1)
             if not _logits_to_grad(z, lse[i0:i1], r, col, a[i0:i1], g[i0:i1], cfg.softcap,
                                    cfg.filter_eps, scratch):
