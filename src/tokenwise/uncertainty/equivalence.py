@@ -304,3 +304,16 @@ def default_equivalence() -> Equivalence:
     if _DEFAULT is None:
         _DEFAULT = EmbeddingEquivalence()
     return _DEFAULT
+
+
+def equivalence_or_default(obj: Equivalence | Callable[[str, str, str], bool] | None
+                           ) -> Equivalence:
+    """:func:`as_equivalence` of ``obj``, or the shared :func:`default_equivalence` for None.
+
+    What estimators that group answers by meaning do with their ``equivalence`` argument.
+
+    Example:
+        >>> equivalence_or_default(None) is default_equivalence()
+        True
+    """
+    return default_equivalence() if obj is None else as_equivalence(obj)

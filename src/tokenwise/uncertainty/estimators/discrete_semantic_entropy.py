@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tokenwise.uncertainty.equivalence import Equivalence, as_equivalence, default_equivalence
+from tokenwise.uncertainty.equivalence import Equivalence, equivalence_or_default
 from tokenwise.uncertainty.estimators.base import Estimator
 from tokenwise.uncertainty.samples import SampleSet
 
@@ -30,8 +30,7 @@ class DiscreteSemanticEntropy(Estimator):
     name = "discrete_semantic_entropy"
 
     def __init__(self, equivalence: Equivalence | Callable[[str, str, str], bool] | None = None):
-        self.equivalence = default_equivalence() if equivalence is None \
-            else as_equivalence(equivalence)
+        self.equivalence = equivalence_or_default(equivalence)
 
     def estimate(self, samples: SampleSet) -> float:
         sizes = np.array(samples.stats.clusters(self.equivalence).sizes, dtype=np.float64)

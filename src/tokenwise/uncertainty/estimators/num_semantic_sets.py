@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tokenwise.uncertainty.equivalence import Equivalence, as_equivalence, default_equivalence
+from tokenwise.uncertainty.equivalence import Equivalence, equivalence_or_default
 from tokenwise.uncertainty.estimators.base import Estimator
 from tokenwise.uncertainty.samples import SampleSet
 
@@ -24,8 +24,7 @@ class NumSemanticSets(Estimator):
     name = "num_semantic_sets"
 
     def __init__(self, equivalence: Equivalence | Callable[[str, str, str], bool] | None = None):
-        self.equivalence = default_equivalence() if equivalence is None \
-            else as_equivalence(equivalence)
+        self.equivalence = equivalence_or_default(equivalence)
 
     def estimate(self, samples: SampleSet) -> float:
         return float(samples.stats.clusters(self.equivalence).n_clusters)

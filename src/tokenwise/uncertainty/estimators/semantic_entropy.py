@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tokenwise.errors import TokenwiseError
-from tokenwise.uncertainty.equivalence import Equivalence, as_equivalence, default_equivalence
+from tokenwise.uncertainty.equivalence import Equivalence, equivalence_or_default
 from tokenwise.uncertainty.estimators.base import Estimator
 from tokenwise.uncertainty.samples import SampleSet
 
@@ -107,8 +107,7 @@ class SemanticEntropy(Estimator):
         if estimator == "rao" and not normalise:
             raise TokenwiseError("estimator='rao' needs normalise=True (an entropy of "
                                  "un-normalised masses is not an entropy)")
-        self.equivalence = default_equivalence() if equivalence is None \
-            else as_equivalence(equivalence)
+        self.equivalence = equivalence_or_default(equivalence)
         self.length_normalised = bool(length_normalised)
         self.unique = bool(unique)
         self.estimator = estimator
