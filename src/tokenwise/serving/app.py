@@ -3,8 +3,11 @@
 Routes: ``GET /`` (the playground), ``/static/*`` (its assets), ``GET /health``,
 ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
 ``POST /v1/completions``, ``GET /tokenwise/options`` (what the playground offers) and
-``GET /tokenwise/stats`` (batcher counters). The interactive API docs are off: they load
+``GET /tokenwise/stats`` (engine counters). The interactive API docs are off: they load
 scripts from a CDN, and this server serves nothing it does not ship.
+
+The engine is the embedded batcher unless another one is given (``engine=``, e.g.
+:func:`tokenwise.serving.vllm_engine.VLLMEngine`); it is started and stopped with the app.
 
 Example:
     >>> from tokenwise.serving.config import ServerConfig
@@ -34,7 +37,7 @@ from tokenwise.serving.config import ServerConfig, load_models
 from tokenwise.serving.errors import APIError
 from tokenwise.serving.planning import pick_model
 from tokenwise.serving.responses import model_card, models_list
-from tokenwise.serving.routes import CompletionService, register
+from tokenwise.serving.routes import CompletionService, Engine, register
 from tokenwise.serving.security import GuardMiddleware
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -58,31 +61,37 @@ def options_listing(models: dict[str, LanguageModel]) -> dict[str, Any]:
 
 
 def create_app(config: ServerConfig | None = None,
-               models: dict[str, LanguageModel] | None = None) -> FastAPI:
+               models: dict[str, LanguageModel] | None = None,
+               engine: Engine | None = None) -> FastAPI:
     """Build the app; models are loaded now (given, or from ``config.models``) and fixed.
 
     Args:
         config: the settings (default :class:`ServerConfig`).
-        models: already loaded models by id (skips loading).
+        models: already loaded models by id (skips loading); with ``engine``, the models
+            that engine serves.
+        engine: the engine that generates (default: the embedded batcher over ``models``).
     """
     config = config or ServerConfig()
+    if engine is not None and models is None:
+        raise TypeError("create_app(engine=...) needs the models that engine serves")
     models = dict(models) if models is not None else load_models(config.models, config.device)
-    batcher = Batcher(models, batching=config.batching, window_s=config.batch_window_ms / 1000,
-                      max_rows=config.max_batch_rows)
-    service = CompletionService(config, models, batcher)
+    if engine is None:
+        engine = Batcher(models, batching=config.batching,
+                         window_s=config.batch_window_ms / 1000, max_rows=config.max_batch_rows)
+    service = CompletionService(config, models, engine)
     started = int(time.time())
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await batcher.start()
+        await engine.start()
         try:
             yield
         finally:
-            await batcher.stop()
+            await engine.stop()
 
     app = FastAPI(title="tokenwise", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
-    app.state.config, app.state.models, app.state.batcher = config, models, batcher
+    app.state.config, app.state.models, app.state.engine = config, models, engine
     app.add_middleware(GuardMiddleware, api_key=config.resolved_api_key(),
                        max_body_bytes=config.max_request_bytes)
 
@@ -120,7 +129,7 @@ def create_app(config: ServerConfig | None = None,
 
     @app.get("/tokenwise/stats")
     async def stats() -> dict[str, Any]:
-        return {"batching": batcher.batching, **batcher.stats.as_dict()}
+        return engine.report()
 
     register(app, service)
 

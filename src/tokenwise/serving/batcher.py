@@ -11,6 +11,10 @@ Requests whose client left before their batch began are not decoded at all.
 Other model work (compression, uncertainty sampling, entropy-adaptive decoding) goes
 through :meth:`Batcher.call`, on the same thread, between batches.
 
+The batcher is the embedded engine behind the completion routes: :meth:`Batcher.events`
+turns a planned request into its choices' token and finish events (the interface
+:class:`tokenwise.serving.routes.Engine` that another engine, e.g. vLLM, implements too).
+
 With ``batching=False`` every request is decoded alone, in arrival order: the baseline of
 the load benchmark.
 """
@@ -23,17 +27,24 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from tokenwise.models import LanguageModel
-from tokenwise.serving.engine import BatchStats, FinishEvent, Row, run_batch
+from tokenwise.serving.ead_step import run_ead
+from tokenwise.serving.engine import BatchStats, FinishEvent, Row, TokenEvent, run_batch
 from tokenwise.serving.logprobs import TokenBytes
+from tokenwise.serving.planning import Plan
 from tokenwise.serving.sampler_spec import SamplerSpec
+from tokenwise.serving.schemas import ChatCompletionRequest, CompletionRequest
+from tokenwise.serving.uncertainty_score import score_uncertainty
 
 log = logging.getLogger("tokenwise.serving")
+
+#: ``(choice index, event)``: what an engine yields for a request.
+Event = tuple[int, TokenEvent | FinishEvent]
 
 
 @dataclass
@@ -135,6 +146,71 @@ class Batcher:
         self._queue.put_nowait(_Call(fn, future))
         return await future
 
+    def check(self, req: ChatCompletionRequest | CompletionRequest) -> None:
+        """Every request option is served by this engine: nothing to refuse."""
+
+    def report(self) -> dict[str, Any]:
+        """The counters for ``/tokenwise/stats``."""
+        return {"engine": "tokenwise", "batching": self.batching, **self.stats.as_dict()}
+
+    async def events(self, plan: Plan, deadline: float) -> AsyncIterator[Event]:
+        """Every choice's token events and one finish event each, in the order they happen.
+
+        Closing the iterator early (the client left, the request timed out) cancels the
+        request's rows: they are skipped if their batch has not begun, else stopped at the
+        next decode step.
+
+        Args:
+            plan: the planned request.
+            deadline: ``time.monotonic()`` after which its rows are stopped.
+        """
+        if plan.ead is not None:
+            async for item in self._ead_events(plan):
+                yield item
+            return
+        inbox = _Inbox(asyncio.get_running_loop(), wake_on_tokens=plan.stream)
+        rows = [Row(prompt=plan.prompts[c // plan.n], max_tokens=plan.max_tokens,
+                    prompt_tokens=plan.prompt_tokens[c // plan.n], stops=plan.stops,
+                    seed=plan.seeds[c], top_logprobs=plan.top_logprobs, deadline=deadline,
+                    sink=lambda ev, c=c: inbox.put((c, ev)))
+                for c in range(plan.choices)]
+        job = Job(plan.model, plan.spec, rows)
+        self.submit(job)
+        open_choices = plan.choices
+        try:
+            while open_choices:
+                c, event = await inbox.queue.get()
+                open_choices -= isinstance(event, FinishEvent)
+                yield c, event
+        finally:
+            job.cancelled.set()  # no-op once every row has finished
+
+    async def _ead_events(self, plan: Plan) -> AsyncIterator[Event]:
+        assert plan.large is not None and plan.ead is not None
+        decoded = []
+        for c in range(plan.choices):
+            prompt, seed = plan.prompts[c // plan.n], plan.seeds[c]
+            decoded.append(await self.call(
+                lambda p=prompt, s=seed: run_ead(plan.lm, plan.large, p, plan.spec, plan.ead,
+                                                 plan.max_tokens, plan.stops, s)))
+        infos = [info for _, info in decoded]
+        per_choice = ("large_share", "switches", "flops", "forward_passes")
+        # set before the events go out: the reader stops at the last finish event
+        plan.info["ead"] = {**{k: v for k, v in infos[0].items() if k not in per_choice},
+                            "choices": [{k: i[k] for k in per_choice} for i in infos]}
+        for c, (events, _) in enumerate(decoded):
+            for event in events:
+                yield c, event
+
+    async def uncertainty(self, plan: Plan) -> dict[str, Any]:
+        """The request's ``tokenwise.uncertainty`` score (its samples decoded on the engine
+        thread)."""
+        assert plan.uncertainty is not None
+        options, prompt = plan.uncertainty, plan.prompts[0]
+        return await self.call(
+            lambda: score_uncertainty(options, plan.lm, prompt, plan.max_tokens, plan.stops,
+                                      seed=plan.seeds[0]))
+
     def _fits(self, lm: LanguageModel, rows: list[Row]) -> bool:
         longest = max(r.prompt_tokens for r in rows)
         return longest + max(r.max_tokens for r in rows) - 1 <= lm.context_length
@@ -215,3 +291,33 @@ class Batcher:
                 call.future.set_result(result)
         finally:
             self.stats.engine_busy_s += time.perf_counter() - start
+
+
+class _Inbox:
+    """Events from the engine thread to the event loop, in order.
+
+    Waking the event loop costs a system call and a turn of the loop; a plain (unstreamed)
+    request needs nothing before its sequences finish, so its tokens wait here and travel
+    with the finish event, one wake-up per sequence instead of one per token.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake_on_tokens: bool) -> None:
+        self.loop = loop
+        self.wake_on_tokens = wake_on_tokens
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._held: list[Event] = []
+        self._lock = threading.Lock()
+
+    def put(self, item: Event) -> None:
+        """Called on the engine thread."""
+        with self._lock:
+            self._held.append(item)
+            if not self.wake_on_tokens and isinstance(item[1], TokenEvent):
+                return
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        for item in held:
+            self.queue.put_nowait(item)

@@ -1,30 +1,33 @@
-"""The completion endpoints: parse, plan, generate through the batcher, answer or stream.
+"""The completion endpoints: parse, plan, generate through the engine, answer or stream.
+
+The routes talk to an :class:`Engine` only: the embedded one
+(:class:`~tokenwise.serving.batcher.Batcher`, the default) or vLLM's
+(:class:`~tokenwise.serving.vllm_engine.VLLMEngine`); which one serves is decided once,
+when the app is built.
 
 A request is cancelled when its client disconnects: a streamed one when the server's send
 fails (Starlette cancels the stream), a plain one by a task that waits for the client's
-``http.disconnect``. Cancelling marks the request's job; the engine drops it before its
-batch starts, or stops decoding it at the next step (and stops the batch once nobody in it
-is left). A request unfinished after the server's timeout is stopped the same way and
-answered with 504.
+``http.disconnect``. Cancelling closes the engine's event stream for the request, and the
+engine drops the request's work (the embedded engine before its batch starts or at the next
+decode step; vLLM aborts the request). A request unfinished after the server's timeout is
+stopped the same way and answered with 504.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tokenwise.models import LanguageModel
-from tokenwise.serving.batcher import Batcher, Job
+from tokenwise.serving.batcher import Event
 from tokenwise.serving.config import ServerConfig
-from tokenwise.serving.ead_step import run_ead
-from tokenwise.serving.engine import FinishEvent, Row, TokenEvent
+from tokenwise.serving.engine import FinishEvent, TokenEvent
 from tokenwise.serving.errors import APIError, from_validation
 from tokenwise.serving.logprobs import WireToken, chat_logprobs, completion_logprobs
 from tokenwise.serving.planning import Plan, chat_messages, plan_request
@@ -39,9 +42,31 @@ from tokenwise.serving.responses import (
     usage,
 )
 from tokenwise.serving.schemas import ChatCompletionRequest, CompletionRequest
-from tokenwise.serving.uncertainty_score import score_uncertainty
 
-Event = tuple[int, TokenEvent | FinishEvent]
+
+class Engine(Protocol):
+    """What the routes need from an engine.
+
+    ``check`` refuses (400) what the engine cannot do, before any work; ``call`` runs
+    blocking model work (prompt compression) off the event loop; ``events`` yields every
+    choice's :class:`TokenEvent` s and exactly one :class:`FinishEvent` per choice, and
+    stops the request's work when closed early; ``uncertainty`` computes the
+    ``tokenwise.uncertainty`` object; ``report`` gives ``/tokenwise/stats``.
+    """
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def check(self, req: ChatCompletionRequest | CompletionRequest) -> None: ...
+
+    async def call(self, fn: Callable[[], Any]) -> Any: ...
+
+    def events(self, plan: Plan, deadline: float) -> AsyncIterator[Event]: ...
+
+    async def uncertainty(self, plan: Plan) -> dict[str, Any]: ...
+
+    def report(self) -> dict[str, Any]: ...
 
 
 class CompletionService:
@@ -50,14 +75,14 @@ class CompletionService:
     Args:
         config: the server's settings.
         models: the served models.
-        batcher: the engine's front door.
+        engine: the engine that generates.
     """
 
     def __init__(self, config: ServerConfig, models: dict[str, LanguageModel],
-                 batcher: Batcher) -> None:
+                 engine: Engine) -> None:
         self.config = config
         self.models = models
-        self.batcher = batcher
+        self.engine = engine
 
     async def handle(self, request: Request, kind: str) -> Response:
         """Answer one request (``kind``: ``"chat"`` or ``"completion"``)."""
@@ -89,6 +114,7 @@ class CompletionService:
         return JSONResponse(work.result())
 
     async def _plan(self, req: ChatCompletionRequest | CompletionRequest, kind: str) -> Plan:
+        self.engine.check(req)
         opts = req.tokenwise
         if opts is None or opts.compress is None:
             return plan_request(req, self.config, self.models)
@@ -102,44 +128,18 @@ class CompletionService:
             raise APIError(400, "tokenwise.compress takes one prompt; send the prompts one "
                                 "per request", param="tokenwise.compress")
         options, lm, fixed = opts.compress, pre.lm, self.config.compress_models
-        compressed = await self.batcher.call(lambda: compress_prompt(options, payload, lm,
+        compressed = await self.engine.call(lambda: compress_prompt(options, payload, lm,
                                                                      fixed))
         return plan_request(req, self.config, self.models, compressed=compressed)
 
     async def _events(self, plan: Plan, deadline: float) -> AsyncIterator[Event]:
         """Every choice's token and finish events, in the order they happen."""
-        if plan.ead is not None:
-            assert plan.large is not None
-            infos = []
-            for c in range(plan.choices):
-                prompt, seed = plan.prompts[c // plan.n], plan.seeds[c]
-                events, info = await self.batcher.call(
-                    lambda p=prompt, s=seed: run_ead(plan.lm, plan.large, p, plan.spec,
-                                                     plan.ead, plan.max_tokens, plan.stops, s))
-                infos.append(info)
-                for event in events:
-                    yield c, event
-            plan.info["ead"] = {**{k: v for k, v in infos[0].items()
-                                   if k not in ("large_share", "switches", "flops",
-                                                "forward_passes")},
-                                "choices": [{k: i[k] for k in ("large_share", "switches",
-                                                                "flops", "forward_passes")}
-                                            for i in infos]}
-            return
-        inbox = _Inbox(asyncio.get_running_loop(), wake_on_tokens=plan.stream)
-        rows = [Row(prompt=plan.prompts[c // plan.n], max_tokens=plan.max_tokens,
-                    prompt_tokens=plan.prompt_tokens[c // plan.n], stops=plan.stops,
-                    seed=plan.seeds[c], top_logprobs=plan.top_logprobs, deadline=deadline,
-                    sink=lambda ev, c=c: inbox.put((c, ev)))
-                for c in range(plan.choices)]
-        queue = inbox.queue
-        job = Job(plan.model, plan.spec, rows)
-        self.batcher.submit(job)
+        events = self.engine.events(plan, deadline)
         open_choices = plan.choices
         try:
             while open_choices:
                 try:
-                    c, event = await asyncio.wait_for(queue.get(),
+                    c, event = await asyncio.wait_for(anext(events),
                                                       max(deadline - time.monotonic(), 0.0))
                 except asyncio.TimeoutError:
                     raise _timeout(self.config.request_timeout_s) from None
@@ -152,19 +152,17 @@ class CompletionService:
                                             "server log")
                 yield c, event
         finally:
-            job.cancelled.set()  # no-op once every row has finished
+            await events.aclose()  # stops the request's work when it ends early
 
     async def _uncertainty(self, plan: Plan) -> None:
-        if plan.uncertainty is None:
-            return
-        options, prompt = plan.uncertainty, plan.prompts[0]
-        plan.info["uncertainty"] = await self.batcher.call(
-            lambda: score_uncertainty(options, plan.lm, prompt, plan.max_tokens, plan.stops,
-                                      seed=plan.seeds[0]))
+        if plan.uncertainty is not None:
+            plan.info["uncertainty"] = await self.engine.uncertainty(plan)
 
     def _finish_info(self, plan: Plan, tokens: list[list[WireToken]]) -> dict[str, Any]:
         info = plan.info
-        info["mean_entropy"] = [sum(t.entropy for t in ts) / len(ts) if ts else 0.0
+        # None where the engine reported no entropy (vLLM computes it only with logprobs)
+        info["mean_entropy"] = [None if any(t.entropy is None for t in ts)
+                                else sum(t.entropy for t in ts) / len(ts) if ts else 0.0
                                 for ts in tokens]
         if plan.large is not None:
             written = [t for ts in tokens for t in ts]
@@ -236,36 +234,6 @@ class CompletionService:
         except APIError as exc:  # headers are sent: the error travels as an event
             yield sse(exc.body())
         yield DONE
-
-
-class _Inbox:
-    """Events from the engine thread to the event loop, in order.
-
-    Waking the event loop costs a system call and a turn of the loop; a plain (unstreamed)
-    request needs nothing before its sequences finish, so its tokens wait here and travel
-    with the finish event, one wake-up per sequence instead of one per token.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, wake_on_tokens: bool) -> None:
-        self.loop = loop
-        self.wake_on_tokens = wake_on_tokens
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        self._held: list[Event] = []
-        self._lock = threading.Lock()
-
-    def put(self, item: Event) -> None:
-        """Called on the engine thread."""
-        with self._lock:
-            self._held.append(item)
-            if not self.wake_on_tokens and isinstance(item[1], TokenEvent):
-                return
-        self.loop.call_soon_threadsafe(self._deliver)
-
-    def _deliver(self) -> None:
-        with self._lock:
-            held, self._held = self._held, []
-        for item in held:
-            self.queue.put_nowait(item)
 
 
 def _timeout(seconds: float) -> APIError:
