@@ -1,0 +1,339 @@
+"""tokenwise's vLLM logits processors against the plain tokenwise samplers.
+
+Three levels: hand-built ``BatchUpdate``\\ s driving one processor (add, remove, move,
+swap); vLLM's own persistent batch (``InputBatch``) and ``Sampler`` in this process, with
+processed logits returned; and the shared engine (``llm`` fixture), where sampled tokens
+must lie in the set our plain sampler keeps on the raw logprobs vLLM returns.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+from tokenwise.errors import TokenwiseError
+from tokenwise.sampling import MirostatV2, get
+from tokenwise.sampling.vllm import (
+    PROCESSORS,
+    EntropyRegimeLogitsProcessor,
+    EpsilonLogitsProcessor,
+    EtaLogitsProcessor,
+    MirostatV2LogitsProcessor,
+    TopHLogitsProcessor,
+    TypicalLogitsProcessor,
+    to_vllm,
+)
+
+V = 64
+SWAP, ONE_WAY = MoveDirectionality.SWAP, MoveDirectionality.UNIDIRECTIONAL
+
+# (processor, extra_args, tokenwise sampler name, its params) for requests that ask.
+CASES = [
+    (TopHLogitsProcessor, {"top_h": 0.4}, "top_h", {"alpha": 0.4}),
+    (TopHLogitsProcessor, {"top_h": 0.6, "top_h_rule": "bound", "top_h_top_n": "none"},
+     "top_h", {"alpha": 0.6, "rule": "bound", "top_n": None}),
+    (TypicalLogitsProcessor, {"typical": 0.5}, "typical", {"mass": 0.5}),
+    (EpsilonLogitsProcessor, {"epsilon": 0.02, "epsilon_min_tokens_to_keep": 3},
+     "epsilon", {"epsilon": 0.02, "min_tokens_to_keep": 3}),
+    (EtaLogitsProcessor, {"eta": 0.05}, "eta", {"epsilon": 0.05}),
+    (EntropyRegimeLogitsProcessor, {"entropy_regime": True, "entropy_regime_h_low": 1.0},
+     "entropy_regime", {"h_low": 1.0}),
+]
+
+
+def _logits(batch: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.linspace(0.5, 4.0, batch)[:, None]  # flat to peaked rows: regimes vary
+    return torch.randn(batch, V, generator=g) * scale  # (B, V)
+
+
+def _params(extra: dict | None) -> SamplingParams:
+    return SamplingParams(temperature=1.0, extra_args=extra)
+
+
+def _expected(rows: dict[int, tuple[str, dict] | None], logits: torch.Tensor) -> torch.Tensor:
+    out = logits.clone()
+    for i, asked in rows.items():
+        if asked is not None:
+            out[i:i + 1] = get(asked[0], **asked[1])(logits[i:i + 1])
+    return out
+
+
+# --- parameters ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cls", "extra", "name", "params"), CASES)
+def test_request_params_map_keys_to_sampler_params(cls, extra, name, params):
+    assert cls.sampler == name
+    assert cls.request_params(extra) == params
+    assert cls.request_params(None) is None
+    assert cls.request_params({"something_else": 1}) is None
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ({"top_h": 1.5}, "top_h"),
+    ({"top_h": 0.4, "top_h_rule": "nope"}, "top_h_rule"),
+    ({"top_h": 0.4, "top_h_top_n": 0}, "top_h_top_n"),
+    ({"top_h": 0.4, "top_h_alfa": 0.1}, "top_h_alfa"),
+    ({"top_h_rule": "bound"}, "top_h"),
+    ({"top_h": [0.4, 0.5]}, "top_h"),
+    ({"typical": 0.0}, "typical"),
+    ({"epsilon": 1.0}, "epsilon"),
+    ({"eta": -0.1}, "eta"),
+    ({"eta": 0.1, "eta_min_tokens_to_keep": 1.5}, "eta_min_tokens_to_keep"),
+    ({"mirostat_v2": 0}, "mirostat_v2"),
+    ({"mirostat_v2": 3.0, "mirostat_v2_eta": "fast"}, "mirostat_v2_eta"),
+    ({"entropy_regime": 2}, "entropy_regime"),
+    ({"entropy_regime": True, "entropy_regime_h_low": 3.0, "entropy_regime_h_high": 1.0},
+     "entropy_regime_h_high"),
+])
+def test_bad_extra_args_are_refused_naming_the_key(extra, key):
+    with pytest.raises(ValueError, match=f"'{key}'"):
+        for cls in PROCESSORS:
+            cls.validate_params(_params(extra))
+
+
+def test_argmax_invariance_is_declared_as_the_samplers_behave():
+    # Every sampler but typical keeps the most likely token (and only rescales by T > 0);
+    # typical drops the mode when it is atypical.
+    # p(mode) = 0.3 over a flat tail: surprisal 1.2 nats, far from H = 3.5 (the tail's 4.5
+    # is nearer), so typical at mass 0.5 fills its set from the tail.
+    logits = torch.tensor([[3.3] + [0.0] * (V - 1)])
+    for cls, _extra, name, params in CASES:
+        kept_mode = torch.isfinite(get(name, **params)(logits))[0, 0].item()
+        assert cls(None, torch.device("cpu"), False).is_argmax_invariant() == kept_mode, name
+    assert MirostatV2LogitsProcessor(None, "cpu", False).is_argmax_invariant()
+
+
+# --- hand-built BatchUpdates ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cls", "extra", "name", "params"), CASES)
+def test_rows_follow_add_remove_move_swap(cls, extra, name, params):
+    proc = cls(None, torch.device("cpu"), False)
+    other = dict(extra)
+    other[cls.sampler] = {"top_h": 0.8, "typical": 0.9, "epsilon": 0.05, "eta": 0.01,
+                          "entropy_regime": 1}[cls.sampler]
+    other_params = cls.request_params(other)
+    asks = {"a": (name, params), "b": None, "c": (name, other_params), "d": (name, params),
+            "e": None, "f": (name, other_params)}
+    extras = {"a": extra, "b": None, "c": other, "d": extra, "e": {"unrelated": 1}, "f": other}
+
+    def added(index, req):
+        return (index, _params(extras[req]), [1, 2], [])
+
+    slots: list[str] = []  # what vLLM's persistent batch holds, row by row
+    steps = [
+        # 4 requests join
+        (BatchUpdate(4, [], [added(i, r) for i, r in enumerate("abcd")], []), list("abcd")),
+        # b leaves; vLLM condenses d (row 3) into row 1
+        (BatchUpdate(3, [1], [], [(3, 1, ONE_WAY)]), list("adc")),
+        # rows 0 and 2 swap
+        (BatchUpdate(3, [], [], [(0, 2, SWAP)]), list("cda")),
+        # c leaves and e (not asking) takes its row; f joins at the end
+        (BatchUpdate(4, [0], [added(0, "e"), added(3, "f")], []), list("edaf")),
+        # no change this step
+        (None, list("edaf")),
+        # a leaves; f moves down into its row; then rows 0 and 1 swap
+        (BatchUpdate(3, [2], [], [(3, 2, ONE_WAY), (0, 1, SWAP)]), list("def")),
+    ]
+    for step, (update, expected_slots) in enumerate(steps):
+        proc.update_state(update)
+        slots = expected_slots
+        logits = _logits(len(slots), seed=step)
+        got = proc.apply(logits.clone())
+        want = _expected({i: asks[r] for i, r in enumerate(slots)}, logits)
+        assert torch.equal(got, want), f"step {step}: rows {slots}"
+        assert sorted(proc.rows) == [i for i, r in enumerate(slots) if asks[r] is not None]
+
+
+def test_mirostat_mu_follows_each_request_and_learns_from_its_sampled_token():
+    proc = MirostatV2LogitsProcessor(None, torch.device("cpu"), False)
+    taus = {"a": 2.0, "b": 3.0, "c": 1.5, "d": 2.5}
+    outputs = {r: [] for r in taus}  # vLLM's per-request output lists (appended in place)
+    refs = {r: MirostatV2(tau=t, eta=0.5) for r, t in taus.items()}  # plain samplers
+
+    def added(index, req):
+        extra = {"mirostat_v2": taus[req], "mirostat_v2_eta": 0.5}
+        return (index, _params(extra), [1], outputs[req])
+
+    plan = [
+        (BatchUpdate(3, [], [added(0, "a"), added(1, "b"), added(2, "c")], []), "abc"),
+        (None, "abc"),
+        (BatchUpdate(3, [], [], [(0, 2, SWAP)]), "cba"),
+        (BatchUpdate(2, [1], [], [(2, 1, ONE_WAY)]), "ca"),  # b finished
+        (BatchUpdate(3, [], [added(2, "d")], []), "cad"),
+        (None, "cad"),
+        (BatchUpdate(2, [0], [], [(2, 0, ONE_WAY)]), "da"),  # c finished
+        (None, "da"),
+    ]
+    g = torch.Generator().manual_seed(0)
+    checked = 0
+    for step, (update, slots) in enumerate(plan):
+        proc.update_state(update)
+        logits = _logits(len(slots), seed=100 + step)
+        got = proc.apply(logits.clone())
+        for i, r in enumerate(slots):
+            if outputs[r]:  # the plain sampler observes what "vLLM" sampled last step
+                refs[r].observe(torch.tensor([outputs[r][-1]]))
+            want = refs[r](logits[i:i + 1])
+            assert torch.equal(got[i:i + 1], want), f"step {step}, request {r}"
+            assert proc.mu[i] == pytest.approx(float(refs[r].mu[0]))
+            # vLLM samples from the processed row and appends to the request's list
+            probs = got[i].softmax(-1)
+            outputs[r].append(int(torch.multinomial(probs, 1, generator=g)))
+            checked += 1
+    assert checked == 21
+    # mu moved away from its start for every request that ran twice or more
+    assert all(float(refs[r].mu[0]) != 2 * taus[r] for r in "acd")
+
+
+def test_mirostat_does_not_observe_a_step_whose_token_vllm_discarded():
+    # A chunked prefill runs the processor but appends no token: the next observation
+    # must use the distribution of the step that did produce the token.
+    proc = MirostatV2LogitsProcessor(None, torch.device("cpu"), False)
+    out: list[int] = []
+    proc.update_state(BatchUpdate(1, [], [(0, _params({"mirostat_v2": 2.0}), [1], out)], []))
+    ref = MirostatV2(tau=2.0)
+    first, second, third = _logits(1, 1), _logits(1, 2), _logits(1, 3)
+    proc.apply(first.clone())  # partial prefill: its token is thrown away
+    assert torch.equal(proc.apply(second.clone()), ref(second))  # last prompt chunk
+    out.append(int(second.argmax()))
+    ref.observe(torch.tensor(out))
+    assert torch.equal(proc.apply(third.clone()), ref(third))
+    assert proc.mu[0] == pytest.approx(float(ref.mu[0]))
+
+
+# --- vLLM's own persistent batch and sampler, in this process -------------------------
+
+
+def _input_batch(processors):
+    from vllm.config import VllmConfig
+    from vllm.v1.sample.logits_processor import build_logitsprocs
+    from vllm.v1.worker.gpu_input_batch import InputBatch
+
+    cpu = torch.device("cpu")
+    procs = build_logitsprocs(VllmConfig(), cpu, False, False, processors)
+    return InputBatch(max_num_reqs=8, max_model_len=64, max_num_batched_tokens=64, device=cpu,
+                      vocab_size=V, block_sizes=[16], max_num_blocks_per_req=[4],
+                      logitsprocs=procs, logitsprocs_need_output_token_ids=bool(processors))
+
+
+def _request(req_id: str, params: SamplingParams, seed: int):
+    from vllm.v1.worker.gpu_input_batch import CachedRequestState
+
+    return CachedRequestState(req_id=req_id, prompt_token_ids=[1, 2, 3], mm_features=[],
+                              sampling_params=params, generator=torch.Generator().manual_seed(seed),
+                              block_ids=([0],), num_computed_tokens=3, output_token_ids=[])
+
+
+def _processed(sampler, logits, batch) -> tuple[torch.Tensor, list[int]]:
+    """vLLM's processed logits (full rows, rebuilt from its top-V gather) and samples."""
+    out = sampler(logits.clone(), batch.sampling_metadata)
+    ids = out.logprobs_tensors.logprob_token_ids[:, 1:].long()  # col 0: the sampled token
+    full = torch.full_like(logits, float("-inf")).scatter(-1, ids,
+                                                          out.logprobs_tensors.logprobs[:, 1:])
+    return full, out.sampled_token_ids[:, 0].tolist()
+
+
+def test_inside_vllms_input_batch_and_sampler():
+    """Real InputBatch bookkeeping (add, remove + condense, swap) and vLLM's Sampler in
+    processed_logits mode: rows that asked equal our plain sampler after vLLM's
+    temperature (typical before it); other rows equal vLLM without our processors."""
+    from vllm.v1.sample.sampler import Sampler
+
+    ours, plain = _input_batch(list(PROCESSORS)), _input_batch([])
+    sampler = Sampler(logprobs_mode="processed_logits")
+    requests = {  # id: (extra_args, temperature, plain-sampler chain as (name, params))
+        "top_h": ({"top_h": 0.4}, 0.7, [("temperature", {"temperature": 0.7}),
+                                        ("top_h", {"alpha": 0.4})]),
+        "none": (None, 0.9, [("temperature", {"temperature": 0.9})]),
+        "typical": ({"typical": 0.6}, 1.3, [("typical", {"mass": 0.6}),
+                                            ("temperature", {"temperature": 1.3})]),
+        "eta": ({"eta": 0.03}, 1.0, [("eta", {"epsilon": 0.03})]),
+        "regime": ({"entropy_regime": 1}, 1.0, [("entropy_regime", {})]),
+        "bound": ({"top_h": 0.5, "top_h_rule": "bound"}, 1.0,
+                  [("top_h", {"alpha": 0.5, "rule": "bound"})]),
+        "other": ({"unrelated_key": 3}, 1.0, []),
+        "miro": ({"mirostat_v2": 2.0}, 1.0, None),
+    }
+    order = list(requests)
+    for seed, rid in enumerate(order):
+        extra, temperature, _ = requests[rid]
+        for batch in (ours, plain):
+            params = SamplingParams(temperature=temperature, extra_args=extra, logprobs=-1,
+                                    seed=seed)
+            batch.add_request(_request(rid, params, seed))
+    miro_ref = MirostatV2(tau=2.0)
+    for step in range(4):
+        if step == 1:  # two requests finish; vLLM condenses the batch
+            for batch in (ours, plain):
+                batch.remove_request("none")
+                batch.remove_request("eta")
+                batch.condense()
+        if step == 2:
+            for batch in (ours, plain):
+                batch.swap_states(0, ours.num_reqs - 1)
+        for batch in (ours, plain):
+            batch.refresh_metadata()
+        assert ours.req_ids == plain.req_ids
+        logits = _logits(ours.num_reqs, seed=step) * 2  # (B, V)
+        got, sampled = _processed(sampler, logits, ours)
+        base, _ = _processed(sampler, logits, plain)
+        for i, rid in enumerate(ours.req_ids):
+            chain = requests[rid][2]
+            if chain is None:  # mirostat: the plain sampler, fed what vLLM sampled
+                want = miro_ref(logits[i:i + 1])
+            elif all(name == "temperature" for name, _ in chain):
+                want = base[i:i + 1]  # untouched: exactly what vLLM does without us
+            else:
+                want = logits[i:i + 1]
+                for name, params in chain:
+                    want = get(name, **params)(want)
+            assert torch.equal(torch.isfinite(got[i:i + 1]), torch.isfinite(want)), (step, rid)
+            finite = torch.isfinite(want)
+            torch.testing.assert_close(got[i:i + 1][finite], want[finite], rtol=1e-5,
+                                       atol=1e-5)
+        # What the model runner does after sampling: append to each output list.
+        for i, rid in enumerate(ours.req_ids):
+            ours.req_output_token_ids[i].append(sampled[i])
+            plain.req_output_token_ids[i].append(sampled[i])
+            if rid == "miro":
+                miro_ref.observe(torch.tensor([sampled[i]]))
+
+
+# --- to_vllm ---------------------------------------------------------------------------
+
+
+def test_to_vllm_splits_native_and_extra_args_and_refuses_other_orders():
+    native, extra = to_vllm([("typical", {"mass": 0.9}), ("temperature", {"temperature": 0.5}),
+                             ("min_p", {"min_p": 0.1}), ("top_h", {"top_n": None}),
+                             ("mirostat_v2", {"tau": 4.0, "eta": 0.2}), ("top_k", {"top_k": 40})])
+    assert native == {"temperature": 0.5, "top_k": 40, "top_p": 1.0, "min_p": 0.1}
+    assert extra == {"typical": 0.9, "top_h": 0.4, "top_h_top_n": "none", "mirostat_v2": 4.0,
+                     "mirostat_v2_eta": 0.2}
+    for cls in PROCESSORS:  # what to_vllm writes, the processors accept
+        cls.validate_params(SamplingParams(**native, extra_args=extra))
+    assert to_vllm([("entropy_regime", {})])[1] == {"entropy_regime": True}
+    # top-k commutes with temperature; temperature 1 is the identity
+    native, _ = to_vllm([("top_k", {"top_k": 5}), ("temperature", {"temperature": 2.0})])
+    assert native["top_k"] == 5
+    to_vllm([("top_h", {}), ("temperature", {"temperature": 1.0})])
+    for spec, match in [
+        ([("top_h", {}), ("temperature", {"temperature": 0.7})], "temperature before top_h"),
+        ([("temperature", {"temperature": 0.7}), ("typical", {})], "typical before temperature"),
+        ([("top_p", {"top_p": 0.9}), ("min_p", {"min_p": 0.1})], "min_p before top_p"),
+        ([("top_h", {}), ("top_h", {})], "twice"),
+        ([("top_p", {"top_p": [0.9, 0.8]})], "one value per request"),
+        ([("top_k", {"top_k": 5, "min_tokens_to_keep": 2})], "min_tokens_to_keep"),
+        ([("top_h", {"alpha": 3})], "alpha=3"),
+        ([("nope", {})], "unknown sampler"),
+        ("top_h", "sequence of"),
+    ]:
+        with pytest.raises(TokenwiseError, match=match):
+            to_vllm(spec)
