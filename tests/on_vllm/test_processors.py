@@ -337,3 +337,109 @@ def test_to_vllm_splits_native_and_extra_args_and_refuses_other_orders():
     ]:
         with pytest.raises(TokenwiseError, match=match):
             to_vllm(spec)
+
+
+# --- the shared engine ----------------------------------------------------------------
+
+PROMPTS = ["The city of", "3 + 4 =", "Q: Where is the", "In 1990 the"]
+ENGINE_CASES = [  # (extra_args, plain sampler name, params): each keeps a small set
+    ({"top_h": 0.3}, "top_h", {"alpha": 0.3}),
+    ({"top_h": 0.3, "top_h_rule": "bound"}, "top_h", {"alpha": 0.3, "rule": "bound"}),
+    ({"typical": 0.3}, "typical", {"mass": 0.3}),
+    ({"epsilon": 0.05}, "epsilon", {"epsilon": 0.05}),
+    ({"eta": 0.2}, "eta", {"epsilon": 0.2}),
+    ({"entropy_regime": True, "entropy_regime_default_min_p": 0.3}, "entropy_regime",
+     {"default_min_p": 0.3}),
+]
+
+
+def _raw_row(position_logprobs: dict, vocab: int) -> torch.Tensor:
+    """vLLM's raw logprobs at one position (a dict over the whole vocabulary) as (1, V)."""
+    row = torch.full((1, vocab), float("-inf"))
+    for token, lp in position_logprobs.items():
+        row[0, token] = lp.logprob
+    assert torch.isfinite(row).sum() == vocab  # max_logprobs=-1: every token came back
+    return row
+
+
+def _vocab(llm) -> int:
+    return llm.llm_engine.model_config.get_vocab_size()
+
+
+def test_engine_samples_only_what_our_samplers_keep(llm):
+    """Seeded one-token draws: with a processor, every sampled token is in the set our
+    plain sampler keeps on vLLM's raw logprobs for that prompt; the same seeds without it
+    land outside that set (so the check can fail)."""
+    vocab, seeds = _vocab(llm), range(24)
+    configs = [None, *[extra for extra, _, _ in ENGINE_CASES]]
+    jobs = [(c, p, s) for c in range(len(configs)) for p in range(len(PROMPTS)) for s in seeds]
+    params = [SamplingParams(temperature=1.0, max_tokens=1, seed=s, logprobs=-1,
+                             extra_args=configs[c]) for c, _, s in jobs]
+    outs = llm.generate([PROMPTS[p] for _, p, _ in jobs], params, use_tqdm=False)
+    drawn: dict[tuple[int, int], set[int]] = {}
+    kept_sets: dict[tuple[int, int], set[int]] = {}
+    for (c, p, _), out in zip(jobs, outs, strict=True):
+        token = out.outputs[0].token_ids[0]
+        drawn.setdefault((c, p), set()).add(token)
+        if c and (c, p) not in kept_sets:
+            _, name, sampler_params = ENGINE_CASES[c - 1]
+            raw = _raw_row(out.outputs[0].logprobs[0], vocab)
+            kept = torch.isfinite(get(name, **sampler_params)(raw))[0]
+            kept_sets[(c, p)] = set(torch.nonzero(kept)[:, 0].tolist())
+    for (c, p), kept in kept_sets.items():
+        assert drawn[(c, p)] <= kept, (ENGINE_CASES[c - 1][0], PROMPTS[p])
+    for c in range(1, len(configs)):
+        outside = sum(len(drawn[(0, p)] - kept_sets[(c, p)]) for p in range(len(PROMPTS)))
+        assert outside > 0, f"{configs[c]}: unfiltered draws never leave the kept set"
+
+
+def test_engine_leaves_other_requests_untouched_and_mirostat_survives_finishing_requests(llm):
+    """One generate call mixing Mirostat requests and plain ones, with different lengths
+    (requests finish mid-batch, vLLM condenses and moves rows). Plain requests give what
+    they give alone; each Mirostat request's tokens replay under the plain MirostatV2,
+    fed the raw logprobs and the tokens vLLM sampled."""
+    vocab = _vocab(llm)
+    miro = {"mirostat_v2": 1.5, "mirostat_v2_eta": 1.0}
+    mixed = [  # (prompt, seed, max_tokens, extra_args)
+        (PROMPTS[0], 1, 12, miro), (PROMPTS[1], 2, 3, None), (PROMPTS[2], 3, 5, miro),
+        (PROMPTS[3], 4, 20, None), (PROMPTS[1], 5, 16, {**miro, "mirostat_v2": 2.5}),
+        (PROMPTS[2], 6, 7, {"unrelated": "x"}), (PROMPTS[0], 7, 2, miro),
+    ]
+
+    def params(seed, max_tokens, extra):
+        return SamplingParams(temperature=1.0, seed=seed, max_tokens=max_tokens, logprobs=-1,
+                              ignore_eos=True, extra_args=extra)
+
+    together = llm.generate([m[0] for m in mixed], [params(*m[1:]) for m in mixed],
+                            use_tqdm=False)
+    plain = [i for i, m in enumerate(mixed) if m[3] is None or "mirostat_v2" not in m[3]]
+    alone = llm.generate([mixed[i][0] for i in plain],
+                         [params(mixed[i][1], mixed[i][2], None) for i in plain], use_tqdm=False)
+    for i, out in zip(plain, alone, strict=True):
+        assert together[i].outputs[0].token_ids == out.outputs[0].token_ids, mixed[i]
+
+    sizes = []
+    for (_, _, max_tokens, extra), out in zip(mixed, together, strict=True):
+        tokens = out.outputs[0].token_ids
+        assert len(tokens) == max_tokens
+        if extra is None or "mirostat_v2" not in extra:
+            continue
+        ref = MirostatV2(tau=extra["mirostat_v2"], eta=extra["mirostat_v2_eta"])
+        for step, token in enumerate(tokens):
+            kept = torch.isfinite(ref(_raw_row(out.outputs[0].logprobs[step], vocab)))[0]
+            assert kept[token], f"{extra}: step {step} sampled {token} outside the kept set"
+            sizes.append(int(kept.sum()))
+            ref.observe(torch.tensor([token]))
+    # mu moved the kept set (several sizes), so a lost or swapped mu would show
+    assert len(set(sizes)) > 2, sizes
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ({"top_h": 2.0}, "top_h"),
+    ({"mirostat_v2": 3.0, "mirostat_v2_tau": 1.0}, "mirostat_v2_tau"),
+    ({"entropy_regime": True, "entropy_regime_branch_k": 0}, "entropy_regime_branch_k"),
+])
+def test_engine_refuses_bad_parameters(llm, extra, key):
+    with pytest.raises(Exception, match=f"'{key}'") as info:
+        llm.generate(["x"], SamplingParams(max_tokens=1, extra_args=extra), use_tqdm=False)
+    assert "Validation" in type(info.value).__name__ or isinstance(info.value, ValueError)
