@@ -1,12 +1,64 @@
-"""`tokenwise serve`: the OpenAI-compatible server with the playground page at ``/``."""
+"""`tokenwise serve`: the OpenAI-compatible server with the playground page at ``/``.
+
+``--engine tokenwise`` (the default) generates in this process with tokenwise's own
+batcher; ``--engine vllm`` generates on a vLLM engine (continuous batching, tensor and
+pipeline parallelism, multi-node through Ray) with the same API.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
 from tokenwise.errors import TokenwiseError
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: CLI option -> VLLMOptions field, for the options that only the vLLM engine takes.
+_VLLM_OPTIONS = {"gpu_memory_utilization": "--gpu-memory-utilization",
+                 "max_model_len": "--max-model-len",
+                 "tensor_parallel_size": "--tensor-parallel-size",
+                 "pipeline_parallel_size": "--pipeline-parallel-size",
+                 "distributed_executor_backend": "--distributed-executor-backend",
+                 "dtype": "--dtype", "enforce_eager": "--enforce-eager"}
+#: options of the embedded engine that have no meaning on vLLM.
+_EMBEDDED_ONLY = {"no_batching": "--no-batching", "batch_window_ms": "--batch-window-ms",
+                  "device": "--device"}
+
+
+def vllm_options(ctx: click.Context, engine: str, models: tuple[str, ...],
+                 given: dict[str, Any], max_batch_rows: int) -> Any:
+    """Check the engine-specific options; the :class:`VLLMOptions` for ``--engine vllm``
+    (None for the embedded engine).
+
+    Raises:
+        TokenwiseError: an option the chosen engine does not take, or not exactly one model
+            for vLLM, or vLLM not installed.
+    """
+    explicit = {name for name in [*_VLLM_OPTIONS, *_EMBEDDED_ONLY, "max_batch_rows"]
+                if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    if engine == "tokenwise":
+        wrong = [flag for name, flag in _VLLM_OPTIONS.items() if name in explicit]
+        if wrong:
+            raise TokenwiseError(f"{', '.join(wrong)}: vLLM engine option(s); add "
+                                 "--engine vllm, or leave them out")
+        return None
+    wrong = [flag for name, flag in _EMBEDDED_ONLY.items() if name in explicit]
+    if wrong:
+        raise TokenwiseError(f"{', '.join(wrong)}: not used by --engine vllm (vLLM batches "
+                             "continuously and places the model itself; see "
+                             "--tensor-parallel-size)")
+    if len(models) != 1:
+        raise TokenwiseError(f"--engine vllm serves exactly one model; give one --model "
+                             f"(got {len(models)})")
+    from tokenwise.serving.vllm_engine import VLLMOptions, require_vllm
+
+    require_vllm()
+    kwargs = {name: given[name] for name in _VLLM_OPTIONS if given[name] is not None}
+    kwargs["enforce_eager"] = bool(given["enforce_eager"])
+    if "max_batch_rows" in explicit:
+        kwargs["max_num_seqs"] = max_batch_rows
+    return VLLMOptions(**kwargs)
 
 
 def parse_compress_models(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -59,16 +111,42 @@ def parse_compress_models(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Where to load the models: cpu, cuda, cuda:N or auto.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info",
                                                  "debug"]), default="info", show_default=True)
-def serve_command(models: tuple[str, ...], host: str, port: int, api_key: str | None,
-                  no_batching: bool, batch_window_ms: float, max_batch_rows: int,
-                  max_tokens_limit: int, default_max_tokens: int, max_request_bytes: int,
-                  timeout_s: float, compress_models: tuple[str, ...], device: str,
-                  log_level: str) -> None:
+@click.option("--engine", type=click.Choice(["tokenwise", "vllm"]), default="tokenwise",
+              show_default=True,
+              help="What generates: tokenwise's own batcher in this process, or a vLLM "
+                   "engine (needs vllm installed; one --model, a directory or built-in name).")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1, min_open=True),
+              default=None, help="vLLM: fraction of each GPU's memory to use [0.9].")
+@click.option("--max-model-len", type=click.IntRange(min=1), default=None,
+              help="vLLM: longest prompt + completion [the model's context].")
+@click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=None,
+              help="vLLM: GPUs each layer is split over [1].")
+@click.option("--pipeline-parallel-size", type=click.IntRange(min=1), default=None,
+              help="vLLM: pipeline stages (e.g. one per node with Ray) [1].")
+@click.option("--distributed-executor-backend", type=click.Choice(["mp", "ray", "uni"]),
+              default=None, help="vLLM: worker processes on this node (mp) or on a Ray "
+                                 "cluster (ray, multi-node) [vLLM chooses].")
+@click.option("--dtype", type=click.Choice(["auto", "float16", "bfloat16", "float32"]),
+              default=None, help="vLLM: weights and activations dtype [auto].")
+@click.option("--enforce-eager", is_flag=True, default=None,
+              help="vLLM: no CUDA graphs (less memory, slower; needed on CPU).")
+@click.pass_context
+def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: int,
+                  api_key: str | None, no_batching: bool, batch_window_ms: float,
+                  max_batch_rows: int, max_tokens_limit: int, default_max_tokens: int,
+                  max_request_bytes: int, timeout_s: float, compress_models: tuple[str, ...],
+                  device: str, log_level: str, engine: str, **vllm: Any) -> None:
     """Serve models over an OpenAI-compatible HTTP API, with a playground at /.
 
     Any OpenAI client works unchanged (base URL http://HOST:PORT/v1); answers carry each
     token's entropy in their logprobs and a `tokenwise` object; tokenwise options go in
     the request's `tokenwise` field (extra_body in the openai client).
+
+    With --engine vllm, requests run on vLLM (continuous batching, tensor/pipeline
+    parallel, multi-node via Ray); per-token entropy then needs logprobs=true (vLLM returns
+    the full-vocabulary logprobs it is computed from only then), the top-level sampling
+    fields run in vLLM's order (temperature before min_p/top_h/top_p), and tokenwise.ead
+    is refused.
     """
     try:
         from tokenwise.serving import ServerConfig
@@ -83,17 +161,23 @@ def serve_command(models: tuple[str, ...], host: str, port: int, api_key: str | 
             max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens,
             max_request_bytes=max_request_bytes, request_timeout_s=timeout_s,
             compress_models=parse_compress_models(compress_models), device=device)
+        options = vllm_options(ctx, engine, models, vllm, max_batch_rows)
     except TokenwiseError as exc:
         raise click.ClickException(str(exc)) from None
     if host not in _LOOPBACK and config.resolved_api_key() is None:
         click.echo(f"warning: serving on {host} without an API key; anyone who can reach "
                    "this port can use it (set --api-key or TOKENWISE_API_KEY)", err=True)
     click.echo(f"tokenwise serve: http://{host}:{port}/ (playground), "
-               f"http://{host}:{port}/v1 (API); batching "
+               f"http://{host}:{port}/v1 (API); engine {engine}; batching "
                f"{'on' if config.batching else 'off'}; "
                f"API key {'required' if config.resolved_api_key() else 'not required'}",
                err=True)
     try:
-        run(config, log_level=log_level)
+        if options is None:
+            run(config, log_level=log_level)
+        else:
+            from tokenwise.serving import vllm_engine
+
+            vllm_engine.run(config, models[0], options, log_level=log_level)
     except TokenwiseError as exc:
         raise click.ClickException(str(exc)) from None
