@@ -139,7 +139,8 @@ def token_surprisal(lm: Any, ids: Sequence[int], prefix: Sequence[int] = (), *,
     token is scored once, with at least ``window - stride`` tokens of left context.
 
     Args:
-        lm: a :class:`~tokenwise.models.LanguageModel`.
+        lm: a :class:`~tokenwise.models.LanguageModel`, or a
+            :class:`~tokenwise.models.vllm.VLLMModel` (scored from vLLM's prompt logprobs).
         ids: the tokens to score.
         prefix: tokens they are conditioned on (not scored).
         window: input tokens per forward pass, 2..context length.
@@ -151,6 +152,7 @@ def token_surprisal(lm: Any, ids: Sequence[int], prefix: Sequence[int] = (), *,
         >>> s.shape, bool((s >= 0).all())
         ((7,), True)
     """
+    from tokenwise.models.vllm import VLLMModel
     from tokenwise.scoring import check_window_args, plan_windows
 
     w, s = check_window_args(window, stride, lm.context_length)
@@ -161,6 +163,8 @@ def token_surprisal(lm: Any, ids: Sequence[int], prefix: Sequence[int] = (), *,
     if n == 0:
         return out
     first_target = n_prefix + 1  # position in seq of ids[0]
+    if isinstance(lm, VLLMModel):
+        return _vllm_surprisal(lm, seq.tolist(), first_target, out, w, s)
     for begin, first, end in plan_windows(len(seq) - 1, w, s):
         if end < first_target:
             continue  # this window scores only prefix tokens
@@ -174,12 +178,32 @@ def token_surprisal(lm: Any, ids: Sequence[int], prefix: Sequence[int] = (), *,
     return out
 
 
+def _vllm_surprisal(lm: Any, seq: list[int], first_target: int, out: np.ndarray, w: int,
+                    s: int) -> np.ndarray:
+    """:func:`token_surprisal`'s windows scored by a vLLM engine's prompt logprobs.
+
+    A window's scored tokens must be in the prompt, so each prompt is the window's inputs
+    plus the token after them (at most ``w + 1 <= max_model_len`` ids); all windows go to the
+    engine in one call.
+    """
+    from tokenwise.scoring import plan_windows
+
+    plans = [p for p in plan_windows(len(seq) - 1, w, s) if p[2] >= first_target]
+    prompts = [seq[begin:end + 1] for begin, _, end in plans]
+    for (begin, first, end), lps in zip(plans, lm.prompt_logprobs(prompts), strict=True):
+        first = max(first, first_target)
+        # lps[k] is log p(seq[begin + 1 + k] | seq[begin:begin + 1 + k])
+        out[first - first_target:end + 1 - first_target] = -lps[first - begin - 1:end - begin]
+    return out
+
+
 class PerplexityCompressor(SelectiveCompressor):
     """LLMLingua / LongLLMLingua over any local causal LM.
 
     Args:
-        model: a :class:`~tokenwise.models.LanguageModel`, a built-in name or a local
-            directory (default ``"tw-small"``).
+        model: a :class:`~tokenwise.models.LanguageModel`, a built-in name, a local
+            directory (default ``"tw-small"``), or a vLLM ``LLM`` (scored with its prompt
+            logprobs; see :mod:`tokenwise.models.vllm`).
         token_to_word: pool a word's token surprisals by ``"mean"``, ``"sum"`` or ``"max"``.
         question_mode: ``"contrastive"`` (with a question, score ``loss(t) -
             loss(t | question)``) or ``"none"`` (plain surprisal even with a question).
@@ -224,7 +248,15 @@ class PerplexityCompressor(SelectiveCompressor):
                                            or iterative_size < 1):
             raise TokenwiseError(f"iterative_size={iterative_size!r}: must be an integer >= 1 "
                                  "or None (one pass)")
-        self.lm = load_causal_lm(model)
+        from tokenwise.models.vllm import VLLMModel, as_vllm_model, is_vllm_llm
+
+        if is_vllm_llm(model) or isinstance(model, VLLMModel):
+            self.lm = as_vllm_model(model)
+            if self.lm.bos_token_id is None:
+                raise TokenwiseError(f"model {self.lm.name!r} has no BOS or EOS token; the "
+                                     "first token of a text cannot be scored")
+        else:
+            self.lm = load_causal_lm(model)
         from tokenwise.scoring import check_window_args
 
         self.window, self.stride = check_window_args(window, stride, self.lm.context_length)

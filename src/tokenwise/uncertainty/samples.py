@@ -428,8 +428,24 @@ def _generate_answers(lm: LanguageModel, prompt: str, n: int, temperature: float
     return [Answer.from_generation(g) for g in gens]  # type: ignore[union-attr]
 
 
+def _vllm_answers(llm: Any, prompt: str, n: int, temperature: float, max_new_tokens: int,
+                  seed: int | None, stop: Sequence[str], entropies: bool) -> list[Answer]:
+    """``n`` answers from a vLLM engine, answer ``i`` seeded ``seed + i`` (vLLM's rule for
+    the ``n`` children of one request)."""
+    from vllm import SamplingParams
+
+    from tokenwise.models.vllm import generate_with_stats, sample_logprobs
+
+    params = SamplingParams(n=n, temperature=temperature, seed=seed, max_tokens=max_new_tokens,
+                            stop=list(stop) or None)
+    if entropies:
+        return [Answer.from_generation(g) for g in generate_with_stats(llm, prompt, params)]
+    return [Answer(text, token_logprobs=lps, finish_reason=reason)
+            for text, lps, reason in sample_logprobs(llm, prompt, params)]
+
+
 def sample_answers(
-    model: LanguageModel | str,
+    model: LanguageModel | str | Any,
     question: str,
     n: int = 10,
     temperature: float = 1.0,
@@ -440,6 +456,7 @@ def sample_answers(
     stop: str | Sequence[str] | None = DEFAULT_STOP,
     reference_temperature: float | None = 0.1,
     batch: bool = True,
+    vllm_entropies: bool = False,
 ) -> SampleSet:
     """Sample ``n`` answers to ``question`` (and one low-temperature reference answer).
 
@@ -450,8 +467,17 @@ def sample_answers(
     or not. Each answer keeps its token log-probabilities and entropies under the
     model's own (temperature-1) distribution.
 
+    A vLLM ``LLM`` works as the model too: the ``n`` answers are one request with
+    ``SamplingParams(n=n, seed=seed)`` (vLLM seeds answer ``i`` with ``seed + i``, but its
+    random streams differ from tokenwise's, so the texts differ from the Hugging Face path's
+    for the same seed), each with the chosen tokens' log-probabilities under the model's own
+    distribution (``logprobs=0``, one value per token); token entropies need the full
+    vocabulary and come only with ``vllm_entropies=True`` (see :mod:`tokenwise.models.vllm`
+    for the cost). ``batch`` does not apply there (vLLM batches by itself).
+
     Args:
-        model: a :class:`~tokenwise.models.LanguageModel`, a built-in name or a directory.
+        model: a :class:`~tokenwise.models.LanguageModel`, a built-in name, a directory or
+            a vLLM ``LLM``.
         question: the question.
         n: answers to sample (>= 2; 10 as in Farquhar et al.).
         temperature: sampling temperature (> 0; 1.0 as in the paper).
@@ -463,6 +489,9 @@ def sample_answers(
         reference_temperature: temperature of the reference answer (0.1 as in the paper;
             None: no reference answer).
         batch: generate the ``n`` answers in one batch (False: one at a time).
+        vllm_entropies: with a vLLM ``LLM``, also give each answer its token entropies
+            (full-vocabulary logprobs; the engine needs ``max_logprobs=-1``). A
+            LanguageModel always gives them.
 
     Returns:
         A :class:`SampleSet`.
@@ -486,6 +515,17 @@ def sample_answers(
         raise TokenwiseError(f"seed={seed!r}: allowed a non-negative integer or None")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     prompt = _format_prompt(prompt_template, question.strip())
+    from tokenwise.models.vllm import VLLMModel, is_vllm_llm
+
+    if is_vllm_llm(model) or isinstance(model, VLLMModel):
+        answers = _vllm_answers(model, prompt, n, temperature, max_new_tokens, seed, stops,
+                                vllm_entropies)
+        reference = None
+        if reference_temperature is not None:
+            reference = _vllm_answers(model, prompt, 1, reference_temperature, max_new_tokens,
+                                      None if seed is None else seed + n, stops,
+                                      vllm_entropies)[0]
+        return SampleSet(question.strip(), tuple(answers), reference, temperature, (), prompt)
     lm = model if isinstance(model, LanguageModel) else load(model)
     seeds: list[int | None] = [None] * n if seed is None else [seed + i for i in range(n)]
     answers = _generate_answers(lm, prompt, n, temperature, max_new_tokens, seeds, stops, batch)
