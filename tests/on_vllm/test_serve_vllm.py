@@ -282,3 +282,19 @@ def test_uncertainty_samples_n_answers_through_vllm(vllm_url):
     assert unc["score"] > 0
     again = client(vllm_url).completions.create(**body)
     assert again.model_extra["tokenwise"]["uncertainty"] == unc
+
+
+def test_prompt_compression_runs_before_the_engine_as_on_the_embedded_one(vllm_url,
+                                                                          embedded_url):
+    context = ("The council met on Monday to discuss the budget for the water project. "
+               "Members agreed that the park plan needs a public hearing in July.")
+    kwargs = dict(model="tw-small", messages=[{"role": "user", "content": context}],
+                  max_tokens=4, temperature=0,
+                  extra_body={"tokenwise": {"compress": {"method": "perplexity", "rate": 0.5}}})
+    got = client(vllm_url).chat.completions.create(**kwargs)
+    ref = client(embedded_url).chat.completions.create(**kwargs)
+    g, r = got.model_extra["tokenwise"], ref.model_extra["tokenwise"]
+    assert g["compression"]["text"] == r["compression"]["text"]
+    assert g["compression"]["tokens_after"] < g["compression"]["tokens_before"]
+    assert g["prompt"] == r["prompt"]
+    assert got.choices[0].message.content == ref.choices[0].message.content
