@@ -82,3 +82,75 @@ def test_small_keeps_min_run_tokens_after_a_hand_back(small, large):
         runs[-1][1] += 1
     # every run but the last lasts at least min_run tokens
     assert all(length >= 3 for _, length in runs[:-1]), runs
+
+
+def _naive_small_judged(small, large, prompt, up, down, window, min_run, n):
+    """judge="small" without caches: full forwards, the rule written out step by step."""
+    import math
+
+    import torch
+
+    seq = small.encode(prompt, add_bos=True)
+    bits, out, active, last, run = [], [], "small", None, 0
+    with torch.inference_mode():
+        for _ in range(n):
+            lp = small.forward(torch.tensor([seq])).logits[0, -1].float().log_softmax(-1)
+            bits.append(float(-(lp.exp() * lp).sum()) / math.log(2))
+            mean = sum(bits[-window:]) / len(bits[-window:])
+            if last is None or run >= min_run:
+                if active == "small" and mean > up:
+                    active = "large"
+                elif active == "large" and mean < down:
+                    active = "small"
+            lm = small if active == "small" else large
+            tok = int(lm.forward(torch.tensor([seq])).logits[0, -1].argmax())
+            run = run + 1 if active == last else 1
+            last = active
+            if tok == lm.eos_token_id:
+                break
+            out.append((tok, lm.name))
+            seq.append(tok)
+    return out
+
+
+@pytest.mark.parametrize(("up", "down", "window", "min_run"),
+                         [(1.8, 1.2, 3, 1), (2.0, 1.5, 2, 2), (1.0, 1.0, 2, 1), (1.5, 1.5, 1, 1)])
+def test_small_judge_matches_a_naive_loop(small, large, up, down, window, min_run):
+    # The answer, then a new question: the small model writes, the large one takes over
+    # mid-way and hands back. The windowed cases were checked to route differently from a
+    # rule that looks at the latest entropy alone.
+    prompt = PROMPTS[0]
+    g = generate_ead(small, large, prompt, up=up, down=down, window=window,
+                     min_run=min_run, judge="small", max_new_tokens=20)
+    want = _naive_small_judged(small, large, prompt, up, down, window, min_run, 20)
+    assert [(t.id, t.model) for t in g.tokens] == want
+    assert 0 < g.large_share < 1  # the case switches, so the rule is exercised both ways
+    # the small model reads every token exactly once: the prompt and all but the last token
+    n_prompt = len(small.encode(prompt, add_bos=True))
+    assert g.tokens_processed["tw-small"] == n_prompt + len(g.tokens) - 1
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:2])
+def test_small_judge_at_the_limits_gives_each_model_alone(small, large, prompt):
+    only_small = generate_ead(small, large, prompt, up=1e9, judge="small", max_new_tokens=6)
+    assert [t.id for t in only_small.tokens] == [
+        t.id for t in tw.generate(small, prompt, max_new_tokens=6).tokens]
+    only_large = generate_ead(small, large, prompt, up=1e-9, down=1e-9, judge="small",
+                              max_new_tokens=6)
+    assert [t.id for t in only_large.tokens] == [
+        t.id for t in tw.generate(large, prompt, max_new_tokens=6).tokens]
+    assert only_large.large_share == 1.0
+
+
+def test_small_judge_differs_from_active_judge_where_large_stays_unsure(small, large):
+    # "active" keeps the large model while its own entropy is high; "small" hands back as soon
+    # as the small model is sure, so over a Markov line the two rules disagree on who writes.
+    kw = {"up": 1.5, "down": 1.5, "window": 1, "max_new_tokens": 30}
+    a = generate_ead(small, large, "markov: ka ro", judge="active", **kw)
+    s = generate_ead(small, large, "markov: ka ro", judge="small", **kw)
+    assert [t.model for t in a.tokens] != [t.model for t in s.tokens]
+
+
+def test_bad_judge(small, large):
+    with pytest.raises(TokenwiseError, match="judge='large'"):
+        generate_ead(small, large, "hi", judge="large")

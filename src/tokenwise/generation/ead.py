@@ -7,6 +7,17 @@ the small model is active and the window mean rises above ``up`` the large model
 this very token (it first reads, in one forward pass, every token it has not seen); when the
 large model is active and the mean falls below ``down`` the small one takes back. A switch
 needs the current model to have run at least ``min_run`` tokens (hysteresis).
+
+Whose entropy is watched (``judge``):
+
+- ``"active"`` (default, as in the EAD paper): the window holds the entropy of whichever
+  model wrote each token, and the large model hands back when *its own* entropy falls below
+  ``down``; the first token after a hand-back is always the small model's.
+- ``"small"``: the small model reads every token and its entropy alone fills the window; the
+  window decides, at every step, who writes this very token (up and back). The question a
+  switch answers is "is the small model guessing here?", which the large model's entropy does
+  not measure: where both are unsure (facts neither knows well) ``"active"`` keeps the large
+  model writing without gain. It costs one small-model pass per large-model token.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from tokenwise.sampling import Sampler
 from tokenwise.sampling.base import check_float, check_int
 
 _LN2 = 0.6931471805599453
+_JUDGES = ("active", "small")
 
 
 @dataclass
@@ -99,6 +111,7 @@ def generate_ead(
     down: float | None = None,
     window: int = 5,
     min_run: int = 1,
+    judge: str = "active",
     max_new_tokens: int = 64,
     seed: int | None = None,
     stop: str | list[str] | None = None,
@@ -116,6 +129,8 @@ def generate_ead(
             (default ``up``; must be <= ``up``).
         window: tokens in the rolling mean (EAD: 5).
         min_run: tokens a model must produce before control can change hands again.
+        judge: whose entropy fills the window: ``"active"`` (the model that wrote each token)
+            or ``"small"`` (the small model's at every token; it then reads every token).
         max_new_tokens: most tokens generated.
         seed: sampling seed.
         stop: string(s) that end the generation.
@@ -137,6 +152,8 @@ def generate_ead(
     down = up if down is None else check_float("down", down, 0.0, up, low_open=False)
     window = check_int("window", window, 1)
     min_run = check_int("min_run", min_run, 1)
+    if judge not in _JUDGES:
+        raise TokenwiseError(f"judge={judge!r}: allowed {', '.join(map(repr, _JUDGES))}")
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1)
     if not isinstance(prompt, str) or not prompt.strip():
         raise TokenwiseError(f"prompt={prompt!r}: a non-empty string is needed")
@@ -164,19 +181,36 @@ def generate_ead(
         recent = [*bits, latest][-window:]
         return sum(recent) / len(recent)
 
+    def rolling_mean() -> float:
+        recent = bits[-window:]
+        return sum(recent) / len(recent)
+
     result = EADGeneration(text="")
     generated: list[int] = []
     start = time.perf_counter()
     for step in range(max_new_tokens):
-        producer = active
-        logits = runners[producer].next_logits(seq)
-        h = float(signals.entropy(logits)) / _LN2
-        may_switch = last is None or (last == "small" and run >= min_run)
-        if producer == "small" and rolling(h) > up and may_switch:
-            producer = "large"  # it writes this very token
+        if judge == "small":
+            logits = runners["small"].next_logits(seq)
+            bits.append(float(signals.entropy(logits)) / _LN2)
+            mean = rolling_mean()
+            if last is None or run >= min_run:
+                if active == "small" and mean > up:
+                    active = "large"
+                elif active == "large" and mean < down:
+                    active = "small"
+            producer = active
+            if producer == "large":
+                logits = runners["large"].next_logits(seq)
+        else:
+            producer = active
             logits = runners[producer].next_logits(seq)
             h = float(signals.entropy(logits)) / _LN2
-        bits.append(h)
+            may_switch = last is None or (last == "small" and run >= min_run)
+            if producer == "small" and rolling(h) > up and may_switch:
+                producer = "large"  # it writes this very token
+                logits = runners[producer].next_logits(seq)
+                h = float(signals.entropy(logits)) / _LN2
+            bits.append(h)
         if chosen_sampler is None:
             tok = int(logits.argmax())
         else:
@@ -187,7 +221,7 @@ def generate_ead(
             switches += last is not None
             run = 0
         run, last, active = run + 1, producer, producer
-        if producer == "large" and sum(bits[-window:]) / len(bits[-window:]) < down \
+        if judge == "active" and producer == "large" and rolling_mean() < down \
                 and run >= min_run:
             active = "small"  # hands back from the next token on
         lm = runners[producer].lm
