@@ -41,8 +41,10 @@ class WireToken:
         id: token id.
         text: decoded text of the token alone.
         bytes: its exact bytes.
-        logprob: its log-probability under the model (nats).
-        entropy: entropy of the model's distribution at this step (nats).
+        logprob: its log-probability under the model (nats); ``None`` when the engine did
+            not compute it (the vLLM engine, for a request that asked for no logprobs).
+        entropy: entropy of the model's distribution at this step (nats); ``None`` as for
+            ``logprob``.
         top: the most likely tokens at this step, best first (empty when not asked for).
         model: the model that wrote it (entropy-adaptive decoding uses two).
     """
@@ -50,8 +52,8 @@ class WireToken:
     id: int
     text: str
     bytes: list[int]
-    logprob: float
-    entropy: float
+    logprob: float | None
+    entropy: float | None
     top: list[Alternative] = field(default_factory=list)
     model: str = ""
 
