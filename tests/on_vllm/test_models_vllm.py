@@ -1,0 +1,270 @@
+"""tokenwise.models.vllm: per-token entropy from vLLM against tokenwise's own HF path.
+
+``token_stats`` against closed forms and tokenwise.signals (no engine); the in-engine
+``EntropyRecorder`` driven by hand-built ``BatchUpdate``\\ s (no engine); and
+``generate_with_stats`` in the shared engine on tw-small (fp32) against
+``tokenwise.generate`` on the Hugging Face model and against re-scoring sampled tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from vllm import SamplingParams
+from vllm.logprobs import Logprob
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+import tokenwise
+from tokenwise import signals
+from tokenwise.errors import TokenwiseError
+from tokenwise.models import load
+from tokenwise.models import vllm as tv
+
+PROMPTS = ["Q: What is 2+3?\nA:", "7+5=", "The code of Tavoun is", "Q: Where was Ana born?\nA:"]
+ATOL = 1e-4  # fp32 logits through two implementations of the same model
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return load("tw-small", dtype=torch.float32)  # the shared engine runs fp32 too
+
+
+def _hf_rescore(lm, prompt: str, tokens: list[int]) -> signals.TokenStats:
+    """The model's own statistics of ``tokens`` after ``prompt``, from one HF forward pass."""
+    ids = lm.encode(prompt, add_bos=True)
+    seq = torch.tensor([ids + tokens])  # (1, P + N)
+    logits = lm.forward(seq).logits[0, len(ids) - 1:-1].float()  # (N, V)
+    return signals.token_stats(logits, torch.tensor(tokens), top_k=0)
+
+
+# -- token_stats: closed forms and bad input --------------------------------------------------
+
+
+def test_token_stats_uniform_and_two_point():
+    h, v = tv.token_stats([-math.log(8)] * 8)
+    assert h == pytest.approx(math.log(8), abs=1e-12) and v == pytest.approx(0.0, abs=1e-12)
+    p = 0.3
+    h, v = tv.token_stats(np.log([p, 1 - p]))
+    assert h == pytest.approx(-(p * math.log(p) + (1 - p) * math.log(1 - p)), abs=1e-12)
+    # varentropy of a two-point law: p (1-p) (log p - log(1-p))^2
+    assert v == pytest.approx(p * (1 - p) * math.log(p / (1 - p)) ** 2, abs=1e-12)
+
+
+def test_token_stats_reads_vllm_dict_tensor_and_masked_entries():
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(0)) * 3
+    logits[[3, 7]] = float("-inf")  # masked by an engine: probability 0
+    lp = torch.log_softmax(logits, -1)
+    want = (float(signals.entropy(logits)), float(signals.varentropy(logits)))
+    as_dict = {i: Logprob(logprob=float(x), rank=None) for i, x in enumerate(lp.tolist())}
+    for given in (as_dict, lp, lp.tolist(), lp.numpy(), {i: float(x) for i, x in
+                                                          enumerate(lp.tolist())}):
+        got = tv.token_stats(given, vocab_size=50)
+        assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_token_stats_refuses_top_k():
+    lp = torch.log_softmax(torch.randn(100, generator=torch.Generator().manual_seed(1)), -1)
+    top = dict(zip(*[t.tolist() for t in reversed(lp.topk(20))], strict=True))
+    with pytest.raises(TokenwiseError, match=r"20 token ids for a vocabulary of 100.*logprobs=-1"):
+        tv.token_stats(top, vocab_size=100)
+    with pytest.raises(TokenwiseError, match=r"probability mass.*not a full-vocabulary"):
+        tv.token_stats(top)  # without the vocabulary size the missing mass gives it away
+
+
+@pytest.mark.parametrize("bad, match", [
+    ([0.0, float("nan")], "NaN"),
+    ([0.0, float("inf")], r"\+inf"),
+    ([float("-inf")] * 3, "every log-probability is -inf"),
+    ([], "non-empty 1-D"),
+    ([[-0.7, -0.7]], "non-empty 1-D"),
+    ("abc", "allowed a vLLM dict"),
+    ({}, "empty mapping"),
+    ({"a": -0.1}, "allowed an integer token id"),
+    ({0: "x"}, "allowed a vLLM Logprob or a number"),
+    ([2.0, 1.0, 0.5], "probability mass"),  # logits, not logprobs
+])
+def test_token_stats_bad_input(bad, match):
+    with pytest.raises(TokenwiseError, match=match):
+        tv.token_stats(bad)
+
+
+def test_token_stats_bad_vocab_size():
+    with pytest.raises(TokenwiseError, match="vocab_size=0"):
+        tv.token_stats([0.0], vocab_size=0)
+    with pytest.raises(TokenwiseError, match="3 logprobs for a vocabulary of 4"):
+        tv.token_stats(np.log([0.2, 0.3, 0.5]), vocab_size=4)
+    with pytest.raises(TokenwiseError, match="outside the vocabulary"):
+        tv.token_stats({0: math.log(0.5), 9: math.log(0.5)}, vocab_size=2)
+
+
+# -- the in-engine recorder, driven by hand ---------------------------------------------------
+
+
+def _params(tag: str | None) -> SamplingParams:
+    return SamplingParams(extra_args=None if tag is None else {tv.STATS_KEY: tag})
+
+
+def test_recorder_follows_requests_through_the_batch():
+    recorder = tv.EntropyRecorder(None, torch.device("cpu"), False)
+    assert not recorder.is_argmax_invariant()  # so it also runs for greedy batches
+    outs = {"a": [], "b": [], "c": []}
+    recorder.update_state(BatchUpdate(batch_size=3, removed=[], moved=[], added=[
+        (0, _params("a"), [1], outs["a"]), (1, _params(None), [1], []),
+        (2, _params("b"), [1], outs["b"])]))
+    g = torch.Generator().manual_seed(0)
+    seen: dict[str, list[torch.Tensor]] = {"a": [], "b": [], "c": []}
+
+    def step(rows: dict[int, str], batch: int) -> None:
+        logits = torch.randn(batch, 30, generator=g) * 2  # (B, 30)
+        before = logits.clone()
+        assert recorder.apply(logits) is logits and torch.equal(logits, before)
+        for i, tag in rows.items():
+            seen[tag].append(logits[i])
+            outs[tag].append(int(logits[i].argmax()))
+
+    step({0: "a", 2: "b"}, 3)
+    # a swap of rows 0 and 2, then "c" joins in row 1 where the untagged request was
+    recorder.update_state(BatchUpdate(batch_size=3, removed=[1], added=[
+        (1, _params("c"), [1], outs["c"])], moved=[(0, 2, MoveDirectionality.SWAP)]))
+    step({2: "a", 0: "b", 1: "c"}, 3)
+    # "b" finishes; "c" moves into its row
+    recorder.update_state(BatchUpdate(batch_size=2, removed=[0], added=[],
+                                      moved=[(1, 0, MoveDirectionality.UNIDIRECTIONAL)]))
+    step({2: "a", 0: "c"}, 3)
+    got = recorder.take(["a", "b", "c", "zzz"])
+    assert got["zzz"] == []
+    for tag in "abc":
+        (out_ids, ent, var), = got[tag]
+        assert out_ids == outs[tag]
+        rows = torch.stack(seen[tag])  # (T, 30)
+        np.testing.assert_allclose(ent, signals.entropy(rows).numpy(), atol=1e-5)
+        np.testing.assert_allclose(var, signals.varentropy(rows).numpy(), atol=1e-5)
+    assert recorder.take(["a"]) == {"a": []}  # taken once
+
+
+def test_recorder_overwrites_a_rerun_step_and_validates():
+    recorder = tv.EntropyRecorder(None, torch.device("cpu"), False)
+    out: list[int] = []
+    recorder.update_state(BatchUpdate(batch_size=1, removed=[], moved=[],
+                                      added=[(0, _params("x"), [1], out)]))
+    recorder.apply(torch.zeros(1, 4))  # a step whose token was discarded (partial prefill)
+    recorder.apply(torch.tensor([[0.0, 0.0, float("-inf"), float("-inf")]]))
+    (ids, ent, var), = recorder.take(["x"])["x"]
+    assert ids == [] and ent == pytest.approx([math.log(2)]) and var == pytest.approx([0.0])
+    with pytest.raises(ValueError, match="allowed a string tag"):
+        tv.EntropyRecorder.validate_params(SamplingParams(extra_args={tv.STATS_KEY: 3}))
+
+
+def test_is_vllm_llm_and_adapter(llm, hf):
+    assert tv.is_vllm_llm(llm) and not tv.is_vllm_llm(hf) and not tv.is_vllm_llm("tw-small")
+    model = tv.as_vllm_model(llm)
+    assert tv.as_vllm_model(model) is model
+    assert model.vocab_size == hf.vocab_size
+    assert (model.bos_token_id, model.eos_token_id) == (hf.bos_token_id, hf.eos_token_id)
+    assert model.context_length == llm.llm_engine.model_config.max_model_len - 2
+    for text in [*PROMPTS, "<s> looks special", ""]:
+        assert model.encode(text, add_bos=True) == hf.encode(text, add_bos=True)
+
+
+# -- generate_with_stats in the shared engine ------------------------------------------------
+
+
+def _assert_same(gen, ref):
+    assert gen.text == ref.text and gen.finish_reason == ref.finish_reason
+    assert gen.prompt_tokens == ref.prompt_tokens
+    assert [t.id for t in gen.tokens] == [t.id for t in ref.tokens]
+    assert [t.rank for t in gen.tokens] == [t.rank for t in ref.tokens]
+    for name in ("logprob", "entropy", "varentropy"):
+        np.testing.assert_allclose([getattr(t, name) for t in gen.tokens],
+                                   [getattr(t, name) for t in ref.tokens], atol=ATOL,
+                                   err_msg=name)
+
+
+def test_greedy_records_equal_tokenwise_generate(llm, hf):
+    params = SamplingParams(temperature=0.0, max_tokens=6, stop=["\n"])
+    gens = tv.generate_with_stats(llm, PROMPTS, params)
+    assert len(gens) == len(PROMPTS)
+    reasons = set()
+    for i, (prompt, gen) in enumerate(zip(PROMPTS, gens, strict=True)):
+        ref = tokenwise.generate(hf, prompt, max_new_tokens=6, stop="\n")
+        _assert_same(gen, ref)
+        assert all(t.row == i for t in gen.tokens) and gen.seed is None
+        reasons.add(gen.finish_reason)
+    assert reasons == {"stop", "length"}  # both endings were compared
+    one = tv.generate_with_stats(llm, PROMPTS[1], params)
+    assert len(one) == 1 and one[0].text == gens[1].text
+
+
+def test_sampled_records_equal_hf_rescoring(llm, hf):
+    params = SamplingParams(temperature=1.0, n=3, seed=7, max_tokens=8, stop=["\n"])
+    gens = tv.generate_with_stats(llm, PROMPTS[:2], params)
+    assert len(gens) == 6
+    assert [g.seed for g in gens] == [7, 8, 9, 7, 8, 9]  # vLLM's seed + i per child
+    assert len({g.text for g in gens[:3]}) > 1  # really sampled
+    for k, gen in enumerate(gens):
+        tokens = [t.id for t in gen.tokens]
+        ref = _hf_rescore(hf, PROMPTS[k // 3], tokens)
+        np.testing.assert_allclose([t.logprob for t in gen.tokens], ref.logprobs, atol=ATOL)
+        np.testing.assert_allclose([t.entropy for t in gen.tokens], ref.entropies, atol=ATOL)
+        np.testing.assert_allclose([t.varentropy for t in gen.tokens], ref.varentropies,
+                                   atol=ATOL)
+    again = tv.generate_with_stats(llm, PROMPTS[:2], params)
+    assert [g.text for g in again] == [g.text for g in gens]  # seeded: reproducible
+
+
+def test_plain_vllm_logprobs_through_token_stats(llm, hf):
+    """vLLM's own dict[int, Logprob] output, read position by position."""
+    from vllm.inputs import TokensPrompt
+
+    ids = hf.encode(PROMPTS[0], add_bos=True)
+    out = llm.generate([TokensPrompt(prompt_token_ids=ids)],
+                       SamplingParams(temperature=0.0, max_tokens=3, logprobs=-1),
+                       use_tqdm=False)[0].outputs[0]
+    ref = _hf_rescore(hf, PROMPTS[0], list(out.token_ids))
+    for t, position in enumerate(out.logprobs):
+        h, v = tv.token_stats(position, vocab_size=hf.vocab_size)
+        assert h == pytest.approx(float(ref.entropies[t]), abs=ATOL)
+        assert v == pytest.approx(float(ref.varentropies[t]), abs=ATOL)
+    top5 = llm.generate([TokensPrompt(prompt_token_ids=ids)],
+                        SamplingParams(temperature=0.0, max_tokens=1, logprobs=5),
+                        use_tqdm=False)[0].outputs[0].logprobs[0]
+    with pytest.raises(TokenwiseError, match="not the full vocabulary"):
+        tv.token_stats(top5, vocab_size=hf.vocab_size)
+
+
+def test_generate_with_stats_bad_arguments(llm):
+    with pytest.raises(TokenwiseError, match="route='bogus'"):
+        tv.generate_with_stats(llm, "x", route="bogus")
+    with pytest.raises(TokenwiseError, match="prompts="):
+        tv.generate_with_stats(llm, [])
+    with pytest.raises(TokenwiseError, match=r"expected a vllm\.LLM"):
+        tv.generate_with_stats("tw-small", "x")
+
+
+def _has_recorder(llm) -> bool:
+    config = llm.llm_engine.vllm_config
+    names = [getattr(p, "__name__", str(p)) for p in
+             (getattr(config.model_config, "logits_processors", None) or [])]
+    return ("EntropyRecorder" in " ".join(names)
+            and config.parallel_config.worker_extension_cls == tv.WORKER_EXTENSION)
+
+
+def test_engine_route_equals_logprobs_route(llm, hf):
+    if not _has_recorder(llm):
+        pytest.skip("the shared engine was started without EntropyRecorder and "
+                    "worker_extension_cls=tokenwise.models.vllm.StatsWorkerExtension")
+    greedy = SamplingParams(temperature=0.0, max_tokens=10, stop=["\n"])
+    for gen, prompt in zip(tv.generate_with_stats(llm, PROMPTS, greedy, route="engine"),
+                           PROMPTS, strict=True):
+        _assert_same(gen, tokenwise.generate(hf, prompt, max_new_tokens=10, stop="\n"))
+    sampled = SamplingParams(temperature=1.0, n=3, seed=3, max_tokens=8, stop=["\n"])
+    a = tv.generate_with_stats(llm, PROMPTS[:2], sampled, route="engine")
+    b = tv.generate_with_stats(llm, PROMPTS[:2], sampled, route="logprobs")
+    for x, y in zip(a, b, strict=True):
+        _assert_same(x, y)
