@@ -15,7 +15,10 @@ Protocol (fixed before any test-set number was seen):
   dilute the comparison. Every pool is shuffled with its own seeded stream and cut into a dev
   third and a disjoint test two-thirds (no sum and no fact is in both).
 - Decoding: greedy, up to 10 new tokens, stop at a newline (the newline token counts as a
-  token); tw-small writes, tw-large takes over when the rolling entropy signal passes ``up``.
+  token); tw-small writes, tw-large takes over when the rolling mean entropy (bits) passes
+  ``up`` and hands back below ``down``. The grid (:func:`grid`, fixed before the test run)
+  crosses whose entropy is watched (``judge``: the writing model's, as in the EAD paper, or
+  the small model's alone), the window (5 or 1), ``up`` and ``down``.
   Large-model share = tokens tw-large wrote / all tokens, pooled over items.
 - Selection rule (dev only): among the grid settings whose dev accuracy is >= 97% of dev
   large-only accuracy (2 points of margin for noise over the 95% target), the one with the
@@ -56,20 +59,26 @@ DEV_MARGIN = 0.97
 TARGET_RATIO, TARGET_SHARE = 0.95, 0.50
 MAX_NEW_TOKENS = 10
 
-#: The grid swept on dev: (label, generate_ead keyword arguments). Window 5 is the EAD
-#: paper's rolling mean; window 1 decides on each token's own entropy, which suits answers of
-#: 2-6 tokens where one token (the first digit, the name) decides. ``down`` is ``up`` or
-#: 0.75 x ``up`` (hysteresis).
+#: The grid swept on dev: (label, generate_ead keyword arguments).
+#: - judge "active" (the EAD paper's rule: the window holds the entropy of whichever model
+#:   wrote each token): window 5 (the paper's rolling mean) or 1, ``down`` = ``up`` or
+#:   0.75 x ``up`` (hysteresis);
+#: - judge "small" (the small model's entropy alone decides, every token, who writes it):
+#:   window 5 or 1, ``down`` = ``up`` (hysteresis made no difference on dev).
+#: Window 1 decides on each token's own entropy, which suits answers of 2-6 tokens where one
+#: token (the first digit, the name) decides.
 UPS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
 
 
 def grid() -> list[tuple[str, dict[str, Any]]]:
+    families = [("active", w, r) for w in (5, 1) for r in (1.0, 0.75)]
+    families += [("small", w, 1.0) for w in (5, 1)]
     out = []
-    for window in (5, 1):
-        for ratio in (1.0, 0.75):
-            for up in UPS:
-                label = f"w{window} up {up:g} down {up * ratio:g}"
-                out.append((label, {"window": window, "up": up, "down": up * ratio}))
+    for judge, window, ratio in families:
+        for up in UPS:
+            label = f"{judge} w{window} up {up:g} down {up * ratio:g}"
+            out.append((label, {"judge": judge, "window": window, "up": up,
+                                "down": up * ratio}))
     return out
 
 
