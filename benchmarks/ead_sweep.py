@@ -26,10 +26,11 @@ Protocol (fixed before any test-set number was seen):
   those with a dev share <= 50%.
 - Test: the chosen setting is reported once beside small-only and large-only, with paired
   bootstrap 95% intervals (items resampled within each pool, 2,000 resamples) for the
-  accuracy ratio (EAD / large-only) and the large share. Wall-clock: large-only and the
-  chosen setting run interleaved over the whole test set, ``--rounds`` times, alternating
-  which goes first; medians and the median of per-round ratios. FLOPs: forward FLOPs
-  (2 x parameters x tokens read) relative to large-only.
+  accuracy ratio (EAD / large-only) and the large share. Wall-clock: tw-large alone (the
+  ordinary engine, ``tokenwise.generate``), large-only through the EAD loop and the chosen
+  setting run interleaved over the whole test set, ``--rounds`` times, the order rotating;
+  medians and the median of per-round ratios. FLOPs: forward FLOPs (2 x parameters x tokens
+  read) relative to large-only.
 - The PNG shows every grid setting on the test set, the chosen one marked; those test
   numbers are for the picture, never for choosing.
 
@@ -50,6 +51,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from tokenwise.generation import generate
 from tokenwise.generation.ead import generate_ead
 from tokenwise.models import LanguageModel, load
 from tokenwise.testbed.worlds import Testbed
@@ -157,6 +159,24 @@ def run(small: LanguageModel, large: LanguageModel, items: Sequence[Item],
         out.tokens[i] = len(g.tokens)
         out.large_tokens[i] = sum(t.model == large.name for t in g.tokens)
         out.flops[i] = g.flops
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def run_alone(model: LanguageModel, items: Sequence[Item]) -> Outcome:
+    """The model alone through the ordinary engine (``tokenwise.generate``): the baseline
+    whose wall-clock EAD has to beat. FLOPs count the tokens it reads: the prompt and every
+    generated token but the last (an end-of-text token is read, not recorded)."""
+    n = len(items)
+    out = Outcome(np.zeros(n, bool), np.zeros(n, int), np.zeros(n, int), np.zeros(n))
+    params = model.num_parameters()
+    start = time.perf_counter()
+    for i, item in enumerate(items):
+        g = generate(model, item.prompt, max_new_tokens=MAX_NEW_TOKENS, stop="\n")
+        out.correct[i] = item.grade(g.text)
+        out.tokens[i] = out.large_tokens[i] = len(g.tokens)
+        read = g.prompt_tokens + len(g.tokens) - (g.finish_reason != "eos")
+        out.flops[i] = 2.0 * params * read
     out.seconds = time.perf_counter() - start
     return out
 
@@ -273,11 +293,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\n## Test set: {len(test)} items ({mix(test)})\n")
     test_rows = {label: run(small, large, test, k, desc=f"test {label}") for label, k in settings}
     base, ead, tiny = test_rows["large only"], test_rows[chosen], test_rows["small only"]
+    alone = run_alone(large, test)
+    assert (alone.correct == base.correct).all(), "large-only through EAD must equal tw-large"
     ci = bootstrap(test, ead, base)
     print("| decoding | accuracy | vs large-only [95% CI] | large-model share [95% CI] "
           "| FLOPs vs large-only |")
     print("|---|---|---|---|---|")
-    for label, o in (("small only", tiny), ("large only", base), (f"EAD {chosen}", ead)):
+    for label, o in (("small only", tiny), ("large only", base),
+                     ("tw-large alone (tokenwise.generate)", alone), (f"EAD {chosen}", ead)):
         r = o.accuracy / base.accuracy
         rci = f" [{100 * ci['ratio'][0]:.1f}-{100 * ci['ratio'][1]:.1f}]" if o is ead else ""
         sci = f" [{100 * ci['share'][0]:.1f}-{100 * ci['share'][1]:.1f}]" if o is ead else ""
@@ -293,16 +316,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"| {pool} | {len(idx)} | {100 * s.accuracy:.1f}% | {100 * b.accuracy:.1f}% | "
               f"{100 * e.accuracy:.1f}% | {100 * e.share:.1f}% |")
 
-    secs: dict[str, list[float]] = {"large only": [], chosen: []}
+    # Wall-clock: tw-large alone through the ordinary engine is the baseline; large-only
+    # through the EAD loop is shown too (same decode loop as EAD, so the loop's own overhead
+    # cancels). Interleaved, the order rotating every round.
+    timed: dict[str, Callable[[], Outcome]] = {
+        "tw-large alone": lambda: run_alone(large, test),
+        "large only (EAD loop)": lambda: run(small, large, test, LARGE_ONLY),
+        chosen: lambda: run(small, large, test, dict(settings)[chosen]),
+    }
+    secs: dict[str, list[float]] = {k: [] for k in timed}
+    names = list(timed)
     for r in tqdm(range(args.rounds), desc="timing rounds"):
-        order = ["large only", chosen] if r % 2 == 0 else [chosen, "large only"]
-        for label in order:
-            secs[label].append(run(small, large, test, dict(settings)[label]).seconds)
-    ratios = [c / b for c, b in zip(secs[chosen], secs["large only"], strict=True)]
-    print(f"\nWall-clock over the test set, {args.rounds} interleaved rounds: large-only median "
-          f"{statistics.median(secs['large only']):.1f} s, EAD {chosen} median "
-          f"{statistics.median(secs[chosen]):.1f} s; per-round ratio median "
-          f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}).")
+        for label in names[r % 3:] + names[: r % 3]:
+            secs[label].append(timed[label]().seconds)
+    ratios = [c / b for c, b in zip(secs[chosen], secs["tw-large alone"], strict=True)]
+    ratios_loop = [c / b for c, b in zip(secs[chosen], secs["large only (EAD loop)"],
+                                         strict=True)]
+    print(f"\nWall-clock over the {len(test)} test items, {args.rounds} interleaved rounds "
+          "(median s): " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in secs.items())
+          + f". EAD / tw-large alone per round: median {statistics.median(ratios):.2f}x (range "
+          f"{min(ratios):.2f}-{max(ratios):.2f}); EAD / large-only through the EAD loop: median "
+          f"{statistics.median(ratios_loop):.2f}x. FLOPs EAD / tw-large alone: "
+          f"{ead.flops.sum() / alone.flops.sum():.2f}x.")
 
     met = (ead.accuracy / base.accuracy >= TARGET_RATIO and ead.share <= TARGET_SHARE
            and statistics.median(ratios) < 1)
