@@ -238,7 +238,7 @@ def plot(test_rows: dict[str, Outcome], chosen: str, path: str, n_items: int) ->
     import matplotlib.pyplot as plt
 
     la = test_rows["large only"].accuracy
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=120)
     families: dict[str, list[tuple[float, float, str]]] = {}
     for label, o in test_rows.items():
         if label in ("small only", "large only"):
@@ -259,7 +259,7 @@ def plot(test_rows: dict[str, Outcome], chosen: str, path: str, n_items: int) ->
     ax.set_xlabel("tokens written by tw-large (%)")
     ax.set_ylabel("accuracy, % of large-only")
     ax.set_title(f"EAD on the held-out test set ({n_items} items)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path)
 
