@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import itertools
 import random
 
@@ -197,7 +198,11 @@ def test_fused_false_keeps_logits_and_matches():
 
 def test_gradient_checkpointing_and_inputs_embeds():
     plain = build("LlamaForCausalLM")
-    plain.activation_checkpointing_enable()
+    # the name since 5.2x; 5.19 and earlier have only gradient_checkpointing_enable (which
+    # later versions keep as a deprecated alias that warns)
+    enable = getattr(plain, "activation_checkpointing_enable", None)
+    (enable or plain.gradient_checkpointing_enable)()
+    assert any(getattr(m, "gradient_checkpointing", False) for m in plain.modules())
     patched = patch(copy.deepcopy(plain))
     ids, mask, labels = batch()
     embeds = plain.get_input_embeddings()(ids).detach()
@@ -377,3 +382,63 @@ def test_tw_small_training_steps_match(testbed):
     assert losses["plain"][-1] < losses["plain"][0]  # the steps do train
     torch.testing.assert_close(torch.tensor(losses["patched"]), torch.tensor(losses["plain"]),
                                atol=1e-4, rtol=1e-4)
+
+
+# transformers before 5.20 has no slice_logits_to_keep (vLLM pins < 5.20): patch slices the
+# hidden states with its own copy of the rule there. These tests run that copy on any version.
+
+def _naive_keep(hidden: torch.Tensor, keep) -> torch.Tensor:
+    """Position by position, what each kind of logits_to_keep selects."""
+    b, t, _ = hidden.shape
+    if isinstance(keep, int):
+        cols = range(t - keep, t) if keep else range(t)
+        return torch.stack([hidden[:, c] for c in cols], dim=1)
+    if isinstance(keep, slice):
+        cols = range(t)[keep]
+        return hidden.new_zeros(b, 0, hidden.shape[-1]) if not cols else torch.stack(
+            [hidden[:, c] for c in cols], dim=1)
+    if keep.ndim == 1:
+        return torch.stack([hidden[:, int(c)] for c in keep], dim=1)
+    if keep.dtype == torch.bool:
+        return torch.stack([hidden[r, c] for r in range(b) for c in range(t) if keep[r, c]])
+    return torch.stack([torch.stack([hidden[r, int(c)] for c in keep[r]]) for r in range(b)])
+
+
+KEEPS = {
+    "int0": 0, "int3": 3, "int_all": 7, "empty_slice": slice(0, 0), "slice": slice(1, 5),
+    "1d": torch.tensor([0, 4, 6]), "2d_int": torch.tensor([[0, 2], [5, 6]]),
+    "2d_bool": torch.tensor([[True, False, True, False, False, False, True],
+                             [False] * 6 + [True]]),
+}
+
+
+@pytest.mark.parametrize("name", list(KEEPS))
+def test_own_slice_rule_matches_naive_and_transformers(name):
+    from tokenwise.training.patch import _slice_to_keep
+
+    hidden = torch.randn(2, 7, 4, generator=torch.Generator().manual_seed(0))  # (B, T, H)
+    keep = KEEPS[name]
+    got = _slice_to_keep(hidden, keep)
+    torch.testing.assert_close(got, _naive_keep(hidden, keep), rtol=0, atol=0)
+    helper = getattr(transformers.modeling_utils, "slice_logits_to_keep", None)
+    if helper is not None:  # 5.20 and later: the copy must agree with the original
+        torch.testing.assert_close(got, helper(hidden, keep), rtol=0, atol=0)
+
+
+def test_patch_without_transformers_slice_helper(monkeypatch):
+    # the package exports the function patch under the module's name: fetch the module itself
+    patch_module = importlib.import_module("tokenwise.training.patch")
+    plain = build("LlamaForCausalLM")  # first: on 5.20+ its module imports the helper
+    patched = patch(copy.deepcopy(plain))
+    monkeypatch.delattr(transformers.modeling_utils, "slice_logits_to_keep", raising=False)
+    calls = []
+    own = patch_module._slice_to_keep
+    monkeypatch.setattr(patch_module, "_slice_to_keep",
+                        lambda hidden, keep: calls.append(keep) or own(hidden, keep))
+    ids, mask, labels = batch()
+    for keep, kept in ((0, labels), (5, labels[:, -5:]),
+                       (torch.tensor([1, 2, 8, 9]), labels[:, [1, 2, 8, 9]])):
+        ref = plain(input_ids=ids, attention_mask=mask, labels=kept, logits_to_keep=keep).loss
+        got = patched(input_ids=ids, attention_mask=mask, labels=kept, logits_to_keep=keep).loss
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+    assert len(calls) == 3  # the fallback did the slicing each time

@@ -416,9 +416,7 @@ def _patched_forward(*args: Any, _bound_of: nn.Module, **kwargs: Any) -> Any:
     else:
         if len(captured) != 1:
             raise RuntimeError(f"expected one decoder call in forward, saw {len(captured)}")
-        from transformers.modeling_utils import slice_logits_to_keep
-
-        hidden = slice_logits_to_keep(captured[0], logits_to_keep)  # (B, T, H) or (n, H)
+        hidden = _keep_positions(captured[0], logits_to_keep)  # (B, T, H) or (n, H)
         hidden = hidden.reshape(-1, hidden.shape[-1])  # (n, H)
         targets = targets.to(hidden.device)
         _check_rows(hidden.shape[0], targets, logits_to_keep)
@@ -438,6 +436,37 @@ def _patched_forward(*args: Any, _bound_of: nn.Module, **kwargs: Any) -> Any:
     # its dict, so to_tuple() would drop it; rebuilding also keeps the fields' order.
     out = type(out)(**{**out, "loss": loss})
     return out if return_dict else out.to_tuple()
+
+
+def _keep_positions(hidden: torch.Tensor, logits_to_keep: Any) -> torch.Tensor:
+    """The hidden states at the positions ``logits_to_keep`` selects, as the model's head sees them.
+
+    transformers' own ``slice_logits_to_keep`` where it exists (5.19 and earlier lack it, and
+    vLLM pins transformers below 5.20), else :func:`_slice_to_keep`, the same rule written here.
+    """
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep
+    except ImportError:
+        return _slice_to_keep(hidden, logits_to_keep)
+    return slice_logits_to_keep(hidden, logits_to_keep)
+
+
+def _slice_to_keep(hidden: torch.Tensor, logits_to_keep: Any) -> torch.Tensor:
+    """transformers' ``slice_logits_to_keep`` rule, for versions that lack the helper.
+
+    An int ``k`` keeps the last ``k`` positions (0 keeps all); a slice or 1-D index tensor
+    keeps those positions in every row; a 2-D integer tensor ``(B, k)`` keeps each row's own
+    positions; a 2-D boolean mask ``(B, T)`` keeps its True positions, flattened to ``(n, H)``.
+    Older model forwards apply ``hidden[:, slice(-k, None) or tensor, :]``, which is this rule
+    for ints, slices and 1-D tensors.
+    """
+    if torch.is_tensor(logits_to_keep) and logits_to_keep.ndim == 2:
+        if logits_to_keep.dtype == torch.bool:
+            return hidden[logits_to_keep]  # (n, H)
+        return torch.take_along_dim(hidden, logits_to_keep[..., None], dim=1)  # (B, k, H)
+    if isinstance(logits_to_keep, int):
+        logits_to_keep = slice(-logits_to_keep, None)  # -0 == 0: all positions
+    return hidden[:, logits_to_keep, :]  # (B, k, H)
 
 
 def _check_rows(rows: int, targets: torch.Tensor, logits_to_keep: Any) -> None:
