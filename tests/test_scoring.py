@@ -81,6 +81,20 @@ def test_only_one_windows_logits_at_a_time(small, monkeypatch):
     assert all(shape[0] == 1 and shape[1] <= 16 for shape in seen[1:])
 
 
+def test_no_alternatives_with_a_tokenizer_that_decodes_an_empty_batch_to_one_piece(
+        small, monkeypatch):
+    # transformers 5.19 and 5.16 answer batch_decode([]) with [''] (5.24: []); top_k=0 has
+    # no alternatives to decode either way. Emulate the older answer on any version.
+    decode = small.tokenizer.batch_decode
+    monkeypatch.setattr(small.tokenizer, "batch_decode",
+                        lambda seqs, **kw: decode(seqs, **kw) if len(seqs) else [""])
+    trace = tw.score(small, TEXT, top_k=0)
+    assert trace.top_ids.shape == (len(small.encode(TEXT)), 0)
+    assert trace.logprobs.shape == trace.top_ids.shape[:1]
+    with_top = tw.score(small, TEXT, top_k=3)
+    torch.testing.assert_close(trace.logprobs, with_top.logprobs)
+
+
 def test_pieces_and_offsets_follow_the_text(small):
     trace = tw.score(small, TEXT)
     assert "".join(trace.pieces) == TEXT

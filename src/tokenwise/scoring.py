@@ -201,7 +201,10 @@ def score(
         del logits
     top_ids = torch.cat([p.top_ids for p in stats_parts])
     unique = torch.unique(top_ids).tolist()
-    decoded = dict(zip(unique, lm.tokenizer.batch_decode([[u] for u in unique]), strict=True))
+    # No alternatives (top_k=0) decode to nothing: transformers 5.19 (and 5.16) answers
+    # batch_decode([]) with [''] (one empty sequence), so an empty batch is never asked for.
+    pieces_of = lm.tokenizer.batch_decode([[u] for u in unique]) if unique else []
+    decoded = dict(zip(unique, pieces_of, strict=True))
     return TokenTrace(
         text=text,
         model=lm.name,
