@@ -7,7 +7,8 @@ failure, so CI cannot pass by silently skipping them.
 
 One engine is started per test session (start-up costs ~30 s on two CPU cores) and shared
 by every test that takes the ``llm`` fixture; it has all tokenwise logits processors
-registered and full-vocabulary logprobs allowed.
+registered (the entropy recorder first, so it sees the raw logits), the worker extension
+that hands the recorder's statistics back, and full-vocabulary logprobs allowed.
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ def builtin_small_path() -> str:
 @pytest.fixture(scope="session")
 def llm(builtin_small_path):
     """A vLLM ``LLM`` on tw-small with every tokenwise logits processor registered."""
-    from tokenwise.sampling.vllm import PROCESSORS
     from vllm import LLM
 
-    engine = LLM(model=builtin_small_path, logits_processors=list(PROCESSORS), **ENGINE_KWARGS)
+    from tokenwise.models.vllm import WORKER_EXTENSION, EntropyRecorder
+    from tokenwise.sampling.vllm import PROCESSORS
+
+    engine = LLM(model=builtin_small_path, logits_processors=[EntropyRecorder, *PROCESSORS],
+                 worker_extension_cls=WORKER_EXTENSION, **ENGINE_KWARGS)
     yield engine
     del engine
