@@ -639,3 +639,22 @@ def test_generate_with_entropy_adaptive_switching(tmp_path: Path) -> None:
     models = {t["model"] for t in data["tokens"]}
     assert models == {"tw-small", "tw-large"} and 0 < data["large_share"] < 1
     assert data["forward_passes"]["tw-large"] >= 1
+
+
+def test_generate_switch_judge_and_window_reach_generate_ead(tmp_path: Path) -> None:
+    from tokenwise.generation.ead import generate_ead
+    from tokenwise.models import load
+
+    data = json.loads(ok(run_cli("generate", "7+5=", "-m", "tw-large", "--small", "tw-small",
+                                 "--switch-up", "1.0", "--switch-window", "1",
+                                 "--switch-judge", "small", "--max-new-tokens", "4",
+                                 "--stop", "\n", "--json", cwd=tmp_path)).stdout)
+    ref = generate_ead(load("tw-small"), load("tw-large"), "7+5=", up=1.0, down=1.0, window=1,
+                       judge="small", max_new_tokens=4, stop="\n")
+    assert data["text"] == ref.text
+    assert [t["model"] for t in data["tokens"]] == [t.model for t in ref.tokens]
+    assert data["large_share"] == ref.large_share
+    bad = run_cli("generate", "7+5=", "-m", "tw-large", "--small", "tw-small",
+                  "--switch-judge", "both", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "'both' is not one of 'active', 'small'" in bad.stderr

@@ -265,3 +265,29 @@ def test_probabilities_in_top_logprobs_sum_below_one(client):
         mass = sum(math.exp(a.logprob) for a in tok.top_logprobs)
         assert mass <= 1 + 1e-5
         assert len(tok.top_logprobs) == 20
+
+
+def test_ead_judge_small_through_the_api_matches_generate_ead(client, small, large):
+    from tokenwise.generation.ead import generate_ead
+
+    options = {"large": "tw-large", "up": 1.0, "window": 1, "judge": "small"}
+    r = client.completions.create(model="tw-small", prompt="47+38=", max_tokens=6,
+                                  temperature=0, stop=["\n"], logprobs=0,
+                                  extra_body={"tokenwise": {"ead": options}})
+    ref = generate_ead(small, large, "47+38=", up=1.0, window=1, judge="small",
+                       max_new_tokens=6, stop="\n")
+    active = generate_ead(small, large, "47+38=", up=1.0, window=1, max_new_tokens=6,
+                          stop="\n")
+    assert ref.large_share != active.large_share  # the option must reach generate_ead
+    info = r.model_extra["tokenwise"]
+    assert r.choices[0].text == ref.text
+    assert info["large_share"] == pytest.approx(ref.large_share)
+    assert info["ead"]["choices"][0]["switches"] == ref.switches
+
+
+def test_ead_unknown_judge_is_a_400_naming_it(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tw-small", prompt="1+1=", max_tokens=2,
+                                  extra_body={"tokenwise": {"ead": {"large": "tw-large",
+                                                                    "judge": "both"}}})
+    assert "judge" in str(err.value.body)

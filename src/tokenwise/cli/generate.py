@@ -51,12 +51,18 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, object]:
               help="EAD: rolling mean entropy (bits) above which --model takes over.")
 @click.option("--switch-down", type=float, default=None,
               help="EAD: rolling mean entropy (bits) below which --small takes back "
-                   "(default: 0.75 x --switch-up).")
+                   "(default: 0.75 x --switch-up; with --switch-judge small: --switch-up).")
+@click.option("--switch-window", type=click.IntRange(min=1), default=5, show_default=True,
+              help="EAD: tokens in the rolling entropy mean.")
+@click.option("--switch-judge", type=click.Choice(["active", "small"]), default="active",
+              show_default=True,
+              help="EAD: whose entropy decides: the model that wrote each token (the paper's "
+                   "rule) or the small model's alone, every token.")
 @click.option("--json", "as_json", is_flag=True, help="Print the generation as JSON.")
 def generate_command(prompt: str, model: str, sampler: str | None, params: tuple[str, ...],
                      max_new_tokens: int, seed: int | None, stop: tuple[str, ...],
                      small: str | None, switch_up: float, switch_down: float | None,
-                     as_json: bool) -> None:
+                     switch_window: int, switch_judge: str, as_json: bool) -> None:
     """Generate a continuation of PROMPT; every token comes with its entropy and rank.
 
     With --small, entropy-adaptive decoding: the small model writes and --model writes
@@ -73,8 +79,10 @@ def generate_command(prompt: str, model: str, sampler: str | None, params: tuple
     if small is not None:
         from tokenwise.generation.ead import generate_ead
 
-        down = 0.75 * switch_up if switch_down is None else switch_down
+        default_down = switch_up if switch_judge == "small" else 0.75 * switch_up
+        down = default_down if switch_down is None else switch_down
         gen = generate_ead(load(small), load(model), prompt, chosen, up=switch_up, down=down,
+                           window=switch_window, judge=switch_judge,
                            max_new_tokens=max_new_tokens, seed=seed, stop=list(stop) or None)
     else:
         gen = generate(load(model), prompt, chosen, max_new_tokens=max_new_tokens, seed=seed,

@@ -49,7 +49,8 @@ def run_ead(small: LanguageModel, large: LanguageModel, prompt: str, spec: Sampl
     try:
         result = generate_ead(small, large, prompt, spec.build(), up=options.up,
                               down=options.down, window=options.window,
-                              min_run=options.min_run, max_new_tokens=max_tokens, seed=seed,
+                              min_run=options.min_run, judge=options.judge,
+                              max_new_tokens=max_tokens, seed=seed,
                               stop=stops or None)
     except TokenwiseError as exc:
         raise APIError(400, f"tokenwise.ead: {exc}", param="tokenwise.ead") from None
@@ -66,6 +67,7 @@ def run_ead(small: LanguageModel, large: LanguageModel, prompt: str, spec: Sampl
     info = {"small": small.name, "large": large.name, "up": options.up,
             "down": options.up if options.down is None else options.down,
             "window": options.window, "min_run": options.min_run,
+            "judge": options.judge,
             "large_share": result.large_share, "switches": result.switches,
             "flops": result.flops, "forward_passes": result.forward_passes}
     return events, info

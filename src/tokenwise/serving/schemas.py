@@ -82,6 +82,7 @@ class EADOptions(WireModel):
     down: NonNegative | None = None
     window: Annotated[int, Field(ge=1)] = 5
     min_run: Annotated[int, Field(ge=1)] = 1
+    judge: Literal["active", "small"] = "active"
 
 
 class CompressOptions(WireModel):
