@@ -9,10 +9,19 @@ training step. Here the logits only ever exist one block at a time:
 * **Forward** walks vocabulary blocks (outer) and token blocks (inner), merging each block's
   log-sum-exp into a running one, and picks each token's target logit out of the block that holds
   it. Only ``lse`` (one value per token) is kept for backward.
-* **Backward** recomputes each block's logits and turns them into ``d = softmax - onehot`` in
-  place (times the softcap's chain rule, the z-loss term and the per-token upstream gradient),
-  then adds ``d @ c_v`` to ``grad_e`` and ``d^T @ e_b`` to ``grad_c``. A block whose ``|softmax -
-  onehot|`` is everywhere below ``filter_eps`` is skipped, as in the reference.
+* **Backward** recomputes each block's logits and turns them into ``d = dLoss/dlogit`` in
+  place (``softmax - onehot`` times the per-token upstream gradient, plus the lse's upstream
+  gradient and the z-loss term, times the softcap's chain rule), then adds ``d @ c_v`` to
+  ``grad_e`` and ``d^T @ e_b`` to ``grad_c``. Filtering compares ``|d|`` with ``filter_eps``
+  times each token's upstream scale ``u = max(|a|, |g|)`` (``g``: the loss's upstream gradient,
+  ``a``: the softmax's coefficient, see :func:`_logits_to_grad`): for a mean/sum loss that is
+  the reference's ``|softmax - onehot| < eps`` (with the softcap's factor included), and with
+  per-token or lse gradients it is the same relative test on the actual gradient, so skipping is
+  as safe as there. With an fp32/fp64 classifier the backward holds whole rows of a token block
+  (like the single-pass mode below) and drops the vocabulary *columns* where the block's every
+  entry is negligible, running the two gradient products over the gathered survivors; with a
+  low-precision classifier (which keeps a per-block fp32 ``grad_c``) it walks tiles and skips a
+  tile where every entry is negligible.
 * **Gradient in forward** (``grad_in_forward``): when the loss is a scalar (``"mean"``/``"sum"``)
   and no ``lse`` is returned, the upstream gradient is a single number, so the gradients can be
   computed in the forward pass itself from whole rows of logits (a few rows at a time) and only
@@ -208,13 +217,15 @@ def _target_hits(tgt_b: Tensor, v0: int, v1: int) -> tuple[Tensor, Tensor]:
 
 def _logits_to_grad(z: Tensor, lse_b: Tensor, r: Tensor, col: Tensor, a_b: Tensor,
                     g_b: Tensor, softcap: float | None, filter_eps: float | None,
-                    scratch: Tensor) -> bool:
+                    scratch: Tensor, u_b: Tensor | None = None) -> bool:
     """Turn a block of logits into ``dLoss/d(pre-softcap logits)`` in place.
 
     With ``p = softmax`` and ``q = p - onehot``, the gradient of ``g * (nll + zc * lse^2) +
     g_lse * lse`` is ``p * a - onehot * g`` where ``a = g * (1 + 2 zc lse) + g_lse``; the softcap
-    multiplies it by ``1 - (z / softcap)^2``. Returns False (block left undefined) when every
-    ``|q|`` is below ``filter_eps``, the reference's test for a negligible block.
+    multiplies it by ``1 - (z / softcap)^2``. With a filter, ``a_b``/``g_b`` come divided by each
+    row's upstream scale ``u_b`` (see :func:`_upstream_scale`): the block is formed in those
+    units, and when every entry is below ``filter_eps`` there the function returns False (block
+    left undefined); otherwise the rows are multiplied back by ``u_b``.
     """
     if softcap is not None:
         factor = scratch[: z.numel()].view_as(z)  # (nb, vb)
@@ -222,12 +233,20 @@ def _logits_to_grad(z: Tensor, lse_b: Tensor, r: Tensor, col: Tensor, a_b: Tenso
         factor.square_().neg_().add_(1.0)
     z.sub_(lse_b[:, None]).exp_()  # p, (nb, vb)
     has_hits = r.numel() > 0
-    if has_hits:
-        z.index_put_((r, col), z.new_full((1,), -1.0), accumulate=True)  # q = p - onehot
-    if filter_eps is not None:
+    if filter_eps:
+        z.mul_(a_b[:, None])
+        if has_hits:
+            z.index_put_((r, col), -g_b[r], accumulate=True)
+        if softcap is not None:
+            z.mul_(factor)
         lo, hi = torch.aminmax(z)
         if max(-float(lo), float(hi)) < filter_eps:
             return False
+        if u_b is not None:
+            z.mul_(u_b[:, None])
+        return True
+    if has_hits:
+        z.index_put_((r, col), z.new_full((1,), -1.0), accumulate=True)  # q = p - onehot
     z.mul_(a_b[:, None])
     if has_hits:
         # q * a = p * a - onehot * a; the onehot term must carry g, so add back (a - g) there
@@ -235,6 +254,22 @@ def _logits_to_grad(z: Tensor, lse_b: Tensor, r: Tensor, col: Tensor, a_b: Tenso
     if softcap is not None:
         z.mul_(factor)
     return True
+
+
+def _upstream_scale(a: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each token's upstream scale ``u = max(|a|, |g|)`` and ``a / u``, ``g / u``.
+
+    The recompute path's filter compares ``|dLoss/dlogit| / u`` with ``filter_eps``. For a
+    mean/sum loss without an lse gradient or z-loss, ``u`` is the loss's own per-token weight
+    and the test is the reference's ``|softmax - onehot| < eps`` (times the softcap's factor);
+    with per-token upstream gradients (``reduction="none"``) and a gradient on the lse it is
+    the same relative test on the actual gradient, row by row, so a token whose upstream
+    gradient is small keeps its own relative accuracy. Rows with ``u = 0`` have an all-zero
+    gradient (and count as negligible).
+    """
+    u = torch.maximum(a.abs(), g.abs())  # (M,)
+    safe = torch.where(u > 0, u, torch.ones_like(u))
+    return u, a / safe, g / safe
 
 
 def _default_blocks(n: int, v: int, cfg: _Config, fused: bool) -> tuple[int, int]:
@@ -322,6 +357,10 @@ def _torch_backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | N
     grad_b = c.new_zeros(v_size, dtype=acc) if need_b else None  # (V,)
     buf = e2.new_empty(bn * bv, dtype=acc)
     scratch = e2.new_empty(bn * bv, dtype=acc) if cfg.softcap is not None else buf[:0]
+    eps = cfg.filter_eps or None  # a threshold of 0 never skips anything
+    u = None
+    if eps is not None:
+        u, a, g = _upstream_scale(a, g)
     for v0 in range(0, v_size, bv):
         v1 = min(v0 + bv, v_size)
         c_v = c[v0:v1].to(acc)  # (vb, D)
@@ -335,7 +374,7 @@ def _torch_backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | N
             z = _block_logits(buf, e_b, c_v, bias_v, cfg.softcap)  # (nb, vb)
             r, col = _target_hits(tgt[i0:i1], v0, v1)
             if not _logits_to_grad(z, lse[i0:i1], r, col, a[i0:i1], g[i0:i1], cfg.softcap,
-                                   cfg.filter_eps, scratch):
+                                   eps, scratch, None if u is None else u[i0:i1]):
                 _FILTER_STATS.add(z.numel(), 0)
                 continue
             _FILTER_STATS.add(z.numel(), z.numel())
@@ -417,6 +456,41 @@ def _grad_piece(piece: Tensor, lse_b: Tensor, a_col: float | Tensor, r: Tensor, 
         piece.mul_(factor)
 
 
+def _gathered_products(d: Tensor, idx: Tensor, e_b: Tensor, rows_b: Tensor | None,
+                       grad_e_b: Tensor | None, grad_e: Tensor | None, grad_c: Tensor | None,
+                       grad_b: Tensor | None, c: Tensor, c_acc: Tensor | None,
+                       rows_c: Tensor) -> None:
+    """Add one token block's gradient ``d`` (``nb x kc``), known at vocabulary columns ``idx``
+    only, to ``grad_e``, ``grad_c`` and ``grad_b``.
+
+    ``rows_c`` (``kc x D``) is scratch: first the gathered classifier rows, then ``grad_c``'s rows
+    (updated and written back: ``index_add_`` is several times slower). ``grad_e_b`` is this
+    block's slice of ``grad_e`` when its tokens are consecutive rows (``rows_b`` None).
+    """
+    if c_acc is not None:
+        torch.index_select(c_acc, 0, idx, out=rows_c)
+    else:
+        rows_c.copy_(c.index_select(0, idx))
+    if grad_e is not None:
+        if grad_e_b is not None:
+            grad_e_b.addmm_(d, rows_c)
+        else:
+            grad_e.index_add_(0, rows_b, d @ rows_c)
+    if grad_c is not None:
+        torch.index_select(grad_c, 0, idx, out=rows_c).addmm_(d.T, e_b)
+        grad_c.index_copy_(0, idx, rows_c)
+    if grad_b is not None:
+        grad_b.index_add_(0, idx, d.sum(0))
+
+
+def _target_positions(cols: Tensor, tgt_b: Tensor) -> Tensor:
+    """Each target's place among the sorted kept columns; ``len(cols)`` where it was dropped."""
+    pos = torch.searchsorted(cols, tgt_b)  # (nb,)
+    found = cols[pos.clamp(max=max(cols.numel() - 1, 0))] == tgt_b if cols.numel() \
+        else torch.zeros_like(tgt_b, dtype=torch.bool)
+    return torch.where(found, pos, cols.numel())
+
+
 def _torch_fused(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tgt: Tensor,
                  cfg: _Config, need: tuple[bool, bool, bool]
                  ) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor | None]]:
@@ -494,11 +568,9 @@ def _torch_fused(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None
         cols = None if eps is None else _kept_columns(z, tgt_b, logp_t, log_eps, log1m_eps)
         if cols is not None and cols.numel() <= _GATHER_MAX_FRACTION * v_size:
             _FILTER_STATS.add(nb * v_size, nb * cols.numel())
-            # each target's place among the kept columns; len(cols) where it was filtered out
-            pos = torch.searchsorted(cols, tgt_b)  # (nb,)
-            found = cols[pos.clamp(max=max(cols.numel() - 1, 0))] == tgt_b if cols.numel() \
-                else torch.zeros_like(tgt_b, dtype=torch.bool)
-            pos = torch.where(found, pos, cols.numel())
+            pos = _target_positions(cols, tgt_b)
+            rows_b = None if rows is None else rows[i0:i1]
+            grad_e_b = None if grad_e is None or rows is not None else grad_e[i0:i1]
             for k0 in range(0, cols.numel(), _GATHER_COLUMNS):
                 k1 = min(k0 + _GATHER_COLUMNS, cols.numel())
                 idx = cols[k0:k1]  # (kc,)
@@ -506,22 +578,8 @@ def _torch_fused(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None
                 r = ((pos >= k0) & (pos < k1)).nonzero().squeeze(1)
                 _grad_piece(d, lse_b, a_col, r, pos[r] - k0, scale, cfg.softcap, scratch)
                 rows_c = gather_c[: (k1 - k0) * d_size].view(k1 - k0, d_size)  # (kc, D)
-                if c_acc is not None:
-                    torch.index_select(c_acc, 0, idx, out=rows_c)
-                else:
-                    rows_c.copy_(c.index_select(0, idx))
-                if grad_e is not None:
-                    if rows is None:
-                        grad_e[i0:i1].addmm_(d, rows_c)
-                    else:
-                        grad_e.index_add_(0, rows[i0:i1], d @ rows_c)
-                if grad_c is not None:
-                    # the gathered classifier rows are spent: their buffer takes grad_c's rows,
-                    # which are updated and written back (index_add_ is several times slower)
-                    torch.index_select(grad_c, 0, idx, out=rows_c).addmm_(d.T, e_b)
-                    grad_c.index_copy_(0, idx, rows_c)
-                if grad_b is not None:
-                    grad_b.index_add_(0, idx, d.sum(0))
+                _gathered_products(d, idx, e_b, rows_b, grad_e_b, grad_e, grad_c, grad_b, c,
+                                   c_acc, rows_c)
             continue
         _FILTER_STATS.add(nb * v_size, nb * v_size)
         for u0, u1 in [(0, v_size)] if cfg.softcap is None else spans:
@@ -538,6 +596,89 @@ def _torch_fused(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None
         if grad_b is not None:
             grad_b += z.sum(0)
     return lse, target_logit, entropy, [grad_e, grad_c, grad_b]
+
+
+def _torch_backward_columns(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
+                            tgt: Tensor, lse: Tensor, a: Tensor, g: Tensor, cfg: _Config,
+                            need: tuple[bool, bool, bool]
+                            ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Recompute-path gradients with column filtering (``c`` in the accumulation dtype).
+
+    Token blocks (outer) hold whole rows of logits, as in :func:`_torch_fused`: recomputed with
+    one product, turned into the gradient in units of each row's upstream scale
+    (:func:`_upstream_scale`), then the vocabulary columns where every entry of the block is
+    below ``filter_eps`` in those units are dropped, and the two gradient products run over the
+    gathered survivors only when at most ``_GATHER_MAX_FRACTION`` of the columns survive
+    (otherwise over the whole rows). The dropped entries count as zero.
+    """
+    need_e, need_c, need_b = need
+    m_rows, v_size, acc = tgt.numel(), c.shape[0], cfg.acc
+    bn, bv = _default_blocks(m_rows, v_size, cfg, fused=True)
+    eps = cfg.filter_eps
+    u, a_n, g_n = _upstream_scale(a, g)  # (M,) each
+    d_size = c.shape[1]
+    grad_e = e2.new_zeros(e2.shape, dtype=acc) if need_e else None  # (N, D)
+    grad_c = c.new_zeros(c.shape, dtype=acc) if need_c else None  # (V, D)
+    grad_b = c.new_zeros(v_size, dtype=acc) if need_b else None  # (V,)
+    flat = e2.new_empty(bn * v_size, dtype=acc)  # one token block's rows of logits
+    scratch = e2.new_empty(bn * bv if cfg.softcap is not None else 0, dtype=acc)
+    gather_d = e2.new_empty(bn * _GATHER_COLUMNS, dtype=acc)
+    gather_c = e2.new_empty(_GATHER_COLUMNS * d_size, dtype=acc)
+    bias_acc = None if bias is None else bias.to(acc)  # (V,)
+    spans = [(0, v_size)] if cfg.softcap is None else \
+        [(v0, min(v0 + bv, v_size)) for v0 in range(0, v_size, bv)]
+    for i0 in range(0, m_rows, bn):
+        i1 = min(i0 + bn, m_rows)
+        nb = i1 - i0
+        e_b = _take_rows(e2, rows, i0, i1, acc)  # (nb, D)
+        tgt_b, lse_b, u_b = tgt[i0:i1], lse[i0:i1], u[i0:i1]
+        z = flat[: nb * v_size].view(nb, v_size)  # (nb, V)
+        if bias_acc is None:
+            torch.mm(e_b, c.T, out=z)
+        else:
+            torch.addmm(bias_acc, e_b, c.T, out=z)
+        for u0, u1 in spans:
+            # the softcap's factor needs the logit, so go piece by piece through a small buffer
+            piece = z[:, u0:u1]
+            factor = None
+            if cfg.softcap is not None:
+                _finish_logits(piece, None, cfg.softcap)
+                factor = scratch[: piece.numel()].view_as(piece)  # (nb, w)
+                torch.mul(piece, 1.0 / cfg.softcap, out=factor)
+                factor.square_().neg_().add_(1.0)
+            piece.sub_(lse_b[:, None]).exp_().mul_(a_n[i0:i1, None])
+            r, col = _target_hits(tgt_b, u0, u1)
+            if r.numel():
+                piece.index_put_((r, col), -g_n[i0:i1][r], accumulate=True)
+            if factor is not None:
+                piece.mul_(factor)
+        # z is now dLoss/dlogit / u, row by row
+        lo, hi = torch.aminmax(z, dim=0)  # (V,) each
+        cols = ((hi >= eps) | (lo <= -eps)).nonzero().squeeze(1)  # (k,) sorted
+        rows_b = None if rows is None else rows[i0:i1]
+        grad_e_b = None if grad_e is None or rows is not None else grad_e[i0:i1]
+        if cols.numel() <= _GATHER_MAX_FRACTION * v_size:
+            _FILTER_STATS.add(nb * v_size, nb * cols.numel())
+            for k0 in range(0, cols.numel(), _GATHER_COLUMNS):
+                k1 = min(k0 + _GATHER_COLUMNS, cols.numel())
+                idx = cols[k0:k1]  # (kc,)
+                d = torch.index_select(z, 1, idx, out=gather_d[: nb * (k1 - k0)].view(nb, -1))
+                d.mul_(u_b[:, None])
+                rows_c = gather_c[: (k1 - k0) * d_size].view(k1 - k0, d_size)  # (kc, D)
+                _gathered_products(d, idx, e_b, rows_b, grad_e_b, grad_e, grad_c, grad_b, c, c,
+                                   rows_c)
+            continue
+        _FILTER_STATS.add(nb * v_size, nb * v_size)
+        z.mul_(u_b[:, None])
+        if grad_e_b is not None:
+            grad_e_b.addmm_(z, c)
+        elif grad_e is not None:
+            grad_e.index_add_(0, rows_b, z @ c)
+        if grad_c is not None:
+            grad_c.addmm_(z.T, e_b)
+        if grad_b is not None:
+            grad_b += z.sum(0)
+    return grad_e, grad_c, grad_b
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,6 +772,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_e, grad_c, grad_b = linear_ce_triton.backward(
                 e2, c, bias, rows, tgt, lse, a.contiguous(), g.contiguous(), cfg.softcap,
                 cfg.filter_eps, ctx.need)
+        elif cfg.filter_eps and c.dtype == cfg.acc:
+            # column filtering needs whole rows per token block and a full-size grad_c in the
+            # accumulation dtype, which a low-precision c would make twice its gradient's size
+            grad_e, grad_c, grad_b = _torch_backward_columns(e2, c, bias, rows, tgt, lse, a, g,
+                                                             cfg, ctx.need)
         else:
             grad_e, grad_c, grad_b = _torch_backward(e2, c, bias, rows, tgt, lse, a, g, cfg,
                                                      ctx.need)
@@ -702,9 +848,13 @@ def linear_cross_entropy(
             vocabulary-parallel loss that combines shard log-sum-exps, and for z-loss terms
             built outside).
         z_loss: coefficient ``zc``; adds ``zc * lse^2`` to each token's loss before reduction.
-        filter_eps: skip gradient blocks where every ``|softmax - onehot|`` is below this
-            (with ``grad_in_forward``: vocabulary columns of a token block; otherwise tiles);
-            ``"auto"`` is ``finfo(e.dtype).eps / 32`` as in the reference, ``None`` never skips.
+        filter_eps: skip the gradient entries of a vocabulary column of a token block where
+            every ``|softmax - onehot|`` is below this (with ``grad_in_forward``); in the
+            recompute path, where every ``|dLoss/dlogit|`` is below this times the token's
+            upstream gradient scale (per-token and lse gradients and the softcap's derivative
+            included; columns for an fp32/fp64 classifier, tiles otherwise and on Triton, which
+            tests ``|softmax - onehot|``). ``"auto"`` is ``finfo(e.dtype).eps / 32`` as in the
+            reference; ``None`` or 0 never skips.
         return_entropy: also return the per-position entropy (nats) of the (softcapped)
             softmax, 0 at ignored positions. It carries no gradient.
         grad_in_forward: compute the gradients during forward (no recomputation; needs a scalar
