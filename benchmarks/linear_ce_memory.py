@@ -47,7 +47,11 @@ import torch.nn.functional as F
 
 MIB = 1024 * 1024
 CPU_CASES = ["plain", "ours", "ours_recompute", "cce_torch_compile"]
-# also runnable with --cases: ours_nofilter (filter_eps=None: what the filter saves, same data)
+# also runnable with --cases: ours_nofilter (filter_eps=None: what the filter saves, same data);
+# the recompute path's own uses: ours_none (reduction="none", backward with an upstream gradient
+# of ones) and ours_lse (mean loss plus a z-loss built outside from the returned lse, so a
+# gradient flows through the lse), each also as *_nofilter
+RECOMPUTE_CASES = ["ours_none", "ours_none_nofilter", "ours_lse", "ours_lse_nofilter"]
 CUDA_CASES = ["plain", "ours", "cce", "liger"]
 
 
@@ -65,6 +69,20 @@ def loss_fn(case: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
         gif = False if case == "ours_recompute" else None
         eps = None if case == "ours_nofilter" else "auto"
         return lambda e, c, t: linear_cross_entropy(e, c, t, grad_in_forward=gif, filter_eps=eps)
+    if case in RECOMPUTE_CASES:
+        from tokenwise.training import linear_cross_entropy
+
+        eps = None if case.endswith("_nofilter") else "auto"
+        if case.startswith("ours_none"):
+            # .sum() hands every token an upstream gradient of 1
+            return lambda e, c, t: linear_cross_entropy(e, c, t, reduction="none",
+                                                        filter_eps=eps).sum()
+
+        def with_lse(e: torch.Tensor, c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            loss, lse = linear_cross_entropy(e, c, t, return_lse=True, filter_eps=eps)
+            return loss + 1e-4 * lse.square().mean()
+
+        return with_lse
     if case in ("cce_torch_compile", "cce"):
         from cut_cross_entropy import linear_cross_entropy as cce_lce
 

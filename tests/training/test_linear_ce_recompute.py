@@ -102,11 +102,12 @@ def test_recompute_filter_keeps_the_rule(kind, dtype, case):
 
 
 def _filtered_reference(e, c, b, targets, g, h, *, softcap, z_loss, eps, block_n,
-                        block_v=None):
+                        block_v=None, dense_rows=0):
     """Naive fp64 gradients of ``sum(g * nll + zc g lse^2) + sum(h * lse)`` over valid tokens,
     with every entry of ``d = dLoss/dlogit`` zeroed where the filter drops it: in each block of
     ``block_n`` valid tokens (and ``block_v`` vocabulary entries for the tile filter; None for
-    the column filter) a column (a tile) is dropped when all its ``|d| < eps * max(|a|, |g|)``."""
+    the column filter) a column (a tile) is dropped when all its ``|d| < eps * max(|a|, |g|)``.
+    The first ``dense_rows`` valid tokens are left unfiltered."""
     valid = targets != IGNORE
     ev, t, g, h = e[valid], targets[valid], g[valid], h[valid]
     raw = ev @ c.T + b
@@ -121,7 +122,7 @@ def _filtered_reference(e, c, b, targets, g, h, *, softcap, z_loss, eps, block_n
     u = torch.maximum(a.abs(), g.abs())
     small = d.abs() < eps * u[:, None]
     v_size = c.shape[0]
-    for i0 in range(0, len(t), block_n):
+    for i0 in range(dense_rows, len(t), block_n):
         for v0 in range(0, v_size, block_v or v_size):
             v1 = v_size if block_v is None else min(v0 + block_v, v_size)
             blk = small[i0:i0 + block_n, v0:v1]
@@ -174,6 +175,33 @@ def test_recompute_filter_semantics_exactly(monkeypatch, gather_columns, c_dtype
         # grad_c comes back in c's dtype: fp32 for the tile case, so compare at its precision
         rtol, atol = (1e-10, 1e-14) if got.dtype == torch.float64 else (1e-6, 1e-12)
         torch.testing.assert_close(got.double(), expect, rtol=rtol, atol=atol)
+
+
+def test_unfilterable_blocks_hand_the_rest_to_the_tile_loop(monkeypatch):
+    """When the probed token blocks keep more columns than pay for gathering, they run dense and
+    the remaining tokens go through the (tile-filtered) tile loop: check that exact meaning."""
+    monkeypatch.setattr(linear_ce, "_GATHER_MAX_FRACTION", 0.0)  # every block "too dense"
+    e, c, targets = make_peaked_inputs(torch.float64)
+    gen = torch.Generator().manual_seed(6)
+    g = torch.randn(N, generator=gen, dtype=torch.float64)
+    h = torch.randn(N, generator=gen, dtype=torch.float64) * 0.3
+    b = torch.zeros(c.shape[0], dtype=torch.float64)
+    eps, block_n, block_v = 1e-5, 8, 32
+    probed = linear_ce._PROBE_BLOCKS * block_n
+    want, _ = _filtered_reference(e, c, b, targets, g, h, softcap=None, z_loss=0.0, eps=eps,
+                                  block_n=block_n, block_v=block_v, dense_rows=probed)
+    unfiltered, _ = _filtered_reference(e, c, b, targets, g, h, softcap=None, z_loss=0.0,
+                                        eps=0.0, block_n=block_n)
+    assert (want[1] - unfiltered[1]).abs().max() > 1e-9
+    ee, cc = e.clone().requires_grad_(), c.clone().requires_grad_()
+    linear_ce._FILTER_STATS.reset()
+    loss, lse = linear_cross_entropy(ee, cc, targets, reduction="none", return_lse=True,
+                                     filter_eps=eps, block_n=block_n, block_v=block_v)
+    ((loss * g).sum() + (lse * h).sum()).backward()
+    stats = linear_ce._FILTER_STATS
+    assert probed * c.shape[0] < stats.total and stats.kept < stats.total
+    torch.testing.assert_close(ee.grad, want[0], rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(cc.grad, want[1], rtol=1e-10, atol=1e-14)
 
 
 def test_lse_gradient_alone_is_filtered_on_its_own_scale():

@@ -345,16 +345,26 @@ def _torch_lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor 
 
 def _torch_backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
                     tgt: Tensor, lse: Tensor, a: Tensor, g: Tensor, cfg: _Config,
-                    need: tuple[bool, bool, bool]
+                    need: tuple[bool, bool, bool], start: int = 0,
+                    grads: tuple[Tensor | None, Tensor | None, Tensor | None] | None = None
                     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients by recomputing each block (vocabulary outer, tokens inner)."""
+    """Gradients by recomputing each block (vocabulary outer, tokens inner).
+
+    ``start``/``grads``: only tokens ``start:`` are visited, adding into ``grads`` (zeros in the
+    accumulation dtype, ``c`` in it too) -- how :func:`_torch_backward_columns` hands over the
+    rest of the tokens when nothing can be filtered.
+    """
     need_e, need_c, need_b = need
     m_rows, v_size, acc = tgt.numel(), c.shape[0], cfg.acc
-    bn, bv = _default_blocks(m_rows, v_size, cfg, fused=False)
-    grad_e = e2.new_zeros(e2.shape, dtype=acc) if need_e else None  # (N, D)
-    # an fp32 c accumulates straight into its gradient; a low-precision one per block only
-    grad_c = (c.new_zeros(c.shape) if c.dtype == acc else c.new_empty(c.shape)) if need_c else None
-    grad_b = c.new_zeros(v_size, dtype=acc) if need_b else None  # (V,)
+    bn, bv = _default_blocks(m_rows - start, v_size, cfg, fused=False)
+    if grads is not None:
+        grad_e, grad_c, grad_b = grads
+    else:
+        grad_e = e2.new_zeros(e2.shape, dtype=acc) if need_e else None  # (N, D)
+        # an fp32 c accumulates straight into its gradient; a low-precision one per block only
+        grad_c = (c.new_zeros(c.shape) if c.dtype == acc else c.new_empty(c.shape)) \
+            if need_c else None
+        grad_b = c.new_zeros(v_size, dtype=acc) if need_b else None  # (V,)
     buf = e2.new_empty(bn * bv, dtype=acc)
     scratch = e2.new_empty(bn * bv, dtype=acc) if cfg.softcap is not None else buf[:0]
     eps = cfg.filter_eps or None  # a threshold of 0 never skips anything
@@ -368,7 +378,7 @@ def _torch_backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | N
         gc_v = None
         if grad_c is not None:
             gc_v = grad_c[v0:v1] if c.dtype == acc else c_v.new_zeros(c_v.shape)  # (vb, D)
-        for i0 in range(0, m_rows, bn):
+        for i0 in range(start, m_rows, bn):
             i1 = min(i0 + bn, m_rows)
             e_b = _take_rows(e2, rows, i0, i1, acc)  # (nb, D)
             z = _block_logits(buf, e_b, c_v, bias_v, cfg.softcap)  # (nb, vb)
@@ -420,6 +430,9 @@ _GATHER_MAX_FRACTION = 0.8
 # Surviving columns are processed this many at a time, so the gathered classifier rows (reused for
 # the grad_c product) stay at 8 MiB in fp32 at D=1024.
 _GATHER_COLUMNS = 2048
+# The recompute path's column filter looks at this many token blocks before deciding whether
+# filtering pays (see _torch_backward_columns).
+_PROBE_BLOCKS = 2
 
 
 def _kept_columns(logp: Tensor, tgt_b: Tensor, logp_t: Tensor, log_eps: float,
@@ -604,12 +617,15 @@ def _torch_backward_columns(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Te
                             ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Recompute-path gradients with column filtering (``c`` in the accumulation dtype).
 
-    Token blocks (outer) hold whole rows of logits, as in :func:`_torch_fused`: recomputed with
-    one product, turned into the gradient in units of each row's upstream scale
-    (:func:`_upstream_scale`), then the vocabulary columns where every entry of the block is
-    below ``filter_eps`` in those units are dropped, and the two gradient products run over the
-    gathered survivors only when at most ``_GATHER_MAX_FRACTION`` of the columns survive
-    (otherwise over the whole rows). The dropped entries count as zero.
+    Token blocks (outer) hold whole rows of logits, as in :func:`_torch_fused`: recomputed one
+    vocabulary piece at a time, each piece turned at once into the gradient in units of each
+    row's upstream scale (:func:`_upstream_scale`) and its column maxima taken. The vocabulary
+    columns where every entry of the block is below ``filter_eps`` in those units are dropped,
+    and the two gradient products run over the gathered survivors when at most
+    ``_GATHER_MAX_FRACTION`` of the columns survive (otherwise over the whole rows). The dropped
+    entries count as zero. When the first ``_PROBE_BLOCKS`` blocks together keep more than that
+    fraction (a near-uniform softmax: nothing to gain), the remaining tokens go to the tile loop
+    of :func:`_torch_backward`, whose taller products are faster than whole-row ones.
     """
     need_e, need_c, need_b = need
     m_rows, v_size, acc = tgt.numel(), c.shape[0], cfg.acc
@@ -620,44 +636,54 @@ def _torch_backward_columns(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Te
     grad_e = e2.new_zeros(e2.shape, dtype=acc) if need_e else None  # (N, D)
     grad_c = c.new_zeros(c.shape, dtype=acc) if need_c else None  # (V, D)
     grad_b = c.new_zeros(v_size, dtype=acc) if need_b else None  # (V,)
-    flat = e2.new_empty(bn * v_size, dtype=acc)  # one token block's rows of logits
+    flat = e2.new_empty(bn * v_size, dtype=acc)  # one token block's rows of gradient
+    piece_buf = e2.new_empty(bn * bv, dtype=acc)  # one vocabulary piece, cache-sized
     scratch = e2.new_empty(bn * bv if cfg.softcap is not None else 0, dtype=acc)
     gather_d = e2.new_empty(bn * _GATHER_COLUMNS, dtype=acc)
     gather_c = e2.new_empty(_GATHER_COLUMNS * d_size, dtype=acc)
+    hi = e2.new_empty(v_size, dtype=acc)  # (V,) column maxima of the normalised gradient
+    lo = e2.new_empty(v_size, dtype=acc)  # (V,) column minima
     bias_acc = None if bias is None else bias.to(acc)  # (V,)
-    spans = [(0, v_size)] if cfg.softcap is None else \
-        [(v0, min(v0 + bv, v_size)) for v0 in range(0, v_size, bv)]
+    spans = [(v0, min(v0 + bv, v_size)) for v0 in range(0, v_size, bv)]
+    seen = kept_total = 0
     for i0 in range(0, m_rows, bn):
+        if seen == _PROBE_BLOCKS and kept_total > _GATHER_MAX_FRACTION * v_size * i0:
+            del flat, piece_buf, scratch, gather_d, gather_c
+            return _torch_backward(e2, c, bias, rows, tgt, lse, a, g, cfg, need, start=i0,
+                                   grads=(grad_e, grad_c, grad_b))
+        seen += 1
         i1 = min(i0 + bn, m_rows)
         nb = i1 - i0
         e_b = _take_rows(e2, rows, i0, i1, acc)  # (nb, D)
         tgt_b, lse_b, u_b = tgt[i0:i1], lse[i0:i1], u[i0:i1]
+        a_b, g_b = a_n[i0:i1, None], g_n[i0:i1]
         z = flat[: nb * v_size].view(nb, v_size)  # (nb, V)
-        if bias_acc is None:
-            torch.mm(e_b, c.T, out=z)
-        else:
-            torch.addmm(bias_acc, e_b, c.T, out=z)
         for u0, u1 in spans:
-            # the softcap's factor needs the logit, so go piece by piece through a small buffer
-            piece = z[:, u0:u1]
+            piece = piece_buf[: nb * (u1 - u0)].view(nb, u1 - u0)
+            torch.mm(e_b, c[u0:u1].T, out=piece)
+            if bias_acc is not None:
+                piece.add_(bias_acc[u0:u1])
             factor = None
             if cfg.softcap is not None:
                 _finish_logits(piece, None, cfg.softcap)
                 factor = scratch[: piece.numel()].view_as(piece)  # (nb, w)
                 torch.mul(piece, 1.0 / cfg.softcap, out=factor)
                 factor.square_().neg_().add_(1.0)
-            piece.sub_(lse_b[:, None]).exp_().mul_(a_n[i0:i1, None])
+            piece.sub_(lse_b[:, None]).exp_().mul_(a_b)
             r, col = _target_hits(tgt_b, u0, u1)
             if r.numel():
-                piece.index_put_((r, col), -g_n[i0:i1][r], accumulate=True)
+                piece.index_put_((r, col), -g_b[r], accumulate=True)
             if factor is not None:
                 piece.mul_(factor)
-        # z is now dLoss/dlogit / u, row by row
-        lo, hi = torch.aminmax(z, dim=0)  # (V,) each
+            # the piece is now dLoss/dlogit / u, row by row
+            torch.amax(piece, 0, out=hi[u0:u1])
+            torch.amin(piece, 0, out=lo[u0:u1])
+            z[:, u0:u1] = piece
         cols = ((hi >= eps) | (lo <= -eps)).nonzero().squeeze(1)  # (k,) sorted
         rows_b = None if rows is None else rows[i0:i1]
         grad_e_b = None if grad_e is None or rows is not None else grad_e[i0:i1]
         if cols.numel() <= _GATHER_MAX_FRACTION * v_size:
+            kept_total += cols.numel() * nb
             _FILTER_STATS.add(nb * v_size, nb * cols.numel())
             for k0 in range(0, cols.numel(), _GATHER_COLUMNS):
                 k1 = min(k0 + _GATHER_COLUMNS, cols.numel())
@@ -668,6 +694,7 @@ def _torch_backward_columns(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Te
                 _gathered_products(d, idx, e_b, rows_b, grad_e_b, grad_e, grad_c, grad_b, c, c,
                                    rows_c)
             continue
+        kept_total += v_size * nb
         _FILTER_STATS.add(nb * v_size, nb * v_size)
         z.mul_(u_b[:, None])
         if grad_e_b is not None:
