@@ -646,9 +646,11 @@ def _torch_backward_columns(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Te
     bias_acc = None if bias is None else bias.to(acc)  # (V,)
     spans = [(v0, min(v0 + bv, v_size)) for v0 in range(0, v_size, bv)]
     seen = kept_total = 0
+    z = piece = factor = d = rows_c = None  # views of the buffers, dropped with them below
     for i0 in range(0, m_rows, bn):
         if seen == _PROBE_BLOCKS and kept_total > _GATHER_MAX_FRACTION * v_size * i0:
-            del flat, piece_buf, scratch, gather_d, gather_c
+            # free this path's buffers before the tile loop allocates its own
+            del flat, piece_buf, scratch, gather_d, gather_c, z, piece, factor, d, rows_c
             return _torch_backward(e2, c, bias, rows, tgt, lse, a, g, cfg, need, start=i0,
                                    grads=(grad_e, grad_c, grad_b))
         seen += 1
