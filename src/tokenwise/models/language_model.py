@@ -25,6 +25,38 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 
 
+def start_token_id(tokenizer: Any) -> int | None:
+    """The token that starts a text: the tokenizer's BOS, else its EOS (GPT-2 style), else None.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> start_token_id(SimpleNamespace(bos_token_id=None, eos_token_id=50256))
+        50256
+    """
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return None
+
+
+def end_token_id(tokenizer: Any) -> int | None:
+    """The tokenizer's end-of-text token, if it has one.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> end_token_id(SimpleNamespace(eos_token_id=None)) is None
+        True
+    """
+    tid = tokenizer.eos_token_id
+    return None if tid is None else int(tid)
+
+
 @dataclass
 class ForwardOutput:
     """What :meth:`LanguageModel.forward` returns.
@@ -108,16 +140,12 @@ class LanguageModel:
     @property
     def bos_token_id(self) -> int | None:
         """The token that starts a text: BOS, else EOS (GPT-2 style), else None."""
-        for tid in (self.tokenizer.bos_token_id, self.tokenizer.eos_token_id):
-            if tid is not None:
-                return int(tid)
-        return None
+        return start_token_id(self.tokenizer)
 
     @property
     def eos_token_id(self) -> int | None:
         """The end-of-text token, if the tokenizer has one."""
-        tid = self.tokenizer.eos_token_id
-        return None if tid is None else int(tid)
+        return end_token_id(self.tokenizer)
 
     def num_parameters(self) -> int:
         """Number of distinct parameters (tied embeddings counted once)."""

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from tokenwise.errors import TokenwiseError
+from tokenwise.models.language_model import end_token_id, start_token_id
 
 if TYPE_CHECKING:
     from tokenwise.generation import Generation
@@ -290,16 +291,12 @@ class VLLMModel:
     @property
     def bos_token_id(self) -> int | None:
         """The token that starts a text: BOS, else EOS, else None (as LanguageModel)."""
-        for tid in (self.tokenizer.bos_token_id, self.tokenizer.eos_token_id):
-            if tid is not None:
-                return int(tid)
-        return None
+        return start_token_id(self.tokenizer)
 
     @property
     def eos_token_id(self) -> int | None:
         """The end-of-text token, if the tokenizer has one."""
-        tid = self.tokenizer.eos_token_id
-        return None if tid is None else int(tid)
+        return end_token_id(self.tokenizer)
 
     @property
     def logprobs_mode(self) -> str:
