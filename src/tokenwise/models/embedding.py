@@ -33,6 +33,7 @@ from tokenwise.errors import TokenwiseError
 #: rows kept per embedder; a long-running process (a server compressing every request)
 #: must not grow without bound, and 384-d float64 rows make this about 25 MB.
 DEFAULT_CACHE_SIZE = 8192
+_INIT_LOCK = threading.Lock()
 
 
 class Embedder(ABC):
@@ -62,6 +63,14 @@ class Embedder(ABC):
         self._lock = threading.RLock()
         self._dim: int | None = None
 
+    def _ensure_state(self) -> None:
+        # A subclass written against the older, stateless base may define __init__ without
+        # calling ours; give it its cache and lock on first use instead of failing.
+        if "_cache" not in self.__dict__:
+            with _INIT_LOCK:
+                if "_cache" not in self.__dict__:
+                    Embedder.__init__(self)
+
     @abstractmethod
     def _embed(self, texts: list[str]) -> Any:
         """Raw ``(len(texts), d)`` embeddings of distinct texts (array-like)."""
@@ -83,6 +92,7 @@ class Embedder(ABC):
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TokenwiseError(f"texts[{i}] is {t!r}: allowed a string")
+        self._ensure_state()
         if not texts:
             return np.zeros((0, self.dim), dtype=self.output_dtype)
         with self._lock:
@@ -120,6 +130,7 @@ class Embedder(ABC):
     @property
     def dim(self) -> int:
         """Embedding dimension (known after the first call; else one text is embedded)."""
+        self._ensure_state()
         if self._dim is None:
             self.embed(["a"])
         assert self._dim is not None
@@ -141,6 +152,7 @@ class Embedder(ABC):
 
     def clear_cache(self) -> None:
         """Forget every cached row."""
+        self._ensure_state()
         with self._lock:
             self._cache.clear()
 
