@@ -99,7 +99,7 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def cost_table(repeats: int, device: str = "cpu") -> list[str]:
+def cost_table(repeats: int, device: str = "cpu", top_h_only: bool = False) -> list[str]:
     pairs = [
         ("top_h (alpha 0.4)", sampling.TopH(0.4), hf.TopHLogitsWarper(0.4)),
         ("top_p (0.9)", sampling.TopP(0.9), hf.TopPLogitsWarper(0.9)),
@@ -108,6 +108,8 @@ def cost_table(repeats: int, device: str = "cpu") -> list[str]:
         ("epsilon (3e-4)", sampling.Epsilon(3e-4), hf.EpsilonLogitsWarper(3e-4)),
         ("eta (3e-4)", sampling.Eta(3e-4), hf.EtaLogitsWarper(3e-4, device=device)),
     ]
+    if top_h_only:
+        pairs = pairs[:1]
     lines = ["| logits | sampler | ours ms | transformers ms | ours / transformers | "
              "reference (published) ms | reference / ours | lean loop ms | lean / ours |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -165,10 +167,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (timings only)")
+    parser.add_argument("--top-h-only", action="store_true",
+                        help="time TopH and the two reference loops only (no other samplers, "
+                             "no kept-set table)")
     args = parser.parse_args()
     print(f"device: {args.device}")
-    print("\n".join(cost_table(repeats=100, device=args.device)))
-    if args.device == "cpu":
+    print("\n".join(cost_table(repeats=100, device=args.device, top_h_only=args.top_h_only)))
+    if args.device == "cpu" and not args.top_h_only:
         print()
         print("\n".join(top_h_sizes()))
 
