@@ -161,6 +161,90 @@ def test_recorder_overwrites_a_rerun_step_and_validates():
         tv.EntropyRecorder.validate_params(SamplingParams(extra_args={tv.STATS_KEY: 3}))
 
 
+def _run_recorder(plan: list[str], seed: int = 0) -> tuple[dict, dict[str, list[int]]]:
+    """Drive a recorder through ``plan``: "step" runs every request in the batch, "out:r"
+    removes request r (preempted or not scheduled), "in:r" re-adds it as vLLM does (same
+    SamplingParams object, same output list, tokens already generated). Each request's
+    logits depend only on (request, its step), so any plan gives the same values per token."""
+    recorder = tv.EntropyRecorder(None, torch.device("cpu"), False)
+    params = {r: _params(r) for r in "ab"}
+    outs: dict[str, list[int]] = {r: [] for r in "ab"}
+    slots: list[str | None] = ["a", "b"]
+    recorder.update_state(BatchUpdate(2, [], [(0, params["a"], [1], outs["a"]),
+                                              (1, params["b"], [1], outs["b"])], []))
+    for action in plan:
+        if action == "step":
+            live = [(i, r) for i, r in enumerate(slots) if r is not None]
+            logits = torch.zeros(len(slots), 30)  # (B, 30)
+            for i, r in live:
+                g = torch.Generator().manual_seed(seed + 1000 * (r == "b") + len(outs[r]))
+                logits[i] = torch.randn(30, generator=g) * 2
+            recorder.apply(logits)
+            for i, r in live:
+                outs[r].append(int(logits[i].argmax()))
+        else:
+            kind, r = action.split(":")
+            if kind == "out":
+                i = slots.index(r)
+                slots[i] = None
+                recorder.update_state(BatchUpdate(len(slots), [i], [], []))
+            else:
+                i = slots.index(None)
+                slots[i] = r
+                recorder.update_state(BatchUpdate(len(slots), [],
+                                                  [(i, params[r], [1], outs[r])], []))
+    return recorder.take(["a", "b"]), outs
+
+
+def test_recorder_continues_a_request_vllm_removed_and_re_added():
+    straight, outs = _run_recorder(["step"] * 8)
+    broken, outs2 = _run_recorder(["step", "step", "out:a", "step", "in:a", "step", "out:b",
+                                   "out:a", "in:b", "in:a", "step", "step", "step"])
+    for r in "ab":
+        assert outs2[r] == outs[r][:len(outs2[r])]
+        (ids, ent, var), = broken[r]  # one track, as if never interrupted
+        (_, ent0, var0), = straight[r]
+        n = len(ids)
+        assert ids == outs2[r] and n >= 4
+        assert ent == pytest.approx(ent0[:n], abs=1e-6) and var == pytest.approx(var0[:n], abs=1e-6)
+        assert tv._match_track(broken[r], ids) == (ent, var)
+
+
+def test_recorder_re_add_of_an_async_rebuilt_list_and_a_fresh_request():
+    recorder = tv.EntropyRecorder(None, torch.device("cpu"), False)
+    p, out = _params("t"), []
+    recorder.update_state(BatchUpdate(1, [], [(0, p, [1], out)], []))
+    for _ in range(3):
+        recorder.apply(torch.randn(1, 8))
+        out.append(5)
+    out[-1] = -1  # an async-scheduling placeholder the removed list still holds
+    recorder.update_state(BatchUpdate(0, [0], [], []))
+    # vLLM rebuilds the list from the scheduler's tokens under async scheduling
+    recorder.update_state(BatchUpdate(1, [], [(0, p, [1], [5, 5, 7])], []))
+    # the same params object with no tokens is a new request: a track of its own
+    recorder.update_state(BatchUpdate(2, [], [(1, p, [1], [])], []))
+    recorder.apply(torch.randn(2, 8))
+    tracks = recorder.take(["t"])["t"]
+    assert sorted((ids, len(e)) for ids, e, _ in tracks) == [([], 1), ([5, 5, 7], 4)]
+
+
+def test_recorder_marks_steps_it_never_saw_instead_of_shifting():
+    recorder = tv.EntropyRecorder(None, torch.device("cpu"), False)
+    # re-added with 3 tokens but no earlier track (another params object): steps 0..2 lost
+    recorder.update_state(BatchUpdate(1, [], [(0, _params("t"), [1], [4, 4, 4])], []))
+    recorder.apply(torch.zeros(1, 4))
+    tracks = recorder.take(["t"])["t"]
+    (_, ent, _), = tracks
+    assert len(ent) == 4 and all(math.isnan(x) for x in ent[:3])
+    assert ent[3] == pytest.approx(math.log(4))
+    with pytest.raises(TokenwiseError, match=r"lost the statistics of steps \[0, 1, 2\]"):
+        tv._match_track(tracks, [4, 4, 4])
+    with pytest.raises(TokenwiseError, match=r"do not cover a generation of 3 tokens"):
+        tv._match_track([([4, 4, 4], [0.1], [0.1])], [4, 4, 4])
+    with pytest.raises(TokenwiseError, match="recorded no statistics"):
+        tv._match_track([], [4])
+
+
 def test_is_vllm_llm_and_adapter(llm, hf):
     assert tv.is_vllm_llm(llm) and not tv.is_vllm_llm(hf) and not tv.is_vllm_llm("tw-small")
     model = tv.as_vllm_model(llm)
@@ -268,3 +352,4 @@ def test_engine_route_equals_logprobs_route(llm, hf):
     b = tv.generate_with_stats(llm, PROMPTS[:2], sampled, route="logprobs")
     for x, y in zip(a, b, strict=True):
         _assert_same(x, y)
+

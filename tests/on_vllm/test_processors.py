@@ -209,6 +209,76 @@ def test_mirostat_does_not_observe_a_step_whose_token_vllm_discarded():
     assert proc.mu[0] == pytest.approx(float(ref.mu[0]))
 
 
+def _run_mirostat(plan: list[str]) -> tuple[dict[str, list[torch.Tensor]], dict[str, list]]:
+    """Drive Mirostat through ``plan`` ("step"; "out:r" removes request r as vLLM does when it
+    preempts it or does not schedule it; "in:r" re-adds it with the same SamplingParams
+    object and output list). Logits and draws depend only on (request, its step)."""
+    proc = MirostatV2LogitsProcessor(None, torch.device("cpu"), False)
+    params = {"a": _params({"mirostat_v2": 2.0, "mirostat_v2_eta": 1.0}),
+              "b": _params({"mirostat_v2": 1.0, "mirostat_v2_eta": 0.5})}
+    outs: dict[str, list[int]] = {r: [] for r in "ab"}
+    rows: dict[str, list[torch.Tensor]] = {r: [] for r in "ab"}
+    mus: dict[str, list[float]] = {r: [] for r in "ab"}
+    slots: list[str | None] = ["a", "b"]
+    proc.update_state(BatchUpdate(2, [], [(0, params["a"], [1], outs["a"]),
+                                          (1, params["b"], [1], outs["b"])], []))
+    for action in plan:
+        if action == "step":
+            live = [(i, r) for i, r in enumerate(slots) if r is not None]
+            logits = torch.zeros(len(slots), V)  # (B, V)
+            for i, r in live:
+                logits[i] = _logits(1, 7 * len(outs[r]) + (r == "b"))[0] * 3
+            got = proc.apply(logits)
+            for i, r in live:
+                rows[r].append(got[i].clone())
+                mus[r].append(proc.mu[i])
+                g = torch.Generator().manual_seed(len(outs[r]))
+                outs[r].append(int(torch.multinomial(got[i].softmax(-1), 1, generator=g)))
+        else:
+            kind, r = action.split(":")
+            if kind == "out":
+                i = slots.index(r)
+                slots[i] = None
+                proc.update_state(BatchUpdate(len(slots), [i], [], []))
+            else:
+                i = slots.index(None)
+                slots[i] = r
+                proc.update_state(BatchUpdate(len(slots), [], [(i, params[r], [1], outs[r])],
+                                              []))
+    return rows, mus
+
+
+def test_mirostat_continues_a_request_vllm_removed_and_re_added():
+    straight_rows, straight_mu = _run_mirostat(["step"] * 8)
+    rows, mus = _run_mirostat(["step", "step", "out:a", "step", "in:a", "step", "out:b",
+                               "out:a", "in:b", "in:a", "step", "step", "step"])
+    for r in "ab":
+        n = len(rows[r])
+        assert n >= 5
+        assert mus[r] == pytest.approx(straight_mu[r][:n])
+        for t in range(n):
+            assert torch.equal(rows[r][t], straight_rows[r][t]), f"request {r}, step {t}"
+    assert len(set(straight_mu["a"])) > 2  # mu does move in this plan
+
+
+def test_mirostat_parks_finished_requests_within_a_bound(monkeypatch):
+    import tokenwise.sampling.vllm as sv
+
+    monkeypatch.setattr(sv, "MAX_PARKED", 3)
+    proc = MirostatV2LogitsProcessor(None, torch.device("cpu"), False)
+    kept = [_params({"mirostat_v2": 2.0}) for _ in range(5)]  # alive: cannot be dropped
+    for p in kept:
+        out = [1]
+        proc.update_state(BatchUpdate(1, [], [(0, p, [1], out)], []))
+        proc.apply(_logits(1, 0))
+        proc.update_state(BatchUpdate(0, [0], [], []))
+    assert sum(map(len, proc._parked.values())) == 3
+    # the newest three are the ones kept; a fresh request (no tokens) never takes one
+    assert [rows[0].params() for rows in proc._parked.values()] == kept[2:]
+    proc.update_state(BatchUpdate(1, [], [(0, kept[4], [1], [])], []))
+    assert proc.rows[0].seen is None and sum(map(len, proc._parked.values())) == 3
+
+
 # --- vLLM's own persistent batch and sampler, in this process -------------------------
 
 
@@ -305,6 +375,40 @@ def test_inside_vllms_input_batch_and_sampler():
             plain.req_output_token_ids[i].append(sampled[i])
             if rid == "miro":
                 miro_ref.observe(torch.tensor([sampled[i]]))
+
+
+def test_mirostat_state_survives_vllms_own_remove_and_re_add():
+    """vLLM's InputBatch: a request that is not scheduled in a step is removed and its
+    CachedRequestState (same SamplingParams, same output list) is added back later."""
+    batch = _input_batch([MirostatV2LogitsProcessor])
+    proc = next(p for p in batch.logitsprocs.all if isinstance(p, MirostatV2LogitsProcessor))
+    params = SamplingParams(temperature=1.0, extra_args={"mirostat_v2": 2.0,
+                                                         "mirostat_v2_eta": 1.0})
+    state = _request("miro", params, 0)
+    other = _request("other", SamplingParams(temperature=1.0), 1)
+    batch.add_request(state)
+    batch.add_request(other)
+    ref = MirostatV2(tau=2.0, eta=1.0)
+    g = torch.Generator().manual_seed(0)
+    for step in range(6):
+        if step in (2, 4):  # not scheduled this step: out of the persistent batch
+            batch.remove_request("miro")
+            batch.condense()
+        if step in (3, 5):
+            batch.add_request(state)
+        batch.refresh_metadata()
+        logits = _logits(batch.num_reqs, seed=step) * 3  # (B, V)
+        got = logits.clone()
+        for p in batch.logitsprocs.all:
+            got = p.apply(got)
+        if "miro" in batch.req_ids:
+            i = batch.req_ids.index("miro")
+            assert torch.equal(got[i:i + 1], ref(logits[i:i + 1])), step
+            assert proc.mu[i] == pytest.approx(float(ref.mu[0]))
+            token = int(torch.multinomial(got[i].softmax(-1), 1, generator=g))
+            state.output_token_ids.append(token)  # the list the batch also holds
+            ref.observe(torch.tensor([token]))
+    assert float(ref.mu[0]) != 4.0
 
 
 # --- to_vllm ---------------------------------------------------------------------------

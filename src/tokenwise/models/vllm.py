@@ -38,7 +38,10 @@ Two ways to get each generated token's entropy and varentropy out of vLLM
    ``allowed_token_ids``, ``bad_words`` or another processor placed before it (register it
    first). It declares itself *not* argmax-invariant although it never changes a logit,
    because vLLM skips argmax-invariant processors for greedy batches, which would leave
-   greedy requests without statistics.
+   greedy requests without statistics. vLLM removes a request from its batch when it
+   preempts it or merely does not schedule it in a step, and re-adds it later with the same
+   ``SamplingParams`` object and the tokens generated so far; the recorder finds the track
+   the request left (by that object, held weakly, and its tokens) and continues it.
 
 ``logprobs_mode`` itself only chooses *which* full distribution the first route ships
 (``raw_*`` before, ``processed_*`` after temperature/penalties/processors; ``*_logits``
@@ -53,8 +56,10 @@ Prompt surprisal (:func:`prompt_surprisal`) needs only the prompt token's own lo
 
 from __future__ import annotations
 
+import math
 import numbers
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -650,13 +655,24 @@ def prompt_surprisal(llm: Any, text: str | Sequence[int], prefix: str | Sequence
 
 def _match_track(tracks: list[tuple[list[int], list[float], list[float]]],
                  tokens: list[int]) -> tuple[list[float], list[float]]:
+    if not tracks:
+        raise TokenwiseError("the engine recorded no statistics for a generation; start it "
+                             "with logits_processors=[EntropyRecorder, ...] and "
+                             f"worker_extension_cls={WORKER_EXTENSION!r}")
     for i, (out_ids, ent, var) in enumerate(tracks):
         if out_ids[:len(tokens)] == tokens and len(ent) >= len(tokens):
+            lost = [t for t in range(len(tokens)) if math.isnan(ent[t])]
+            if lost:
+                raise TokenwiseError(
+                    f"the engine lost the statistics of steps {lost[:5]} of a generation of "
+                    f"{len(tokens)} tokens: vLLM removed the request from its batch and "
+                    "re-added it, and the recorder found no earlier track to continue; use "
+                    "route='logprobs' for it")
             tracks.pop(i)
             return ent, var
-    raise TokenwiseError("the engine recorded no statistics for a generation; start it with "
-                         "logits_processors=[EntropyRecorder, ...] and "
-                         f"worker_extension_cls={WORKER_EXTENSION!r}")
+    have = sorted(len(ent) for _, ent, _ in tracks)
+    raise TokenwiseError(f"the engine's recorded statistics ({len(tracks)} track(s) of "
+                         f"{have} steps) do not cover a generation of {len(tokens)} tokens")
 
 
 def _collect_engine_stats(model: VLLMModel, tags: list[str]) -> dict[str, Any]:
@@ -674,14 +690,30 @@ def _collect_engine_stats(model: VLLMModel, tags: list[str]) -> dict[str, Any]:
     return {}
 
 
-class _Track:
-    __slots__ = ("entropy", "output_ids", "tag", "varentropy")
+def _params_ref(params: Any) -> Any:
+    """A handle that gives ``params`` back while it lives (a weak one when possible)."""
+    try:
+        return weakref.ref(params)
+    except TypeError:  # not weak-referenceable: hold it (bounded by the finished store)
+        return lambda: params
 
-    def __init__(self, tag: str, output_ids: list[int]):
+
+def _same_history(old: list[int], new: list[int]) -> bool:
+    """Whether two output-token lists of one request agree where both are known (vLLM's
+    async scheduling leaves ``-1`` placeholders and may hand over a rebuilt list)."""
+    return all(a == b or a < 0 or b < 0 for a, b in zip(old, new, strict=False))
+
+
+class _Track:
+    __slots__ = ("entropy", "finished_at", "output_ids", "params", "tag", "varentropy")
+
+    def __init__(self, tag: str, output_ids: list[int], params: Any = None):
         self.tag = tag
         self.output_ids = output_ids  # vLLM's live list of the request's generated tokens
+        self.params = _params_ref(params)  # the request's SamplingParams, kept across re-adds
         self.entropy: list[float] = []
         self.varentropy: list[float] = []
+        self.finished_at = 0  # the recorder's take count when the track left the batch
 
     def put(self, step: int, h: float, v: float) -> None:
         # indexed by step, not appended: a re-run step (preemption, a discarded partial
@@ -689,9 +721,21 @@ class _Track:
         if step < len(self.entropy):
             self.entropy[step], self.varentropy[step] = h, v
             del self.entropy[step + 1:], self.varentropy[step + 1:]
-        else:
-            self.entropy.append(h)
-            self.varentropy.append(v)
+            return
+        if step > len(self.entropy):
+            # Steps this track never saw (a request re-added without its earlier track):
+            # NaN marks them, so reading them fails instead of shifting every value.
+            gap = [math.nan] * (step - len(self.entropy))
+            self.entropy.extend(gap)
+            self.varentropy.extend(gap)
+        self.entropy.append(h)
+        self.varentropy.append(v)
+
+    def resume(self, output_ids: list[int]) -> None:
+        """Continue after vLLM re-added the request with ``output_ids`` already generated."""
+        n = len(output_ids)
+        del self.entropy[n:], self.varentropy[n:]  # steps whose tokens vLLM dropped
+        self.output_ids = output_ids
 
     def as_tuple(self) -> tuple[list[int], list[float], list[float]]:
         return list(self.output_ids), self.entropy, self.varentropy
@@ -716,7 +760,35 @@ def _make_recorder_class() -> type:
 
         def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
             self.rows: dict[int, _Track] = {}
+            # tag -> tracks that left the batch (finished, or removed and maybe re-added
+            # later), oldest tag first
             self.finished: dict[str, list[_Track]] = {}
+            self.takes = 0  # how many times take() ran
+
+        def _finish(self, track: _Track) -> None:
+            track.finished_at = self.takes
+            self.finished.setdefault(track.tag, []).append(track)
+
+        def _resume(self, tag: str, params: Any, output_ids: list[int]) -> _Track | None:
+            # vLLM removes a request it preempts or does not schedule in a step and later
+            # re-adds it with the same SamplingParams object and the tokens generated so far
+            # (the same list object, or under async scheduling a rebuilt one): continue the
+            # track it left. A request re-added with no tokens has nothing to continue.
+            if not output_ids:
+                return None
+            tracks = self.finished.get(tag, [])
+            same = [t for t in tracks if t.params() is params]
+            found = next((t for t in same if t.output_ids is output_ids), None)
+            if found is None:
+                found = next((t for t in same if len(t.output_ids) <= len(output_ids)
+                              and _same_history(t.output_ids, output_ids)), None)
+            if found is None:
+                return None
+            tracks.remove(found)
+            if not tracks:
+                del self.finished[tag]
+            found.resume(output_ids)
+            return found
 
         def is_argmax_invariant(self) -> bool:
             # It changes nothing, but vLLM skips argmax-invariant processors on greedy
@@ -729,14 +801,15 @@ def _make_recorder_class() -> type:
             for index in batch_update.removed:
                 track = self.rows.pop(index, None)
                 if track is not None:
-                    self.finished.setdefault(track.tag, []).append(track)
+                    self._finish(track)
             for index, params, _prompt, output_ids in batch_update.added:
                 old = self.rows.pop(index, None)
                 if old is not None:
-                    self.finished.setdefault(old.tag, []).append(old)
+                    self._finish(old)
                 tag = (params.extra_args or {}).get(STATS_KEY) if params is not None else None
                 if tag is not None:
-                    self.rows[index] = _Track(tag, output_ids)
+                    self.rows[index] = (self._resume(tag, params, output_ids)
+                                        or _Track(tag, output_ids, params))
             for a, b, direction in batch_update.moved:
                 ta, tb = self.rows.pop(a, None), self.rows.pop(b, None)
                 if ta is not None:
@@ -744,7 +817,7 @@ def _make_recorder_class() -> type:
                 if tb is not None and str(direction).endswith("SWAP"):
                     self.rows[a] = tb
                 elif tb is not None:
-                    self.finished.setdefault(tb.tag, []).append(tb)
+                    self._finish(tb)
 
         def apply(self, logits: torch.Tensor) -> torch.Tensor:
             if not self.rows:
@@ -769,9 +842,10 @@ def _make_recorder_class() -> type:
             # finish, so their tracks still in `rows` are taken too.
             wanted = set(tags)
             for index in [i for i, t in self.rows.items() if t.tag in wanted]:
-                track = self.rows.pop(index)
-                self.finished.setdefault(track.tag, []).append(track)
-            return {tag: [t.as_tuple() for t in self.finished.pop(tag, [])] for tag in tags}
+                self._finish(self.rows.pop(index))
+            got = {tag: [t.as_tuple() for t in self.finished.pop(tag, [])] for tag in tags}
+            self.takes += 1
+            return got
 
     EntropyRecorder.__module__ = __name__
     EntropyRecorder.__qualname__ = "EntropyRecorder"

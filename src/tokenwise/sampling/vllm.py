@@ -75,9 +75,13 @@ What that means for a user:
   where the whole batch is greedy, which changes nothing a greedy request returns.
 * Mirostat v2 keeps ``mu`` per request; it follows the request as vLLM moves it in its
   persistent batch and learns from the token vLLM actually sampled (read from the
-  request's output-token list, which vLLM appends to in place, at the next step). A
-  request that vLLM preempts and later resumes starts again from ``mu = 2 * tau``: vLLM
-  tells processors nothing that links the resumed request to its earlier state.
+  request's output-token list, which vLLM appends to in place, at the next step). vLLM
+  removes a request from the batch when it preempts it and also when it merely does not
+  schedule it in a step, and later re-adds it with the same ``SamplingParams`` object and
+  the tokens generated so far; the processor parks the removed request's state under that
+  object (held weakly) and continues it on re-add, so ``mu`` carries on where it was.
+  At most :data:`MAX_PARKED` states are parked (finished requests are parked too, as
+  vLLM does not say which removals are final; the oldest go first).
 * The entropy regime applies its own temperatures on top of vLLM's: use
   ``temperature=1.0`` with it.
 * Logprobs: vLLM returns raw (pre-processor) logprobs by default; start the engine with
@@ -103,6 +107,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -120,6 +125,7 @@ else:  # the module still imports (docs, to_vllm); the processors need vLLM to b
     _VllmLogitsProcessor = object  # type: ignore[assignment,misc]
 
 __all__ = [
+    "MAX_PARKED",
     "PROCESSORS",
     "EntropyRegimeLogitsProcessor",
     "EpsilonLogitsProcessor",
@@ -130,6 +136,10 @@ __all__ = [
     "TypicalLogitsProcessor",
     "to_vllm",
 ]
+
+
+#: How many removed requests' states a stateful processor (Mirostat) keeps for a re-add.
+MAX_PARKED = 4096
 
 
 def _param_names(name: str) -> list[str]:
@@ -154,6 +164,8 @@ class TokenwiseLogitsProcessor(_VllmLogitsProcessor):
     sampler: ClassVar[str]
     main: ClassVar[str | None]
     argmax_invariant: ClassVar[bool] = True
+    #: rows carry state that must survive vLLM removing and re-adding the request
+    stateful: ClassVar[bool] = False
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
         if not HAVE_VLLM:
@@ -163,6 +175,8 @@ class TokenwiseLogitsProcessor(_VllmLogitsProcessor):
         self.rows: dict[int, Any] = {}  # batch index -> request state
         self._groups: list[tuple[Sampler, Tensor | None]] | None = None  # None: rebuild
         self._samplers: dict[tuple, Sampler] = {}  # parameters -> sampler (stateless ones)
+        # id(SamplingParams) -> states of removed requests (stateful processors), oldest first
+        self._parked: dict[int, list[Any]] = {}
 
     # --- per-request parameters -----------------------------------------------------
 
@@ -245,9 +259,41 @@ class TokenwiseLogitsProcessor(_VllmLogitsProcessor):
 
     # --- batch bookkeeping ----------------------------------------------------------
 
-    def new_row(self, params: dict[str, Any], output_ids: list[int]) -> Any:
+    def new_row(self, params: dict[str, Any], output_ids: list[int],
+                sampling_params: Any = None) -> Any:
         """State for a request joining the batch (stateless: its parameters as a key)."""
         return tuple(sorted(params.items()))
+
+    def _park(self, row: Any) -> None:
+        # vLLM removes a request it preempts or does not schedule in a step, and re-adds it
+        # later with the same SamplingParams object: keep a stateful row until then.
+        if not self.stateful or row is None or row.params() is None:
+            return
+        self._parked.setdefault(id(row.params()), []).append(row)
+        if sum(map(len, self._parked.values())) > MAX_PARKED:
+            for key in [k for k, rows in self._parked.items()
+                        if all(r.params() is None for r in rows)]:
+                del self._parked[key]  # requests that are gone for good
+            while sum(map(len, self._parked.values())) > MAX_PARKED:
+                del self._parked[next(iter(self._parked))]
+
+    def _unpark(self, params: Any, output_ids: list[int]) -> Any:
+        # A request re-added with no tokens yet has nothing to continue.
+        if not self.stateful or not output_ids or params is None:
+            return None
+        rows = [r for r in self._parked.get(id(params), []) if r.params() is params]
+        found = next((r for r in rows if r.output_ids is output_ids), None)
+        if found is None:  # async scheduling hands over a rebuilt list
+            found = next((r for r in rows if len(r.output_ids) <= len(output_ids)
+                          and _same_history(r.output_ids, output_ids)), None)
+        if found is None:
+            return None
+        parked = self._parked[id(params)]
+        parked.remove(found)
+        if not parked:
+            del self._parked[id(params)]
+        found.resume(output_ids)
+        return found
 
     def update_state(self, batch_update: Any) -> None:
         """Follow requests as they join, leave and move (vLLM's order: removed, added,
@@ -259,19 +305,23 @@ class TokenwiseLogitsProcessor(_VllmLogitsProcessor):
         if not batch_update:
             return
         for index in batch_update.removed:
-            self.rows.pop(index, None)
+            self._park(self.rows.pop(index, None))
         for index, params, _prompt_ids, output_ids in batch_update.added:
             asked = self.request_params(getattr(params, "extra_args", None))
-            if asked is None:
-                self.rows.pop(index, None)  # a request that did not ask took this slot
-            else:
-                self.rows[index] = self.new_row(asked, output_ids)
+            self._park(self.rows.pop(index, None))  # a request that did not ask took this slot
+            if asked is not None:
+                self.rows[index] = (self._unpark(params, output_ids)
+                                    or self.new_row(asked, output_ids, params))
         for a, b, direction in batch_update.moved:
             row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
             if row_a is not None:
                 self.rows[b] = row_a
             if row_b is not None and direction.name == "SWAP":
                 self.rows[a] = row_b
+            else:
+                # vLLM's condense moves a request onto a slot it freed without listing the
+                # slot as removed: the request that was there has left the batch
+                self._park(row_b)
         self._groups = None
 
     def _sampler_for(self, key: tuple) -> Sampler:
@@ -328,15 +378,39 @@ class EtaLogitsProcessor(TokenwiseLogitsProcessor):
     sampler, main = "eta", "epsilon"
 
 
+def _params_ref(params: Any) -> Any:
+    """A handle that gives ``params`` back while it lives (weak when possible)."""
+    if params is None:
+        return lambda: None
+    try:
+        return weakref.ref(params)
+    except TypeError:  # not weak-referenceable: hold it (MAX_PARKED bounds how many)
+        return lambda: params
+
+
+def _same_history(old: list[int], new: list[int]) -> bool:
+    """Whether two output-token lists of one request agree where both are known (async
+    scheduling leaves ``-1`` placeholders)."""
+    return all(a == b or a < 0 or b < 0 for a, b in zip(old, new, strict=False))
+
+
 class _MirostatRow:
     """One request's Mirostat state: its own sampler (``mu``) and how far it has read."""
 
-    __slots__ = ("output_ids", "sampler", "seen")
+    __slots__ = ("output_ids", "params", "sampler", "seen")
 
-    def __init__(self, sampler: Sampler, output_ids: list[int]) -> None:
+    def __init__(self, sampler: Sampler, output_ids: list[int], params: Any = None) -> None:
         self.sampler = sampler
         self.output_ids = output_ids  # vLLM's list for this request, appended in place
+        self.params = _params_ref(params)  # the request's SamplingParams (stable on re-add)
         self.seen: int | None = None  # len(output_ids) when the sampler last ran
+
+    def resume(self, output_ids: list[int]) -> None:
+        """Continue after vLLM re-added the request with ``output_ids`` generated so far:
+        the next step observes ``output_ids[seen]``, the token drawn from the last row."""
+        self.output_ids = output_ids
+        if self.seen is not None and self.seen > len(output_ids):
+            self.seen = len(output_ids)  # vLLM dropped tokens: observe none it lost
 
 
 class MirostatV2LogitsProcessor(TokenwiseLogitsProcessor):
@@ -350,6 +424,7 @@ class MirostatV2LogitsProcessor(TokenwiseLogitsProcessor):
     """
 
     sampler, main = "mirostat_v2", "tau"
+    stateful = True
 
     @property
     def mu(self) -> dict[int, float]:
@@ -357,8 +432,9 @@ class MirostatV2LogitsProcessor(TokenwiseLogitsProcessor):
         return {i: float(r.sampler.mu[0]) for i, r in self.rows.items()
                 if r.sampler.mu is not None}
 
-    def new_row(self, params: dict[str, Any], output_ids: list[int]) -> _MirostatRow:
-        return _MirostatRow(get(self.sampler, **params), output_ids)
+    def new_row(self, params: dict[str, Any], output_ids: list[int],
+                sampling_params: Any = None) -> _MirostatRow:
+        return _MirostatRow(get(self.sampler, **params), output_ids, sampling_params)
 
     def apply(self, logits: Tensor) -> Tensor:
         """Observe each request's last sampled token, then filter its row."""
