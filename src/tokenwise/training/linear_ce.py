@@ -19,9 +19,12 @@ training step. Here the logits only ever exist one block at a time:
   per-token or lse gradients it is the same relative test on the actual gradient, so skipping is
   as safe as there. With an fp32/fp64 classifier the backward holds whole rows of a token block
   (like the single-pass mode below) and drops the vocabulary *columns* where the block's every
-  entry is negligible, running the two gradient products over the gathered survivors; with a
-  low-precision classifier (which keeps a per-block fp32 ``grad_c``) it walks tiles and skips a
-  tile where every entry is negligible.
+  entry is negligible, running the two gradient products over the gathered survivors (when the
+  first two token blocks show nothing worth filtering, as on a near-uniform softmax, the rest of
+  the tokens go through the tile loop, whose taller products are faster); with a low-precision
+  classifier (which keeps a per-block fp32 ``grad_c``) it walks tiles and skips a tile where
+  every entry is negligible. The logits recompute and the forward stay dense, so at most two of
+  the path's four matrix products shrink.
 * **Gradient in forward** (``grad_in_forward``): when the loss is a scalar (``"mean"``/``"sum"``)
   and no ``lse`` is returned, the upstream gradient is a single number, so the gradients can be
   computed in the forward pass itself from whole rows of logits (a few rows at a time) and only
