@@ -245,6 +245,41 @@ def test_recorder_marks_steps_it_never_saw_instead_of_shifting():
         tv._match_track([], [4])
 
 
+def test_engine_route_survives_real_preemption(builtin_small_path):
+    """An engine with too few KV blocks for its requests preempts and re-adds them; the
+    in-engine statistics must still equal the full-vocabulary route's. Its own engine
+    (~25 s), placed before the first test of the shared one so only one runs at a time."""
+    import gc
+
+    from tests.on_vllm.conftest import ENGINE_KWARGS
+    from vllm import LLM
+
+    from tokenwise.sampling.vllm import PROCESSORS
+
+    engine = LLM(model=builtin_small_path, logits_processors=[tv.EntropyRecorder, *PROCESSORS],
+                 worker_extension_cls=tv.WORKER_EXTENSION, num_gpu_blocks_override=12,
+                 block_size=32, disable_log_stats=False, **ENGINE_KWARGS)
+    try:
+        prompts = ["The city of", "3 + 4 =", "Q: Where is the", "In 1990 the", "markov: ka",
+                   "7+2="]
+        params = SamplingParams(temperature=1.0, seed=1, max_tokens=120, ignore_eos=True)
+        by_engine = tv.generate_with_stats(engine, prompts, params, route="engine")
+        preempted = sum(m.value for m in engine.get_metrics()
+                        if m.name == "vllm:num_preemptions")
+        assert preempted > 0, "the engine did not preempt: the test would show nothing"
+        by_logprobs = tv.generate_with_stats(engine, prompts, params, route="logprobs")
+        for a, b in zip(by_engine, by_logprobs, strict=True):
+            assert [r.id for r in a.tokens] == [r.id for r in b.tokens] and len(a.tokens) == 120
+            np.testing.assert_allclose([r.entropy for r in a.tokens],
+                                       [r.entropy for r in b.tokens], atol=ATOL)
+            np.testing.assert_allclose([r.varentropy for r in a.tokens],
+                                       [r.varentropy for r in b.tokens], atol=ATOL)
+    finally:
+        engine.llm_engine.engine_core.shutdown()
+        del engine
+        gc.collect()
+
+
 def test_is_vllm_llm_and_adapter(llm, hf):
     assert tv.is_vllm_llm(llm) and not tv.is_vllm_llm(hf) and not tv.is_vllm_llm("tw-small")
     model = tv.as_vllm_model(llm)
