@@ -388,3 +388,45 @@ def test_engine_route_equals_logprobs_route(llm, hf):
     for x, y in zip(a, b, strict=True):
         _assert_same(x, y)
 
+
+class _ModeConfig:
+    """The engine's model config with another ``logprobs_mode`` (what an engine started
+    with ``LLM(..., logprobs_mode=mode)`` reports); everything else is the real config."""
+
+    def __init__(self, config, mode: str):
+        self._config, self.logprobs_mode = config, mode
+
+    def __getattr__(self, name):
+        return getattr(self._config, name)
+
+
+def with_logprobs_mode(llm, mode: str) -> tv.VLLMModel:
+    model = tv.VLLMModel(llm)
+    model._config = _ModeConfig(model._config, mode)
+    return model
+
+
+def test_logprobs_mode_is_read_from_the_engine_and_checked(llm):
+    real = tv.VLLMModel(llm)
+    assert real.logprobs_mode == llm.llm_engine.model_config.logprobs_mode == "raw_logprobs"
+    params = SamplingParams(temperature=0, max_tokens=2)
+    for mode in ("raw_logits", "processed_logits", "processed_logprobs"):
+        model = with_logprobs_mode(llm, mode)
+        for route in ("logprobs", "engine"):
+            with pytest.raises(TokenwiseError, match=rf"generate_with_stats.*logprobs_mode="
+                                                     rf"'{mode}'.*raw_logprobs"):
+                tv.generate_with_stats(model, "7+5=", params, route=route)
+        with pytest.raises(TokenwiseError, match=rf"sample_logprobs.*'{mode}'.*raw_logprobs"):
+            tv.sample_logprobs(model, "7+5=", params)
+    for mode in ("raw_logits", "processed_logits"):
+        model = with_logprobs_mode(llm, mode)
+        with pytest.raises(TokenwiseError, match=rf"prompt_logprobs.*'{mode}'.*returns logits"):
+            model.prompt_logprobs([[1, 5, 6]])
+        with pytest.raises(TokenwiseError, match=rf"'{mode}'"):
+            tv.prompt_surprisal(model, "7+5=12")
+    # prompt tokens skip every processor: processed_logprobs gives the raw values there
+    ids = real.encode("7+5=12", add_bos=True)
+    np.testing.assert_array_equal(
+        with_logprobs_mode(llm, "processed_logprobs").prompt_logprobs([ids])[0],
+        real.prompt_logprobs([ids])[0])
+

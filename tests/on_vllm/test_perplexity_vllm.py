@@ -66,3 +66,11 @@ def test_compressor_keeps_the_same_words(llm, hf, question):
         r2 = ref.compress(DOCS, rate=rate, question=question)
         assert r1.text == r2.text and r1.tokens_after == r2.tokens_after
         assert ours.last_document_order == ref.last_document_order
+
+
+def test_compressor_refuses_an_engine_that_returns_logits(llm):
+    model = tv.VLLMModel(llm)
+    model._config = type("Cfg", (), {"logprobs_mode": "processed_logits", "__getattr__":
+                                     lambda self, n, c=model._config: getattr(c, n)})()
+    with pytest.raises(TokenwiseError, match=r"logprobs_mode='processed_logits'.*logits"):
+        PerplexityCompressor(model).compress(DOCS, rate=0.5, question=QUESTION)

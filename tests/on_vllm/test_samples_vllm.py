@@ -85,3 +85,15 @@ def test_checks_still_apply(llm):
         sample_answers(llm, QUESTION, temperature=0)
     with pytest.raises(TokenwiseError, match="question"):
         sample_answers(llm, "  ")
+
+
+def test_refuses_an_engine_that_returns_processed_or_logit_values(llm):
+    from tokenwise.models.vllm import VLLMModel
+
+    for mode in ("processed_logprobs", "raw_logits"):
+        model = VLLMModel(llm)
+        model._config = type("Cfg", (), {"logprobs_mode": mode, "__getattr__":
+                                         lambda self, n, c=model._config: getattr(c, n)})()
+        for entropies in (False, True):
+            with pytest.raises(TokenwiseError, match=rf"logprobs_mode='{mode}'.*raw_logprobs"):
+                sample_answers(model, QUESTION, n=2, vllm_entropies=entropies)

@@ -43,7 +43,10 @@ Two ways to get each generated token's entropy and varentropy out of vLLM
    ``SamplingParams`` object and the tokens generated so far; the recorder finds the track
    the request left (by that object, held weakly, and its tokens) and continues it.
 
-``logprobs_mode`` itself only chooses *which* full distribution the first route ships
+Both routes, :func:`sample_logprobs` and prompt surprisal read vLLM's logprobs, so they
+refuse an engine whose ``logprobs_mode`` would make those other values (logits, or the
+processed distribution for generated tokens). ``logprobs_mode`` itself only chooses
+*which* full distribution the first route ships
 (``raw_*`` before, ``processed_*`` after temperature/penalties/processors; ``*_logits``
 unnormalised); none of its options reduces what crosses the boundary, so it cannot carry
 entropy alone. ``benchmarks/vllm_entropy.py`` measures both routes against no logprobs: on
@@ -308,6 +311,33 @@ class VLLMModel:
         """The engine's ``logprobs_mode`` (which distribution its logprobs describe)."""
         return str(getattr(self._config, "logprobs_mode", "raw_logprobs"))
 
+    def check_logprobs_mode(self, what: str, *, prompt_only: bool = False) -> None:
+        """Refuse an engine whose ``logprobs_mode`` does not give the model's raw logprobs.
+
+        Generated tokens need ``"raw_logprobs"`` (vLLM's default): ``*_logits`` modes return
+        logits, and ``"processed_logprobs"`` describes the distribution after temperature,
+        penalties and logits processors. Prompt tokens skip all processing, so for them
+        ``"processed_logprobs"`` gives the raw values too (``prompt_only``).
+
+        Args:
+            what: the function that needs the values (for the message).
+            prompt_only: only prompt logprobs are read.
+
+        Raises:
+            TokenwiseError: an engine in a mode that gives other values.
+        """
+        mode = self.logprobs_mode
+        allowed = ("raw_logprobs", "processed_logprobs") if prompt_only else ("raw_logprobs",)
+        if mode in allowed:
+            return
+        gives = ("logits, not log-probabilities" if mode.endswith("_logits") else
+                 "log-probabilities after temperature, penalties and logits processors")
+        raise TokenwiseError(
+            f"{what} needs the model's raw log-probabilities, but this engine was started "
+            f"with logprobs_mode={mode!r}, which returns {gives}; start it with "
+            f"LLM(..., logprobs_mode='raw_logprobs') (vLLM's default)"
+            + (" or 'processed_logprobs'" if prompt_only else ""))
+
     @property
     def full_vocab_logprobs(self) -> bool:
         """Whether the engine allows ``logprobs=-1`` (started with ``max_logprobs=-1`` or a
@@ -343,10 +373,16 @@ class VLLMModel:
 
         Returns:
             One float64 array of ``len(ids) - 1`` values per prompt.
+
+        Raises:
+            TokenwiseError: a prompt of the wrong length, or an engine whose
+                ``logprobs_mode`` returns logits (``raw_logits``, ``processed_logits``).
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        self.check_logprobs_mode("prompt_logprobs (prompt surprisal, perplexity compression)",
+                                 prompt_only=True)
         limit = self.context_length + 1
         for i, ids in enumerate(prompts):
             if not 2 <= len(ids) <= limit:
@@ -497,8 +533,10 @@ def generate_with_stats(llm: Any, prompts: str | Sequence[str], sampling_params:
         ``row`` in each record is the generation's index in that list.
 
     Raises:
-        TokenwiseError: bad prompts or route, an engine that cannot give full-vocabulary
-            logprobs (``route="logprobs"``) or has no recorder (``route="engine"``).
+        TokenwiseError: bad prompts or route, an engine whose ``logprobs_mode`` is not
+            ``"raw_logprobs"`` (its values would describe logits or the processed
+            distribution), an engine that cannot give full-vocabulary logprobs
+            (``route="logprobs"``) or has no recorder (``route="engine"``).
 
     Example:
         >>> from vllm import LLM, SamplingParams  # doctest: +SKIP
@@ -513,6 +551,8 @@ def generate_with_stats(llm: Any, prompts: str | Sequence[str], sampling_params:
     items = _check_prompts(prompts)
     if route not in ("logprobs", "engine"):
         raise TokenwiseError(f"route={route!r}: allowed 'logprobs' or 'engine'")
+    # both routes read the chosen token's logprob and rank from vLLM's logprobs
+    model.check_logprobs_mode("generate_with_stats (TokenRecord: raw, temperature-1 values)")
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -524,10 +564,6 @@ def generate_with_stats(llm: Any, prompts: str | Sequence[str], sampling_params:
             raise TokenwiseError("this engine limits logprobs below the vocabulary "
                                  f"({model.vocab_size}); start it with LLM(..., "
                                  "max_logprobs=-1), or use route='engine'")
-        if model.logprobs_mode.endswith("_logits"):
-            raise TokenwiseError(f"the engine's logprobs_mode={model.logprobs_mode!r} returns "
-                                 "logits; start it with a *_logprobs mode (raw_logprobs is "
-                                 "what TokenRecord describes)")
         params.logprobs = -1
         params.flat_logprobs = True
         requests = [params] * len(items)
@@ -586,6 +622,9 @@ def sample_logprobs(llm: Any, prompt: str, sampling_params: Any
         One ``(text, token_logprobs or None when no token was kept, finish_reason)`` per
         completion, in vLLM's order (``n`` of them).
 
+    Raises:
+        TokenwiseError: an engine whose ``logprobs_mode`` is not ``"raw_logprobs"``.
+
     Example:
         >>> sample_logprobs(llm, "Q: hi\\nA:", SamplingParams(n=2, seed=0))  # doctest: +SKIP
         [(' a doctor', (-0.2, -1.3), 'stop'), ...]
@@ -595,6 +634,7 @@ def sample_logprobs(llm: Any, prompt: str, sampling_params: Any
     model = as_vllm_model(llm)
     if not isinstance(prompt, str):
         raise TokenwiseError(f"prompt={prompt!r}: allowed a string")
+    model.check_logprobs_mode("sample_logprobs (sampled answers' token logprobs)")
     params = sampling_params.clone()
     params.logprobs = 0
     params.flat_logprobs = True
