@@ -430,3 +430,15 @@ def test_logprobs_mode_is_read_from_the_engine_and_checked(llm):
         with_logprobs_mode(llm, "processed_logprobs").prompt_logprobs([ids])[0],
         real.prompt_logprobs([ids])[0])
 
+
+def test_worker_replies_are_merged_keeping_the_tracks_with_values():
+    # pipeline parallelism: the first stage follows the batch but records no values
+    first_stage = {"a": [([3, 4], [], [])], "b": [([5], [], [])]}
+    last_stage = {"a": [([3, 4], [0.5, 0.25], [0.1, 0.2])], "b": [([5], [0.7], [0.3])]}
+    for replies in ([first_stage, last_stage], [last_stage, first_stage]):
+        assert tv._merge_replies(replies) == last_stage
+    # tensor parallelism: identical replies; a tag only one rank reports is kept; None
+    assert tv._merge_replies([last_stage, last_stage]) == last_stage
+    assert tv._merge_replies([None, {"c": [([1], [0.0], [0.0])]}, {}]) == {
+        "c": [([1], [0.0], [0.0])]}
+    assert tv._merge_replies([]) == {}

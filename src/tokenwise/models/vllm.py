@@ -722,12 +722,25 @@ def _collect_engine_stats(model: VLLMModel, tags: list[str]) -> dict[str, Any]:
         raise TokenwiseError(f"route='engine' needs an engine started with "
                              f"worker_extension_cls={WORKER_EXTENSION!r} and "
                              f"logits_processors=[EntropyRecorder, ...]: {exc}") from exc
-    # with tensor parallelism every rank samples the same logits; pipeline stages without
-    # logits record nothing
+    return _merge_replies(replies)
+
+
+def _merge_replies(replies: Sequence[Any]) -> dict[str, list[tuple]]:
+    """One ``tag -> tracks`` store from every worker's reply.
+
+    Every rank follows the batch, so every rank has a track per request, but only ranks that
+    compute logits fill it: with tensor parallelism every rank holds the same values, with
+    pipeline parallelism only the last stage holds any (the others return tracks without
+    values). Per tag, the reply whose tracks hold the most values is kept.
+    """
+    merged: dict[str, list[tuple]] = {}
+    filled: dict[str, int] = {}
     for reply in replies:
-        if reply:
-            return reply
-    return {}
+        for tag, tracks in (reply or {}).items():
+            count = sum(len(track[1]) for track in tracks)
+            if tag not in merged or count > filled[tag]:
+                merged[tag], filled[tag] = list(tracks), count
+    return merged
 
 
 def _params_ref(params: Any) -> Any:
