@@ -40,17 +40,24 @@ def _serve(app, config):
 
 
 @pytest.fixture(scope="module")
-def vllm_url():
+def vllm_server():
+    """``(url, engine)`` of the one vLLM-backed server of this module."""
     from tokenwise.serving import ServerConfig
     from tokenwise.serving.vllm_engine import VLLMOptions, build_app
 
     config = ServerConfig(port=0, api_key=KEY, max_tokens_limit=200, request_timeout_s=60)
     options = VLLMOptions(gpu_memory_utilization=0.3, max_model_len=256, enforce_eager=True,
                           dtype="float32")
-    url, server, thread = _serve(build_app(config, "tw-small", options), config)
-    yield url
+    app = build_app(config, "tw-small", options)
+    url, server, thread = _serve(app, config)
+    yield url, app.state.engine
     server.should_exit = True
     thread.join(timeout=60)  # the app's shutdown stops vLLM's engine process
+
+
+@pytest.fixture(scope="module")
+def vllm_url(vllm_server):
+    return vllm_server[0]
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +305,70 @@ def test_prompt_compression_runs_before_the_engine_as_on_the_embedded_one(vllm_u
     assert g["compression"]["tokens_after"] < g["compression"]["tokens_before"]
     assert g["prompt"] == r["prompt"]
     assert got.choices[0].message.content == ref.choices[0].message.content
+
+
+# -- regressions from the review of the vLLM engine ----------------------------------------
+
+
+def test_step_stats_equal_a_naive_reduction_of_vllms_flat_rows():
+    from vllm.logprobs import FlatLogprobs
+
+    from tokenwise.serving.vllm_engine import step_stats
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 50, generator=g, dtype=torch.float64)  # (T, V)
+    logits[2, :6] = 3.0  # ties among the best: the engine's rank order breaks them
+    lp = torch.log_softmax(logits, -1)  # (T, V)
+    flat, chosen = FlatLogprobs(), [7, 0, 3, 49]
+    for row, tok in zip(lp, chosen, strict=True):
+        vals, idx = torch.sort(row, descending=True, stable=True)  # as vLLM's top-k: best first
+        flat.append_fast([tok, *idx.tolist()], [float(row[tok]), *vals.tolist()],
+                         iter(range(51)), [None] * 51)
+    got = step_stats(flat, 4, top=5, vocab_size=50)
+    for k, (row, tok) in enumerate(zip(lp, chosen, strict=True)):
+        p = row.exp()
+        assert got[k].logprob == pytest.approx(float(row[tok]))
+        assert got[k].entropy == pytest.approx(float(-(p * row).sum()), abs=1e-9)
+        order = sorted(range(50), key=lambda i: (-float(row[i]), i))[:5]
+        assert [i for i, _ in got[k].top] == order
+        assert [v for _, v in got[k].top] == pytest.approx([float(row[i]) for i in order])
+    assert [s.entropy for s in step_stats(flat, 2, top=0, vocab_size=None)] == [None, None]
+    # positions vLLM rebuilt through dicts (merged stream outputs) hold the sampled token once
+    merged = FlatLogprobs()
+    merged.extend(flat)
+    assert merged.end_indices[0] == 50
+    again = step_stats(merged, 4, top=5, vocab_size=50)
+    assert [s.top for s in again] == [s.top for s in got]
+    assert [s.entropy for s in again] == pytest.approx([s.entropy for s in got], abs=1e-12)
+
+
+def test_logprobs_are_reduced_off_the_event_loop_without_a_dict_per_token(
+        vllm_url, embedded_url, monkeypatch):
+    from vllm.logprobs import FlatLogprobs
+
+    import tokenwise.models.vllm as adapter
+
+    threads, indexed = [], []
+    real_stats, real_getitem = adapter.token_stats, FlatLogprobs.__getitem__
+
+    def stats_spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real_stats(*args, **kwargs)
+
+    def getitem_spy(self, index):
+        if isinstance(index, int):  # one position as a dict of V Logprob objects
+            indexed.append(index)
+        return real_getitem(self, index)
+
+    monkeypatch.setattr(adapter, "token_stats", stats_spy)
+    monkeypatch.setattr(FlatLogprobs, "__getitem__", getitem_spy)
+    kwargs = dict(model="tw-small", prompt="markov: lo", max_tokens=6, temperature=0,
+                  logprobs=2)
+    got = client(vllm_url).completions.create(**kwargs)
+    ref = client(embedded_url).completions.create(**kwargs)
+    assert got.usage.completion_tokens == 6 and not indexed
+    assert len(threads) == 6 and all(t.startswith("tokenwise-logprobs") for t in threads)
+    g, r = got.choices[0].logprobs, ref.choices[0].logprobs
+    assert g.model_extra["token_entropies"] == pytest.approx(
+        r.model_extra["token_entropies"], abs=1e-4)
+    assert [list(a) for a in g.top_logprobs] == [list(b) for b in r.top_logprobs]
