@@ -442,3 +442,32 @@ def test_worker_replies_are_merged_keeping_the_tracks_with_values():
     assert tv._merge_replies([None, {"c": [([1], [0.0], [0.0])]}, {}]) == {
         "c": [([1], [0.0], [0.0])]}
     assert tv._merge_replies([]) == {}
+
+
+def test_recorder_store_is_bounded(monkeypatch):
+    monkeypatch.setattr(tv, "MAX_FINISHED_TAGS", 3)
+    monkeypatch.setattr(tv, "STALE_TAKES", 2)
+    recorder = tv.EntropyRecorder(None, torch.device("cpu"), False)
+
+    def run(tag: str) -> None:  # one request that runs a step and leaves the batch
+        recorder.update_state(BatchUpdate(1, [], [(0, _params(tag), [1], [])], []))
+        recorder.apply(torch.zeros(1, 4))
+        recorder.update_state(BatchUpdate(0, [0], [], []))
+
+    for tag in "abcde":
+        run(tag)
+    assert list(recorder.finished) == ["c", "d", "e"]  # the oldest tags went first
+    # never taken: gone once STALE_TAKES later takes have passed; fresh ones stay
+    assert recorder.take(["e"])["e"] and list(recorder.finished) == ["c", "d"]
+    run("f")
+    recorder.take([])
+    assert list(recorder.finished) == ["c", "d", "f"]
+    recorder.take([])
+    assert list(recorder.finished) == ["f"]
+    assert len(recorder.take(["f"])["f"]) == 1 and recorder.finished == {}
+
+
+def test_engine_route_refuses_more_prompts_than_the_recorder_keeps(llm, monkeypatch):
+    monkeypatch.setattr(tv, "MAX_FINISHED_TAGS", 2)
+    with pytest.raises(TokenwiseError, match=r"3 prompts for route='engine'.*at most 2"):
+        tv.generate_with_stats(llm, ["a", "b", "c"], route="engine")

@@ -152,6 +152,21 @@ def test_rows_follow_add_remove_move_swap(cls, extra, name, params):
         assert sorted(proc.rows) == [i for i, r in enumerate(slots) if asks[r] is not None]
 
 
+def test_sampler_cache_is_bounded_and_results_stay_right(monkeypatch):
+    import tokenwise.sampling.vllm as sv
+
+    monkeypatch.setattr(sv, "MAX_SAMPLERS", 2)
+    proc = TopHLogitsProcessor(None, torch.device("cpu"), False)
+    alphas = [0.3, 0.4, 0.5, 0.6, 0.3]
+    for step, alpha in enumerate(alphas):  # a new request per step, each its own alpha
+        proc.update_state(BatchUpdate(1, [0] if step else [], [(0, _params({"top_h": alpha}),
+                                                                [1], [])], []))
+        logits = _logits(1, seed=step)
+        assert torch.equal(proc.apply(logits.clone()), get("top_h", alpha=alpha)(logits))
+        assert len(proc._samplers) <= 2
+    assert [dict(k)["alpha"] for k in proc._samplers] == [0.6, 0.3]
+
+
 def test_mirostat_mu_follows_each_request_and_learns_from_its_sampled_token():
     proc = MirostatV2LogitsProcessor(None, torch.device("cpu"), False)
     taus = {"a": 2.0, "b": 3.0, "c": 1.5, "d": 2.5}

@@ -92,6 +92,11 @@ __all__ = [
 STATS_KEY = "tokenwise_stats"
 #: ``worker_extension_cls`` that lets :func:`generate_with_stats` collect the recorder's values.
 WORKER_EXTENSION = "tokenwise.models.vllm.StatsWorkerExtension"
+#: :class:`EntropyRecorder` keeps the tracks of at most this many tags that nobody has
+#: taken yet (the oldest tag goes first), and drops a tag once :data:`STALE_TAKES` later
+#: ``take`` calls (one per ``generate_with_stats(route="engine")``) have passed it by.
+MAX_FINISHED_TAGS = 65_536
+STALE_TAKES = 16
 #: How far from 1 the probability mass of a full-vocabulary position may be (float32 sums).
 MASS_TOLERANCE = 1e-4
 
@@ -568,6 +573,10 @@ def generate_with_stats(llm: Any, prompts: str | Sequence[str], sampling_params:
         params.flat_logprobs = True
         requests = [params] * len(items)
     else:
+        if len(items) > MAX_FINISHED_TAGS:
+            raise TokenwiseError(f"{len(items)} prompts for route='engine': the recorder keeps "
+                                 f"at most {MAX_FINISHED_TAGS} requests' statistics until they "
+                                 "are collected; send them in smaller calls")
         params.logprobs = 0
         params.flat_logprobs = True
         requests = []
@@ -814,13 +823,15 @@ def _make_recorder_class() -> type:
         def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
             self.rows: dict[int, _Track] = {}
             # tag -> tracks that left the batch (finished, or removed and maybe re-added
-            # later), oldest tag first
+            # later), oldest tag first; bounded (see _finish and take)
             self.finished: dict[str, list[_Track]] = {}
             self.takes = 0  # how many times take() ran
 
         def _finish(self, track: _Track) -> None:
             track.finished_at = self.takes
             self.finished.setdefault(track.tag, []).append(track)
+            while len(self.finished) > MAX_FINISHED_TAGS:
+                del self.finished[next(iter(self.finished))]  # the oldest tag
 
         def _resume(self, tag: str, params: Any, output_ids: list[int]) -> _Track | None:
             # vLLM removes a request it preempts or does not schedule in a step and later
@@ -897,7 +908,13 @@ def _make_recorder_class() -> type:
             for index in [i for i, t in self.rows.items() if t.tag in wanted]:
                 self._finish(self.rows.pop(index))
             got = {tag: [t.as_tuple() for t in self.finished.pop(tag, [])] for tag in tags}
+            # Tracks nobody asks for (an aborted call, requests sent through `vllm serve`)
+            # go once STALE_TAKES later takes have passed them by.
             self.takes += 1
+            stale = [tag for tag, tracks in self.finished.items()
+                     if all(self.takes - t.finished_at > STALE_TAKES for t in tracks)]
+            for tag in stale:
+                del self.finished[tag]
             return got
 
     EntropyRecorder.__module__ = __name__

@@ -126,6 +126,7 @@ else:  # the module still imports (docs, to_vllm); the processors need vLLM to b
 
 __all__ = [
     "MAX_PARKED",
+    "MAX_SAMPLERS",
     "PROCESSORS",
     "EntropyRegimeLogitsProcessor",
     "EpsilonLogitsProcessor",
@@ -140,6 +141,8 @@ __all__ = [
 
 #: How many removed requests' states a stateful processor (Mirostat) keeps for a re-add.
 MAX_PARKED = 4096
+#: How many samplers (one per distinct parameter set) a stateless processor caches.
+MAX_SAMPLERS = 256
 
 
 def _param_names(name: str) -> list[str]:
@@ -174,7 +177,8 @@ class TokenwiseLogitsProcessor(_VllmLogitsProcessor):
         self.device = torch.device(device)
         self.rows: dict[int, Any] = {}  # batch index -> request state
         self._groups: list[tuple[Sampler, Tensor | None]] | None = None  # None: rebuild
-        self._samplers: dict[tuple, Sampler] = {}  # parameters -> sampler (stateless ones)
+        # parameters -> sampler (stateless ones), least recently used first
+        self._samplers: dict[tuple, Sampler] = {}
         # id(SamplingParams) -> states of removed requests (stateful processors), oldest first
         self._parked: dict[int, list[Any]] = {}
 
@@ -325,9 +329,15 @@ class TokenwiseLogitsProcessor(_VllmLogitsProcessor):
         self._groups = None
 
     def _sampler_for(self, key: tuple) -> Sampler:
-        if key not in self._samplers:
-            self._samplers[key] = get(self.sampler, **dict(key))
-        return self._samplers[key]
+        # least recently used last out: a server whose clients send ever new parameter values
+        # keeps at most MAX_SAMPLERS samplers (they are stateless, so rebuilding one is safe)
+        sampler = self._samplers.pop(key, None)
+        if sampler is None:
+            sampler = get(self.sampler, **dict(key))
+        self._samplers[key] = sampler
+        while len(self._samplers) > MAX_SAMPLERS:
+            del self._samplers[next(iter(self._samplers))]
+        return sampler
 
     def apply(self, logits: Tensor) -> Tensor:
         """Run each group's tokenwise sampler on its rows of ``logits`` (``(B, V)``)."""
