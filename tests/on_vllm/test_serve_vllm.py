@@ -372,3 +372,57 @@ def test_logprobs_are_reduced_off_the_event_loop_without_a_dict_per_token(
     assert g.model_extra["token_entropies"] == pytest.approx(
         r.model_extra["token_entropies"], abs=1e-4)
     assert [list(a) for a in g.top_logprobs] == [list(b) for b in r.top_logprobs]
+
+
+@pytest.mark.parametrize("body, param, fragment", [
+    # passes tokenwise's checks, but vLLM's transport takes 64-bit integers only
+    ({"tokenwise": {"sampler": [{"name": "top_h", "alpha": 0.4, "top_n": 2**70}]}},
+     "tokenwise.sampler", "extra_args"),
+    ({"top_k": 2**70, "temperature": 1.0}, "top_k", "top_k=" + str(2**70)),
+])
+def test_a_value_vllm_refuses_is_a_400_naming_the_field_not_a_timeout(vllm_url, body, param,
+                                                                       fragment):
+    with pytest.raises(openai.BadRequestError) as err:
+        client(vllm_url).completions.create(model="tw-small", prompt="7+2=", max_tokens=2,
+                                            extra_body=body)
+    assert err.value.body["param"] == param and fragment in err.value.body["message"]
+    assert client(vllm_url).completions.create(model="tw-small", prompt="7+2=",
+                                               max_tokens=2).choices[0].text
+
+
+def test_seeds_past_what_vllm_takes_are_a_400(vllm_url):
+    top = 2**63 - 1
+    for seed, n, extra in [(2**64 - 1, 2, None), (top, 2, None),
+                           (top - 2, 1, {"tokenwise": {"uncertainty": {
+                               "method": "predictive_entropy", "n": 3}}})]:
+        with pytest.raises(openai.BadRequestError) as err:
+            client(vllm_url).completions.create(model="tw-small", prompt="7+2=", max_tokens=2,
+                                                n=n, seed=seed, temperature=1.0,
+                                                extra_body=extra)
+        assert err.value.body["param"] == "seed"
+        assert "2**63 - 1" in err.value.body["message"]
+    r = client(vllm_url).completions.create(model="tw-small", prompt="7+2=", max_tokens=2,
+                                            n=2, seed=top - 1, temperature=1.0)
+    assert r.model_extra["tokenwise"]["seeds"] == [top - 1, top]
+
+
+def _prompt_of(lm, size: int) -> str:
+    """A completion prompt of exactly ``size`` tokens, BOS included."""
+    text = "ka " * size
+    while len(lm.encode(text, add_bos=True)) > size:
+        text = text[:-1]
+    assert len(lm.encode(text, add_bos=True)) == size
+    return text
+
+
+def test_vllms_own_request_validation_is_a_400_with_its_message(vllm_server, small,
+                                                                 monkeypatch):
+    url, engine = vllm_server
+    # past tokenwise's own length check, vLLM's input validation refuses the prompt
+    monkeypatch.setattr(engine, "check_plan", lambda plan: None, raising=False)
+    with pytest.raises(openai.BadRequestError) as err:
+        client(url).completions.create(model="tw-small", prompt=_prompt_of(small, 256),
+                                       max_tokens=1)
+    assert "maximum model length" in err.value.body["message"]
+    assert client(url).completions.create(model="tw-small", prompt="7+2=",
+                                          max_tokens=2).choices[0].text

@@ -81,6 +81,8 @@ NEEDS_ENTROPIES = ("mean_token_entropy",)
 #: temperature of the reference answer (``sample_answers``' default).
 REFERENCE_TEMPERATURE = 0.1
 EXECUTOR_BACKENDS = ("mp", "ray", "uni")
+#: largest seed vLLM takes (a signed 64-bit integer, as its own server allows).
+MAX_SEED = 2**63 - 1
 
 
 def vllm_installed() -> bool:
@@ -313,6 +315,13 @@ def step_stats(logprobs: Any, count: int, top: int, vocab_size: int | None) -> l
     return out
 
 
+def _client_error(exc: BaseException) -> bool:
+    """Whether vLLM refused a request for what it asked (its ``VLLMClientError``)."""
+    from vllm.exceptions import VLLMClientError
+
+    return isinstance(exc, VLLMClientError)
+
+
 def _request_id(tag: str) -> str:
     return f"tokenwise-{tag}-{secrets.token_hex(8)}"
 
@@ -394,18 +403,53 @@ class VLLMEngine:
                                 "(the default) for EAD.", param="tokenwise.ead",
                            code="unsupported_on_engine")
         spec = sampler_spec(req)
+        chain = opts is not None and opts.sampler is not None
         try:
-            if opts is not None and opts.sampler is not None:
-                native_and_extra(spec)  # a chain runs as written, or not at all
-            else:
-                native_and_extra(engine_spec(spec))
+            # a chain runs as written, or not at all
+            native, extra = native_and_extra(spec if chain else engine_spec(spec))
         except TokenwiseError as exc:
-            param = "tokenwise.sampler" if opts is not None and opts.sampler is not None \
-                else "temperature"
+            param = "tokenwise.sampler" if chain else "temperature"
             raise APIError(400, f"{param}: {exc} (this server runs on vLLM, which applies "
                                 f"its sampling steps in the order {', '.join(VLLM_ORDER)} "
                                 "with tokenwise's processors after min_p)", param=param,
                            code="invalid_sampler") from None
+        self._check_seed(req)
+        self._check_params(req, native, extra, chain)
+
+    def _check_seed(self, req: ChatCompletionRequest | CompletionRequest) -> None:
+        """Refuse a seed whose last use (``seed + i`` for choice ``i``; ``seed + n`` for
+        uncertainty's reference answer) is past what vLLM takes."""
+        if req.seed is None:
+            return
+        prompts = 1 if isinstance(req, ChatCompletionRequest) or isinstance(req.prompt, str) \
+            else len(req.prompt)
+        offset = prompts * req.n - 1
+        if req.tokenwise is not None and req.tokenwise.uncertainty is not None:
+            offset = max(offset, req.tokenwise.uncertainty.n)
+        if req.seed + offset > MAX_SEED:
+            raise APIError(400, f"seed={req.seed}: choices use seeds up to seed + {offset}, "
+                                f"and vLLM takes seeds up to 2**63 - 1; allowed 0 to "
+                                f"{MAX_SEED - offset} for this request", param="seed")
+
+    def _check_params(self, req: ChatCompletionRequest | CompletionRequest,
+                      native: dict[str, Any], extra: dict[str, Any], chain: bool) -> None:
+        """Build the request's ``SamplingParams`` once here, so what vLLM refuses is a 400
+        naming the field instead of a failure after the request is accepted."""
+        from vllm.exceptions import VLLMClientError
+
+        for name, value in native.items():  # the engine's transport takes 64-bit integers
+            if isinstance(value, int) and not -(2**63) <= value <= MAX_SEED:
+                param = "tokenwise.sampler" if chain else name
+                raise APIError(400, f"{param}: {name}={value} is outside the 64-bit integer "
+                                    "range vLLM takes (-2**63 to 2**63 - 1)", param=param)
+        try:
+            self._params(n=1, max_tokens=req.max_tokens, extra_args=extra or None,
+                         **native, **({} if req.seed is None else {"seed": req.seed}))
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            where = getattr(exc, "parameter", None)
+            param = "tokenwise.sampler" if chain or where == "extra_args" else where
+            raise APIError(400, f"{param or 'request'}: vLLM refuses it: {exc}",
+                           param=param) from None
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn()`` (prompt compression) on a worker thread."""
@@ -432,13 +476,15 @@ class VLLMEngine:
             plan.info["sampler"] = spec.describe()
         native, extra = native_and_extra(spec)
         self.stats.requests += 1
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        queue: asyncio.Queue[Event | tuple[int, APIError]] = asyncio.Queue()
         tasks = [asyncio.ensure_future(self._choice(plan, c, native, extra, queue))
                  for c in range(plan.choices)]
         open_choices = plan.choices
         try:
             while open_choices:
                 c, event = await queue.get()
+                if isinstance(event, APIError):  # vLLM refused the request itself
+                    raise event
                 open_choices -= isinstance(event, FinishEvent)
                 yield c, event
         finally:
@@ -467,6 +513,11 @@ class VLLMEngine:
             score = await self.call(lambda: uncertainty.get(options.method)(samples))
         except TokenwiseError as exc:
             raise APIError(400, f"tokenwise.uncertainty: {exc}",
+                           param="tokenwise.uncertainty") from None
+        except Exception as exc:
+            if not _client_error(exc):
+                raise
+            raise APIError(400, f"tokenwise.uncertainty: vLLM refuses the request: {exc}",
                            param="tokenwise.uncertainty") from None
         return {"method": options.method, "n": options.n, "temperature": options.temperature,
                 "score": float(score), "answers": list(samples.texts)}
@@ -510,16 +561,18 @@ class VLLMEngine:
         stream = TextStream(lambda ids: self.lm.decode(ids, skip_special_tokens=True),
                             plan.stops)
         count, reason = 0, "error"
+        refused: APIError | None = None
         seed = plan.seeds[c]
-        params = self._params(
-            n=1, max_tokens=plan.max_tokens, logprobs=-1 if plan.logprobs else None,
-            flat_logprobs=bool(plan.logprobs), detokenize=False,
-            output_kind=RequestOutputKind.DELTA, extra_args=extra or None,
-            **native, **({} if seed is None else {"seed": seed}))
-        outputs = self.llm.generate(tokens_input(self.lm.encode(prompt, add_bos=True)),
-                                    params, _request_id(str(c)))
-        self.stats.vllm_requests += 1
-        try:
+        outputs = None
+        try:  # whatever fails from here on still ends the choice with an event
+            params = self._params(
+                n=1, max_tokens=plan.max_tokens, logprobs=-1 if plan.logprobs else None,
+                flat_logprobs=bool(plan.logprobs), detokenize=False,
+                output_kind=RequestOutputKind.DELTA, extra_args=extra or None,
+                **native, **({} if seed is None else {"seed": seed}))
+            outputs = self.llm.generate(tokens_input(self.lm.encode(prompt, add_bos=True)),
+                                        params, _request_id(str(c)))
+            self.stats.vllm_requests += 1
             async for out in outputs:
                 comp = out.outputs[0]
                 ids = list(comp.token_ids)
@@ -547,10 +600,18 @@ class VLLMEngine:
         except asyncio.CancelledError:
             self.stats.aborted += 1
             raise
-        except Exception:
-            log.exception("vLLM request failed")
+        except Exception as exc:
+            if _client_error(exc):  # vLLM's own validation (e.g. its length rule): a 400
+                refused = APIError(400, f"vLLM refuses the request: {exc}",
+                                   param=getattr(exc, "parameter", None))
+            else:
+                log.exception("vLLM request failed")
         finally:
-            await outputs.aclose()  # aborts the request in vLLM if it is still running
+            if outputs is not None:
+                await outputs.aclose()  # aborts the request in vLLM if it is still running
+        if refused is not None:
+            queue.put_nowait((c, refused))
+            return
         queue.put_nowait((c, FinishEvent(reason, stream.flush(), stream.text, count)))
 
     async def _sample(self, prompt: str, n: int, temperature: float, seed: int | None,
