@@ -415,6 +415,23 @@ def _prompt_of(lm, size: int) -> str:
     return text
 
 
+def test_at_the_context_limit_vllm_answers_in_full_or_refuses_with_a_400(vllm_url,
+                                                                        embedded_url, small):
+    prompt = _prompt_of(small, 250)
+    kwargs = dict(model="tw-small", prompt=prompt, temperature=0)
+    got = client(vllm_url).completions.create(**kwargs, max_tokens=6)  # 250 + 6 = 256
+    ref = client(embedded_url).completions.create(**kwargs, max_tokens=6)
+    assert got.usage == ref.usage and got.choices[0].text == ref.choices[0].text
+    for size, max_tokens, param in [(250, 7, "max_tokens"), (256, 1, "prompt")]:
+        with pytest.raises(openai.BadRequestError) as err:  # vLLM would give one token less
+            client(vllm_url).completions.create(model="tw-small",
+                                                prompt=_prompt_of(small, size),
+                                                max_tokens=max_tokens)
+        assert err.value.body["code"] == "context_length_exceeded"
+        assert err.value.body["param"] == param
+        assert "256" in err.value.body["message"]
+
+
 def test_vllms_own_request_validation_is_a_400_with_its_message(vllm_server, small,
                                                                  monkeypatch):
     url, engine = vllm_server

@@ -114,6 +114,14 @@ class CompletionService:
         return JSONResponse(work.result())
 
     async def _plan(self, req: ChatCompletionRequest | CompletionRequest, kind: str) -> Plan:
+        plan = await self._plan_checked(req, kind)
+        check_plan = getattr(self.engine, "check_plan", None)
+        if check_plan is not None:  # an engine's own limits on the planned request (vLLM's)
+            check_plan(plan)
+        return plan
+
+    async def _plan_checked(self, req: ChatCompletionRequest | CompletionRequest,
+                            kind: str) -> Plan:
         self.engine.check(req)
         opts = req.tokenwise
         if opts is None or opts.compress is None:

@@ -451,6 +451,26 @@ class VLLMEngine:
             raise APIError(400, f"{param or 'request'}: vLLM refuses it: {exc}",
                            param=param) from None
 
+    def check_plan(self, plan: Plan) -> None:
+        """Refuse (400) a request past vLLM's length rule, before any response is sent.
+
+        vLLM counts prompt plus completion against ``max_model_len`` (it never samples the
+        token after the last position), one token stricter than the embedded engine's
+        ``prompt + max_tokens - 1``; at that boundary vLLM would return one token fewer
+        than asked, so the request is refused instead.
+        """
+        longest, limit = max(plan.prompt_tokens), self.lm.context_length
+        if longest + plan.max_tokens > limit:
+            fits = limit - longest
+            advice = f"lower max_tokens to {fits}" if fits > 0 else "shorten the prompt"
+            raise APIError(400, f"This model's maximum context length is {limit} tokens "
+                                f"(prompt plus completion, as vLLM counts them); the prompt "
+                                f"has {longest} and max_tokens={plan.max_tokens} would pass "
+                                f"it. Shorten the prompt or {advice}.",
+                           param="max_tokens" if fits > 0 else
+                           ("messages" if plan.kind == "chat" else "prompt"),
+                           code="context_length_exceeded")
+
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn()`` (prompt compression) on a worker thread."""
         self.stats.calls += 1
