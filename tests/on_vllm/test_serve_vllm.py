@@ -443,3 +443,24 @@ def test_vllms_own_request_validation_is_a_400_with_its_message(vllm_server, sma
     assert "maximum model length" in err.value.body["message"]
     assert client(url).completions.create(model="tw-small", prompt="7+2=",
                                           max_tokens=2).choices[0].text
+
+
+def test_every_end_of_text_id_ends_the_answer_and_is_left_out(vllm_server, embedded_url,
+                                                              small):
+    url, engine = vllm_server
+    kwargs = dict(model="tw-small", messages=[{"role": "user", "content": QUESTION}],
+                  max_tokens=16, temperature=0, logprobs=True)
+    ref = client(embedded_url).chat.completions.create(**kwargs)
+    ids = token_ids(small, ref.choices[0].logprobs.content)
+    j = next(k for k in range(1, len(ids)) if ids[k] not in ids[:k])
+    saved = engine.end_ids
+    # a model whose generation config lists a second end-of-text id (Llama-3 style)
+    engine.end_ids = saved | {ids[j]}
+    try:
+        got = client(url).chat.completions.create(**kwargs)
+    finally:
+        engine.end_ids = saved
+    g = got.choices[0]
+    assert g.finish_reason == "stop" and got.usage.completion_tokens == j
+    assert token_ids(small, g.logprobs.content) == ids[:j]
+    assert g.message.content == small.decode(ids[:j], skip_special_tokens=True)

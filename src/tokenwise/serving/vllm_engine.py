@@ -363,6 +363,10 @@ class VLLMEngine:
         self.stats = VLLMStats()
         self.llm: Any = None
         self.vocab_size = self.lm.vocab_size  # vLLM's own once started
+        #: end-of-text ids: the tokenizer's and any more the generation config lists
+        #: (vLLM stops on each; the stop token is not part of the answer, as embedded)
+        self.end_ids: frozenset[int] = frozenset(
+            () if self.lm.eos_token_id is None else (self.lm.eos_token_id,))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenwise-call")
         # logprob reductions (a vocabulary-sized row per token) stay off the event loop
         self._stats_pool = ThreadPoolExecutor(max_workers=2,
@@ -380,6 +384,9 @@ class VLLMEngine:
         self.llm = AsyncLLM.from_engine_args(args)
         self.lm._context_length = int(self.llm.model_config.max_model_len)
         self.vocab_size = int(self.llm.model_config.get_vocab_size())  # logprob row width
+        listed = self.llm.model_config.try_get_generation_config().get("eos_token_id")
+        listed = [listed] if isinstance(listed, int) else list(listed or ())
+        self.end_ids = self.end_ids | frozenset(int(i) for i in listed)
 
     async def stop(self) -> None:
         """Shut the engine's processes down."""
@@ -549,6 +556,20 @@ class VLLMEngine:
 
         return SamplingParams(**kwargs)
 
+    def _stop_ids(self) -> list[int] | None:
+        """End-of-text ids besides the tokenizer's (vLLM adds the generation config's too;
+        named here so the engine and the trimming below agree on one set)."""
+        return sorted(self.end_ids - {self.lm.eos_token_id}) or None
+
+    def _ended(self, comp: Any) -> bool:
+        """Whether ``comp`` ended on an end-of-text token (its last id), which the answer
+        leaves out: vLLM reports the tokenizer's EOS with ``stop_reason`` None and another
+        end id with that id."""
+        ids = comp.token_ids
+        return (comp.finish_reason == "stop" and len(ids) > 0
+                and (comp.stop_reason is None
+                     or (comp.stop_reason == ids[-1] and ids[-1] in self.end_ids)))
+
     async def _step_stats(self, logprobs: Any, count: int, top: int,
                           full: bool) -> list[StepStats]:
         """:func:`step_stats` on a worker thread (None logprobs: none asked for)."""
@@ -588,6 +609,7 @@ class VLLMEngine:
             params = self._params(
                 n=1, max_tokens=plan.max_tokens, logprobs=-1 if plan.logprobs else None,
                 flat_logprobs=bool(plan.logprobs), detokenize=False,
+                stop_token_ids=self._stop_ids(),
                 output_kind=RequestOutputKind.DELTA, extra_args=extra or None,
                 **native, **({} if seed is None else {"seed": seed}))
             outputs = self.llm.generate(tokens_input(self.lm.encode(prompt, add_bos=True)),
@@ -596,7 +618,7 @@ class VLLMEngine:
             async for out in outputs:
                 comp = out.outputs[0]
                 ids = list(comp.token_ids)
-                if comp.finish_reason == "stop" and comp.stop_reason is None and ids:
+                if self._ended(comp):
                     ids = ids[:-1]  # end-of-text: not a token of the answer (as embedded)
                 steps = await self._step_stats(comp.logprobs, len(ids), plan.top_logprobs,
                                                full=True)
@@ -646,7 +668,8 @@ class VLLMEngine:
         params = self._params(
             n=n, temperature=temperature, seed=seed, max_tokens=plan.max_tokens,
             stop=list(plan.stops) or None, logprobs=-1 if entropies else 0,
-            flat_logprobs=True, output_kind=RequestOutputKind.FINAL_ONLY,
+            flat_logprobs=True, stop_token_ids=self._stop_ids(),
+            output_kind=RequestOutputKind.FINAL_ONLY,
             skip_special_tokens=True)
         final = None
         self.stats.vllm_requests += 1
@@ -657,8 +680,8 @@ class VLLMEngine:
         answers = []
         for comp in sorted(final.outputs, key=lambda o: o.index):
             ids = list(comp.token_ids)
-            eos = comp.finish_reason == "stop" and comp.stop_reason is None
-            if eos and ids:
+            eos = self._ended(comp)
+            if eos:
                 ids = ids[:-1]
             steps = await self._step_stats(comp.logprobs, len(ids), 0, full=entropies)
             logprobs = [s.logprob for s in steps]
