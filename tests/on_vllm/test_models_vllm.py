@@ -471,3 +471,30 @@ def test_engine_route_refuses_more_prompts_than_the_recorder_keeps(llm, monkeypa
     monkeypatch.setattr(tv, "MAX_FINISHED_TAGS", 2)
     with pytest.raises(TokenwiseError, match=r"3 prompts for route='engine'.*at most 2"):
         tv.generate_with_stats(llm, ["a", "b", "c"], route="engine")
+
+
+def test_any_token_vllm_stops_on_ends_the_text(llm):
+    from types import SimpleNamespace
+
+    def done(ids, reason, stop_reason):
+        return SimpleNamespace(token_ids=ids, finish_reason=reason, stop_reason=stop_reason)
+
+    # in the engine: stopping on a token id gives the same records as before it, no more
+    prompt = "The code of Tavoun is"
+    free = tv.generate_with_stats(llm, prompt, SamplingParams(temperature=0, max_tokens=8))[0]
+    ids = [r.id for r in free.tokens]
+    k = next(i for i in range(1, len(ids)) if ids[i] not in ids[:i])
+    params = SamplingParams(temperature=0, max_tokens=8, stop_token_ids=[ids[k]])
+    for route in ("logprobs", "engine"):
+        cut = tv.generate_with_stats(llm, prompt, params, route=route)[0]
+        assert cut.finish_reason == "eos" and [r.id for r in cut.tokens] == ids[:k]
+        assert [r.entropy for r in cut.tokens] == pytest.approx(
+            [r.entropy for r in free.tokens[:k]], abs=ATOL)
+    (_, lps, reason), = tv.sample_logprobs(llm, prompt, params)
+    assert reason == "eos" and lps == pytest.approx([r.logprob for r in free.tokens[:k]],
+                                                     abs=ATOL)
+    # a Llama-3 style model: EOS 2 from the tokenizer, 7 another EOS of generation_config
+    assert tv._kept_tokens(done([5, 6, 7], "stop", 7), 2) == [5, 6]
+    assert tv._kept_tokens(done([5, 6, 2], "stop", None), 2) == [5, 6]
+    assert tv._kept_tokens(done([5, 6, 7], "stop", "\n"), 2) == [5, 6, 7]  # a stop string
+    assert tv._kept_tokens(done([5, 6, 7], "length", None), 2) == [5, 6, 7]

@@ -446,6 +446,21 @@ def _finish_reason(completion: Any, eos: int | None) -> str:
     return str(completion.finish_reason)
 
 
+def _kept_tokens(completion: Any, eos: int | None) -> list[int]:
+    """The completion's tokens without the end-of-text token that ended it.
+
+    vLLM stops on the tokenizer's EOS (``stop_reason None``) and on every other EOS id of the
+    model's generation config and any ``stop_token_ids`` (``stop_reason`` = that id); each
+    is end-of-text, which :func:`tokenwise.generate` does not record as a token.
+    """
+    tokens = list(completion.token_ids)
+    if not tokens or _finish_reason(completion, eos) != "eos":
+        return tokens
+    reason = completion.stop_reason
+    end = reason if isinstance(reason, int) and not isinstance(reason, bool) else eos
+    return tokens[:-1] if end is not None and tokens[-1] == end else tokens
+
+
 def _position_rows(logprobs: Any, n_tokens: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
     """Full-vocabulary ``(T, V)`` logprobs and ids from vLLM's per-position containers."""
     rows = np.empty((n_tokens, vocab), dtype=np.float64)
@@ -475,11 +490,7 @@ def _records(model: VLLMModel, completion: Any, row: int, route: str,
              engine_stats: tuple[list[float], list[float]] | None) -> list[Any]:
     from tokenwise.generation import TokenRecord
 
-    tokens = list(completion.token_ids)
-    eos = model.eos_token_id
-    if tokens and eos is not None and tokens[-1] == eos and _finish_reason(completion, eos) \
-            == "eos":
-        tokens = tokens[:-1]  # tokenwise.generate records no EOS token
+    tokens = _kept_tokens(completion, model.eos_token_id)
     n = len(tokens)
     if n == 0:
         return []
@@ -520,7 +531,9 @@ def generate_with_stats(llm: Any, prompts: str | Sequence[str], sampling_params:
     describe the model's own (raw, temperature-1) distribution at that step, as in
     :func:`tokenwise.generate`; an end-of-text token ends the generation (``finish_reason
     "eos"``) without a record of its own, and a stop string cuts the text (``"stop"``) while
-    the token that completed it keeps its record.
+    the token that completed it keeps its record. End-of-text is any token vLLM stops on:
+    the tokenizer's EOS, the other EOS ids of the model's generation config (Llama-3
+    style), and ``stop_token_ids``.
 
     Args:
         llm: a ``vllm.LLM`` (or :class:`VLLMModel`).
@@ -620,7 +633,8 @@ def sample_logprobs(llm: Any, prompt: str, sampling_params: Any
 
     The request asks for ``logprobs=0``: vLLM then returns the chosen token's raw
     (temperature-1) logprob and no others, one value per token whatever the vocabulary. The
-    end-of-text token is left out as in :func:`generate_with_stats`.
+    end-of-text token (any token vLLM stopped on) is left out as in
+    :func:`generate_with_stats`.
 
     Args:
         llm: a ``vllm.LLM`` (or :class:`VLLMModel`).
@@ -653,9 +667,7 @@ def sample_logprobs(llm: Any, prompt: str, sampling_params: Any
     result = []
     for completion in sorted(out.outputs, key=lambda c: c.index):
         reason = _finish_reason(completion, eos)
-        tokens = list(completion.token_ids)
-        if tokens and reason == "eos" and tokens[-1] == eos:
-            tokens = tokens[:-1]
+        tokens = _kept_tokens(completion, eos)
         flat = completion.logprobs
         values = []
         for t, tok in enumerate(tokens):
