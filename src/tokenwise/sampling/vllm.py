@@ -85,7 +85,9 @@ What that means for a user:
 * The entropy regime applies its own temperatures on top of vLLM's: use
   ``temperature=1.0`` with it.
 * Logprobs: vLLM returns raw (pre-processor) logprobs by default; start the engine with
-  ``logprobs_mode="processed_logprobs"`` to see the distribution after our processors.
+  ``logprobs_mode="processed_logprobs"`` to see the distribution after our processors
+  (tokenwise's own readers, :func:`tokenwise.models.vllm.generate_with_stats` and
+  ``sample_answers``, need the raw ones and refuse such an engine).
 * vLLM refuses custom logits processors with speculative decoding and pooling models.
 
 vLLM also loads logits processors from the entry-point group ``vllm.logits_processors``
