@@ -29,6 +29,10 @@ def _entry(rank: int, worker, store: str, args: tuple) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         worker(rank, *args)
+        # Every rank done (and DDP's reducer idle) before the group goes: tearing it down while
+        # the other rank still talks to it aborted a rank once under load ("terminate called
+        # without an active exception"). Skipped after a failure, where it could hang.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
