@@ -106,3 +106,35 @@ def test_streaming_checks_arguments_at_the_call(small):
 def test_greedy_generations_record_no_seed(small):
     assert tw.generate(small, "hi", max_new_tokens=2, seed=3).seed is None
     assert tw.generate(small, "hi", "top_p", max_new_tokens=2, seed=3).seed == 3
+
+
+def test_every_generation_config_end_id_stops_as_in_transformers():
+    # Llama-3-style models list several end-of-text ids in generation_config.json: a copy of
+    # tw-small given the id it greedily writes third as a second EOS must stop right before it,
+    # as transformers' generate does, and say "eos".
+    import copy
+
+    from tokenwise.models import LanguageModel, load
+
+    base = load("tw-small")
+    prompt = "markov: ka ro"
+    free = tw.generate(base, prompt, max_new_tokens=6)
+    third = free.tokens[2].id
+    assert third != base.eos_token_id
+    hf = copy.deepcopy(base.hf_model)
+    hf.generation_config.eos_token_id = [base.eos_token_id, third]
+    lm = LanguageModel(hf, base.tokenizer, name="tw-small-two-eos")
+    assert lm.end_token_ids == {base.eos_token_id, third}
+    gen = tw.generate(lm, prompt, max_new_tokens=6)
+    assert [t.id for t in gen.tokens] == [t.id for t in free.tokens[:2]]
+    assert gen.finish_reason == "eos"
+    ids = torch.tensor([lm.encode(prompt, add_bos=True)])
+    theirs = hf.generate(ids, max_new_tokens=6, do_sample=False,
+                         pad_token_id=lm.tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+    assert theirs == [t.id for t in gen.tokens] + [third]  # transformers keeps the EOS it hit
+
+    from tokenwise.generation.ead import generate_ead
+
+    ead = generate_ead(lm, lm, prompt, up=100.0, max_new_tokens=6)  # the small one writes all
+    assert [t.id for t in ead.tokens] == [t.id for t in free.tokens[:2]]
+    assert ead.finish_reason == "eos"

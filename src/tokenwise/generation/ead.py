@@ -225,7 +225,7 @@ def generate_ead(
                 and run >= min_run:
             active = "small"  # hands back from the next token on
         lm = runners[producer].lm
-        if tok == lm.eos_token_id:
+        if tok in lm.end_token_ids:
             result.finish_reason = "eos"
             break
         chosen = torch.tensor([tok], device=logits.device)

@@ -131,6 +131,7 @@ def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
                           seed=None if sampler is None else s)
                for p, e, s in zip(prompts, encoded, seeds, strict=True)]
     done = [False] * batch
+    ends = lm.end_token_ids
     for step in range(max_new_tokens):
         raw = out.logits[:, -1].float()  # (B, V) the model's own distribution
         if sampler is None:
@@ -145,7 +146,7 @@ def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
         for i, tok in enumerate(chosen.tolist()):
             if done[i]:
                 continue
-            if tok == lm.eos_token_id:
+            if tok in ends:
                 done[i], results[i].finish_reason = True, "eos"
                 continue
             generated[i].append(tok)

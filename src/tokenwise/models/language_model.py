@@ -147,6 +147,28 @@ class LanguageModel:
         """The end-of-text token, if the tokenizer has one."""
         return end_token_id(self.tokenizer)
 
+    @property
+    def end_token_ids(self) -> frozenset[int]:
+        """Every token that ends a text: the tokenizer's EOS and the generation config's.
+
+        Models such as Llama 3 list several end-of-text ids in ``generation_config.json``
+        (``eos_token_id`` as a list); transformers' ``generate`` stops on any of them, and so
+        does :func:`tokenwise.generate`.
+
+        Example:
+            >>> from tokenwise.models import load
+            >>> sorted(load("tw-small").end_token_ids)
+            [2]
+        """
+        ids = set()
+        if self.eos_token_id is not None:
+            ids.add(self.eos_token_id)
+        config = getattr(self.hf_model, "generation_config", None)
+        extra = getattr(config, "eos_token_id", None)
+        if extra is not None:
+            ids.update(int(t) for t in (extra if isinstance(extra, (list, tuple)) else [extra]))
+        return frozenset(ids)
+
     def num_parameters(self) -> int:
         """Number of distinct parameters (tied embeddings counted once)."""
         return count_parameters(self.hf_model)
