@@ -83,6 +83,7 @@ __all__ = [
     "as_vllm_model",
     "generate_with_stats",
     "is_vllm_llm",
+    "position_entries",
     "prompt_surprisal",
     "sample_logprobs",
     "token_stats",
@@ -461,22 +462,40 @@ def _kept_tokens(completion: Any, eos: int | None) -> list[int]:
     return tokens[:-1] if end is not None and tokens[-1] == end else tokens
 
 
+def position_entries(logprobs: Any, t: int, vocab: int) -> tuple[Sequence[int], Sequence[float]]:
+    """Step ``t``'s ``(ids, logprobs)`` from vLLM's per-position logprobs, each id once.
+
+    vLLM's sampler writes the sampled token first, then its top-k (the whole vocabulary
+    under ``logprobs=-1``), so a flat step of ``vocab + 1`` entries holds the sampled token
+    twice and its first entry is dropped; dict steps (and flat ones vLLM rebuilt through
+    dicts when merging streamed outputs) hold each id once already.
+
+    Args:
+        logprobs: a completion's ``logprobs`` (``FlatLogprobs`` or a list of dicts).
+        t: the step.
+        vocab: the vocabulary size (the full-vocabulary width of a step).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> flat = SimpleNamespace(start_indices=[0], end_indices=[3], token_ids=[1, 1, 0],
+        ...                        logprobs=[-0.29, -0.29, -1.39])
+        >>> position_entries(flat, 0, vocab=2)
+        ([1, 0], [-0.29, -1.39])
+    """
+    if hasattr(logprobs, "start_indices") and hasattr(logprobs, "token_ids"):
+        a, b = logprobs.start_indices[t], logprobs.end_indices[t]
+        a = a + 1 if b - a == vocab + 1 else a
+        return logprobs.token_ids[a:b], logprobs.logprobs[a:b]
+    entry = logprobs[t]
+    return list(entry.keys()), [lp.logprob for lp in entry.values()]
+
+
 def _position_rows(logprobs: Any, n_tokens: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
     """Full-vocabulary ``(T, V)`` logprobs and ids from vLLM's per-position containers."""
     rows = np.empty((n_tokens, vocab), dtype=np.float64)
     ids = np.empty((n_tokens, vocab), dtype=np.int64)
-    flat = hasattr(logprobs, "start_indices") and hasattr(logprobs, "token_ids")
     for t in range(n_tokens):
-        if flat:
-            a, b = logprobs.start_indices[t], logprobs.end_indices[t]
-            # the sampler puts the chosen token first, then the whole vocabulary
-            a = b - vocab if b - a == vocab + 1 else a
-            tok = logprobs.token_ids[a:b]
-            val = logprobs.logprobs[a:b]
-        else:
-            entry = logprobs[t]
-            tok = list(entry.keys())
-            val = [lp.logprob for lp in entry.values()]
+        tok, val = position_entries(logprobs, t, vocab)
         if len(tok) != vocab:
             raise TokenwiseError(
                 f"vLLM returned {len(tok)} logprobs at step {t} for a vocabulary of {vocab}; "

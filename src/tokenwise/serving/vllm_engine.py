@@ -262,13 +262,14 @@ def _position(logprobs: Any, k: int, vocab_size: int) -> tuple[float, Any, Any]:
     vLLM writes the sampled token first, then its top-k (under ``logprobs=-1`` the whole
     vocabulary, best first), so the sampled token is there twice; when vLLM merges streamed
     outputs it rebuilds positions through dicts, which keep it once, first."""
+    from tokenwise.models.vllm import position_entries
+
     if hasattr(logprobs, "start_indices"):  # FlatLogprobs: slices of flat lists, no dicts
-        a, b = logprobs.start_indices[k], logprobs.end_indices[k]
-        first = a + 1 if b - a == vocab_size + 1 else a
-        return logprobs.logprobs[a], logprobs.token_ids[first:b], logprobs.logprobs[first:b]
-    position = logprobs[k]  # a dict[int, Logprob] (no flat logprobs): the sampled token first
-    chosen = next(iter(position.values())).logprob
-    return chosen, list(position), [lp.logprob for lp in position.values()]
+        chosen = logprobs.logprobs[logprobs.start_indices[k]]
+    else:  # a dict[int, Logprob] (no flat logprobs): the sampled token first
+        chosen = next(iter(logprobs[k].values())).logprob
+    ids, values = position_entries(logprobs, k, vocab_size)
+    return chosen, ids, values
 
 
 def step_stats(logprobs: Any, count: int, top: int, vocab_size: int | None) -> list[StepStats]:
