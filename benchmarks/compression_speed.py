@@ -27,10 +27,20 @@ positions (it assumes 512). The text is given on one line after a space: llmling
 glues a line break to the next word in a byte-level vocabulary (ours opens a word there),
 and its merge needs every chunk to open with a marked piece.
 
+``--device cuda`` runs both on one GPU: ours gets ``device="cuda"``, llmlingua its
+``device_map="cuda"`` (both stay float32), and each side's model time is then the sum of its
+classifier's forward calls with ``torch.cuda.synchronize()`` before and after each, so work
+queued on the GPU is counted as model time, not as the rest (our per-stage comment line keeps
+our own ``timings``, whose "model" also holds the softmax and the copy back to the CPU).
+``--threads`` stays the number
+of CPU threads torch uses (tokenizing, merging, the CPU side of each call).
+Everything is offline: the classifiers are built or copied into a temporary directory.
+
 Run:
     .venv/bin/python benchmarks/compression_speed.py                 # every classifier
     .venv/bin/python benchmarks/compression_speed.py --sizes builtin tiny small --repeats 7 \
         --threads 1
+    .venv/bin/python benchmarks/compression_speed.py --device cuda --out cuda.md
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import string
@@ -160,8 +171,42 @@ class _Encoding:
                                    add_special_tokens=False).ids
 
 
+class Mismatch(Exception):
+    """Our decisions differ from llmlingua's, so timing them would compare unequal work."""
+
+
+def _sync(device: str) -> None:
+    """Wait for the GPU's queued work (a no-op on CPU), so a clock reads finished work."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(model, device: str, clock: list[float]) -> None:
+    """Make ``model``'s forward calls add their (synchronized) seconds to ``clock[0]``."""
+    forward = model.forward
+
+    def timed_forward(*args, **kwargs):
+        _sync(device)
+        t = time.perf_counter()
+        out = forward(*args, **kwargs)
+        _sync(device)
+        clock[0] += time.perf_counter() - t
+        return out
+
+    model.forward = timed_forward
+
+
+def _check_placed(model, device: str, who: str) -> None:
+    params = list(model.parameters())
+    where = {p.device.type for p in params}
+    dtypes = {p.dtype for p in params}
+    if where != {device} or dtypes != {torch.float32}:
+        raise SystemExit(f"{who}'s classifier is on {where} in {dtypes}; wanted {device} "
+                         "in torch.float32")
+
+
 def run(size: str, text: str, repeats: int, rate: float, our_batch: int | None = None,
-        ref_batch: int = 50) -> dict[str, float]:
+        ref_batch: int = 50, device: str = "cpu") -> dict[str, float]:
     from llmlingua import prompt_compressor
 
     from tokenwise.compression import TokenCounter
@@ -181,37 +226,43 @@ def run(size: str, text: str, repeats: int, rate: float, our_batch: int | None =
             counter.tokenizer, marker)
         try:
             ref = prompt_compressor.PromptCompressor(
-                model_name=str(path), use_llmlingua2=True, device_map="cpu",
+                model_name=str(path), use_llmlingua2=True, device_map=device,
                 llmlingua2_config={"max_batch_size": ref_batch})
         finally:
             prompt_compressor.tiktoken.encoding_for_model = real
-        ours = TokenClassifierCompressor(path, **(
+        # llmlingua's "auto" dtype on "cuda" follows the saved config (float32); make sure.
+        ref.model.float()
+        ours = TokenClassifierCompressor(path, device=device, **(
             {} if our_batch is None else {"batch_size": our_batch}))
         ref.max_seq_len = ours.max_length  # llmlingua assumes 512 positions
         params = sum(p.numel() for p in ours.model.parameters())
+        _check_placed(ref.model, device, "llmlingua")
+        _check_placed(ours.model, device, "ours")
 
-        model_time = [0.0]
-        forward = ref.model.forward
-
-        def timed_forward(*args, **kwargs):
-            t = time.perf_counter()
-            out = forward(*args, **kwargs)
-            model_time[0] += time.perf_counter() - t
-            return out
-
-        ref.model.forward = timed_forward
+        ref_clock, our_clock = [0.0], [0.0]
+        _timed(ref.model, device, ref_clock)
+        if device == "cuda":
+            # On a GPU our own ``timings["model"]`` would count the same finished work (it
+            # ends on a copy back to the CPU), but clock both sides the same way.
+            _timed(ours.model, device, our_clock)
 
         def reference_call():
-            model_time[0] = 0.0
+            _sync(device)
+            ref_clock[0] = 0.0
             t = time.perf_counter()
             res = ref.compress_prompt(text, rate=rate, return_word_label=True)
-            return time.perf_counter() - t, model_time[0], res
+            _sync(device)
+            return time.perf_counter() - t, ref_clock[0], res
 
         def our_call(percentile):
+            _sync(device)
+            our_clock[0] = 0.0
             t = time.perf_counter()
             res = ours.compress(text, rate=rate, percentile=percentile, protect=False,
                                 target_model=counter)
-            return time.perf_counter() - t, res.timings["model"], res
+            _sync(device)
+            model = our_clock[0] if device == "cuda" else res.timings["model"]
+            return time.perf_counter() - t, model, res
 
         # Same decisions first (then the timings compare equal work).
         _, _, ref_res = reference_call()
@@ -221,7 +272,12 @@ def run(size: str, text: str, repeats: int, rate: float, our_batch: int | None =
         same = (ref_words == our_res.words
                 and [int(b) for _, b in pairs] == our_res.keep.astype(int).tolist())
         if not same:
-            raise SystemExit(f"{size}: our kept words differ from llmlingua's; not timing")
+            if ref_words != our_res.words:
+                why = f"words differ ({len(ref_words)} theirs, {len(our_res.words)} ours)"
+            else:
+                flips = sum(int(b) != k for (_, b), k in zip(pairs, our_res.keep, strict=True))
+                why = f"{flips} of {len(pairs)} keep decisions differ"
+            raise Mismatch(f"{size}: our kept words differ from llmlingua's ({why}); not timed")
 
         rows: dict[str, list[tuple[float, float]]] = {"llmlingua": [], "ours chunk": [],
                                                        "ours global": []}
@@ -258,29 +314,67 @@ def main() -> None:
     parser.add_argument("--ref-batch-size", type=int, default=50,
                         help="chunks per forward pass for llmlingua (its default: 50)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for both (default: torch's choice)")
+                        help="CPU threads torch uses, for both (default: torch's choice)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where both classifiers run (default: cpu)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the printed lines to this file")
     args = parser.parse_args()
+    # Offline always: every model is read from a local directory.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA GPU (torch.cuda.is_available() "
+                         f"is False; torch {torch.__version__}, built for CUDA "
+                         f"{torch.version.cuda}); use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = args.out.open("w", encoding="utf-8") if args.out else None
+
+    def emit(line: str = "") -> None:
+        print(line, flush=True)
+        if out is not None:  # line by line, so a cut-off run keeps what it measured
+            out.write(line + "\n")
+            out.flush()
+
+    import transformers
+
+    where = ("cpu" if args.device == "cpu"
+             else f"cuda ({torch.cuda.get_device_name()}, CUDA {torch.version.cuda})")
     text = make_text(args.words)
-    print(f"text: {len(text.split())} words, rate {args.rate}, torch threads "
-          f"{torch.get_num_threads()}, median of {args.repeats}, batch size llmlingua "
-          f"{args.ref_batch_size}, ours {args.our_batch_size or 'default (16)'}\n")
-    print("| classifier | params | who | total s | model s | rest s | speed-up (total) |")
-    print("|---|---|---|---|---|---|---|")
-    for size in args.sizes:
-        r = run(size, text, args.repeats, args.rate, args.our_batch_size, args.ref_batch_size)
-        base_total = r["llmlingua"][0]
-        for who in ("llmlingua", "ours chunk", "ours global"):
-            total, model = r[who]
-            print(f"| {size} | {r['params'] / 1e6:.2f}M | {who} | {total:.3f} | {model:.3f} | "
-                  f"{total - model:.3f} | {base_total / total:.2f}x |")
-        stages = ", ".join(f"{k} {1000 * v:.1f}" for k, v in r["chunk_stages"].items())
-        ratios = ", ".join(f"{x:.2f}" for x in sorted(r["ratios"]))
-        print(f"<!-- {size}: {r['words']} words, {r['model_tokens']} classifier tokens; "
-              f"kept words equal llmlingua's: {r['same']}; global rate met: "
-              f"{r['global_rate']:.4f}; ours chunk, median ms: {stages}; per-repeat "
-              f"llmlingua/ours-chunk ratios: {ratios} -->")
+    emit(f"device: {where}; torch {torch.__version__}, transformers {transformers.__version__}")
+    emit(f"text: {len(text.split())} words, rate {args.rate}, torch threads "
+         f"{torch.get_num_threads()}, median of {args.repeats}, batch size llmlingua "
+         f"{args.ref_batch_size}, ours {args.our_batch_size or 'default (16)'}")
+    emit()
+    emit("| classifier | params | who | total s | model s | rest s | speed-up (total) |")
+    emit("|---|---|---|---|---|---|---|")
+    failed = []
+    try:
+        for size in args.sizes:
+            try:
+                r = run(size, text, args.repeats, args.rate, args.our_batch_size,
+                        args.ref_batch_size, args.device)
+            except Mismatch as exc:  # the other sizes still get measured
+                emit(f"<!-- {exc} -->")
+                failed.append(size)
+                continue
+            base_total = r["llmlingua"][0]
+            for who in ("llmlingua", "ours chunk", "ours global"):
+                total, model = r[who]
+                emit(f"| {size} | {r['params'] / 1e6:.2f}M | {who} | {total:.3f} | "
+                     f"{model:.3f} | {total - model:.3f} | {base_total / total:.2f}x |")
+            stages = ", ".join(f"{k} {1000 * v:.1f}" for k, v in r["chunk_stages"].items())
+            ratios = ", ".join(f"{x:.2f}" for x in sorted(r["ratios"]))
+            emit(f"<!-- {size}: {r['words']} words, {r['model_tokens']} classifier tokens; "
+                 f"kept words equal llmlingua's: {r['same']}; global rate met: "
+                 f"{r['global_rate']:.4f}; ours chunk, median ms: {stages}; per-repeat "
+                 f"llmlingua/ours-chunk ratios: {ratios} -->")
+    finally:
+        if out is not None:
+            out.close()
+    if failed:
+        raise SystemExit(f"not timed, decisions differ: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
