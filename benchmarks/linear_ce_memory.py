@@ -250,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--v", type=int)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=3, help="rounds (one process per case each)")
+    parser.add_argument("--inner", type=int,
+                        help="timed forward+backward passes inside each process (median); "
+                        "default 1 on a CPU, 5 on a GPU, where one pass takes milliseconds and "
+                        "the first pays for kernel caches")
     parser.add_argument("--cases", nargs="+")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads in each case (default: torch's own choice)")
@@ -279,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         print("skipped: --device cuda needs a CUDA device, and torch sees none")
         return 0
     cases = args.cases or (CUDA_CASES if cuda else CPU_CASES)
+    inner = args.inner or (5 if cuda else 1)
     grad_mib = (n * d + v * d) * torch.finfo(dtype).bits / 8 / MIB
     print(f"device={args.device} N={n} D={d} V={v} dtype={dtype} repeats={args.repeats} "
-          f"threads={torch.get_num_threads()} logits={args.logits}"
+          f"inner={inner} threads={torch.get_num_threads()} logits={args.logits}"
           f"{' peak=' + str(args.peak) if args.logits == 'peaked' else ''}; "
           f"gradients' own size {grad_mib:.0f} MiB")
     if not cuda:
@@ -308,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         for case in runnable:
             cmd = [sys.executable, os.path.abspath(__file__), "--child", case, "--device",
                    args.device, "--n", str(n), "--d", str(d), "--v", str(v), "--dtype",
-                   str(dtype).removeprefix("torch."), "--repeats", "1", "--logits", args.logits,
+                   str(dtype).removeprefix("torch."), "--repeats", str(inner),
+                   "--logits", args.logits,
                    "--peak", *map(str, args.peak)]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
@@ -322,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[case].append(one)
             kept = "" if one["kept"] is None else f", gradient entries kept {one['kept']:.3f}"
             print(f"  round {round_no + 1} {case}: peak {one['peak_mib']:.0f} MiB, "
-                  f"{one['time_s']:.2f} s, loss {one['loss']:.5f}{kept}", flush=True)
+                  f"{one['time_s']:.4f} s, loss {one['loss']:.5f}{kept}", flush=True)
     results = []
     for case, got in runs.items():
         if got:
@@ -339,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         ratio = f"{r['time_s'] / plain['time_s']:.2f}" if plain else "n/a"
         print(f"| {r['case']} | {r['peak_mib']:.0f} | {r['peak_mib'] / grad_mib:.2f} | "
-              f"{r['time_s']:.2f} ({', '.join(f'{x:.2f}' for x in r['times_s'])}) | {ratio} |")
+              f"{r['time_s']:.4f} ({', '.join(f'{x:.4f}' for x in r['times_s'])}) | {ratio} |")
     ours = by_case.get("ours")
     if ours and plain:
         mem_ok = ours["peak_mib"] <= 1.2 * grad_mib

@@ -310,3 +310,29 @@ def test_fast_path_equals_the_generic_path(rule, temperature, min_keep):
         generic = Sampler.__call__(sampler, logits)
         assert torch.equal(fast.isneginf(), generic.isneginf())
         assert torch.equal(fast[~fast.isneginf()], logits[~fast.isneginf()])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("rule", ["reference", "bound"])
+def test_on_cuda_equals_cpu(rule):
+    """Same kept set on the GPU as on the CPU (batched, per-row alpha, masked tokens, bf16),
+    and the GPU's fast path still refuses NaN and hands fully masked rows back unchanged."""
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(8, 32000, generator=gen) * torch.tensor([1.0, 2.0, 3.0, 5.0] * 2)[:, None]
+    logits = logits.masked_fill(torch.rand(8, 32000, generator=gen) < 0.2, float("-inf"))
+    alphas = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0]
+    for dtype in (torch.float32, torch.bfloat16):
+        x = logits.to(dtype)
+        for sampler in (TopH(0.4, rule=rule), TopH(alphas, rule=rule, min_tokens_to_keep=3),
+                        TopH(0.4, rule=rule, temperature=0.7, top_n=None)):
+            cpu = sampler(x)
+            gpu = sampler(x.cuda())
+            assert gpu.dtype == dtype and gpu.device.type == "cuda"
+            differ = (cpu.isneginf() != gpu.cpu().isneginf()).sum().item()
+            assert differ <= 2, f"{differ} decisions differ between CPU and GPU ({sampler})"
+    dead = torch.full((2, 50), float("-inf"), device="cuda")
+    dead[1, :5] = torch.arange(5.0)
+    out = TopH(0.4, rule=rule)(dead)
+    assert out[0].isneginf().all() and out[1, 4].isfinite()
+    with pytest.raises(TokenwiseError, match="NaN"):
+        TopH(0.4, rule=rule)(torch.tensor([[0.0, float("nan")]], device="cuda"))

@@ -141,58 +141,76 @@ class TopH(Sampler):
         """Fast path: work on the top n only, and write the output in one scatter.
 
         The generic path (``Sampler.__call__`` with :meth:`drop_mask`) makes a dozen passes
-        over the vocabulary; here one ``topk`` and one ``logsumexp`` decide the mask and
-        one fill writes the result. Inputs the fast path cannot take as they are (NaN,
-        ``+inf``, rows with no finite logit: all make the normaliser non-finite) go through
-        the generic path, which refuses or handles them.
+        over the vocabulary; here one ``log_softmax`` and one ``topk`` decide the mask and
+        one fill and one scatter write the result. Inputs the fast path cannot take as they
+        are (NaN, ``+inf``, rows with no finite logit: all make the normaliser non-finite)
+        go through the generic path, which refuses or handles them. That check is read
+        only after every kernel is queued, so on a GPU the host waits once, at the end,
+        instead of stalling the queue half way.
         """
         if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
             return super().__call__(logits)  # the generic path names what is wrong
         batch, vocab = logits.shape
+        if vocab == 0:
+            return super().__call__(logits)
         z = logits.float()
         if self.temperature != 1.0:
             z = z / self.temperature
+        # logsumexp + topk of z rather than topk of log_softmax(z): the latter allocates a
+        # second (B, V) buffer per call, which costs more than the pass it saves on a CPU.
         lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, 1); NaN/inf input -> not finite
-        if vocab == 0 or not bool(torch.isfinite(lse).all()):
-            return super().__call__(logits)
-        alpha = row_param("alpha", self.alpha, batch, logits.device, _check_alpha)  # (B, 1)
         n = vocab if self.top_n is None else min(self.top_n, vocab)
         width = min(max(n, self.min_tokens_to_keep), vocab)
         top_z, top_idx = z.topk(width, dim=-1, largest=True, sorted=True)  # (B, width)
-        keep_top = self._keep_top(z, lse, top_z[:, :n], alpha)  # (B, n)
+        top_logp = top_z - lse  # (B, width)
+        usable = lse.isfinite().all()  # 0-d; read at the end
+        alpha: float | Tensor = (self.alpha if isinstance(self.alpha, float) else
+                                 row_param("alpha", self.alpha, batch, logits.device,
+                                           _check_alpha))
+        keep_top = self._keep_top(top_logp[:, :n], alpha, z, lse)  # (B, n)
         if width > n:
             keep_top = torch.cat([keep_top, keep_top.new_zeros(batch, width - n)], dim=-1)
-        forced = torch.arange(width, device=logits.device) < self.min_tokens_to_keep
-        keep_top = (keep_top | forced) & (top_z > float("-inf"))
-        values = torch.where(keep_top, logits.gather(-1, top_idx),
-                             torch.tensor(float("-inf"), dtype=logits.dtype))
-        out = torch.full_like(logits, float("-inf"))
-        return out.scatter_(-1, top_idx, values)
+        if self.min_tokens_to_keep > 1:
+            forced = keep_top[:, : self.min_tokens_to_keep] | (
+                top_logp[:, : self.min_tokens_to_keep] > float("-inf"))
+            keep_top[:, : self.min_tokens_to_keep] = forced
+        kept = logits.gather(-1, top_idx)  # (B, width): the unscaled input values
+        values = kept.masked_fill(~keep_top, float("-inf"))
+        out = torch.full_like(logits, float("-inf")).scatter_(-1, top_idx, values)
+        if not bool(usable):
+            return super().__call__(logits)
+        return out
 
-    def _keep_top(self, z: Tensor, lse: Tensor, top_z: Tensor, alpha: Tensor) -> Tensor:
-        """``(B, n)`` bool over the top n (sorted): which of them the rule keeps."""
-        n = top_z.shape[-1]
-        top_logp = top_z - lse
-        top_p = top_logp.exp()
+    def _keep_top(self, top_logp: Tensor, alpha: float | Tensor, z: Tensor, lse: Tensor) -> Tensor:
+        """``(B, n)`` bool over the top n (sorted): which of them the rule keeps.
+
+        Args:
+            top_logp: the top n log-probabilities of each row, descending.
+            alpha: one number, or a ``(B, 1)`` column.
+            z: the full ``(B, V)`` scaled logits and ``lse`` their ``(B, 1)`` log-normaliser
+                (the bound rule's ``H(p)``).
+        """
+        top_p = top_logp.exp()  # (B, n)
         positive = top_p > 0
-        # -p log p, with 0 where p == 0 (avoids 0 · -inf = NaN).
-        contrib = torch.where(positive, -top_p * top_logp, 0.0)
-        cum = contrib.cumsum(dim=-1)
+        # p log p (<= 0), with 0 where p == 0 (0 · -inf would be NaN).
+        plogp = torch.where(positive, top_p * top_logp, 0.0)
+        cum = plogp.cumsum(dim=-1)  # (B, n): -(cumulative entropy contribution)
         if self.rule == "reference":
-            tau = alpha * cum[:, -1:]  # = alpha · Σ_top-n -p log p, consistent with cum
-            keep_top = cum <= tau
+            # keep while Σ -p log p <= alpha · Σ_top-n -p log p (both sides negated)
+            keep_top = cum >= cum[:, -1:] * alpha
         else:
-            logp = z - lse
-            h_full = torch.where(logp > float("-inf"), -logp.exp() * logp, 0.0)
-            h_full = h_full.sum(dim=-1, keepdim=True)
+            logp = z - lse  # (B, V)
+            h_full = -torch.where(logp > float("-inf"), logp.exp() * logp, 0.0).sum(
+                dim=-1, keepdim=True)  # (B, 1)
             mass = top_p.cumsum(dim=-1)  # > 0: the top token has p >= 1/V
-            h_prefix = mass.log() + cum / mass  # H(q_k) = log S_k - A_k / S_k
-            ok = h_prefix <= alpha * h_full
+            h_prefix = mass.log() - cum / mass  # H(q_k) = log S_k - A_k / S_k
+            ok = h_prefix <= h_full * alpha
             ok[:, 0] = True
-            positions = torch.arange(1, n + 1, device=z.device)
+            n = top_logp.shape[-1]
+            positions = torch.arange(1, n + 1, device=top_logp.device)
             longest = (ok * positions).amax(dim=-1, keepdim=True)  # longest satisfying prefix
             keep_top = positions <= longest
-        keep_top = keep_top & positive
+        keep_top &= positive
         keep_top[:, 0] = True
         return keep_top
 
@@ -205,11 +223,11 @@ class TopH(Sampler):
         # All -inf rows: compute on zeros (no NaN); the caller drops every token anyway.
         dead = torch.isneginf(z).all(dim=-1, keepdim=True)
         z = z.masked_fill(dead, 0.0)
-        lse = torch.logsumexp(z, dim=-1, keepdim=True)
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, 1)
 
         n = vocab if self.top_n is None else min(self.top_n, vocab)
         top_z, top_idx = z.topk(n, dim=-1, largest=True, sorted=True)  # (B, n)
-        keep_top = self._keep_top(z, lse, top_z, alpha)
+        keep_top = self._keep_top(top_z - lse, alpha, z, lse)
         keep = torch.zeros((batch, vocab), dtype=torch.bool, device=z.device)
         keep = keep.scatter(-1, top_idx, keep_top)
         return ~keep
