@@ -328,8 +328,19 @@ def test_on_cuda_equals_cpu(rule):
             cpu = sampler(x)
             gpu = sampler(x.cuda())
             assert gpu.dtype == dtype and gpu.device.type == "cuda"
-            differ = (cpu.isneginf() != gpu.cpu().isneginf()).sum().item()
-            assert differ <= 2, f"{differ} decisions differ between CPU and GPU ({sampler})"
+            gpu = gpu.cpu()
+            if dtype == torch.float32:  # no ties: the same tokens, up to rounding at a bound
+                differ = (cpu.isneginf() != gpu.isneginf()).sum().item()
+                assert differ <= 2, f"{differ} decisions differ between CPU and GPU ({sampler})"
+            else:
+                # bf16 has many tied logits, which topk orders differently on each device:
+                # the kept *values* agree row by row (same count, same multiset)
+                for row_cpu, row_gpu in zip(cpu, gpu, strict=True):
+                    kept_cpu = row_cpu[row_cpu.isfinite()].float().sort().values
+                    kept_gpu = row_gpu[row_gpu.isfinite()].float().sort().values
+                    assert abs(len(kept_cpu) - len(kept_gpu)) <= 1, (sampler, dtype)
+                    if len(kept_cpu) == len(kept_gpu):
+                        assert torch.equal(kept_cpu, kept_gpu), (sampler, dtype)
     dead = torch.full((2, 50), float("-inf"), device="cuda")
     dead[1, :5] = torch.arange(5.0)
     out = TopH(0.4, rule=rule)(dead)
