@@ -14,8 +14,10 @@ other samplers
 are timed beside the transformers warper of the same name. Also: how many tokens each TopH
 rule keeps on the built-in tw-large model's real next-token distributions (testbed).
 
-Run:
+Ours and transformers' warper are timed in alternation (median of each); the reference loops
+after them. Run:
     .venv/bin/python benchmarks/sampler_cost.py
+    python3 benchmarks/sampler_cost.py --device cuda
 """
 
 from __future__ import annotations
@@ -99,6 +101,21 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def paired_median_ms(first: Callable[[], object], second: Callable[[], object],
+                     repeats: int) -> tuple[float, float]:
+    """Median ms of two functions timed in alternation, so drifting clocks hit both alike."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((first, times[0]), (second, times[1])):
+            _sync()
+            t = time.perf_counter()
+            fn()
+            _sync()
+            out.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1])
+
+
 def cost_table(repeats: int, device: str = "cpu", top_h_only: bool = False) -> list[str]:
     pairs = [
         ("top_h (alpha 0.4)", sampling.TopH(0.4), hf.TopHLogitsWarper(0.4)),
@@ -116,8 +133,9 @@ def cost_table(repeats: int, device: str = "cpu", top_h_only: bool = False) -> l
     for vocab in (32000, 128000):
         logits = (torch.randn(8, vocab, generator=torch.Generator().manual_seed(0)) * 3).to(device)
         for label, ours, theirs in pairs:
-            t_ours = median_ms(lambda o=ours, x=logits: o(x), repeats)
-            t_hf = median_ms(lambda h=theirs, x=logits: h(None, x.clone()), repeats)
+            t_ours, t_hf = paired_median_ms(lambda o=ours, x=logits: o(x),
+                                            lambda h=theirs, x=logits: h(None, x.clone()),
+                                            repeats)
             ref = "| | | | "
             if label.startswith("top_h"):
                 mask = ours(logits).isneginf()
@@ -170,9 +188,11 @@ def main() -> None:
     parser.add_argument("--top-h-only", action="store_true",
                         help="time TopH and the two reference loops only (no other samplers, "
                              "no kept-set table)")
+    parser.add_argument("--repeats", type=int, default=100, help="timed calls per sampler")
     args = parser.parse_args()
     print(f"device: {args.device}")
-    print("\n".join(cost_table(repeats=100, device=args.device, top_h_only=args.top_h_only)))
+    print("\n".join(cost_table(repeats=args.repeats, device=args.device,
+                               top_h_only=args.top_h_only)))
     if args.device == "cpu" and not args.top_h_only:
         print()
         print("\n".join(top_h_sizes()))

@@ -175,7 +175,7 @@ class TopH(Sampler):
                 top_logp[:, : self.min_tokens_to_keep] > float("-inf"))
             keep_top[:, : self.min_tokens_to_keep] = forced
         kept = logits.gather(-1, top_idx)  # (B, width): the unscaled input values
-        values = kept.masked_fill(~keep_top, float("-inf"))
+        values = torch.where(keep_top, kept, float("-inf"))
         out = torch.full_like(logits, float("-inf")).scatter_(-1, top_idx, values)
         if not bool(usable):
             return super().__call__(logits)
