@@ -71,6 +71,28 @@ def test_triton_agrees_with_torch_loops_and_skips_filtered_tiles():
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if CUDA else []))
+def test_triton_grad_c_in_vocabulary_slices(dtype, monkeypatch):
+    """A bf16/fp16 classifier's gradient is accumulated in fp32 slice by slice (the buffer
+    stays small) and comes back in the classifier's dtype; slicing changes no gradient."""
+    e, c, targets, b = make_inputs(dtype, bias=True, invalid=True, device=DEVICE)
+    results = []
+    # 507 columns, 123 features: one slice (default budget), then slices of 64 and 128 rows
+    for budget in (linear_ce_triton.GRAD_C_SLICE_BYTES, 64 * 4 * 123, 128 * 4 * 123 + 5):
+        monkeypatch.setattr(linear_ce_triton, "GRAD_C_SLICE_BYTES", budget)
+        ee, cc, bb = (t.clone().requires_grad_() for t in (e, c, b))
+        loss, lse = linear_cross_entropy(ee, cc, targets, bias=bb, shift=1, softcap=20.0,
+                                         return_lse=True, impl="triton")
+        (loss + lse.square().mean()).backward()
+        assert cc.grad.dtype == dtype and ee.grad.dtype == dtype
+        results.append((ee.grad.float(), cc.grad.float(), bb.grad.float()))
+    for sliced in results[1:]:
+        for one, other in zip(results[0], sliced, strict=True):
+            torch.testing.assert_close(one, other, rtol=1e-3, atol=1e-5)
+    assert results[0][1].abs().sum() > 0
+
+
+@needs_kernels
 def test_triton_all_ignored():
     e = torch.randn(2, 7, 16, device=DEVICE, requires_grad=True)
     c = torch.randn(33, 16, device=DEVICE, requires_grad=True)

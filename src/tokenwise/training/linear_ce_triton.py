@@ -12,9 +12,12 @@ Two kernels, the same arithmetic as the torch loops in :mod:`tokenwise.training.
   every ``|p - onehot|`` is below ``filter_eps``, and adds ``d @ c_v`` to ``grad_e`` and
   ``d^T @ e_b`` to ``grad_c`` with fp32 atomic adds.
 
-The logits never exist outside registers. Gradients accumulate in fp32 buffers (for a bf16
-classifier that buffer is twice the gradient's size; the reference's default accumulates in
-bf16 instead). fp32 inputs use full-precision (``ieee``) dot products, not TF32.
+The logits never exist outside registers. Gradients accumulate in fp32 (the reference's
+default accumulates in bf16 instead). For a low-precision classifier a full fp32 grad_c would
+be twice the gradient's own size (2.2 GiB at V=256k, D=2304), so the backward walks the
+vocabulary in slices: each slice's fp32 grad_c is accumulated in one reused buffer of at most
+``GRAD_C_SLICE_BYTES`` and cast into the returned bf16/fp16 gradient before the next slice.
+fp32 inputs use full-precision (``ieee``) dot products, not TF32.
 
 Without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` set before
 this module is imported, CPU tensors, ``impl="triton"``), which is how CI checks them; the
@@ -46,6 +49,8 @@ __all__ = ["available", "backward", "interpreting", "lse_forward"]
 FWD_BLOCK_B, FWD_BLOCK_V, FWD_BLOCK_D = 64, 128, 64
 BWD_BLOCK_B, BWD_BLOCK_V, BWD_BLOCK_D = 64, 64, 64
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# largest fp32 buffer for one vocabulary slice of grad_c when c is bf16/fp16 (see above)
+GRAD_C_SLICE_BYTES = 128 * 1024 * 1024
 
 
 def interpreting() -> bool:
@@ -267,7 +272,10 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
              lse: Tensor, a: Tensor, g: Tensor, softcap: float | None,
              filter_eps: float | None, need: tuple[bool, bool, bool]
              ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """fp32 gradients for ``e2``, ``c``, ``bias`` of ``sum g * nll(+z-loss) + g_lse * lse``.
+    """Gradients for ``e2``, ``c``, ``bias`` of ``sum g * nll(+z-loss) + g_lse * lse``.
+
+    grad_e and grad_bias come back in fp32; grad_c in fp32 when ``c`` is fp32, else already in
+    ``c``'s dtype (accumulated in fp32 slice by slice, see the module docstring).
 
     Args:
         e2, c, bias, rows, tgt: as in :func:`lse_forward`.
@@ -282,23 +290,47 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
     e_in, c_in, precision = _common_dtype(e2, c)
     m_rows, v_size, d_size = tgt.numel(), c.shape[0], c.shape[1]
     device = e2.device
+    sliced = need_c and c.dtype != torch.float32
     grad_e = torch.zeros(e2.shape, dtype=torch.float32, device=device) if need_e else None
-    grad_c = torch.zeros(c.shape, dtype=torch.float32, device=device) if need_c else None
     grad_b = torch.zeros(v_size, dtype=torch.float32, device=device) if need_b else None
     if m_rows == 0 or not any(need):
+        grad_c = (torch.zeros(c.shape, dtype=c.dtype if sliced else torch.float32,
+                              device=device) if need_c else None)
         return grad_e, grad_c, grad_b
+    # sliced: every slice is written below, so no zero fill of the whole gradient
+    grad_c = (torch.empty(c.shape, dtype=c.dtype, device=device) if sliced else
+              torch.zeros(c.shape, dtype=torch.float32, device=device) if need_c else None)
+    if sliced:  # rows of grad_c per slice: a multiple of the tile, within the buffer budget
+        per_row = 4 * d_size
+        step = max(BWD_BLOCK_V, GRAD_C_SLICE_BYTES // per_row // BWD_BLOCK_V * BWD_BLOCK_V)
+        step = min(step, triton.cdiv(v_size, BWD_BLOCK_V) * BWD_BLOCK_V)
+        buffer = torch.empty(step, d_size, dtype=torch.float32, device=device)
+    else:
+        step, buffer = v_size, grad_c
     dummy = lse
-    grid = (triton.cdiv(m_rows, BWD_BLOCK_B), triton.cdiv(v_size, BWD_BLOCK_V))
-    _backward_kernel[grid](
-        e_in, c_in, bias if bias is not None else c_in, rows if rows is not None else tgt, tgt,
-        lse.float().contiguous(), a.float().contiguous(), g.float().contiguous(),
-        grad_e if grad_e is not None else dummy, grad_c if grad_c is not None else dummy,
-        grad_b if grad_b is not None else dummy, m_rows, v_size, d_size,
-        e_in.stride(0), e_in.stride(1), c_in.stride(0), c_in.stride(1),
-        float(softcap) if softcap is not None else 1.0,
-        float(filter_eps) if filter_eps is not None else 0.0,
-        BLOCK_B=BWD_BLOCK_B, BLOCK_V=BWD_BLOCK_V, BLOCK_D=BWD_BLOCK_D,
-        HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, HAS_ROWS=rows is not None,
-        HAS_FILTER=filter_eps is not None and filter_eps > 0, COMPUTE_DE=need_e,
-        COMPUTE_DC=need_c, COMPUTE_DB=need_b, DOT_PRECISION=precision)
+    lse32, a32, g32 = lse.float().contiguous(), a.float().contiguous(), g.float().contiguous()
+    for v0 in range(0, v_size, step):
+        v1 = min(v0 + step, v_size)
+        c_part = c_in[v0:v1]
+        gc_part = None
+        if need_c:
+            gc_part = buffer[: v1 - v0]
+            if sliced:
+                gc_part.zero_()
+        # targets outside the slice match no column in it (their one-hot term is elsewhere)
+        tgt_part = tgt if v0 == 0 else tgt - v0
+        _backward_kernel[(triton.cdiv(m_rows, BWD_BLOCK_B), triton.cdiv(v1 - v0, BWD_BLOCK_V))](
+            e_in, c_part, bias[v0:v1] if bias is not None else c_part,
+            rows if rows is not None else tgt, tgt_part, lse32, a32, g32,
+            grad_e if grad_e is not None else dummy, gc_part if gc_part is not None else dummy,
+            grad_b[v0:v1] if grad_b is not None else dummy, m_rows, v1 - v0, d_size,
+            e_in.stride(0), e_in.stride(1), c_part.stride(0), c_part.stride(1),
+            float(softcap) if softcap is not None else 1.0,
+            float(filter_eps) if filter_eps is not None else 0.0,
+            BLOCK_B=BWD_BLOCK_B, BLOCK_V=BWD_BLOCK_V, BLOCK_D=BWD_BLOCK_D,
+            HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
+            HAS_ROWS=rows is not None, HAS_FILTER=filter_eps is not None and filter_eps > 0,
+            COMPUTE_DE=need_e, COMPUTE_DC=need_c, COMPUTE_DB=need_b, DOT_PRECISION=precision)
+        if sliced:
+            grad_c[v0:v1].copy_(gc_part)
     return grad_e, grad_c, grad_b
