@@ -436,7 +436,7 @@ def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
     return items
 
 
-def _finish_reason(completion: Any, eos: int | None) -> str:
+def _finish_reason(completion: Any) -> str:
     if completion.finish_reason == "length":
         return "length"
     if completion.finish_reason == "stop":
@@ -455,7 +455,7 @@ def _kept_tokens(completion: Any, eos: int | None) -> list[int]:
     is end-of-text, which :func:`tokenwise.generate` does not record as a token.
     """
     tokens = list(completion.token_ids)
-    if not tokens or _finish_reason(completion, eos) != "eos":
+    if not tokens or _finish_reason(completion) != "eos":
         return tokens
     reason = completion.stop_reason
     end = reason if isinstance(reason, int) and not isinstance(reason, bool) else eos
@@ -633,7 +633,7 @@ def generate_with_stats(llm: Any, prompts: str | Sequence[str], sampling_params:
                 stats = _match_track(collected.get(tags[i], []), list(completion.token_ids))
             gen = Generation(prompt=prompt, text=completion.text,
                              tokens=_records(model, completion, len(results), route, stats),
-                             finish_reason=_finish_reason(completion, model.eos_token_id),
+                             finish_reason=_finish_reason(completion),
                              prompt_tokens=len(ids),
                              seed=None if params.temperature == 0 else _child_seed(
                                  params.seed, completion.index))
@@ -685,7 +685,7 @@ def sample_logprobs(llm: Any, prompt: str, sampling_params: Any
     eos = model.eos_token_id
     result = []
     for completion in sorted(out.outputs, key=lambda c: c.index):
-        reason = _finish_reason(completion, eos)
+        reason = _finish_reason(completion)
         tokens = _kept_tokens(completion, eos)
         flat = completion.logprobs
         values = []
