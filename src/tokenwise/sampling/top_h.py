@@ -141,7 +141,7 @@ class TopH(Sampler):
         """Fast path: work on the top n only, and write the output in one scatter.
 
         The generic path (``Sampler.__call__`` with :meth:`drop_mask`) makes a dozen passes
-        over the vocabulary; here one ``log_softmax`` and one ``topk`` decide the mask and
+        over the vocabulary; here one ``topk`` and one normalising pass decide the mask and
         one fill and one scatter write the result. Inputs the fast path cannot take as they
         are (NaN, ``+inf``, rows with no finite logit: all make the normaliser non-finite)
         go through the generic path, which refuses or handles them. That check is read
@@ -156,12 +156,20 @@ class TopH(Sampler):
         z = logits.float()
         if self.temperature != 1.0:
             z = z / self.temperature
-        # logsumexp + topk of z rather than topk of log_softmax(z): the latter allocates a
-        # second (B, V) buffer per call, which costs more than the pass it saves on a CPU.
-        lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, 1); NaN/inf input -> not finite
         n = vocab if self.top_n is None else min(self.top_n, vocab)
         width = min(max(n, self.min_tokens_to_keep), vocab)
         top_z, top_idx = z.topk(width, dim=-1, largest=True, sorted=True)  # (B, width)
+        # The log-normaliser. On a CPU, for float32 input, from the row maximum topk just
+        # found, and the (B, V) buffer that holds exp(z - max) is then reused as the output:
+        # a fresh (B, V) allocation costs more than a pass there (page faults), and this
+        # saves one. GPUs cache allocations, so there logsumexp does it. NaN, +inf or an
+        # all -inf row make lse non-finite.
+        buffer = (torch.sub(z, top_z[:, :1])
+                  if logits.dtype == torch.float32 and logits.device.type == "cpu" else None)
+        if buffer is not None:
+            lse = top_z[:, :1] + buffer.exp_().sum(dim=-1, keepdim=True).log()  # (B, 1)
+        else:
+            lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, 1)
         top_logp = top_z - lse  # (B, width)
         usable = lse.isfinite().all()  # 0-d; read at the end
         alpha: float | Tensor = (self.alpha if isinstance(self.alpha, float) else
@@ -176,7 +184,8 @@ class TopH(Sampler):
             keep_top[:, : self.min_tokens_to_keep] = forced
         kept = logits.gather(-1, top_idx)  # (B, width): the unscaled input values
         values = torch.where(keep_top, kept, float("-inf"))
-        out = torch.full_like(logits, float("-inf")).scatter_(-1, top_idx, values)
+        out = (buffer.fill_(float("-inf")) if buffer is not None
+               else torch.full_like(logits, float("-inf"))).scatter_(-1, top_idx, values)
         if not bool(usable):
             return super().__call__(logits)
         return out
