@@ -347,3 +347,14 @@ def test_on_cuda_equals_cpu(rule):
     assert out[0].isneginf().all() and out[1, 4].isfinite()
     with pytest.raises(TokenwiseError, match="NaN"):
         TopH(0.4, rule=rule)(torch.tensor([[0.0, float("nan")]], device="cuda"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradient_flows_to_kept_logits(dtype):
+    """Logits that carry a gradient: the kept ones get d(out)/d(in) = 1, dropped ones 0."""
+    x = (torch.randn(3, 40, generator=torch.Generator().manual_seed(0)) * 2).to(dtype)
+    x.requires_grad_()
+    out = TopH(0.4)(x)
+    kept = out.isfinite()
+    out[kept].sum().backward()
+    assert torch.equal(x.grad, kept.to(dtype))

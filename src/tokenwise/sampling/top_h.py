@@ -162,10 +162,12 @@ class TopH(Sampler):
         # The log-normaliser. On a CPU, for float32 input, from the row maximum topk just
         # found, and the (B, V) buffer that holds exp(z - max) is then reused as the output:
         # a fresh (B, V) allocation costs more than a pass there (page faults), and this
-        # saves one. GPUs cache allocations, so there logsumexp does it. NaN, +inf or an
-        # all -inf row make lse non-finite.
-        buffer = (torch.sub(z, top_z[:, :1])
-                  if logits.dtype == torch.float32 and logits.device.type == "cpu" else None)
+        # saves one. GPUs cache allocations, so there logsumexp does it; so it does for
+        # logits that carry a gradient (exp_ keeps its result for backward, and the fill
+        # below would overwrite it). NaN, +inf or an all -inf row make lse non-finite.
+        reuse = (logits.dtype == torch.float32 and logits.device.type == "cpu"
+                 and not (logits.requires_grad and torch.is_grad_enabled()))
+        buffer = torch.sub(z, top_z[:, :1]) if reuse else None
         if buffer is not None:
             lse = top_z[:, :1] + buffer.exp_().sum(dim=-1, keepdim=True).log()  # (B, 1)
         else:
