@@ -93,6 +93,23 @@ def test_triton_grad_c_in_vocabulary_slices(dtype, monkeypatch):
 
 
 @needs_kernels
+def test_triton_strided_bias():
+    """A bias that is a strided view (a column of a wider tensor) is read element by element."""
+    e, c, targets, b = make_inputs(torch.float32, bias=True, invalid=True, device=DEVICE)
+    wide = torch.stack([torch.zeros_like(b), b], dim=1)  # (V, 2): column 1 has stride 2
+    results = []
+    for bias in (b, wide[:, 1]):
+        bb = bias.detach().clone() if bias.is_contiguous() else bias.detach()
+        bb.requires_grad_(bias.is_contiguous())
+        ee, cc = e.clone().requires_grad_(), c.clone().requires_grad_()
+        loss = linear_cross_entropy(ee, cc, targets, bias=bb, impl="triton")
+        loss.backward()
+        results.append((loss.detach(), ee.grad, cc.grad))
+    for one, other in zip(*results, strict=True):
+        torch.testing.assert_close(one, other, rtol=1e-5, atol=1e-6)
+
+
+@needs_kernels
 def test_triton_all_ignored():
     e = torch.randn(2, 7, 16, device=DEVICE, requires_grad=True)
     c = torch.randn(33, 16, device=DEVICE, requires_grad=True)

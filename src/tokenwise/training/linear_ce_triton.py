@@ -234,6 +234,7 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
         want_entropy: also return the per-token entropy.
     """
     e2, c, precision = _common_dtype(e2, c)
+    bias = None if bias is None else bias.contiguous()  # the kernels read it with stride 1
     m_rows, v_size, d_size = tgt.numel(), c.shape[0], c.shape[1]
     device = e2.device
     target_logit = torch.zeros(m_rows, dtype=torch.float32, device=device)
@@ -288,6 +289,7 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
     """
     need_e, need_c, need_b = need
     e_in, c_in, precision = _common_dtype(e2, c)
+    bias = None if bias is None else bias.contiguous()  # the kernel reads it with stride 1
     m_rows, v_size, d_size = tgt.numel(), c.shape[0], c.shape[1]
     device = e2.device
     sliced = need_c and c.dtype != torch.float32
