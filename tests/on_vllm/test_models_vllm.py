@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests.on_vllm.batch_plan import replay_plan
 
 pytest.importorskip("vllm")
 
@@ -169,30 +170,17 @@ def _run_recorder(plan: list[str], seed: int = 0) -> tuple[dict, dict[str, list[
     recorder = tv.EntropyRecorder(None, torch.device("cpu"), False)
     params = {r: _params(r) for r in "ab"}
     outs: dict[str, list[int]] = {r: [] for r in "ab"}
-    slots: list[str | None] = ["a", "b"]
-    recorder.update_state(BatchUpdate(2, [], [(0, params["a"], [1], outs["a"]),
-                                              (1, params["b"], [1], outs["b"])], []))
-    for action in plan:
-        if action == "step":
-            live = [(i, r) for i, r in enumerate(slots) if r is not None]
-            logits = torch.zeros(len(slots), 30)  # (B, 30)
-            for i, r in live:
-                g = torch.Generator().manual_seed(seed + 1000 * (r == "b") + len(outs[r]))
-                logits[i] = torch.randn(30, generator=g) * 2
-            recorder.apply(logits)
-            for i, r in live:
-                outs[r].append(int(logits[i].argmax()))
-        else:
-            kind, r = action.split(":")
-            if kind == "out":
-                i = slots.index(r)
-                slots[i] = None
-                recorder.update_state(BatchUpdate(len(slots), [i], [], []))
-            else:
-                i = slots.index(None)
-                slots[i] = r
-                recorder.update_state(BatchUpdate(len(slots), [],
-                                                  [(i, params[r], [1], outs[r])], []))
+
+    def step(live: list[tuple[int, str]], batch: int) -> None:
+        logits = torch.zeros(batch, 30)  # (B, 30)
+        for i, r in live:
+            g = torch.Generator().manual_seed(seed + 1000 * (r == "b") + len(outs[r]))
+            logits[i] = torch.randn(30, generator=g) * 2
+        recorder.apply(logits)
+        for i, r in live:
+            outs[r].append(int(logits[i].argmax()))
+
+    replay_plan(recorder, params, outs, plan, step)
     return recorder.take(["a", "b"]), outs
 
 

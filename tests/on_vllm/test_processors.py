@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.on_vllm.batch_plan import replay_plan
 
 pytest.importorskip("vllm")
 
@@ -234,32 +235,19 @@ def _run_mirostat(plan: list[str]) -> tuple[dict[str, list[torch.Tensor]], dict[
     outs: dict[str, list[int]] = {r: [] for r in "ab"}
     rows: dict[str, list[torch.Tensor]] = {r: [] for r in "ab"}
     mus: dict[str, list[float]] = {r: [] for r in "ab"}
-    slots: list[str | None] = ["a", "b"]
-    proc.update_state(BatchUpdate(2, [], [(0, params["a"], [1], outs["a"]),
-                                          (1, params["b"], [1], outs["b"])], []))
-    for action in plan:
-        if action == "step":
-            live = [(i, r) for i, r in enumerate(slots) if r is not None]
-            logits = torch.zeros(len(slots), V)  # (B, V)
-            for i, r in live:
-                logits[i] = _logits(1, 7 * len(outs[r]) + (r == "b"))[0] * 3
-            got = proc.apply(logits)
-            for i, r in live:
-                rows[r].append(got[i].clone())
-                mus[r].append(proc.mu[i])
-                g = torch.Generator().manual_seed(len(outs[r]))
-                outs[r].append(int(torch.multinomial(got[i].softmax(-1), 1, generator=g)))
-        else:
-            kind, r = action.split(":")
-            if kind == "out":
-                i = slots.index(r)
-                slots[i] = None
-                proc.update_state(BatchUpdate(len(slots), [i], [], []))
-            else:
-                i = slots.index(None)
-                slots[i] = r
-                proc.update_state(BatchUpdate(len(slots), [], [(i, params[r], [1], outs[r])],
-                                              []))
+
+    def step(live: list[tuple[int, str]], batch: int) -> None:
+        logits = torch.zeros(batch, V)  # (B, V)
+        for i, r in live:
+            logits[i] = _logits(1, 7 * len(outs[r]) + (r == "b"))[0] * 3
+        got = proc.apply(logits)
+        for i, r in live:
+            rows[r].append(got[i].clone())
+            mus[r].append(proc.mu[i])
+            g = torch.Generator().manual_seed(len(outs[r]))
+            outs[r].append(int(torch.multinomial(got[i].softmax(-1), 1, generator=g)))
+
+    replay_plan(proc, params, outs, plan, step)
     return rows, mus
 
 
