@@ -167,10 +167,11 @@ class TopH(Sampler):
         # below would overwrite it). NaN, +inf or an all -inf row make lse non-finite.
         reuse = (logits.dtype == torch.float32 and logits.device.type == "cpu"
                  and not (logits.requires_grad and torch.is_grad_enabled()))
-        buffer = torch.sub(z, top_z[:, :1]) if reuse else None
-        if buffer is not None:
+        if reuse:
+            buffer = torch.sub(z, top_z[:, :1])  # (B, V)
             lse = top_z[:, :1] + buffer.exp_().sum(dim=-1, keepdim=True).log()  # (B, 1)
         else:
+            buffer = None
             lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, 1)
         top_logp = top_z - lse  # (B, width)
         usable = lse.isfinite().all()  # 0-d; read at the end
@@ -180,10 +181,9 @@ class TopH(Sampler):
         keep_top = self._keep_top(top_logp[:, :n], alpha, z, lse)  # (B, n)
         if width > n:
             keep_top = torch.cat([keep_top, keep_top.new_zeros(batch, width - n)], dim=-1)
-        if self.min_tokens_to_keep > 1:
-            forced = keep_top[:, : self.min_tokens_to_keep] | (
-                top_logp[:, : self.min_tokens_to_keep] > float("-inf"))
-            keep_top[:, : self.min_tokens_to_keep] = forced
+        if self.min_tokens_to_keep > 1:  # every finite one of the first k (the rule's are)
+            k = self.min_tokens_to_keep
+            keep_top[:, :k] = top_logp[:, :k] > float("-inf")
         kept = logits.gather(-1, top_idx)  # (B, width): the unscaled input values
         values = torch.where(keep_top, kept, float("-inf"))
         out = (buffer.fill_(float("-inf")) if buffer is not None
