@@ -10,9 +10,9 @@ boolean mask from a Python list of kept indices and masks a clone of the scores.
 ``published_top_h_loop`` performs those same operations (our code, re-written from it) so
 the time is the reference's; ``lean_top_h_loop`` is the same rule with plain Python floats,
 a kinder baseline shown beside it. Both are checked to keep exactly TopH's set first. The
-other samplers
-are timed beside the transformers warper of the same name. Also: how many tokens each TopH
-rule keeps on the built-in tw-large model's real next-token distributions (testbed).
+other samplers are timed beside the transformers warper of the same name. Also: how many
+tokens each TopH rule keeps on the built-in tw-large model's real next-token distributions
+(testbed).
 
 Ours and transformers' warper are timed in alternation (median of each); the reference loops
 after them. Run:
@@ -89,31 +89,20 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        _sync()
-        t = time.perf_counter()
+def medians_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median ms of each function, timed in turn round by round, so drifting clocks hit all
+    alike (each called once first, untimed)."""
+    for fn in fns:
         fn()
-        _sync()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
-
-
-def paired_median_ms(first: Callable[[], object], second: Callable[[], object],
-                     repeats: int) -> tuple[float, float]:
-    """Median ms of two functions timed in alternation, so drifting clocks hit both alike."""
-    first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, out in ((first, times[0]), (second, times[1])):
+        for fn, out in zip(fns, times, strict=True):
             _sync()
             t = time.perf_counter()
             fn()
             _sync()
             out.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1])
+    return [1000 * statistics.median(t) for t in times]
 
 
 def cost_table(repeats: int, device: str = "cpu", top_h_only: bool = False) -> list[str]:
@@ -133,11 +122,11 @@ def cost_table(repeats: int, device: str = "cpu", top_h_only: bool = False) -> l
     for vocab in (32000, 128000):
         logits = (torch.randn(8, vocab, generator=torch.Generator().manual_seed(0)) * 3).to(device)
         for label, ours, theirs in pairs:
-            t_ours, t_hf = paired_median_ms(lambda o=ours, x=logits: o(x),
+            t_ours, t_hf = medians_ms([lambda o=ours, x=logits: o(x),
                                             # transformers' warpers return new tensors (no
                                             # copy needed; one here would bill it to them)
-                                            lambda h=theirs, x=logits: h(None, x),
-                                            repeats)
+                                       lambda h=theirs, x=logits: h(None, x)],
+                                      repeats)
             ref = "| | | | "
             if label.startswith("top_h"):
                 mask = ours(logits).isneginf()
@@ -145,8 +134,8 @@ def cost_table(repeats: int, device: str = "cpu", top_h_only: bool = False) -> l
                     if not torch.equal(loop(logits).isneginf(), mask):
                         raise SystemExit(f"{loop.__name__} keeps another set than TopH")
                 few = max(3, repeats // 5)
-                t_pub = median_ms(lambda x=logits: published_top_h_loop(x), few)
-                t_lean = median_ms(lambda x=logits: lean_top_h_loop(x), few)
+                t_pub, = medians_ms([lambda x=logits: published_top_h_loop(x)], few)
+                t_lean, = medians_ms([lambda x=logits: lean_top_h_loop(x)], few)
                 ref = (f"| {t_pub:.2f} | {t_pub / t_ours:.1f}x | {t_lean:.2f} | "
                        f"{t_lean / t_ours:.1f}x ")
             lines.append(f"| (8, {vocab}) | {label} | {t_ours:.2f} | {t_hf:.2f} | "
