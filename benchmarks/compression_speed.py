@@ -32,8 +32,8 @@ and its merge needs every chunk to open with a marked piece.
 classifier's forward calls with ``torch.cuda.synchronize()`` before and after each, so work
 queued on the GPU is counted as model time, not as the rest (our per-stage comment line keeps
 our own ``timings``, whose "model" also holds the softmax and the copy back to the CPU).
-``--threads`` stays the number
-of CPU threads torch uses (tokenizing, merging, the CPU side of each call).
+``--threads`` stays the number of CPU threads torch uses (tokenizing, merging, the CPU side
+of each call).
 Everything is offline: the classifiers are built or copied into a temporary directory.
 
 Run:
