@@ -174,6 +174,7 @@ def generate_ead(
     if chosen_sampler is not None:
         chosen_sampler.reset()
     runners = {"small": _Runner(small), "large": _Runner(large)}
+    ends = {name: r.lm.end_token_ids for name, r in runners.items()}  # built once, not per token
     active, last, run, switches = "small", None, 0, 0
     bits: list[float] = []
 
@@ -225,7 +226,7 @@ def generate_ead(
                 and run >= min_run:
             active = "small"  # hands back from the next token on
         lm = runners[producer].lm
-        if tok in lm.end_token_ids:
+        if tok in ends[producer]:
             result.finish_reason = "eos"
             break
         chosen = torch.tensor([tok], device=logits.device)
