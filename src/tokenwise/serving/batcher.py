@@ -149,6 +149,9 @@ class Batcher:
     def check(self, req: ChatCompletionRequest | CompletionRequest) -> None:
         """Every request option is served by this engine: nothing to refuse."""
 
+    def check_plan(self, plan: Plan) -> None:
+        """The planner's context rule is this engine's own: nothing more to refuse."""
+
     def report(self) -> dict[str, Any]:
         """The counters for ``/tokenwise/stats``."""
         return {"engine": "tokenwise", "batching": self.batching, **self.stats.as_dict()}

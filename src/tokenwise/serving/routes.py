@@ -47,7 +47,9 @@ from tokenwise.serving.schemas import ChatCompletionRequest, CompletionRequest
 class Engine(Protocol):
     """What the routes need from an engine.
 
-    ``check`` refuses (400) what the engine cannot do, before any work; ``call`` runs
+    ``check`` refuses (400) what the engine cannot do, before any work; ``check_plan``
+    refuses a planned request past the engine's own limits (vLLM counts the context one
+    token more strictly than the planner's rule); ``call`` runs
     blocking model work (prompt compression) off the event loop; ``events`` yields every
     choice's :class:`TokenEvent` s and exactly one :class:`FinishEvent` per choice, and
     stops the request's work when closed early; ``uncertainty`` computes the
@@ -59,6 +61,8 @@ class Engine(Protocol):
     async def stop(self) -> None: ...
 
     def check(self, req: ChatCompletionRequest | CompletionRequest) -> None: ...
+
+    def check_plan(self, plan: Plan) -> None: ...
 
     async def call(self, fn: Callable[[], Any]) -> Any: ...
 
@@ -115,9 +119,7 @@ class CompletionService:
 
     async def _plan(self, req: ChatCompletionRequest | CompletionRequest, kind: str) -> Plan:
         plan = await self._plan_checked(req, kind)
-        check_plan = getattr(self.engine, "check_plan", None)
-        if check_plan is not None:  # an engine's own limits on the planned request (vLLM's)
-            check_plan(plan)
+        self.engine.check_plan(plan)
         return plan
 
     async def _plan_checked(self, req: ChatCompletionRequest | CompletionRequest,
