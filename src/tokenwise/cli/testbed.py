@@ -29,13 +29,14 @@ def testbed_group() -> None:
 def train_command(out: str, names: str, seed: int, steps: int | None) -> None:
     """Train the built-in models from scratch on the testbed corpus (seeded)."""
     from tokenwise.errors import TokenwiseError
-    from tokenwise.testbed.train import SPECS, train_builtin
+    from tokenwise.testbed.train import TRAINABLE, train_builtin
 
     chosen = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in SPECS]
+    unknown = [n for n in chosen if n not in TRAINABLE]
     if not chosen or unknown:
         raise TokenwiseError(
-            f"--models {names!r}: unknown {unknown or 'empty list'}; allowed: {', '.join(SPECS)}"
+            f"--models {names!r}: unknown {unknown or 'empty list'}; "
+            f"allowed: {', '.join(TRAINABLE)}"
         )
     train_builtin(out, chosen, seed=seed, steps=steps, log=lambda s: click.echo(s, err=True))
 

@@ -12,7 +12,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -64,6 +64,9 @@ SPECS: dict[str, ModelSpec] = {
                           warmup=50),
 }
 VOCAB_SIZE = 1024
+#: Every built-in model ``train_builtin`` can write: the two general models, and the reader
+#: (``tokenwise.testbed.reader``), trained on needle questions only.
+TRAINABLE = (*SPECS, "tw-reader")
 
 
 def pack(docs: Sequence[list[int]], context: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,9 +242,9 @@ def train_builtin(out_dir: str | Path, names: Sequence[str] = tuple(SPECS), seed
         >>> facts = train_builtin("/tmp/tw-models", names=["tw-small"], steps=2,
         ...                       progress=False, log=lambda s: None)  # doctest: +SKIP
     """
-    unknown = [n for n in names if n not in SPECS]
+    unknown = [n for n in names if n not in TRAINABLE]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; allowed: {sorted(SPECS)}")
+        raise ValueError(f"unknown model(s) {unknown}; allowed: {list(TRAINABLE)}")
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
@@ -253,27 +256,61 @@ def train_builtin(out_dir: str | Path, names: Sequence[str] = tuple(SPECS), seed
 def _train_all(out_dir: str | Path, names: Sequence[str], seed: int, steps: int | None,
                progress: bool, log: Callable[[str], None],
                testbed: Testbed | None) -> dict[str, dict]:
-    _, tokenizer, docs_ids, stats = build_corpus(seed, testbed)
+    testbed, tokenizer, docs_ids, stats = build_corpus(seed, testbed)
     log(f"corpus: {stats['documents']} documents, {stats['tokens']:,} tokens")
     out = Path(out_dir)
     results = {}
     for name in names:
+        if name == "tw-reader":
+            results[name] = _train_reader(out / name, tokenizer, seed, steps, progress, log,
+                                          testbed)
+            continue
         spec = SPECS[name]
         if steps is not None:
             spec = ModelSpec(**{**asdict(spec), "steps": steps, "warmup": min(spec.warmup, steps)})
         ids, labels = pack(docs_ids, spec.context, tokenizer.pad_token_id)
         model, facts = train_model(spec, tokenizer, ids, labels, seed, progress, log)
         facts["corpus"] = {**stats, "blocks": int(ids.shape[0])}
-        target = out / name
-        target.mkdir(parents=True, exist_ok=True)
-        for old in target.glob("*.safetensors"):
-            old.unlink()
-        model.to(torch.float16).save_pretrained(target, safe_serialization=True)
-        tokenizer.save_pretrained(target)
-        (target / "training.json").write_text(json.dumps(facts, indent=1) + "\n")
-        for written in target.iterdir():
-            written.chmod(0o644)  # readable by every user of a shared install
+        target = save_builtin(model, tokenizer, facts, out / name)
         log(f"{name}: {facts['parameters']:,} parameters, {facts['train_seconds']} s, "
             f"final loss {facts['final_loss']} -> {target}")
         results[name] = facts
     return results
+
+
+def save_builtin(model: torch.nn.Module, tokenizer, facts: dict, target: str | Path) -> Path:
+    """Write a built-in model: float16 safetensors, tokenizer, ``training.json``.
+
+    Args:
+        model: the trained model (converted to float16 in place).
+        tokenizer: its tokenizer.
+        facts: the training facts, written as ``training.json``.
+        target: the model's directory (created; old weights removed).
+
+    Returns:
+        ``target`` as a path.
+    """
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for old in target.glob("*.safetensors"):
+        old.unlink()
+    model.to(torch.float16).save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    (target / "training.json").write_text(json.dumps(facts, indent=1) + "\n")
+    for written in target.iterdir():
+        written.chmod(0o644)  # readable by every user of a shared install
+    return target
+
+
+def _train_reader(target: Path, tokenizer, seed: int, steps: int | None, progress: bool,
+                  log: Callable[[str], None], testbed: Testbed) -> dict:
+    from tokenwise.testbed.reader import READER_SPEC, train_reader
+
+    spec = READER_SPEC
+    if steps is not None:
+        spec = replace(spec, steps=steps, warmup=min(spec.warmup, steps))
+    model, facts = train_reader(tokenizer, testbed.needles, seed, spec, progress, log)
+    save_builtin(model, tokenizer, facts, target)
+    log(f"tw-reader: {facts['parameters']:,} parameters, {facts['train_seconds']} s, "
+        f"levels {facts['levels_reached']} -> {target}")
+    return facts
