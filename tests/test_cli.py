@@ -30,7 +30,8 @@ from tokenwise.models import BUILTIN_DIR
 _SCRIPT = Path(sys.executable).parent / ("tokenwise.exe" if os.name == "nt" else "tokenwise")
 TOKENWISE: list[str] = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "tokenwise"]
 
-BUILTINS = ("tw-large", "tw-small")
+BUILTINS = ("tw-large", "tw-reader", "tw-small")
+GENERAL = ("tw-large", "tw-small")  # tw-reader only answers needle questions
 CONTEXT = 256  # the built-in models' context length
 
 #: A short text with questions, an addition, Markov symbols, HTML-special characters and a
@@ -443,7 +444,7 @@ def _bad_score_input(case: str, d: Path) -> tuple[list[str | Path], list[str]]:
         return ["adir"], ["'adir'", "is a directory", "- for stdin"]
     if case == "unknown model name":
         return [text, "--model", "tw-huge"], ["'tw-huge'", "not a built-in model",
-                                              "tw-large, tw-small"]
+                                              "tw-large, tw-reader, tw-small"]
     if case == "hub id":
         return [text, "--model", "org/name"], ["'org/name'", "never downloads",
                                                "huggingface-cli download org/name",
@@ -584,15 +585,18 @@ def test_demo_runs_on_both_builtins(tmp_path: Path) -> None:
     parser = _MainText()
     parser.feed(page)
     assert "38+45=83\nmarkov: ka ro yi tu" in "".join(parser.parts)
-    for name in BUILTINS:
+    for name in GENERAL:
         assert f"loaded {name}:" in out
     # One answer line per bucket and model, labelled with its bucket.
     for bucket in ("frequent", "rare", "unseen"):
-        for name in BUILTINS:
+        for name in GENERAL:
             label = f"[{bucket:>8}] {name:>8}:"
             assert label in out, f"no line labelled {label!r} in the demo output:\n{out}"
     assert "mean entropy" in out and f"heatmap written to {heatmap}" in out
     assert "answered 6 questions" in out
+    # the compression section: tw-reader answers from the whole and the compressed memo
+    assert "tw-reader reads the whole memo and answers" in out
+    assert out.count("tw-reader answers from what was kept:") == 2
     assert not (tmp_path / "tokenwise-demo").exists()
 
 

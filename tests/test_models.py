@@ -12,7 +12,7 @@ from tokenwise.models import LanguageModel, builtin_names, load
 
 
 def test_builtin_names_are_shipped():
-    assert builtin_names() == ["tw-large", "tw-small"]
+    assert builtin_names() == ["tw-large", "tw-reader", "tw-small"]
 
 
 def test_builtin_loads_in_eval_mode_on_cpu_float32(small):
@@ -97,7 +97,7 @@ def test_local_directory_loads_and_matches_its_weights(tiny_llama_dir):
 
 
 def test_unknown_name_says_what_is_allowed():
-    with pytest.raises(ModelNotFoundError, match=r"tw-huge.*tw-large, tw-small"):
+    with pytest.raises(ModelNotFoundError, match=r"tw-huge.*tw-large, tw-reader, tw-small"):
         load("tw-huge")
 
 
