@@ -2,12 +2,12 @@
 
 For each method and rate (0.2, 0.33, 0.5) on fresh needle items (1, 3, 7 and 15 distractors):
 (a) survival: does the needle's answer (its code) survive, as a word, in the compressed
-context; (b) reader accuracy: a reader model (``--reader``, default the large built-in
-tw-large) answering greedily from the compressed context, and (c) retention: that accuracy
-over the same reader's accuracy on the uncompressed prompt (the issue's target: >= 90% at
-rate 0.33 for the best method). Retention is undefined while the reader answers nothing
-uncompressed (tw-large does not answer needles, see BENCHMARKS.md); then survival is the
-figure to read, and the same command measures the target once a reader that answers exists.
+context; (b) reader accuracy: a reader model (``--reader``, default the built-in tw-reader,
+trained to answer needle questions from whole or cut memos; tw-large answers none, see
+BENCHMARKS.md) answering greedily from the compressed context, and (c) retention: that
+accuracy over the same reader's accuracy on the uncompressed prompt (the target: >= 90% at
+rate 0.33 for the best method). Retention is undefined for a reader that answers nothing
+uncompressed.
 
 Every method compresses the question line (``"Q: ..."``) followed by the memo (``--layout
 last``: the memo, then the question line; the built-in classifier tw-keep was trained on the
@@ -103,28 +103,55 @@ def correct(completion: str, answer: str) -> bool:
     return m is not None and m.group(1) == answer
 
 
-def plot(results: dict, n_items: int, png: str) -> None:
-    """Survival per method against the rate (legend outside the axes)."""
+def retention_interval(right: list[bool], base_right: list[bool], n_boot: int = 2000,
+                       seed: int = 0) -> list[float] | None:
+    """95% bootstrap interval of retention, resampling items (paired: the same items for
+    the compressed and the uncompressed accuracy)."""
+    r = np.asarray(right, dtype=np.float64)
+    b = np.asarray(base_right, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(r), size=(n_boot, len(r)))
+    base = b[idx].mean(1)
+    ok = base > 0
+    if not ok.any():
+        return None
+    ratios = r[idx].mean(1)[ok] / base[ok]
+    return [float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))]
+
+
+def plot(results: dict, n_items: int, png: str, reader: str | None = None,
+         base_acc: float | None = None) -> None:
+    """Survival, and the reader's accuracy, per method against the rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.4, 4.2))
-    for name, per in results.items():
-        kept = [per[str(r)]["achieved_rate"] for r in RATES]
-        label = name
-        if any(abs(k - r) > 0.05 for k, r in zip(kept, RATES, strict=True)):
-            label += f"\n(kept {min(kept):.2f}-{max(kept):.2f}: over budget)"
-        ax.plot(RATES, [100 * per[str(r)]["survival"] for r in RATES], marker="o",
-                label=label, linestyle="--" if name == "random" else "-")
-    ax.set_xlabel("rate (share of memo tokens kept)")
-    ax.set_ylabel("needle answer survives (%)")
-    ax.set_xticks(RATES)
-    ax.set_ylim(0, 102)
-    ax.set_title(f"Needle survival under compression ({n_items} items)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    ax.grid(alpha=0.3)
+    with_reader = reader is not None and base_acc
+    fig, axes = plt.subplots(1, 2 if with_reader else 1, figsize=(12.4 if with_reader else 8.4,
+                                                                  4.2), squeeze=False)
+    panels = [("survival", "needle answer survives (%)")]
+    if with_reader:
+        panels.append(("reader_accuracy", f"{reader} answers right (%)"))
+    for ax, (key, ylabel) in zip(axes[0], panels, strict=True):
+        for name, per in results.items():
+            kept = [per[str(r)]["achieved_rate"] for r in RATES]
+            label = name
+            if any(abs(k - r) > 0.05 for k, r in zip(kept, RATES, strict=True)):
+                label += f"\n(kept {min(kept):.2f}-{max(kept):.2f}: over budget)"
+            ax.plot(RATES, [100 * per[str(r)][key] for r in RATES], marker="o",
+                    label=label, linestyle="--" if name == "random" else "-")
+        if key == "reader_accuracy":
+            ax.axhline(100 * base_acc, color="black", linewidth=1, linestyle=":",
+                       label=f"uncompressed ({100 * base_acc:.0f}%)")
+            ax.axhline(90 * base_acc, color="gray", linewidth=1, linestyle=":",
+                       label="90% of uncompressed")
+        ax.set_xlabel("rate (share of memo tokens kept)")
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(RATES)
+        ax.set_ylim(0, 102)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(f"Needle world under compression ({n_items} items)")
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
@@ -140,7 +167,7 @@ def main() -> None:
                         help="token_classifier's model: built-in name or local directory")
     parser.add_argument("--layout", choices=("first", "last"), default="first",
                         help="the question line before the memo (first) or after it (last)")
-    parser.add_argument("--reader", default="tw-large",
+    parser.add_argument("--reader", default="tw-reader",
                         help="the model that answers (built-in name or local directory)")
     parser.add_argument("--png", default="docs/compression_qa.png")
     parser.add_argument("--json", default=None)
@@ -149,7 +176,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.plot_only:
         saved = json.loads(Path(args.plot_only).read_text())
-        plot(saved["results"], saved["items"], args.png)
+        plot(saved["results"], saved["items"], args.png, saved.get("reader"),
+             saved.get("uncompressed_accuracy"))
         return
 
     reader = load(args.reader)
@@ -157,8 +185,11 @@ def main() -> None:
     items = NeedleWorld(0).eval_items(seed=7, per_count=args.per_count)
     base_answers = greedy_complete(reader, [it.prompt for it in items], max_new_tokens=5,
                                    batch_size=32)
-    base_acc = float(np.mean([correct(a, it.answer) for a, it in zip(base_answers, items,
-                                                                     strict=True)]))
+    base_right = [correct(a, it.answer) for a, it in zip(base_answers, items, strict=True)]
+    base_acc = float(np.mean(base_right))
+    base_by_count = {str(n): float(np.mean([r for r, it in zip(base_right, items, strict=True)
+                                            if it.n_distractors == n]))
+                     for n in DISTRACTOR_COUNTS}
     results: dict[str, dict] = {}
     for name in args.methods.split(","):
         comp = build(name, args.classifier)
@@ -190,16 +221,19 @@ def main() -> None:
                            if prompts else [])
             right = [ok and correct(next(answers), it.answer)
                      for (_, _, _, ok), it in zip(rows, items, strict=True)]
-            by_count = {}
+            by_count, acc_by_count = {}, {}
             for n in DISTRACTOR_COUNTS:
                 sel = [i for i, it in enumerate(items) if it.n_distractors == n]
                 by_count[str(n)] = float(np.mean([rows[i][0] for i in sel]))
+                acc_by_count[str(n)] = float(np.mean([right[i] for i in sel]))
             failed = sum(not ok for *_, ok in rows)
             results[name][str(rate)] = {
                 "survival": float(np.mean([s for s, *_ in rows])),
                 "survival_by_distractors": by_count,
                 "reader_accuracy": float(np.mean(right)),
+                "reader_accuracy_by_distractors": acc_by_count,
                 "retention": float(np.mean(right)) / base_acc if base_acc > 0 else None,
+                "retention_ci95": retention_interval(right, base_right),
                 "achieved_rate": float(np.nanmean([x for _, _, x, _ in rows]))
                 if failed < len(rows) else float("nan"),
                 "budget_failures": failed,
@@ -211,24 +245,29 @@ def main() -> None:
 
     print(f"\nitems: {len(items)} ({args.per_count} per distractor count "
           f"{DISTRACTOR_COUNTS}); reader {reader.name} uncompressed accuracy "
-          f"{100 * base_acc:.1f}%\n")
+          f"{100 * base_acc:.1f}% (1/3/7/15 distractors: "
+          + "/".join(f"{100 * v:.0f}" for v in base_by_count.values()) + "%)\n")
     print("| method | rate | answer survives | by distractors 1/3/7/15 | achieved rate | "
-          f"{reader.name} accuracy | retention | budget failures |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{reader.name} accuracy | by distractors | retention | budget failures |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, per in results.items():
         for rate, r in per.items():
             bc = "/".join(f"{100 * v:.0f}" for v in r["survival_by_distractors"].values())
+            ac = "/".join(f"{100 * v:.0f}"
+                          for v in r["reader_accuracy_by_distractors"].values())
             print(f"| {name} | {rate} | {100 * r['survival']:.1f}% | {bc} | "
-                  f"{r['achieved_rate']:.3f} | {100 * r['reader_accuracy']:.1f}% | "
-                  + (f"{100 * r['retention']:.0f}%" if r["retention"] is not None
+                  f"{r['achieved_rate']:.3f} | {100 * r['reader_accuracy']:.1f}% | {ac} | "
+                  + (f"{100 * r['retention']:.0f}% [{100 * r['retention_ci95'][0]:.0f}-"
+                     f"{100 * r['retention_ci95'][1]:.0f}]" if r["retention"] is not None
                      else "n/a (0% uncompressed)")
                   + f" | {r['budget_failures']} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"reader": reader.name, "items": len(items),
                                                "uncompressed_accuracy": base_acc,
+                                               "uncompressed_by_distractors": base_by_count,
                                                "results": results}, indent=1) + "\n")
     if args.png:
-        plot(results, len(items), args.png)
+        plot(results, len(items), args.png, reader.name, base_acc)
 
 
 if __name__ == "__main__":

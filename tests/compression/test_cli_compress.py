@@ -180,3 +180,26 @@ def test_demo_lines_prints_kept_and_dropped_words_and_survival():
     for r, line in zip(rows, verdicts, strict=True):
         assert ("survived" in line) == r["survived"] and ("dropped" in line) != r["survived"]
     assert "\x1b[2m" in out and "\x1b[1;97m" in out  # dim (dropped) and bright (kept)
+
+
+def test_demo_lines_with_a_reader_print_its_answers_from_whole_and_kept_memos():
+    import io
+
+    from rich.console import Console
+
+    from tokenwise.cli.compress import DEMO_FACTS, DEMO_KEY, demo_lines
+    from tokenwise.models import load
+    from tokenwise.testbed.evaluate import greedy_complete
+
+    reader = load("tw-reader")
+    buf = io.StringIO()
+    rows = demo_lines(Console(file=buf, width=200), methods=("token_classifier",),
+                      reader=reader)
+    out = buf.getvalue()
+    memo = "Memo:\n" + "\n".join(f"The code of {k} is {v}." for k, v in DEMO_FACTS)
+    whole = greedy_complete(reader, [f"{memo}\nQ: What is the code of {DEMO_KEY}?\nA:"],
+                            max_new_tokens=5)[0].strip()
+    assert f"tw-reader reads the whole memo and answers {whole!r}" in out
+    said = rows[0]["reader_answer"]
+    assert said.isdigit() and f"answers from what was kept: {said!r}" in out
+    assert ("right" in out) == (said == str(dict(DEMO_FACTS)[DEMO_KEY]))

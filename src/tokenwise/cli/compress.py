@@ -199,10 +199,12 @@ DEMO_KEY = "Tavoun"
 
 
 def demo_lines(console=None, *, rate: float = 0.33,
-               methods: tuple[str, ...] = ("token_classifier", "perplexity")) -> list[dict]:
+               methods: tuple[str, ...] = ("token_classifier", "perplexity"),
+               reader=None) -> list[dict]:
     """Compress a short needle memo with each method and print what was kept.
 
-    Kept words print bright and dropped ones dim, then whether the needle's answer survived.
+    Kept words print bright and dropped ones dim, then whether the needle's answer survived
+    and, given a ``reader``, what it answers from the compressed memo (question last).
     The question line comes first (as tw-keep was trained) and is a force token (it survives
     whole); the budget is ``rate`` of the memo's tokens plus the question line's; number
     protection is off, since every code is a number. token_classifier is the built-in tw-keep;
@@ -212,10 +214,12 @@ def demo_lines(console=None, *, rate: float = 0.33,
         console: a ``rich.console.Console`` to print to (default: a new one on stdout).
         rate: share of the memo's tokens to keep.
         methods: compression methods to show.
+        reader: a model (or built-in name) that answers the question from the compressed
+            memo, e.g. the built-in ``"tw-reader"``; none by default.
 
     Returns:
         one dict per method: ``method``, ``tokens_before``, ``tokens_after``, ``survived``,
-        ``seconds``.
+        ``seconds``, and with a reader its ``reader_answer``.
 
     Example:
         >>> import io
@@ -238,6 +242,14 @@ def demo_lines(console=None, *, rate: float = 0.33,
     answer = str(dict(DEMO_FACTS)[DEMO_KEY])
     counter = TokenCounter.resolve(None)
     target = round(rate * counter.count(memo)) + counter.count(q_line)
+    if reader is not None:
+        from tokenwise.models import load
+        from tokenwise.testbed.evaluate import greedy_complete
+
+        reader = load(reader) if isinstance(reader, str) else reader
+        whole = greedy_complete(reader, [f"{memo}\n{q_line}\nA:"], max_new_tokens=5)[0]
+        console.print(f"{escape(reader.name)} reads the whole memo and answers "
+                      f"{escape(whole.strip())!r} (truth {answer})", highlight=False)
     rows = []
     for method in methods:
         comp = get(method)
@@ -245,9 +257,9 @@ def demo_lines(console=None, *, rate: float = 0.33,
                                force_tokens=[q_line], protect=False, target_model=counter)
         context = result.text.replace(q_line, "", 1)
         ok = re.search(rf"(?<!\d){answer}(?!\d)", context) is not None
-        reader = getattr(comp, "model_name", None) or getattr(getattr(comp, "lm", None),
-                                                              "name", "")
-        console.print(f"[bold]{escape(method)}[/bold] ({escape(reader)}): "
+        reads_with = getattr(comp, "model_name", None) or getattr(getattr(comp, "lm", None),
+                                                                  "name", "")
+        console.print(f"[bold]{escape(method)}[/bold] ({escape(reads_with)}): "
                       f"{result.tokens_before} -> {result.tokens_after} tokens, "
                       f"{result.seconds:.2f} s", highlight=False)
         _show(result, console)
@@ -256,4 +268,11 @@ def demo_lines(console=None, *, rate: float = 0.33,
         rows.append({"method": method, "tokens_before": result.tokens_before,
                      "tokens_after": result.tokens_after, "survived": ok,
                      "seconds": result.seconds})
+        if reader is not None:
+            said = greedy_complete(reader, [f"{context.strip()}\n{q_line}\nA:"],
+                                   max_new_tokens=5)[0].strip()
+            verdict = "[green]right[/green]" if said == answer else "[red]wrong[/red]"
+            console.print(f"  {escape(reader.name)} answers from what was kept: "
+                          f"{escape(said)!r} {verdict}", highlight=False)
+            rows[-1]["reader_answer"] = said
     return rows

@@ -34,7 +34,8 @@ def demo_command(out: str) -> None:
 
     console = Console()
     start = time.perf_counter()
-    models = {name: load(name) for name in builtin_names()}
+    # The general models; tw-reader only answers needle questions (section 5 uses it).
+    models = {name: load(name) for name in builtin_names() if name != "tw-reader"}
     console.rule("[bold]tokenwise demo")
     for lm in models.values():
         console.print(f"loaded {lm.name}: {lm.num_parameters():,} parameters, "
@@ -124,7 +125,7 @@ def demo_command(out: str) -> None:
     console.rule("5. prompt compression: does the needle survive?")
     from tokenwise.cli.compress import demo_lines
 
-    demo_lines(console)
+    demo_lines(console, reader="tw-reader" if "tw-reader" in builtin_names() else None)
 
     console.rule("done")
     console.print(f"What happened: loaded {len(models)} built-in models from the package, scored "
