@@ -106,7 +106,17 @@ def correct(completion: str, answer: str) -> bool:
 def retention_interval(right: list[bool], base_right: list[bool], n_boot: int = 2000,
                        seed: int = 0) -> list[float] | None:
     """95% bootstrap interval of retention, resampling items (paired: the same items for
-    the compressed and the uncompressed accuracy)."""
+    the compressed and the uncompressed accuracy).
+
+    Args:
+        right: per item, whether the reader was right on the compressed memo.
+        base_right: per item, whether it was right on the whole memo.
+        n_boot: bootstrap resamples.
+        seed: seeds the resampling.
+
+    Returns:
+        ``[low, high]``, or None when no resample has a right uncompressed answer.
+    """
     r = np.asarray(right, dtype=np.float64)
     b = np.asarray(base_right, dtype=np.float64)
     idx = np.random.default_rng(seed).integers(0, len(r), size=(n_boot, len(r)))

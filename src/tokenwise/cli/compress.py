@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from tokenwise.cli.common import read_text
 from tokenwise.errors import TokenwiseError
+
+if TYPE_CHECKING:
+    from tokenwise.models import LanguageModel
 
 
 def _method_names() -> list[str]:
@@ -200,7 +204,7 @@ DEMO_KEY = "Tavoun"
 
 def demo_lines(console=None, *, rate: float = 0.33,
                methods: tuple[str, ...] = ("token_classifier", "perplexity"),
-               reader=None) -> list[dict]:
+               reader: str | LanguageModel | None = None) -> list[dict]:
     """Compress a short needle memo with each method and print what was kept.
 
     Kept words print bright and dropped ones dim, then whether the needle's answer survived
@@ -249,7 +253,8 @@ def demo_lines(console=None, *, rate: float = 0.33,
         reader = load(reader) if isinstance(reader, str) else reader
         whole = greedy_complete(reader, [f"{memo}\n{q_line}\nA:"], max_new_tokens=5)[0]
         console.print(f"{escape(reader.name)} reads the whole memo and answers "
-                      f"{escape(whole.strip())!r} (truth {answer})", highlight=False)
+                      f"{escape(whole.strip())!r} (truth {answer}; how often this small "
+                      "reader is right, by memo length: BENCHMARKS.md)", highlight=False)
     rows = []
     for method in methods:
         comp = get(method)

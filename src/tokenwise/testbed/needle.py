@@ -48,6 +48,19 @@ class NeedleItem:
     needle_index: int
     n_distractors: int
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """``(key, code)`` of every memo line, in order.
+
+        Example:
+            >>> NeedleWorld(0).item(random.Random(3), n_distractors=1).pairs()[0][1].isdigit()
+            True
+        """
+        out = []
+        for line in self.context.strip().split("\n")[1:]:
+            key, code = line.removeprefix("The code of ").removesuffix(".").split(" is ")
+            out.append((key, code))
+        return out
+
 
 class NeedleWorld:
     """Seeded needle contexts over a fixed pool of invented keys.
@@ -95,12 +108,12 @@ class NeedleWorld:
         """
         for _ in range(count):
             item = self.item(rng, rng.choice(DISTRACTOR_COUNTS))
-            lines = item.context.strip().split("\n")[1:]
-            room = max(1, (16 - len(lines)) // 2)
-            asked = rng.sample(range(len(lines)), min(questions_per_doc, room, len(lines)))
+            pairs = item.pairs()
+            room = max(1, (16 - len(pairs)) // 2)
+            asked = rng.sample(range(len(pairs)), min(questions_per_doc, room, len(pairs)))
             qa = []
             for i in asked:
-                key, code = lines[i].removeprefix("The code of ").removesuffix(".").split(" is ")
+                key, code = pairs[i]
                 qa.append(f"Q: {_QUESTION.format(k=key)}\nA: {code}\n")
             yield item.context + "".join(qa)
 

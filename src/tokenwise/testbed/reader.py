@@ -47,22 +47,24 @@ class ReaderSpec:
         name: the built-in name.
         hidden_size: model width.
         layers: transformer blocks.
-        heads: attention heads (2 layers of 8 narrow heads learn key matching fastest of the
-            shapes tried; see BENCHMARKS.md).
+        heads: attention heads (2 layers of 8 narrow heads: the shape that learned to copy
+            memo codes in the earlier experiments, see BENCHMARKS.md).
         intermediate_size: MLP width.
         steps: optimizer steps.
         batch_size: rows of ``context`` tokens per step.
         context: tokens per row, and the model's context length.
-        lr: learning rate (linear warm-up, then constant until the last level, then cosine
-            to 10% over the remaining steps).
+        lr: learning rate (linear warm-up, then constant until the last level, then a
+            cosine toward 10% over the remaining steps; the last step is at 10% + a little).
         warmup: warm-up steps.
         weight_decay: AdamW weight decay.
         levels: the distractor curriculum (most distractors per memo at each level).
         advance: moving share of whole codes right on documents' first questions
             (teacher-forced, over the last 50 batches) that moves the curriculum on.
         deadlines: share of ``steps`` by which each level starts at the latest, whatever
-            the accuracy (the last level, with cut memos and the decaying learning rate,
-            must get its share of training).
+            the accuracy: level ``i`` starts at the first step ``>= deadlines[i] * steps``
+            (a float product: 0.55 x 12,000 starts at step 6,601); the first entry is the
+            first level's, 0. The last level, with cut memos and the decaying learning
+            rate, must get its share of training.
         corrupt: share of memos cut as a compressor would, once at the last level.
         context_weight: weight of the next-token loss on the other tokens (memo and
             questions, but not the memo's random codes) beside the answers' loss: it makes
@@ -86,6 +88,23 @@ class ReaderSpec:
     corrupt: float = 0.5
     context_weight: float = 0.3
 
+    def __post_init__(self) -> None:
+        for field_ in ("hidden_size", "layers", "heads", "intermediate_size", "steps",
+                       "batch_size", "context"):
+            if getattr(self, field_) < 1:
+                raise ValueError(f"{field_}={getattr(self, field_)}: must be >= 1")
+        for field_ in ("advance", "corrupt", "context_weight"):
+            value = getattr(self, field_)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{field_}={value}: allowed 0..1")
+        if not self.levels or self.levels[0] < 0 or list(self.levels) != sorted(self.levels):
+            raise ValueError(f"levels={self.levels}: non-empty, >= 0, never decreasing")
+        if len(self.deadlines) != len(self.levels) or any(
+                not 0.0 <= d <= 1.0 for d in self.deadlines) or list(
+                self.deadlines) != sorted(self.deadlines):
+            raise ValueError(f"deadlines={self.deadlines}: one per level "
+                             f"({len(self.levels)}), each in 0..1, never decreasing")
+
 
 READER_SPEC = ReaderSpec()
 _QA = "Q: What is the code of {k}?\nA:"
@@ -96,7 +115,9 @@ def cut_memo(lines: list[tuple[str, str]], rng: random.Random) -> tuple[str, lis
 
     The header goes with probability 1/2; each line loses every word independently with one
     probability drawn per memo (0.1 to 0.8); a line left empty stays as a blank line half the
-    time.
+    time. A line that kept its code but lost its key counts as answerable on purpose:
+    compressors do cut keys (tw-keep keeps "The code of is 156" of a 2-line memo), and
+    the reader should then answer with a code that survived rather than invent one.
 
     Args:
         lines: ``(key, code)`` of each memo line, in order.
@@ -139,7 +160,7 @@ def reader_document(world: NeedleWorld, tokenizer, rng: random.Random, max_distr
 
     Returns:
         ``(ids, labels, digits)``: token ids, labels (-100 except on answers) and, per
-        answer, the positions of its three digits.
+        answer, the positions of its three digits. (``reader_batch`` adds the EOS.)
 
     Example:
         >>> from tokenwise.models import load
@@ -150,10 +171,7 @@ def reader_document(world: NeedleWorld, tokenizer, rng: random.Random, max_distr
     """
     low = 1 if rng.random() < 0.85 else 0
     item = world.item(rng, rng.randint(min(low, max_distractors), max_distractors))
-    pairs = []
-    for line in item.context.strip().split("\n")[1:]:
-        key, code = line.removeprefix("The code of ").removesuffix(".").split(" is ")
-        pairs.append((key, code))
+    pairs = item.pairs()
     memo, answerable = item.context, list(range(len(pairs)))
     if rng.random() < corrupt:
         cut, left = cut_memo(pairs, rng)
@@ -186,10 +204,29 @@ def reader_batch(world: NeedleWorld, tokenizer, rng: random.Random, spec: Reader
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``spec.batch_size`` rows of whole documents (BOS doc EOS doc EOS ...), padded.
 
+    A row ends at the first document that does not fit; a first document longer than the
+    row leaves the row empty (BOS only), which only memos near the context length can do.
+    Each document's closing EOS is labelled too (the reader learns to stop).
+
+    Args:
+        world: the needle world (key pool).
+        tokenizer: the testbed tokenizer.
+        rng: the random source.
+        spec: ``batch_size`` and ``context`` are read.
+        max_distractors: the level (see :func:`reader_document`).
+        corrupt: probability that a memo is cut.
+
     Returns:
         ``input_ids`` and ``labels`` ``(B, context)``, and ``(n, 5)``: for every answer its
         row, the positions of its three digits, and 1 if it answers its document's first
         question (the one no earlier answer can help with).
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> ids, labels, answers = reader_batch(NeedleWorld(0), load("tw-small").tokenizer,
+        ...                                     random.Random(0), READER_SPEC, 1, 0.0)
+        >>> ids.shape, answers.shape[1], bool(answers[:, 4].sum() >= 16)  # >= 1 document a row
+        (torch.Size([16, 256]), 5, True)
     """
     pad, bos, eos = tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
     ids = torch.full((spec.batch_size, spec.context), pad, dtype=torch.long)
@@ -228,7 +265,8 @@ def train_reader(tokenizer, world: NeedleWorld, seed: int = 0,
         on_step: called with (steps done, model) after every step, e.g. to evaluate; it
             must leave the model in train mode.
         init_from: continue from this saved model directory instead of fresh weights
-            (the curriculum still starts at ``spec.levels[0]``).
+            (its architecture, not ``spec``'s; the curriculum still starts at
+            ``spec.levels[0]``).
 
     Returns:
         The trained model (float32, eval mode) and a dict of training facts.
@@ -244,9 +282,6 @@ def train_reader(tokenizer, world: NeedleWorld, seed: int = 0,
     from tqdm.auto import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if len(spec.deadlines) != len(spec.levels):
-        raise ValueError(f"spec.deadlines has {len(spec.deadlines)} entries, spec.levels "
-                         f"{len(spec.levels)}: give one deadline per level")
     torch.manual_seed(seed)
     rng = random.Random(f"tw-reader/{seed}")
     config = LlamaConfig(
@@ -294,6 +329,10 @@ def train_reader(tokenizer, world: NeedleWorld, seed: int = 0,
             group["lr"] = lr
         ids, labels, answers = reader_batch(world, tokenizer, rng, spec, spec.levels[level],
                                            spec.corrupt if final else 0.0)
+        if not (answers[:, 4] == 1).any():
+            raise ValueError(f"context={spec.context} holds no document of "
+                             f"{spec.levels[level]} distractors: every row of a batch was "
+                             "empty; use a longer context or fewer distractors")
         logits = model(input_ids=ids).logits  # (B, T, V)
         targets = ids[:, 1:]  # (B, T-1)
         nll = torch.nn.functional.cross_entropy(
@@ -309,7 +348,7 @@ def train_reader(tokenizer, world: NeedleWorld, seed: int = 0,
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         with torch.no_grad():  # whole codes of first questions right (teacher-forced)
-            first = answers[answers[:, 4] == 1]  # every row starts with a whole document
+            first = answers[answers[:, 4] == 1]
             rows, cols = first[:, :1], first[:, 1:4]  # (n, 1), (n, 3)
             right = logits[rows, cols - 1].argmax(-1) == ids[rows, cols]  # (n, 3)
             hit = right.all(-1).float().mean()

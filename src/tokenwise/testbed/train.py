@@ -289,6 +289,12 @@ def save_builtin(model: torch.nn.Module, tokenizer, facts: dict, target: str | P
 
     Returns:
         ``target`` as a path.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> lm = load("tw-small")
+        >>> save_builtin(lm.hf_model, lm.tokenizer, {"seed": 0}, "/tmp/tw-copy")  # doctest: +SKIP
+        PosixPath('/tmp/tw-copy')
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
