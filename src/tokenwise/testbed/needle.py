@@ -26,6 +26,19 @@ _TEMPLATE = "The code of {k} is {v}."
 _QUESTION = "What is the code of {k}?"
 
 
+def question_prompt(key: str) -> str:
+    """The question on ``key`` as it follows a memo, ready for the answer (``" 917"``).
+
+    Args:
+        key: the key asked about.
+
+    Example:
+        >>> question_prompt("Tavoun").splitlines()
+        ['Q: What is the code of Tavoun?', 'A:']
+    """
+    return f"Q: {_QUESTION.format(k=key)}\nA:"
+
+
 @dataclass(frozen=True)
 class NeedleItem:
     """One context with its needle.
@@ -91,7 +104,7 @@ class NeedleWorld:
         return NeedleItem(
             context=context,
             question=question,
-            prompt=f"{context}Q: {question}\nA:",
+            prompt=context + question_prompt(keys[idx]),
             answer=codes[idx],
             needle=lines[idx],
             needle_index=idx,
@@ -114,7 +127,7 @@ class NeedleWorld:
             qa = []
             for i in asked:
                 key, code = pairs[i]
-                qa.append(f"Q: {_QUESTION.format(k=key)}\nA: {code}\n")
+                qa.append(f"{question_prompt(key)} {code}\n")
             yield item.context + "".join(qa)
 
     def eval_items(self, seed: int, per_count: int) -> list[NeedleItem]:

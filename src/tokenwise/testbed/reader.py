@@ -31,32 +31,25 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from tokenwise.models.language_model import count_parameters
-from tokenwise.testbed.needle import DISTRACTOR_COUNTS, NeedleWorld
+from tokenwise.testbed.needle import DISTRACTOR_COUNTS, NeedleWorld, question_prompt
+from tokenwise.testbed.train import ModelSpec
 
 
 @dataclass(frozen=True)
-class ReaderSpec:
-    """Architecture and schedule of the reader (Llama architecture).
+class ReaderSpec(ModelSpec):
+    """Architecture and schedule of the reader: a :class:`ModelSpec` with the reader's
+    defaults, and its curriculum.
+
+    The learning rate warms up linearly, stays constant until the last level, then follows
+    a cosine toward 10% over the remaining steps (the last step is at 10% + a little).
+    The 2 layers of 8 narrow heads are the shape that learned to copy memo codes in the
+    earlier experiments (see BENCHMARKS.md).
 
     Args:
-        name: the built-in name.
-        hidden_size: model width.
-        layers: transformer blocks.
-        heads: attention heads (2 layers of 8 narrow heads: the shape that learned to copy
-            memo codes in the earlier experiments, see BENCHMARKS.md).
-        intermediate_size: MLP width.
-        steps: optimizer steps.
-        batch_size: rows of ``context`` tokens per step.
-        context: tokens per row, and the model's context length.
-        lr: learning rate (linear warm-up, then constant until the last level, then a
-            cosine toward 10% over the remaining steps; the last step is at 10% + a little).
-        warmup: warm-up steps.
-        weight_decay: AdamW weight decay.
         levels: the distractor curriculum (most distractors per memo at each level).
         advance: moving share of whole codes right on documents' first questions
             (teacher-forced, over the last 50 batches) that moves the curriculum on.
@@ -69,6 +62,10 @@ class ReaderSpec:
         context_weight: weight of the next-token loss on the other tokens (memo and
             questions, but not the memo's random codes) beside the answers' loss: it makes
             the model learn the key names as units, which key matching builds on.
+
+    Example:
+        >>> ReaderSpec().layers, ReaderSpec(steps=10).levels
+        (2, (0, 1, 3, 7, 15))
     """
 
     name: str = "tw-reader"
@@ -78,10 +75,7 @@ class ReaderSpec:
     intermediate_size: int = 352
     steps: int = 12000
     batch_size: int = 16
-    context: int = 256
     lr: float = 2e-3
-    warmup: int = 30
-    weight_decay: float = 0.01
     levels: tuple[int, ...] = (0, *DISTRACTOR_COUNTS)
     advance: float = 0.8
     deadlines: tuple[float, ...] = (0.0, 0.1, 0.25, 0.4, 0.55)
@@ -107,7 +101,6 @@ class ReaderSpec:
 
 
 READER_SPEC = ReaderSpec()
-_QA = "Q: What is the code of {k}?\nA:"
 
 
 def cut_memo(lines: list[tuple[str, str]], rng: random.Random) -> tuple[str, list[int]]:
@@ -186,7 +179,7 @@ def reader_document(world: NeedleWorld, tokenizer, rng: random.Random, max_distr
     # earlier answers.
     for i in (rng.choice(answerable) for _ in range(len(answerable))):
         key, code = pairs[i]
-        question = tokenizer(_QA.format(k=key), add_special_tokens=False)["input_ids"]
+        question = tokenizer(question_prompt(key), add_special_tokens=False)["input_ids"]
         answer = tokenizer(f" {code}\n", add_special_tokens=False)["input_ids"]
         if digits and len(ids) + len(question) + len(answer) > room:
             break  # long memos leave room for fewer questions: a document fits one row
@@ -250,9 +243,7 @@ def reader_batch(world: NeedleWorld, tokenizer, rng: random.Random, spec: Reader
 
 def train_reader(tokenizer, world: NeedleWorld, seed: int = 0,
                  spec: ReaderSpec = READER_SPEC, progress: bool = True,
-                 log: Callable[[str], None] = print,
-                 on_step: Callable[[int, torch.nn.Module], None] | None = None,
-                 init_from: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
+                 log: Callable[[str], None] = print) -> tuple[torch.nn.Module, dict]:
     """Train the reader from scratch (see the module docstring for the recipe).
 
     Args:
@@ -262,11 +253,6 @@ def train_reader(tokenizer, world: NeedleWorld, seed: int = 0,
         spec: architecture and schedule.
         progress: show a progress bar.
         log: where to print curriculum moves (and progress lines without a bar).
-        on_step: called with (steps done, model) after every step, e.g. to evaluate; it
-            must leave the model in train mode.
-        init_from: continue from this saved model directory instead of fresh weights
-            (its architecture, not ``spec``'s; the curriculum still starts at
-            ``spec.levels[0]``).
 
     Returns:
         The trained model (float32, eval mode) and a dict of training facts.
@@ -292,10 +278,7 @@ def train_reader(tokenizer, world: NeedleWorld, seed: int = 0,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    if init_from is None:
-        model = LlamaForCausalLM(config)
-    else:
-        model = LlamaForCausalLM.from_pretrained(init_from, dtype=torch.float32)
+    model = LlamaForCausalLM(config)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
@@ -363,8 +346,6 @@ def train_reader(tokenizer, world: NeedleWorld, seed: int = 0,
             bar.set_postfix(loss=f"{losses[-1]:.3f}", level=spec.levels[level])
         if not progress and (step % 200 == 0 or step == spec.steps - 1):
             log(f"{spec.name} step {step}/{spec.steps} loss {losses[-1]:.4f}")
-        if on_step is not None:
-            on_step(step + 1, model)
     model.eval()
     facts = {
         "spec": asdict(spec),

@@ -267,7 +267,7 @@ def _train_all(out_dir: str | Path, names: Sequence[str], seed: int, steps: int 
             continue
         spec = SPECS[name]
         if steps is not None:
-            spec = ModelSpec(**{**asdict(spec), "steps": steps, "warmup": min(spec.warmup, steps)})
+            spec = replace(spec, steps=steps, warmup=min(spec.warmup, steps))
         ids, labels = pack(docs_ids, spec.context, tokenizer.pad_token_id)
         model, facts = train_model(spec, tokenizer, ids, labels, seed, progress, log)
         facts["corpus"] = {**stats, "blocks": int(ids.shape[0])}
