@@ -28,15 +28,33 @@ _LAZY = {
     "LanguageModel": ("tokenwise.models", "LanguageModel"),
 }
 
+#: Subpackages reachable as attributes (``tw.models``, ``tw.sampling``, ...), imported on first
+#: use as ``torch.nn`` or ``numpy.linalg`` are.
+#: Names of parts not written yet are listed too; they raise AttributeError until they exist.
+_SUBMODULES = ("analysis", "compression", "context", "errors", "evaluate", "generation",
+               "heatmap", "kv", "models", "routing", "sampling", "scoring", "serving",
+               "signals", "testbed", "tokenizers", "trace", "training", "uncertainty")
+
 __all__ = ["Generation", "LanguageModel", "TokenTrace", "__version__", "generate", "load",
            "score"]
 
 
 def __getattr__(name: str) -> Any:
     # Importing transformers takes seconds; `import tokenwise` stays instant until needed.
-    if name in _LAZY:
-        import importlib
+    import importlib
+    import importlib.util
 
+    if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
+    if name in _SUBMODULES and importlib.util.find_spec(f"tokenwise.{name}") is not None:
+        # import_module also binds the attribute on this package, so this runs once per name
+        return importlib.import_module(f"tokenwise.{name}")
     raise AttributeError(f"module 'tokenwise' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    import importlib.util
+
+    present = [n for n in _SUBMODULES if importlib.util.find_spec(f"tokenwise.{n}") is not None]
+    return sorted({*globals(), *__all__, *present})

