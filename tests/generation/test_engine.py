@@ -89,6 +89,11 @@ def test_streaming_yields_the_same_tokens(large):
     ({"sampler": "nucleus"}, "unknown sampler 'nucleus'"),
     ({"sampler": "top_k"}, "sampler 'top_k' needs top_k"),
     ({"sampler": "top_p", "seed": -1}, "seed=-1"),
+    # torch.Generator.manual_seed takes at most 2**64 - 1 (issue 15: a traceback, not this)
+    ({"sampler": "top_p", "seed": 2**64}, r"seed=18446744073709551616: allowed an integer "
+                                          r"from 0 to 2\*\*64 - 1"),
+    ({"sampler": "top_p", "prompt": ["a", "b"], "seed": [1, 10**23]}, "seed=1000000000000"),
+    ({"sampler": "top_p", "seed": 1.5}, "seed=1.5"),
     ({"prompt": ["a", "b"], "seed": [1]}, "1 seeds for 2 prompts"),
     ({"stop": [""]}, "stop="),
 ])
@@ -101,6 +106,11 @@ def test_bad_input(small, kwargs, match):
 def test_streaming_checks_arguments_at_the_call(small):
     with pytest.raises(TokenwiseError, match="max_new_tokens=0"):
         tw.generate(small, "hi", max_new_tokens=0, stream=True)
+
+
+def test_the_largest_seed_torch_takes_is_accepted(small):
+    g = tw.generate(small, "hi", "top_p", max_new_tokens=2, seed=2**64 - 1)
+    assert g.seed == 2**64 - 1 and len(g.tokens) >= 1
 
 
 def test_greedy_generations_record_no_seed(small):

@@ -4,6 +4,7 @@ yet each gets exactly what it would get alone; a client that leaves stops its de
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import httpx
@@ -13,6 +14,9 @@ from tests.serving.conftest import API_KEY
 import tokenwise as tw
 from tokenwise.models import LanguageModel
 from tokenwise.sampling import Temperature
+from tokenwise.serving.batcher import Batcher, Job
+from tokenwise.serving.engine import FinishEvent, Row, TokenEvent
+from tokenwise.serving.sampler_spec import SamplerSpec
 
 openai = pytest.importorskip("openai")
 
@@ -135,3 +139,103 @@ def test_a_request_past_the_timeout_is_a_504(slow_server):
                                        stream=True)
     with pytest.raises(openai.APIError, match="timeout"):
         list(chunks)
+
+
+class FailingBatchLM(LanguageModel):
+    """tw-small whose forward pass fails in a shared batch (several rows) on call
+    ``fail_on``, once; alone, every row decodes."""
+
+    def __init__(self, lm: LanguageModel, fail_on: int) -> None:
+        self.__dict__.update(lm.__dict__)
+        self.inner, self.fail_on, self.calls = lm, fail_on, 0
+
+    def forward(self, ids, *args, **kwargs):
+        if ids.shape[0] > 1:
+            self.calls += 1
+            if self.calls == self.fail_on:
+                raise RuntimeError("a deliberate failure of the shared batch")
+        return self.inner.forward(ids, *args, **kwargs)
+
+
+SEEDED = SamplerSpec((("temperature", (("temperature", 1.0),)),))
+
+
+def _decode_together(lm: LanguageModel, seeds: list[int], max_tokens: int = 6):
+    """Submit one job per seed at once (they share a batch) and wait for every finish."""
+
+    async def main():
+        batcher = Batcher({"tw-small": lm}, window_s=0.05)
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        events: list[list] = [[] for _ in seeds]
+        finished = [loop.create_future() for _ in seeds]
+
+        def sink(i, event):
+            events[i].append(event)
+            if isinstance(event, FinishEvent):
+                loop.call_soon_threadsafe(finished[i].set_result, event)
+
+        for i, seed in enumerate(seeds):
+            row = Row(prompt=PROMPTS[i % len(PROMPTS)], max_tokens=max_tokens, seed=seed,
+                      prompt_tokens=12, sink=lambda ev, i=i: sink(i, ev))
+            batcher.submit(Job("tw-small", SEEDED, [row]))
+        await asyncio.wait_for(asyncio.gather(*finished), 60)
+        for _ in range(500):  # the counters are updated just after the last finish event
+            if batcher.stats.batches:
+                break
+            await asyncio.sleep(0.01)
+        await batcher.stop()
+        return events, batcher.stats
+
+    return asyncio.run(main())
+
+
+def _check_solo(small, i: int, seed: int, events: list, max_tokens: int = 6) -> None:
+    ref = tw.generate(small, PROMPTS[i % len(PROMPTS)], Temperature(1.0), seed=seed,
+                      max_new_tokens=max_tokens)
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    finish = events[-1]
+    assert [e for e in events if isinstance(e, FinishEvent)] == [finish]
+    assert finish.reason in ("stop", "length") and finish.text == ref.text
+    assert [t.token.id for t in tokens] == [r.id for r in ref.tokens]  # each token once
+    assert "".join(t.delta for t in tokens) + finish.delta == ref.text
+
+
+def test_a_row_that_fails_its_batch_fails_alone(small):
+    # 2**64 is past torch.Generator.manual_seed: the whole batch raised (issue 15)
+    seeds = [1, 2, 2**64, 3]
+    events, stats = _decode_together(small, seeds)
+    for i, seed in enumerate(seeds):
+        if i != 2:
+            _check_solo(small, i, seed, events[i])
+    assert events[2] == [FinishEvent("error", "", "", 0)]
+    assert stats.failed_batches == 1 and stats.largest_batch == 4  # they did share a batch
+    assert stats.failed_rows == 1
+
+
+def test_a_batch_failing_midway_still_completes_every_row_once(small):
+    # the third forward pass fails: every row has already delivered two tokens
+    seeds = [11, 12, 13, 14]
+    events, stats = _decode_together(FailingBatchLM(small, fail_on=3), seeds)
+    for i, seed in enumerate(seeds):
+        _check_solo(small, i, seed, events[i])
+    assert stats.failed_batches == 1 and stats.failed_rows == 0
+
+
+def test_a_rerun_that_strays_from_the_delivered_tokens_ends_in_an_error(small, monkeypatch):
+    # a rerun alone that does not repeat its tokens must not splice two different answers
+    from tokenwise.serving import batcher as batcher_module
+
+    real = batcher_module.run_batch
+
+    def reseeded(lm, spec, rows, names=None):
+        if len(rows) == 1:
+            rows = [dataclasses.replace(rows[0], seed=rows[0].seed + 1000)]
+        return real(lm, spec, rows, names)
+
+    monkeypatch.setattr(batcher_module, "run_batch", reseeded)
+    events, stats = _decode_together(FailingBatchLM(small, fail_on=3), [21, 22], max_tokens=12)
+    assert stats.failed_batches == 1
+    for ev in events:
+        tokens = [e for e in ev if isinstance(e, TokenEvent)]
+        assert ev[-1].reason == "error" and len(tokens) == 2  # nothing after the failure

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import tokenwise as tw
+from tokenwise.errors import TokenwiseError
 from tokenwise.sampling import Chain, Temperature, TopK
 from tokenwise.serving.engine import FinishEvent, Row, TokenEvent, run_batch
 from tokenwise.serving.sampler_spec import SamplerSpec
@@ -74,3 +76,12 @@ def test_eos_ends_a_row_as_stop(small):
     ref = tw.generate(small, "Q: Where was Tavoun born?\nA:", max_new_tokens=60)
     want = "stop" if ref.finish_reason == "eos" else "length"
     assert events[0][-1].reason == want and events[0][-1].text == ref.text
+
+
+def test_a_batch_the_engine_refuses_at_the_call_still_finishes_every_row(small):
+    # generate checks its arguments before the first token; a row must never wait forever
+    rows, events = collect([dict(prompt="7+2=", max_tokens=2, seed=1),
+                            dict(prompt="7+2=", max_tokens=2, seed=2**64)])
+    with pytest.raises(TokenwiseError, match="2\\*\\*64 - 1"):
+        run_batch(small, SPEC, rows)
+    assert events == [[FinishEvent("error", "", "", 0)]] * 2

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from tokenwise.serving.errors import from_validation
-from tokenwise.serving.schemas import ChatCompletionRequest
+from tokenwise.serving.schemas import ChatCompletionRequest, CompletionRequest
 
 
 def error_for(body: str):
@@ -30,3 +30,25 @@ def test_type_errors_name_the_field_and_value():
     assert error_for("{nope").code == "invalid_json"
     body = error_for('{"model": "m", "messages": [{"role": "tool", "content": "x"}]}').body()
     assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+def completion_error_for(body: str):
+    with pytest.raises(ValidationError) as err:
+        CompletionRequest.model_validate_json(body)
+    return from_validation(err.value)
+
+
+def test_an_empty_prompt_list_says_so():
+    e = completion_error_for('{"model": "m", "prompt": []}')
+    assert e.status == 400 and e.param == "prompt"
+    assert "the list is empty" in e.message and "valid string" not in e.message
+    e = error_for('{"model": "m", "messages": []}')
+    assert e.param == "messages" and "the list is empty" in e.message
+
+
+def test_a_union_error_names_the_member_the_value_was_meant_for():
+    # a list of numbers is a list of the wrong items, not "not a string"
+    e = completion_error_for('{"model": "m", "prompt": ["a", 7]}')
+    assert e.param == "prompt.1" and "(got 7)" in e.message
+    e = completion_error_for('{"model": "m", "prompt": 5}')
+    assert e.param == "prompt" and "(got 5)" in e.message

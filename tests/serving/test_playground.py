@@ -1,11 +1,15 @@
 """The playground page in headless Chromium: send a chat message, see tokens coloured by
-entropy with details on hover, and the compressed prompt; a screenshot is kept."""
+entropy with details on hover, and the compressed prompt; a screenshot is kept. Without
+Chromium, the page's sampler defaults are still sent to the server as the page sends them."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from tests.serving.conftest import API_KEY
@@ -13,11 +17,56 @@ from tests.serving.conftest import API_KEY
 CHROMIUM = os.environ.get("TOKENWISE_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
+STATIC = Path(__file__).parents[2] / "src" / "tokenwise" / "serving" / "static"
 
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not (os.path.exists(CHROMIUM) or shutil.which("chromium")),
     reason=f"no Chromium at {CHROMIUM} (install Debian's `chromium` package or set "
            "TOKENWISE_CHROMIUM)")
+
+
+class _SamplerOptions(HTMLParser):
+    """The values of the page's ``#sampler`` options."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[str] = []
+        self._inside = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "select":
+            self._inside = attrs.get("id") == "sampler"
+        elif tag == "option" and self._inside:
+            self.values.append(attrs["value"])
+
+    def handle_endtag(self, tag):
+        if tag == "select":
+            self._inside = False
+
+
+def page_sampler_params() -> dict:
+    """``SAMPLER_PARAMS`` of playground.js (written as JSON there)."""
+    script = (STATIC / "playground.js").read_text()
+    found = re.search(r"const SAMPLER_PARAMS = (\{.*?\n\});", script, re.S)
+    assert found, "playground.js no longer defines SAMPLER_PARAMS as a JSON object"
+    return json.loads(found.group(1))
+
+
+def test_every_samplers_default_parameter_is_accepted(client):
+    # issue 15: the parameter box held 0.9 for every sampler, a 400 for top-k
+    options = _SamplerOptions()
+    options.feed((STATIC / "index.html").read_text())
+    params = page_sampler_params()
+    assert set(options.values) == {"greedy", "temperature", *params}
+    for sampler, spec in params.items():
+        assert spec.get("min", spec["value"]) <= spec["value"] <= spec.get("max", spec["value"])
+        # as buildRequest() sends it: the parameter under the sampler's own field
+        r = client.chat.completions.create(
+            model="tw-small", messages=[{"role": "user", "content": "7+2="}], max_tokens=2,
+            temperature=0.8, seed=1, extra_body={sampler: spec["value"]})
+        steps = [s["name"] for s in r.model_extra["tokenwise"]["sampler"]]
+        assert steps[0] == {"typical_p": "typical"}.get(sampler, sampler), steps
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +90,7 @@ def page(server):
         browser.close()
 
 
+@needs_chromium
 def test_chat_shows_tokens_coloured_by_entropy(page, tmp_path):
     page.select_option("#sampler", "greedy")
     page.fill("#max-tokens", "16")
@@ -69,6 +119,24 @@ def test_chat_shows_tokens_coloured_by_entropy(page, tmp_path):
         shutil.copy(path, keep)
 
 
+@needs_chromium
+def test_each_sampler_starts_from_a_default_the_server_accepts(page):
+    page.click("#clear")
+    for sampler, spec in page_sampler_params().items():
+        page.select_option("#sampler", sampler)
+        assert float(page.input_value("#sampler-param")) == spec["value"]
+        page.fill("#max-tokens", "2")
+        page.fill("#prompt", "7+2=")
+        page.click("#send")
+        page.wait_for_function("document.getElementById('status').textContent"
+                               ".startsWith('Done')")
+    for plain in ("temperature", "greedy"):  # no parameter: none is sent
+        page.select_option("#sampler", plain)
+        assert page.is_disabled("#sampler-param")
+    page.fill("#max-tokens", "16")
+
+
+@needs_chromium
 def test_compression_shows_the_prompt_with_dropped_words(page, tmp_path):
     page.click("#clear")
     page.select_option("#compress-method", "token_classifier")

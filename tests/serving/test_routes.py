@@ -3,14 +3,15 @@ checked against naive decoding loops and the library's own functions called dire
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
 import torch
-from tests.serving.conftest import MAX_TOKENS_LIMIT
+from tests.serving.conftest import API_KEY, MAX_TOKENS_LIMIT
 
 import tokenwise as tw
-from tokenwise.sampling import Chain, MinP, Temperature, TopH, TopK
+from tokenwise.sampling import Chain, MinP, Temperature, TopH, TopK, TopP
 
 openai = pytest.importorskip("openai")
 
@@ -291,3 +292,87 @@ def test_ead_unknown_judge_is_a_400_naming_it(client):
                                   extra_body={"tokenwise": {"ead": {"large": "tw-large",
                                                                     "judge": "both"}}})
     assert "judge" in str(err.value.body)
+
+
+def test_a_seed_past_what_torch_takes_is_a_400_naming_seed(client, server):
+    for kwargs in ({"seed": 2**64}, {"seed": 2**64, "stream": True}):
+        with pytest.raises(openai.BadRequestError) as err:  # a stream too: 400, no events
+            client.completions.create(model="tw-small", prompt="7+2=", max_tokens=2,
+                                      top_p=0.9, **kwargs)
+        assert err.value.body["param"] == "seed"
+        assert "2**64 - 1" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:  # choice i uses seed + i
+        client.completions.create(model="tw-small", prompt="7+2=", max_tokens=2, n=2,
+                                  seed=2**64 - 1)
+    assert f"allowed 0 to {2**64 - 2}" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:  # uncertainty's reference uses seed + n
+        client.completions.create(model="tw-small", prompt="7+2=", max_tokens=2,
+                                  seed=2**64 - 3, extra_body={"tokenwise": {"uncertainty": {
+                                      "method": "predictive_entropy", "n": 3}}})
+    assert f"allowed 0 to {2**64 - 4}" in err.value.body["message"]
+    ok = client.completions.create(model="tw-small", prompt="7+2=", max_tokens=2, n=2,
+                                   seed=2**64 - 2)
+    assert ok.model_extra["tokenwise"]["seeds"] == [2**64 - 2, 2**64 - 1]
+
+
+def test_one_bad_seed_among_concurrent_requests_fails_alone(server):
+    async def send():
+        client = openai.AsyncOpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0)
+        calls = [client.completions.create(model="tw-small", prompt="7+2=", max_tokens=3,
+                                           top_p=0.9, seed=2**64 if i == 4 else i)
+                 for i in range(9)]
+        try:
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.close()
+
+    out = asyncio.run(send())
+    assert isinstance(out[4], openai.BadRequestError)
+    good = [r for i, r in enumerate(out) if i != 4]
+    assert all(isinstance(r, openai.types.Completion) for r in good), good
+    assert [r.choices[0].text for r in good] == [
+        tw.generate("tw-small", "7+2=", TopP(0.9), seed=i, max_new_tokens=3).text
+        for i in range(9) if i != 4]
+
+
+def test_prompts_times_n_is_capped_by_max_choices(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tw-small", prompt=["7+2="] * 1000, n=8, max_tokens=1)
+    body = err.value.body
+    assert body["param"] == "prompt" and body["code"] == "too_many_choices"
+    assert "1000 prompts x n=8 = 8000 choices" in body["message"]
+    assert "at most 64" in body["message"]
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tw-small", prompt=["7+2="] * 65, max_tokens=1)
+    r = client.completions.create(model="tw-small", prompt=["7+2="] * 8, n=8, max_tokens=1,
+                                  temperature=0)
+    assert len(r.choices) == 64
+
+
+def test_the_context_error_says_whether_max_tokens_was_the_default(client):
+    messages = [{"role": "user", "content": "ka " * 220}]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tw-small", messages=messages)
+    message = err.value.body["message"]
+    assert "the default max_tokens (64" in message and "max_tokens=64" not in message
+    assert "set max_tokens to" in message and err.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tw-small", messages=messages, max_tokens=60)
+    message = err.value.body["message"]
+    assert "max_tokens=60 would pass it" in message and "lower max_tokens to" in message
+    fits = int(message.split("max_tokens to ")[1].split()[0])
+    r = client.chat.completions.create(model="tw-small", messages=messages, max_tokens=fits,
+                                       temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tw-small", prompt="ka " * 300, max_tokens=2)
+    assert err.value.body["param"] == "prompt"
+    assert err.value.body["message"].endswith("Shorten the prompt.")
+
+
+def test_an_empty_prompt_list_is_a_400_saying_so(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tw-small", prompt=[], max_tokens=2)
+    assert err.value.body["param"] == "prompt"
+    assert "empty" in err.value.body["message"]
+    assert "valid string" not in err.value.body["message"]

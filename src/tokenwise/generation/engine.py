@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from tokenwise.models import LanguageModel
     from tokenwise.sampling import Sampler
 
+#: largest seed a row's random stream takes: ``torch.Generator.manual_seed`` reads seeds as
+#: unsigned 64-bit integers (a larger one raises "Overflow when unpacking long long").
+MAX_SEED = 2**64 - 1
+
 
 def _check_prompts(prompt: str | Sequence[str]) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -30,12 +34,19 @@ def _check_prompts(prompt: str | Sequence[str]) -> list[str]:
 def _check_seeds(seed: int | Sequence[int] | None, n: int) -> list[int | None]:
     if seed is None:
         return [None] * n
-    seeds = [seed] * n if isinstance(seed, numbers.Integral) else list(seed)
+    if isinstance(seed, numbers.Integral):
+        seeds = [seed] * n
+    elif isinstance(seed, Sequence) and not isinstance(seed, str):
+        seeds = list(seed)
+    else:
+        raise TokenwiseError(f"seed={seed!r}: allowed an integer from 0 to 2**64 - 1 "
+                             f"({MAX_SEED}), a list of them (one per prompt) or None")
     if len(seeds) != n:
         raise TokenwiseError(f"{len(seeds)} seeds for {n} prompts: give one seed or one per prompt")
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
-            raise TokenwiseError(f"seed={s!r}: allowed a non-negative integer")
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s <= MAX_SEED:
+            raise TokenwiseError(f"seed={s!r}: allowed an integer from 0 to 2**64 - 1 "
+                                 f"({MAX_SEED})")
     return [int(s) for s in seeds]
 
 
@@ -189,7 +200,8 @@ def generate(
         sampler: None (greedy), a sampler name, or a :mod:`tokenwise.sampling` sampler
             (e.g. ``Chain([TopH(0.4), Temperature(0.8)])``).
         max_new_tokens: most tokens generated per prompt (>= 1).
-        seed: one seed, or one per prompt (sampling only; default: fresh randomness).
+        seed: one seed, or one per prompt, each from 0 to ``MAX_SEED`` (2**64 - 1)
+            (sampling only; default: fresh randomness).
         stop: string(s) that end a generation; the text is cut before the first one.
         stream: return an iterator of :class:`TokenRecord` as tokens are chosen
             (``record.row`` says which prompt) instead of the finished generations.

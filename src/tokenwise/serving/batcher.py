@@ -8,6 +8,10 @@ model and the same sampler spec, and a longest prompt plus longest ``max_tokens`
 the model's context; ``max_tokens``, stop strings, seeds and logprob settings may differ.
 Requests whose client left before their batch began are not decoded at all.
 
+No request can fail another: when a batch raises, its rows still open are decoded again one
+by one, each replaying the tokens it already delivered (checked, not sent twice), so only a
+row that fails alone gets an error.
+
 Other model work (compression, uncertainty sampling, entropy-adaptive decoding) goes
 through :meth:`Batcher.call`, on the same thread, between batches.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -87,6 +92,8 @@ class BatcherStats:
     timed_out: int = 0
     skipped: int = 0
     largest_batch: int = 0
+    failed_batches: int = 0
+    failed_rows: int = 0
     calls: int = 0
     engine_busy_s: float = 0.0
 
@@ -237,8 +244,38 @@ class Batcher:
 
     def _decode(self, jobs: list[Job]) -> BatchStats:
         first = jobs[0]
+        lm, names = self.models[first.model], self.names[first.model]
         rows = [r for j in jobs for r in j.rows]
-        return run_batch(self.models[first.model], first.spec, rows, self.names[first.model])
+        if len(rows) == 1:
+            return self._decode_alone(lm, first.spec, rows[0], names)
+        guards = [_Guard(r) for r in rows]
+        try:
+            return run_batch(lm, first.spec, [g.batch_row() for g in guards], names)
+        except Exception:
+            log.exception("a batch of %d row(s) from %d request(s) failed; decoding its open "
+                          "rows one by one", len(rows), len(jobs))
+        self.stats.failed_batches += 1
+        # counted as one batch of all its rows (it ran), plus each row's own run below
+        done = BatchStats(rows=len(rows), tokens=sum(len(g.delivered) for g in guards))
+        for g in guards:
+            if g.finished:
+                continue
+            alone = self._decode_alone(lm, first.spec, g.replay_row(), names)
+            done.steps += alone.steps
+            done.tokens += max(alone.tokens - len(g.delivered), 0)
+            done.cancelled += alone.cancelled
+            done.timed_out += alone.timed_out
+        return done
+
+    def _decode_alone(self, lm: LanguageModel, spec: SamplerSpec, row: Row,
+                      names: TokenBytes) -> BatchStats:
+        """One row in a batch of its own; its failure is its own (an "error" finish)."""
+        try:
+            return run_batch(lm, spec, [row], names)
+        except Exception:
+            log.exception("a request's row failed when decoded alone")
+            self.stats.failed_rows += 1
+            return BatchStats(rows=1)
 
     async def _run(self) -> None:
         assert self._queue is not None
@@ -294,6 +331,58 @@ class Batcher:
                 call.future.set_result(result)
         finally:
             self.stats.engine_busy_s += time.perf_counter() - start
+
+
+class _Guard:
+    """A row in a shared batch whose events pass through, except the "error" finish the
+    engine sends when the batch fails: the row stays open and is decoded again alone.
+
+    The rerun repeats the row's tokens (its seed gives the same tokens alone or in any
+    batch); the ones already delivered are checked and skipped, so the client sees each
+    token once. A rerun that strays from them ends the row with an error.
+    """
+
+    def __init__(self, row: Row) -> None:
+        self.row = row
+        self.delivered: list[int] = []
+        self.finished = False
+
+    def batch_row(self) -> Row:
+        """The row to put in the shared batch."""
+        return dataclasses.replace(self.row, sink=self._sink)
+
+    def _sink(self, event: TokenEvent | FinishEvent) -> None:
+        if isinstance(event, FinishEvent):
+            if event.reason == "error":
+                return  # the batch failed: the row is decoded again alone
+            self.finished = True
+        else:
+            self.delivered.append(event.token.id)
+        self.row.sink(event)
+
+    def replay_row(self) -> Row:
+        """The row to decode alone after the batch failed."""
+        seen = 0
+        strayed = False
+
+        def sink(event: TokenEvent | FinishEvent) -> None:
+            nonlocal seen, strayed
+            if isinstance(event, TokenEvent):
+                if strayed:
+                    return
+                if seen < len(self.delivered):
+                    strayed = event.token.id != self.delivered[seen]
+                    seen += 1
+                    return
+            elif strayed or seen < len(self.delivered):
+                log.error("a row decoded again alone did not repeat the %d token(s) it had "
+                          "delivered; ending it with an error", len(self.delivered))
+                event = FinishEvent("error", "", event.text, event.completion_tokens)
+            self.row.sink(event)
+
+        cancelled = self.row.cancelled
+        return dataclasses.replace(self.row, sink=sink,
+                                   cancelled=lambda: strayed or cancelled())
 
 
 class _Inbox:

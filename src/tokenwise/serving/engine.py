@@ -166,10 +166,11 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
             elif now > row.deadline:
                 finish(i, "timeout")
 
-    loop = generate(tap, [r.prompt for r in rows], sampler,
-                    max_new_tokens=max(r.max_tokens for r in rows), seed=seeds, stream=True)
+    loop = None
     step = 0
-    try:
+    try:  # generate checks its arguments at the call: a refusal ends the rows too
+        loop = generate(tap, [r.prompt for r in rows], sampler,
+                        max_new_tokens=max(r.max_tokens for r in rows), seed=seeds, stream=True)
         for record in loop:
             if record.step != step:
                 step = record.step
@@ -206,6 +207,7 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
             if active[i]:  # the engine ended the rows still open: they all hit end-of-text
                 finish(i, "stop")
     finally:
-        loop.close()  # stops the decode loop when every row ended early
+        if loop is not None:
+            loop.close()  # stops the decode loop when every row ended early
         stats.steps = step + 1
     return stats

@@ -45,11 +45,20 @@ class APIError(Exception):
                           "param": self.param, "code": self.code}}
 
 
+def _is_member(part: Any) -> bool:
+    """Whether a location part is the name pydantic gives a union member ("str", "list[...]")."""
+    return isinstance(part, str) and ("[" in part or part in ("str", "float", "int"))
+
+
 def _dotted(loc: tuple[Any, ...]) -> str:
-    # pydantic adds the union member's name to the location ("str", "list[...]"); drop it.
-    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in
-                                                                   ("str", "float", "int")))]
-    return ".".join(parts)
+    return ".".join(str(p) for p in loc if not _is_member(p))
+
+
+def _wrong_member(error: Any) -> bool:
+    """An error saying the value is not of one union member's type (``prompt: []`` is not a
+    "str"): about a member the client did not mean, so another member's error says more."""
+    loc = error["loc"]
+    return bool(loc) and _is_member(loc[-1]) and error["type"].endswith("_type")
 
 
 def from_validation(error: ValidationError) -> APIError:
@@ -68,7 +77,7 @@ def from_validation(error: ValidationError) -> APIError:
     if unknown:
         return APIError(400, "Unrecognized request argument supplied: " + ", ".join(unknown),
                         param=unknown[0], code="unknown_field")
-    first = errors[0]
+    first = next((e for e in errors if not _wrong_member(e)), errors[0])
     if first["type"] == "json_invalid":
         return APIError(400, f"The request body is not valid JSON: {first['msg']}",
                         code="invalid_json")
@@ -76,6 +85,11 @@ def from_validation(error: ValidationError) -> APIError:
     if first["type"] == "missing":
         return APIError(400, f"Missing required parameter: {where}", param=where,
                         code="missing_required_parameter")
+    if first["type"] == "too_short" and first.get("input") == []:
+        least = first.get("ctx", {}).get("min_length", 1)
+        return APIError(400, f"Invalid value for {where}: the list is empty; give at least "
+                             f"{least} item{'s' if least != 1 else ''}", param=where,
+                        code="invalid_value")
     got = first.get("input")
     shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
     return APIError(400, f"Invalid value for {where or 'the body'}: {first['msg']} "

@@ -17,6 +17,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenwise.generation.engine import MAX_SEED
 from tokenwise.models import LanguageModel
 from tokenwise.serving import uncertainty_score
 from tokenwise.serving.chat_format import render
@@ -99,7 +100,9 @@ def chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.text()} for m in req.messages]
 
 
-def _max_tokens(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConfig) -> int:
+def _max_tokens(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConfig
+                ) -> tuple[int, bool]:
+    """The request's ``max_tokens`` and whether the request set it (False: the default)."""
     given = req.max_tokens
     if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
         if given is not None and given != req.max_completion_tokens:
@@ -108,7 +111,57 @@ def _max_tokens(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConfi
                            param="max_completion_tokens", code="conflicting_fields")
         given = req.max_completion_tokens
     check_max_tokens(given, cfg.max_tokens_limit)
-    return cfg.default_max_tokens if given is None else given
+    return (cfg.default_max_tokens, False) if given is None else (given, True)
+
+
+def check_choices(prompts: int, n: int, limit: int) -> None:
+    """Raise a 400 when prompts x ``n`` is over the server's ``max_choices``.
+
+    Args:
+        prompts: how many prompts the request sends.
+        n: choices per prompt.
+        limit: the server's ``max_choices``.
+
+    Example:
+        >>> check_choices(1000, 8, 64)
+        Traceback (most recent call last):
+        ...
+        tokenwise.serving.errors.APIError: 1000 prompts x n=8 = 8000 choices: this server ...
+    """
+    if prompts * n > limit:
+        raise APIError(400, f"{prompts} prompt{'s' if prompts != 1 else ''} x n={n} = "
+                            f"{prompts * n} choices: this server makes at most {limit} "
+                            "choices per request; send fewer prompts or a smaller n",
+                       param="prompt" if prompts > 1 else "n", code="too_many_choices")
+
+
+def check_seed(seed: int | None, choices: int, uncertainty_n: int = 0) -> None:
+    """Raise a 400 when a seed the request would use is past what the engine takes.
+
+    Choice ``i`` samples with ``seed + i`` and uncertainty's reference answer with
+    ``seed + n``, so the largest seed used is ``seed`` plus the larger offset; every one must
+    fit ``torch.Generator.manual_seed`` (0 to 2**64 - 1).
+
+    Args:
+        seed: the request's ``seed`` (None: drawn by the server, always in range).
+        choices: how many choices the request makes.
+        uncertainty_n: ``tokenwise.uncertainty.n`` (0 without it).
+
+    Example:
+        >>> check_seed(2**64 - 1, choices=2)
+        Traceback (most recent call last):
+        ...
+        tokenwise.serving.errors.APIError: seed=18446744073709551615: this request samples with ...
+    """
+    if seed is None:
+        return
+    offset = max(choices - 1, uncertainty_n)
+    if seed + offset > MAX_SEED:
+        used = f"this request samples with seeds from seed to seed + {offset}, and " \
+            if offset else ""
+        raise APIError(400, f"seed={seed}: {used}seeds go up to 2**64 - 1; allowed 0 to "
+                            f"{MAX_SEED - offset} for this request", param="seed",
+                       code="invalid_seed")
 
 
 def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConfig,
@@ -127,7 +180,7 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
     """
     kind = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
     lm = pick_model(models, req.model)
-    max_tokens = _max_tokens(req, cfg)
+    max_tokens, max_tokens_given = _max_tokens(req, cfg)
     if req.n > cfg.max_n:
         raise APIError(400, f"n={req.n}: this server allows at most {cfg.max_n} choices",
                        param="n")
@@ -154,16 +207,26 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
             [raw] if isinstance(raw, str) else list(raw))
         logprobs = req.logprobs is not None
         top = req.logprobs or 0
+    check_choices(len(prompts), req.n, cfg.max_choices)
+    uncertainty_n = opts.uncertainty.n if opts is not None and opts.uncertainty else 0
+    check_seed(req.seed, len(prompts) * req.n, uncertainty_n)
     for i, p in enumerate(prompts):
         if not p.strip():
             raise APIError(400, f"prompt {i} is empty", param="prompt")
     prompt_tokens = [len(lm.encode(p, add_bos=True)) for p in prompts]
     longest = max(prompt_tokens)
     if check_context and longest + max_tokens - 1 > lm.context_length:
+        asked = f"max_tokens={max_tokens}" if max_tokens_given else \
+            f"the default max_tokens ({max_tokens}, used when a request sets none)"
+        fits = lm.context_length - longest + 1  # the most tokens this prompt leaves room for
+        advice = "Shorten the prompt." if fits < 1 else \
+            f"Shorten the prompt or {'lower' if max_tokens_given else 'set'} max_tokens to " \
+            f"{fits} or less."
         raise APIError(400, f"This model's maximum context length is {lm.context_length} "
-                            f"tokens; the prompt has {longest} and max_tokens={max_tokens} "
-                            "would pass it. Shorten the prompt or lower max_tokens.",
-                       param="max_tokens" if longest < lm.context_length else "messages",
+                            f"tokens; the prompt has {longest} and {asked} would pass it. "
+                            f"{advice}",
+                       param="max_tokens" if fits > 0 else
+                       ("messages" if kind == "chat" else "prompt"),
                        code="context_length_exceeded")
     choices = len(prompts) * req.n
     if spec.greedy:

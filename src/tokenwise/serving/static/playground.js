@@ -5,6 +5,15 @@
 const $ = (id) => document.getElementById(id);
 const history = [];          // [{role, content}] of the conversation so far
 const ENTROPY_TOP = 3.0;     // nats at which the colour scale saturates
+// Each sampler's parameter input: its default (the library's own) and its allowed range.
+// Kept as JSON: tests/serving/test_playground.py sends every default to the server.
+const SAMPLER_PARAMS = {
+  "top_p": {"value": 0.9, "step": 0.05, "min": 0.05, "max": 1},
+  "top_k": {"value": 40, "step": 1, "min": 1},
+  "min_p": {"value": 0.05, "step": 0.01, "min": 0, "max": 1},
+  "typical_p": {"value": 0.95, "step": 0.05, "min": 0.05, "max": 1},
+  "top_h": {"value": 0.4, "step": 0.05, "min": 0.05, "max": 1}
+};
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -60,7 +69,7 @@ function buildRequest() {
     body.temperature = 0;
   } else {
     body.temperature = numberOrNull("temperature") ?? 1;
-    if (sampler !== "temperature" && param !== null) body[sampler] = param;
+    if (SAMPLER_PARAMS[sampler] && param !== null) body[sampler] = param;
   }
   const tw = {};
   if ($("compress-method").value) {
@@ -263,7 +272,22 @@ $("clear").addEventListener("click", () => {
   $("compressed").innerHTML = "";
   $("final-prompt").textContent = "";
 });
+// A new sampler gets its own default parameter: one sampler's value (top-p's 0.9) is
+// often not allowed for another (top-k takes a whole number).
+function samplerChanged() {
+  const input = $("sampler-param");
+  const spec = SAMPLER_PARAMS[$("sampler").value];
+  input.disabled = !spec;
+  for (const attr of ["step", "min", "max"]) {
+    if (spec && spec[attr] !== undefined) input.setAttribute(attr, spec[attr]);
+    else input.removeAttribute(attr);
+  }
+  input.value = spec ? spec.value : "";
+}
+
 $("api-key").addEventListener("change", loadOptions);
+$("sampler").addEventListener("change", samplerChanged);
+samplerChanged();
 $("messages").addEventListener("mousemove", showTooltip);
 $("messages").addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
 loadOptions();
