@@ -171,3 +171,12 @@ def test_sample_answers_rejects_bad_arguments(large):
         sample_answers(large, "Q?", prompt_template="no slot")
     with pytest.raises(TokenwiseError, match="question"):
         sample_answers(large, " ")
+
+
+def test_a_seed_whose_answers_would_pass_torchs_range_names_the_given_seed():
+    from tokenwise.generation.engine import MAX_SEED
+    from tokenwise.uncertainty import sample_answers
+
+    with pytest.raises(TokenwiseError, match=rf"seed={MAX_SEED - 2}: with n=3 .* at most "
+                                             rf"{MAX_SEED - 3}"):
+        sample_answers("tw-small", "What is 2+3?", n=3, seed=MAX_SEED - 2, max_new_tokens=2)

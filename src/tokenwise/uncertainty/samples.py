@@ -513,6 +513,12 @@ def sample_answers(
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
                              or seed < 0):
         raise TokenwiseError(f"seed={seed!r}: allowed a non-negative integer or None")
+    from tokenwise.generation.engine import MAX_SEED
+
+    if seed is not None and seed + n > MAX_SEED:
+        # answer i uses seed + i and the reference seed + n: name the seed the caller gave
+        raise TokenwiseError(f"seed={seed!r}: with n={n} answers (seeds seed..seed+{n}) "
+                             f"allowed at most {MAX_SEED - n}")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     prompt = _format_prompt(prompt_template, question.strip())
     from tokenwise.models.vllm import VLLMModel, is_vllm_llm
