@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -131,8 +132,10 @@ def test_remote_code_needs_consent(tiny_llama_dir, tmp_path):
     config = json.loads((target / "config.json").read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_x.Model"}
     (target / "config.json").write_text(json.dumps(config))
-    with pytest.raises(TokenwiseError, match=r"trust_remote_code=True"):
+    with pytest.raises(TokenwiseError, match=r"trust_remote_code=True") as caught:
         load(target)
+    # No command has a --trust-remote-code flag, so the hint must not send users to one.
+    assert "--trust-remote-code" not in str(caught.value)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -158,3 +161,169 @@ def test_declared_context_length_reads_the_config_only(tiny_llama_dir, tmp_path)
     assert declared_context_length(tiny_llama_dir) == 64
     (tmp_path / "config.json").write_text("{}")
     assert declared_context_length(tmp_path) is None
+
+
+# --- wrong or broken models are refused (transformers only warns "newly initialized") ---
+
+
+def _copy_model(source, target, config=None, tensors=None):
+    """A copy of model directory ``source`` with config.json keys and/or tensors changed.
+
+    ``config``: keys to set (None as a value deletes the key), or a whole replacement when it
+    is not a dict. ``tensors``: a function from the state dict to the one to save.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    if config is not None:
+        data = json.loads((target / "config.json").read_text())
+        if isinstance(config, dict):
+            for key, value in config.items():
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+        else:
+            data = config
+        (target / "config.json").write_text(json.dumps(data))
+    if tensors is not None:
+        weights = target / "model.safetensors"
+        save_file(tensors(load_file(weights)), weights, metadata={"format": "pt"})
+    return target
+
+
+def test_token_classifier_is_not_a_causal_lm(tmp_path):
+    from transformers import BertConfig, BertForTokenClassification
+
+    tok = load("tw-small").tokenizer
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                     num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=64,
+                     num_labels=2)
+    BertForTokenClassification(cfg).save_pretrained(tmp_path / "bert-tagger")
+    tok.save_pretrained(tmp_path / "bert-tagger")
+    with pytest.raises(TokenwiseError, match=r"'bert-tagger'.*not a causal language model.*"
+                                             r"BertForTokenClassification.*ForCausalLM"):
+        load(tmp_path / "bert-tagger")
+
+
+def test_encoder_config_without_architectures_is_not_a_causal_lm(tiny_llama_dir, tmp_path):
+    target = _copy_model(tiny_llama_dir, tmp_path / "t5ish",
+                         config={"model_type": "t5", "architectures": None})
+    with pytest.raises(TokenwiseError, match=r"not a causal language model.*'t5'"):
+        load(target)
+
+
+def test_checkpoint_missing_a_layer_is_refused(tiny_llama_dir, tmp_path):
+    target = _copy_model(tiny_llama_dir, tmp_path / "no-layer-1",
+                         tensors=lambda sd: {k: v for k, v in sd.items() if ".layers.1." not in k})
+    with pytest.raises(TokenwiseError, match=r"'no-layer-1'.*lacks 9 weight\(s\).*"
+                                             r"model\.layers\.1\.input_layernorm\.weight.*6 more"):
+        load(target)
+
+
+def test_unexpected_and_misshapen_weights_are_refused(tiny_llama_dir, tmp_path):
+    extra = _copy_model(tiny_llama_dir, tmp_path / "extra",
+                        tensors=lambda sd: {**sd, "model.head2.weight": torch.ones(3)})
+    with pytest.raises(TokenwiseError, match=r"1 weight\(s\) that config\.json's "
+                                             r"LlamaForCausalLM has no place for.*head2"):
+        load(extra)
+    narrow = _copy_model(tiny_llama_dir, tmp_path / "narrow", config={"intermediate_size": 48})
+    with pytest.raises(TokenwiseError, match=r"6 weight\(s\) have the wrong shape.*"
+                                             r"\(32, 64\) in the checkpoint, \(32, 48\)"):
+        load(narrow)
+
+
+def test_tied_and_buffer_entries_are_not_flagged(tmp_path):
+    """A tied lm_head is absent from the checkpoint; old GPT-2 files hold mask buffers."""
+    from safetensors.torch import load_file, save_file
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tok = load("tw-small").tokenizer
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    tied = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32,
+                                        intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=4, tie_word_embeddings=True, **ids))
+    tied.save_pretrained(tmp_path / "tied")
+    tok.save_pretrained(tmp_path / "tied")
+    assert "lm_head.weight" not in load_file(tmp_path / "tied" / "model.safetensors")
+    lm = load(tmp_path / "tied")
+    assert lm.hf_model.lm_head.weight is lm.hf_model.model.embed_tokens.weight
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4,
+                                      n_positions=64, **ids))
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    weights = tmp_path / "gpt2" / "model.safetensors"
+    sd = load_file(weights)
+    sd["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e4)
+    sd["transformer.h.0.attn.bias"] = torch.ones(1, 1, 64, 64)
+    save_file(sd, weights, metadata={"format": "pt"})
+    assert load(tmp_path / "gpt2").context_length == 64
+
+
+_BAD_CONTEXTS = ["lots", -4, 0, 64.5, True]
+
+
+@pytest.mark.parametrize("value", _BAD_CONTEXTS)
+def test_bad_context_length_in_config_is_named(tiny_llama_dir, tmp_path, value):
+    from tokenwise.models import declared_context_length
+
+    target = _copy_model(tiny_llama_dir, tmp_path / "bad-ctx",
+                         config={"max_position_embeddings": value})
+    shown = re.escape(f"max_position_embeddings={value!r}")
+    pattern = rf"bad-ctx/config\.json'?: {shown} .*allowed: a positive whole number"
+    with pytest.raises(TokenwiseError, match=pattern):
+        load(target)
+    with pytest.raises(TokenwiseError, match=pattern):
+        declared_context_length(target)
+
+
+def test_context_length_of_a_built_model_is_checked_too(tiny_llama_dir):
+    """A LanguageModel built around a model whose config was changed after loading."""
+    lm = load(tiny_llama_dir)
+    lm.hf_model.config.max_position_embeddings = -4
+    with pytest.raises(TokenwiseError, match=r"'tiny-llama.*max_position_embeddings=-4 is not"):
+        _ = lm.context_length
+
+
+@pytest.mark.parametrize(("config", "match"), [
+    ([{"model_type": "llama"}], r"config\.json' holds a JSON list; a model config is a JSON "
+                                r"object"),
+    ("llama", r"holds a JSON string"),
+    ({"dtype": "garbage"}, r"dtype='garbage' is not a torch dtype; allowed: 'float32'"),
+    ({"architectures": "LlamaForCausalLM"}, r"architectures='LlamaForCausalLM' is not a list"),
+    ({"model_type": 5}, r"model_type=5 is not a model type"),
+    ({"auto_map": ["x"]}, r"auto_map=\['x'\] is not a JSON object"),
+])
+def test_malformed_config_is_a_clear_error(tiny_llama_dir, tmp_path, config, match):
+    from tokenwise.models import declared_context_length
+
+    target = _copy_model(tiny_llama_dir, tmp_path / "bad-config", config=config)
+    with pytest.raises(TokenwiseError, match=match):
+        load(target)
+    with pytest.raises(TokenwiseError, match=match):
+        declared_context_length(target)
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    ([2], r"generation_config\.json' holds a JSON list"),
+    ({"eos_token_id": "x"}, r"eos_token_id='x' is not a token id"),
+    ({"eos_token_id": [2, -3]}, r"eos_token_id=\[2, -3\] is not a token id"),
+    ({"eos_token_id": [2, 99999]}, r"eos_token_id \[99999\] outside the model's vocabulary"),
+])
+def test_malformed_generation_config_is_a_clear_error(tiny_llama_dir, tmp_path, content, match):
+    target = _copy_model(tiny_llama_dir, tmp_path / "bad-gen")
+    (target / "generation_config.json").write_text(json.dumps(content))
+    with pytest.raises(TokenwiseError, match=match):
+        load(target)
+
+
+def test_config_field_of_the_wrong_type_is_a_clean_error(tiny_llama_dir, tmp_path):
+    """Fields tokenwise does not read itself still fail as one line, not a traceback."""
+    target = _copy_model(tiny_llama_dir, tmp_path / "bad-layers",
+                         config={"num_hidden_layers": "two"})
+    with pytest.raises(TokenwiseError, match=r"could not load model 'bad-layers'.*"
+                                             r"num_hidden_layers.*'two'"):
+        load(target)

@@ -15,6 +15,34 @@ from tokenwise.errors import TokenwiseError
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 
 
+def context_value(key: str, value: Any, where: str) -> int | None:
+    """A context-length setting checked: the positive int it holds, or None when unset.
+
+    A config that sets a context length to something else (``"lots"``, ``-4``, ``64.0``,
+    ``true``) is refused rather than skipped: skipping it would quietly give the model some
+    other window.
+
+    Args:
+        key: the config key (one of :data:`CONTEXT_KEYS`), named in the error.
+        value: what the config holds there (None when the key is absent or null).
+        where: the config's name for the error, e.g. the path of its config.json.
+
+    Example:
+        >>> context_value("max_position_embeddings", 256, "config.json")
+        256
+        >>> context_value("n_positions", None, "config.json") is None
+        True
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise TokenwiseError(
+            f"{where}: {key}={value!r} is not a context length; allowed: a positive whole "
+            "number of tokens (e.g. 2048), or leave the key out"
+        )
+    return value
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     """Distinct parameters of ``module`` (tied weights counted once).
 
@@ -127,10 +155,15 @@ class LanguageModel:
 
     @property
     def context_length(self) -> int:
-        """Longest sequence the model was built for (``max_position_embeddings``)."""
+        """Longest sequence the model was built for (``max_position_embeddings``).
+
+        Falls back on the tokenizer's ``model_max_length``, then 2048, only when the config
+        declares no context length; a declared one that is not a positive int is an error.
+        """
         for key in CONTEXT_KEYS:
-            value = getattr(self.config, key, None)
-            if isinstance(value, int) and value > 0:
+            value = context_value(key, getattr(self.config, key, None),
+                                  f"model {self.name!r}'s config")
+            if value is not None:
                 return value
         limit = getattr(self.tokenizer, "model_max_length", None)
         if isinstance(limit, int) and 0 < limit < 1_000_000:

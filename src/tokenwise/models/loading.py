@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 
 from tokenwise.errors import ModelNotFoundError, TokenwiseError, UnsafeCheckpointError
-from tokenwise.models.language_model import CONTEXT_KEYS, LanguageModel
+from tokenwise.models.language_model import CONTEXT_KEYS, LanguageModel, context_value
+
+try:  # transformers 5 checks config fields through huggingface_hub's strict dataclasses
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # pragma: no cover - older huggingface_hub
+    class StrictDataclassError(Exception):  # type: ignore[no-redef]
+        """Stand-in: never raised."""
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -121,22 +129,197 @@ def declared_context_length(path_or_name: str | os.PathLike[str]) -> int | None:
         path_or_name: a built-in name or a local model directory.
 
     Returns:
-        ``max_position_embeddings`` (or ``n_positions``), or None when the config has none.
+        ``max_position_embeddings`` (or ``n_positions``), or None when the config has none
+        (or there is no config.json, which :func:`load` reports).
+
+    Raises:
+        TokenwiseError: config.json is not a JSON object, or a value tokenwise reads from it
+            is invalid (e.g. ``"max_position_embeddings": -4``).
 
     Example:
         >>> declared_context_length("tw-small")
         256
     """
     _, path = resolve(path_or_name)
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+    if not (path / "config.json").is_file():
+        return None  # load() says what is missing
+    config = _read_config(path)
     for key in CONTEXT_KEYS:
-        value = config.get(key)
-        if isinstance(value, int) and value > 0:
-            return value
+        if config.get(key) is not None:
+            return int(config[key])
     return None
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """config.json of ``path`` as a dict, with every value tokenwise reads from it checked."""
+    file = path / "config.json"
+    where = repr(str(file))
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TokenwiseError(f"cannot read {where}: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenwiseError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise TokenwiseError(
+            f"{where} holds a JSON {_json_kind(config)}; a model config is a JSON object "
+            '({"model_type": ..., "architectures": [...], ...})'
+        )
+    for key in CONTEXT_KEYS:
+        context_value(key, config.get(key), where)
+    for key in ("dtype", "torch_dtype"):
+        value = config.get(key)
+        if value is None or value == "auto":
+            continue
+        if not isinstance(value, str) or not isinstance(getattr(torch, value, None), torch.dtype):
+            raise TokenwiseError(
+                f"{where}: {key}={value!r} is not a torch dtype; allowed: 'float32', "
+                "'float16', 'bfloat16' (or another torch dtype name), 'auto', or leave the key out"
+            )
+    model_type = config.get("model_type")
+    if model_type is not None and not (isinstance(model_type, str) and model_type):
+        raise TokenwiseError(
+            f"{where}: model_type={model_type!r} is not a model type; allowed: a transformers "
+            "model type such as 'llama', 'gpt2' or 'qwen2'"
+        )
+    archs = config.get("architectures")
+    if archs is not None and not (
+        isinstance(archs, list) and all(isinstance(a, str) and a for a in archs)
+    ):
+        raise TokenwiseError(
+            f"{where}: architectures={archs!r} is not a list of class names; allowed: e.g. "
+            '["LlamaForCausalLM"], or leave the key out'
+        )
+    auto_map = config.get("auto_map")
+    if auto_map is not None and not isinstance(auto_map, dict):
+        raise TokenwiseError(
+            f"{where}: auto_map={auto_map!r} is not a JSON object; allowed: e.g. "
+            '{"AutoModelForCausalLM": "modeling_x.Model"}, or leave the key out'
+        )
+    return config
+
+
+def _read_generation_eos(path: Path) -> list[int]:
+    """The end-of-text ids generation_config.json lists ([] without the file or the key)."""
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return []
+    where = repr(str(file))
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenwiseError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise TokenwiseError(
+            f"{where} holds a JSON {_json_kind(config)}; a generation config is a JSON object "
+            '({"eos_token_id": ..., ...}); fix it or delete the file'
+        )
+    eos = config.get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+        raise TokenwiseError(
+            f"{where}: eos_token_id={eos!r} is not a token id; allowed: a token id (an int "
+            ">= 0), a list of them, or leave the key out"
+        )
+    return ids
+
+
+def _check_causal_lm(name: str, path: Path, config: dict[str, Any]) -> None:
+    """Refuse a config whose model is not a causal LM (a classifier, an encoder, ...).
+
+    transformers would build its causal LM class for the model type anyway (BERT's
+    ``BertLMHeadModel`` for a BERT token classifier), fill the head with random numbers
+    and only warn.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if "AutoModelForCausalLM" in (config.get("auto_map") or {}):
+        return  # the model's own code declares a causal LM (trust_remote_code was checked)
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    archs = config.get("architectures") or []
+    model_type = config.get("model_type")
+    if archs:
+        # Custom or newer classes keep the naming convention of transformers' own.
+        if any(a in causal or a.endswith("ForCausalLM") for a in archs):
+            return
+        what = f"names {', '.join(archs)}"
+    elif model_type in CONFIG_MAPPING_NAMES and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        what = "has no architectures"
+    else:
+        return  # a causal model type, or one transformers does not know (it says so itself)
+    hint = ""
+    if any(a.endswith("ForTokenClassification") for a in archs):
+        hint = ("; a token classifier is for `tokenwise compress --method token_classifier "
+                "--model DIR`")
+    raise TokenwiseError(
+        f"model {name!r} at {str(path)!r} is not a causal language model: its config.json "
+        f"{what} (model_type {model_type!r}); tokenwise needs a text-generation model whose "
+        "architectures name a ...ForCausalLM class (e.g. LlamaForCausalLM, Qwen2ForCausalLM, "
+        f"GPT2LMHeadModel){hint}"
+    )
+
+
+#: checkpoint entries that models no longer keep as weights: rotary tables and causal masks
+#: (recomputed at load), found in older Llama / GPT-2 style checkpoints.
+_HARMLESS_UNEXPECTED = (r"(^|\.)inv_freq$", r"(^|\.)attn\.masked_bias$", r"(^|\.)attn\.bias$")
+
+
+def _few(keys: Iterable[str], shown: int = 3) -> str:
+    keys = sorted(keys)
+    head = ", ".join(keys[:shown])
+    return head if len(keys) <= shown else f"{head} and {len(keys) - shown} more"
+
+
+def _drop_ignored(keys: Iterable[str], patterns: Iterable[str] | None) -> list[str]:
+    compiled = [re.compile(p) for p in patterns or ()]
+    return [k for k in keys if not any(p.search(k) for p in compiled)]
+
+
+def _check_loading_info(name: str, path: Path, model: Any, info: dict[str, Any]) -> None:
+    """Refuse weights that do not fill the model exactly (transformers only warns).
+
+    Tied weights (an ``lm_head`` shared with the embeddings) are not reported missing by
+    transformers, so a tied checkpoint passes.
+    """
+    cls = type(model)
+    missing = _drop_ignored(info.get("missing_keys") or (),
+                            getattr(cls, "_keys_to_ignore_on_load_missing", None))
+    unexpected = _drop_ignored(
+        _drop_ignored(info.get("unexpected_keys") or (),
+                      getattr(cls, "_keys_to_ignore_on_load_unexpected", None)),
+        _HARMLESS_UNEXPECTED)
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: str(m[0]))
+    errors = [str(e) for e in info.get("error_msgs") or ()]
+    problems = []
+    if missing:
+        problems.append(
+            f"the checkpoint lacks {len(missing)} weight(s) that config.json's "
+            f"{cls.__name__} needs ({_few(missing)}); they would be random numbers"
+        )
+    if unexpected:
+        problems.append(
+            f"the checkpoint holds {len(unexpected)} weight(s) that config.json's "
+            f"{cls.__name__} has no place for ({_few(unexpected)})"
+        )
+    if mismatched:
+        shapes = [f"{key} {tuple(saved)} in the checkpoint, {tuple(wanted)} per config.json"
+                  for key, saved, wanted, *_ in mismatched]
+        shown = "; ".join(shapes[:3]) + (f" and {len(shapes) - 3} more" if len(shapes) > 3
+                                          else "")
+        problems.append(f"{len(mismatched)} weight(s) have the wrong shape ({shown})")
+    if errors:
+        problems.append("transformers reported: " + " ".join(" ".join(errors).split()))
+    if problems:
+        raise TokenwiseError(
+            f"model {name!r} at {str(path)!r} is broken: {'; '.join(problems)}. Check that "
+            "every *.safetensors shard is there and that config.json belongs to these weights."
+        )
 
 
 def _check_weights(path: Path) -> None:
@@ -229,7 +412,16 @@ def load(
         device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         dtype: ``"auto"`` (float32 on CPU, bfloat16/float16 on GPU), ``"float32"``,
             ``"float16"`` or ``"bfloat16"``.
-        trust_remote_code: allow the directory's own modelling code to run.
+        trust_remote_code: allow the directory's own modelling code to run (no CLI
+            command offers this).
+
+    Raises:
+        ModelNotFoundError: no such model, or no config.json, weights or tokenizer.
+        UnsafeCheckpointError: the weights are pickle files only.
+        TokenwiseError: config.json (or generation_config.json) is malformed, the model is
+            not a causal LM (e.g. a token classifier), or the weights do not fill it exactly
+            (missing, unexpected or misshapen tensors, which transformers would only warn
+            about and fill with random numbers).
 
     Example:
         >>> lm = load("tw-small")
@@ -241,32 +433,45 @@ def load(
     name, path = resolve(path_or_name)
     _check_weights(path)
     _check_tokenizer(path)
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenwiseError(f"{str(path / 'config.json')!r} is not valid JSON: {exc}") from exc
+    config = _read_config(path)
+    end_ids = _read_generation_eos(path)
     dev = pick_device(device)
     saved = config.get("dtype", config.get("torch_dtype"))
     torch_dtype = _pick_dtype(dtype, dev, saved if isinstance(saved, str) else None)
     if config.get("auto_map") and not trust_remote_code:
         raise TokenwiseError(
             f"model {name!r} needs its own code (config.json has auto_map); pass "
-            "trust_remote_code=True (CLI: --trust-remote-code) only if you trust it"
+            "trust_remote_code=True to tokenwise.models.load only if you trust it (the "
+            "tokenwise commands never run a model's own code)"
         )
+    _check_causal_lm(name, path, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
         )
         with quiet_weights_loading():
-            model = AutoModelForCausalLM.from_pretrained(
+            model, info = AutoModelForCausalLM.from_pretrained(
                 path,
                 local_files_only=True,
                 use_safetensors=True,
                 trust_remote_code=trust_remote_code,
                 dtype=torch_dtype,
+                output_loading_info=True,
+                # Report wrong shapes in _check_loading_info, with the rest, not as a
+                # RuntimeError that points at a log table.
+                ignore_mismatched_sizes=True,
             )
-    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError, StrictDataclassError) as exc:
         detail = " ".join(str(exc).split())  # one line, whatever transformers wrote
         raise TokenwiseError(f"could not load model {name!r} from {str(path)!r}: {detail}") from exc
+    _check_loading_info(name, path, model, info)
+    head = model.get_output_embeddings()
+    vocab = int(head.weight.shape[0]) if head is not None else None
+    outside = sorted(t for t in end_ids if vocab is not None and t >= vocab)
+    if outside:
+        raise TokenwiseError(
+            f"{str(path / 'generation_config.json')!r}: eos_token_id {outside} outside the "
+            f"model's vocabulary; allowed: token ids 0..{vocab - 1}"
+        )
     model.to(dev)
     return LanguageModel(model, tokenizer, name=name, path=path)
