@@ -77,7 +77,7 @@ def parse_compress_models(pairs: tuple[str, ...]) -> dict[str, str]:
         if method.strip() in out:
             raise TokenwiseError(f"--compress-model gives {method.strip()!r} twice")
         out[method.strip()] = model.strip()
-    return out
+    return out  # ServerConfig checks the method names; the server loads the models at start
 
 
 @click.command("serve")
@@ -89,7 +89,8 @@ def parse_compress_models(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--api-key", default=None, metavar="KEY",
               help="Require 'Authorization: Bearer KEY' on the API (default: the "
-                   "TOKENWISE_API_KEY environment variable; unset: no key).")
+                   "TOKENWISE_API_KEY environment variable; both unset: no key). An empty "
+                   "KEY is an error.")
 @click.option("--no-batching", is_flag=True,
               help="Decode every request alone (the load benchmark's baseline).")
 @click.option("--batch-window-ms", type=click.FloatRange(min=0), default=5.0,
@@ -100,8 +101,26 @@ def parse_compress_models(pairs: tuple[str, ...]) -> dict[str, str]:
               show_default=True, help="Largest max_tokens a request may ask for.")
 @click.option("--default-max-tokens", type=click.IntRange(min=1), default=64,
               show_default=True, help="max_tokens when a request gives none.")
+@click.option("--max-choices", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most choices one request may produce in all (prompts x n).")
 @click.option("--max-request-bytes", type=click.IntRange(min=1), default=1_000_000,
               show_default=True, help="Largest request body.")
+@click.option("--header-timeout", "header_timeout_s", type=click.FloatRange(min=0.1),
+              default=10.0, show_default=True,
+              help="Seconds a request's line and headers may take to arrive.")
+@click.option("--body-timeout", "body_timeout_s", type=click.FloatRange(min=0.1),
+              default=30.0, show_default=True,
+              help="Seconds a request's body may take to arrive after its headers (408).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A name clients reach the server by, repeatable (besides loopback names, "
+                   "--host, and any IP address when bound to all interfaces); other Host "
+                   "headers are refused (DNS rebinding). '*': any.")
+@click.option("--allowed-origin", "allowed_origins", multiple=True, metavar="ORIGIN",
+              help="An origin (https://app.example.com) whose web pages may send requests, "
+                   "repeatable; other pages' requests are refused (403). '*': any.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="An origin answered with CORS headers, so its pages can call the API "
+                   "and read the answers, repeatable (also an allowed origin). '*': any.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=120.0,
               show_default=True, help="Seconds before an unfinished request is stopped (504).")
 @click.option("--compress-model", "compress_models", multiple=True, metavar="METHOD=DIR",
@@ -134,8 +153,11 @@ def parse_compress_models(pairs: tuple[str, ...]) -> dict[str, str]:
 def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: int,
                   api_key: str | None, no_batching: bool, batch_window_ms: float,
                   max_batch_rows: int, max_tokens_limit: int, default_max_tokens: int,
-                  max_request_bytes: int, timeout_s: float, compress_models: tuple[str, ...],
-                  device: str, log_level: str, engine: str, **vllm: Any) -> None:
+                  max_choices: int, max_request_bytes: int, header_timeout_s: float,
+                  body_timeout_s: float, allowed_hosts: tuple[str, ...],
+                  allowed_origins: tuple[str, ...], cors_origins: tuple[str, ...],
+                  timeout_s: float, compress_models: tuple[str, ...], device: str,
+                  log_level: str, engine: str, **vllm: Any) -> None:
     """Serve models over an OpenAI-compatible HTTP API, with a playground at /.
 
     Any OpenAI client works unchanged (base URL http://HOST:PORT/v1); answers carry each
@@ -147,7 +169,15 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
     the full-vocabulary logprobs it is computed from only then), the top-level sampling
     fields run in vLLM's order (temperature before min_p/top_h/top_p), and tokenwise.ead
     is refused.
+
+    Browsers: only pages served by this server (the playground) may call it, unless
+    --allowed-origin or --cors-origin says otherwise; requests whose Host header is not a
+    name of this server are refused (add names with --allowed-host).
     """
+    if api_key is not None and not api_key.strip():
+        raise click.ClickException(
+            f"--api-key {api_key!r} is empty (e.g. --api-key \"$KEY\" with KEY unset): give "
+            "the key; to serve without a key, leave --api-key out and TOKENWISE_API_KEY unset")
     try:
         from tokenwise.serving import ServerConfig
         from tokenwise.serving.server import run
@@ -159,19 +189,30 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
             models=models, host=host, port=port, api_key=api_key, batching=not no_batching,
             batch_window_ms=batch_window_ms, max_batch_rows=max_batch_rows,
             max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens,
-            max_request_bytes=max_request_bytes, request_timeout_s=timeout_s,
+            max_choices=max_choices, max_request_bytes=max_request_bytes,
+            request_timeout_s=timeout_s, header_timeout_s=header_timeout_s,
+            body_timeout_s=body_timeout_s, allowed_hosts=allowed_hosts,
+            allowed_origins=allowed_origins, cors_origins=cors_origins,
             compress_models=parse_compress_models(compress_models), device=device)
         options = vllm_options(ctx, engine, models, vllm, max_batch_rows)
+        key = config.resolved_api_key()
     except TokenwiseError as exc:
         raise click.ClickException(str(exc)) from None
-    if host not in _LOOPBACK and config.resolved_api_key() is None:
+    if host not in _LOOPBACK and key is None:
         click.echo(f"warning: serving on {host} without an API key; anyone who can reach "
                    "this port can use it (set --api-key or TOKENWISE_API_KEY)", err=True)
+    if host not in _LOOPBACK and not config.allowed_hosts:
+        named = "an IP address of this machine" if host in ("0.0.0.0", "::", "") else \
+            f"{host} or a loopback name"
+        click.echo(f"note: clients must reach the server as {named}; to accept a DNS name, "
+                   "add --allowed-host NAME", err=True)
+    if key is None and ("*" in config.cors_origins or "*" in config.allowed_origins):
+        click.echo("warning: any web page may call this server, which needs no API key "
+                   "(--cors-origin/--allowed-origin '*'); set --api-key", err=True)
     click.echo(f"tokenwise serve: http://{host}:{port}/ (playground), "
                f"http://{host}:{port}/v1 (API); engine {engine}; batching "
                f"{'on' if config.batching else 'off'}; "
-               f"API key {'required' if config.resolved_api_key() else 'not required'}",
-               err=True)
+               f"API key {'required' if key else 'not required'}", err=True)
     try:
         if options is None:
             run(config, log_level=log_level)

@@ -31,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
+from tokenwise.errors import TokenwiseError
 from tokenwise.models import LanguageModel
 from tokenwise.serving.batcher import Batcher
 from tokenwise.serving.config import ServerConfig, load_models
@@ -60,6 +61,31 @@ def options_listing(models: dict[str, LanguageModel]) -> dict[str, Any]:
             "compression": compression_names(), "uncertainty": available()}
 
 
+def load_compressors(compress_models: dict[str, str]) -> None:
+    """Load each configured compression model now, so that a missing directory or a model
+    of the wrong kind stops the server at start instead of failing every client's request.
+
+    Args:
+        compress_models: method -> model (a built-in name or a directory).
+
+    Raises:
+        TokenwiseError: naming the method, the model and what went wrong.
+
+    Example:
+        >>> load_compressors({"token_classifier": "/no/such/dir"})
+        Traceback (most recent call last):
+        ...
+        tokenwise.errors.TokenwiseError: compress model token_classifier=/no/such/dir: ...
+    """
+    from tokenwise.compression import get
+
+    for method, model in compress_models.items():
+        try:
+            get(method, model=model)  # kept in the compressors' cache for the first request
+        except (TokenwiseError, OSError, ValueError) as exc:
+            raise TokenwiseError(f"compress model {method}={model}: {exc}") from None
+
+
 def create_app(config: ServerConfig | None = None,
                models: dict[str, LanguageModel] | None = None,
                engine: Engine | None = None) -> FastAPI:
@@ -75,6 +101,7 @@ def create_app(config: ServerConfig | None = None,
     if engine is not None and models is None:
         raise TypeError("create_app(engine=...) needs the models that engine serves")
     models = dict(models) if models is not None else load_models(config.models, config.device)
+    load_compressors(config.compress_models)
     if engine is None:
         engine = Batcher(models, batching=config.batching,
                          window_s=config.batch_window_ms / 1000, max_rows=config.max_batch_rows)
@@ -93,7 +120,11 @@ def create_app(config: ServerConfig | None = None,
                   lifespan=lifespan)
     app.state.config, app.state.models, app.state.engine = config, models, engine
     app.add_middleware(GuardMiddleware, api_key=config.resolved_api_key(),
-                       max_body_bytes=config.max_request_bytes)
+                       max_body_bytes=config.max_request_bytes,
+                       body_timeout_s=config.body_timeout_s, bound_host=config.host,
+                       allowed_hosts=config.allowed_hosts,
+                       allowed_origins=config.allowed_origins,
+                       cors_origins=config.cors_origins)
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:

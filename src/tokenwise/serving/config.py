@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,20 +33,33 @@ class ServerConfig:
         models: built-in names or local model directories (default: every built-in model).
         host: interface to bind (loopback unless asked otherwise).
         port: TCP port.
-        api_key: the bearer key clients must send (None: read ``TOKENWISE_API_KEY``; empty
-            there too: no key required).
+        api_key: the bearer key clients must send (None: read ``TOKENWISE_API_KEY``; unset
+            there too: no key required). An empty key, here or in the environment variable,
+            is an error: it is what ``--api-key "$KEY"`` gives when ``KEY`` is unset.
         batching: batch concurrent compatible requests in the engine.
         batch_window_ms: how long the batcher waits for company when it finds one request.
         max_batch_rows: most sequences decoded together.
         max_tokens_limit: largest ``max_tokens`` a request may ask for.
         default_max_tokens: ``max_tokens`` when a request gives none.
-        max_n: most choices per request.
+        max_n: most choices per prompt (``n``).
+        max_choices: most choices one request may produce in all (prompts x ``n``).
         max_uncertainty_n: most answers an uncertainty score may sample.
         max_request_bytes: largest request body.
         request_timeout_s: a request still unfinished after this is stopped (504).
         compress_models: compression method -> the model it reads with (a directory or a
             built-in name); methods not listed use their own default.
         device: where models are loaded (``"cpu"``, ``"cuda"``, ``"auto"``).
+        allowed_hosts: more names the ``Host`` header may carry (besides the loopback names,
+            the bound host, and any IP address when bound to all interfaces); ``"*"``: any
+            (this gives up the DNS-rebinding guard; e.g. behind a proxy that checks Host).
+        allowed_origins: origins (``https://app.example``) whose pages may send requests,
+            besides the server's own; ``"*"``: any.
+        cors_origins: origins answered with CORS headers (and preflights), so that their
+            pages can read the answers; also allowed as origins. ``"*"``: any.
+        header_timeout_s: a request's line and headers must arrive within this many
+            seconds of its first byte (and a new connection must start one in this time).
+        body_timeout_s: a request's body must arrive within this many seconds of its
+            headers (408 otherwise).
     """
 
     models: tuple[str, ...] = ()
@@ -58,15 +72,21 @@ class ServerConfig:
     max_tokens_limit: int = 512
     default_max_tokens: int = 64
     max_n: int = 8
+    max_choices: int = 64
     max_uncertainty_n: int = 20
     max_request_bytes: int = 1_000_000
     request_timeout_s: float = 120.0
     compress_models: dict[str, str] = field(default_factory=dict)
     device: str = "cpu"
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("max_batch_rows", "max_tokens_limit", "default_max_tokens", "max_n",
-                     "max_uncertainty_n", "max_request_bytes"):
+                     "max_choices", "max_uncertainty_n", "max_request_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TokenwiseError(f"{name}={value!r}: allowed an integer >= 1")
@@ -77,8 +97,23 @@ class ServerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise TokenwiseError(f"{name}={value!r}: allowed a number >= 0")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 < value < float("inf"):
+                raise TokenwiseError(f"{name}={value!r}: allowed a number of seconds > 0")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise TokenwiseError(f"port={self.port!r}: allowed 0..65535")
+        _check_key(self.api_key, "api_key")
+        if self.api_key is None:
+            _check_key(os.environ.get(API_KEY_ENV), API_KEY_ENV)
+        self.allowed_hosts = tuple(_host_name(h) for h in _strings(self.allowed_hosts,
+                                                                   "allowed_hosts"))
+        self.allowed_origins = tuple(_origin(o, "allowed_origins") for o in
+                                     _strings(self.allowed_origins, "allowed_origins"))
+        self.cors_origins = tuple(_origin(o, "cors_origins") for o in
+                                  _strings(self.cors_origins, "cors_origins"))
+        self.compress_models = _compress_models(self.compress_models)
 
     def resolved_api_key(self) -> str | None:
         """The key in force: ``api_key``, else the environment variable; None if neither.
@@ -87,8 +122,103 @@ class ServerConfig:
             >>> ServerConfig(api_key="s3cret").resolved_api_key()
             's3cret'
         """
-        key = self.api_key if self.api_key is not None else os.environ.get(API_KEY_ENV)
-        return key or None
+        if self.api_key is not None:
+            return self.api_key
+        key = os.environ.get(API_KEY_ENV)
+        _check_key(key, API_KEY_ENV)  # the environment may have changed since __post_init__
+        return key
+
+
+def _check_key(key: str | None, where: str) -> None:
+    if key is None:
+        return
+    if not isinstance(key, str):
+        raise TokenwiseError(f"{where}: the key must be a string (got {type(key).__name__})")
+    if not key:
+        if where == "api_key":
+            raise TokenwiseError(f"api_key='' is empty: give the key, or api_key=None to read "
+                                 f"{API_KEY_ENV} (with neither, the server needs no key)")
+        raise TokenwiseError(f"{where} is set but empty: set it to the key, or unset it to "
+                             "serve without a key")
+    if key != key.strip() or not key.isascii() or not key.isprintable():
+        raise TokenwiseError(f"{where}: the key has surrounding whitespace or characters "
+                             "that are not printable ASCII, which an 'Authorization: Bearer' "
+                             "header cannot carry; allowed printable ASCII")
+
+
+def _strings(values: object, name: str) -> tuple[str, ...]:
+    # A lone string would be iterated character by character: refuse it by name.
+    if isinstance(values, str) or not isinstance(values, (tuple, list)) \
+            or not all(isinstance(v, str) for v in values):
+        raise TokenwiseError(f"{name}={values!r}: allowed a tuple of strings")
+    return tuple(values)
+
+
+def _host_name(value: str) -> str:
+    """An ``allowed_hosts`` entry, lower-cased, IPv6 brackets removed."""
+    name = value.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name == "*":
+        return name
+    bad = not name or "/" in name or any(c.isspace() for c in name)
+    if not bad and ":" in name:
+        try:  # colons are only allowed in an IPv6 address (a port is never part of it)
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            bad = True
+    if bad:
+        raise TokenwiseError(f"allowed_hosts entry {value!r}: allowed a host name or IP "
+                             "address without scheme or port (e.g. tw.example.com), or '*'")
+    return name
+
+
+def _origin(value: str, name: str) -> str:
+    """An origin entry (``scheme://host[:port]``), lower-cased; ``*`` stays."""
+    from urllib.parse import urlsplit
+
+    origin = value.strip().lower().rstrip("/")
+    if origin == "*":
+        return origin
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
+            or parts.path or parts.query or parts.fragment or parts.username:
+        raise TokenwiseError(f"{name} entry {value!r}: allowed an origin such as "
+                             "https://app.example.com or http://localhost:3000 (scheme, host "
+                             "and optional port, no path), or '*'")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}[parts.scheme]
+    # Browsers leave a scheme's default port out of Origin: compare in that form.
+    return f"{parts.scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+
+
+def _compress_models(given: object) -> dict[str, str]:
+    """Method names checked (aliases to their names); the models are loaded at start-up."""
+    if not isinstance(given, dict):
+        raise TokenwiseError(f"compress_models={given!r}: allowed a dict METHOD -> model")
+    if not given:
+        return {}
+    from tokenwise.compression.registry import ALIASES, names
+
+    known = names()
+    out: dict[str, str] = {}
+    for method, model in given.items():
+        name = ALIASES.get(method, method)
+        if name not in known:
+            raise TokenwiseError(f"compress model for unknown method {method!r}: allowed "
+                                 f"{', '.join(known)}")
+        if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
+            raise TokenwiseError(f"compress model for {method!r}: {model!r} is not a model "
+                                 "name or directory")
+        if name in out:
+            raise TokenwiseError(f"compress models give {name!r} twice ({method!r} is "
+                                 f"another name for {name!r})")
+        out[name] = os.fspath(model)
+    return out
 
 
 def load_models(specs: tuple[str, ...] | list[str], device: str = "cpu"

@@ -710,16 +710,21 @@ def build_app(config: ServerConfig, model: str, options: VLLMOptions | None = No
     return create_app(config, models=engine.models, engine=engine)
 
 
-def uvicorn_server(app: Any, config: ServerConfig, log_level: str) -> Any:
-    """A ``uvicorn.Server`` for ``app`` with the same settings as ``tokenwise serve``'s."""
-    import uvicorn
+def uvicorn_server(app: Any, config: ServerConfig, log_level: str,
+                   log_config: dict[str, Any] | None = None) -> Any:
+    """A ``uvicorn.Server`` for ``app`` with the same settings as ``tokenwise serve``'s
+    (read deadlines for slow clients, keep-alive, the app's own access log).
 
-    from tokenwise.serving.server import KEEP_ALIVE_S
+    Args:
+        app: the ASGI app.
+        config: the server settings.
+        log_level: uvicorn's log level.
+        log_config: a :mod:`logging.config` dict (None: uvicorn's default).
+    """
+    from tokenwise.serving import server
 
-    return uvicorn.Server(uvicorn.Config(
-        app, host=config.host, port=config.port, log_level=log_level,
-        timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=5,
-        limit_concurrency=1024, server_header=False))
+    return server.uvicorn_server(app, config, log_level,
+                                 log_config if log_config is not None else server.LOGGING_CONFIG)
 
 
 def run(config: ServerConfig, model: str, options: VLLMOptions | None = None,
@@ -732,5 +737,8 @@ def run(config: ServerConfig, model: str, options: VLLMOptions | None = None,
         options: the vLLM settings.
         log_level: uvicorn's log level.
     """
-    uvicorn_server(build_app(config, model, options), config, log_level).run()
+    from tokenwise.serving.server import logging_config
+
+    uvicorn_server(build_app(config, model, options), config, log_level,
+                   logging_config(log_level)).run()
 
