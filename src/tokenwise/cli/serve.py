@@ -209,7 +209,9 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
     if key is None and ("*" in config.cors_origins or "*" in config.allowed_origins):
         click.echo("warning: any web page may call this server, which needs no API key "
                    "(--cors-origin/--allowed-origin '*'); set --api-key", err=True)
-    click.echo(f"tokenwise serve: http://{host}:{port}/ (playground), "
+    # Said before the models load (a bad model stops here with an error, not a dead URL);
+    # uvicorn says "running on ..." once the server listens.
+    click.echo(f"tokenwise serve: loading models; then http://{host}:{port}/ (playground), "
                f"http://{host}:{port}/v1 (API); engine {engine}; batching "
                f"{'on' if config.batching else 'off'}; "
                f"API key {'required' if key else 'not required'}", err=True)
