@@ -26,11 +26,13 @@ import pytest
 
 import tokenwise
 from tokenwise.models import BUILTIN_DIR
+from tokenwise.scoring import plan_windows
 
 _SCRIPT = Path(sys.executable).parent / ("tokenwise.exe" if os.name == "nt" else "tokenwise")
 TOKENWISE: list[str] = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "tokenwise"]
 
 BUILTINS = ("tw-large", "tw-reader", "tw-small")
+CLASSIFIERS = ("tw-keep",)  # built-in token classifiers of `tokenwise compress`
 GENERAL = ("tw-large", "tw-small")  # tw-reader only answers needle questions
 CONTEXT = 256  # the built-in models' context length
 
@@ -52,8 +54,12 @@ def run_cli(
     cwd: Path,
     stdin: str | None = None,
     timeout: float = 300,
+    unset: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run ``tokenwise ARGS`` in ``cwd``, offline, with a wide terminal for rich tables.
+
+    ``unset`` names environment variables to remove (e.g. ``COLUMNS``, to see what a pipe
+    with no terminal width gets).
 
     Torch gets one thread unless ``OMP_NUM_THREADS`` says otherwise: these models are tiny,
     and on a busy machine threads that wait for each other make a run ten times slower.
@@ -67,6 +73,8 @@ def run_cli(
         "NO_COLOR": "1",
         "PYTHONIOENCODING": "utf-8",
     }
+    for name in unset:
+        env.pop(name, None)
     return subprocess.run(
         [*TOKENWISE, *(os.fspath(a) for a in args)],
         cwd=cwd,
@@ -265,25 +273,41 @@ def test_version_matches_the_package(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- models
 
 
-def test_models_table_lists_both_builtins(tmp_path: Path) -> None:
+def test_models_table_lists_every_builtin_with_its_role(tmp_path: Path) -> None:
     require_builtin(*BUILTINS)
-    out = ok(run_cli("models", cwd=tmp_path)).stdout
+    # No COLUMNS: a pipe's table must still come out whole (rich assumed 80 columns and
+    # squeezed or cropped it).
+    out = ok(run_cli("models", cwd=tmp_path, unset=("COLUMNS",))).stdout
     assert "built-in models" in out
+    rows = {line.split()[1]: line for line in out.splitlines()
+            if line.startswith("│") and line.split()[1].startswith("tw-")}
+    assert sorted(rows) == sorted(BUILTINS + CLASSIFIERS)
     for name in BUILTINS:
-        assert name in out
-    assert "LlamaForCausalLM" in out and str(CONTEXT) in out
+        assert "LlamaForCausalLM" in rows[name] and str(CONTEXT) in rows[name]
+    assert "token classifier of `tokenwise compress`" in rows["tw-keep"]
+    assert "BertForTokenClassification" in rows["tw-keep"] and "149,186" in rows["tw-keep"]
+    assert "the default --model" in rows["tw-large"]
+    assert max(len(line) for line in out.splitlines()) > 80
 
 
 def test_models_json(tmp_path: Path) -> None:
+    from tokenwise.compression.token_classifier import BUILTIN_CLASSIFIERS
+
     require_builtin(*BUILTINS)
     rows = json.loads(ok(run_cli("models", "--json", cwd=tmp_path)).stdout)
     by_name = {row["name"]: row for row in rows}
-    assert sorted(by_name) == sorted(BUILTINS)
+    assert sorted(by_name) == sorted(BUILTINS + CLASSIFIERS)
     for name, row in by_name.items():
         assert isinstance(row["parameters"], int) and row["parameters"] > 0, row
         assert row["context"] == CONTEXT and row["vocab_size"] > 0
         assert row["layers"] > 0 and row["hidden_size"] > 0
-        assert Path(row["path"]) == BUILTIN_DIR / name
+        if name in CLASSIFIERS:
+            assert row["kind"] == "token_classifier"
+            assert Path(row["path"]) == BUILTIN_CLASSIFIERS[name]
+        else:
+            assert row["kind"] == "causal_lm"
+            assert Path(row["path"]) == BUILTIN_DIR / name
+        assert row["role"], row
         assert (Path(row["path"]) / "model.safetensors").is_file()
     assert by_name["tw-large"]["parameters"] > by_name["tw-small"]["parameters"]
 
@@ -316,12 +340,31 @@ def test_score_json(sample_json: dict[str, Any]) -> None:
 
 
 def test_score_reads_stdin(work: Path, sample_json: dict[str, Any]) -> None:
-    result = ok(run_cli("score", "-", "-m", "tw-small", "--json", cwd=work, stdin=SAMPLE))
+    # A leading byte order mark (Windows editors write one) is not text: dropped on reading.
+    result = ok(run_cli("score", "-", "-m", "tw-small", "--json", cwd=work,
+                        stdin="\ufeff" + SAMPLE))
     doc = json.loads(result.stdout)
     assert doc["text"] == SAMPLE
     assert [t["id"] for t in doc["tokens"]] == [t["id"] for t in sample_json["tokens"]]
     for got, want in zip(doc["tokens"], sample_json["tokens"], strict=True):
         assert math.isclose(got["logprob"], want["logprob"], abs_tol=1e-5)
+    assert math.isclose(doc["perplexity"], sample_json["perplexity"], rel_tol=1e-5)
+
+
+def test_score_json_shows_progress_on_stderr_and_drops_a_bom(
+    work: Path, long_text: tuple[Path, str, list[int]], long_json: dict[str, Any]
+) -> None:
+    _, text, _ = long_text
+    bom_file = work / "long-bom.txt"
+    bom_file.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    result = ok(run_cli("score", bom_file, "-m", "tw-small", "--json", cwd=work))
+    doc = json.loads(result.stdout)  # stdout is the JSON alone, no progress mixed in
+    assert doc["text"] == text and doc["n_tokens"] == long_json["n_tokens"]
+    assert math.isclose(doc["perplexity"], long_json["perplexity"], rel_tol=1e-5)
+    windows = len(plan_windows(doc["n_tokens"], doc["window"], doc["stride"]))
+    assert windows > 1
+    bar = result.stderr.replace("\r", "\n")
+    assert "score: 100%" in bar and f"{windows}/{windows}" in bar, result.stderr
 
 
 def test_score_html_and_bits(

@@ -177,3 +177,38 @@ def test_scoring_on_cuda_matches_cpu(small):
     torch.testing.assert_close(gpu_trace.entropies.cpu(), cpu_trace.entropies, atol=1e-3, rtol=1e-3)
     bf16 = tw.score(load("tw-small", device="cuda", dtype="bfloat16"), TEXT)
     assert torch.isfinite(bf16.entropies).all() and bf16.entropies.dtype == torch.float32
+
+
+def test_progress_goes_to_stderr_and_is_throttled_off_a_terminal(small, monkeypatch):
+    import io
+    import sys
+
+    import tqdm.auto
+
+    from tokenwise.progress import FILE_INTERVAL
+
+    seen = {}
+
+    class Recording(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    err, out = io.StringIO(), io.StringIO()  # a log file, not a terminal
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(sys, "stdout", out)
+    trace = tw.score(small, TEXT * 2, window=32, stride=16, progress=True)
+    n = len(plan_windows(len(trace), 32, 16))
+    assert n > 3
+    assert seen["file"] is err and seen["mininterval"] == FILE_INTERVAL
+    assert "score" in err.getvalue() and f"{n}/{n}" in err.getvalue()
+    assert out.getvalue() == ""  # progress never goes where results go
+
+
+def test_a_bom_in_python_text_is_scored_as_given(small):
+    # Files lose a leading BOM when the CLI reads them (tokenwise.cli.common.read_text); a
+    # str handed to tw.score is the text itself, and its pieces must join back to it.
+    text = "\ufeff" + TEXT
+    trace = tw.score(small, text)
+    assert trace.text == text and "".join(trace.pieces) == text

@@ -40,8 +40,8 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_window_args(window: int | None, stride: int | None,
-                      limit: int | None = None) -> tuple[int | None, int | None]:
+def check_window_args(window: int | None, stride: int | None, limit: int | None = None, *,
+                      prefix: str = "") -> tuple[int | None, int | None]:
     """Check ``window`` and ``stride``; return them with defaults filled in.
 
     Without ``limit`` (the model's context length, unknown before the model is loaded) the
@@ -51,6 +51,7 @@ def check_window_args(window: int | None, stride: int | None,
         window: tokens per forward pass, 2..limit, or None for the context length.
         stride: new tokens per window, 1..window-1, or None for ``window // 2``.
         limit: the model's context length, if known.
+        prefix: put before the names in messages (``"--"`` names the command-line options).
 
     Example:
         >>> check_window_args(None, None, 256)
@@ -59,13 +60,13 @@ def check_window_args(window: int | None, stride: int | None,
     w = limit if window is None else window
     if w is not None and (not _is_int(w) or w < 2 or (limit is not None and w > limit)):
         most = f"the model's context length {limit}" if limit else "the model's context length"
-        raise TokenwiseError(f"window={window!r}: allowed an integer from 2 to {most}")
+        raise TokenwiseError(f"{prefix}window={window!r}: allowed an integer from 2 to {most}")
     s = stride if stride is not None or w is None else max(1, w // 2)
     if s is not None and (not _is_int(s) or s < 1 or (w is not None and s > w - 1)):
         most = f"window - 1 = {w - 1}" if w is not None else "window - 1"
         raise TokenwiseError(
-            f"stride={stride!r}: allowed an integer from 1 to {most} (each new window keeps "
-            "window - stride tokens of the previous one as context)"
+            f"{prefix}stride={stride!r}: allowed an integer from 1 to {most} (each new window "
+            "keeps window - stride tokens of the previous one as context)"
         )
     return w, s
 
@@ -151,13 +152,15 @@ def score(
     Args:
         model: a :class:`~tokenwise.models.LanguageModel`, or a built-in name / local
             directory to load.
-        text: the text (non-empty).
+        text: the text (non-empty), scored as given: a leading U+FEFF is scored too (the
+            command line drops a byte order mark when it reads a file).
         window: input tokens per forward pass, 2..context length (default: the context
             length).
         stride: new tokens scored per window after the first, 1..window-1 (default
             ``window // 2``).
         top_k: alternatives to keep per position (0..vocabulary size).
-        progress: show a progress bar over the windows.
+        progress: show a progress bar over the windows on standard error (redrawn at
+            most every few seconds when stderr is a file or a pipe).
 
     Returns:
         A :class:`~tokenwise.trace.TokenTrace` with one row per token of ``text``.
@@ -186,9 +189,9 @@ def score(
     stats_parts = []
     contexts = []
     plans = plan_windows(n, w, s)
-    from tqdm.auto import tqdm
+    from tokenwise.progress import progress_bar
 
-    for begin, first, end in tqdm(plans, desc="score", unit="window", disable=not progress):
+    for begin, first, end in progress_bar(plans, desc="score", unit="window", enabled=progress):
         inputs = seq[begin:end][None]  # (1, end - begin)
         n_new = end - first + 1
         logits = lm.forward(inputs, logits_to_keep=n_new).logits[0]  # (n_new, V)

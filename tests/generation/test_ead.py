@@ -58,7 +58,8 @@ def test_different_tokenizers_are_refused(small, tiny_llama_dir):
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"up": 0}, "up=0"),
-    ({"up": 1.0, "down": 2.0}, "down=2.0"),
+    ({"up": 1.0, "down": 2.0}, r"down=2.0: allowed a number from 0 to up=1 "),
+    ({"up": 1.0, "down": -1}, r"down=-1: allowed a number in \[0, inf\)"),
     ({"window": 0}, "window=0"),
     ({"max_new_tokens": 0}, "max_new_tokens=0"),
     ({"prompt": " "}, "prompt=' '"),

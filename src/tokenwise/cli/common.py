@@ -1,13 +1,24 @@
-"""Helpers shared by the sub-commands: model option, reading input text, number formats."""
+"""Helpers shared by the sub-commands: model option, reading input text, output consoles."""
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tokenwise.errors import TokenwiseError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: Width of a console that writes to a file or a pipe: wide enough for any table we print,
+#: so nothing is cropped (rich would otherwise assume 80 columns).
+PIPE_WIDTH = 10_000
+_BOM = "\ufeff"
 
 
 def model_option(default: str = "tw-large"):
@@ -20,6 +31,9 @@ def model_option(default: str = "tw-large"):
 
 def read_text(source: str) -> str:
     """Read UTF-8 text from a file path, or from standard input when ``source`` is ``-``.
+
+    A leading byte order mark (U+FEFF, which some Windows editors write) is dropped: it marks
+    the encoding and is not part of the text.
 
     Args:
         source: a path, or ``-``.
@@ -40,12 +54,13 @@ def read_text(source: str) -> str:
         data = path.read_bytes()
         name = repr(source)
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TokenwiseError(
             f"{name} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
             "convert it first, e.g. `iconv -f latin1 -t utf-8`"
         ) from None
+    return text.removeprefix(_BOM)
 
 
 def check_output_path(path: str | None, option: str) -> None:
@@ -73,3 +88,54 @@ def check_output_path(path: str | None, option: str) -> None:
 def show_piece(piece: str) -> str:
     """A token piece with whitespace made visible, for tables."""
     return piece.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
+
+
+def _rule_width() -> int:
+    """Width for rules on a pipe: ``COLUMNS`` when it is a positive integer, else 80."""
+    try:
+        width = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        return 80
+    return width if width > 0 else 80
+
+
+def console(*, stderr: bool = False, **kwargs: Any) -> Console:
+    """A rich console for command output that never crops when it writes to a file or pipe.
+
+    On a terminal this is rich's usual console (tables fit the terminal's width). Anywhere
+    else rich would assume 80 columns and crop wide tables (``tokenwise uncertainty eval >
+    out.txt`` lost its last columns); here tables get their natural width and text wraps
+    only past :data:`PIPE_WIDTH` columns. Rules (``console.rule``) stay ``COLUMNS`` (or 80)
+    wide. Tables must not use ``expand=True``, which would stretch them to the pipe width.
+
+    Args:
+        stderr: write to standard error instead of standard output.
+        **kwargs: passed to :class:`rich.console.Console` (e.g. ``highlight=False``).
+
+    Example:
+        >>> out = console()
+        >>> out.print("ready")  # doctest: +SKIP
+        ready
+    """
+    from rich.console import Console
+
+    terminal = Console(stderr=stderr, **kwargs)
+    if terminal.is_terminal or "width" in kwargs or "file" in kwargs:
+        return terminal
+    return _pipe_console_class()(stderr=stderr, width=PIPE_WIDTH, **kwargs)
+
+
+@functools.cache
+def _pipe_console_class() -> type:
+    from rich.console import Console
+    from rich.rule import Rule
+
+    class PipeConsole(Console):
+        """A console for files and pipes: wide; rules at ``COLUMNS`` width, not 10,000."""
+
+        def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line",
+                 align: Any = "center") -> None:
+            self.print(Rule(title=title, characters=characters, style=style, align=align),
+                       width=_rule_width())
+
+    return PipeConsole

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from tokenwise.cli.common import console
+
 
 @click.command("samplers")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -17,7 +19,6 @@ def samplers_command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -27,4 +28,4 @@ def samplers_command(as_json: bool) -> None:
     for row in rows:
         params = ", ".join(f"{k}={v!r}" if v is not None else k for k, v in row["params"].items())
         table.add_row(row["name"], escape(params), escape(row["summary"]))
-    Console().print(table)
+    console().print(table)

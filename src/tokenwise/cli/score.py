@@ -6,7 +6,8 @@ import math
 
 import click
 
-from tokenwise.cli.common import check_output_path, model_option, read_text, show_piece
+from tokenwise.cli.common import check_output_path, console, model_option, read_text, show_piece
+from tokenwise.errors import TokenwiseError
 from tokenwise.scoring import check_text, check_window_args
 
 
@@ -22,27 +23,32 @@ from tokenwise.scoring import check_text, check_window_args
               help="Tokens per forward pass (2..context length; default: context length).")
 @click.option("--stride", type=int, default=None,
               help="New tokens scored per window (1..window-1; default: window // 2).")
-@click.option("--top-k", type=int, default=3, show_default=True,
+@click.option("--top-k", type=click.IntRange(min=0), default=3, show_default=True,
               help="Alternatives shown per token.")
-@click.option("--bits", is_flag=True, help="Show entropy and surprisal in bits (table, HTML).")
-def score_command(source: str, model: str, as_json: bool, html_out: str | None, color_by: str,
-                  window: int | None, stride: int | None, top_k: int, bits: bool) -> None:
+@click.option("--bits", is_flag=True,
+              help="Show entropy and surprisal in bits (table, HTML; JSON is always in nats).")
+@click.pass_context
+def score_command(ctx: click.Context, source: str, model: str, as_json: bool,
+                  html_out: str | None, color_by: str, window: int | None, stride: int | None,
+                  top_k: int, bits: bool) -> None:
     """Score every token of FILE (or standard input with -) under a model.
 
     Prints a table (or JSON with --json) of each token's log-probability, surprisal,
     entropy, varentropy and top alternatives; texts longer than the model's context are
-    scored with a sliding window. JSON values are in nats.
+    scored with a sliding window. JSON values are in nats. A progress bar over the windows
+    goes to standard error in every mode.
     """
     from tokenwise.models import declared_context_length, load
     from tokenwise.scoring import score
 
     check_output_path(html_out, "--html")
+    _check_combination(ctx, as_json, html_out, bits)
     text = read_text(source)
     check_text(text)
     # Fail before loading weights: the window limit is in config.json.
-    check_window_args(window, stride, declared_context_length(model))
+    check_window_args(window, stride, declared_context_length(model), prefix="--")
     lm = load(model)
-    trace = score(lm, text, window=window, stride=stride, top_k=top_k, progress=not as_json)
+    trace = score(lm, text, window=window, stride=stride, top_k=top_k, progress=True)
     if html_out:
         from tokenwise.heatmap import write_html
 
@@ -54,8 +60,19 @@ def score_command(source: str, model: str, as_json: bool, html_out: str | None, 
     _print_table(trace, bits)
 
 
+def _check_combination(ctx: click.Context, as_json: bool, html_out: str | None,
+                       bits: bool) -> None:
+    """Refuse options that the chosen outputs would ignore."""
+    from click.core import ParameterSource
+
+    if html_out is None and ctx.get_parameter_source("color_by") != ParameterSource.DEFAULT:
+        raise TokenwiseError("--color-by colours the --html heatmap; add --html FILE or drop it")
+    if bits and as_json and html_out is None:
+        raise TokenwiseError("--bits applies to the table and --html; --json values are always "
+                             "in nats (divide by ln 2 for bits), so drop --bits")
+
+
 def _print_table(trace, bits: bool) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -74,9 +91,9 @@ def _print_table(trace, bits: bool) -> None:
             f"{row['surprisal'] * scale:.3f}", f"{row['entropy'] * scale:.3f}",
             f"{row['varentropy'] * scale * scale:.3f}", str(row["context"]), escape(alts),
         )
-    console = Console()
-    console.print(table)
-    console.print(
+    out = console()
+    out.print(table)
+    out.print(
         f"mean entropy {trace.mean_entropy * scale:.3f} {unit}, perplexity "
         f"{trace.perplexity:.2f}, window {trace.window}, stride {trace.stride}"
     )

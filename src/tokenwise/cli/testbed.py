@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from tokenwise.cli.common import model_option
+from tokenwise.cli.common import console, model_option
 
 
 @click.group("testbed")
@@ -66,12 +66,11 @@ def eval_command(model: str, seed: int, quick: bool, json_out: str | None) -> No
 
 def print_report(report: dict) -> None:
     """Print a testbed report as tables."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
-    console.print(f"[bold]{escape(report['model'])}[/bold]: {report['parameters']:,} parameters")
+    out = console()
+    out.print(f"[bold]{escape(report['model'])}[/bold]: {report['parameters']:,} parameters")
     for key, title, label in (("facts", "fact questions (greedy)", "bucket"),
                               ("arithmetic", "additions (greedy, exact)", "digits"),
                               ("needle", "needle contexts (greedy)", "distractors")):
@@ -82,9 +81,9 @@ def print_report(report: dict) -> None:
             extra = (f"{r['chance']:.3f}",) if key == "facts" else ()
             table.add_row(name, f"{r['accuracy']:.3f}",
                           f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}", str(r["n"]), *extra)
-        console.print(table)
+        out.print(table)
     m = report["markov"]
-    console.print(
+    out.print(
         f"Markov source ({m['positions']} positions, nats): true entropy {m['true_entropy_mean']}"
         f", measured {m['model_entropy_mean']}, mean |error| {m['mean_abs_error']}, "
         f"correlation {m['correlation']}, cross-entropy {m['cross_entropy']}"

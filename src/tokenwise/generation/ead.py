@@ -149,7 +149,13 @@ def generate_ead(
         raise TokenwiseError(f"models {small.name!r} and {large.name!r} have different "
                              "tokenizers; entropy-adaptive decoding needs one shared vocabulary")
     up = check_float("up", up, 0.0, float("inf"), high_open=True)
-    down = up if down is None else check_float("down", down, 0.0, up, low_open=False)
+    if down is not None:
+        given_down = down
+        down = check_float("down", down, 0.0, float("inf"), low_open=False, high_open=True)
+        if down > up:
+            raise TokenwiseError(f"down={given_down!r}: allowed a number from 0 to up={up:g} (the "
+                                 "large model takes over above up and hands back below down)")
+    down = up if down is None else down
     window = check_int("window", window, 1)
     min_run = check_int("min_run", min_run, 1)
     if judge not in _JUDGES:
