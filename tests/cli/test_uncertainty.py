@@ -174,3 +174,16 @@ def test_missing_embedding_package_names_the_cli_flag(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_minilm)
     with pytest.raises(TokenwiseError, match="--embedder DIR"):
         embedding.minilm_path()
+
+
+def test_eval_table_piped_to_a_file_keeps_every_column(monkeypatch):
+    # rich assumed 80 columns off a terminal and cropped the table (Brier disappeared)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    res = CliRunner().invoke(uncertainty_group, [
+        "eval", "--model", "tw-small", "--questions", "4", "--n", "2", "--bootstrap", "2",
+        "--equivalence", "exact", "--estimators", "predictive_entropy,num_semantic_sets",
+        "--quiet"])
+    assert res.exit_code == 0, res.output
+    header = next(line for line in res.stdout.splitlines() if "AUROC" in line)
+    for column in ("AUPRC", "PRR", "AURAC", "ECE", "Brier"):
+        assert column in header

@@ -130,10 +130,11 @@ def compress_command(source: str, rate: float | None, target_tokens: int | None,
 
 
 def _show(result, console=None) -> None:
-    from rich.console import Console
     from rich.text import Text
 
-    console = console if console is not None else Console(highlight=False)
+    from tokenwise.cli.common import console as make_console
+
+    console = console if console is not None else make_console(highlight=False)
     roles = None
     if result.messages is not None:
         roles = [m.get("role", "?") for m in result.messages]
@@ -234,12 +235,12 @@ def demo_lines(console=None, *, rate: float = 0.33,
     """
     import re
 
-    from rich.console import Console
     from rich.markup import escape
 
+    from tokenwise.cli.common import console as make_console
     from tokenwise.compression import TokenCounter, get
 
-    console = console if console is not None else Console(highlight=False)
+    console = console if console is not None else make_console(highlight=False)
     memo = "Memo:\n" + "\n".join(f"The code of {k} is {v}." for k, v in DEMO_FACTS)
     question = f"What is the code of {DEMO_KEY}?"
     q_line = f"Q: {question}"

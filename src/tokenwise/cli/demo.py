@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from tokenwise.cli.common import console as make_console
 from tokenwise.cli.common import show_piece
 
 PASSAGE = (
@@ -23,7 +24,6 @@ PASSAGE = (
               show_default=True, help="Where the HTML heatmap is written.")
 def demo_command(out: str) -> None:
     """Score a passage, answer fact questions, decode, score uncertainty, compress a memo."""
-    from rich.console import Console
     from rich.markup import escape
 
     from tokenwise.heatmap import write_html
@@ -32,7 +32,7 @@ def demo_command(out: str) -> None:
     from tokenwise.testbed.evaluate import greedy_complete
     from tokenwise.testbed.worlds import Testbed
 
-    console = Console()
+    console = make_console()
     start = time.perf_counter()
     # The general models; tw-reader only answers needle questions (section 5 uses it).
     models = {name: load(name) for name in builtin_names() if name != "tw-reader"}

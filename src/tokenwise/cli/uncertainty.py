@@ -296,11 +296,12 @@ def ask_command(question: str, model: str, n: int, temperature: float,
             "scores": {k: round(v, 4) + 0.0 for k, v in scores.items()},  # no -0.0
         }, indent=2, ensure_ascii=False))
         return
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from tokenwise.cli.common import console as make_console
+
+    console = make_console()
     console.print(f"[bold]{escape(samples.question)}[/bold]  ({escape(lm.name)}, n={samples.n}, "
                   f"T={temperature:g}, equivalence {escape(repr(eq))})")
     if ref is not None:
@@ -393,11 +394,12 @@ def eval_command(world: str, model: str, estimators: str, questions: int, n: int
 def _print_eval(result: Any, model_name: str, equivalence: str, png: str | None) -> None:
     import math
 
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from tokenwise.cli.common import console as make_console
+
+    console = make_console()
     by_group = ", ".join(f"{g} {r}/{t}" for g, (r, t) in result.accuracy_by_group().items())
     console.print(f"[bold]{escape(model_name)}[/bold]: {len(result.incorrect)} questions, "
                   f"accuracy {100 * result.accuracy:.1f}% ({by_group}); equivalence "

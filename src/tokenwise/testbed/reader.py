@@ -265,8 +265,9 @@ def train_reader(tokenizer, world: NeedleWorld, seed: int = 0,
         >>> facts["levels_reached"], facts["level_steps"]["15"]
         ([0, 1, 3, 7, 15], 3)
     """
-    from tqdm.auto import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tokenwise.progress import progress_bar
 
     torch.manual_seed(seed)
     rng = random.Random(f"tw-reader/{seed}")
@@ -291,7 +292,8 @@ def train_reader(tokenizer, world: NeedleWorld, seed: int = 0,
     reached = [(spec.levels[0], 0)]
     start = time.perf_counter()
     model.train()
-    bar = tqdm(range(spec.steps), desc=f"train {spec.name}", disable=not progress)
+    bar = progress_bar(range(spec.steps), desc=f"train {spec.name}", unit="step",
+                       enabled=progress)
     for step in bar:
         while level < len(spec.levels) - 1 and step >= spec.deadlines[level + 1] * spec.steps:
             level += 1

@@ -130,8 +130,9 @@ def train_model(spec: ModelSpec, tokenizer, ids: torch.Tensor, labels: torch.Ten
     Returns:
         The trained model (float32, eval mode) and a dict of training facts.
     """
-    from tqdm.auto import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tokenwise.progress import progress_bar
 
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -161,7 +162,8 @@ def train_model(spec: ModelSpec, tokenizer, ids: torch.Tensor, labels: torch.Ten
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
-    bar = tqdm(range(spec.steps), desc=f"train {spec.name}", disable=not progress)
+    bar = progress_bar(range(spec.steps), desc=f"train {spec.name}", unit="step",
+                       enabled=progress)
     for step in bar:
         if cursor + spec.batch_size > len(order):
             order = torch.randperm(ids.shape[0], generator=gen)

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tokenwise.errors import TokenwiseError
+from tokenwise.progress import progress_bar
 from tokenwise.uncertainty import metrics
 from tokenwise.uncertainty.estimators import Estimator, get
 from tokenwise.uncertainty.estimators.registry import estimator_class
@@ -244,7 +244,7 @@ def sample_items(items: Sequence[EvalItem], model: Any, *, n: int = 10,
                              "by its low-temperature reference answer; give a temperature > 0")
     lm = model if isinstance(model, LanguageModel) else load(model)
     out = []
-    for i, item in enumerate(tqdm(items, desc="sampling", unit="q", disable=not progress)):
+    for i, item in enumerate(progress_bar(items, desc="sampling", unit="q", enabled=progress)):
         s = sample_answers(lm, item.question, n=n, temperature=temperature,
                            seed=seed + i * (n + 1), **sampling)
         if prepare is not None:
@@ -387,8 +387,8 @@ def evaluate_samples(samples: Sequence[SampleSet], incorrect: Sequence[bool] | n
             "undefined (nan) in every row; mix questions the model knows and does not know",
             metrics.UndefinedMetricWarning, stacklevel=2)
     results = []
-    bar = tqdm(total=len(table) * len(samples), desc="scoring", unit="set",
-               disable=not progress)
+    bar = progress_bar(total=len(table) * len(samples), desc="scoring", unit="set",
+                       enabled=progress)
     for label, est in table.items():
         start = time.perf_counter()
         scores = np.empty(len(samples), dtype=np.float64)

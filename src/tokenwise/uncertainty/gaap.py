@@ -216,9 +216,9 @@ def gaap(question: str, k: int = 9, *, embedder: Embedder | None = None,
     score(pop)
     rounds = range(generations)
     if progress:
-        from tqdm import tqdm
+        from tokenwise.progress import progress_bar
 
-        rounds = tqdm(rounds, desc="GAAP")
+        rounds = progress_bar(rounds, desc="GAAP", unit="round")
     def pick(parents: list[str]) -> str:  # binary tournament
         a, b = rng.choice(parents), rng.choice(parents)
         return a if fitness[a] >= fitness[b] else b

@@ -100,9 +100,9 @@ def tsu(model: LanguageModel | str, questions: Sequence[str],
     scores = np.zeros((len(questions), len(temps)))
     cells = [(q, j) for q in range(len(questions)) for j in range(len(temps))]
     if progress:
-        from tqdm import tqdm
+        from tokenwise.progress import progress_bar
 
-        cells = tqdm(cells, desc="TSU")
+        cells = progress_bar(cells, desc="TSU", unit="cell")
     for q, j in cells:
         s = sample_answers(lm, questions[q], n=n, temperature=temps[j],
                            seed=seed + 1000 * (q * len(temps) + j),
