@@ -45,3 +45,26 @@ def test_clean_errors(tmp_path, tiny_llama_dir):
     res = CliRunner().invoke(train_command, [str(tiny_llama_dir), str(data), "--out", out,
                                              "--rho", "1.5"])
     assert res.exit_code != 0 and "--rho" in res.output
+
+
+def test_out_is_checked_before_training_and_never_written_over(tmp_path, tiny_llama_dir):
+    data = tmp_path / "d.txt"
+    data.write_text("some text to learn from, long enough for a window or two")
+    (tmp_path / "somefile").write_text("x")
+    args = [str(tiny_llama_dir), str(data), "--steps", "1", "--seq-len", "16"]
+    res = CliRunner().invoke(train_command, [*args, "--out", str(tmp_path / "somefile" / "sub")])
+    assert res.exit_code != 0 and "is a file, not a directory" in res.output
+    assert "steps" not in res.output and "Traceback" not in res.output  # nothing trained
+    # A token classifier's directory (what `tokenwise compress train` writes) is refused.
+    clf = tmp_path / "clf"
+    clf.mkdir()
+    for name in ("config.json", "model.safetensors", "training.json"):
+        (clf / name).write_text("{}")
+    res = CliRunner().invoke(train_command, [*args, "--out", str(clf)])
+    assert res.exit_code != 0 and "is not empty" in res.output and "--overwrite" in res.output
+    assert sorted(p.name for p in clf.iterdir()) == ["config.json", "model.safetensors",
+                                                    "training.json"]
+    res = CliRunner().invoke(train_command, [*args, "--out", str(clf), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert load(clf).vocab_size == load(tiny_llama_dir).vocab_size
+    assert json.loads((clf / "training.json").read_text())["steps"] == 1

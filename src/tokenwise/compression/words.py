@@ -146,6 +146,35 @@ def split_words(text: str) -> tuple[np.ndarray, np.ndarray]:
     return arr[:, 0].copy(), arr[:, 1].copy()
 
 
+def disjoint_spans(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spans in order, each moved past the text of the ones before it, so none overlap.
+
+    A span whose text earlier spans already hold becomes empty (at the end of what holds
+    it), so a compressor that keeps it adds no text: no character is ever kept twice. Spans
+    that are empty to begin with hold nothing and stay where they are.
+
+    Args:
+        starts, ends: ``(W,)`` word spans in text order.
+
+    Returns:
+        ``(starts, ends)``, new int64 arrays.
+
+    Example:
+        >>> s, e = disjoint_spans(np.array([0, 0, 2, 3, 1]), np.array([1, 2, 4, 4, 1]))
+        >>> s.tolist(), e.tolist()
+        ([0, 1, 2, 4, 1], [1, 2, 4, 4, 1])
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    if len(starts) == 0:
+        return starts.copy(), ends.copy()
+    solid = starts < ends  # (W,) spans that hold text
+    held = np.maximum.accumulate(np.where(solid, ends, 0))  # (W,) end of the text held so far
+    reach = np.concatenate([[0], held[:-1]])  # (W,) ... by the spans before each
+    new_starts = np.where(solid, np.maximum(starts, reach), starts)
+    return new_starts, np.maximum(ends, new_starts)
+
+
 def protected_spans(text: str, kinds: tuple[str, ...] | None = None) -> np.ndarray:
     """Spans of ``text`` that compression must keep whole, merged and sorted.
 

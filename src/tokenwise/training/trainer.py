@@ -8,8 +8,11 @@ The loop is deliberately plain: one batch, one loss, AdamW, gradient clipping. W
 * **Token selection**: ``select="sstoken"`` relabels each batch with
   :func:`tokenwise.training.sstoken.select_tokens` against a frozen history model.
 * **Checkpoints** in one safetensors file (model, optimizer state, step, RNG states, data
-  order), written atomically (temporary file, then rename). A resumed run continues bit for
-  bit as if it had never stopped: same batches, same updates, same weights.
+  order), written atomically (temporary file, then rename), every ``save_every`` steps and
+  when SIGTERM or SIGINT stops the run. A resumed run continues bit for bit as if it had
+  never stopped: same batches, same updates, same weights.
+* **A safe output directory** (:mod:`tokenwise.training.runs`): checked before any work,
+  never written over unless it is this trainer's own run or ``overwrite`` is set.
 * **A model directory** at the end (``save_pretrained`` + tokenizer), loadable with
   :func:`tokenwise.models.load`.
 
@@ -36,6 +39,15 @@ from torch import Tensor
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.models.loading import pick_device
+from tokenwise.training.runs import (
+    StopSignals,
+    TrainingInterrupted,
+    check_output_dir,
+    read_checkpoint,
+    restore_state,
+    state_tensors,
+    write_checkpoint,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "load_examples", "train"]
 
@@ -44,6 +56,7 @@ SELECTIONS = (None, "sstoken")
 SCHEDULES = ("constant", "cosine")
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.safetensors"
+CHECKPOINT_FORMAT = "tokenwise-train-1"
 #: settings that must not change between a checkpoint and its resumed run.
 _RESUME_KEYS = ("model", "loss", "fused", "select", "history_model", "rho", "gamma", "lr",
                 "batch_size", "seq_len", "warmup", "schedule", "weight_decay", "grad_clip",
@@ -72,10 +85,14 @@ class TrainConfig:
         schedule: ``"constant"`` after warm-up, or ``"cosine"`` decay to 10% at ``steps``.
         weight_decay: AdamW weight decay on matrices (never on norms or biases).
         grad_clip: clip the global gradient norm to this (0 turns clipping off).
-        save_every: write a checkpoint every this many steps (0: only at the end).
+        save_every: write a checkpoint every this many steps (0: only at the end); also when
+            SIGTERM or SIGINT stops the run.
         seed: seeds the data order and any randomness in the model.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         resume: continue from ``out/checkpoint`` (it must exist and match these settings).
+        overwrite: a non-empty ``out`` that is not this trainer's own run may be used: its
+            contents are deleted just before the first step (see
+            :mod:`tokenwise.training.runs`). Without it such an ``out`` is refused.
     """
 
     model: str
@@ -99,6 +116,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False
 
     def check(self) -> None:
         """Raise :class:`TokenwiseError` naming the first bad setting."""
@@ -332,89 +350,29 @@ def _tensor_digest(tensor: Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-def _rng_tensor(state: Tensor) -> Tensor:
-    return state.detach().cpu().clone()
-
-
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     batches: _Batches, step: int, losses: list[float], meta: dict) -> None:
     """Write the whole training state to ``path`` atomically (temporary file, then rename)."""
-    from safetensors.torch import save_file
-
-    tensors: dict[str, Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    for name, value in model.state_dict().items():
-        key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
-        if key in seen:  # tied weights: store once, remember the alias
-            aliases[name] = seen[key]
-            continue
-        seen[key] = name
-        tensors[f"model/{name}"] = value.detach().cpu().contiguous().clone()
-    opt_state = optimizer.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, entry in opt_state["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, Tensor):
-                tensors[f"optim/{index}/{key}"] = value.detach().cpu().contiguous().clone()
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    tensors["rng/torch"] = _rng_tensor(torch.get_rng_state())
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng/cuda/{i}"] = _rng_tensor(state)
-    tensors["rng/data"] = _rng_tensor(batches.generator.get_state())
+    tensors, state_meta = state_tensors(model, optimizer)
+    tensors["rng/data"] = batches.generator.get_state().detach().cpu().clone()
     tensors["data/order"] = batches.order.clone()
     metadata = {
-        "format": "tokenwise-train-1",
+        "format": CHECKPOINT_FORMAT,
         "step": str(step),
         "cursor": str(batches.cursor),
         "epoch": str(batches.epoch),
         "losses": json.dumps(losses),
-        "aliases": json.dumps(aliases),
-        "optimizer_groups": json.dumps(opt_state["param_groups"]),
-        "optimizer_scalars": json.dumps(scalars),
+        **state_meta,
         "meta": json.dumps(meta),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_checkpoint(path, tensors, metadata)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     batches: _Batches) -> tuple[int, list[float], dict]:
     """Restore what :func:`save_checkpoint` wrote; returns ``(step, losses, meta)``."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        metadata = fh.metadata() or {}
-        tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
-    if metadata.get("format") != "tokenwise-train-1":
-        raise TokenwiseError(f"{str(path)!r} is not a tokenwise training checkpoint")
-    device = next(model.parameters()).device
-    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    for name, target in json.loads(metadata["aliases"]).items():
-        state[name] = state[target]
-    model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
-    opt_state: dict[str, Any] = {"state": {}, "param_groups": json.loads(
-        metadata["optimizer_groups"])}
-    for group in opt_state["param_groups"]:
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
-    for key, value in tensors.items():
-        if key.startswith("optim/"):
-            _, index, name = key.split("/", 2)
-            opt_state["state"].setdefault(int(index), {})[name] = value
-    for index, entry in json.loads(metadata["optimizer_scalars"]).items():
-        opt_state["state"].setdefault(int(index), {}).update(entry)
-    optimizer.load_state_dict(opt_state)
-    torch.set_rng_state(tensors["rng/torch"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda/")]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
+    tensors, metadata = read_checkpoint(path, CHECKPOINT_FORMAT)
+    restore_state(tensors, metadata, model, optimizer)
     batches.generator.set_state(tensors["rng/data"])
     batches.order = tensors["data/order"].clone()
     batches.cursor = int(metadata["cursor"])
@@ -475,13 +433,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
     cfg.check()
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT_DIR / CHECKPOINT_FILE
-    if cfg.resume and not ckpt_path.is_file():
-        raise TokenwiseError(f"nothing to resume: {str(ckpt_path)!r} does not exist")
-    if not cfg.resume and ckpt_path.is_file():
-        raise TokenwiseError(
-            f"{str(out)!r} already holds a checkpoint; pass --resume to continue it, or choose "
-            "another --out"
-        )
+    plan = check_output_dir(out, checkpoint=f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}",
+                            fmt=CHECKPOINT_FORMAT, command="tokenwise train",
+                            resume=cfg.resume, overwrite=cfg.overwrite)
     device = pick_device(cfg.device)
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -522,30 +476,44 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
         step, losses, saved = load_checkpoint(ckpt_path, model, optimizer, batches)
         _check_resumable(saved, meta, cfg, step)
         log(f"resumed from step {step} of {ckpt_path}")
+    plan.prepare()  # from here on the run writes into out
     model.train()
 
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.loss}", disable=not progress)
-    while step < cfg.steps:
-        batch = _collate([rows[i] for i in batches.next()], pad, device)
-        if history is not None:
-            batch["labels"] = _select(model, history.hf_model, batch, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        loss = _step_loss(model, batch)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(float(loss.detach()))
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
-            save_checkpoint(ckpt_path, model, optimizer, batches, step, losses, meta)
-        if on_step is not None:
-            on_step(step, losses[-1])
+    # A signal stops the run after the step in progress, with a checkpoint of that step.
+    with StopSignals() as stop:
+        while step < cfg.steps:
+            batch = _collate([rows[i] for i in batches.next()], pad, device)
+            if history is not None:
+                batch["labels"] = _select(model, history.hf_model, batch, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            loss = _step_loss(model, batch)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            due = (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps
+            if due:
+                save_checkpoint(ckpt_path, model, optimizer, batches, step, losses, meta)
+            if on_step is not None:
+                on_step(step, losses[-1])
+            if stop.signum is not None and step < cfg.steps:
+                if not due:
+                    save_checkpoint(ckpt_path, model, optimizer, batches, step, losses, meta)
+                break
     bar.close()
+    if stop.signum is not None and step < cfg.steps:
+        message = (f"stopped by {stop.name} at step {step} of {cfg.steps}; checkpoint saved "
+                   f"in {str(ckpt_path)!r}. To continue, run the same command again with "
+                   "--resume (in Python: TrainConfig(..., resume=True))")
+        log(message)
+        raise TrainingInterrupted(message, stop.signum, step)
 
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
