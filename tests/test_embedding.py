@@ -271,3 +271,11 @@ def test_compression_names_keep_their_conventions(minilm):
     assert extractive.FunctionEmbedder(lambda ts: [[0.0, 0.0]] * len(ts)).embed(["x"]).tolist() \
         == [[0.0, 0.0]]
     assert repr(e) == f"HFMeanPoolEmbedder({str(minilm_path())!r})"
+
+
+def test_ragged_rows_from_any_function_embedder_are_a_clear_error():
+    from tokenwise.errors import TokenwiseError
+    from tokenwise.models.embedding import FunctionEmbedder
+
+    with pytest.raises(TokenwiseError, match=r"rows of \[1, 2\] numbers for 2 texts"):
+        FunctionEmbedder(lambda ts: [[1.0] * len(t) for t in ts]).embed(["a", "bc"])

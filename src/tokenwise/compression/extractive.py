@@ -80,20 +80,6 @@ class FunctionEmbedder(SentenceEmbedder, _FunctionEmbedder):
         tokenwise.errors.TokenwiseError: the embedding function returned rows of ...
     """
 
-    def _embed(self, texts: list[str]) -> Any:
-        raw = self.fn(texts)
-        if not hasattr(raw, "detach"):  # a torch tensor is rectangular by construction
-            try:
-                np.asarray(raw, dtype=np.float64)
-            except (TypeError, ValueError):
-                lengths = sorted({len(r) if hasattr(r, "__len__") else 1 for r in raw}
-                                 if hasattr(raw, "__iter__") else {0})
-                raise TokenwiseError(
-                    f"the embedding function returned rows of {lengths} numbers for "
-                    f"{len(texts)} texts; it must return an (N, D) array of numbers, one "
-                    "vector of D numbers per text (token ids or ragged lists are not "
-                    "embeddings)") from None
-        return raw
 
 
 class HFMeanPoolEmbedder(SentenceEmbedder, HFEmbedder):

@@ -115,7 +115,15 @@ class Embedder(ABC):
         name = type(self).__name__
         if hasattr(raw, "detach"):  # a torch tensor, in any dtype or device
             raw = raw.detach().cpu().double().numpy()
-        vectors = np.asarray(raw, dtype=np.float64)
+        try:
+            vectors = np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError):  # ragged rows, strings, None
+            lengths = sorted({len(r) if hasattr(r, "__len__") else 1 for r in raw}
+                             if hasattr(raw, "__iter__") else {0})
+            raise TokenwiseError(
+                f"the embedding function returned rows of {lengths} numbers for {n} texts; "
+                "it must return an (N, D) array of numbers, one vector of D numbers per text "
+                "(token ids or ragged lists are not embeddings)") from None
         if vectors.ndim != 2 or vectors.shape[0] != n or vectors.shape[1] == 0:
             raise TokenwiseError(f"{name} returned shape {vectors.shape} for {n} texts; it "
                                  "must return one row per text, shape (n, d) with d >= 1")
