@@ -325,14 +325,15 @@ def train_token_classifier(examples: Sequence[tuple[str, np.ndarray]], out: str 
     if plan.resume:
         _load_run(ckpt_path, model, opt, sched, run, meta)
     plan.prepare()
-    from tqdm.auto import tqdm
+    from tokenwise.progress import progress_bar
 
     model.train()
-    bar = tqdm(total=cfg.steps, initial=run.step, desc="train classifier", unit="step",
-               disable=not progress)
     t0 = time.perf_counter()
-    # A signal stops the run after the step in progress, with a checkpoint of that step.
+    # A signal stops the run after the step in progress, with a checkpoint of that step. The
+    # handlers are in place before the bar shows, so a signal sent on seeing it is caught.
     with StopSignals() as stop:
+        bar = progress_bar(total=cfg.steps, initial=run.step, desc="train classifier",
+                           unit="step", enabled=progress)
         while run.step < cfg.steps:
             step = run.step
             batch = []

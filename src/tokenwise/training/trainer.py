@@ -39,6 +39,7 @@ from torch import Tensor
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.models.loading import pick_device
+from tokenwise.progress import progress_bar
 from tokenwise.training.runs import (
     StopSignals,
     TrainingInterrupted,
@@ -237,13 +238,12 @@ def load_examples(path: str | os.PathLike[str]) -> list[Example]:
 def _tokenize(examples: list[Example], lm: Any, seq_len: int,
               progress: bool) -> tuple[list[tuple[list[int], list[int]]], int]:
     """Rows of (input ids, labels); returns them and how many examples were shortened."""
-    from tqdm.auto import tqdm
-
     bos = [lm.bos_token_id] if lm.bos_token_id is not None else []
     eos = [lm.eos_token_id] if lm.eos_token_id is not None else []
     rows: list[tuple[list[int], list[int]]] = []
     truncated = 0
-    for ex in tqdm(examples, desc="tokenize", disable=not progress or len(examples) < 1000):
+    for ex in progress_bar(examples, desc="tokenize", unit="example",
+                           enabled=progress and len(examples) >= 1000):
         if ex.prompt is None:
             ids = bos + lm.encode(ex.text) + eos
             # windows overlap by one token so every token but the first is a target once
@@ -426,8 +426,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
         >>> res.step, len(res.losses), (res.model_dir / "config.json").is_file()
         (2, 2, True)
     """
-    from tqdm.auto import tqdm
-
     from tokenwise.models import load
 
     cfg.check()
@@ -479,9 +477,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
     plan.prepare()  # from here on the run writes into out
     model.train()
 
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.loss}", disable=not progress)
-    # A signal stops the run after the step in progress, with a checkpoint of that step.
+    # A signal stops the run after the step in progress, with a checkpoint of that step. The
+    # handlers are in place before the bar shows, so a signal sent on seeing it is caught.
     with StopSignals() as stop:
+        bar = progress_bar(total=cfg.steps, initial=step, desc=f"train {cfg.loss}",
+                           unit="step", enabled=progress)
         while step < cfg.steps:
             batch = _collate([rows[i] for i in batches.next()], pad, device)
             if history is not None:
