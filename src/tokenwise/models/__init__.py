@@ -1,22 +1,37 @@
-"""Models: load a built-in or a local Hugging Face causal LM as a :class:`LanguageModel`."""
+"""Models: load a built-in, a fetched real model, a local Hugging Face directory or a GGUF file
+as a :class:`LanguageModel`."""
 
+from tokenwise.models.builtin import BUILTIN_DIR, builtin_names, builtin_path
+from tokenwise.models.cache import cache_dir
+from tokenwise.models.gguf import convert_gguf
 from tokenwise.models.language_model import ForwardOutput, LanguageModel
-from tokenwise.models.loading import (
-    BUILTIN_DIR,
-    builtin_names,
-    builtin_path,
-    declared_context_length,
-    load,
-    resolve,
+from tokenwise.models.loading import declared_context_length, load, resolve
+from tokenwise.models.real import (
+    REAL_MODELS,
+    RealModel,
+    fetch,
+    fetch_command,
+    fetched,
+    real_model,
+    real_model_names,
 )
 
 __all__ = [
     "BUILTIN_DIR",
+    "REAL_MODELS",
     "ForwardOutput",
     "LanguageModel",
+    "RealModel",
     "builtin_names",
     "builtin_path",
+    "cache_dir",
+    "convert_gguf",
     "declared_context_length",
+    "fetch",
+    "fetch_command",
+    "fetched",
     "load",
+    "real_model",
+    "real_model_names",
     "resolve",
 ]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,8 @@ import torch
 from safetensors import SafetensorError
 
 from tokenwise.errors import ModelNotFoundError, TokenwiseError, UnsafeCheckpointError
+from tokenwise.models.builtin import BUILTIN_DIR, builtin_names
+from tokenwise.models.hf_checks import check_causal_lm, quiet_weights_loading
 from tokenwise.models.language_model import CONTEXT_KEYS, LanguageModel, context_value
 
 try:  # transformers 5 checks config fields through huggingface_hub's strict dataclasses
@@ -22,7 +23,6 @@ except ImportError:  # pragma: no cover - older huggingface_hub
     class StrictDataclassError(Exception):  # type: ignore[no-redef]
         """Stand-in: never raised."""
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -31,80 +31,76 @@ _DTYPES = {
 }
 
 
+def _known_names() -> str:
+    from tokenwise.models.real import real_model_names
 
-@contextmanager
-def quiet_weights_loading() -> Iterator[None]:
-    """Hide transformers' "Loading weights" progress bar inside the block, then restore it.
-
-    Our models load in milliseconds from local files; a progress bar per load only clutters
-    a CLI's output. The bar's global switch is put back as it was, so a caller's own
-    transformers use is unaffected.
-
-    Example:
-        >>> with quiet_weights_loading():
-        ...     pass
-    """
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-def builtin_names() -> list[str]:
-    """Names of the built-in models shipped inside the package (e.g. ``tw-small``).
-
-    Example:
-        >>> "tw-large" in builtin_names()
-        True
-    """
-    if not BUILTIN_DIR.is_dir():
-        return []
-    return sorted(
-        p.name for p in BUILTIN_DIR.iterdir() if (p / "config.json").is_file()
-    )
+    return (f"not a built-in model ({', '.join(builtin_names())}), not a real model "
+            f"({', '.join(real_model_names())}; `tokenwise models fetch NAME` gets one)")
 
 
-def builtin_path(name: str) -> Path:
-    """The directory of built-in model ``name`` (raises if there is none)."""
-    path = BUILTIN_DIR / name
-    if not (path / "config.json").is_file():
-        raise ModelNotFoundError(
-            f"unknown built-in model {name!r}; built-in models: {', '.join(builtin_names())}"
+def _real_model_dir(name: str) -> Path:
+    """The converted directory of fetched real model ``name`` (converted on first use)."""
+    from tokenwise.models.gguf import cached_conversion, convert_gguf, file_sha256
+    from tokenwise.models.real import fetch_command, real_model, require_fetched
+
+    spec = real_model(name)
+    done = cached_conversion(spec.sha256)
+    if done is not None:
+        return done
+    gguf = require_fetched(name)
+    # Checked once, before the first conversion: later loads find the conversion by the
+    # pinned hash and never read the GGUF again.
+    if file_sha256(gguf) != spec.sha256:
+        raise TokenwiseError(
+            f"the fetched GGUF of {name!r} at {str(gguf)!r} no longer matches its pinned "
+            f"SHA-256 (damaged on disk?); run `{fetch_command(name)}` to fetch it again"
         )
-    return path
+    return convert_gguf(gguf, sha256=spec.sha256, name=name)
 
 
 def resolve(path_or_name: str | os.PathLike[str]) -> tuple[str, Path]:
-    """Turn a built-in name or a local directory into ``(name, directory)``.
+    """Turn a model name, directory or GGUF file into ``(name, Hugging Face directory)``.
+
+    A GGUF file (a ``.gguf`` path, a directory holding exactly one and no config.json, or a
+    fetched real model's name) is converted once into a safetensors directory in the user
+    cache (see :mod:`tokenwise.models.gguf`); the directory returned is that copy.
 
     Raises a :class:`ModelNotFoundError` that says how to get the model when it is a hub id
-    that is not on disk: tokenwise never downloads.
+    that is not on disk, or a real model not fetched yet: tokenwise never downloads here.
 
     Args:
-        path_or_name: ``"tw-small"``, ``"tw-large"`` or a directory in Hugging Face format.
+        path_or_name: a built-in name (``"tw-small"``), a real model's name
+            (``"smollm2-135m"``), a directory in Hugging Face format, or a ``.gguf`` file.
 
     Example:
         >>> resolve("tw-small")[0]
         'tw-small'
     """
+    from tokenwise.models.gguf import convert_gguf, gguf_in_dir, is_gguf_file
+    from tokenwise.models.real import real_model_names
+
     text = os.fspath(path_or_name)
     if not text.strip():
         raise ModelNotFoundError(
-            f"empty model name; use a built-in ({', '.join(builtin_names())}) or a directory"
+            f"empty model name; use a built-in model ({', '.join(builtin_names())}), a real "
+            "model, a directory or a .gguf file"
         )
     if text in builtin_names():
         return text, BUILTIN_DIR / text
+    if text in real_model_names():
+        return text, _real_model_dir(text)
     path = Path(text).expanduser()
     if path.is_dir():
+        gguf = gguf_in_dir(path)
+        if gguf is not None:
+            return path.resolve().name, convert_gguf(gguf, name=path.resolve().name)
         return path.resolve().name, path.resolve()
+    if is_gguf_file(path):
+        return path.stem, convert_gguf(path)
     if path.exists():
         raise ModelNotFoundError(
-            f"model path {text!r} is a file; give the directory that holds config.json and "
-            "the *.safetensors weights"
+            f"model path {text!r} is a file but not a GGUF model; give a .gguf file or the "
+            "directory that holds config.json and the *.safetensors weights"
         )
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
     if looks_like_hub_id:
@@ -115,8 +111,8 @@ def resolve(path_or_name: str | os.PathLike[str]) -> tuple[str, Path]:
             "`--model DIR`."
         )
     raise ModelNotFoundError(
-        f"unknown model {text!r}: not a built-in model ({', '.join(builtin_names())}) and not "
-        "an existing directory. If it is a Hugging Face hub id: tokenwise never downloads; "
+        f"unknown model {text!r}: {_known_names()}, and not an existing directory or "
+        ".gguf file. If it is a Hugging Face hub id: tokenwise never downloads; "
         f"run `hf download {text} --local-dir DIR` on a machine with network access, copy DIR "
         "here and use `load('DIR')` / `--model DIR`."
     )
@@ -227,42 +223,6 @@ def _read_generation_eos(path: Path) -> list[int]:
             ">= 0), a list of them, or leave the key out"
         )
     return ids
-
-
-def _check_causal_lm(name: str, path: Path, config: dict[str, Any]) -> None:
-    """Refuse a config whose model is not a causal LM (a classifier, an encoder, ...).
-
-    transformers would build its causal LM class for the model type anyway (BERT's
-    ``BertLMHeadModel`` for a BERT token classifier), fill the head with random numbers
-    and only warn.
-    """
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    if "AutoModelForCausalLM" in (config.get("auto_map") or {}):
-        return  # the model's own code declares a causal LM (trust_remote_code was checked)
-    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    archs = config.get("architectures") or []
-    model_type = config.get("model_type")
-    if archs:
-        # Custom or newer classes keep the naming convention of transformers' own.
-        if any(a in causal or a.endswith("ForCausalLM") for a in archs):
-            return
-        what = f"names {', '.join(archs)}"
-    elif model_type in CONFIG_MAPPING_NAMES and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        what = "has no architectures"
-    else:
-        return  # a causal model type, or one transformers does not know (it says so itself)
-    hint = ""
-    if any(a.endswith("ForTokenClassification") for a in archs):
-        hint = ("; a token classifier is for `tokenwise compress --method token_classifier "
-                "--model DIR`")
-    raise TokenwiseError(
-        f"model {name!r} at {str(path)!r} is not a causal language model: its config.json "
-        f"{what} (model_type {model_type!r}); tokenwise needs a text-generation model whose "
-        "architectures name a ...ForCausalLM class (e.g. LlamaForCausalLM, Qwen2ForCausalLM, "
-        f"GPT2LMHeadModel){hint}"
-    )
 
 
 #: checkpoint entries that models no longer keep as weights: rotary tables and causal masks
@@ -402,13 +362,17 @@ def load(
     dtype: str | torch.dtype | None = "auto",
     trust_remote_code: bool = False,
 ) -> LanguageModel:
-    """Load a built-in model or a local Hugging Face causal LM directory.
+    """Load a built-in model, a fetched real model, a local HF directory or a GGUF file.
 
     Only safetensors weights are read, nothing is downloaded, and code shipped with a
-    model runs only with ``trust_remote_code=True``.
+    model runs only with ``trust_remote_code=True``. A GGUF file is converted once to a
+    float32 safetensors directory in the user cache (see :mod:`tokenwise.models.gguf`), so
+    only its first load takes long; ``dtype`` casts on load.
 
     Args:
-        path_or_name: a built-in name (see :func:`builtin_names`) or a local directory.
+        path_or_name: a built-in name (see :func:`builtin_names`), a real model's name
+            once fetched (see :func:`tokenwise.models.real_model_names`), a local
+            directory, or a ``.gguf`` file (or a directory holding exactly one).
         device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         dtype: ``"auto"`` (float32 on CPU, bfloat16/float16 on GPU), ``"float32"``,
             ``"float16"`` or ``"bfloat16"``.
@@ -416,12 +380,14 @@ def load(
             command offers this).
 
     Raises:
-        ModelNotFoundError: no such model, or no config.json, weights or tokenizer.
+        ModelNotFoundError: no such model, a real model not fetched yet (the message
+            names the command that fetches it), or no config.json, weights or tokenizer.
         UnsafeCheckpointError: the weights are pickle files only.
         TokenwiseError: config.json (or generation_config.json) is malformed, the model is
             not a causal LM (e.g. a token classifier), or the weights do not fill it exactly
             (missing, unexpected or misshapen tensors, which transformers would only warn
-            about and fill with random numbers).
+            about and fill with random numbers); a GGUF file is truncated, corrupt or of an
+            architecture transformers cannot load; the cache cannot be written.
 
     Example:
         >>> lm = load("tw-small")
@@ -430,12 +396,13 @@ def load(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dev = pick_device(device)
+    _pick_dtype(dtype, dev)  # a bad dtype is refused before a GGUF's long first conversion
     name, path = resolve(path_or_name)
     _check_weights(path)
     _check_tokenizer(path)
     config = _read_config(path)
     end_ids = _read_generation_eos(path)
-    dev = pick_device(device)
     saved = config.get("dtype", config.get("torch_dtype"))
     torch_dtype = _pick_dtype(dtype, dev, saved if isinstance(saved, str) else None)
     if config.get("auto_map") and not trust_remote_code:
@@ -444,7 +411,7 @@ def load(
             "trust_remote_code=True to tokenwise.models.load only if you trust it (the "
             "tokenwise commands never run a model's own code)"
         )
-    _check_causal_lm(name, path, config)
+    check_causal_lm(name, path, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
