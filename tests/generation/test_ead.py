@@ -41,6 +41,26 @@ def test_records_say_which_model_wrote_each_token(small, large):
     assert all(t.rank >= 1 and t.entropy >= 0 for t in g.tokens)
 
 
+def test_records_carry_the_top_alternatives_of_the_model_that_wrote_each_token(small, large):
+    import torch
+
+    g = generate_ead(small, large, "markov: ka ro", up=1.5, down=1.5, max_new_tokens=12,
+                     top_logprobs=3)
+    assert {t.model for t in g.tokens} == {"tw-small", "tw-large"}
+    ids = small.encode("markov: ka ro", add_bos=True)
+    for rec in g.tokens:
+        writer = small if rec.model == "tw-small" else large
+        with torch.no_grad():
+            logp = writer.forward(torch.tensor([ids])).logits[0, -1].double().log_softmax(-1)
+        values, top = logp.topk(3)
+        assert list(rec.top_ids) == top.tolist()
+        assert rec.top_logprobs == pytest.approx(values.tolist(), abs=1e-4)
+        ids.append(rec.id)
+    plain = generate_ead(small, large, "markov: ka ro", up=1.5, down=1.5, max_new_tokens=12)
+    assert [t.id for t in plain.tokens] == [t.id for t in g.tokens]
+    assert all(t.top_ids == () for t in plain.tokens)
+
+
 def test_sampled_ead_is_reproducible(small, large):
     a = generate_ead(small, large, PROMPTS[2], "top_p", up=1.5, seed=3, max_new_tokens=12)
     b = generate_ead(small, large, PROMPTS[2], "top_p", up=1.5, seed=3, max_new_tokens=12)
@@ -65,6 +85,7 @@ def test_different_tokenizers_are_refused(small, tiny_llama_dir):
     ({"prompt": " "}, "prompt=' '"),
     ({"stop": ""}, "stop=''"),
     ({"stop": [3]}, r"stop=\[3\]"),
+    ({"top_logprobs": 2000}, "top_logprobs=2000: allowed an integer from 0 to 1024"),
 ])
 def test_bad_input(small, large, kwargs, match):
     args = {"prompt": "hi", **kwargs}

@@ -67,6 +67,33 @@ def test_records_describe_the_model_distribution(large):
     assert all(t.logprob <= 0 and t.entropy >= 0 and t.rank >= 1 for t in gen.tokens)
 
 
+def test_records_carry_the_top_alternatives_of_the_model_distribution(large):
+    # the decode loop's own pass: what the server reports as top_logprobs (issue 16)
+    gens = tw.generate(large, ["7+2=", "markov: ka"], max_new_tokens=3, top_logprobs=4)
+    for prompt, gen in zip(["7+2=", "markov: ka"], gens, strict=True):
+        ids = large.encode(prompt, add_bos=True)
+        for rec in gen.tokens:
+            with torch.no_grad():
+                logp = large.forward(torch.tensor([ids])).logits[0, -1].double().log_softmax(-1)
+            values, top = logp.topk(4)
+            assert list(rec.top_ids) == top.tolist()
+            assert rec.top_logprobs == pytest.approx(values.tolist(), abs=1e-4)
+            assert rec.top_ids[0] == rec.id and rec.top_logprobs[0] == rec.logprob  # greedy
+            ids.append(rec.id)
+    as_json = gens[0].tokens[0].as_dict()
+    assert as_json["top_ids"] == list(gens[0].tokens[0].top_ids)
+
+
+def test_records_carry_no_alternatives_unless_asked(large):
+    gen = tw.generate(large, "7+2=", max_new_tokens=2)
+    assert all(t.top_ids == () and t.top_logprobs == () for t in gen.tokens)
+    assert set(gen.tokens[0].as_dict()) == {"id", "text", "logprob", "entropy", "varentropy",
+                                            "rank", "step", "row", "model"}
+    sampled = tw.generate(large, "7+2=", "top_p", max_new_tokens=2, seed=1)
+    with_top = tw.generate(large, "7+2=", "top_p", max_new_tokens=2, seed=1, top_logprobs=3)
+    assert [t.id for t in with_top.tokens] == [t.id for t in sampled.tokens]
+
+
 def test_stop_strings_eos_and_length(large):
     g = tw.generate(large, "7+2=", max_new_tokens=6, stop="\n")
     assert g.text == "9" and g.finish_reason == "stop"
@@ -96,6 +123,9 @@ def test_streaming_yields_the_same_tokens(large):
     ({"sampler": "top_p", "seed": 1.5}, "seed=1.5"),
     ({"prompt": ["a", "b"], "seed": [1]}, "1 seeds for 2 prompts"),
     ({"stop": [""]}, "stop="),
+    ({"top_logprobs": -1}, "top_logprobs=-1: allowed an integer from 0 to 1024"),
+    ({"top_logprobs": 1025}, "top_logprobs=1025"),
+    ({"top_logprobs": True}, "top_logprobs=True"),
 ])
 def test_bad_input(small, kwargs, match):
     args = {"prompt": "hello", **kwargs}

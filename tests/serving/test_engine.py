@@ -1,4 +1,5 @@
-"""run_batch: per-row limits, stops and seeds inside one batch equal each row decoded alone."""
+"""The batch runner: per-row limits, stops, seeds and top alternatives inside one batch equal
+each row decoded alone."""
 
 from __future__ import annotations
 
@@ -51,6 +52,20 @@ def test_top_alternatives_are_the_models_own_distribution(small):
     values, ids = logp.topk(5)
     assert [a.text for a in first.top] == [small.decode([i]) for i in ids.tolist()]
     assert max(abs(a.logprob - v) for a, v in zip(first.top, values.tolist(), strict=True)) < 1e-4
+
+
+def test_each_row_gets_as_many_alternatives_as_it_asked_for(small):
+    prompts = ["markov: ka", "7+2=", "markov: ko ki"]
+    rows, events = collect([dict(prompt=p, max_tokens=3, top_logprobs=k)
+                            for p, k in zip(prompts, (2, 0, 7), strict=True)])
+    run_batch(small, SamplerSpec(), rows)
+    for p, k, ev in zip(prompts, (2, 0, 7), events, strict=True):
+        tokens = [e.token for e in ev if isinstance(e, TokenEvent)]
+        ref = tw.generate(small, p, max_new_tokens=3, top_logprobs=7)
+        assert [t.id for t in tokens] == [r.id for r in ref.tokens]
+        for tok, rec in zip(tokens, ref.tokens, strict=True):
+            assert [a.text for a in tok.top] == [small.decode([i]) for i in rec.top_ids[:k]]
+            assert [a.logprob for a in tok.top] == pytest.approx(rec.top_logprobs[:k], abs=1e-4)
 
 
 def test_a_cancelled_row_stops_and_the_batch_ends_when_all_have(small):

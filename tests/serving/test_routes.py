@@ -286,6 +286,35 @@ def test_ead_judge_small_through_the_api_matches_generate_ead(client, small, lar
     assert info["ead"]["choices"][0]["switches"] == ref.switches
 
 
+def test_ead_answers_carry_top_logprobs_of_the_model_that_wrote_each_token(client, small,
+                                                                         large):
+    # a 400 before issue 16: EAD records did not keep the alternatives
+    from tokenwise.generation.ead import generate_ead
+
+    ead = {"large": "tw-large", "up": 1.5, "down": 1.5}
+    ref = generate_ead(small, large, "markov: ka ro", up=1.5, down=1.5, max_new_tokens=8,
+                       top_logprobs=3)
+    assert {t.model for t in ref.tokens} == {"tw-small", "tw-large"}
+    r = client.completions.create(model="tw-small", prompt="markov: ka ro", max_tokens=8,
+                                  temperature=0, logprobs=3, extra_body={"tokenwise": {"ead": ead}})
+    lp = r.choices[0].logprobs
+    assert lp.tokens == [t.text for t in ref.tokens]
+    for got, rec in zip(lp.top_logprobs, ref.tokens, strict=True):
+        assert list(got) == [small.decode([i]) for i in rec.top_ids]
+        assert list(got.values()) == pytest.approx(rec.top_logprobs, abs=1e-5)
+    for stream in (False, True):
+        chat = client.chat.completions.create(
+            model="tw-small", messages=[{"role": "user", "content": QUESTION}], max_tokens=6,
+            temperature=0, logprobs=True, top_logprobs=2, stream=stream,
+            extra_body={"tokenwise": {"ead": {"large": "tw-large", "up": 0.5}}})
+        content = [c for chunk in chat for c in (chunk.choices[0].logprobs.content
+                                                 if chunk.choices and chunk.choices[0].logprobs
+                                                 else [])] if stream else \
+            chat.choices[0].logprobs.content
+        assert content and all(len(c.top_logprobs) == 2 for c in content)
+        assert all(c.top_logprobs[0].logprob >= c.logprob - 1e-6 for c in content)
+
+
 def test_ead_unknown_judge_is_a_400_naming_it(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="tw-small", prompt="1+1=", max_tokens=2,

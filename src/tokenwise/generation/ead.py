@@ -32,11 +32,12 @@ from tokenwise import signals
 from tokenwise.errors import TokenwiseError
 from tokenwise.generation.engine import (
     _check_seeds,
-    _check_stops,
     _resolve_sampler,
+    check_top_logprobs,
     step_records,
 )
 from tokenwise.generation.records import TokenRecord
+from tokenwise.generation.stops import TextStream, check_stops
 from tokenwise.models import LanguageModel
 from tokenwise.sampling import Sampler
 from tokenwise.sampling.base import check_float, check_int
@@ -115,6 +116,7 @@ def generate_ead(
     max_new_tokens: int = 64,
     seed: int | None = None,
     stop: str | list[str] | None = None,
+    top_logprobs: int = 0,
 ) -> EADGeneration:
     """Generate with the small model, handing over to the large one where entropy rises.
 
@@ -134,6 +136,8 @@ def generate_ead(
         max_new_tokens: most tokens generated.
         seed: sampling seed.
         stop: string(s) that end the generation.
+        top_logprobs: the most likely tokens each record carries, from the distribution of
+            the model that wrote the token (0 to the vocabulary size).
 
     Returns:
         An :class:`EADGeneration`.
@@ -171,7 +175,8 @@ def generate_ead(
         # both moved there for sampling.
         gen = torch.Generator(device=large.device).manual_seed(
             seed_value if seed_value is not None else int(torch.randint(0, 2**62, (1,))))
-    stops = _check_stops(stop)
+    stops = check_stops(stop)
+    top_logprobs = check_top_logprobs(top_logprobs, min(small.vocab_size, large.vocab_size))
     seq = small.encode(prompt, add_bos=True)
     limit = min(small.context_length, large.context_length)
     if len(seq) + max_new_tokens - 1 > limit:
@@ -193,7 +198,7 @@ def generate_ead(
         return sum(recent) / len(recent)
 
     result = EADGeneration(text="")
-    generated: list[int] = []
+    written = TextStream(lambda ids: small.decode(ids, skip_special_tokens=True), stops)
     start = time.perf_counter()
     for step in range(max_new_tokens):
         if judge == "small":
@@ -236,15 +241,14 @@ def generate_ead(
             result.finish_reason = "eos"
             break
         chosen = torch.tensor([tok], device=logits.device)
-        result.tokens.extend(step_records(lm, logits[None], chosen, step, model=lm.name))
+        result.tokens.extend(step_records(lm, logits[None], chosen, step, model=lm.name,
+                                          top_k=top_logprobs))
         seq.append(tok)
-        generated.append(tok)
-        text = small.decode(generated, skip_special_tokens=True)
-        hits = [text.index(s) for s in stops if s in text]
-        if hits:
-            result.text, result.finish_reason = text[: min(hits)], "stop"
+        written.push(tok)
+        result.text = written.text
+        if written.stopped:
+            result.finish_reason = "stop"
             break
-        result.text = text
     result.seconds = time.perf_counter() - start
     n_large = sum(t.model == large.name for t in result.tokens)
     result.large_share = n_large / len(result.tokens) if result.tokens else 0.0

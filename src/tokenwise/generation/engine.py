@@ -11,6 +11,7 @@ import torch
 from tokenwise import signals
 from tokenwise.errors import TokenwiseError
 from tokenwise.generation.records import Generation, TokenRecord
+from tokenwise.generation.stops import TextStream, check_stops
 
 if TYPE_CHECKING:
     from tokenwise.models import LanguageModel
@@ -51,7 +52,7 @@ def _check_seeds(seed: int | Sequence[int] | None, n: int) -> list[int | None]:
 
 
 def step_records(lm: LanguageModel, raw: torch.Tensor, chosen: torch.Tensor, step: int,
-                 model: str = "") -> list[TokenRecord]:
+                 model: str = "", top_k: int = 0) -> list[TokenRecord]:
     """One record per row for the tokens ``chosen`` from the model's raw logits.
 
     Args:
@@ -60,23 +61,56 @@ def step_records(lm: LanguageModel, raw: torch.Tensor, chosen: torch.Tensor, ste
         chosen: ``(B,)`` chosen ids.
         step: the generation step.
         model: the name stored in the records (EAD says who wrote each token).
+        top_k: the most likely tokens each record carries (0 to ``V``).
+
+    Returns:
+        One :class:`TokenRecord` per row, in row order.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> lm = load("tw-small")
+        >>> raw = torch.tensor([[0.0, 2.0, 1.0] + [-50.0] * (lm.vocab_size - 3)])
+        >>> rec = step_records(lm, raw, torch.tensor([2]), step=0, top_k=2)[0]
+        >>> rec.rank, rec.top_ids
+        (2, (1, 2))
     """
-    stats = signals.token_stats(raw, chosen, top_k=0)
+    stats = signals.token_stats(raw, chosen, top_k=top_k)
     ranks = ((raw > raw.gather(-1, chosen[:, None])).sum(-1) + 1).tolist()  # (B,)
+    top_ids = stats.top_ids.tolist()  # (B, k)
+    top_logprobs = stats.top_logprobs.tolist()  # (B, k)
     return [
         TokenRecord(id=tok, text=lm.decode([tok]), logprob=float(stats.logprobs[i]),
                     entropy=float(stats.entropies[i]),
                     varentropy=float(stats.varentropies[i]), rank=ranks[i], step=step, row=i,
-                    model=model)
+                    model=model, top_ids=tuple(top_ids[i]),
+                    top_logprobs=tuple(top_logprobs[i]))
         for i, tok in enumerate(chosen.tolist())
     ]
 
 
-def _check_stops(stop: str | Sequence[str] | None) -> list[str]:
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise TokenwiseError(f"stop={stop!r}: allowed non-empty strings")
-    return stops
+def check_top_logprobs(top_logprobs: object, vocab_size: int) -> int:
+    """``top_logprobs`` as an int; raise unless it is from 0 to ``vocab_size``.
+
+    Args:
+        top_logprobs: how many most likely tokens each record should carry.
+        vocab_size: the model's vocabulary (the width of its logits).
+
+    Returns:
+        The value as a Python int.
+
+    Example:
+        >>> check_top_logprobs(3, 10)
+        3
+        >>> check_top_logprobs(11, 10)
+        Traceback (most recent call last):
+        ...
+        tokenwise.errors.TokenwiseError: top_logprobs=11: allowed an integer from 0 to 10 ...
+    """
+    if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, numbers.Integral) \
+            or not 0 <= top_logprobs <= vocab_size:
+        raise TokenwiseError(f"top_logprobs={top_logprobs!r}: allowed an integer from 0 to "
+                             f"{vocab_size} (the model's vocabulary size)")
+    return int(top_logprobs)
 
 
 def _check_budget(lm: LanguageModel, prompts: list[str], max_new_tokens: object) -> list[list[int]]:
@@ -113,7 +147,8 @@ def _resolve_sampler(sampler: Sampler | str | None) -> Sampler | None:
 @torch.inference_mode()
 def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
             sampler: Sampler | None, max_new_tokens: int, seeds: list[int | None],
-            stop: list[str]) -> Generator[TokenRecord, None, list[Generation]]:
+            stop: list[str], top_logprobs: int = 0
+            ) -> Generator[TokenRecord, None, list[Generation]]:
     """Yield each token's record as it is chosen; return the finished generations.
 
     Arguments are checked by :func:`generate` before this generator starts, so a bad
@@ -137,7 +172,8 @@ def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
     if sampler is not None:
         sampler.reset()  # stateful samplers (Mirostat) start fresh for each generation
     out = lm.forward(ids, mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    generated: list[list[int]] = [[] for _ in prompts]
+    texts = [TextStream(lambda ids: lm.decode(ids, skip_special_tokens=True), stop)
+             for _ in prompts]
     results = [Generation(prompt=p, text="", prompt_tokens=len(e),
                           seed=None if sampler is None else s)
                for p, e, s in zip(prompts, encoded, seeds, strict=True)]
@@ -153,22 +189,19 @@ def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
                 torch.multinomial(probs[i], 1, generator=generators[i])[0] for i in range(batch)
             ])  # (B,)
             sampler.observe(chosen)
-        records = step_records(lm, raw, chosen, step)
+        records = step_records(lm, raw, chosen, step, top_k=top_logprobs)
         for i, tok in enumerate(chosen.tolist()):
             if done[i]:
                 continue
             if tok in ends:
                 done[i], results[i].finish_reason = True, "eos"
                 continue
-            generated[i].append(tok)
             results[i].tokens.append(records[i])
             yield records[i]
-            text = lm.decode(generated[i], skip_special_tokens=True)
-            hits = [text.index(s) for s in stop if s in text]
-            if hits:
+            texts[i].push(tok)
+            if texts[i].stopped:
                 done[i], results[i].finish_reason = True, "stop"
-                text = text[: min(hits)]
-            results[i].text = text
+            results[i].text = texts[i].text
         if all(done) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], 1)
@@ -187,6 +220,7 @@ def generate(
     seed: int | Sequence[int] | None = None,
     stop: str | Sequence[str] | None = None,
     stream: bool = False,
+    top_logprobs: int = 0,
 ) -> Generation | list[Generation] | Iterator[TokenRecord]:
     """Generate from one prompt or a batch, with a record for every token.
 
@@ -205,6 +239,9 @@ def generate(
         stop: string(s) that end a generation; the text is cut before the first one.
         stream: return an iterator of :class:`TokenRecord` as tokens are chosen
             (``record.row`` says which prompt) instead of the finished generations.
+        top_logprobs: the most likely tokens each record carries (``top_ids``,
+            ``top_logprobs``), from 0 to the model's vocabulary size; they come from the
+            same pass that gives the record's entropy.
 
     Returns:
         A :class:`Generation` for a string prompt, a list for a list of prompts, or an
@@ -224,9 +261,11 @@ def generate(
     seeds = _check_seeds(seed, len(prompts))
     if chosen_sampler is not None:  # fresh randomness when no seed is given
         seeds = [int(torch.randint(0, 2**62, (1,)).item()) if s is None else s for s in seeds]
-    stops = _check_stops(stop)
+    stops = check_stops(stop)
+    top_logprobs = check_top_logprobs(top_logprobs, lm.vocab_size)
     encoded = _check_budget(lm, prompts, max_new_tokens)
-    loop = _decode(lm, prompts, encoded, chosen_sampler, int(max_new_tokens), seeds, stops)
+    loop = _decode(lm, prompts, encoded, chosen_sampler, int(max_new_tokens), seeds, stops,
+                   top_logprobs)
     if stream:
         return loop
     try:

@@ -23,6 +23,9 @@ class TokenRecord:
         step: 0 for the first generated token.
         row: the prompt's index in the batch.
         model: the model that produced the token (entropy-adaptive decoding uses two).
+        top_ids: the most likely tokens at this step, best first, as many as the decode loop
+            was asked for (``top_logprobs``; empty when none).
+        top_logprobs: their log-probabilities (nats), the same order.
     """
 
     id: int
@@ -34,10 +37,17 @@ class TokenRecord:
     step: int
     row: int = 0
     model: str = ""
+    top_ids: tuple[int, ...] = ()
+    top_logprobs: tuple[float, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return dict(self.__dict__)
+        """JSON-ready; the top alternatives only when some were asked for."""
+        out = dict(self.__dict__)
+        if self.top_ids:
+            out["top_ids"], out["top_logprobs"] = list(self.top_ids), list(self.top_logprobs)
+        else:
+            del out["top_ids"], out["top_logprobs"]
+        return out
 
 
 @dataclass

@@ -7,7 +7,7 @@ Routes: ``GET /`` (the playground), ``/static/*`` (its assets), ``GET /health``,
 scripts from a CDN, and this server serves nothing it does not ship.
 
 The engine is the embedded batcher unless another one is given (``engine=``, e.g.
-:func:`tokenwise.serving.vllm_engine.VLLMEngine`); it is started and stopped with the app.
+:func:`tokenwise.serving.vllm_engine.VLLMBackend`); it is started and stopped with the app.
 
 Example:
     >>> from tokenwise.serving.config import ServerConfig
@@ -38,7 +38,7 @@ from tokenwise.serving.config import ServerConfig, load_models
 from tokenwise.serving.errors import APIError
 from tokenwise.serving.planning import pick_model
 from tokenwise.serving.responses import model_card, models_list
-from tokenwise.serving.routes import CompletionService, Engine, register
+from tokenwise.serving.routes import CompletionService, ServingBackend, register
 from tokenwise.serving.security import GuardMiddleware
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -88,7 +88,7 @@ def load_compressors(compress_models: dict[str, str]) -> None:
 
 def create_app(config: ServerConfig | None = None,
                models: dict[str, LanguageModel] | None = None,
-               engine: Engine | None = None) -> FastAPI:
+               engine: ServingBackend | None = None) -> FastAPI:
     """Build the app; models are loaded now (given, or from ``config.models``) and fixed.
 
     Args:

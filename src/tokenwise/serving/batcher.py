@@ -1,6 +1,6 @@
 """`Batcher`: collect concurrent requests for a moment, decode compatible ones together.
 
-All model work runs on one engine thread, so the event loop stays free to accept
+All model work runs on one worker thread, so the event loop stays free to accept
 connections and stream tokens while a batch decodes. When the thread is idle and a request
 arrives, the batcher waits ``window_s`` for company; while a batch decodes, new requests
 queue up and the next batch takes all compatible ones at once. Compatible means the same
@@ -15,9 +15,11 @@ row that fails alone gets an error.
 Other model work (compression, uncertainty sampling, entropy-adaptive decoding) goes
 through :meth:`Batcher.call`, on the same thread, between batches.
 
-The batcher is the embedded engine behind the completion routes: :meth:`Batcher.events`
+The batcher is the embedded backend behind the completion routes: :meth:`Batcher.events`
 turns a planned request into its choices' token and finish events (the interface
-:class:`tokenwise.serving.routes.Engine` that another engine, e.g. vLLM, implements too).
+:class:`tokenwise.serving.routes.ServingBackend` that another backend, e.g. vLLM's,
+implements too). Each batch goes through the batch runner
+(:func:`tokenwise.serving.engine.run_batch`).
 
 With ``batching=False`` every request is decoded alone, in arrival order: the baseline of
 the load benchmark.
@@ -48,7 +50,7 @@ from tokenwise.serving.uncertainty_score import score_uncertainty
 
 log = logging.getLogger("tokenwise.serving")
 
-#: ``(choice index, event)``: what an engine yields for a request.
+#: ``(choice index, event)``: what a backend yields for a request.
 Event = tuple[int, TokenEvent | FinishEvent]
 
 
@@ -105,7 +107,7 @@ class BatcherStats:
 
 
 class Batcher:
-    """The engine's front door: queues jobs and calls, runs them on one worker thread.
+    """The embedded backend: queues jobs and calls, runs them on one worker thread.
 
     Args:
         models: model id -> loaded model.
@@ -133,7 +135,7 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop scheduling and let the engine thread finish its batch."""
+        """Stop scheduling and let the worker thread finish its batch."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -141,23 +143,23 @@ class Batcher:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, job: Job) -> None:
-        """Queue a job; its rows' sinks get the events (on the engine thread)."""
+        """Queue a job; its rows' sinks get the events (on the worker thread)."""
         assert self._queue is not None, "Batcher.start() was not awaited"
         self.stats.requests += 1
         self._queue.put_nowait(job)
 
     async def call(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn()`` on the engine thread between batches and return its result."""
+        """Run ``fn()`` on the worker thread between batches and return its result."""
         assert self._queue is not None, "Batcher.start() was not awaited"
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Call(fn, future))
         return await future
 
     def check(self, req: ChatCompletionRequest | CompletionRequest) -> None:
-        """Every request option is served by this engine: nothing to refuse."""
+        """Every request option is served by this backend: nothing to refuse."""
 
     def check_plan(self, plan: Plan) -> None:
-        """The planner's context rule is this engine's own: nothing more to refuse."""
+        """The planner's context rule is this backend's own: nothing more to refuse."""
 
     def report(self) -> dict[str, Any]:
         """The counters for ``/tokenwise/stats``."""
@@ -202,7 +204,8 @@ class Batcher:
             prompt, seed = plan.prompts[c // plan.n], plan.seeds[c]
             decoded.append(await self.call(
                 lambda p=prompt, s=seed: run_ead(plan.lm, plan.large, p, plan.spec, plan.ead,
-                                                 plan.max_tokens, plan.stops, s)))
+                                                 plan.max_tokens, plan.stops, s,
+                                                 plan.top_logprobs)))
         infos = [info for _, info in decoded]
         per_choice = ("large_share", "switches", "flops", "forward_passes")
         # set before the events go out: the reader stops at the last finish event
@@ -213,7 +216,7 @@ class Batcher:
                 yield c, event
 
     async def uncertainty(self, plan: Plan) -> dict[str, Any]:
-        """The request's ``tokenwise.uncertainty`` score (its samples decoded on the engine
+        """The request's ``tokenwise.uncertainty`` score (its samples decoded on the worker
         thread)."""
         assert plan.uncertainty is not None
         options, prompt = plan.uncertainty, plan.prompts[0]
@@ -335,7 +338,7 @@ class Batcher:
 
 class _Guard:
     """A row in a shared batch whose events pass through, except the "error" finish the
-    engine sends when the batch fails: the row stays open and is decoded again alone.
+    batch runner sends when the batch fails: the row stays open and is decoded again alone.
 
     The rerun repeats the row's tokens (its seed gives the same tokens alone or in any
     batch); the ones already delivered are checked and skipped, so the client sees each
@@ -386,7 +389,7 @@ class _Guard:
 
 
 class _Inbox:
-    """Events from the engine thread to the event loop, in order.
+    """Events from the worker thread to the event loop, in order.
 
     Waking the event loop costs a system call and a turn of the loop; a plain (unstreamed)
     request needs nothing before its sequences finish, so its tokens wait here and travel
@@ -401,7 +404,7 @@ class _Inbox:
         self._lock = threading.Lock()
 
     def put(self, item: Event) -> None:
-        """Called on the engine thread."""
+        """Called on the worker thread."""
         with self._lock:
             self._held.append(item)
             if not self.wake_on_tokens and isinstance(item[1], TokenEvent):

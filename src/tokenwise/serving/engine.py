@@ -1,15 +1,15 @@
-"""Run one batch of sequences through :func:`tokenwise.generate` and report per sequence.
+"""The batch runner: one batch of sequences through the decode loop
+(:func:`tokenwise.generate`), reported per sequence.
 
 The batch shares one model and one sampler spec; everything else is per sequence: its
-seed (the engine gives every row its own random stream, so a seeded request gives the same
-text alone or in any batch), its ``max_tokens`` and stop strings (applied here, so requests
-that differ in them still share a batch), whether it wants top alternatives, and whether
-its client is still there. The batch is decoded for the longest ``max_tokens`` and stops
-early once every sequence has finished, been cancelled or timed out.
+seed (the decode loop gives every row its own random stream, so a seeded request gives the
+same text alone or in any batch), its ``max_tokens`` and stop strings (applied here, so
+requests that differ in them still share a batch), how many top alternatives it wants, and
+whether its client is still there. The batch is decoded for the longest ``max_tokens`` and
+stops early once every sequence has finished, been cancelled or timed out.
 
-Top alternatives need the model's raw logits, which the engine's records do not carry:
-a thin :class:`LanguageModel` view keeps the last forward pass's logits, which at the time a
-record is yielded are exactly those the record's token was chosen from.
+Top alternatives come with the decode loop's records (the most any row asks for, from the
+same pass that gives the record's entropy); each row keeps as many as it asked for.
 
 Example:
     >>> from tokenwise.models import load
@@ -26,15 +26,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import torch
-
-from tokenwise.generation import generate
+from tokenwise.generation import TokenRecord, generate
+from tokenwise.generation.stops import TextStream
 from tokenwise.models import LanguageModel
 from tokenwise.serving.logprobs import Alternative, TokenBytes, WireToken
 from tokenwise.serving.sampler_spec import SamplerSpec
-from tokenwise.serving.text_stream import TextStream
 
 
 @dataclass(frozen=True)
@@ -68,10 +65,10 @@ class Row:
     """One sequence to generate.
 
     Attributes:
-        prompt: the prompt text (the engine adds BOS).
+        prompt: the prompt text (the decode loop adds BOS).
         max_tokens: most tokens.
         sink: receives :class:`TokenEvent` and finally one :class:`FinishEvent`; called on
-            the engine's thread.
+            the thread that runs the batch.
         prompt_tokens: tokens of the prompt, BOS included (for batching decisions).
         stops: stop strings.
         seed: sampling seed (required unless the spec is greedy).
@@ -91,20 +88,6 @@ class Row:
     deadline: float = float("inf")
 
 
-class _LogitsTap(LanguageModel):
-    """The same model, remembering the last position's logits of its latest forward pass."""
-
-    def __init__(self, lm: LanguageModel) -> None:  # shares everything, copies nothing
-        self.__dict__.update(lm.__dict__)
-        self.inner = lm
-        self.last: torch.Tensor | None = None
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.inner.forward(*args, **kwargs)  # the model's own forward, even a subclass's
-        self.last = out.logits[:, -1]  # (B, V)
-        return out
-
-
 @dataclass
 class BatchStats:
     """What one batch did: sequences, decode steps and tokens delivered."""
@@ -116,11 +99,24 @@ class BatchStats:
     timed_out: int = 0
 
 
-def _alternatives(logits: torch.Tensor, k: int, names: TokenBytes) -> list[Alternative]:
-    logp = torch.log_softmax(logits.float(), -1)  # (V,)
-    values, ids = logp.topk(min(k, logp.shape[-1]))
-    return [Alternative(names.text(i), names.bytes(i), float(v))
-            for v, i in zip(values.tolist(), ids.tolist(), strict=True)]
+def alternatives(record: TokenRecord, k: int, names: TokenBytes) -> list[Alternative]:
+    """The first ``k`` of the top alternatives ``record`` carries, as the wire needs them.
+
+    Args:
+        record: a decode-loop record with at least ``k`` alternatives.
+        k: how many to keep.
+        names: token texts and bytes.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> rec = TokenRecord(id=9, text="9", logprob=-0.1, entropy=0.3, varentropy=0.0,
+        ...                   rank=1, step=0, top_ids=(9, 8), top_logprobs=(-0.1, -2.5))
+        >>> names = TokenBytes(load("tw-small").tokenizer)
+        >>> [(a.text, a.logprob) for a in alternatives(rec, 1, names)] == [(names.text(9), -0.1)]
+        True
+    """
+    return [Alternative(names.text(i), names.bytes(i), v)
+            for i, v in zip(record.top_ids[:k], record.top_logprobs[:k], strict=True)]
 
 
 def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
@@ -138,7 +134,8 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
         :class:`BatchStats`.
     """
     names = names or TokenBytes(lm.tokenizer)
-    tap = _LogitsTap(lm)
+    # a vocabulary smaller than a row's request gives that row all of it
+    top_k = min(max(r.top_logprobs for r in rows), lm.vocab_size)
     sampler = spec.build()
     seeds = None if sampler is None else [r.seed for r in rows]
     streams = [TextStream(lambda ids: lm.decode(ids, skip_special_tokens=True), r.stops)
@@ -159,7 +156,7 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
         for i, row in enumerate(rows):
             if not active[i]:
                 continue
-            if last_step[i] < step - 1:  # the engine yields nothing for a row after its EOS
+            if last_step[i] < step - 1:  # the decode loop yields nothing for a row after EOS
                 finish(i, "stop")
             elif row.cancelled():
                 finish(i, "cancelled")
@@ -169,8 +166,9 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
     loop = None
     step = 0
     try:  # generate checks its arguments at the call: a refusal ends the rows too
-        loop = generate(tap, [r.prompt for r in rows], sampler,
-                        max_new_tokens=max(r.max_tokens for r in rows), seed=seeds, stream=True)
+        loop = generate(lm, [r.prompt for r in rows], sampler,
+                        max_new_tokens=max(r.max_tokens for r in rows), seed=seeds, stream=True,
+                        top_logprobs=top_k)
         for record in loop:
             if record.step != step:
                 step = record.step
@@ -181,12 +179,11 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
             if not active[i]:
                 continue
             last_step[i] = step
-            top: list[Alternative] = []
-            if rows[i].top_logprobs and tap.last is not None:
-                top = _alternatives(tap.last[i], rows[i].top_logprobs, names)
             token = WireToken(id=record.id, text=names.text(record.id),
                               bytes=names.bytes(record.id), logprob=record.logprob,
-                              entropy=record.entropy, top=top, model=lm.name)
+                              entropy=record.entropy,
+                              top=alternatives(record, rows[i].top_logprobs, names),
+                              model=lm.name)
             delta = streams[i].push(record.id)
             counts[i] += 1
             stats.tokens += 1
@@ -204,7 +201,7 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
         raise
     else:
         for i in range(len(rows)):
-            if active[i]:  # the engine ended the rows still open: they all hit end-of-text
+            if active[i]:  # the decode loop ended the rows still open: all hit end-of-text
                 finish(i, "stop")
     finally:
         if loop is not None:

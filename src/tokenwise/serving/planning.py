@@ -164,52 +164,18 @@ def check_seed(seed: int | None, choices: int, uncertainty_n: int = 0) -> None:
                        code="invalid_seed")
 
 
-def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConfig,
-                 models: dict[str, LanguageModel], compressed: Any = None,
-                 check_context: bool = True) -> Plan:
-    """Check a request against the server's models and limits and plan it.
+def _render_chat(lm: LanguageModel, messages: list[dict[str, str]], stops: list[str]
+                 ) -> tuple[list[str], list[str], str]:
+    """The chat prompt, the request's stops plus those the chat format needs, the format."""
+    rendered = render(lm.tokenizer, messages)
+    return [rendered.text], stops + [s for s in rendered.stops if s not in stops], \
+        rendered.format
 
-    Args:
-        req: the validated request.
-        cfg: the server's settings.
-        models: the served models.
-        compressed: ``(prompt, stats)`` from :mod:`~tokenwise.serving.prompt_compression`
-            when the request asked for compression (it replaces the prompt).
-        check_context: check that prompt and ``max_tokens`` fit the context (off for the
-            check before compression, which may shorten the prompt).
-    """
-    kind = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
-    lm = pick_model(models, req.model)
-    max_tokens, max_tokens_given = _max_tokens(req, cfg)
-    if req.n > cfg.max_n:
-        raise APIError(400, f"n={req.n}: this server allows at most {cfg.max_n} choices",
-                       param="n")
-    stops = req.stops()
-    if any(not s for s in stops):
-        raise APIError(400, "stop strings must not be empty", param="stop")
-    spec = sampler_spec(req)
-    opts = req.tokenwise
-    info: dict[str, Any] = {"model": req.model, "sampler": spec.describe()}
-    prompt_input: Any = compressed[0] if compressed is not None else None
-    if kind == "chat":
-        messages = prompt_input if prompt_input is not None else chat_messages(req)
-        rendered = render(lm.tokenizer, messages)
-        prompts = [rendered.text]
-        stops = stops + [s for s in rendered.stops if s not in stops]
-        info["chat_format"] = rendered.format
-        logprobs = req.logprobs
-        top = req.top_logprobs or 0
-        if top and not logprobs:
-            raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
-    else:
-        raw = req.prompt
-        prompts = [prompt_input] if prompt_input is not None else (
-            [raw] if isinstance(raw, str) else list(raw))
-        logprobs = req.logprobs is not None
-        top = req.logprobs or 0
-    check_choices(len(prompts), req.n, cfg.max_choices)
-    uncertainty_n = opts.uncertainty.n if opts is not None and opts.uncertainty else 0
-    check_seed(req.seed, len(prompts) * req.n, uncertainty_n)
+
+def _count_tokens(lm: LanguageModel, prompts: list[str], kind: str, max_tokens: int,
+                  max_tokens_given: bool, check_context: bool) -> list[int]:
+    """Each prompt's length in tokens (BOS included); a 400 for an empty prompt, or, with
+    ``check_context``, for a prompt that leaves no room for ``max_tokens``."""
     for i, p in enumerate(prompts):
         if not p.strip():
             raise APIError(400, f"prompt {i} is empty", param="prompt")
@@ -228,6 +194,60 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
                        param="max_tokens" if fits > 0 else
                        ("messages" if kind == "chat" else "prompt"),
                        code="context_length_exceeded")
+    return prompt_tokens
+
+
+def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConfig,
+                 models: dict[str, LanguageModel], check_context: bool = True) -> Plan:
+    """Check a request against the server's models and limits and plan it.
+
+    Args:
+        req: the validated request.
+        cfg: the server's settings.
+        models: the served models.
+        check_context: check that prompt and ``max_tokens`` fit the context (off when the
+            request asks for compression, which may shorten the prompt: then
+            :func:`apply_compression` checks it).
+
+    Returns:
+        The :class:`Plan`.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> req = CompletionRequest(model="tw-small", prompt="7+2=", max_tokens=2, stop="\\n",
+        ...                         temperature=0.0)
+        >>> plan = plan_request(req, ServerConfig(), {"tw-small": load("tw-small")})
+        >>> plan.prompts, plan.stops, plan.seeds
+        (['7+2='], ['\\n'], [None])
+    """
+    kind = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
+    lm = pick_model(models, req.model)
+    max_tokens, max_tokens_given = _max_tokens(req, cfg)
+    if req.n > cfg.max_n:
+        raise APIError(400, f"n={req.n}: this server allows at most {cfg.max_n} choices",
+                       param="n")
+    stops = req.stops()
+    if any(not s for s in stops):
+        raise APIError(400, "stop strings must not be empty", param="stop")
+    spec = sampler_spec(req)
+    opts = req.tokenwise
+    info: dict[str, Any] = {"model": req.model, "sampler": spec.describe()}
+    if kind == "chat":
+        prompts, stops, info["chat_format"] = _render_chat(lm, chat_messages(req), stops)
+        logprobs = req.logprobs
+        top = req.top_logprobs or 0
+        if top and not logprobs:
+            raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
+    else:
+        raw = req.prompt
+        prompts = [raw] if isinstance(raw, str) else list(raw)
+        logprobs = req.logprobs is not None
+        top = req.logprobs or 0
+    check_choices(len(prompts), req.n, cfg.max_choices)
+    uncertainty_n = opts.uncertainty.n if opts is not None and opts.uncertainty else 0
+    check_seed(req.seed, len(prompts) * req.n, uncertainty_n)
+    prompt_tokens = _count_tokens(lm, prompts, kind, max_tokens, max_tokens_given,
+                                  check_context)
     choices = len(prompts) * req.n
     if spec.greedy:
         seeds: list[int | None] = [None] * choices
@@ -237,8 +257,7 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
         seeds = [secrets.randbelow(2**62) for _ in range(choices)]
     info.update({"seeds": seeds, "stop": stops, "max_tokens": max_tokens,
                  "prompt": prompts[0] if len(prompts) == 1 else prompts,
-                 "compression": compressed[1] if compressed is not None else None,
-                 "uncertainty": None, "ead": None, "large_share": None})
+                 "compression": None, "uncertainty": None, "ead": None, "large_share": None})
     large = None
     if opts is not None and opts.ead is not None:
         large = pick_model(models, opts.ead.large, "tokenwise.ead.large")
@@ -246,9 +265,6 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
             raise APIError(400, "tokenwise.ead.large names the request's own model; EAD "
                                 "switches to a different (larger) one",
                            param="tokenwise.ead.large")
-        if top:
-            raise APIError(400, "top alternatives are not reported with tokenwise.ead; ask "
-                                "for logprobs without them", param="top_logprobs")
     if opts is not None and opts.uncertainty is not None:
         uncertainty_score.check(opts.uncertainty, cfg.max_uncertainty_n)
         if len(prompts) > 1:
@@ -265,3 +281,40 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
                 include_usage=bool(stream_opts is not None and stream_opts.include_usage),
                 ead=opts.ead if opts is not None else None, large=large,
                 uncertainty=opts.uncertainty if opts is not None else None, info=info)
+
+
+def apply_compression(plan: Plan, req: ChatCompletionRequest | CompletionRequest,
+                      cfg: ServerConfig, compressed: tuple[Any, dict[str, Any]]) -> Plan:
+    """Put a compressed prompt into a plan made with ``check_context=False``, and check
+    that it and ``max_tokens`` fit the context.
+
+    Args:
+        plan: the request's plan (one prompt); updated in place.
+        req: the request it was planned from.
+        cfg: the server's settings.
+        compressed: ``(prompt, stats)`` from :mod:`~tokenwise.serving.prompt_compression`:
+            chat messages or a text, which replace the prompt.
+
+    Returns:
+        ``plan``, with the new prompt, its length, its stop strings (chat) and
+        ``info["compression"]``.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> req = CompletionRequest(model="tw-small", prompt="7 + 2 =", max_tokens=2)
+        >>> plan = plan_request(req, ServerConfig(), {"tw-small": load("tw-small")},
+        ...                     check_context=False)
+        >>> apply_compression(plan, req, ServerConfig(), ("7+2=", {"rate": 0.5})).prompts
+        ['7+2=']
+    """
+    prompt, stats = compressed
+    if plan.kind == "chat":
+        prompts, stops, plan.info["chat_format"] = _render_chat(plan.lm, prompt, req.stops())
+    else:
+        prompts, stops = [prompt], plan.stops
+    _, max_tokens_given = _max_tokens(req, cfg)
+    plan.prompt_tokens = _count_tokens(plan.lm, prompts, plan.kind, plan.max_tokens,
+                                       max_tokens_given, check_context=True)
+    plan.prompts, plan.stops = prompts, stops
+    plan.info.update({"stop": stops, "prompt": prompts[0], "compression": stats})
+    return plan

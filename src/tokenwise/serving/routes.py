@@ -1,14 +1,14 @@
-"""The completion endpoints: parse, plan, generate through the engine, answer or stream.
+"""The completion endpoints: parse, plan, generate through the backend, answer or stream.
 
-The routes talk to an :class:`Engine` only: the embedded one
+The routes talk to a :class:`ServingBackend` only: the embedded one
 (:class:`~tokenwise.serving.batcher.Batcher`, the default) or vLLM's
-(:class:`~tokenwise.serving.vllm_engine.VLLMEngine`); which one serves is decided once,
+(:class:`~tokenwise.serving.vllm_engine.VLLMBackend`); which one serves is decided once,
 when the app is built.
 
 A request is cancelled when its client disconnects: a streamed one when the server's send
 fails (Starlette cancels the stream), a plain one by a task that waits for the client's
-``http.disconnect``. Cancelling closes the engine's event stream for the request, and the
-engine drops the request's work (the embedded engine before its batch starts or at the next
+``http.disconnect``. Cancelling closes the backend's event stream for the request, and the
+backend drops the request's work (the embedded one before its batch starts or at the next
 decode step; vLLM aborts the request). A request unfinished after the server's timeout is
 stopped the same way and answered with 504.
 """
@@ -30,7 +30,7 @@ from tokenwise.serving.config import ServerConfig
 from tokenwise.serving.engine import FinishEvent, TokenEvent
 from tokenwise.serving.errors import APIError, from_validation
 from tokenwise.serving.logprobs import WireToken, chat_logprobs, completion_logprobs
-from tokenwise.serving.planning import Plan, chat_messages, plan_request
+from tokenwise.serving.planning import Plan, apply_compression, chat_messages, plan_request
 from tokenwise.serving.prompt_compression import compress_prompt
 from tokenwise.serving.responses import (
     DONE,
@@ -44,11 +44,11 @@ from tokenwise.serving.responses import (
 from tokenwise.serving.schemas import ChatCompletionRequest, CompletionRequest
 
 
-class Engine(Protocol):
-    """What the routes need from an engine.
+class ServingBackend(Protocol):
+    """What the routes need from the backend that generates.
 
-    ``check`` refuses (400) what the engine cannot do, before any work; ``check_plan``
-    refuses a planned request past the engine's own limits (vLLM counts the context one
+    ``check`` refuses (400) what the backend cannot do, before any work; ``check_plan``
+    refuses a planned request past the backend's own limits (vLLM counts the context one
     token more strictly than the planner's rule); ``call`` runs
     blocking model work (prompt compression) off the event loop; ``events`` yields every
     choice's :class:`TokenEvent` s and exactly one :class:`FinishEvent` per choice, and
@@ -79,14 +79,14 @@ class CompletionService:
     Args:
         config: the server's settings.
         models: the served models.
-        engine: the engine that generates.
+        backend: the backend that generates.
     """
 
     def __init__(self, config: ServerConfig, models: dict[str, LanguageModel],
-                 engine: Engine) -> None:
+                 backend: ServingBackend) -> None:
         self.config = config
         self.models = models
-        self.engine = engine
+        self.backend = backend
 
     async def handle(self, request: Request, kind: str) -> Response:
         """Answer one request (``kind``: ``"chat"`` or ``"completion"``)."""
@@ -119,32 +119,32 @@ class CompletionService:
 
     async def _plan(self, req: ChatCompletionRequest | CompletionRequest, kind: str) -> Plan:
         plan = await self._plan_checked(req, kind)
-        self.engine.check_plan(plan)
+        self.backend.check_plan(plan)
         return plan
 
     async def _plan_checked(self, req: ChatCompletionRequest | CompletionRequest,
                             kind: str) -> Plan:
-        self.engine.check(req)
+        self.backend.check(req)
         opts = req.tokenwise
         if opts is None or opts.compress is None:
             return plan_request(req, self.config, self.models)
         # Every cheap check first; the context check waits for the shorter prompt.
-        pre = plan_request(req, self.config, self.models, check_context=False)
+        plan = plan_request(req, self.config, self.models, check_context=False)
         if kind == "chat":
             payload: Any = chat_messages(req)
-        elif len(pre.prompts) == 1:
-            payload = pre.prompts[0]
+        elif len(plan.prompts) == 1:
+            payload = plan.prompts[0]
         else:
             raise APIError(400, "tokenwise.compress takes one prompt; send the prompts one "
                                 "per request", param="tokenwise.compress")
-        options, lm, fixed = opts.compress, pre.lm, self.config.compress_models
-        compressed = await self.engine.call(lambda: compress_prompt(options, payload, lm,
-                                                                     fixed))
-        return plan_request(req, self.config, self.models, compressed=compressed)
+        options, lm, fixed = opts.compress, plan.lm, self.config.compress_models
+        compressed = await self.backend.call(lambda: compress_prompt(options, payload, lm,
+                                                                      fixed))
+        return apply_compression(plan, req, self.config, compressed)
 
     async def _events(self, plan: Plan, deadline: float) -> AsyncIterator[Event]:
         """Every choice's token and finish events, in the order they happen."""
-        events = self.engine.events(plan, deadline)
+        events = self.backend.events(plan, deadline)
         open_choices = plan.choices
         try:
             while open_choices:
@@ -166,11 +166,11 @@ class CompletionService:
 
     async def _uncertainty(self, plan: Plan) -> None:
         if plan.uncertainty is not None:
-            plan.info["uncertainty"] = await self.engine.uncertainty(plan)
+            plan.info["uncertainty"] = await self.backend.uncertainty(plan)
 
     def _finish_info(self, plan: Plan, tokens: list[list[WireToken]]) -> dict[str, Any]:
         info = plan.info
-        # None where the engine reported no entropy (vLLM computes it only with logprobs)
+        # None where the backend reported no entropy (vLLM computes it only with logprobs)
         info["mean_entropy"] = [None if any(t.entropy is None for t in ts)
                                 else sum(t.entropy for t in ts) / len(ts) if ts else 0.0
                                 for ts in tokens]

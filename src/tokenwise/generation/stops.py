@@ -1,4 +1,9 @@
-"""Incremental text of one generated sequence: stop strings, and the safe part to stream.
+"""Stop strings: where a generated text ends, and which part of it is safe to stream.
+
+One rule serves every decode loop (:func:`~tokenwise.generation.generate`, entropy-adaptive
+decoding, the server's batch runner and its vLLM backend): the text of a sequence is the
+decoded text of its tokens (special tokens skipped), cut before the earliest stop string as
+soon as one appears, and the sequence ends there.
 
 A streamed delta must never show text that a stop string later removes, nor half a UTF-8
 character, so :meth:`TextStream.push` releases only the text that cannot change: it holds
@@ -15,7 +20,32 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from tokenwise.errors import TokenwiseError
+
+
+def check_stops(stop: str | Sequence[str] | None) -> list[str]:
+    """The stop strings as a list; raise on an empty or non-string one.
+
+    Args:
+        stop: one string, several, or None (no stop strings).
+
+    Returns:
+        The stop strings, in the order given.
+
+    Example:
+        >>> check_stops("\\n"), check_stops(None)
+        (['\\n'], [])
+        >>> check_stops(["a", ""])
+        Traceback (most recent call last):
+        ...
+        tokenwise.errors.TokenwiseError: stop=['a', '']: allowed non-empty strings
+    """
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise TokenwiseError(f"stop={stop!r}: allowed non-empty strings")
+    return stops
 
 
 class TextStream:
@@ -30,6 +60,11 @@ class TextStream:
         text: the text so far, cut at a stop string when one was hit.
         sent: how many characters of ``text`` :meth:`push` has released.
         stopped: a stop string was hit.
+
+    Example:
+        >>> ts = TextStream(lambda ids: "".join(chr(i) for i in ids), stops=["b"])
+        >>> ts.push(ord("a")), ts.push(ord("b")), ts.text, ts.stopped
+        ('a', '', 'a', True)
     """
 
     def __init__(self, decode: Callable[[list[int]], str], stops: list[str] | None = None):
@@ -53,7 +88,14 @@ class TextStream:
         return hold
 
     def push(self, token_id: int) -> str:
-        """Add a token; return the newly releasable text (may be empty)."""
+        """Add a token; return the newly releasable text (may be empty).
+
+        Args:
+            token_id: the next token of the sequence.
+
+        Raises:
+            RuntimeError: the sequence already ended at a stop string.
+        """
         if self.stopped:
             raise RuntimeError("the sequence already ended at a stop string")
         self.ids.append(token_id)
