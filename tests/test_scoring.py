@@ -1,13 +1,16 @@
-"""`tokenwise.score`: windows, equality with one forward pass, long texts, bad input."""
+"""`tokenwise.score` and `token_surprisal`: windows, equality with one forward pass, long
+texts, bad input, any scorer."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from tests.compression.test_perplexity import MEMO, QUESTION, long_text, naive_surprisal
 
 import tokenwise as tw
 from tokenwise.errors import TokenwiseError
-from tokenwise.scoring import plan_windows
+from tokenwise.scoring import plan_windows, token_surprisal
 
 TEXT = ("Q: Where was Dalvin Orsk born?\nA: the city of Velmora\n12+345=357\n"
         "markov: ka ro yi tu ka ro zu va mi qa\nThe code of Brelix is 382.\n")
@@ -212,3 +215,55 @@ def test_a_bom_in_python_text_is_scored_as_given(small):
     text = "\ufeff" + TEXT
     trace = tw.score(small, text)
     assert trace.text == text and "".join(trace.pieces) == text
+
+
+def test_token_surprisal_matches_one_full_pass(small):
+    ids = small.encode(MEMO)
+    np.testing.assert_allclose(token_surprisal(small, ids), naive_surprisal(small, ids),
+                               atol=2e-4)
+    prefix = small.encode(QUESTION + "\n")
+    np.testing.assert_allclose(token_surprisal(small, ids, prefix),
+                               naive_surprisal(small, ids, prefix), atol=2e-4)
+
+
+def test_token_surprisal_windows_match_tokenwise_score(small):
+    text = long_text(24)
+    ids = small.encode(text)
+    assert len(ids) > small.context_length  # really past the window
+    ours = token_surprisal(small, ids, window=64, stride=16)
+    trace = tw.score(small, text, window=64, stride=16, top_k=0)
+    np.testing.assert_allclose(ours, -trace.logprobs.double().numpy(), atol=2e-4)
+
+
+class _PromptLogprobScorer:
+    """A scorer that has prompt logprobs and no forward (as the vLLM backend), over tw-small."""
+
+    def __init__(self, lm):
+        self.lm = lm
+        self.bos_token_id = lm.bos_token_id
+        self.context_length = lm.context_length
+        self.calls: list[int] = []
+
+    def prompt_logprobs(self, prompts):
+        self.calls.append(len(prompts))
+        out = []
+        for p in prompts:
+            seq = torch.tensor([p])
+            logp = torch.log_softmax(self.lm.hf_model(seq).logits[0].float(), -1)
+            out.append(logp[:-1].gather(-1, seq[0, 1:, None])[:, 0].double().numpy())
+        return out
+
+
+def test_token_surprisal_reads_a_scorer_by_its_prompt_logprobs(small):
+    scorer = _PromptLogprobScorer(small)
+    ids = small.encode(long_text(16))
+    prefix = small.encode(QUESTION + "\n")
+    for kwargs in ({}, {"window": 16, "stride": 5}):
+        scorer.calls.clear()
+        np.testing.assert_allclose(token_surprisal(scorer, ids, prefix, **kwargs),
+                                   token_surprisal(small, ids, prefix, **kwargs), atol=2e-4)
+        assert scorer.calls == [scorer.calls[0]]  # every window in one call
+    # Compression still imports it from where it was.
+    from tokenwise.compression import perplexity
+
+    assert perplexity.token_surprisal is token_surprisal

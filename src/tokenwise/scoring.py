@@ -1,12 +1,18 @@
-"""`tokenwise.score`: per-token signals of a text of any length under a model."""
+"""`tokenwise.score`: per-token signals of a text of any length under a model.
+
+:func:`token_surprisal` is the bare version: the surprisal of given token ids, read the same
+way (overlapping windows) by any scorer.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import numbers
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from tokenwise import signals
@@ -100,6 +106,73 @@ def plan_windows(n_targets: int, window: int, stride: int) -> list[tuple[int, in
         plans.append((new_end - window, end + 1, new_end))
         end = new_end
     return plans
+
+
+@torch.inference_mode()
+def token_surprisal(lm: Any, ids: Sequence[int], prefix: Sequence[int] = (), *,
+                    window: int | None = None, stride: int | None = None) -> np.ndarray:
+    """Surprisal (nats) of each of ``ids`` given BOS, ``prefix`` and the ids before it.
+
+    Sequences longer than ``window`` (default: the model's context length) are read with
+    overlapping windows of it, ``stride`` new tokens each (default half a window); every
+    token is scored once, with at least ``window - stride`` tokens of left context.
+
+    Args:
+        lm: a scorer with ``bos_token_id`` and ``context_length``, and either
+            ``forward(ids, logits_to_keep=)`` (a :class:`~tokenwise.models.LanguageModel`;
+            only the scored positions' logits are made) or, without ``forward``,
+            ``prompt_logprobs(prompts)`` (the vLLM backend: every window is one prompt, all
+            sent in one call).
+        ids: the tokens to score.
+        prefix: tokens they are conditioned on (not scored).
+        window: input tokens per forward pass, 2..context length.
+        stride: new tokens per window after the first.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> lm = load("tw-small")
+        >>> s = token_surprisal(lm, lm.encode("12+7=19"))
+        >>> s.shape, bool((s >= 0).all())
+        ((7,), True)
+    """
+    w, s = check_window_args(window, stride, lm.context_length)
+    assert w is not None and s is not None
+    seq = torch.tensor([lm.bos_token_id, *prefix, *ids], dtype=torch.long)  # (1 + P + N,)
+    n_prefix, n = len(prefix), len(ids)
+    out = np.zeros(n, dtype=np.float64)
+    if n == 0:
+        return out
+    first_target = n_prefix + 1  # position in seq of ids[0]
+    if not hasattr(lm, "forward"):
+        return _prompt_logprob_surprisal(lm, seq.tolist(), first_target, out, w, s)
+    for begin, first, end in plan_windows(len(seq) - 1, w, s):
+        if end < first_target:
+            continue  # this window scores only prefix tokens
+        first = max(first, first_target)
+        n_new = end - first + 1
+        logits = lm.forward(seq[begin:end][None], logits_to_keep=n_new).logits[0]  # (n_new, V)
+        logits = logits.float()
+        lse = torch.logsumexp(logits, dim=-1)  # (n_new,)
+        chosen = logits.gather(-1, seq[first:end + 1, None].to(logits.device))[:, 0]
+        out[first - first_target:end + 1 - first_target] = (lse - chosen).cpu().double().numpy()
+    return out
+
+
+def _prompt_logprob_surprisal(lm: Any, seq: list[int], first_target: int, out: np.ndarray,
+                              w: int, s: int) -> np.ndarray:
+    """:func:`token_surprisal`'s windows scored by a scorer's prompt logprobs.
+
+    A window's scored tokens must be in the prompt, so each prompt is the window's inputs
+    plus the token after them (at most ``w + 1 <= max_model_len`` ids); all windows go to the
+    scorer in one call.
+    """
+    plans = [p for p in plan_windows(len(seq) - 1, w, s) if p[2] >= first_target]
+    prompts = [seq[begin:end + 1] for begin, _, end in plans]
+    for (begin, first, end), lps in zip(plans, lm.prompt_logprobs(prompts), strict=True):
+        first = max(first, first_target)
+        # lps[k] is log p(seq[begin + 1 + k] | seq[begin:begin + 1 + k])
+        out[first - first_target:end + 1 - first_target] = -lps[first - begin - 1:end - begin]
+    return out
 
 
 def _tokenize(

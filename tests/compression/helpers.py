@@ -124,3 +124,25 @@ def save_tiny_xlmr(path: Path, corpus: list[str], seed: int = 0, hidden: int = 1
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def run_in_threads(calls):
+    """Run each function in its own thread at once; their results in order (errors raised)."""
+    import threading
+
+    results, errors = [None] * len(calls), []
+
+    def run(i):
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:  # handed back to the caller, in the calling thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

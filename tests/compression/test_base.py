@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 
@@ -9,7 +10,14 @@ import numpy as np
 import pytest
 from tests.compression.helpers import generated_texts
 
-from tokenwise.compression import SelectiveCompressor, TokenCounter, WordScores, compress, words
+from tokenwise.compression import (
+    CompressionRequest,
+    SelectiveCompressor,
+    TokenCounter,
+    WordScores,
+    compress,
+    words,
+)
 from tokenwise.compression.base import check_budget, check_force_tokens, parse_input
 from tokenwise.errors import TokenwiseError
 
@@ -229,3 +237,38 @@ def test_compress_accepts_a_built_compressor():
     assert res.method == "hashed"
     with pytest.raises(TokenwiseError, match="already a built compressor"):
         compress("alpha beta", method=HASHED, rate=0.5, batch_size=3)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"rate": 0}, r"rate=0 is outside \(0, 1\]"),
+    ({}, "exactly one of .* got none"),
+    ({"rate": 0.5, "percentile": "row"}, "percentile='row'"),
+    ({"rate": 0.5, "context_filter": True, "context_rate": 0}, "context_rate=0"),
+    ({"threshold": 0.5, "context_filter": True}, "needs context_rate="),
+    ({"rate": 0.5, "question": 3}, "question=3 must be a string"),
+    ({"rate": 0.5, "force_tokens": [" "]}, "force token ' '"),
+])
+def test_a_request_is_checked_when_made(bad, match):
+    with pytest.raises(TokenwiseError, match=match):
+        CompressionRequest(**bad)
+
+
+def test_a_request_or_its_keywords_compress_alike():
+    text = generated_texts(1, seed=4, long_every=1)[0]
+    fields = dict(target_tokens=700, keep_digits=True, force_tokens=("park", "\n"),
+                  protect=False, question="Where is the park?")
+    request = CompressionRequest(**fields)
+    assert request.budget.target_tokens == 700
+    assert request.phrases == ("park",) and request.keep_newlines
+    by_request = HASHED.compress(text, request)
+    by_keywords = HASHED.compress(text, **fields)
+    assert by_request.text == by_keywords.text
+    assert by_request.keep.tolist() == by_keywords.keep.tolist()
+    assert compress(text, method=HASHED, **fields).text == by_request.text
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.rate = 0.5  # checked once: it cannot change after
+    with pytest.raises(TokenwiseError, match="not both"):
+        HASHED.compress(text, request, rate=0.5)
+    # A method's own limits are checked as the request reaches it.
+    with pytest.raises(TokenwiseError, match=r"threshold=1\.5 is outside \[0\.0, 1\.0\]"):
+        HASHED.compress(text, CompressionRequest(threshold=1.5))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import threading
 
 import numpy as np
 import pytest
+from tests.compression.helpers import run_in_threads
 
 from tokenwise.compression.extractive import (
     ExtractiveCompressor,
@@ -153,3 +156,27 @@ def test_ragged_embedding_rows_get_a_clear_error():
     comp = ExtractiveCompressor(lambda ts: [list(range(len(t))) for t in ts])
     with pytest.raises(TokenwiseError, match=r"rows of \[\d+, \d+.*an \(N, D\) array"):
         comp.compress(DOC, rate=0.5)
+
+
+def test_one_shared_compressor_serves_two_threads_as_each_alone(monkeypatch):
+    """Selective augmentation empties a result by its own question's best similarity, never
+    by that of a call running beside it."""
+    comp = ExtractiveCompressor(bag, min_similarity=0.5)
+    calls = [(DOC, "Is the road open?"), ("The sky. The sea is blue.", "road or park?")]
+    alone = [comp.compress(text, rate=0.5, question=q) for text, q in calls]
+    assert alone[0].text and not alone[1].text  # one relevant, one not
+
+    # Both calls finish scoring before either decides.
+    meet = threading.Barrier(2, timeout=30)
+    score_words = comp.score_words
+
+    def score_then_meet(texts, *, question=None):
+        out = score_words(texts, question=question)
+        meet.wait()
+        return out
+
+    monkeypatch.setattr(comp, "score_words", score_then_meet)
+    together = run_in_threads([functools.partial(comp.compress, text, rate=0.5, question=q)
+                               for text, q in calls])
+    for a, b in zip(alone, together, strict=True):
+        assert b.text == a.text and b.keep.tolist() == a.keep.tolist()

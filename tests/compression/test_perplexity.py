@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import random
+import threading
 
 import numpy as np
 import pytest
 import torch
+from tests.compression.helpers import run_in_threads
 
 from tokenwise.compression import words
 from tokenwise.compression.perplexity import (
     PerplexityCompressor,
     pool_words,
-    token_surprisal,
     tokenize_spans,
     word_token_ranges,
 )
@@ -59,25 +61,6 @@ def long_text(n_lines=40, seed=0):
     rng = random.Random(seed)
     world = NeedleWorld(0)
     return "".join(world.item(rng, 7).context for _ in range(n_lines // 8))
-
-
-def test_token_surprisal_matches_one_full_pass(lm):
-    ids = lm.encode(MEMO)
-    np.testing.assert_allclose(token_surprisal(lm, ids), naive_surprisal(lm, ids), atol=2e-4)
-    prefix = lm.encode(QUESTION + "\n")
-    np.testing.assert_allclose(token_surprisal(lm, ids, prefix),
-                               naive_surprisal(lm, ids, prefix), atol=2e-4)
-
-
-def test_token_surprisal_windows_match_tokenwise_score(lm):
-    import tokenwise as tw
-
-    text = long_text(24)
-    ids = lm.encode(text)
-    assert len(ids) > lm.context_length  # really past the window
-    ours = token_surprisal(lm, ids, window=64, stride=16)
-    trace = tw.score(lm, text, window=64, stride=16, top_k=0)
-    np.testing.assert_allclose(ours, -trace.logprobs.double().numpy(), atol=2e-4)
 
 
 @pytest.mark.parametrize("how", ["mean", "sum", "max"])
@@ -221,3 +204,37 @@ def test_question_words_forced_only_when_asked(lm):
         MEMO, rate=0.6, question=QUESTION, protect=False)
     forced = {w for w, f in zip(r.words, r.forced, strict=True) if f}
     assert forced == {"code", "Brelix"}  # "The" is a function word, "What" a wh-word
+
+
+def test_one_shared_compressor_serves_two_threads_as_each_alone(lm, monkeypatch):
+    """Each call's budget and keep rules stay its own while another call runs beside it."""
+    comp = PerplexityCompressor(lm, iterative_size=16)
+    texts = [MEMO, long_text(8, seed=3)]
+    settings = [dict(rate=0.3, keep_digits=True, question=QUESTION, protect=False),
+                dict(target_tokens=60, force_tokens=["code", "\n"], protect=False,
+                     question="Which code is the largest?")]
+    alone = [comp.compress(t, **kw) for t, kw in zip(texts, settings, strict=True)]
+
+    # Both calls reach the model (the question's encoding) before either goes on, so each
+    # scores while the other's settings are in force.
+    meet = threading.Barrier(2, timeout=30)
+    armed = threading.local()
+    encode = lm.encode
+
+    def encode_then_meet(*args, **kwargs):
+        if getattr(armed, "on", False):
+            armed.on = False
+            meet.wait()
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(lm, "encode", encode_then_meet)
+
+    def call(i):
+        armed.on = True
+        return comp.compress(texts[i], **settings[i])
+
+    together = run_in_threads([functools.partial(call, i) for i in range(2)])
+    for a, b in zip(alone, together, strict=True):
+        assert b.text == a.text
+        np.testing.assert_array_equal(b.scores, a.scores)
+        assert b.keep.tolist() == a.keep.tolist() and b.forced.tolist() == a.forced.tolist()

@@ -8,8 +8,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from tokenwise.compression.base import DEFAULT_ROLES, Compressor
+from tokenwise.compression.base import Compressor
 from tokenwise.compression.registry import compressor_class
+from tokenwise.compression.request import DEFAULT_ROLES, CompressionRequest
 from tokenwise.compression.result import CompressionResult
 from tokenwise.errors import TokenwiseError
 
@@ -89,6 +90,9 @@ def compress(
 ) -> CompressionResult:
     """Compress a prompt: a text, a list of contexts, or chat messages.
 
+    The keywords from ``rate`` to ``context_rate`` form one
+    :class:`~tokenwise.compression.CompressionRequest`, checked before any model loads.
+
     Args:
         text_or_messages: a string; a list of strings (separate contexts); or chat messages
             ``[{"role": ..., "content": str}, ...]`` (roles kept, only ``roles`` compressed).
@@ -142,12 +146,17 @@ def compress(
         ...
         tokenwise.errors.TokenwiseError: rate=2.0 is outside (0, 1]; ...
     """
-    from tokenwise.compression.base import check_budget
-
+    fields = dict(rate=rate, target_tokens=target_tokens, threshold=threshold,
+                  question=question, force_tokens=force_tokens, keep_digits=keep_digits,
+                  protect=protect, target_model=target_model, roles=roles,
+                  percentile=percentile, context_filter=context_filter,
+                  context_rate=context_rate)
+    request = None
     top_k = options.get("top_k") if isinstance(method, str) else getattr(method, "top_k", None)
     if top_k is None or any(b is not None for b in (rate, target_tokens, threshold)):
-        # Fail before loading any model. (RECOMP's top_k alone is a budget: its class checks.)
-        check_budget(rate, target_tokens, threshold)
+        # Checked before any model loads. (RECOMP's top_k alone is a budget: its class
+        # makes that request.)
+        request = CompressionRequest(**fields)
     if isinstance(method, Compressor):
         extra = sorted(options) + (["model"] if model is not None else [])
         if extra:
@@ -160,9 +169,6 @@ def compress(
         comp = get(method, model=model, **options)
     else:
         raise TokenwiseError(f"method={method!r}: give a method name or a Compressor")
-    return comp.compress(
-        text_or_messages, rate=rate, target_tokens=target_tokens, threshold=threshold,
-        question=question, force_tokens=force_tokens, keep_digits=keep_digits, protect=protect,
-        target_model=target_model, roles=roles, percentile=percentile,
-        context_filter=context_filter, context_rate=context_rate,
-    )
+    if request is None:
+        return comp.compress(text_or_messages, **fields)
+    return comp.compress(text_or_messages, request)

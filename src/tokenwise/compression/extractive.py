@@ -18,22 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tokenwise.compression import words
-from tokenwise.compression.base import (
-    DEFAULT_ROLES,
-    SelectiveCompressor,
-    WordScores,
-    check_budget,
-    check_question,
-    parse_input,
-)
-from tokenwise.compression.counting import TokenCounter
+from tokenwise.compression.base import SelectiveCompressor, WordScores
+from tokenwise.compression.layout import Layout
+from tokenwise.compression.request import CompressionRequest
 from tokenwise.compression.result import CompressionResult
 from tokenwise.compression.selective_context import FUNCTION_WORDS, sentence_units
 from tokenwise.errors import TokenwiseError
@@ -45,6 +38,15 @@ from tokenwise.models.embedding import resolve_embedder as _resolve_embedder
 _CONTENT_BONUS = 1e-4
 #: score of a sentence outside ``top_k``: below every cosine, so never kept before one inside.
 _OUTSIDE = -2.0
+#: the threshold that stands for ``top_k`` alone: every sentence inside it, none outside.
+_TOP_K_ONLY = -1.0
+
+
+@dataclasses.dataclass
+class _SentenceScores(WordScores):
+    """Word scores with the best sentence's cosine to the question (None: no sentence)."""
+
+    best_similarity: float | None = None
 
 
 class SentenceEmbedder(Embedder):
@@ -235,8 +237,8 @@ class ExtractiveCompressor(SelectiveCompressor):
         self.top_k = top_k
         self.min_similarity = min_similarity
         self.force_question_words = force_question_words
+        #: The best cosine of the most recent call (a diagnostic; nothing reads it back).
         self.last_best_similarity: float | None = None
-        self._question: str | None = None
 
     def __repr__(self) -> str:
         return (f"ExtractiveCompressor({self.embedder!r}, top_k={self.top_k}, "
@@ -254,8 +256,6 @@ class ExtractiveCompressor(SelectiveCompressor):
         import time
 
         t0 = time.perf_counter()
-        if question is None:
-            question = self._question
         spans = [sentence_spans(t) for t in texts]
         sentences = [t[a:b] for t, sp in zip(texts, spans, strict=True) for a, b in sp]
         # float32 whatever the embedder returns (the shared MiniLM gives float64): the
@@ -267,7 +267,8 @@ class ExtractiveCompressor(SelectiveCompressor):
             centroid = vectors.mean(0) if len(vectors) else np.zeros(1, np.float32)
             q = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
         sims = vectors @ q if len(vectors) else np.zeros(0, np.float32)  # (S,)
-        self.last_best_similarity = float(sims.max()) if len(sims) else None
+        best = float(sims.max()) if len(sims) else None
+        self.last_best_similarity = best
         sent_scores = sims.astype(np.float64)
         if self.top_k is not None and len(sims) > self.top_k:
             order = np.argsort(-sims, kind="stable")
@@ -292,48 +293,39 @@ class ExtractiveCompressor(SelectiveCompressor):
             all_scores.append(sent_scores[s_index + unit] + _CONTENT_BONUS * content)
             all_groups.append(s_index + unit)
             s_index += len(sp)
-        return WordScores.join(all_starts, all_ends, all_seg, all_scores, all_groups,
-                               timings={"embed": time.perf_counter() - t0})
+        scored = _SentenceScores.join(all_starts, all_ends, all_seg, all_scores, all_groups,
+                                      timings={"embed": time.perf_counter() - t0})
+        scored.best_similarity = best
+        return scored
 
-    def compress(self, text_or_messages: Any, *, rate: float | None = None,
-                 target_tokens: int | None = None, threshold: float | None = None,
-                 question: str | None = None, force_tokens: Sequence[str] = (),
-                 keep_digits: bool = False, protect: bool | Sequence[str] = True,
-                 target_model: Any = None, roles: Sequence[str] = DEFAULT_ROLES,
-                 percentile: str = "global", context_filter: bool = False,
-                 context_rate: float | None = None) -> CompressionResult:
-        """Compress; the arguments are those of :func:`tokenwise.compression.compress`.
+    def make_request(self, **fields: Any) -> CompressionRequest:
+        """The request; with ``top_k`` and no budget, the ``top_k`` best sentences are kept.
 
-        With ``top_k`` and no budget, the ``top_k`` best sentences are kept. With
-        ``min_similarity`` and a question that no sentence reaches, the compressible text
-        comes back empty.
+        Example:
+            >>> ExtractiveCompressor(lambda ts: [[1.0]] * len(ts), top_k=2).make_request(
+            ...     question="park?").threshold
+            -1.0
         """
-        if rate is None and target_tokens is None and threshold is None:
-            if self.top_k is None:
-                check_budget()  # raises: which budgets exist
-            threshold = -1.0  # every sentence inside top_k, none outside
-        check_question(question)
-        self._question = question
-        try:
-            result = super().compress(
-                text_or_messages, rate=rate, target_tokens=target_tokens, threshold=threshold,
-                question=question,
-                force_tokens=force_tokens, keep_digits=keep_digits,
-                protect=protect, target_model=target_model, roles=roles,
-                percentile=percentile, context_filter=context_filter, context_rate=context_rate)
-        finally:
-            self._question = None
-        best = self.last_best_similarity
+        if (self.top_k is not None and fields.get("rate") is None
+                and fields.get("target_tokens") is None and fields.get("threshold") is None):
+            fields = {**fields, "threshold": _TOP_K_ONLY}
+        return CompressionRequest(**fields)
+
+    def finish(self, result: CompressionResult, scored: WordScores, layout: Layout,
+               request: CompressionRequest) -> CompressionResult:
+        """With ``min_similarity`` and a question that no sentence reaches, the compressible
+        text comes back empty (selective augmentation)."""
+        best = getattr(scored, "best_similarity", None)
+        question = request.question
         if (self.min_similarity is None or not question or not question.strip()
                 or best is None or best >= self.min_similarity):
             return result
-        return _empty(result, text_or_messages, roles, target_model)
+        return _empty(result, layout)
 
 
-def _empty(result: CompressionResult, source: Any, roles: Sequence[str],
-           target_model: Any) -> CompressionResult:
+def _empty(result: CompressionResult, layout: Layout) -> CompressionResult:
     """The result with every compressible word dropped (nothing was relevant)."""
-    prompt = parse_input(source, roles)
+    prompt = layout.prompt
     messages = contexts = None
     tokens_after = 0
     if prompt.kind == "messages":
@@ -341,7 +333,7 @@ def _empty(result: CompressionResult, source: Any, roles: Sequence[str],
                     for m, c in zip(prompt.source, prompt.compressible, strict=True)]
         fixed = [m["content"] for m in messages if m["content"]]
         text = "\n\n".join(fixed)
-        tokens_after = int(TokenCounter.resolve(target_model).count_each(fixed).sum())
+        tokens_after = int(layout.counter.count_each(fixed).sum())
     else:
         text = ""
         if prompt.kind == "contexts":

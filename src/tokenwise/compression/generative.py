@@ -28,16 +28,11 @@ from typing import Any
 import numpy as np
 
 from tokenwise.compression import selection, words
-from tokenwise.compression.base import (
-    DEFAULT_ROLES,
-    Compressor,
-    check_budget,
-    check_force_tokens,
-    check_question,
-    parse_input,
-)
+from tokenwise.compression.base import Compressor
 from tokenwise.compression.counting import TokenCounter
 from tokenwise.compression.extractive import resolve_embedder, sentence_spans
+from tokenwise.compression.layout import Layout, parse_input
+from tokenwise.compression.request import CompressionRequest
 from tokenwise.compression.result import CompressionResult
 from tokenwise.errors import TokenwiseError
 
@@ -170,41 +165,30 @@ class GenerativeCompressor(Compressor):
             getattr(self.rewrite, "__name__", "function") if self.rewrite else None)
         return f"GenerativeCompressor(rewriter={gen!r}, embedder={self.embedder!r})"
 
-    def compress(self, text_or_messages: Any, *, rate: float | None = None,
-                 target_tokens: int | None = None, threshold: float | None = None,
-                 question: str | None = None, force_tokens: Sequence[str] = (),
-                 keep_digits: bool = False, protect: bool | Sequence[str] = True,
-                 target_model: Any = None, roles: Sequence[str] = DEFAULT_ROLES,
-                 percentile: str = "global", context_filter: bool = False,
-                 context_rate: float | None = None) -> CompressionResult:
-        """Compress by rewriting chunks; arguments as :func:`tokenwise.compression.compress`.
-
-        ``threshold``, ``percentile="chunk"`` and the context filter have no meaning for a
-        rewriter and are refused. Numbers are keywords whatever ``keep_digits`` says.
-        """
-        t_start = time.perf_counter()
-        budget = check_budget(rate, target_tokens, threshold)
-        if budget.threshold is not None:
+    def check_request(self, request: CompressionRequest) -> None:
+        """Refuse what has no meaning for a rewriter: ``threshold``, ``percentile="chunk"``
+        and the context filter (they act on per-word scores)."""
+        if request.budget.threshold is not None:
             raise TokenwiseError("generative compression needs rate= or target_tokens=, not "
                                  "threshold= (a rewrite has no per-word scores to cut)")
-        if percentile != "global" or context_filter or context_rate is not None:
+        if (request.percentile != "global" or request.context_filter
+                or request.context_rate is not None):
             raise TokenwiseError("percentile='chunk' and the context filter select words; "
                                  "generative compression rewrites chunks instead")
-        check_question(question)
-        phrases, keep_newlines = check_force_tokens(force_tokens)
-        prompt = parse_input(text_or_messages, roles)
-        counter = TokenCounter.resolve(target_model)
-        comp = [i for i, c in enumerate(prompt.compressible) if c]
-        texts = [prompt.texts[i] for i in comp]
-        fixed = [t for t, c in zip(prompt.texts, prompt.compressible, strict=True) if not c]
-        fixed_tokens = int(counter.count_each(fixed).sum()) if prompt.kind == "messages" else 0
+
+    def run(self, text_or_messages: Any, request: CompressionRequest) -> CompressionResult:
+        """Compress by rewriting chunks (numbers are keywords whatever ``keep_digits`` says)."""
+        t_start = time.perf_counter()
+        budget = request.budget
+        question, phrases, protect = request.question, request.phrases, request.protect
+        layout = Layout(parse_input(text_or_messages, request.roles),
+                        TokenCounter.resolve(request.target_model))
+        counter, texts = layout.counter, layout.texts
         comp_tokens = counter.count_each(texts)
-        if prompt.kind == "messages":
-            tokens_before = fixed_tokens + int(comp_tokens.sum())
-        elif prompt.kind == "contexts":
-            tokens_before = counter.count("\n\n".join(prompt.texts))
+        if layout.whole is None:
+            tokens_before = layout.fixed_tokens + int(comp_tokens.sum())
         else:
-            tokens_before = counter.count(prompt.source)
+            tokens_before = counter.count(layout.whole)
         rate_all = budget.rate if budget.rate is not None else min(
             1.0, budget.target_tokens / max(int(comp_tokens.sum()), 1))
 
@@ -259,30 +243,18 @@ class GenerativeCompressor(Compressor):
 
         rendered = []
         for j, text in enumerate(texts):
-            parts = [(a, o) for (jj, a, _), o in zip(chunks, outputs, strict=True) if jj == j]
+            runs = [(a, o) for (jj, a, _), o in zip(chunks, outputs, strict=True) if jj == j]
             pieces = []
-            for k, (a, o) in enumerate(parts):
+            for k, (a, o) in enumerate(runs):
                 if k and o:
                     gap = text[chunks_end(chunks, j, k - 1):a]
                     pieces.append("\n" if "\n" in gap else " ")
                 pieces.append(o)
-            rendered.append("".join(pieces).strip() if not keep_newlines else "".join(pieces))
-        out_texts = list(prompt.texts)
-        for jj, i in enumerate(comp):
-            out_texts[i] = rendered[jj]
-        messages = contexts = None
-        if prompt.kind == "messages":
-            messages = [{**m, "content": c} for m, c in zip(prompt.source, out_texts,
-                                                            strict=True)]
-            text_out = "\n\n".join(t for t in out_texts if t)
-            tokens_after = fixed_tokens + int(counter.count_each(rendered).sum())
-        elif prompt.kind == "contexts":
-            contexts = out_texts
-            text_out = "\n\n".join(t for t in out_texts if t)
-            tokens_after = counter.count(text_out)
-        else:
-            text_out = out_texts[0]
-            tokens_after = counter.count(text_out)
+            rendered.append("".join(pieces).strip() if not request.keep_newlines
+                            else "".join(pieces))
+        text_out, parts = layout.assemble(rendered, np.ones(len(texts), dtype=bool))
+        tokens_after = layout.count(text_out, parts)
+        messages, contexts = layout.outputs(parts)
 
         def cat(k: int, dt: Any) -> np.ndarray:
             if not word_rows:
@@ -298,7 +270,7 @@ class GenerativeCompressor(Compressor):
         t_end = time.perf_counter()
         return CompressionResult(
             text=text_out, words=word_list, keep=cat(4, bool), scores=scores,
-            forced=cat(5, bool), segments=np.asarray(comp, dtype=np.int64)[seg_local]
+            forced=cat(5, bool), segments=np.asarray(layout.compressed, dtype=np.int64)[seg_local]
             if len(seg_local) else seg_local,
             tokens_before=tokens_before, tokens_after=tokens_after, method=self.name,
             seconds=t_end - t_start,

@@ -30,22 +30,25 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from tokenwise.compression import words
-from tokenwise.compression.base import (
-    DEFAULT_ROLES,
-    SelectiveCompressor,
-    WordScores,
-    check_force_tokens,
-    check_question,
-)
-from tokenwise.compression.result import CompressionResult
+from tokenwise.compression import selection, words
+from tokenwise.compression.base import SelectiveCompressor, WordScores
+from tokenwise.compression.request import CompressionRequest
 from tokenwise.errors import TokenwiseError
+from tokenwise.scoring import token_surprisal
+
+__all__ = [
+    "PerplexityCompressor",
+    "load_causal_lm",
+    "pool_words",
+    "token_surprisal",
+    "tokenize_spans",
+    "word_token_ranges",
+]
 
 QUESTION_MODES = ("contrastive", "none")
 TOKEN_TO_WORD = ("mean", "sum", "max")
@@ -129,74 +132,6 @@ def pool_words(losses: np.ndarray, lo: np.ndarray, hi: np.ndarray, how: str) -> 
     return total / (hi - lo) if how == "mean" else total
 
 
-@torch.inference_mode()
-def token_surprisal(lm: Any, ids: Sequence[int], prefix: Sequence[int] = (), *,
-                    window: int | None = None, stride: int | None = None) -> np.ndarray:
-    """Surprisal (nats) of each of ``ids`` given BOS, ``prefix`` and the ids before it.
-
-    Sequences longer than ``window`` (default: the model's context length) are read with
-    overlapping windows of it, ``stride`` new tokens each (default half a window); every
-    token is scored once, with at least ``window - stride`` tokens of left context.
-
-    Args:
-        lm: a :class:`~tokenwise.models.LanguageModel`, or a
-            :class:`~tokenwise.models.vllm.VLLMModel` (scored from vLLM's prompt logprobs).
-        ids: the tokens to score.
-        prefix: tokens they are conditioned on (not scored).
-        window: input tokens per forward pass, 2..context length.
-        stride: new tokens per window after the first.
-
-    Example:
-        >>> lm = load_causal_lm("tw-small")
-        >>> s = token_surprisal(lm, lm.encode("12+7=19"))
-        >>> s.shape, bool((s >= 0).all())
-        ((7,), True)
-    """
-    from tokenwise.models.vllm import VLLMModel
-    from tokenwise.scoring import check_window_args, plan_windows
-
-    w, s = check_window_args(window, stride, lm.context_length)
-    assert w is not None and s is not None
-    seq = torch.tensor([lm.bos_token_id, *prefix, *ids], dtype=torch.long)  # (1 + P + N,)
-    n_prefix, n = len(prefix), len(ids)
-    out = np.zeros(n, dtype=np.float64)
-    if n == 0:
-        return out
-    first_target = n_prefix + 1  # position in seq of ids[0]
-    if isinstance(lm, VLLMModel):
-        return _vllm_surprisal(lm, seq.tolist(), first_target, out, w, s)
-    for begin, first, end in plan_windows(len(seq) - 1, w, s):
-        if end < first_target:
-            continue  # this window scores only prefix tokens
-        first = max(first, first_target)
-        n_new = end - first + 1
-        logits = lm.forward(seq[begin:end][None], logits_to_keep=n_new).logits[0]  # (n_new, V)
-        logits = logits.float()
-        lse = torch.logsumexp(logits, dim=-1)  # (n_new,)
-        chosen = logits.gather(-1, seq[first:end + 1, None].to(logits.device))[:, 0]
-        out[first - first_target:end + 1 - first_target] = (lse - chosen).cpu().double().numpy()
-    return out
-
-
-def _vllm_surprisal(lm: Any, seq: list[int], first_target: int, out: np.ndarray, w: int,
-                    s: int) -> np.ndarray:
-    """:func:`token_surprisal`'s windows scored by a vLLM engine's prompt logprobs.
-
-    A window's scored tokens must be in the prompt, so each prompt is the window's inputs
-    plus the token after them (at most ``w + 1 <= max_model_len`` ids); all windows go to the
-    engine in one call.
-    """
-    from tokenwise.scoring import plan_windows
-
-    plans = [p for p in plan_windows(len(seq) - 1, w, s) if p[2] >= first_target]
-    prompts = [seq[begin:end + 1] for begin, _, end in plans]
-    for (begin, first, end), lps in zip(plans, lm.prompt_logprobs(prompts), strict=True):
-        first = max(first, first_target)
-        # lps[k] is log p(seq[begin + 1 + k] | seq[begin:begin + 1 + k])
-        out[first - first_target:end + 1 - first_target] = -lps[first - begin - 1:end - begin]
-    return out
-
-
 class PerplexityCompressor(SelectiveCompressor):
     """LLMLingua / LongLLMLingua over any local causal LM.
 
@@ -268,81 +203,66 @@ class PerplexityCompressor(SelectiveCompressor):
                                else min(iterative_size, self.lm.context_length // 2))
         self.progress = progress
         self.force_question_words = force_question_words
-        self._call: dict[str, Any] = {}
+        #: The document order of the most recent call (a diagnostic; nothing reads it back).
         self.last_document_order: list[int] | None = None
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.lm.name!r}, question_mode={self.question_mode!r}, "
                 f"iterative_size={self.iterative_size})")
 
-    def compress(self, text_or_messages: Any, *, rate: float | None = None,
-                 target_tokens: int | None = None, threshold: float | None = None,
-                 question: str | None = None, force_tokens: Sequence[str] = (),
-                 keep_digits: bool = False, protect: bool | Sequence[str] = True,
-                 target_model: Any = None, roles: Sequence[str] = DEFAULT_ROLES,
-                 percentile: str = "global", context_filter: bool = False,
-                 context_rate: float | None = None) -> CompressionResult:
-        """Compress; the arguments are those of :func:`tokenwise.compression.compress`.
-
-        The budget and the forcing options are also read by :meth:`score_words` (the
-        document budget and each window's kept context depend on them).
-        """
-        check_question(question)
-        self._call = dict(rate=rate, target_tokens=target_tokens, threshold=threshold,
-                          force_tokens=force_tokens, keep_digits=keep_digits, protect=protect,
-                          question=question)
-        try:
-            return super().compress(
-                text_or_messages, rate=rate, target_tokens=target_tokens, threshold=threshold,
-                question=question,
-                force_tokens=force_tokens, keep_digits=keep_digits,
-                protect=protect, target_model=target_model, roles=roles, percentile=percentile,
-                context_filter=context_filter, context_rate=context_rate)
-        finally:
-            self._call = {}
-
     # -- scoring -----------------------------------------------------------------------------
 
     def score_words(self, texts: list[str], *, question: str | None = None) -> WordScores:
         """Surprisal-based keep score of every word of ``texts`` (higher = keep).
+
+        Outside a compress call there is no budget: every document counts and each window
+        is conditioned on the whole of the windows before it.
 
         Args:
             texts: the segments to score.
             question: with ``question_mode="contrastive"``, scores become contrastive and
                 documents are ranked by how well each predicts the question.
         """
+        return self._score(texts, question, None)
+
+    def score_for(self, texts: list[str], request: CompressionRequest) -> WordScores:
+        """:meth:`score_words` for one call: the budget picks the documents and, with the
+        keep rules, each window's kept context."""
+        return self._score(texts, request.question, request)
+
+    def _score(self, texts: list[str], question: str | None,
+               request: CompressionRequest | None) -> WordScores:
         t0 = time.perf_counter()
-        if question is None:
-            question = self._call.get("question")
         q_ids: list[int] = []
         if question and question.strip() and self.question_mode == "contrastive":
             q_ids = self.lm.encode(question.strip() + "\n")
-        call = self._call
         seg_words = [words.split_words(t) for t in texts]
         toks = [tokenize_spans(self.lm, t) for t in texts]
         n_tokens = np.asarray([len(t[0]) for t in toks], dtype=np.int64)
+        budget = request.budget if request is not None else None
         keep_rate = None
-        if call.get("rate") is not None:
-            keep_rate = float(call["rate"])
-        elif call.get("target_tokens") is not None:
-            keep_rate = min(1.0, call["target_tokens"] / max(int(n_tokens.sum()), 1))
+        if budget is not None and budget.rate is not None:
+            keep_rate = budget.rate
+        elif budget is not None and budget.target_tokens is not None:
+            keep_rate = min(1.0, budget.target_tokens / max(int(n_tokens.sum()), 1))
+        threshold = budget.threshold if budget is not None else None
         t1 = time.perf_counter()
 
         # Documents first: which ones the budget goes to.
         alive = np.ones(len(texts), dtype=bool)
-        self.last_document_order = None
+        order = None
         if self.rank_documents and keep_rate is not None and len(texts) > 1:
             order = self._rank_documents(texts, toks, question)
-            self.last_document_order = order
-            budget = keep_rate * self.context_budget * n_tokens.sum()
+            goal = keep_rate * self.context_budget * n_tokens.sum()
             taken, used = [], 0
             for d in order:
                 taken.append(d)
                 used += int(n_tokens[d])
-                if used >= budget:
+                if used >= goal:
                     break
             alive[:] = False
             alive[taken] = True
+        self.last_document_order = order
         t2 = time.perf_counter()
 
         from tqdm.auto import tqdm
@@ -359,10 +279,9 @@ class PerplexityCompressor(SelectiveCompressor):
             if self.iterative_size is None or not alive[j]:
                 scores = self._word_scores(ids, lo, hi, q_ids, prefix=[])
             else:
-                forced = self._forced_words(texts[j], w_starts, w_ends,
+                forced = self._forced_words(texts[j], w_starts, w_ends, request,
                                             question if self.force_question_words else None)
-                scores = self._iterative(ids, lo, hi, q_ids, forced, keep_rate,
-                                         call.get("threshold"))
+                scores = self._iterative(ids, lo, hi, q_ids, forced, keep_rate, threshold)
             parts.append(scores)
         t3 = time.perf_counter()
         scores = np.concatenate(parts) if parts else np.zeros(0)
@@ -389,14 +308,16 @@ class PerplexityCompressor(SelectiveCompressor):
             plain = plain - cond
         return pool_words(plain, lo, hi, self.token_to_word)
 
-    def _forced_words(self, text: str, starts: np.ndarray, ends: np.ndarray,
-                      question: str | None) -> np.ndarray:
-        call = self._call
-        phrases, _ = check_force_tokens(call.get("force_tokens", ()))
+    @staticmethod
+    def _forced_words(text: str, starts: np.ndarray, ends: np.ndarray,
+                      request: CompressionRequest | None, question: str | None) -> np.ndarray:
+        """The request's forced words of one text (none outside a call: no window is cut)."""
+        if request is None:
+            return np.zeros(len(starts), dtype=bool)
         word_list = [text[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
-        return self._forced([text], word_list, starts, ends, np.zeros(len(starts), np.int64),
-                            phrases, bool(call.get("keep_digits", False)),
-                            call.get("protect", True), question)
+        return selection.forced_words([text], word_list, starts, ends,
+                                      np.zeros(len(starts), np.int64), request.phrases,
+                                      request.keep_digits, request.protect, question)
 
     def _iterative(self, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray, q_ids: list[int],
                    forced: np.ndarray, keep_rate: float | None,

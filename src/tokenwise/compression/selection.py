@@ -1,6 +1,9 @@
 """Which words to keep, given their scores: per-chunk percentile, global budget, threshold.
 
-Three rules, all vectorised over words:
+Three rules, all vectorised over words, and the words every rule keeps:
+
+- :func:`forced_words` marks the words kept whatever their score (force tokens, digits,
+  protected structure, the question's keywords).
 
 - :func:`chunk_percentile_keep` is LLMLingua-2's rule: inside each chunk, keep the words
   above the ``int(100·(1-rate)+1)``-th percentile of the token-weighted scores. It does not
@@ -12,11 +15,64 @@ Three rules, all vectorised over words:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from tokenwise.compression import words
 from tokenwise.errors import TokenwiseError
+
+_DIGIT_RE = re.compile(r"\d")
+
+
+def forced_words(texts: list[str], word_list: list[str], starts: np.ndarray, ends: np.ndarray,
+                 segment: np.ndarray, phrases: tuple[str, ...] = (), keep_digits: bool = False,
+                 protect: bool | Sequence[str] = True, question: str | None = None
+                 ) -> np.ndarray:
+    """Which words are kept whatever their score.
+
+    Args:
+        texts: the texts the words are in.
+        word_list: ``(W,)`` the words' strings.
+        starts, ends: ``(W,)`` their character spans in their own text.
+        segment: ``(W,)`` index into ``texts``, non-decreasing.
+        phrases: force tokens (whole words or runs of them), line breaks excluded.
+        keep_digits: every word containing a digit.
+        protect: structured spans (True: every kind of
+            :data:`~tokenwise.compression.words.PROTECTED_PATTERNS`, False, or some kinds).
+        question: force its keywords (:func:`~tokenwise.compression.words.question_words`).
+
+    Example:
+        >>> t = "The code 917 of Brelix"
+        >>> s, e = words.split_words(t)
+        >>> w = [t[a:b] for a, b in zip(s, e)]
+        >>> forced_words([t], w, s, e, np.zeros(5, int), keep_digits=True, protect=False,
+        ...              question="Which code?").tolist()
+        [False, True, True, False, False]
+    """
+    forced = np.zeros(len(word_list), dtype=bool)
+    if keep_digits:
+        forced |= np.fromiter((_DIGIT_RE.search(w) is not None for w in word_list),
+                              dtype=bool, count=len(word_list))
+    if question:
+        qwords = words.question_words(question)
+        forced |= np.fromiter((w.lower() in qwords for w in word_list), dtype=bool,
+                              count=len(word_list))
+    if phrases or protect:
+        kinds = None if protect is True else tuple(protect) if protect else ()
+        bounds = np.searchsorted(segment, np.arange(len(texts) + 1))
+        for j, text in enumerate(texts):
+            lo, hi = bounds[j], bounds[j + 1]
+            if hi == lo:
+                continue
+            s, e = starts[lo:hi], ends[lo:hi]
+            if phrases:
+                forced[lo:hi] |= words.match_phrases(text, s, e, phrases)
+            if kinds is None or kinds:
+                spans = words.protected_spans(text, kinds)
+                forced[lo:hi] |= words.overlaps(s, e, spans)
+    return forced
 
 
 def reference_percentile(rate: float) -> int:

@@ -27,11 +27,11 @@ from tokenwise.compression.base import SelectiveCompressor, WordScores
 from tokenwise.compression.perplexity import (
     load_causal_lm,
     pool_words,
-    token_surprisal,
     tokenize_spans,
     word_token_ranges,
 )
 from tokenwise.errors import TokenwiseError
+from tokenwise.scoring import token_surprisal
 
 UNITS = ("phrase", "sentence", "word")
 _SENTENCE_END = re.compile(r"^(?:[.!?。！？…]+|\.\.\.)$")
