@@ -36,7 +36,7 @@ import torch
 
 from tokenwise.models.language_model import count_parameters
 from tokenwise.testbed.needle import DISTRACTOR_COUNTS, NeedleWorld, question_prompt
-from tokenwise.testbed.train import ModelSpec
+from tokenwise.testbed.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -12,46 +12,16 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from tokenwise.models.language_model import count_parameters
+from tokenwise.testbed.reader import READER_SPEC, train_reader
+from tokenwise.testbed.spec import ModelSpec
 from tokenwise.testbed.tokenizer import train_tokenizer
 from tokenwise.testbed.worlds import Testbed
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Architecture and training schedule of one built-in model (Llama architecture).
-
-    Args:
-        name: the built-in name.
-        hidden_size: model width.
-        layers: transformer blocks.
-        heads: attention heads.
-        intermediate_size: MLP width.
-        steps: optimizer steps.
-        batch_size: sequences per step.
-        context: tokens per sequence, and the model's context length.
-        lr: peak learning rate (linear warm-up, cosine decay to 10%).
-        warmup: warm-up steps.
-        weight_decay: AdamW weight decay.
-    """
-
-    name: str
-    hidden_size: int
-    layers: int
-    heads: int
-    intermediate_size: int
-    steps: int
-    batch_size: int = 32
-    context: int = 256
-    lr: float = 3e-3
-    warmup: int = 30
-    weight_decay: float = 0.01
-
 
 # Many small steps rather than few large ones: copying from context (needles) and carrying
 # (additions) appear only after enough optimizer steps, whatever the tokens seen.
@@ -312,8 +282,6 @@ def save_builtin(model: torch.nn.Module, tokenizer, facts: dict, target: str | P
 
 def _train_reader(target: Path, tokenizer, seed: int, steps: int | None, progress: bool,
                   log: Callable[[str], None], testbed: Testbed) -> dict:
-    from tokenwise.testbed.reader import READER_SPEC, train_reader
-
     spec = READER_SPEC
     if steps is not None:
         spec = replace(spec, steps=steps, warmup=min(spec.warmup, steps))
