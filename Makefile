@@ -80,6 +80,7 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
 
 lint: dev
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 bench: dev
 	$(BIN)/pip install -e ".[dev,bench]"
