@@ -158,7 +158,7 @@ def atomic_dir(final: Path, what: str) -> Iterator[Path]:
         raise write_error(exc, parent, what) from exc
     sweep_leftovers(parent)
     tmp = parent / _tmp_name(final)
-    try:
+    with _removed_on_failure(tmp, parent, what):
         tmp.mkdir()
         yield tmp
         _fsync_tree(tmp)
@@ -168,15 +168,6 @@ def atomic_dir(final: Path, what: str) -> Iterator[Path]:
             if not final.is_dir():
                 raise
             _remove(tmp)  # another process got there first; its copy is as good as ours
-    except TokenwiseError:  # already one line (ModelNotFoundError is an OSError too)
-        _remove(tmp)
-        raise
-    except OSError as exc:
-        _remove(tmp)
-        raise write_error(exc, parent, what) from exc
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 @contextmanager
@@ -207,11 +198,18 @@ def atomic_file(final: Path, what: str) -> Iterator[Path]:
         raise write_error(exc, parent, what) from exc
     sweep_leftovers(parent)
     tmp = parent / _tmp_name(final)
-    try:
+    with _removed_on_failure(tmp, parent, what):
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, final)
+
+
+@contextmanager
+def _removed_on_failure(tmp: Path, parent: Path, what: str) -> Iterator[None]:
+    """Remove ``tmp`` if the block fails; an OS error becomes one line naming ``what``."""
+    try:
+        yield
     except TokenwiseError:  # already one line (ModelNotFoundError is an OSError too)
         _remove(tmp)
         raise
