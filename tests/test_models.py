@@ -327,3 +327,17 @@ def test_config_field_of_the_wrong_type_is_a_clean_error(tiny_llama_dir, tmp_pat
     with pytest.raises(TokenwiseError, match=r"could not load model 'bad-layers'.*"
                                              r"num_hidden_layers.*'two'"):
         load(target)
+
+
+def test_start_ids_follow_the_tokenizer_own_rule(small, large, tmp_path):
+    from tests.models.helpers import load_tiny_chat_model
+
+    assert small.start_ids == large.start_ids == (1,)  # the built-ins add their BOS
+    assert small.encode("7+5=", add_bos=True) == [1, *small.encode("7+5=")]
+    no_bos = load_tiny_chat_model(tmp_path / "a")  # like SmolLM2: bos_token is <|im_start|>
+    assert no_bos.bos_token_id == 1 and no_bos.start_ids == ()
+    assert no_bos.encode("hello", add_bos=True) == no_bos.encode("hello") \
+        == no_bos.tokenizer("hello")["input_ids"]
+    with_bos = load_tiny_chat_model(tmp_path / "b", add_bos=True)
+    assert with_bos.start_ids == (1,)
+    assert with_bos.encode("hello", add_bos=True) == with_bos.tokenizer("hello")["input_ids"]

@@ -267,3 +267,64 @@ def test_token_surprisal_reads_a_scorer_by_its_prompt_logprobs(small):
     from tokenwise.compression import perplexity
 
     assert perplexity.token_surprisal is token_surprisal
+
+
+# --- tokenizers that put no start token in front of a text (SmolLM2, Qwen, GPT-2) ---
+
+@pytest.fixture(scope="module")
+def no_bos(tmp_path_factory):
+    """A tiny Llama whose tokenizer adds no BOS (its bos_token is a turn marker, as SmolLM2's)."""
+    from tests.models.helpers import load_tiny_chat_model
+
+    return load_tiny_chat_model(tmp_path_factory.mktemp("no-bos"))
+
+
+NO_BOS_TEXT = "hello the world, hello the world again"
+
+
+def test_score_without_a_start_token_scores_from_the_second_token(no_bos):
+    ids = no_bos.tokenizer(NO_BOS_TEXT)["input_ids"]  # the tokenizer's own rule: no BOS
+    assert ids == no_bos.encode(NO_BOS_TEXT) and no_bos.start_ids == ()
+    trace = tw.score(no_bos, NO_BOS_TEXT, top_k=2)
+    assert trace.unscored == 1 and trace.token_ids.tolist() == ids[1:]
+    logits = no_bos.forward(torch.tensor([ids])).logits[0, :-1].double()
+    expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    torch.testing.assert_close(trace.logprobs, expected.float(), atol=1e-5, rtol=1e-5)
+    # every invariant holds: pieces tile the text, offsets match, contexts count inputs
+    assert "".join(trace.pieces) == NO_BOS_TEXT
+    assert all(NO_BOS_TEXT[a:b] == p for (a, b), p in zip(trace.offsets, trace.pieces,
+                                                           strict=True))
+    assert trace.context_lengths.tolist() == list(range(1, len(ids)))
+    assert trace.to_dict()["unscored_tokens"] == 1 and trace[0:3].unscored == 1
+    assert trace[2:4].unscored == 0
+
+
+def test_score_without_a_start_token_in_windows_equals_one_pass(no_bos):
+    one = tw.score(no_bos, NO_BOS_TEXT * 3, top_k=0)
+    windowed = tw.score(no_bos, NO_BOS_TEXT * 3, window=8, stride=3, top_k=0)
+    assert windowed.token_ids.tolist() == one.token_ids.tolist()
+    ours = token_surprisal(no_bos, no_bos.encode(NO_BOS_TEXT * 3), window=8, stride=3)
+    assert np.isnan(ours[0])
+    np.testing.assert_allclose(ours[1:], -windowed.logprobs.double().numpy(), atol=2e-5)
+
+
+def test_one_token_text_without_a_start_token_is_refused(no_bos):
+    with pytest.raises(TokenwiseError, match=r"puts no start token .* give a longer text"):
+        tw.score(no_bos, "h")
+
+
+def test_token_surprisal_does_not_invent_a_first_prediction(no_bos):
+    ids = no_bos.encode(NO_BOS_TEXT)
+    plain = token_surprisal(no_bos, ids)
+    assert np.isnan(plain[0]) and np.isfinite(plain[1:]).all() and len(plain) == len(ids)
+    # with a prefix the first id is predicted
+    prefixed = token_surprisal(no_bos, ids[3:], ids[:3])
+    np.testing.assert_allclose(prefixed, plain[3:], atol=1e-5)
+    assert np.isnan(token_surprisal(no_bos, ids[:1])).all()
+
+
+def test_builtin_models_still_score_every_token_after_their_bos(small):
+    assert small.start_ids == (small.tokenizer.bos_token_id,)
+    trace = tw.score(small, TEXT)
+    assert trace.unscored == 0 and trace.token_ids.tolist() == small.encode(TEXT)
+    assert "unscored_tokens" not in trace.to_dict()

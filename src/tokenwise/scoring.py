@@ -80,7 +80,7 @@ def check_window_args(window: int | None, stride: int | None, limit: int | None 
 def plan_windows(n_targets: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """Windows that score every target once, each with as much left context as fits.
 
-    The sequence is ``[BOS] + tokens``; target ``j`` (1..n) is predicted from the inputs
+    The sequence is ``start ids + tokens``; target ``j`` (1..n) is predicted from the inputs
     before it. Each window feeds inputs ``[begin, end)`` (at most ``window`` tokens) and
     scores the targets ``first..end``. The first window starts at 0; each later one ends
     ``stride`` targets further, so every target after the first window sees at least
@@ -108,17 +108,37 @@ def plan_windows(n_targets: int, window: int, stride: int) -> list[tuple[int, in
     return plans
 
 
+def scorer_start_ids(lm: Any) -> list[int]:
+    """The ids a scorer puts in front of a text: its ``start_ids`` (the tokenizer's own
+    rule), or, for a scorer without that attribute, its ``bos_token_id`` if it has one.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> scorer_start_ids(SimpleNamespace(start_ids=(), bos_token_id=7))
+        []
+    """
+    start = getattr(lm, "start_ids", None)
+    if start is not None:
+        return [int(t) for t in start]
+    bos = getattr(lm, "bos_token_id", None)
+    return [] if bos is None else [int(bos)]
+
+
 @torch.inference_mode()
 def token_surprisal(lm: Any, ids: Sequence[int], prefix: Sequence[int] = (), *,
                     window: int | None = None, stride: int | None = None) -> np.ndarray:
-    """Surprisal (nats) of each of ``ids`` given BOS, ``prefix`` and the ids before it.
+    """Surprisal (nats) of each of ``ids`` given the start ids, ``prefix`` and the ids before it.
+
+    The start ids are the tokenizer's own (:attr:`~tokenwise.models.LanguageModel.start_ids`).
+    Where there are none and no ``prefix`` either (SmolLM2, Qwen, GPT-2), nothing predicts
+    ``ids[0]``: its entry is NaN (unscored), so the result still lines up with ``ids``.
 
     Sequences longer than ``window`` (default: the model's context length) are read with
     overlapping windows of it, ``stride`` new tokens each (default half a window); every
     token is scored once, with at least ``window - stride`` tokens of left context.
 
     Args:
-        lm: a scorer with ``bos_token_id`` and ``context_length``, and either
+        lm: a scorer with ``context_length``, ``start_ids`` (or ``bos_token_id``), and either
             ``forward(ids, logits_to_keep=)`` (a :class:`~tokenwise.models.LanguageModel`;
             only the scored positions' logits are made) or, without ``forward``,
             ``prompt_logprobs(prompts)`` (the vLLM backend: every window is one prompt, all
@@ -137,14 +157,20 @@ def token_surprisal(lm: Any, ids: Sequence[int], prefix: Sequence[int] = (), *,
     """
     w, s = check_window_args(window, stride, lm.context_length)
     assert w is not None and s is not None
-    seq = torch.tensor([lm.bos_token_id, *prefix, *ids], dtype=torch.long)  # (1 + P + N,)
-    n_prefix, n = len(prefix), len(ids)
+    start = scorer_start_ids(lm)
+    seq = torch.tensor([*start, *prefix, *ids], dtype=torch.long)  # (S + P + N,)
+    n_prefix, n = len(start) + len(prefix), len(ids)
     out = np.zeros(n, dtype=np.float64)
     if n == 0:
         return out
-    first_target = n_prefix + 1  # position in seq of ids[0]
+    if n_prefix == 0:
+        out[0] = np.nan  # no token before ids[0]: nothing predicts it
+        if n == 1:
+            return out
+    first_target = max(n_prefix, 1)  # position in seq of the first scored id
+    offset = n_prefix  # position in seq of ids[0]
     if not hasattr(lm, "forward"):
-        return _prompt_logprob_surprisal(lm, seq.tolist(), first_target, out, w, s)
+        return _prompt_logprob_surprisal(lm, seq.tolist(), first_target, offset, out, w, s)
     for begin, first, end in plan_windows(len(seq) - 1, w, s):
         if end < first_target:
             continue  # this window scores only prefix tokens
@@ -154,12 +180,12 @@ def token_surprisal(lm: Any, ids: Sequence[int], prefix: Sequence[int] = (), *,
         logits = logits.float()
         lse = torch.logsumexp(logits, dim=-1)  # (n_new,)
         chosen = logits.gather(-1, seq[first:end + 1, None].to(logits.device))[:, 0]
-        out[first - first_target:end + 1 - first_target] = (lse - chosen).cpu().double().numpy()
+        out[first - offset:end + 1 - offset] = (lse - chosen).cpu().double().numpy()
     return out
 
 
-def _prompt_logprob_surprisal(lm: Any, seq: list[int], first_target: int, out: np.ndarray,
-                              w: int, s: int) -> np.ndarray:
+def _prompt_logprob_surprisal(lm: Any, seq: list[int], first_target: int, offset: int,
+                              out: np.ndarray, w: int, s: int) -> np.ndarray:
     """:func:`token_surprisal`'s windows scored by a scorer's prompt logprobs.
 
     A window's scored tokens must be in the prompt, so each prompt is the window's inputs
@@ -171,7 +197,7 @@ def _prompt_logprob_surprisal(lm: Any, seq: list[int], first_target: int, out: n
     for (begin, first, end), lps in zip(plans, lm.prompt_logprobs(prompts), strict=True):
         first = max(first, first_target)
         # lps[k] is log p(seq[begin + 1 + k] | seq[begin:begin + 1 + k])
-        out[first - first_target:end + 1 - first_target] = -lps[first - begin - 1:end - begin]
+        out[first - offset:end + 1 - offset] = -lps[first - begin - 1:end - begin]
     return out
 
 
@@ -236,7 +262,9 @@ def score(
             most every few seconds when stderr is a file or a pipe).
 
     Returns:
-        A :class:`~tokenwise.trace.TokenTrace` with one row per token of ``text``.
+        A :class:`~tokenwise.trace.TokenTrace` with one row per token of ``text``: per token
+        from the second on when the tokenizer puts no start token in front of a text
+        (SmolLM2, Qwen, GPT-2), as nothing predicts the first (``trace.unscored == 1``).
 
     Example:
         >>> import tokenwise as tw
@@ -253,18 +281,29 @@ def score(
     if not _is_int(top_k) or not 0 <= top_k <= lm.vocab_size:
         raise TokenwiseError(f"top_k={top_k!r}: allowed an integer from 0 to {lm.vocab_size}")
     ids, pieces, offsets = _tokenize(lm, text)
-    if lm.bos_token_id is None:
+    start = list(lm.start_ids)
+    # Without start ids nothing predicts the text's first token: the trace starts at the
+    # second, and the first one's text goes to its piece (see TokenTrace, ``unscored``).
+    unscored = 0 if start else 1
+    if len(ids) <= unscored:
         raise TokenwiseError(
-            f"model {lm.name!r} has no BOS or EOS token, so its first token cannot be scored"
+            f"text {text!r} is {len(ids)} token(s), and model {lm.name!r}'s tokenizer puts no "
+            "start token in front of a text, so nothing predicts its first token; give a "
+            "longer text"
         )
-    seq = torch.tensor([lm.bos_token_id, *ids], dtype=torch.long)  # (n + 1,)
-    n = len(ids)
+    if unscored:
+        pieces = [pieces[0] + pieces[1], *pieces[2:]]
+        joined = (offsets[0][0], offsets[1][1]) if offsets[0][0] >= 0 else offsets[1]
+        offsets = [joined, *offsets[2:]]
+    seq = torch.tensor([*start, *ids], dtype=torch.long)  # (S + n,)
+    first_target = max(len(start), 1)  # position in seq of the first scored token
     stats_parts = []
     contexts = []
-    plans = plan_windows(n, w, s)
+    plans = [p for p in plan_windows(len(seq) - 1, w, s) if p[2] >= first_target]
     from tokenwise.progress import progress_bar
 
     for begin, first, end in progress_bar(plans, desc="score", unit="window", enabled=progress):
+        first = max(first, first_target)
         inputs = seq[begin:end][None]  # (1, end - begin)
         n_new = end - first + 1
         logits = lm.forward(inputs, logits_to_keep=n_new).logits[0]  # (n_new, V)
@@ -284,7 +323,7 @@ def score(
     return TokenTrace(
         text=text,
         model=lm.name,
-        token_ids=seq[1:].clone(),
+        token_ids=seq[first_target:].clone(),
         pieces=pieces,
         offsets=offsets,
         logprobs=torch.cat([p.logprobs for p in stats_parts]),
@@ -296,4 +335,5 @@ def score(
         context_lengths=torch.cat(contexts),
         window=w,
         stride=s,
+        unscored=unscored,
     )

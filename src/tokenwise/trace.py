@@ -16,11 +16,15 @@ from tokenwise.errors import TokenwiseError
 class TokenTrace:
     """Per-token signals of one text under one model.
 
-    Every token of the text has one row. Token ``i`` was predicted from the tokens before it
-    and a start token in front of the text (the model's BOS, or its EOS when it has no BOS);
-    ``context_lengths[i]`` counts the input tokens the prediction saw: ``i + 1`` (start token
-    included) while the text fits in the first window, at least ``window - stride + 1``
-    after that.
+    Every token of the text has one row, except a first token nothing predicts. Token ``i``
+    was predicted from the tokens before it and the start ids the model's tokenizer puts in
+    front of a text (tw-small's and Gemma's BOS). A tokenizer that puts none there (SmolLM2,
+    Qwen, GPT-2) leaves the text's first token without a prediction: then ``unscored`` is 1,
+    the rows start at the second token, and the first token's text belongs to the first
+    row's piece (as a gap before a token does), so ``"".join(pieces) == text`` still holds.
+    ``context_lengths[i]`` counts the input tokens the prediction saw: ``i + 1`` (start ids
+    or the unscored first token included) while the text fits in the first window, at least
+    ``window - stride + 1`` after that.
 
     Attributes:
         text: the scored text.
@@ -40,6 +44,10 @@ class TokenTrace:
         context_lengths: ``(T,)`` int64, tokens of left context each prediction saw.
         window: the window (tokens) the model was run with.
         stride: new tokens scored per window after the first.
+        meta: extra facts to carry (saved in the JSON when not empty).
+        unscored: tokens at the start of the text with no prediction and no row (0, or 1
+            where the tokenizer puts no start token in front of a text); their text is in
+            ``pieces[0]``.
 
     Example:
         >>> import tokenwise as tw
@@ -63,6 +71,7 @@ class TokenTrace:
     window: int
     stride: int
     meta: dict[str, Any] = field(default_factory=dict)
+    unscored: int = 0
 
     def __len__(self) -> int:
         return int(self.token_ids.shape[0])
@@ -125,6 +134,7 @@ class TokenTrace:
             "mean_entropy": self.mean_entropy,
             "perplexity": self.perplexity,
             "units": "nats",
+            **({"unscored_tokens": self.unscored} if self.unscored else {}),
             **({"meta": self.meta} if self.meta else {}),
             "tokens": self.rows(),
         }
@@ -158,4 +168,6 @@ class TokenTrace:
             window=self.window,
             stride=self.stride,
             meta=dict(self.meta),
+            # the unscored tokens' text is in the first row's piece: it stays with that row
+            unscored=self.unscored if idx.start == 0 and len(idx) else 0,
         )

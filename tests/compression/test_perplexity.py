@@ -238,3 +238,19 @@ def test_one_shared_compressor_serves_two_threads_as_each_alone(lm, monkeypatch)
         assert b.text == a.text
         np.testing.assert_array_equal(b.scores, a.scores)
         assert b.keep.tolist() == a.keep.tolist() and b.forced.tolist() == a.forced.tolist()
+
+
+def test_a_tokenizer_without_a_start_token_compresses_with_finite_scores(tmp_path):
+    from tests.models.helpers import load_tiny_chat_model
+
+    from tokenwise.compression.perplexity import PerplexityCompressor, fill_unscored
+    from tokenwise.compression.selective_context import SelectiveContextCompressor
+
+    lm = load_tiny_chat_model(tmp_path)
+    assert lm.start_ids == ()
+    text = "hello the world, the world said hello"
+    for comp in (PerplexityCompressor(lm), SelectiveContextCompressor(lm, unit="word")):
+        assert np.isfinite(comp.score_words([text]).scores).all()  # the first word too
+        result = comp.compress(text, rate=0.5, protect=False)
+        assert 0 < result.tokens_after < result.tokens_before
+    np.testing.assert_array_equal(fill_unscored(np.array([np.nan, 2.0, 1.0])), [2.0, 2.0, 1.0])

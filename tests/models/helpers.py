@@ -121,3 +121,22 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", add_bos: bool = False,
         for name, array in stored.items():
             state[name].copy_(torch.from_numpy(array))
     return model
+
+
+def load_tiny_chat_model(folder: Path, *, add_bos: bool = False):
+    """The tiny GGUF loaded as a LanguageModel, with a cache of its own under ``folder``.
+
+    Its tokenizer is SmolLM2's kind: ``bos_token`` is the ``<|im_start|>`` turn marker (id 1),
+    never put in front of a text unless ``add_bos``; ``<|im_end|>`` (id 2) is its EOS.
+    """
+    import os
+
+    import pytest
+
+    from tokenwise.models import load
+
+    path = folder / "tiny-chat.gguf"
+    write_tiny_gguf(path, add_bos=add_bos)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(os.environ, "TOKENWISE_CACHE", str(folder / "tw-cache"))
+        return load(path)

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import errno
-import json
 import hashlib
+import json
 import os
 import subprocess
 import zipfile
@@ -291,9 +291,6 @@ def test_smollm2_greedy_8_tokens_equal_transformers_generate(smollm2):
 
 
 @pytest.mark.real
-@pytest.mark.xfail(strict=True, reason=(
-    "tokenwise.score prepends bos_token (<|im_start|> for SmolLM2) even for tokenizers that "
-    "add none; transformers follows the tokenizer's rule. Remove this mark with that fix."))
 def test_smollm2_score_equals_transformers_own(smollm2):
     lm, ref_tokenizer, ref_model = smollm2
     ids = ref_tokenizer(SENTENCE)["input_ids"]  # the tokenizer's own rule: no BOS here
@@ -302,6 +299,36 @@ def test_smollm2_score_equals_transformers_own(smollm2):
     n = len(ids) - 1
     assert trace.token_ids[-n:].tolist() == ids[1:]
     torch.testing.assert_close(trace.logprobs[-n:], expected, atol=1e-4, rtol=0)
+    assert lm.start_ids == () and len(trace) == n and trace.unscored == 1
+    assert trace.perplexity == pytest.approx(float((-expected).mean().exp()), rel=1e-4)
+
+
+@pytest.mark.real
+def test_smollm2_chat_through_the_server_stops_at_the_end_of_its_turn(smollm2):
+    lm, ref_tokenizer, _ = smollm2
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from tokenwise.serving import ServerConfig
+    from tokenwise.serving.app import create_app
+
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    app = create_app(ServerConfig(), models={"smollm2-135m": lm})
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        reply = client.post("/v1/chat/completions", json={
+            "model": "smollm2-135m", "messages": messages, "temperature": 0,
+            "max_tokens": 40})
+        assert reply.status_code == 200, reply.text
+        reply = reply.json()
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "stop", reply
+    assert "Paris" in choice["message"]["content"]
+    assert "<|im_end|>" not in choice["message"]["content"]
+    expected = ref_tokenizer.apply_chat_template(messages, tokenize=True,
+                                                 add_generation_prompt=True)
+    expected = expected["input_ids"] if hasattr(expected, "keys") else expected
+    assert reply["usage"]["prompt_tokens"] == len(expected)
+    assert reply["usage"]["completion_tokens"] < 40
 
 
 @pytest.mark.real

@@ -43,6 +43,7 @@ from tokenwise.scoring import token_surprisal
 
 __all__ = [
     "PerplexityCompressor",
+    "fill_unscored",
     "load_causal_lm",
     "pool_words",
     "token_surprisal",
@@ -67,11 +68,7 @@ def load_causal_lm(model: Any) -> Any:
         return model
     if model is None:
         model = "tw-small"
-    lm = load(model)
-    if lm.bos_token_id is None:
-        raise TokenwiseError(f"model {lm.name!r} has no BOS or EOS token; the first token of a "
-                             "text cannot be scored")
-    return lm
+    return load(model)
 
 
 def tokenize_spans(lm: Any, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,6 +112,27 @@ def word_token_ranges(tok_starts: np.ndarray, tok_ends: np.ndarray, w_starts: np
     return lo, hi
 
 
+def fill_unscored(losses: np.ndarray) -> np.ndarray:
+    """``losses`` with each unscored (NaN) token given the largest scored loss.
+
+    :func:`~tokenwise.scoring.token_surprisal` leaves a text's first token NaN when the
+    tokenizer puts no start token in front (SmolLM2, Qwen): nothing predicts it. Ranking it
+    as the most informative token keeps it rather than dropping text no score spoke against.
+
+    Args:
+        losses: ``(N,)`` token losses, NaN where unscored.
+
+    Example:
+        >>> fill_unscored(np.array([np.nan, 1.0, 3.0]))
+        array([3., 1., 3.])
+    """
+    missing = np.isnan(losses)
+    if not missing.any():
+        return losses
+    scored = losses[~missing]
+    return np.where(missing, scored.max() if len(scored) else 0.0, losses)
+
+
 def pool_words(losses: np.ndarray, lo: np.ndarray, hi: np.ndarray, how: str) -> np.ndarray:
     """Pool token losses into word scores over the ranges ``[lo, hi)``.
 
@@ -130,6 +148,12 @@ def pool_words(losses: np.ndarray, lo: np.ndarray, hi: np.ndarray, how: str) -> 
     cs = np.concatenate([[0.0], np.cumsum(losses, dtype=np.float64)])  # (N+1,)
     total = cs[hi] - cs[lo]
     return total / (hi - lo) if how == "mean" else total
+
+
+def _mean_scored(losses: np.ndarray) -> float:
+    """Mean of the scored (not NaN) losses; 0 when none is scored."""
+    scored = losses[~np.isnan(losses)]
+    return float(scored.mean()) if len(scored) else 0.0
 
 
 class PerplexityCompressor(SelectiveCompressor):
@@ -187,9 +211,6 @@ class PerplexityCompressor(SelectiveCompressor):
 
         if is_vllm_llm(model) or isinstance(model, VLLMModel):
             self.lm = as_vllm_model(model)
-            if self.lm.bos_token_id is None:
-                raise TokenwiseError(f"model {self.lm.name!r} has no BOS or EOS token; the "
-                                     "first token of a text cannot be scored")
         else:
             self.lm = load_causal_lm(model)
         from tokenwise.scoring import check_window_args
@@ -306,7 +327,7 @@ class PerplexityCompressor(SelectiveCompressor):
             cond = token_surprisal(self.lm, ids.tolist(), q_ids + prefix, window=self.window,
                                    stride=self.stride)
             plain = plain - cond
-        return pool_words(plain, lo, hi, self.token_to_word)
+        return pool_words(fill_unscored(plain), lo, hi, self.token_to_word)
 
     @staticmethod
     def _forced_words(text: str, starts: np.ndarray, ends: np.ndarray,
@@ -378,11 +399,12 @@ class PerplexityCompressor(SelectiveCompressor):
             ppl = []
             for ids, _, _ in toks:
                 doc = ids.tolist()[-room:] if room > 0 else []
-                ppl.append(float(token_surprisal(self.lm, q_tail, doc, window=self.window,
-                                                 stride=self.stride).mean()))
+                ppl.append(_mean_scored(token_surprisal(self.lm, q_tail, doc,
+                                                        window=self.window,
+                                                        stride=self.stride)))
             return [int(i) for i in np.argsort(np.asarray(ppl), kind="stable")]
         # LLMLingua without a question: the most perplexing documents carry the most.
-        ppl = [float(token_surprisal(self.lm, ids.tolist(), window=self.window,
-                                     stride=self.stride).mean()) if len(ids) else -np.inf
+        ppl = [_mean_scored(token_surprisal(self.lm, ids.tolist(), window=self.window,
+                                            stride=self.stride)) if len(ids) else -np.inf
                for ids, _, _ in toks]
         return [int(i) for i in np.argsort(-np.asarray(ppl), kind="stable")]

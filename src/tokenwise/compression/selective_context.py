@@ -25,6 +25,7 @@ import numpy as np
 from tokenwise.compression import words
 from tokenwise.compression.base import SelectiveCompressor, WordScores
 from tokenwise.compression.perplexity import (
+    fill_unscored,
     load_causal_lm,
     pool_words,
     tokenize_spans,
@@ -152,8 +153,8 @@ class SelectiveContextCompressor(SelectiveCompressor):
             if len(starts) == 0:
                 continue
             ids, t_starts, t_ends = tokenize_spans(self.lm, text)
-            info = token_surprisal(self.lm, ids.tolist(), window=self.window,
-                                   stride=self.stride)  # (N,)
+            info = fill_unscored(token_surprisal(self.lm, ids.tolist(), window=self.window,
+                                                 stride=self.stride))  # (N,)
             lo, hi = word_token_ranges(t_starts, t_ends, starts, ends)
             if self.unit == "word":
                 scores = pool_words(info, lo, hi, "mean")

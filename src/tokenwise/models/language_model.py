@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,10 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def start_token_id(tokenizer: Any) -> int | None:
-    """The token that starts a text: the tokenizer's BOS, else its EOS (GPT-2 style), else None.
+    """A start-like token: the tokenizer's BOS, else its EOS (GPT-2 style), else None.
+
+    Only a token id for callers that need one (padding, a first position); what a text
+    starts with is :func:`tokenizer_start_ids`.
 
     Args:
         tokenizer: a Hugging Face tokenizer.
@@ -70,6 +74,30 @@ def start_token_id(tokenizer: Any) -> int | None:
     return None
 
 
+def tokenizer_start_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The ids the tokenizer itself puts in front of a text (its own special-token rule).
+
+    They are what ``tokenizer("a", add_special_tokens=True)`` has before the ids of
+    ``tokenizer("a", add_special_tokens=False)``: the BOS for Llama 3, Gemma and tw-small,
+    nothing for SmolLM2, Qwen and GPT-2 (whose ``bos_token`` is a chat-turn marker or the
+    end-of-text token, never added to a text).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> tokenizer_start_ids(load("tw-small").tokenizer)
+        (1,)
+    """
+    with_specials = list(tokenizer("a", add_special_tokens=True, verbose=False)["input_ids"])
+    plain = list(tokenizer("a", add_special_tokens=False, verbose=False)["input_ids"])
+    for at in range(len(with_specials) - len(plain) + 1):
+        if with_specials[at:at + len(plain)] == plain:
+            return tuple(int(t) for t in with_specials[:at])
+    return ()
+
+
 def end_token_id(tokenizer: Any) -> int | None:
     """The tokenizer's end-of-text token, if it has one.
 
@@ -83,6 +111,32 @@ def end_token_id(tokenizer: Any) -> int | None:
     """
     tid = tokenizer.eos_token_id
     return None if tid is None else int(tid)
+
+
+class EncodedText(str):
+    """A text that carries the token ids the model reads for it.
+
+    A chat prompt rendered with the model's template holds control tokens (``<|im_start|>``)
+    that plain :meth:`LanguageModel.encode` would spell out as text; this string keeps the
+    ids its renderer made, so every path that encodes a prompt (the decode loop, EAD, the
+    server's token counts) reads the same ids. String operations return plain ``str``.
+
+    Args:
+        text: the rendered text (for display and logs).
+        ids: the ids, start tokens included.
+
+    Example:
+        >>> p = EncodedText("<|im_start|>user\\nhi", [1, 9, 8])
+        >>> p, p.ids
+        ('<|im_start|>user\\nhi', (1, 9, 8))
+    """
+
+    ids: tuple[int, ...]
+
+    def __new__(cls, text: str, ids: list[int] | tuple[int, ...]) -> EncodedText:
+        obj = super().__new__(cls, text)
+        obj.ids = tuple(int(i) for i in ids)
+        return obj
 
 
 @dataclass
@@ -172,8 +226,28 @@ class LanguageModel:
 
     @property
     def bos_token_id(self) -> int | None:
-        """The token that starts a text: BOS, else EOS (GPT-2 style), else None."""
+        """A start-like token id (BOS, else EOS, GPT-2 style, else None), for callers that
+        need some token id (padding, a classifier's first position).
+
+        Not necessarily what starts a text: that is :attr:`start_ids`, which follows the
+        tokenizer's own rule (SmolLM2's ``bos_token`` is its chat-turn marker, never put in
+        front of a text).
+        """
         return start_token_id(self.tokenizer)
+
+    @cached_property
+    def start_ids(self) -> tuple[int, ...]:
+        """The ids the tokenizer puts in front of every text (see :func:`tokenizer_start_ids`).
+
+        ``()`` for tokenizers that add none (SmolLM2, Qwen, GPT-2): then a text's first token
+        has no prediction, and :func:`tokenwise.score` scores from its second token on.
+
+        Example:
+            >>> from tokenwise.models import load
+            >>> load("tw-small").start_ids
+            (1,)
+        """
+        return tokenizer_start_ids(self.tokenizer)
 
     @property
     def eos_token_id(self) -> int | None:
@@ -207,13 +281,16 @@ class LanguageModel:
         return count_parameters(self.hf_model)
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        """Token ids of ``text``; with ``add_bos`` the BOS id (see :attr:`bos_token_id`) first.
+        """Token ids of ``text``; with ``add_bos`` the tokenizer's start ids
+        (:attr:`start_ids`, possibly none) first.
 
-        Special-token strings inside ``text`` are encoded as ordinary text.
+        Special-token strings inside ``text`` are encoded as ordinary text. An
+        :class:`EncodedText` (a chat prompt rendered with the model's template) brings its own
+        ids: they are returned as they are (``add_bos``) or without their leading start ids.
 
         Args:
             text: the text.
-            add_bos: put the start token in front.
+            add_bos: put the tokenizer's start ids in front.
 
         Example:
             >>> from tokenwise.models import load
@@ -221,17 +298,16 @@ class LanguageModel:
             >>> lm.decode(lm.encode("12+7=19"))
             '12+7=19'
         """
+        start = list(self.start_ids)
+        if isinstance(text, EncodedText):
+            ids = list(text.ids)
+            if not add_bos and start and ids[:len(start)] == start:
+                ids = ids[len(start):]
+            return ids
         # Text that looks like a special token ("<s>", "</s>") is text, not a control token.
         ids = list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True,
                                   verbose=False)["input_ids"])
-        if add_bos:
-            if self.bos_token_id is None:
-                raise TokenwiseError(
-                    f"model {self.name!r} has neither a BOS nor an EOS token; "
-                    "encode with add_bos=False"
-                )
-            ids.insert(0, self.bos_token_id)
-        return ids
+        return start + ids if add_bos else ids
 
     def decode(self, ids: list[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         """Text of token ids."""
@@ -298,7 +374,7 @@ class LanguageModel:
 
     @torch.inference_mode()
     def hidden_states(self, text_or_ids: str | list[int], layer: int = -1) -> torch.Tensor:
-        """``(T, D)`` hidden states of one layer for one text (BOS added to a text).
+        """``(T, D)`` hidden states of one layer for one text (start ids added to a text).
 
         Args:
             text_or_ids: a text, or token ids used as they are.

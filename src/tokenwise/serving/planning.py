@@ -17,6 +17,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenwise.errors import TokenwiseError
 from tokenwise.generation.engine import MAX_SEED
 from tokenwise.models import LanguageModel
 from tokenwise.serving import uncertainty_score
@@ -40,7 +41,7 @@ class Plan:
         kind: ``"chat"`` or ``"completion"``.
         model: the model id; ``lm`` the model.
         prompts: the prompt texts (chat: one; completions: one per prompt).
-        prompt_tokens: their lengths in tokens, BOS included.
+        prompt_tokens: their lengths in tokens, the tokenizer's start ids included.
         n: choices per prompt (choice ``p * n + j`` is prompt p's j-th).
         max_tokens: most tokens per choice.
         stops: stop strings (the request's, plus any the chat format needs).
@@ -166,15 +167,22 @@ def check_seed(seed: int | None, choices: int, uncertainty_n: int = 0) -> None:
 
 def _render_chat(lm: LanguageModel, messages: list[dict[str, str]], stops: list[str]
                  ) -> tuple[list[str], list[str], str]:
-    """The chat prompt, the request's stops plus those the chat format needs, the format."""
-    rendered = render(lm.tokenizer, messages)
+    """The chat prompt, the request's stops plus those the chat format needs, the format.
+
+    A template's prompt carries its token ids (see
+    :func:`~tokenwise.serving.chat_format.encode_template`), which every later encode reads.
+    """
+    try:
+        rendered = render(lm.tokenizer, messages)
+    except TokenwiseError as exc:
+        raise APIError(400, str(exc), param="messages") from exc
     return [rendered.text], stops + [s for s in rendered.stops if s not in stops], \
         rendered.format
 
 
 def _count_tokens(lm: LanguageModel, prompts: list[str], kind: str, max_tokens: int,
                   max_tokens_given: bool, check_context: bool) -> list[int]:
-    """Each prompt's length in tokens (BOS included); a 400 for an empty prompt, or, with
+    """Each prompt's length in tokens (start ids included); a 400 for an empty prompt, or, with
     ``check_context``, for a prompt that leaves no room for ``max_tokens``."""
     for i, p in enumerate(prompts):
         if not p.strip():
