@@ -238,7 +238,9 @@ def load_examples(path: str | os.PathLike[str]) -> list[Example]:
 def _tokenize(examples: list[Example], lm: Any, seq_len: int,
               progress: bool) -> tuple[list[tuple[list[int], list[int]]], int]:
     """Rows of (input ids, labels); returns them and how many examples were shortened."""
-    bos = [lm.bos_token_id] if lm.bos_token_id is not None else []
+    # what the tokenizer itself puts before a text (a BOS for Llama-style tokenizers, nothing
+    # for SmolLM2 or GPT-2), as at inference
+    bos = list(lm.start_ids)
     eos = [lm.eos_token_id] if lm.eos_token_id is not None else []
     rows: list[tuple[list[int], list[int]]] = []
     truncated = 0
