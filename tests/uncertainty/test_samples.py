@@ -180,3 +180,22 @@ def test_a_seed_whose_answers_would_pass_torchs_range_names_the_given_seed():
     with pytest.raises(TokenwiseError, match=rf"seed={MAX_SEED - 2}: with n=3 .* at most "
                                              rf"{MAX_SEED - 3}"):
         sample_answers("tw-small", "What is 2+3?", n=3, seed=MAX_SEED - 2, max_new_tokens=2)
+
+
+def test_the_bare_template_takes_the_prompt_verbatim(monkeypatch):
+    # the server passes its rendered chat (ending in a newline, carrying template ids)
+    import tokenwise.uncertainty.samples as samples_module
+    from tokenwise.uncertainty import sample_answers
+
+    seen = []
+    real = samples_module._generate_answers
+
+    def spy(lm, prompt, *args, **kwargs):
+        seen.append(prompt)
+        return real(lm, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(samples_module, "_generate_answers", spy)
+    prompt = "Q: What is 2+3?\nA: \n"
+    sample_answers("tw-small", prompt, n=2, seed=0, max_new_tokens=2,
+                   prompt_template="{question}")
+    assert seen and all(p is prompt for p in seen)

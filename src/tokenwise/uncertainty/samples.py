@@ -520,7 +520,10 @@ def sample_answers(
         raise TokenwiseError(f"seed={seed!r}: with n={n} answers (seeds seed..seed+{n}) "
                              f"allowed at most {MAX_SEED - n}")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    prompt = _format_prompt(prompt_template, question.strip())
+    # The bare template means "this is the exact prompt" (the server's rendered chat, whose
+    # trailing newline and template token ids must survive): used as given.
+    prompt = question if prompt_template == "{question}" else \
+        _format_prompt(prompt_template, question.strip())
     from tokenwise.models.vllm import VLLMModel, is_vllm_llm
 
     if is_vllm_llm(model) or isinstance(model, VLLMModel):
