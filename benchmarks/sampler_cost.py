@@ -11,12 +11,13 @@ boolean mask from a Python list of kept indices and masks a clone of the scores.
 the time is the reference's; ``lean_top_h_loop`` is the same rule with plain Python floats,
 a kinder baseline shown beside it. Both are checked to keep exactly TopH's set first. The
 other samplers are timed beside the transformers warper of the same name. Also: how many
-tokens each TopH rule keeps on the built-in tw-large model's real next-token distributions
-(testbed).
+tokens each TopH rule keeps on random ``randn * s`` logits over 32000 tokens and on the
+built-in tw-large model's real next-token distributions (testbed).
 
 Ours and transformers' warper are timed in alternation (median of each); the reference loops
 after them. Run:
     .venv/bin/python benchmarks/sampler_cost.py
+    .venv/bin/python benchmarks/sampler_cost.py --sizes-only   # the kept-set tables alone
     python3 benchmarks/sampler_cost.py --device cuda
 """
 
@@ -144,6 +145,26 @@ def cost_table(repeats: int, device: str = "cpu", top_h_only: bool = False) -> l
 
 
 @torch.inference_mode()
+def random_top_h_sizes(alpha: float = 0.4, vocab: int = 32000, rows: int = 64) -> list[str]:
+    """Mean kept-set size of each TopH rule, with and without the top-n cap, and of
+    transformers' warper, on ``randn * s`` logits (seed 11) for s = 1, 2, 3."""
+    gen = torch.Generator().manual_seed(11)
+    variants = [("reference", 100), ("reference", None), ("bound", 100), ("bound", None)]
+    lines = [f"| logits (alpha {alpha}, {rows} rows, V = {vocab}) | "
+             + " | ".join(f"{rule}, top_n={top_n}" for rule, top_n in variants)
+             + " | transformers |",
+             "|---" * (len(variants) + 2) + "|"]
+    for scale in (1.0, 2.0, 3.0):
+        logits = torch.randn(rows, vocab, generator=gen) * scale
+        sizes = [(~sampling.TopH(alpha, rule=rule, top_n=top_n)(logits).isneginf()).sum(-1)
+                 for rule, top_n in variants]
+        sizes.append((~hf.TopHLogitsWarper(alpha)(None, logits).isneginf()).sum(-1))
+        lines.append(f"| randn * {scale:g} | "
+                     + " | ".join(f"{float(s.float().mean()):.1f}" for s in sizes) + " |")
+    return lines
+
+
+@torch.inference_mode()
 def top_h_sizes() -> list[str]:
     """Mean kept-set size of each TopH rule on tw-large's distributions over testbed text."""
     from tokenwise.models import load
@@ -180,11 +201,20 @@ def main() -> None:
                         help="time TopH and the two reference loops only (no other samplers, "
                              "no kept-set table)")
     parser.add_argument("--repeats", type=int, default=100, help="timed calls per sampler")
+    parser.add_argument("--sizes-only", action="store_true",
+                        help="only the TopH kept-set tables (random logits, then tw-large)")
     args = parser.parse_args()
+    if args.sizes_only:
+        print("\n".join(random_top_h_sizes()))
+        print()
+        print("\n".join(top_h_sizes()))
+        return
     print(f"device: {args.device}")
     print("\n".join(cost_table(repeats=args.repeats, device=args.device,
                                top_h_only=args.top_h_only)))
     if args.device == "cpu" and not args.top_h_only:
+        print()
+        print("\n".join(random_top_h_sizes()))
         print()
         print("\n".join(top_h_sizes()))
 

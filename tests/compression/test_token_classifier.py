@@ -256,8 +256,24 @@ def _needles(n, seed):
 
 
 def test_default_model_is_tw_keep(tw_keep):
-    assert tw_keep.model_name == "tw-keep"
-    assert TokenClassifierCompressor("tw-keep").model is not None
+    """No model, the name "tw-keep" and the built-in's directory load the same classifier,
+    read the way it was trained (question first), and score words alike."""
+    from tokenwise.compression.token_classifier import BUILTIN_CLASSIFIERS
+
+    named = TokenClassifierCompressor("tw-keep")
+    by_path = TokenClassifierCompressor(BUILTIN_CLASSIFIERS["tw-keep"])
+    for comp in (tw_keep, named, by_path):
+        assert comp.model_name == "tw-keep"
+        assert comp.question_template == "Q: {question}\n"
+    weights = by_path.model.state_dict()
+    for comp in (tw_keep, named):
+        assert comp.model.state_dict().keys() == weights.keys()
+        assert all(torch.equal(v, weights[k]) for k, v in comp.model.state_dict().items())
+    text = _needles(1, seed=4)[0]
+    want = by_path.score_words([text]).scores
+    assert want.max() - want.min() > 0.5  # a trained classifier: some words kept, some not
+    for comp in (tw_keep, named):
+        np.testing.assert_array_equal(comp.score_words([text]).scores, want)
 
 
 def test_byte_level_words_split_at_line_breaks(tw_keep):

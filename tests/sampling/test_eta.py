@@ -1,4 +1,5 @@
-"""Eta against transformers' EtaLogitsWarper, and its properties."""
+"""Eta against transformers' EtaLogitsWarper, and its properties (the contract every sampler
+keeps, per-row epsilon included, is in test_contract.py)."""
 
 from __future__ import annotations
 
@@ -82,24 +83,16 @@ def test_flat_rows_keep_more_than_epsilon_sampling():
 # ------------------------------------------------------------------------------- edge cases
 
 
-def test_single_token_rows():
-    x = torch.tensor([[-INF, 2.0, -INF, -INF], [0.0, 1.0, 2.0, 3.0]])
-    out = Eta(0.9, min_tokens_to_keep=3)(x)
-    assert not out.isnan().any()
-    assert torch.equal(out[0], x[0])
-    assert out[1].isneginf().tolist() == [True, False, False, False]
-    assert Eta(0.5)(torch.tensor([[1.5]])).tolist() == [[1.5]]
+def test_min_tokens_to_keep_when_none_passes():
+    x = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    assert Eta(0.9, min_tokens_to_keep=3)(x).isneginf().tolist() == [[True, False, False, False]]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_same_mask_as_float32(dtype):
+def test_half_precision_same_mask_as_transformers_on_the_float32_copy(dtype):
     x = make_logits(1, masked=0.3).to(dtype)
     out = Eta(0.01, min_tokens_to_keep=2)(x)
-    assert out.dtype == dtype
-    assert torch.equal(out.isneginf(), Eta(0.01, min_tokens_to_keep=2)(x.float()).isneginf())
     assert torch.equal(out.isneginf(), hf(0.01, x.float(), k=2))
-    kept = ~out.isneginf()
-    assert torch.equal(out[kept], x[kept])
 
 
 # ------------------------------------------------------------------------------- properties
@@ -109,30 +102,13 @@ def test_half_precision_same_mask_as_float32(dtype):
 @given(seed=st.integers(0, 10_000), masked=st.sampled_from([0.0, 0.5, 0.95]),
        a=st.floats(1e-5, 0.99), b=st.floats(1e-5, 0.99), k=st.integers(1, 8),
        ties=st.booleans())
-def test_properties(seed, masked, a, b, k, ties):
+def test_a_larger_epsilon_keeps_a_subset_and_ties_with_the_kth(seed, masked, a, b, k, ties):
     x = make_logits(seed, vocab=40, masked=masked, ties=ties)
-    before = x.clone()
-    out_low = Eta(min(a, b), min_tokens_to_keep=k)(x)
-    out_high = Eta(max(a, b), min_tokens_to_keep=k)(x)
-    assert torch.equal(x, before)  # input untouched
-    assert not out_low.isnan().any() and not out_high.isnan().any()
-    kept_low, kept_high = ~out_low.isneginf(), ~out_high.isneginf()
-    finite = (~x.isneginf()).sum(-1)
-    assert (kept_high.sum(-1) >= finite.clamp(max=k)).all()
-    assert not (kept_high & ~kept_low).any()  # a larger epsilon keeps a subset
-    top = x.topk(min(k, x.shape[-1]), -1)  # the k most likely tokens are always kept
-    assert kept_high.gather(-1, top.indices)[top.values > -INF].all()
-    assert torch.equal(out_low[kept_low], x[kept_low])  # kept logits unchanged
-
-
-@SETTINGS
-@given(seed=st.integers(0, 10_000), eps=st.lists(st.floats(1e-4, 0.5), min_size=6, max_size=6))
-def test_per_row_epsilon_equals_each_row_alone(seed, eps):
-    x = make_logits(seed, masked=0.2)
-    together = Eta(torch.tensor(eps), min_tokens_to_keep=2)(x)
-    alone = torch.cat([Eta(e, min_tokens_to_keep=2)(x[i : i + 1]) for i, e in enumerate(eps)])
-    assert torch.equal(together, alone)
-    assert torch.equal(Eta(eps, min_tokens_to_keep=2)(x), together)
+    kept_low = ~Eta(min(a, b), min_tokens_to_keep=k)(x).isneginf()
+    kept_high = ~Eta(max(a, b), min_tokens_to_keep=k)(x).isneginf()
+    assert not (kept_high & ~kept_low).any()
+    kth = x.topk(k, -1).values[:, -1:]  # every finite token tied with the k-th stays
+    assert not (~kept_high & (x >= kth) & (x > -INF)).any()
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -148,14 +124,6 @@ def test_bad_epsilon(bad):
 def test_bad_epsilon_in_a_row():
     with pytest.raises(TokenwiseError, match=r"epsilon\[0\]=0: allowed a number in \(0, 1\)"):
         Eta([0, 0.2])
-    with pytest.raises(TokenwiseError, match="epsilon has 2 values for a batch of 6 rows"):
-        Eta([0.1, 0.2])(make_logits(0))
-
-
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "2"])
-def test_bad_min_tokens_to_keep(bad):
-    with pytest.raises(TokenwiseError, match=rf"min_tokens_to_keep={bad!r}: allowed an integer"):
-        Eta(0.1, min_tokens_to_keep=bad)
 
 
 def test_name_params_repr():

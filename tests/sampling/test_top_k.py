@@ -1,4 +1,5 @@
-"""TopK against transformers' TopKLogitsWarper, and its guarantees."""
+"""TopK against transformers' TopKLogitsWarper, and its guarantees (the contract every
+sampler keeps is in test_contract.py)."""
 
 from __future__ import annotations
 
@@ -18,24 +19,12 @@ def test_same_mask_as_transformers(k, masked):
     ours = TopK(k, min_tokens_to_keep=2)(logits)
     ref = TopKLogitsWarper(k, min_tokens_to_keep=2)(None, logits.clone())
     assert torch.equal(ours.isneginf(), ref.isneginf())
-    kept = ~ours.isneginf()
-    assert torch.equal(ours[kept], logits[kept])
 
 
-def test_keeps_exactly_k_and_never_in_place():
+def test_keeps_exactly_k():
     logits = random_logits()
-    before = logits.clone()
     out = TopK(7)(logits)
     assert (~out.isneginf()).sum(-1).tolist() == [7] * logits.shape[0]
-    assert torch.equal(logits, before)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_keeps_dtype_and_mask(dtype):
-    logits = random_logits().to(dtype)
-    out = TopK(10)(logits)
-    assert out.dtype == dtype and not out.isnan().any()
-    assert torch.equal(out.isneginf(), TopK(10)(logits.float()).isneginf())
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "3"])

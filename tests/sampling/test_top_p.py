@@ -1,4 +1,5 @@
-"""TopP against transformers' TopPLogitsWarper, per-row parameters, bad input."""
+"""TopP against transformers' TopPLogitsWarper, its kept mass, bad input (per-row parameters
+and the rest of every sampler's contract: test_contract.py)."""
 
 from __future__ import annotations
 
@@ -35,16 +36,6 @@ def test_kept_set_grows_with_p():
     logits = random_logits()
     sizes = [int((~TopP(p)(logits).isneginf()).sum()) for p in (0.1, 0.3, 0.6, 0.9, 1.0)]
     assert sizes == sorted(sizes)
-
-
-def test_per_row_parameters_equal_rows_alone():
-    logits = random_logits(batch=3)
-    ps = [0.2, 0.7, 0.95]
-    together = TopP(ps)(logits)
-    for i, p in enumerate(ps):
-        assert torch.equal(together[i], TopP(p)(logits[i : i + 1])[0])
-    with pytest.raises(TokenwiseError, match="2 values for a batch of 3"):
-        TopP([0.5, 0.5])(logits)
 
 
 @pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan")])

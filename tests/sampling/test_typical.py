@@ -1,4 +1,5 @@
-"""Typical against transformers' TypicalLogitsWarper, and its properties."""
+"""Typical against transformers' TypicalLogitsWarper, and its properties (the contract every
+sampler keeps, per-row mass included, is in test_contract.py)."""
 
 from __future__ import annotations
 
@@ -89,27 +90,16 @@ def test_mass_one_keeps_everything():
 # ------------------------------------------------------------------------------- edge cases
 
 
-def test_fully_masked_and_single_token_rows():
-    x = torch.tensor([[-INF, -INF, -INF, -INF], [-INF, 2.0, -INF, -INF], [0.0, 1.0, 2.0, 3.0]])
-    out = Typical(0.5, min_tokens_to_keep=3)(x)
-    assert not out.isnan().any()
-    assert torch.equal(out[:2], x[:2])
-    assert (~out[2].isneginf()).sum().item() == 3
-
-
-def test_one_token_vocabulary():
-    assert Typical(0.1)(torch.tensor([[1.5], [-INF]])).tolist() == [[1.5], [-INF]]
+def test_min_tokens_to_keep_when_the_mass_needs_fewer():
+    x = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    assert (~Typical(0.5, min_tokens_to_keep=3)(x).isneginf()).sum().item() == 3
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_same_mask_as_float32(dtype):
+def test_half_precision_same_mask_as_transformers_on_the_float32_copy(dtype):
     x = make_logits(1, masked=0.3).to(dtype)
     out = Typical(0.9, min_tokens_to_keep=2)(x)
-    assert out.dtype == dtype
-    assert torch.equal(out.isneginf(), Typical(0.9, min_tokens_to_keep=2)(x.float()).isneginf())
     assert torch.equal(out.isneginf(), hf(0.9, x.float(), k=2))
-    kept = ~out.isneginf()
-    assert torch.equal(out[kept], x[kept])
 
 
 # ------------------------------------------------------------------------------- properties
@@ -118,30 +108,11 @@ def test_half_precision_same_mask_as_float32(dtype):
 @SETTINGS
 @given(seed=st.integers(0, 10_000), masked=st.sampled_from([0.0, 0.5, 0.95]),
        a=st.floats(0.01, 1.0), b=st.floats(0.01, 1.0), k=st.integers(1, 8))
-def test_properties(seed, masked, a, b, k):
+def test_more_mass_keeps_a_superset(seed, masked, a, b, k):
     x = make_logits(seed, vocab=40, masked=masked)
-    before = x.clone()
-    low, high = Typical(min(a, b), min_tokens_to_keep=k), Typical(max(a, b), min_tokens_to_keep=k)
-    out_low, out_high = low(x), high(x)
-    assert torch.equal(x, before)  # input untouched
-    assert not out_low.isnan().any() and not out_high.isnan().any()
-    kept_low, kept_high = ~out_low.isneginf(), ~out_high.isneginf()
-    finite = (~x.isneginf()).sum(-1)
-    assert (kept_low.sum(-1) >= finite.clamp(max=k)).all()
-    assert not (kept_low & ~kept_high).any()  # more mass keeps a superset
-    assert torch.equal(out_low[kept_low], x[kept_low])  # kept logits unchanged
-
-
-@SETTINGS
-@given(seed=st.integers(0, 10_000), masses=st.lists(st.floats(0.01, 1.0), min_size=6,
-                                                   max_size=6))
-def test_per_row_mass_equals_each_row_alone(seed, masses):
-    x = make_logits(seed, masked=0.2)
-    together = Typical(torch.tensor(masses), min_tokens_to_keep=2)(x)
-    alone = torch.cat([Typical(m, min_tokens_to_keep=2)(x[i : i + 1])
-                       for i, m in enumerate(masses)])
-    assert torch.equal(together, alone)
-    assert torch.equal(Typical(masses, min_tokens_to_keep=2)(x), together)
+    kept_low = ~Typical(min(a, b), min_tokens_to_keep=k)(x).isneginf()
+    kept_high = ~Typical(max(a, b), min_tokens_to_keep=k)(x).isneginf()
+    assert not (kept_low & ~kept_high).any()
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -159,17 +130,6 @@ def test_bad_mass_in_a_row():
         Typical([0.5, 1.5])
     with pytest.raises(TokenwiseError, match=r"mass=\[\]: allowed a number, or one number per row"):
         Typical([])
-
-
-def test_wrong_number_of_rows():
-    with pytest.raises(TokenwiseError, match="mass has 2 values for a batch of 6 rows"):
-        Typical([0.5, 0.9])(make_logits(0))
-
-
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "2"])
-def test_bad_min_tokens_to_keep(bad):
-    with pytest.raises(TokenwiseError, match=rf"min_tokens_to_keep={bad!r}: allowed an integer"):
-        Typical(0.9, min_tokens_to_keep=bad)
 
 
 def test_name_params_repr():

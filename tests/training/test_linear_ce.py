@@ -29,7 +29,8 @@ from tests.training.linear_ce_reference import (
 )
 
 from tokenwise.errors import TokenwiseError
-from tokenwise.training import linear_ce, linear_cross_entropy
+from tokenwise.training import linear_cross_entropy
+from tokenwise.training.linear_ce import blocks
 
 # --- every option, fp32, both torch modes --------------------------------------------------
 
@@ -130,11 +131,11 @@ def test_peaked_column_filter_keeps_the_rule(dtype, case):
     gt_outs, gt_grads = plain(e.double(), c.double(), targets,
                               None if b is None else b.double(), upstream=upstream, **options)
     ref_outs, ref_grads = plain(e, c, targets, b, upstream=upstream, **options)
-    linear_ce._FILTER_STATS.reset()
+    blocks._FILTER_STATS.reset()
     got_outs, got_grads = ours(e, c, targets, b, upstream=upstream, grad_in_forward=True,
                                block_n=40, **options)
     # the filter really skipped most of the gradient work (the fp32 threshold is 3.7e-9)
-    kept = linear_ce._FILTER_STATS.kept / linear_ce._FILTER_STATS.total
+    kept = blocks._FILTER_STATS.kept / blocks._FILTER_STATS.total
     assert kept < 0.5, kept
     assert_reference_rule(gt_outs[0], ref_outs[0], got_outs[0], TOL[dtype], "loss")
     for name, g, r, o in zip(["grad_e", "grad_c", "grad_bias"], gt_grads, ref_grads, got_grads,
@@ -157,7 +158,7 @@ def _column_filtered_grads(e, c, targets, eps, block_n):
 @pytest.mark.parametrize("gather_columns", [2048, 64])
 def test_column_filter_semantics_exactly(monkeypatch, gather_columns):
     # 64: the kept columns go through the gathered products in several pieces
-    monkeypatch.setattr(linear_ce, "_GATHER_COLUMNS", gather_columns)
+    monkeypatch.setattr(blocks, "_GATHER_COLUMNS", gather_columns)
     e, c, targets = make_peaked_inputs(torch.float64)
     eps, block_n = 1e-6, 40
     want_e, want_c = _column_filtered_grads(e, c, targets, eps, block_n)
@@ -165,10 +166,10 @@ def test_column_filter_semantics_exactly(monkeypatch, gather_columns):
     # the filter drops something measurable at this threshold, so the check below can fail
     assert (want_c - full_c).abs().max() > 1e-9
     ee, cc = e.clone().requires_grad_(), c.clone().requires_grad_()
-    linear_ce._FILTER_STATS.reset()
+    blocks._FILTER_STATS.reset()
     linear_cross_entropy(ee, cc, targets, filter_eps=eps, grad_in_forward=True,
                          block_n=block_n).backward()
-    assert linear_ce._FILTER_STATS.kept < 0.5 * linear_ce._FILTER_STATS.total
+    assert blocks._FILTER_STATS.kept < 0.5 * blocks._FILTER_STATS.total
     torch.testing.assert_close(ee.grad, want_e, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(cc.grad, want_c, rtol=1e-10, atol=1e-14)
 
@@ -179,12 +180,12 @@ def test_no_filter_is_dense_and_gathering_everything_matches_it(monkeypatch):
     for name, eps in (("none", None), ("zero", 0.0), ("tiny", 1e-300)):
         if name == "tiny":
             # every column survives a threshold of 1e-300: take the gathering path anyway
-            monkeypatch.setattr(linear_ce, "_GATHER_MAX_FRACTION", 1.0)
+            monkeypatch.setattr(blocks, "_GATHER_MAX_FRACTION", 1.0)
         ee, cc = e.clone().requires_grad_(), c.clone().requires_grad_()
-        linear_ce._FILTER_STATS.reset()
+        blocks._FILTER_STATS.reset()
         linear_cross_entropy(ee, cc, targets, filter_eps=eps, grad_in_forward=True,
                              block_n=40).backward()
-        assert linear_ce._FILTER_STATS.kept == linear_ce._FILTER_STATS.total > 0
+        assert blocks._FILTER_STATS.kept == blocks._FILTER_STATS.total > 0
         grads[name] = (ee.grad, cc.grad)
     assert torch.equal(grads["none"][0], grads["zero"][0])
     assert torch.equal(grads["none"][1], grads["zero"][1])

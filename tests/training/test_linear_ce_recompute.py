@@ -26,7 +26,8 @@ from tests.training.linear_ce_reference import (
     plain,
 )
 
-from tokenwise.training import linear_ce, linear_cross_entropy
+from tokenwise.training import linear_cross_entropy
+from tokenwise.training.linear_ce import autograd, blocks, column_backward
 
 
 def _data(kind, dtype, *, bias, invalid, seed=0):
@@ -82,10 +83,10 @@ def test_recompute_filter_keeps_the_rule(kind, dtype, case):
     gt_outs, gt_grads = plain(e.double(), c.double(), targets,
                               None if b is None else b.double(), upstream=upstream, **options)
     ref_outs, ref_grads = plain(e, c, targets, b, upstream=upstream, **options)
-    linear_ce._FILTER_STATS.reset()
+    blocks._FILTER_STATS.reset()
     got_outs, got_grads = ours(e, c, targets, b, upstream=upstream, grad_in_forward=False,
                                block_n=40, block_v=96, **options)
-    kept = linear_ce._FILTER_STATS.kept / linear_ce._FILTER_STATS.total
+    kept = blocks._FILTER_STATS.kept / blocks._FILTER_STATS.total
     if kind == "peaked" and dtype == torch.float32:
         # the column filter really skipped most of the gradient work
         assert kept < 0.5, kept
@@ -141,7 +142,7 @@ def _filtered_reference(e, c, b, targets, g, h, *, softcap, z_loss, eps, block_n
 def test_recompute_filter_semantics_exactly(monkeypatch, gather_columns, c_dtype, loss_used):
     """fp64 e: with an fp64 classifier the column filter runs, with an fp32 one the tile filter
     (low-precision classifiers take it); both against the naive meaning, to 1e-10."""
-    monkeypatch.setattr(linear_ce, "_GATHER_COLUMNS", gather_columns)
+    monkeypatch.setattr(blocks, "_GATHER_COLUMNS", gather_columns)
     e, c, targets = make_peaked_inputs(torch.float64)
     c = c.to(c_dtype)
     gen = torch.Generator().manual_seed(5)
@@ -161,7 +162,7 @@ def test_recompute_filter_semantics_exactly(monkeypatch, gather_columns, c_dtype
     # the filter drops something measurable at this threshold, so the check below can fail
     assert (want[1] - unfiltered_c).abs().max() > 1e-9
     ee, cc, bb = (t.clone().requires_grad_() for t in (e, c, b))
-    linear_ce._FILTER_STATS.reset()
+    blocks._FILTER_STATS.reset()
     loss, lse = linear_cross_entropy(ee, cc, targets, bias=bb, softcap=softcap, z_loss=zc,
                                      reduction="none", return_lse=True, filter_eps=eps,
                                      block_n=block_n, block_v=block_v)
@@ -169,7 +170,7 @@ def test_recompute_filter_semantics_exactly(monkeypatch, gather_columns, c_dtype
     if loss_used:
         objective = objective + (loss * g).sum()
     objective.backward()
-    kept = linear_ce._FILTER_STATS.kept / linear_ce._FILTER_STATS.total
+    kept = blocks._FILTER_STATS.kept / blocks._FILTER_STATS.total
     assert kept < (0.5 if column else 1.0), kept
     for got, expect in zip((ee.grad, cc.grad, bb.grad), want, strict=True):
         # grad_c comes back in c's dtype: fp32 for the tile case, so compare at its precision
@@ -180,25 +181,25 @@ def test_recompute_filter_semantics_exactly(monkeypatch, gather_columns, c_dtype
 def test_unfilterable_blocks_hand_the_rest_to_the_tile_loop(monkeypatch):
     """When the probed token blocks keep more columns than pay for gathering, they run dense and
     the remaining tokens go through the (tile-filtered) tile loop: check that exact meaning."""
-    monkeypatch.setattr(linear_ce, "_GATHER_MAX_FRACTION", 0.0)  # every block "too dense"
+    monkeypatch.setattr(blocks, "_GATHER_MAX_FRACTION", 0.0)  # every block "too dense"
     e, c, targets = make_peaked_inputs(torch.float64)
     gen = torch.Generator().manual_seed(6)
     g = torch.randn(N, generator=gen, dtype=torch.float64)
     h = torch.randn(N, generator=gen, dtype=torch.float64) * 0.3
     b = torch.zeros(c.shape[0], dtype=torch.float64)
     eps, block_n, block_v = 1e-5, 8, 32
-    probed = linear_ce._PROBE_BLOCKS * block_n
+    probed = column_backward._PROBE_BLOCKS * block_n
     want, _ = _filtered_reference(e, c, b, targets, g, h, softcap=None, z_loss=0.0, eps=eps,
                                   block_n=block_n, block_v=block_v, dense_rows=probed)
     unfiltered, _ = _filtered_reference(e, c, b, targets, g, h, softcap=None, z_loss=0.0,
                                         eps=0.0, block_n=block_n)
     assert (want[1] - unfiltered[1]).abs().max() > 1e-9
     ee, cc = e.clone().requires_grad_(), c.clone().requires_grad_()
-    linear_ce._FILTER_STATS.reset()
+    blocks._FILTER_STATS.reset()
     loss, lse = linear_cross_entropy(ee, cc, targets, reduction="none", return_lse=True,
                                      filter_eps=eps, block_n=block_n, block_v=block_v)
     ((loss * g).sum() + (lse * h).sum()).backward()
-    stats = linear_ce._FILTER_STATS
+    stats = blocks._FILTER_STATS
     assert probed * c.shape[0] < stats.total and stats.kept < stats.total
     torch.testing.assert_close(ee.grad, want[0], rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(cc.grad, want[1], rtol=1e-10, atol=1e-14)
@@ -210,11 +211,11 @@ def test_lse_gradient_alone_is_filtered_on_its_own_scale():
     e, c, targets = make_peaked_inputs(torch.float32)
     h = torch.randn(N, generator=torch.Generator().manual_seed(2))
     ee, cc = e.clone().requires_grad_(), c.clone().requires_grad_()
-    linear_ce._FILTER_STATS.reset()
+    blocks._FILTER_STATS.reset()
     _, lse = linear_cross_entropy(ee, cc, targets, reduction="none", return_lse=True,
                                   block_n=40)
     (lse * h).sum().backward()
-    assert linear_ce._FILTER_STATS.kept < 0.5 * linear_ce._FILTER_STATS.total
+    assert blocks._FILTER_STATS.kept < 0.5 * blocks._FILTER_STATS.total
     e64, c64 = e.double().requires_grad_(), c.double().requires_grad_()
     (torch.logsumexp(e64 @ c64.T, 1) * h.double()).sum().backward()
     e32, c32 = e.clone().requires_grad_(), c.clone().requires_grad_()
@@ -233,18 +234,18 @@ def test_no_filter_is_the_dense_tile_path(monkeypatch):
     for name, eps in (("none", None), ("zero", 0.0), ("tiny", 1e-300)):
         if name == "tiny":
             # every column survives 1e-300: take the gathering path anyway
-            monkeypatch.setattr(linear_ce, "_GATHER_MAX_FRACTION", 1.0)
+            monkeypatch.setattr(blocks, "_GATHER_MAX_FRACTION", 1.0)
         else:
             # without a filter the column path is never entered
             def refuse(*args, **kwargs):
                 raise AssertionError("column path used without a filter")
-            monkeypatch.setattr(linear_ce, "_torch_backward_columns", refuse)
+            monkeypatch.setattr(autograd, "_torch_backward_columns", refuse)
         ee, cc = e.clone().requires_grad_(), c.clone().requires_grad_()
-        linear_ce._FILTER_STATS.reset()
+        blocks._FILTER_STATS.reset()
         loss = linear_cross_entropy(ee, cc, targets, reduction="none", filter_eps=eps,
                                     block_n=40)
         (loss * g).sum().backward()
-        assert linear_ce._FILTER_STATS.kept == linear_ce._FILTER_STATS.total > 0
+        assert blocks._FILTER_STATS.kept == blocks._FILTER_STATS.total > 0
         grads[name] = (ee.grad, cc.grad)
         monkeypatch.undo()
     assert torch.equal(grads["none"][0], grads["zero"][0])

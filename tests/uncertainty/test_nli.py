@@ -59,10 +59,16 @@ def nli_dir(request, tmp_path_factory):
     return save_classifier(tmp_path_factory.mktemp(f"nli-{request.param}"), request.param)
 
 
-def naive_label(model, tok, premise, hypothesis):
+def naive_label(model, tok, premise, hypothesis, **truncation):
     with torch.no_grad():
-        logits = model(**tok(premise, hypothesis, return_tensors="pt")).logits[0]
+        logits = model(**tok(premise, hypothesis, return_tensors="pt", **truncation)).logits[0]
     return LABELS[int(logits.argmax())].lower()
+
+
+def naive_rule(ab: str, ba: str, strict: bool) -> bool:
+    if strict:
+        return ab == ba == "entailment"
+    return "contradiction" not in (ab, ba) and (ab, ba) != ("neutral", "neutral")
 
 
 
@@ -114,9 +120,25 @@ def test_question_prepended_or_not(nli_dir):
 
 
 def test_long_answers_are_truncated(nli_dir):
-    eq = NLIEquivalence(nli_dir)  # the model has 128 positions, the tokenizer 512
-    assert eq.max_length == 128
-    assert isinstance(eq("Q?", "word " * 3000, "a doctor"), bool)
+    """Pairs longer than the model's 128 positions (the tokenizer allows 512) are cut, longest
+    first, to 128 tokens: the verdicts are the model's on exactly those tokens."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(nli_dir).eval()
+    tok = AutoTokenizer.from_pretrained(nli_dir)
+    cut = {"truncation": "longest_first", "max_length": 128}
+    longs = ["word " * 3000] + [f"{answer} " * 300 for answer in ANSWERS]
+    verdicts = set()
+    for strict in (True, False):
+        eq = NLIEquivalence(nli_dir, strict=strict)
+        assert eq.max_length == 128
+        for long, short in itertools.product(longs, ANSWERS[:2]):
+            p, h = f"Q? {long}", f"Q? {short}"
+            ab, ba = naive_label(model, tok, p, h, **cut), naive_label(model, tok, h, p, **cut)
+            assert eq.predict([p, h], [h, p]) == [ab, ba]
+            assert eq("Q?", long, short) is naive_rule(ab, ba, strict)
+            verdicts.update((ab, ba))
+    assert len(verdicts) >= 2  # the verdicts vary: an answer that ignored the text would not
 
 
 def test_clusters_with_nli_are_order_free(nli_dir):
@@ -162,8 +184,14 @@ def test_loaded_model_needs_tokenizer(nli_dir):
     model = AutoModelForSequenceClassification.from_pretrained(nli_dir)
     with pytest.raises(TokenwiseError, match="tokenizer"):
         NLIEquivalence(model)
-    eq = NLIEquivalence(model, AutoTokenizer.from_pretrained(nli_dir))
-    assert isinstance(eq("Q?", "a", "b"), bool)
+    pairs = list(itertools.combinations(ANSWERS, 2))
+    for strict in (True, False):
+        loaded = NLIEquivalence(model, AutoTokenizer.from_pretrained(nli_dir), strict=strict)
+        from_dir = NLIEquivalence(nli_dir, strict=strict)
+        got = loaded.many(QUESTION, pairs)
+        assert got == from_dir.many(QUESTION, pairs)
+        assert len(set(got)) == 2 or not strict  # both answers occur: the check has teeth
+        assert loaded("Q?", "a", "b") is from_dir("Q?", "a", "b")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -49,10 +49,9 @@ processed distribution for generated tokens). ``logprobs_mode`` itself only choo
 *which* full distribution the first route ships
 (``raw_*`` before, ``processed_*`` after temperature/penalties/processors; ``*_logits``
 unnormalised); none of its options reduces what crosses the boundary, so it cannot carry
-entropy alone. ``benchmarks/vllm_entropy.py`` measures both routes against no logprobs: on
-tw-large (``V = 1024``, 2 CPU cores) the full-vocabulary route decoded at 0.03-0.04x the
-tokens/s of no logprobs, the in-engine route at 0.80x, the chosen token's logprob alone at
-0.95x; the gap of the first grows with ``V``.
+entropy alone. ``benchmarks/vllm_entropy.py`` measures both routes against no logprobs (the
+full-vocabulary route is by far the slower, and its gap grows with ``V``): see BENCHMARKS.md,
+section "Per-token entropy from vLLM: two routes".
 Prompt surprisal (:func:`prompt_surprisal`) needs only the prompt token's own logprob
 (``prompt_logprobs=0``): one value per token, whatever ``V``.
 """

@@ -67,12 +67,12 @@ class TopH(Sampler):
       ``H(q_{k+1}) >= H(q_k)``); the longest prefix is the robust choice when float
       rounding makes ``H(q_k)`` wiggle at the boundary.
 
-    Measured mean kept-set sizes at ``alpha=0.4`` on ``randn · s`` logits over 32000 tokens
-    (64 rows; ``test_measure_kept_set_sizes``), for ``s`` = 1 / 2 / 3:
-    ``reference`` 29.2 / 19.2 / 11.4; ``bound`` 54.1 / 34.6 / 17.7 (the same with
-    ``top_n=None``: the bound is reached well inside the top 100); ``reference`` with
-    ``top_n=None`` 3994 / 710 / 96 (tau then scales with the whole tail, so keep the cap);
-    transformers 30.5 / 20.8 / 12.5.
+    On the distributions measured (random logits and tw-large's), ``bound`` keeps more
+    tokens than ``reference``; ``top_n`` only truncates ``bound`` (which usually stops well
+    inside the top 100), while ``reference`` with ``top_n=None`` takes tau over the whole tail
+    and keeps far more, so keep the cap. The kept-set sizes of both rules and of transformers
+    (``benchmarks/sampler_cost.py``): see BENCHMARKS.md, section "Samplers: per-step cost and
+    Top-H kept sets".
 
     Differences from ``transformers.TopHLogitsWarper(top_h=alpha)``: transformers
     renormalises the top 100 before computing both ``tau`` and the cumulative sum (its
@@ -164,7 +164,10 @@ class TopH(Sampler):
         # a fresh (B, V) allocation costs more than a pass there (page faults), and this
         # saves one. GPUs cache allocations, so there logsumexp does it; so it does for
         # logits that carry a gradient (exp_ keeps its result for backward, and the fill
-        # below would overwrite it). NaN, +inf or an all -inf row make lse non-finite.
+        # below would overwrite it). NaN or +inf make lse non-finite: the generic path
+        # refuses them. An all -inf row stays here (its lse is -inf or NaN, its top -inf) and
+        # comes back all -inf, so one masked row never sends the batch down another path,
+        # where ties at the top could be kept differently.
         reuse = (logits.dtype == torch.float32 and logits.device.type == "cpu"
                  and not (logits.requires_grad and torch.is_grad_enabled()))
         if reuse:
@@ -174,7 +177,8 @@ class TopH(Sampler):
             buffer = None
             lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, 1)
         top_logp = top_z - lse  # (B, width)
-        usable = lse.isfinite().all()  # 0-d; read at the end
+        top_masked = top_z[:, :1] == float("-inf")  # (B, 1): an all -inf row
+        usable = ((lse < float("inf")) | top_masked).all()  # 0-d; read at the end
         alpha: float | Tensor = (self.alpha if isinstance(self.alpha, float) else
                                  row_param("alpha", self.alpha, batch, logits.device,
                                            _check_alpha))

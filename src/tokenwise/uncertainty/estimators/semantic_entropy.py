@@ -80,9 +80,8 @@ class SemanticEntropy(Estimator):
         length_normalised: weight each answer by its mean token log-probability (the
             default, as the reference code of the Nature paper does: its answers' lengths
             then do not decide its cluster's mass), or with False by its sequence
-            log-likelihood. On the fact world (tw-large, 480 questions, MiniLM meanings) the
-            default flags wrong answers with AUROC 0.866 against 0.855 for raw
-            log-likelihoods (BENCHMARKS.md).
+            log-likelihood. How the two compare on the fact world: see BENCHMARKS.md,
+            section "Uncertainty of answers on the fact world".
         unique: count a repeated sequence once in its cluster's mass.
         estimator: ``"rao"`` or ``"mc"``.
         normalise: divide the cluster masses by their sum (always True for "rao").
