@@ -27,10 +27,9 @@ continuous batching, tensor/pipeline parallelism and multi-node serving. What ru
   over flat (``flat_logprobs``: one list of floats per request, no per-token dict), and
   each step's row is reduced with numpy on a worker thread, so the event loop that serves
   the other requests is not held. It still costs one ``vocab_size`` row per generated
-  token out of the engine and about 0.9 ms of numpy per token for a 32k vocabulary,
-  4.5 ms for 152k (synthetic rows, one CPU core), so requests without logprobs skip it
-  and their
-  ``tokenwise.mean_entropy`` is null.
+  token out of the engine and numpy work that grows with the vocabulary (BENCHMARKS.md,
+  "Per-token entropy from vLLM: two routes"), so requests without logprobs skip it and
+  their ``tokenwise.mean_entropy`` is null.
 * ``tokenwise.uncertainty``: the ``n`` answers are one vLLM request with ``n`` (seeds
   ``seed + i``), plus a reference answer at temperature 0.1, as
   :func:`tokenwise.uncertainty.sample_answers` does; full-vocabulary logprobs only for
