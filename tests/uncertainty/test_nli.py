@@ -200,3 +200,8 @@ def test_cuda_matches_cpu(nli_dir):
     gpu = NLIEquivalence(nli_dir, device="cuda", strict=False)
     assert gpu.many(QUESTION, pairs) == NLIEquivalence(nli_dir, strict=False).many(QUESTION,
                                                                                   pairs)
+
+
+def test_a_bad_device_is_one_line_naming_it(nli_dir):
+    with pytest.raises(TokenwiseError, match="device='tpu'"):
+        NLIEquivalence(nli_dir, device="tpu")

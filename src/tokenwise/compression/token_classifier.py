@@ -150,7 +150,9 @@ class TokenClassifierCompressor(SelectiveCompressor):
                 "AutoTokenizer.from_pretrained(DIR) (tokenizer.json)"
             )
         if device is not None:
-            self.model.to(_pick_device(device))
+            from tokenwise.models.loading import pick_device
+
+            self.model.to(pick_device(device))
         self.model.eval()
         limit = _model_max_length(self.model, self.tokenizer)
         if max_length is None:
@@ -627,8 +629,10 @@ def _load_dir(model: str | os.PathLike[str], dtype: Any) -> tuple[Any, Any, Path
             f"{str(path)!r} has no *.safetensors weights; tokenwise loads safetensors only "
             "(convert with model.save_pretrained(DIR, safe_serialization=True))"
         )
-    torch_dtype = _pick_dtype(dtype)
-    from tokenwise.models.loading import quiet_weights_loading
+    from tokenwise.models.loading import pick_dtype, quiet_weights_loading
+
+    # the one dtype rule of models/, except that no dtype means float32 on any device here
+    torch_dtype = pick_dtype("float32" if dtype is None else dtype, torch.device("cpu"))
 
     with quiet_weights_loading():
         hf = AutoModelForTokenClassification.from_pretrained(
@@ -636,28 +640,6 @@ def _load_dir(model: str | os.PathLike[str], dtype: Any) -> tuple[Any, Any, Path
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     _check_head(hf, repr(name))
     return hf, tokenizer, path
-
-
-def _pick_dtype(dtype: Any) -> torch.dtype:
-    table = {None: torch.float32, "float32": torch.float32, "float16": torch.float16,
-             "bfloat16": torch.bfloat16}
-    if isinstance(dtype, torch.dtype):
-        if dtype not in table.values():
-            raise TokenwiseError(f"dtype={dtype}: allowed float32, float16, bfloat16")
-        return dtype
-    if dtype not in table:
-        raise TokenwiseError(f"dtype={dtype!r}: allowed 'float32', 'float16', 'bfloat16'")
-    return table[dtype]
-
-
-def _pick_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise TokenwiseError(f"device={device!r}: allowed 'cpu', 'cuda', 'cuda:N'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TokenwiseError(f"device={device!r} asked for, but no CUDA GPU is available")
-    return dev
 
 
 def _model_max_length(model: Any, tokenizer: Any) -> int:

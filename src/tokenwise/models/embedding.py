@@ -264,7 +264,7 @@ class HFEmbedder(Embedder):
                  dtype: str | torch.dtype = "float32",
                  cache_size: int = DEFAULT_CACHE_SIZE):
         super().__init__(cache_size=cache_size)
-        from tokenwise.models.loading import _pick_dtype, pick_device
+        from tokenwise.models.loading import pick_device, pick_dtype
 
         path = minilm_path() if model is None else Path(os.fspath(model))
         if not path.is_dir():
@@ -275,7 +275,7 @@ class HFEmbedder(Embedder):
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
             raise TokenwiseError(f"max_length={max_length!r}: must be an integer >= 2")
         self.device = pick_device(device)
-        self.dtype = _pick_dtype(dtype, self.device)
+        self.dtype = pick_dtype(dtype, self.device)
         self.path = path
         self.tokenizer, self.model = _load_encoder(path, self.device, self.dtype)
         self.batch_size = batch_size

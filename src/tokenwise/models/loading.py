@@ -334,8 +334,21 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _pick_dtype(dtype: str | torch.dtype | None, device: torch.device,
-                saved: str | None = None) -> torch.dtype:
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device,
+               saved: str | None = None) -> torch.dtype:
+    """The torch dtype for ``dtype`` on ``device``: one rule for every model tokenwise loads.
+
+    Args:
+        dtype: "auto"/None (float32 on CPU; on a GPU the half type the weights were saved in,
+            else bfloat16 where supported), a name ("float32", "fp16", "bf16", ...) or a
+            torch dtype.
+        device: where the model will run.
+        saved: the dtype name the checkpoint was saved in, for "auto" on a GPU.
+
+    Example:
+        >>> pick_dtype("bf16", torch.device("cpu"))
+        torch.bfloat16
+    """
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
             raise TokenwiseError(f"dtype={dtype}: allowed float32, float16, bfloat16")
@@ -397,14 +410,14 @@ def load(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = pick_device(device)
-    _pick_dtype(dtype, dev)  # a bad dtype is refused before a GGUF's long first conversion
+    pick_dtype(dtype, dev)  # a bad dtype is refused before a GGUF's long first conversion
     name, path = resolve(path_or_name)
     _check_weights(path)
     _check_tokenizer(path)
     config = _read_config(path)
     end_ids = _read_generation_eos(path)
     saved = config.get("dtype", config.get("torch_dtype"))
-    torch_dtype = _pick_dtype(dtype, dev, saved if isinstance(saved, str) else None)
+    torch_dtype = pick_dtype(dtype, dev, saved if isinstance(saved, str) else None)
     if config.get("auto_map") and not trust_remote_code:
         raise TokenwiseError(
             f"model {name!r} needs its own code (config.json has auto_map); pass "

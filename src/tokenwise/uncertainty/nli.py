@@ -100,7 +100,9 @@ class NLIEquivalence(Equivalence):
                 f"{'strict' if strict else 'non-strict'} equivalence needs "
                 f"{', '.join(sorted(needed))} (matched case-insensitively)")
         if device is not None:
-            model = model.to(device)
+            from tokenwise.models.loading import pick_device
+
+            model = model.to(pick_device(device))  # a bad name is one line, not torch's
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.strict = strict
