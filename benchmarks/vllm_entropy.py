@@ -49,8 +49,8 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
+    import tokenwise.vllm as tv
     from tokenwise.models import builtin_path
-    from tokenwise.models import vllm as tv
 
     t0 = time.perf_counter()
     llm = LLM(model=str(builtin_path(args.model)), gpu_memory_utilization=0.3,

@@ -1,4 +1,4 @@
-"""Throughput of vLLM with and without tokenwise's logits processors (tokenwise.sampling.vllm).
+"""Throughput of vLLM with and without tokenwise's logits processors (tokenwise.vllm.processors).
 
 Three cases on the same prompts with the same per-request seeds (temperature 1, EOS
 ignored so every request makes exactly ``--tokens`` tokens):
@@ -39,7 +39,7 @@ def _apply_cost_ms(batch: int, vocab: int, alpha: float, repeats: int = 200) -> 
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from tokenwise.sampling.vllm import TopHLogitsProcessor
+    from tokenwise.vllm.processors import TopHLogitsProcessor
 
     proc = TopHLogitsProcessor(None, torch.device("cpu"), False)
     params = SamplingParams(extra_args={"top_h": alpha})
@@ -68,7 +68,7 @@ def main() -> None:
     from vllm import SamplingParams
 
     from tokenwise.models import builtin_path
-    from tokenwise.sampling.vllm import PROCESSORS
+    from tokenwise.vllm.processors import PROCESSORS
 
     path = str(builtin_path(args.model))
     prompts = [f"Q: Where was person {i} born?\nA:" if i % 2 else f"{i}+{2 * i + 3}="

@@ -54,8 +54,8 @@ def llm(builtin_small_path):
     """A vLLM ``LLM`` on tw-small with every tokenwise logits processor registered."""
     from vllm import LLM
 
-    from tokenwise.models.vllm import WORKER_EXTENSION, EntropyRecorder
-    from tokenwise.sampling.vllm import PROCESSORS
+    from tokenwise.vllm import WORKER_EXTENSION, EntropyRecorder
+    from tokenwise.vllm.processors import PROCESSORS
 
     engine = LLM(model=builtin_small_path, logits_processors=[EntropyRecorder, *PROCESSORS],
                  worker_extension_cls=WORKER_EXTENSION, **ENGINE_KWARGS)

@@ -1,4 +1,4 @@
-"""tokenwise.models.vllm: per-token entropy from vLLM against tokenwise's own HF path.
+"""tokenwise.vllm: per-token entropy from vLLM against tokenwise's own HF path.
 
 ``token_stats`` against closed forms and tokenwise.signals (no engine); the in-engine
 ``EntropyRecorder`` driven by hand-built ``BatchUpdate``\\ s (no engine); and
@@ -22,10 +22,12 @@ from vllm.logprobs import Logprob
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 import tokenwise
+import tokenwise.vllm as tv
 from tokenwise import signals
 from tokenwise.errors import TokenwiseError
 from tokenwise.models import load
-from tokenwise.models import vllm as tv
+from tokenwise.vllm import backend
+from tokenwise.vllm import recorder as tv_recorder
 
 PROMPTS = ["Q: What is 2+3?\nA:", "7+5=", "The code of Tavoun is", "Q: Where was Ana born?\nA:"]
 ATOL = 1e-4  # fp32 logits through two implementations of the same model
@@ -195,7 +197,7 @@ def test_recorder_continues_a_request_vllm_removed_and_re_added():
         n = len(ids)
         assert ids == outs2[r] and n >= 4
         assert ent == pytest.approx(ent0[:n], abs=1e-6) and var == pytest.approx(var0[:n], abs=1e-6)
-        assert tv._match_track(broken[r], ids) == (ent, var)
+        assert tv_recorder._match_track(broken[r], ids) == (ent, var)
 
 
 def test_recorder_re_add_of_an_async_rebuilt_list_and_a_fresh_request():
@@ -226,11 +228,11 @@ def test_recorder_marks_steps_it_never_saw_instead_of_shifting():
     assert len(ent) == 4 and all(math.isnan(x) for x in ent[:3])
     assert ent[3] == pytest.approx(math.log(4))
     with pytest.raises(TokenwiseError, match=r"lost the statistics of steps \[0, 1, 2\]"):
-        tv._match_track(tracks, [4, 4, 4])
+        tv_recorder._match_track(tracks, [4, 4, 4])
     with pytest.raises(TokenwiseError, match=r"do not cover a generation of 3 tokens"):
-        tv._match_track([([4, 4, 4], [0.1], [0.1])], [4, 4, 4])
+        tv_recorder._match_track([([4, 4, 4], [0.1], [0.1])], [4, 4, 4])
     with pytest.raises(TokenwiseError, match="recorded no statistics"):
-        tv._match_track([], [4])
+        tv_recorder._match_track([], [4])
 
 
 def test_engine_route_survives_real_preemption(builtin_small_path):
@@ -242,7 +244,7 @@ def test_engine_route_survives_real_preemption(builtin_small_path):
     from tests.on_vllm.conftest import ENGINE_KWARGS
     from vllm import LLM
 
-    from tokenwise.sampling.vllm import PROCESSORS
+    from tokenwise.vllm.processors import PROCESSORS
 
     engine = LLM(model=builtin_small_path, logits_processors=[tv.EntropyRecorder, *PROCESSORS],
                  worker_extension_cls=tv.WORKER_EXTENSION, num_gpu_blocks_override=12,
@@ -365,7 +367,7 @@ def _has_recorder(llm) -> bool:
 def test_engine_route_equals_logprobs_route(llm, hf):
     if not _has_recorder(llm):
         pytest.skip("the shared engine was started without EntropyRecorder and "
-                    "worker_extension_cls=tokenwise.models.vllm.StatsWorkerExtension")
+                    "worker_extension_cls=tokenwise.vllm.recorder.StatsWorkerExtension")
     greedy = SamplingParams(temperature=0.0, max_tokens=10, stop=["\n"])
     for gen, prompt in zip(tv.generate_with_stats(llm, PROMPTS, greedy, route="engine"),
                            PROMPTS, strict=True):
@@ -424,17 +426,17 @@ def test_worker_replies_are_merged_keeping_the_tracks_with_values():
     first_stage = {"a": [([3, 4], [], [])], "b": [([5], [], [])]}
     last_stage = {"a": [([3, 4], [0.5, 0.25], [0.1, 0.2])], "b": [([5], [0.7], [0.3])]}
     for replies in ([first_stage, last_stage], [last_stage, first_stage]):
-        assert tv._merge_replies(replies) == last_stage
+        assert tv_recorder._merge_replies(replies) == last_stage
     # tensor parallelism: identical replies; a tag only one rank reports is kept; None
-    assert tv._merge_replies([last_stage, last_stage]) == last_stage
-    assert tv._merge_replies([None, {"c": [([1], [0.0], [0.0])]}, {}]) == {
+    assert tv_recorder._merge_replies([last_stage, last_stage]) == last_stage
+    assert tv_recorder._merge_replies([None, {"c": [([1], [0.0], [0.0])]}, {}]) == {
         "c": [([1], [0.0], [0.0])]}
-    assert tv._merge_replies([]) == {}
+    assert tv_recorder._merge_replies([]) == {}
 
 
 def test_recorder_store_is_bounded(monkeypatch):
-    monkeypatch.setattr(tv, "MAX_FINISHED_TAGS", 3)
-    monkeypatch.setattr(tv, "STALE_TAKES", 2)
+    monkeypatch.setattr(tv_recorder, "MAX_FINISHED_TAGS", 3)
+    monkeypatch.setattr(tv_recorder, "STALE_TAKES", 2)
     recorder = tv.EntropyRecorder(None, torch.device("cpu"), False)
 
     def run(tag: str) -> None:  # one request that runs a step and leaves the batch
@@ -456,7 +458,7 @@ def test_recorder_store_is_bounded(monkeypatch):
 
 
 def test_engine_route_refuses_more_prompts_than_the_recorder_keeps(llm, monkeypatch):
-    monkeypatch.setattr(tv, "MAX_FINISHED_TAGS", 2)
+    monkeypatch.setattr(tv_recorder, "MAX_FINISHED_TAGS", 2)
     with pytest.raises(TokenwiseError, match=r"3 prompts for route='engine'.*at most 2"):
         tv.generate_with_stats(llm, ["a", "b", "c"], route="engine")
 
@@ -482,7 +484,7 @@ def test_any_token_vllm_stops_on_ends_the_text(llm):
     assert reason == "eos" and lps == pytest.approx([r.logprob for r in free.tokens[:k]],
                                                      abs=ATOL)
     # a Llama-3 style model: EOS 2 from the tokenizer, 7 another EOS of generation_config
-    assert tv._kept_tokens(done([5, 6, 7], "stop", 7), 2) == [5, 6]
-    assert tv._kept_tokens(done([5, 6, 2], "stop", None), 2) == [5, 6]
-    assert tv._kept_tokens(done([5, 6, 7], "stop", "\n"), 2) == [5, 6, 7]  # a stop string
-    assert tv._kept_tokens(done([5, 6, 7], "length", None), 2) == [5, 6, 7]
+    assert backend._kept_tokens(done([5, 6, 7], "stop", 7), 2) == [5, 6]
+    assert backend._kept_tokens(done([5, 6, 2], "stop", None), 2) == [5, 6]
+    assert backend._kept_tokens(done([5, 6, 7], "stop", "\n"), 2) == [5, 6, 7]  # a stop string
+    assert backend._kept_tokens(done([5, 6, 7], "length", None), 2) == [5, 6, 7]

@@ -8,10 +8,10 @@ import torch
 
 pytest.importorskip("vllm")
 
+import tokenwise.vllm as tv
 from tokenwise.compression.perplexity import PerplexityCompressor, token_surprisal
 from tokenwise.errors import TokenwiseError
 from tokenwise.models import load
-from tokenwise.models import vllm as tv
 
 TEXT = ("The code of Tavoun is 917. The code of Brelix is 382. Ana Velmora works as a "
         "teacher in Grugri.")

@@ -19,7 +19,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.sampling import MirostatV2, get
-from tokenwise.sampling.vllm import (
+from tokenwise.vllm.processors import (
     PROCESSORS,
     EntropyRegimeLogitsProcessor,
     EpsilonLogitsProcessor,
@@ -154,7 +154,7 @@ def test_rows_follow_add_remove_move_swap(cls, extra, name, params):
 
 
 def test_sampler_cache_is_bounded_and_results_stay_right(monkeypatch):
-    import tokenwise.sampling.vllm as sv
+    import tokenwise.vllm.processors as sv
 
     monkeypatch.setattr(sv, "MAX_SAMPLERS", 2)
     proc = TopHLogitsProcessor(None, torch.device("cpu"), False)
@@ -265,7 +265,7 @@ def test_mirostat_continues_a_request_vllm_removed_and_re_added():
 
 
 def test_mirostat_parks_finished_requests_within_a_bound(monkeypatch):
-    import tokenwise.sampling.vllm as sv
+    import tokenwise.vllm.processors as sv
 
     monkeypatch.setattr(sv, "MAX_PARKED", 3)
     proc = MirostatV2LogitsProcessor(None, torch.device("cpu"), False)

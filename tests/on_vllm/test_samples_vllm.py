@@ -88,7 +88,7 @@ def test_checks_still_apply(llm):
 
 
 def test_refuses_an_engine_that_returns_processed_or_logit_values(llm):
-    from tokenwise.models.vllm import VLLMModel
+    from tokenwise.vllm import VLLMModel
 
     for mode in ("processed_logprobs", "raw_logits"):
         model = VLLMModel(llm)

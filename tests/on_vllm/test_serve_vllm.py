@@ -28,7 +28,7 @@ PROMPTS = ["markov: ka", "7+2=", QA_PROMPT, "12+30=", "31+18=", "markov: lo"]
 
 def _serve(app, config):
     """Run ``app`` with uvicorn in a daemon thread; return (url, server, thread)."""
-    from tokenwise.serving.vllm_engine import uvicorn_server
+    from tokenwise.vllm.server import uvicorn_server
 
     server = uvicorn_server(app, config, "warning")
     thread = threading.Thread(target=server.run, name="vllm-serve", daemon=True)
@@ -45,7 +45,7 @@ def _serve(app, config):
 def vllm_server():
     """``(url, engine)`` of the one vLLM-backed server of this module."""
     from tokenwise.serving import ServerConfig
-    from tokenwise.serving.vllm_engine import VLLMOptions, build_app
+    from tokenwise.vllm.server import VLLMOptions, build_app
 
     config = ServerConfig(port=0, api_key=KEY, max_tokens_limit=200, request_timeout_s=60)
     options = VLLMOptions(gpu_memory_utilization=0.3, max_model_len=256, enforce_eager=True,
@@ -315,7 +315,7 @@ def test_prompt_compression_runs_before_the_engine_as_on_the_embedded_one(vllm_u
 def test_step_stats_equal_a_naive_reduction_of_vllms_flat_rows():
     from vllm.logprobs import FlatLogprobs
 
-    from tokenwise.serving.vllm_engine import step_stats
+    from tokenwise.vllm.server import step_stats
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 50, generator=g, dtype=torch.float64)  # (T, V)
@@ -349,7 +349,7 @@ def test_logprobs_are_reduced_off_the_event_loop_without_a_dict_per_token(
     from vllm.logprobs import FlatLogprobs
 
     import tokenwise
-    import tokenwise.models.vllm as adapter
+    import tokenwise.vllm.server as adapter  # where the server looks token_stats up
 
     threads, indexed = [], []
     real_stats, real_getitem = adapter.token_stats, FlatLogprobs.__getitem__

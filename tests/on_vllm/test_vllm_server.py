@@ -18,7 +18,7 @@ openai = pytest.importorskip("openai", reason="the server test uses the real ope
 
 from tests.on_vllm.conftest import ENGINE_KWARGS  # noqa: E402
 
-from tokenwise.sampling.vllm import PROCESSORS  # noqa: E402
+from tokenwise.vllm.processors import PROCESSORS  # noqa: E402
 
 PROMPT = "The city of"
 STARTUP_S = 600  # ~40 s alone; much more while other helpers load the machine
@@ -45,7 +45,7 @@ def _cli_flags() -> list[str]:
 @pytest.fixture(scope="module")
 def server(builtin_small_path, tmp_path_factory):
     port = _free_port()
-    names = [f"tokenwise.sampling.vllm:{cls.__name__}" for cls in PROCESSORS]
+    names = [f"tokenwise.vllm.processors:{cls.__name__}" for cls in PROCESSORS]
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
            builtin_small_path, "--served-model-name", "tw-small", "--host", "127.0.0.1",
            "--port", str(port), *_cli_flags(), "--logits-processors", *names]

@@ -10,7 +10,7 @@ pytest.importorskip("fastapi")
 
 from tokenwise.cli.serve import serve_command
 from tokenwise.errors import TokenwiseError
-from tokenwise.serving import vllm_engine
+from tokenwise.vllm import server as vllm_engine
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.models.helpers import load_tiny_chat_model
+
 from tokenwise.models import load
 from tokenwise.training.trainer import Example, _tokenize
 

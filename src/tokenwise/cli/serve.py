@@ -51,7 +51,7 @@ def vllm_options(ctx: click.Context, engine: str, models: tuple[str, ...],
     if len(models) != 1:
         raise TokenwiseError(f"--engine vllm serves exactly one model; give one --model "
                              f"(got {len(models)})")
-    from tokenwise.serving.vllm_engine import VLLMOptions, require_vllm
+    from tokenwise.vllm.server import VLLMOptions, require_vllm
 
     require_vllm()
     kwargs = {name: given[name] for name in _VLLM_OPTIONS if given[name] is not None}
@@ -219,8 +219,8 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
         if options is None:
             run(config, log_level=log_level)
         else:
-            from tokenwise.serving import vllm_engine
+            from tokenwise.vllm import server as vllm_server
 
-            vllm_engine.run(config, models[0], options, log_level=log_level)
+            vllm_server.run(config, models[0], options, log_level=log_level)
     except TokenwiseError as exc:
         raise click.ClickException(str(exc)) from None

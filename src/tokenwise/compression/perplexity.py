@@ -39,6 +39,7 @@ from tokenwise.compression import selection, words
 from tokenwise.compression.base import SelectiveCompressor, WordScores
 from tokenwise.compression.request import CompressionRequest
 from tokenwise.errors import TokenwiseError
+from tokenwise.models.adapters import adapt
 from tokenwise.scoring import token_surprisal
 
 __all__ = [
@@ -162,7 +163,7 @@ class PerplexityCompressor(SelectiveCompressor):
     Args:
         model: a :class:`~tokenwise.models.LanguageModel`, a built-in name, a local
             directory (default ``"tw-small"``), or a vLLM ``LLM`` (scored with its prompt
-            logprobs; see :mod:`tokenwise.models.vllm`).
+            logprobs, once :mod:`tokenwise.vllm` is imported).
         token_to_word: pool a word's token surprisals by ``"mean"``, ``"sum"`` or ``"max"``.
         question_mode: ``"contrastive"`` (with a question, score ``loss(t) -
             loss(t | question)``) or ``"none"`` (plain surprisal even with a question).
@@ -207,12 +208,12 @@ class PerplexityCompressor(SelectiveCompressor):
                                            or iterative_size < 1):
             raise TokenwiseError(f"iterative_size={iterative_size!r}: must be an integer >= 1 "
                                  "or None (one pass)")
-        from tokenwise.models.vllm import VLLMModel, as_vllm_model, is_vllm_llm
-
-        if is_vllm_llm(model) or isinstance(model, VLLMModel):
-            self.lm = as_vllm_model(model)
-        else:
-            self.lm = load_causal_lm(model)
+        scorer = adapt(model)  # e.g. a vLLM LLM, once tokenwise.vllm is imported
+        # a scorer of another engine reads its own prompt logprobs (token_surprisal's path
+        # for a model without forward); anything else loads as a causal LM
+        is_prompt_scorer = (callable(getattr(scorer, "prompt_logprobs", None))
+                            and not hasattr(scorer, "forward"))
+        self.lm = scorer if is_prompt_scorer else load_causal_lm(model)
         from tokenwise.scoring import check_window_args
 
         self.window, self.stride = check_window_args(window, stride, self.lm.context_length)

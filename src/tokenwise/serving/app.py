@@ -7,7 +7,7 @@ Routes: ``GET /`` (the playground), ``/static/*`` (its assets), ``GET /health``,
 scripts from a CDN, and this server serves nothing it does not ship.
 
 The engine is the embedded batcher unless another one is given (``engine=``, e.g.
-:func:`tokenwise.serving.vllm_engine.VLLMBackend`); it is started and stopped with the app.
+:func:`tokenwise.vllm.server.VLLMBackend`); it is started and stopped with the app.
 
 Example:
     >>> from tokenwise.serving.config import ServerConfig

@@ -2,7 +2,7 @@
 
 The routes talk to a :class:`ServingBackend` only: the embedded one
 (:class:`~tokenwise.serving.batcher.Batcher`, the default) or vLLM's
-(:class:`~tokenwise.serving.vllm_engine.VLLMBackend`); which one serves is decided once,
+(:class:`~tokenwise.vllm.server.VLLMBackend`); which one serves is decided once,
 when the app is built.
 
 A request is cancelled when its client disconnects: a streamed one when the server's send

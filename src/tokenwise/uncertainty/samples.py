@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tokenwise.errors import TokenwiseError
+from tokenwise.models.adapters import adapt
 
 if TYPE_CHECKING:
     from tokenwise.generation import Generation
@@ -428,20 +429,15 @@ def _generate_answers(lm: LanguageModel, prompt: str, n: int, temperature: float
     return [Answer.from_generation(g) for g in gens]  # type: ignore[union-attr]
 
 
-def _vllm_answers(llm: Any, prompt: str, n: int, temperature: float, max_new_tokens: int,
-                  seed: int | None, stop: Sequence[str], entropies: bool) -> list[Answer]:
-    """``n`` answers from a vLLM engine, answer ``i`` seeded ``seed + i`` (vLLM's rule for
-    the ``n`` children of one request)."""
-    from vllm import SamplingParams
-
-    from tokenwise.models.vllm import generate_with_stats, sample_logprobs
-
-    params = SamplingParams(n=n, temperature=temperature, seed=seed, max_tokens=max_new_tokens,
-                            stop=list(stop) or None)
-    if entropies:
-        return [Answer.from_generation(g) for g in generate_with_stats(llm, prompt, params)]
-    return [Answer(text, token_logprobs=lps, finish_reason=reason)
-            for text, lps, reason in sample_logprobs(llm, prompt, params)]
+def _engine_answers(engine: Any, prompt: str, n: int, temperature: float,
+                    max_new_tokens: int, seed: int | None, stop: Sequence[str],
+                    entropies: bool) -> list[Answer]:
+    """``n`` answers from another engine's sampler (``sample_completions``, e.g.
+    :class:`tokenwise.vllm.VLLMModel`), answer ``i`` seeded ``seed + i``."""
+    return [Answer(text, token_logprobs=lps, token_entropies=ents, finish_reason=reason)
+            for text, lps, ents, reason in engine.sample_completions(
+                prompt, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
+                seed=seed, stop=list(stop), entropies=entropies)]
 
 
 def sample_answers(
@@ -467,12 +463,14 @@ def sample_answers(
     or not. Each answer keeps its token log-probabilities and entropies under the
     model's own (temperature-1) distribution.
 
-    A vLLM ``LLM`` works as the model too: the ``n`` answers are one request with
+    A vLLM ``LLM`` works as the model too, once :mod:`tokenwise.vllm` is imported (it
+    registers the engine with :mod:`tokenwise.models.adapters`; any model whose adapter has
+    ``sample_completions`` is sampled that way): the ``n`` answers are one request with
     ``SamplingParams(n=n, seed=seed)`` (vLLM seeds answer ``i`` with ``seed + i``, but its
     random streams differ from tokenwise's, so the texts differ from the Hugging Face path's
     for the same seed), each with the chosen tokens' log-probabilities under the model's own
     distribution (``logprobs=0``, one value per token); token entropies need the full
-    vocabulary and come only with ``vllm_entropies=True`` (see :mod:`tokenwise.models.vllm`
+    vocabulary and come only with ``vllm_entropies=True`` (see :mod:`tokenwise.vllm.backend`
     for the cost). ``batch`` does not apply there (vLLM batches by itself).
 
     Args:
@@ -524,16 +522,15 @@ def sample_answers(
     # trailing newline and template token ids must survive): used as given.
     prompt = question if prompt_template == "{question}" else \
         _format_prompt(prompt_template, question.strip())
-    from tokenwise.models.vllm import VLLMModel, is_vllm_llm
-
-    if is_vllm_llm(model) or isinstance(model, VLLMModel):
-        answers = _vllm_answers(model, prompt, n, temperature, max_new_tokens, seed, stops,
-                                vllm_entropies)
+    engine = adapt(model)  # e.g. a vLLM LLM, once tokenwise.vllm is imported
+    if callable(getattr(engine, "sample_completions", None)):
+        answers = _engine_answers(engine, prompt, n, temperature, max_new_tokens, seed, stops,
+                                  vllm_entropies)
         reference = None
         if reference_temperature is not None:
-            reference = _vllm_answers(model, prompt, 1, reference_temperature, max_new_tokens,
-                                      None if seed is None else seed + n, stops,
-                                      vllm_entropies)[0]
+            reference = _engine_answers(engine, prompt, 1, reference_temperature,
+                                        max_new_tokens, None if seed is None else seed + n,
+                                        stops, vllm_entropies)[0]
         return SampleSet(question.strip(), tuple(answers), reference, temperature, (), prompt)
     lm = model if isinstance(model, LanguageModel) else load(model)
     seeds: list[int | None] = [None] * n if seed is None else [seed + i for i in range(n)]

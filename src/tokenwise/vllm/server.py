@@ -10,7 +10,7 @@ continuous batching, tensor/pipeline parallelism and multi-node serving. What ru
   on both engines. Stop strings, streamed text and finish reasons come from tokenwise's
   own :class:`~tokenwise.generation.stops.TextStream` over vLLM's token ids; a request
   that hits a stop string, or whose client leaves, or that times out, is aborted in vLLM.
-* Sampling: :func:`tokenwise.sampling.vllm.to_vllm` turns the sampler chain into vLLM's
+* Sampling: :func:`tokenwise.vllm.processors.to_vllm` turns the sampler chain into vLLM's
   native fields (temperature, top-k, top-p, min-p) and ``extra_args`` for tokenwise's
   logits processors (Top-H, typical, epsilon, eta, Mirostat v2, the entropy regime), which
   are registered when the engine starts. vLLM applies its steps in a fixed order
@@ -23,7 +23,7 @@ continuous batching, tensor/pipeline parallelism and multi-node serving. What ru
   same seed (another random stream); greedy text is the same.
 * Logprobs: when a request asks for logprobs, vLLM returns the full-vocabulary raw
   logprobs of every step, from which each token's ``entropy``, its ``logprob`` and the top
-  alternatives are read (:func:`tokenwise.models.vllm.token_stats`). vLLM hands them
+  alternatives are read (:func:`tokenwise.vllm.logprobs.token_stats`). vLLM hands them
   over flat (``flat_logprobs``: one list of floats per request, no per-token dict), and
   each step's row is reduced with numpy on a worker thread, so the event loop that serves
   the other requests is not held. It still costs one ``vocab_size`` row per generated
@@ -70,6 +70,8 @@ from tokenwise.serving.logprobs import Alternative, TokenBytes, WireToken
 from tokenwise.serving.planning import Plan
 from tokenwise.serving.sampler_spec import SamplerSpec, sampler_spec
 from tokenwise.serving.schemas import ChatCompletionRequest, CompletionRequest
+from tokenwise.vllm.logprobs import position_entries, token_stats
+from tokenwise.vllm.processors import PROCESSORS, to_vllm
 
 log = logging.getLogger("tokenwise.serving")
 
@@ -153,8 +155,6 @@ class VLLMOptions:
 
     def engine_kwargs(self, path: str) -> dict[str, Any]:
         """Keyword arguments for ``vllm.AsyncEngineArgs`` serving the model at ``path``."""
-        from tokenwise.sampling.vllm import PROCESSORS
-
         kwargs: dict[str, Any] = dict(
             model=path, tokenizer=path, gpu_memory_utilization=self.gpu_memory_utilization,
             tensor_parallel_size=self.tensor_parallel_size,
@@ -213,8 +213,6 @@ def engine_spec(spec: SamplerSpec) -> SamplerSpec:
         >>> [name for name, _ in engine_spec(s).steps]
         ['temperature', 'top_p']
     """
-    from tokenwise.sampling.vllm import to_vllm
-
     try:
         to_vllm([(name, dict(params)) for name, params in spec.steps])
         return spec
@@ -231,8 +229,6 @@ def native_and_extra(spec: SamplerSpec) -> tuple[dict[str, Any], dict[str, Any]]
         >>> native_and_extra(SamplerSpec())
         ({'temperature': 0.0}, {})
     """
-    from tokenwise.sampling.vllm import to_vllm
-
     if spec.greedy:
         return {"temperature": 0.0}, {}
     return to_vllm([(name, dict(params)) for name, params in spec.steps])
@@ -261,8 +257,6 @@ def _position(logprobs: Any, k: int, vocab_size: int) -> tuple[float, Any, Any]:
     vLLM writes the sampled token first, then its top-k (under ``logprobs=-1`` the whole
     vocabulary, best first), so the sampled token is there twice; when vLLM merges streamed
     outputs it rebuilds positions through dicts, which keep it once, first."""
-    from tokenwise.models.vllm import position_entries
-
     if hasattr(logprobs, "start_indices"):  # FlatLogprobs: slices of flat lists, no dicts
         chosen = logprobs.logprobs[logprobs.start_indices[k]]
     else:  # a dict[int, Logprob] (no flat logprobs): the sampled token first
@@ -292,8 +286,6 @@ def step_stats(logprobs: Any, count: int, top: int, vocab_size: int | None) -> l
         >>> round(s.entropy, 6), s.top[0][0]
         (0.562335, 1)
     """
-    from tokenwise.models.vllm import token_stats
-
     out = []
     for k in range(count):
         chosen, ids, values = _position(logprobs, k, vocab_size or 0)

@@ -13,8 +13,8 @@ Register them all with the engine, then switch them on per request through
     llm = LLM(model=..., logits_processors=list(PROCESSORS))
     llm.generate(prompts, SamplingParams(temperature=1.0, extra_args={"top_h": 0.4}))
 
-    vllm serve MODEL --logits-processors tokenwise.sampling.vllm:TopHLogitsProcessor \\
-        tokenwise.sampling.vllm:TypicalLogitsProcessor ...    # every class in PROCESSORS
+    vllm serve MODEL --logits-processors tokenwise.vllm.processors:TopHLogitsProcessor \\
+        tokenwise.vllm.processors:TypicalLogitsProcessor ...    # every class in PROCESSORS
     client.completions.create(..., extra_body={"vllm_xargs": {"top_h": 0.4}})
 
 :func:`to_vllm` turns a tokenwise chain spec into both halves (native ``SamplingParams``
@@ -86,7 +86,7 @@ What that means for a user:
   ``temperature=1.0`` with it.
 * Logprobs: vLLM returns raw (pre-processor) logprobs by default; start the engine with
   ``logprobs_mode="processed_logprobs"`` to see the distribution after our processors
-  (tokenwise's own readers, :func:`tokenwise.models.vllm.generate_with_stats` and
+  (tokenwise's own readers, :func:`tokenwise.vllm.generate_with_stats` and
   ``sample_answers``, need the raw ones and refuse such an engine).
 * vLLM refuses custom logits processors with speculative decoding and pooling models.
 
@@ -109,7 +109,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -119,6 +118,7 @@ from torch import Tensor
 from tokenwise.errors import TokenwiseError
 from tokenwise.sampling.base import Sampler
 from tokenwise.sampling.registry import get, sampler_class
+from tokenwise.vllm.tracking import follow_batch, params_ref, unpark
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 if HAVE_VLLM:
@@ -273,7 +273,7 @@ class TokenwiseLogitsProcessor(_VllmLogitsProcessor):
     def _park(self, row: Any) -> None:
         # vLLM removes a request it preempts or does not schedule in a step, and re-adds it
         # later with the same SamplingParams object: keep a stateful row until then.
-        if not self.stateful or row is None or row.params() is None:
+        if not self.stateful or row.params() is None:
             return
         self._parked.setdefault(id(row.params()), []).append(row)
         if sum(map(len, self._parked.values())) > MAX_PARKED:
@@ -283,23 +283,13 @@ class TokenwiseLogitsProcessor(_VllmLogitsProcessor):
             while sum(map(len, self._parked.values())) > MAX_PARKED:
                 del self._parked[next(iter(self._parked))]
 
-    def _unpark(self, params: Any, output_ids: list[int]) -> Any:
-        # A request re-added with no tokens yet has nothing to continue.
-        if not self.stateful or not output_ids or params is None:
+    def _join(self, params: Any, output_ids: list[int]) -> Any:
+        asked = self.request_params(getattr(params, "extra_args", None))
+        if asked is None:
             return None
-        rows = [r for r in self._parked.get(id(params), []) if r.params() is params]
-        found = next((r for r in rows if r.output_ids is output_ids), None)
-        if found is None:  # async scheduling hands over a rebuilt list
-            found = next((r for r in rows if len(r.output_ids) <= len(output_ids)
-                          and _same_history(r.output_ids, output_ids)), None)
-        if found is None:
-            return None
-        parked = self._parked[id(params)]
-        parked.remove(found)
-        if not parked:
-            del self._parked[id(params)]
-        found.resume(output_ids)
-        return found
+        resumed = unpark(self._parked, id(params), params, output_ids) if self.stateful \
+            else None
+        return resumed or self.new_row(asked, output_ids, params)
 
     def update_state(self, batch_update: Any) -> None:
         """Follow requests as they join, leave and move (vLLM's order: removed, added,
@@ -308,27 +298,8 @@ class TokenwiseLogitsProcessor(_VllmLogitsProcessor):
         Args:
             batch_update: ``vllm.v1.sample.logits_processor.BatchUpdate`` or ``None``.
         """
-        if not batch_update:
-            return
-        for index in batch_update.removed:
-            self._park(self.rows.pop(index, None))
-        for index, params, _prompt_ids, output_ids in batch_update.added:
-            asked = self.request_params(getattr(params, "extra_args", None))
-            self._park(self.rows.pop(index, None))  # a request that did not ask took this slot
-            if asked is not None:
-                self.rows[index] = (self._unpark(params, output_ids)
-                                    or self.new_row(asked, output_ids, params))
-        for a, b, direction in batch_update.moved:
-            row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
-            if row_a is not None:
-                self.rows[b] = row_a
-            if row_b is not None and direction.name == "SWAP":
-                self.rows[a] = row_b
-            else:
-                # vLLM's condense moves a request onto a slot it freed without listing the
-                # slot as removed: the request that was there has left the batch
-                self._park(row_b)
-        self._groups = None
+        if follow_batch(self.rows, batch_update, self._join, self._park):
+            self._groups = None
 
     def _sampler_for(self, key: tuple) -> Sampler:
         # least recently used last out: a server whose clients send ever new parameter values
@@ -390,22 +361,6 @@ class EtaLogitsProcessor(TokenwiseLogitsProcessor):
     sampler, main = "eta", "epsilon"
 
 
-def _params_ref(params: Any) -> Any:
-    """A handle that gives ``params`` back while it lives (weak when possible)."""
-    if params is None:
-        return lambda: None
-    try:
-        return weakref.ref(params)
-    except TypeError:  # not weak-referenceable: hold it (MAX_PARKED bounds how many)
-        return lambda: params
-
-
-def _same_history(old: list[int], new: list[int]) -> bool:
-    """Whether two output-token lists of one request agree where both are known (async
-    scheduling leaves ``-1`` placeholders)."""
-    return all(a == b or a < 0 or b < 0 for a, b in zip(old, new, strict=False))
-
-
 class _MirostatRow:
     """One request's Mirostat state: its own sampler (``mu``) and how far it has read."""
 
@@ -414,7 +369,7 @@ class _MirostatRow:
     def __init__(self, sampler: Sampler, output_ids: list[int], params: Any = None) -> None:
         self.sampler = sampler
         self.output_ids = output_ids  # vLLM's list for this request, appended in place
-        self.params = _params_ref(params)  # the request's SamplingParams (stable on re-add)
+        self.params = params_ref(params)  # the request's SamplingParams (stable on re-add)
         self.seen: int | None = None  # len(output_ids) when the sampler last ran
 
     def resume(self, output_ids: list[int]) -> None:

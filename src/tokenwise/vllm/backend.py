@@ -58,50 +58,29 @@ Prompt surprisal (:func:`prompt_surprisal`) needs only the prompt token's own lo
 
 from __future__ import annotations
 
-import math
-import numbers
 import uuid
-import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
 
 from tokenwise.errors import TokenwiseError
+from tokenwise.generation import Generation, TokenRecord
 from tokenwise.models.language_model import end_token_id, start_token_id
-
-if TYPE_CHECKING:
-    from tokenwise.generation import Generation
+from tokenwise.scoring import token_surprisal
+from tokenwise.vllm import recorder
+from tokenwise.vllm.logprobs import _normalise_rows, _position_rows, _rows_stats
+from tokenwise.vllm.recorder import STATS_KEY, _collect_engine_stats, _match_track
 
 __all__ = [
-    "STATS_KEY",
-    "WORKER_EXTENSION",
     "VLLMModel",
     "as_vllm_model",
     "generate_with_stats",
     "is_vllm_llm",
-    "position_entries",
     "prompt_surprisal",
     "sample_logprobs",
-    "token_stats",
 ]
-
-#: ``SamplingParams.extra_args`` key that switches :class:`EntropyRecorder` on for a request.
-STATS_KEY = "tokenwise_stats"
-#: ``worker_extension_cls`` that lets :func:`generate_with_stats` collect the recorder's values.
-WORKER_EXTENSION = "tokenwise.models.vllm.StatsWorkerExtension"
-#: :class:`EntropyRecorder` keeps the tracks of at most this many tags that nobody has
-#: taken yet (the oldest tag goes first), and drops a tag once :data:`STALE_TAKES` later
-#: ``take`` calls (one per ``generate_with_stats(route="engine")``) have passed it by.
-MAX_FINISHED_TAGS = 65_536
-STALE_TAKES = 16
-#: How far from 1 the probability mass of a full-vocabulary position may be (float32 sums).
-MASS_TOLERANCE = 1e-4
-
-_FULL_VOCAB_HINT = ("ask vLLM for the full vocabulary: SamplingParams(logprobs=-1) on an engine "
-                    "started with LLM(..., max_logprobs=-1)")
 
 
 def is_vllm_llm(obj: object) -> bool:
@@ -118,140 +97,6 @@ def is_vllm_llm(obj: object) -> bool:
     return (module.split(".")[0] == "vllm" and hasattr(obj, "generate")
             and hasattr(obj, "llm_engine") and hasattr(obj, "get_tokenizer"))
 
-
-# --------------------------------------------------------------------------------------------
-# entropy and varentropy from logprobs
-# --------------------------------------------------------------------------------------------
-
-
-def _rows_stats(lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Entropy and varentropy (nats) of each row of normalised log-probabilities ``(T, V)``."""
-    p = np.exp(lp)  # (T, V)
-    # p == 0 covers -inf (masked) entries, whose p * log p is 0 in the limit
-    lp_safe = np.where(p > 0, lp, 0.0)  # (T, V)
-    h = -(p * lp_safe).sum(-1)  # (T,)
-    # centred form, as tokenwise.signals: E[(log p)^2] - H^2 cancels for peaked rows
-    v = (p * (lp_safe + h[:, None]) ** 2).sum(-1)  # (T,)
-    return np.maximum(h, 0.0), v
-
-
-def _normalise_rows(values: np.ndarray, what: str, *, full_vocab_known: bool) -> np.ndarray:
-    """Check rows of logprobs ``(T, V)`` and renormalise away float32 rounding."""
-    if np.isnan(values).any() or np.isposinf(values).any():
-        bad = "NaN" if np.isnan(values).any() else "+inf"
-        raise TokenwiseError(f"{what} contain {bad}; allowed finite log-probabilities "
-                             "or -inf for a token the engine masked")
-    with np.errstate(divide="ignore"):
-        top = values.max(-1, keepdims=True)  # (T, 1)
-        if np.isneginf(top).any():
-            raise TokenwiseError(f"{what}: a position where every log-probability is -inf "
-                                 "has no distribution")
-        lse = (top + np.log(np.exp(values - top).sum(-1, keepdims=True)))  # (T, 1)
-    mass = np.exp(lse[:, 0])  # (T,)
-    off = np.abs(mass - 1.0)
-    if not full_vocab_known and (off > MASS_TOLERANCE).any():
-        i = int(off.argmax())
-        raise TokenwiseError(
-            f"{what} hold probability mass {mass[i]:.6f} at position {i} over "
-            f"{values.shape[-1]} entries: not a full-vocabulary distribution (top-k logprobs "
-            f"cannot give the entropy, nor do logits); {_FULL_VOCAB_HINT}")
-    if full_vocab_known and (off > 1e-2).any():
-        i = int(off.argmax())
-        raise TokenwiseError(
-            f"{what} hold probability mass {mass[i]:.6f} at position {i}: these are not "
-            "log-probabilities (an engine with logprobs_mode='raw_logits' or "
-            "'processed_logits' returns logits; use a *_logprobs mode)")
-    return values - lse
-
-
-def _position_array(logprobs: Any, vocab_size: int | None) -> np.ndarray:
-    """One position's logprobs as a float64 vector, checked for coverage of the vocabulary."""
-    if isinstance(logprobs, Mapping):
-        if not logprobs:
-            raise TokenwiseError(f"logprobs is an empty mapping; {_FULL_VOCAB_HINT}")
-        ids = []
-        values = []
-        for key, entry in logprobs.items():
-            if isinstance(key, bool) or not isinstance(key, numbers.Integral):
-                raise TokenwiseError(f"logprobs key {key!r}: allowed an integer token id")
-            value = getattr(entry, "logprob", entry)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TokenwiseError(f"logprobs[{key}] is {entry!r}: allowed a vLLM Logprob "
-                                     "or a number")
-            ids.append(int(key))
-            values.append(float(value))
-        if vocab_size is not None:
-            if len(ids) != vocab_size:
-                raise TokenwiseError(
-                    f"logprobs hold {len(ids)} token ids for a vocabulary of {vocab_size}: not "
-                    f"the full vocabulary, so no exact entropy; {_FULL_VOCAB_HINT}")
-            bad = [i for i in ids if not 0 <= i < vocab_size]
-            if bad:
-                raise TokenwiseError(f"token id {bad[0]} is outside the vocabulary "
-                                     f"0..{vocab_size - 1}")
-        return np.asarray(values, dtype=np.float64)
-    if isinstance(logprobs, torch.Tensor):
-        arr = logprobs.detach().to("cpu", torch.float64).numpy()
-    elif isinstance(logprobs, np.ndarray | Sequence) and not isinstance(logprobs, str | bytes):
-        try:
-            arr = np.asarray(logprobs, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise TokenwiseError(f"logprobs could not be read as numbers: {exc}") from None
-    else:
-        raise TokenwiseError(f"logprobs is a {type(logprobs).__name__}: allowed a vLLM "
-                             "dict[int, Logprob], a mapping id -> logprob, or a sequence, "
-                             "array or tensor of floats (one per vocabulary entry)")
-    if arr.ndim != 1 or arr.size == 0:
-        raise TokenwiseError(f"logprobs must be one position's values, a non-empty 1-D "
-                             f"sequence; got shape {arr.shape}")
-    if vocab_size is not None and arr.size != vocab_size:
-        raise TokenwiseError(f"{arr.size} logprobs for a vocabulary of {vocab_size}: give one "
-                             "per vocabulary entry")
-    return arr
-
-
-def token_stats(logprobs: Any, *, vocab_size: int | None = None) -> tuple[float, float]:
-    """Entropy and varentropy (nats, nats squared) of one position's full-vocabulary logprobs.
-
-    The units and definitions are those of :mod:`tokenwise.signals` and
-    :class:`~tokenwise.generation.TokenRecord`: ``H = -sum p log p`` and
-    ``sum p (log p + H)^2``. Entries of ``-inf`` (tokens an engine masked) contribute 0.
-
-    Only the full vocabulary gives these numbers: top-k logprobs leave out the tail, whose
-    share of the entropy cannot be recovered, so a truncated input is refused rather than
-    reduced. With ``vocab_size`` the entry count must equal it; without, the probabilities
-    must sum to 1 within :data:`MASS_TOLERANCE` (a top-k that leaves out more mass is
-    refused). Tiny float32 deviations of the sum from 1 are renormalised away.
-
-    Args:
-        logprobs: vLLM's ``dict[int, Logprob]`` for one position (e.g.
-            ``output.logprobs[t]`` with ``logprobs=-1``), a mapping ``id -> float``, or a
-            sequence / array / tensor of ``V`` log-probabilities.
-        vocab_size: the model's vocabulary size, when known (a stricter check).
-
-    Returns:
-        ``(entropy, varentropy)`` as Python floats.
-
-    Raises:
-        TokenwiseError: an input that is not one position of full-vocabulary log-probabilities
-            (too few entries, mass far from 1, NaN/+inf, wrong type or shape).
-
-    Example:
-        >>> import math
-        >>> h, v = token_stats([math.log(0.25), math.log(0.75)])
-        >>> round(h, 6), round(v, 6), round(0.25 * 0.75 * math.log(3) ** 2, 6)
-        (0.562335, 0.226303, 0.226303)
-        >>> token_stats({0: math.log(0.5), 1: math.log(0.5), 2: float("-inf")}, vocab_size=3)
-        (0.6931471805599453, 0.0)
-    """
-    if vocab_size is not None and (isinstance(vocab_size, bool)
-                                   or not isinstance(vocab_size, numbers.Integral)
-                                   or vocab_size < 1):
-        raise TokenwiseError(f"vocab_size={vocab_size!r}: allowed an integer >= 1 or None")
-    arr = _position_array(logprobs, vocab_size)
-    lp = _normalise_rows(arr[None], "logprobs", full_vocab_known=False)
-    h, v = _rows_stats(lp)
-    return float(h[0]), float(v[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,6 +254,46 @@ class VLLMModel:
             result.append(values)
         return result
 
+    def sample_completions(self, prompt: str, *, n: int, temperature: float,
+                           max_new_tokens: int, seed: int | None, stop: Sequence[str],
+                           entropies: bool = False
+                           ) -> list[tuple[str, tuple[float, ...] | None,
+                                           tuple[float, ...] | None, str]]:
+        """``n`` completions of one prompt, completion ``i`` seeded ``seed + i`` (vLLM's rule
+        for the ``n`` children of one request): what
+        :func:`tokenwise.uncertainty.sample_answers` asks of an engine.
+
+        Args:
+            prompt: the prompt text (encoded with the start token, as tokenwise does).
+            n: completions.
+            temperature: sampling temperature.
+            max_new_tokens: tokens per completion at most.
+            seed: the first completion's seed, or None.
+            stop: stop strings.
+            entropies: also each token's entropy (full-vocabulary logprobs: the engine
+                needs ``max_logprobs=-1``); without, only the chosen tokens' logprobs.
+
+        Returns:
+            One ``(text, token_logprobs, token_entropies, finish_reason)`` per completion;
+            the tuples are None when no token was kept (entropies also without
+            ``entropies``).
+
+        Example:
+            >>> VLLMModel(llm).sample_completions("Q: hi\\nA:", n=2, temperature=1.0,
+            ...     max_new_tokens=8, seed=0, stop=[])  # doctest: +SKIP
+            [(' a doctor', (-0.2, -1.3), None, 'stop'), ...]
+        """
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, seed=seed,
+                                max_tokens=max_new_tokens, stop=list(stop) or None)
+        if entropies:
+            return [(g.text, tuple(t.logprob for t in g.tokens) or None,
+                     tuple(t.entropy for t in g.tokens) or None, g.finish_reason)
+                    for g in generate_with_stats(self, prompt, params)]
+        return [(text, lps, None, reason)
+                for text, lps, reason in sample_logprobs(self, prompt, params)]
+
 
 def as_vllm_model(model: Any) -> VLLMModel:
     """A :class:`VLLMModel` for a vLLM ``LLM`` (or the adapter itself).
@@ -461,53 +346,8 @@ def _kept_tokens(completion: Any, eos: int | None) -> list[int]:
     return tokens[:-1] if end is not None and tokens[-1] == end else tokens
 
 
-def position_entries(logprobs: Any, t: int, vocab: int) -> tuple[Sequence[int], Sequence[float]]:
-    """Step ``t``'s ``(ids, logprobs)`` from vLLM's per-position logprobs, each id once.
-
-    vLLM's sampler writes the sampled token first, then its top-k (the whole vocabulary
-    under ``logprobs=-1``), so a flat step of ``vocab + 1`` entries holds the sampled token
-    twice and its first entry is dropped; dict steps (and flat ones vLLM rebuilt through
-    dicts when merging streamed outputs) hold each id once already.
-
-    Args:
-        logprobs: a completion's ``logprobs`` (``FlatLogprobs`` or a list of dicts).
-        t: the step.
-        vocab: the vocabulary size (the full-vocabulary width of a step).
-
-    Example:
-        >>> from types import SimpleNamespace
-        >>> flat = SimpleNamespace(start_indices=[0], end_indices=[3], token_ids=[1, 1, 0],
-        ...                        logprobs=[-0.29, -0.29, -1.39])
-        >>> position_entries(flat, 0, vocab=2)
-        ([1, 0], [-0.29, -1.39])
-    """
-    if hasattr(logprobs, "start_indices") and hasattr(logprobs, "token_ids"):
-        a, b = logprobs.start_indices[t], logprobs.end_indices[t]
-        a = a + 1 if b - a == vocab + 1 else a
-        return logprobs.token_ids[a:b], logprobs.logprobs[a:b]
-    entry = logprobs[t]
-    return list(entry.keys()), [lp.logprob for lp in entry.values()]
-
-
-def _position_rows(logprobs: Any, n_tokens: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
-    """Full-vocabulary ``(T, V)`` logprobs and ids from vLLM's per-position containers."""
-    rows = np.empty((n_tokens, vocab), dtype=np.float64)
-    ids = np.empty((n_tokens, vocab), dtype=np.int64)
-    for t in range(n_tokens):
-        tok, val = position_entries(logprobs, t, vocab)
-        if len(tok) != vocab:
-            raise TokenwiseError(
-                f"vLLM returned {len(tok)} logprobs at step {t} for a vocabulary of {vocab}; "
-                f"{_FULL_VOCAB_HINT}")
-        rows[t] = val
-        ids[t] = tok
-    return rows, ids
-
-
 def _records(model: VLLMModel, completion: Any, row: int, route: str,
              engine_stats: tuple[list[float], list[float]] | None) -> list[Any]:
-    from tokenwise.generation import TokenRecord
-
     tokens = _kept_tokens(completion, model.eos_token_id)
     n = len(tokens)
     if n == 0:
@@ -581,8 +421,6 @@ def generate_with_stats(llm: Any, prompts: str | Sequence[str], sampling_params:
         >>> gens[0].tokens[0].entropy  # doctest: +SKIP
         0.0123...
     """
-    from tokenwise.generation import Generation
-
     model = as_vllm_model(llm)
     items = _check_prompts(prompts)
     if route not in ("logprobs", "engine"):
@@ -604,10 +442,10 @@ def generate_with_stats(llm: Any, prompts: str | Sequence[str], sampling_params:
         params.flat_logprobs = True
         requests = [params] * len(items)
     else:
-        if len(items) > MAX_FINISHED_TAGS:
+        if len(items) > recorder.MAX_FINISHED_TAGS:
             raise TokenwiseError(f"{len(items)} prompts for route='engine': the recorder keeps "
-                                 f"at most {MAX_FINISHED_TAGS} requests' statistics until they "
-                                 "are collected; send them in smaller calls")
+                                 f"at most {recorder.MAX_FINISHED_TAGS} requests' statistics "
+                                 "until they are collected; send them in smaller calls")
         params.logprobs = 0
         params.flat_logprobs = True
         requests = []
@@ -705,7 +543,7 @@ def prompt_surprisal(llm: Any, text: str | Sequence[int], prefix: str | Sequence
     """Surprisal (nats) of each token of ``text`` given the start token, ``prefix`` and the
     tokens before it, from vLLM's prompt logprobs.
 
-    The same numbers as :func:`tokenwise.compression.perplexity.token_surprisal` on the
+    The same numbers as :func:`tokenwise.scoring.token_surprisal` on the
     Hugging Face model (including its overlapping windows for texts longer than the window).
 
     Args:
@@ -719,260 +557,9 @@ def prompt_surprisal(llm: Any, text: str | Sequence[int], prefix: str | Sequence
         >>> s.shape  # doctest: +SKIP
         (7,)
     """
-    from tokenwise.compression.perplexity import token_surprisal
-
     model = as_vllm_model(llm)
     ids = model.encode(text) if isinstance(text, str) else [int(i) for i in text]
     pre = model.encode(prefix) if isinstance(prefix, str) else [int(i) for i in prefix]
     return token_surprisal(model, ids, pre, window=window, stride=stride)
 
-
-# --------------------------------------------------------------------------------------------
-# the in-engine route: a recording logits processor and a worker extension to read it
-# --------------------------------------------------------------------------------------------
-
-
-def _match_track(tracks: list[tuple[list[int], list[float], list[float]]],
-                 tokens: list[int]) -> tuple[list[float], list[float]]:
-    if not tracks:
-        raise TokenwiseError("the engine recorded no statistics for a generation; start it "
-                             "with logits_processors=[EntropyRecorder, ...] and "
-                             f"worker_extension_cls={WORKER_EXTENSION!r}")
-    for i, (out_ids, ent, var) in enumerate(tracks):
-        if out_ids[:len(tokens)] == tokens and len(ent) >= len(tokens):
-            lost = [t for t in range(len(tokens)) if math.isnan(ent[t])]
-            if lost:
-                raise TokenwiseError(
-                    f"the engine lost the statistics of steps {lost[:5]} of a generation of "
-                    f"{len(tokens)} tokens: vLLM removed the request from its batch and "
-                    "re-added it, and the recorder found no earlier track to continue; use "
-                    "route='logprobs' for it")
-            tracks.pop(i)
-            return ent, var
-    have = sorted(len(ent) for _, ent, _ in tracks)
-    raise TokenwiseError(f"the engine's recorded statistics ({len(tracks)} track(s) of "
-                         f"{have} steps) do not cover a generation of {len(tokens)} tokens")
-
-
-def _collect_engine_stats(model: VLLMModel, tags: list[str]) -> dict[str, Any]:
-    try:
-        replies = model.llm.collective_rpc("tokenwise_take_stats", args=(tags,))
-    except Exception as exc:  # vLLM raises its own types for an unknown worker method
-        raise TokenwiseError(f"route='engine' needs an engine started with "
-                             f"worker_extension_cls={WORKER_EXTENSION!r} and "
-                             f"logits_processors=[EntropyRecorder, ...]: {exc}") from exc
-    return _merge_replies(replies)
-
-
-def _merge_replies(replies: Sequence[Any]) -> dict[str, list[tuple]]:
-    """One ``tag -> tracks`` store from every worker's reply.
-
-    Every rank follows the batch, so every rank has a track per request, but only ranks that
-    compute logits fill it: with tensor parallelism every rank holds the same values, with
-    pipeline parallelism only the last stage holds any (the others return tracks without
-    values). Per tag, the reply whose tracks hold the most values is kept.
-    """
-    merged: dict[str, list[tuple]] = {}
-    filled: dict[str, int] = {}
-    for reply in replies:
-        for tag, tracks in (reply or {}).items():
-            count = sum(len(track[1]) for track in tracks)
-            if tag not in merged or count > filled[tag]:
-                merged[tag], filled[tag] = list(tracks), count
-    return merged
-
-
-def _params_ref(params: Any) -> Any:
-    """A handle that gives ``params`` back while it lives (a weak one when possible)."""
-    try:
-        return weakref.ref(params)
-    except TypeError:  # not weak-referenceable: hold it (bounded by the finished store)
-        return lambda: params
-
-
-def _same_history(old: list[int], new: list[int]) -> bool:
-    """Whether two output-token lists of one request agree where both are known (vLLM's
-    async scheduling leaves ``-1`` placeholders and may hand over a rebuilt list)."""
-    return all(a == b or a < 0 or b < 0 for a, b in zip(old, new, strict=False))
-
-
-class _Track:
-    __slots__ = ("entropy", "finished_at", "output_ids", "params", "tag", "varentropy")
-
-    def __init__(self, tag: str, output_ids: list[int], params: Any = None):
-        self.tag = tag
-        self.output_ids = output_ids  # vLLM's live list of the request's generated tokens
-        self.params = _params_ref(params)  # the request's SamplingParams, kept across re-adds
-        self.entropy: list[float] = []
-        self.varentropy: list[float] = []
-        self.finished_at = 0  # the recorder's take count when the track left the batch
-
-    def put(self, step: int, h: float, v: float) -> None:
-        # indexed by step, not appended: a re-run step (preemption, a discarded partial
-        # prefill) overwrites its earlier value
-        if step < len(self.entropy):
-            self.entropy[step], self.varentropy[step] = h, v
-            del self.entropy[step + 1:], self.varentropy[step + 1:]
-            return
-        if step > len(self.entropy):
-            # Steps this track never saw (a request re-added without its earlier track):
-            # NaN marks them, so reading them fails instead of shifting every value.
-            gap = [math.nan] * (step - len(self.entropy))
-            self.entropy.extend(gap)
-            self.varentropy.extend(gap)
-        self.entropy.append(h)
-        self.varentropy.append(v)
-
-    def resume(self, output_ids: list[int]) -> None:
-        """Continue after vLLM re-added the request with ``output_ids`` already generated."""
-        n = len(output_ids)
-        del self.entropy[n:], self.varentropy[n:]  # steps whose tokens vLLM dropped
-        self.output_ids = output_ids
-
-    def as_tuple(self) -> tuple[list[int], list[float], list[float]]:
-        return list(self.output_ids), self.entropy, self.varentropy
-
-
-def _make_recorder_class() -> type:
-    from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
-
-    class EntropyRecorder(LogitsProcessor):
-        """Records entropy and varentropy of each step's logits for requests that ask
-        (``SamplingParams(extra_args={STATS_KEY: tag})``); never changes a logit.
-
-        Read the values with :func:`generate_with_stats` (``route="engine"``), which needs the
-        engine's ``worker_extension_cls`` to be :data:`WORKER_EXTENSION`.
-        """
-
-        @classmethod
-        def validate_params(cls, sampling_params: Any) -> None:
-            tag = (sampling_params.extra_args or {}).get(STATS_KEY)
-            if tag is not None and not isinstance(tag, str):
-                raise ValueError(f"extra_args[{STATS_KEY!r}]={tag!r}: allowed a string tag")
-
-        def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
-            self.rows: dict[int, _Track] = {}
-            # tag -> tracks that left the batch (finished, or removed and maybe re-added
-            # later), oldest tag first; bounded (see _finish and take)
-            self.finished: dict[str, list[_Track]] = {}
-            self.takes = 0  # how many times take() ran
-
-        def _finish(self, track: _Track) -> None:
-            track.finished_at = self.takes
-            self.finished.setdefault(track.tag, []).append(track)
-            while len(self.finished) > MAX_FINISHED_TAGS:
-                del self.finished[next(iter(self.finished))]  # the oldest tag
-
-        def _resume(self, tag: str, params: Any, output_ids: list[int]) -> _Track | None:
-            # vLLM removes a request it preempts or does not schedule in a step and later
-            # re-adds it with the same SamplingParams object and the tokens generated so far
-            # (the same list object, or under async scheduling a rebuilt one): continue the
-            # track it left. A request re-added with no tokens has nothing to continue.
-            if not output_ids:
-                return None
-            tracks = self.finished.get(tag, [])
-            same = [t for t in tracks if t.params() is params]
-            found = next((t for t in same if t.output_ids is output_ids), None)
-            if found is None:
-                found = next((t for t in same if len(t.output_ids) <= len(output_ids)
-                              and _same_history(t.output_ids, output_ids)), None)
-            if found is None:
-                return None
-            tracks.remove(found)
-            if not tracks:
-                del self.finished[tag]
-            found.resume(output_ids)
-            return found
-
-        def is_argmax_invariant(self) -> bool:
-            # It changes nothing, but vLLM skips argmax-invariant processors on greedy
-            # batches; declaring False keeps it running for greedy requests too.
-            return False
-
-        def update_state(self, batch_update: BatchUpdate | None) -> None:
-            if batch_update is None:
-                return
-            for index in batch_update.removed:
-                track = self.rows.pop(index, None)
-                if track is not None:
-                    self._finish(track)
-            for index, params, _prompt, output_ids in batch_update.added:
-                old = self.rows.pop(index, None)
-                if old is not None:
-                    self._finish(old)
-                tag = (params.extra_args or {}).get(STATS_KEY) if params is not None else None
-                if tag is not None:
-                    self.rows[index] = (self._resume(tag, params, output_ids)
-                                        or _Track(tag, output_ids, params))
-            for a, b, direction in batch_update.moved:
-                ta, tb = self.rows.pop(a, None), self.rows.pop(b, None)
-                if ta is not None:
-                    self.rows[b] = ta
-                if tb is not None and str(direction).endswith("SWAP"):
-                    self.rows[a] = tb
-                elif tb is not None:
-                    self._finish(tb)
-
-        def apply(self, logits: torch.Tensor) -> torch.Tensor:
-            if not self.rows:
-                return logits
-            index = sorted(i for i in self.rows if i < logits.shape[0])
-            if not index:
-                return logits
-            rows = logits[index].float()  # (R, V)
-            lp = torch.log_softmax(rows, -1)  # (R, V)
-            p = lp.exp()
-            lp = torch.where(p > 0, lp, 0.0)
-            h = -(p * lp).sum(-1)  # (R,)
-            v = (p * (lp + h[:, None]).square()).sum(-1)  # (R,)
-            for i, hi, vi in zip(index, h.tolist(), v.tolist(), strict=True):
-                track = self.rows[i]
-                track.put(len(track.output_ids), hi, vi)
-            return logits
-
-        def take(self, tags: Sequence[str]) -> dict[str, list[tuple]]:
-            # A finished request leaves the batch only at the next step's update, which may
-            # never come when the engine goes idle: a caller that asks has seen its requests
-            # finish, so their tracks still in `rows` are taken too.
-            wanted = set(tags)
-            for index in [i for i, t in self.rows.items() if t.tag in wanted]:
-                self._finish(self.rows.pop(index))
-            got = {tag: [t.as_tuple() for t in self.finished.pop(tag, [])] for tag in tags}
-            # Tracks nobody asks for (an aborted call, requests sent through `vllm serve`)
-            # go once STALE_TAKES later takes have passed them by.
-            self.takes += 1
-            stale = [tag for tag, tracks in self.finished.items()
-                     if all(self.takes - t.finished_at > STALE_TAKES for t in tracks)]
-            for tag in stale:
-                del self.finished[tag]
-            return got
-
-    EntropyRecorder.__module__ = __name__
-    EntropyRecorder.__qualname__ = "EntropyRecorder"
-    return EntropyRecorder
-
-
-class StatsWorkerExtension:
-    """Methods vLLM adds to its workers (``worker_extension_cls``) to read the recorder."""
-
-    def tokenwise_take_stats(self, tags: Sequence[str]) -> dict[str, list[tuple]]:
-        """The finished statistics of the requests tagged ``tags`` (removed from the store)."""
-        procs = self.model_runner.input_batch.logitsprocs.all  # type: ignore[attr-defined]
-        for proc in procs:
-            if type(proc).__name__ == "EntropyRecorder" and hasattr(proc, "take"):
-                return proc.take(tags)
-        return {}
-
-
-_LAZY: dict[str, type] = {}
-
-
-def __getattr__(name: str) -> Any:
-    # EntropyRecorder subclasses vLLM's LogitsProcessor, so it is built on first use (vLLM
-    # and its worker processes look it up by this module's name).
-    if name == "EntropyRecorder":
-        if name not in _LAZY:
-            _LAZY[name] = _make_recorder_class()
-        return _LAZY[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
