@@ -52,9 +52,8 @@ def make_text(lm: LanguageModel, n_tokens: int) -> str:
 
 def floor_pass(lm: LanguageModel, text: str, window: int, stride: int) -> None:
     """The bare forward passes `score` makes, and nothing else."""
-    ids = lm.encode(text)
-    seq = torch.tensor([lm.bos_token_id, *ids])
-    for begin, first, end in plan_windows(len(ids), window, stride):
+    seq = torch.tensor(lm.encode(text, add_bos=True))  # the tokenizer's own start ids, if any
+    for begin, first, end in plan_windows(len(seq) - 1, window, stride):
         lm.forward(seq[begin:end][None], logits_to_keep=end - first + 1)
 
 
