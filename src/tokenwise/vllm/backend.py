@@ -7,9 +7,9 @@ A vLLM ``LLM`` is recognised by duck typing (:func:`is_vllm_llm`); nothing here 
 length), and :func:`generate_with_stats` returns the same
 :class:`~tokenwise.generation.Generation` / :class:`~tokenwise.generation.TokenRecord` records
 as :func:`tokenwise.generate`, so code downstream of generation does not care which engine
-produced them. Prompts are always sent as token ids encoded the tokenwise way (the start token
-from :attr:`VLLMModel.bos_token_id`, then the text with special-token strings read as text), so
-the engine scores exactly the ids the Hugging Face path scores.
+produced them. Prompts are always sent as token ids encoded the tokenwise way (the tokenizer's
+own start ids, then the text with special-token strings read as text), so the engine scores
+exactly the ids the Hugging Face path scores.
 
 Two ways to get each generated token's entropy and varentropy out of vLLM
 --------------------------------------------------------------------------
@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,12 @@ import numpy as np
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.generation import Generation, TokenRecord
-from tokenwise.models.language_model import end_token_id, start_token_id
+from tokenwise.models.language_model import (
+    LanguageModel,
+    end_token_id,
+    start_token_id,
+    tokenizer_start_ids,
+)
 from tokenwise.scoring import token_surprisal
 from tokenwise.vllm import recorder
 from tokenwise.vllm.logprobs import _normalise_rows, _position_rows, _rows_stats
@@ -195,21 +201,21 @@ class VLLMModel:
         limit = getattr(self._config, "max_logprobs", 20)
         return limit == -1 or limit >= self.vocab_size
 
+    @cached_property
+    def start_ids(self) -> tuple[int, ...]:
+        """The ids the tokenizer puts in front of every text (as :class:`LanguageModel`)."""
+        return tokenizer_start_ids(self.tokenizer)
+
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        """Token ids of ``text`` exactly as :meth:`LanguageModel.encode` makes them.
+        """Token ids of ``text`` exactly as :meth:`LanguageModel.encode` makes them (the
+        tokenizer's own start ids with ``add_bos``; a template's ids for an
+        :class:`~tokenwise.models.language_model.EncodedText`).
 
         Args:
             text: the text.
-            add_bos: put the start token (:attr:`bos_token_id`) in front.
+            add_bos: put the tokenizer's start ids (:attr:`start_ids`, possibly none) in front.
         """
-        ids = list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True,
-                                  verbose=False)["input_ids"])
-        if add_bos:
-            if self.bos_token_id is None:
-                raise TokenwiseError(f"model {self.name!r} has neither a BOS nor an EOS token; "
-                                     "encode with add_bos=False")
-            ids.insert(0, self.bos_token_id)
-        return ids
+        return LanguageModel.encode(self, text, add_bos)  # type: ignore[arg-type]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of token ids."""
