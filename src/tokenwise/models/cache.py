@@ -151,13 +151,7 @@ def atomic_dir(final: Path, what: str) -> Iterator[Path]:
         >>> (root / "entry" / "a.txt").read_text()
         'done'
     """
-    parent = final.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_error(exc, parent, what) from exc
-    sweep_leftovers(parent)
-    tmp = parent / _tmp_name(final)
+    parent, tmp = _temporary_beside(final, what)
     with _removed_on_failure(tmp, parent, what):
         tmp.mkdir()
         yield tmp
@@ -191,18 +185,24 @@ def atomic_file(final: Path, what: str) -> Iterator[Path]:
         >>> (root / "x.bin").read_bytes()
         b'ok'
     """
+    parent, tmp = _temporary_beside(final, what)
+    with _removed_on_failure(tmp, parent, what):
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+
+
+def _temporary_beside(final: Path, what: str) -> tuple[Path, Path]:
+    """``(parent, temporary path)`` for writing ``final``: the parent is created (an OS error
+    is one line naming ``what``) and dead writers' leftovers there are swept first."""
     parent = final.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise write_error(exc, parent, what) from exc
     sweep_leftovers(parent)
-    tmp = parent / _tmp_name(final)
-    with _removed_on_failure(tmp, parent, what):
-        yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
+    return parent, parent / _tmp_name(final)
 
 
 @contextmanager
