@@ -1,8 +1,16 @@
-"""`LanguageModel`: one wrapper over a Hugging Face causal LM and its tokenizer."""
+"""`LanguageModel`: one wrapper over a Hugging Face causal LM and its tokenizer.
+
+Its tokenizer half (:class:`TokenizerCodec`: encode, decode, start and end ids) is shared with
+models whose weights live elsewhere (the vLLM server's ``ServedModel``), so every holder of a
+tokenizer encodes a prompt the same way. The roles themselves are
+:class:`~tokenwise.models.protocols.Codec` and :data:`~tokenwise.models.protocols.Scorer`.
+"""
 
 from __future__ import annotations
 
+import abc
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -154,11 +162,154 @@ class ForwardOutput:
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
-class LanguageModel:
+class TokenizerCodec(abc.ABC):
+    """The codec half of a model, read from its Hugging Face tokenizer: text to token ids and
+    back, the ids that start and end a text, the vocabulary and the context.
+
+    :class:`LanguageModel` and the vLLM server's ``ServedModel`` (whose weights live in
+    the engine) both build on it, so a prompt is encoded the same way whichever holds it.
+    A subclass sets ``name`` and ``tokenizer`` and gives :attr:`context_length`; it satisfies
+    :class:`~tokenwise.models.protocols.Codec`.
+
+    Attributes:
+        name: the model id, for reports.
+        tokenizer: the Hugging Face tokenizer (chat templates, token texts and bytes).
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> class TokenizerOnly(TokenizerCodec):
+        ...     def __init__(self, name, tokenizer):
+        ...         self.name, self.tokenizer = name, tokenizer
+        ...     context_length = 256
+        >>> codec = TokenizerOnly("tw-small", load("tw-small").tokenizer)
+        >>> codec.encode("7+5=", add_bos=True) == load("tw-small").encode("7+5=", add_bos=True)
+        True
+    """
+
+    name: str
+    tokenizer: Any
+
+    @property
+    @abc.abstractmethod
+    def context_length(self) -> int:
+        """Longest sequence, in tokens, the model reads."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens of the tokenizer (a model whose logits are wider says so itself)."""
+        return len(self.tokenizer)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """A start-like token id (BOS, else EOS, GPT-2 style, else None), for callers that
+        need some token id (padding, a classifier's first position).
+
+        Not necessarily what starts a text: that is :attr:`start_ids`, which follows the
+        tokenizer's own rule (SmolLM2's ``bos_token`` is its chat-turn marker, never put in
+        front of a text).
+        """
+        return start_token_id(self.tokenizer)
+
+    @cached_property
+    def start_ids(self) -> tuple[int, ...]:
+        """The ids the tokenizer puts in front of every text (see :func:`tokenizer_start_ids`).
+
+        ``()`` for tokenizers that add none (SmolLM2, Qwen, GPT-2): then a text's first token
+        has no prediction, and :func:`tokenwise.score` scores from its second token on.
+
+        Example:
+            >>> from tokenwise.models import load
+            >>> load("tw-small").start_ids
+            (1,)
+        """
+        return tokenizer_start_ids(self.tokenizer)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The end-of-text token, if the tokenizer has one."""
+        return end_token_id(self.tokenizer)
+
+    def _generation_config(self) -> Any:
+        """The generation config whose ``eos_token_id`` may list more end ids (None: none)."""
+        return None
+
+    @property
+    def end_token_ids(self) -> frozenset[int]:
+        """Every token that ends a text: the tokenizer's EOS and the generation config's.
+
+        Models such as Llama 3 list several end-of-text ids in ``generation_config.json``
+        (``eos_token_id`` as a list); transformers' ``generate`` stops on any of them, and so
+        does :func:`tokenwise.generate`.
+
+        Example:
+            >>> from tokenwise.models import load
+            >>> sorted(load("tw-small").end_token_ids)
+            [2]
+        """
+        ids = set()
+        if self.eos_token_id is not None:
+            ids.add(self.eos_token_id)
+        extra = getattr(self._generation_config(), "eos_token_id", None)
+        if extra is not None:
+            ids.update(int(t) for t in (extra if isinstance(extra, (list, tuple)) else [extra]))
+        return frozenset(ids)
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        """Token ids of ``text``; with ``add_bos`` the tokenizer's start ids
+        (:attr:`start_ids`, possibly none) first.
+
+        Special-token strings inside ``text`` are encoded as ordinary text. An
+        :class:`EncodedText` (a chat prompt rendered with the model's template) brings its own
+        ids: they are returned as they are (``add_bos``) or without their leading start ids.
+
+        Args:
+            text: the text.
+            add_bos: put the tokenizer's start ids in front.
+
+        Example:
+            >>> from tokenwise.models import load
+            >>> lm = load("tw-small")
+            >>> lm.decode(lm.encode("12+7=19"))
+            '12+7=19'
+        """
+        start = list(self.start_ids)
+        if isinstance(text, EncodedText):
+            ids = list(text.ids)
+            if not add_bos and start and ids[:len(start)] == start:
+                ids = ids[len(start):]
+            return ids
+        # Text that looks like a special token ("<s>", "</s>") is text, not a control token.
+        ids = list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True,
+                                  verbose=False)["input_ids"])
+        return start + ids if add_bos else ids
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False
+               ) -> str:
+        """Text of token ids.
+
+        Args:
+            ids: token ids (a list or a 1-D tensor).
+            skip_special_tokens: leave control tokens (BOS, EOS, turn markers) out.
+
+        Example:
+            >>> from tokenwise.models import load
+            >>> lm = load("tw-small")
+            >>> ids = lm.encode("7+5=", add_bos=True)
+            >>> lm.decode(ids), lm.decode(ids, skip_special_tokens=True)
+            ('<s>7+5=', '7+5=')
+        """
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+class LanguageModel(TokenizerCodec):
     """A causal language model with its tokenizer, in eval mode, ready for inference.
 
     Every part of tokenwise talks to models through this class. Build it with
-    :func:`tokenwise.models.load`.
+    :func:`tokenwise.models.load`. It is a :class:`~tokenwise.models.protocols.Codec`
+    (encode, decode, start and end ids, from :class:`TokenizerCodec`) and a
+    :class:`~tokenwise.models.protocols.ForwardScorer` (:meth:`forward` with a KV cache).
 
     Args:
         hf_model: a ``transformers`` causal LM (``...ForCausalLM``).
@@ -224,96 +375,12 @@ class LanguageModel:
             return limit
         return 2048
 
-    @property
-    def bos_token_id(self) -> int | None:
-        """A start-like token id (BOS, else EOS, GPT-2 style, else None), for callers that
-        need some token id (padding, a classifier's first position).
-
-        Not necessarily what starts a text: that is :attr:`start_ids`, which follows the
-        tokenizer's own rule (SmolLM2's ``bos_token`` is its chat-turn marker, never put in
-        front of a text).
-        """
-        return start_token_id(self.tokenizer)
-
-    @cached_property
-    def start_ids(self) -> tuple[int, ...]:
-        """The ids the tokenizer puts in front of every text (see :func:`tokenizer_start_ids`).
-
-        ``()`` for tokenizers that add none (SmolLM2, Qwen, GPT-2): then a text's first token
-        has no prediction, and :func:`tokenwise.score` scores from its second token on.
-
-        Example:
-            >>> from tokenwise.models import load
-            >>> load("tw-small").start_ids
-            (1,)
-        """
-        return tokenizer_start_ids(self.tokenizer)
-
-    @property
-    def eos_token_id(self) -> int | None:
-        """The end-of-text token, if the tokenizer has one."""
-        return end_token_id(self.tokenizer)
-
-    @property
-    def end_token_ids(self) -> frozenset[int]:
-        """Every token that ends a text: the tokenizer's EOS and the generation config's.
-
-        Models such as Llama 3 list several end-of-text ids in ``generation_config.json``
-        (``eos_token_id`` as a list); transformers' ``generate`` stops on any of them, and so
-        does :func:`tokenwise.generate`.
-
-        Example:
-            >>> from tokenwise.models import load
-            >>> sorted(load("tw-small").end_token_ids)
-            [2]
-        """
-        ids = set()
-        if self.eos_token_id is not None:
-            ids.add(self.eos_token_id)
-        config = getattr(self.hf_model, "generation_config", None)
-        extra = getattr(config, "eos_token_id", None)
-        if extra is not None:
-            ids.update(int(t) for t in (extra if isinstance(extra, (list, tuple)) else [extra]))
-        return frozenset(ids)
+    def _generation_config(self) -> Any:
+        return getattr(self.hf_model, "generation_config", None)
 
     def num_parameters(self) -> int:
         """Number of distinct parameters (tied embeddings counted once)."""
         return count_parameters(self.hf_model)
-
-    def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        """Token ids of ``text``; with ``add_bos`` the tokenizer's start ids
-        (:attr:`start_ids`, possibly none) first.
-
-        Special-token strings inside ``text`` are encoded as ordinary text. An
-        :class:`EncodedText` (a chat prompt rendered with the model's template) brings its own
-        ids: they are returned as they are (``add_bos``) or without their leading start ids.
-
-        Args:
-            text: the text.
-            add_bos: put the tokenizer's start ids in front.
-
-        Example:
-            >>> from tokenwise.models import load
-            >>> lm = load("tw-small")
-            >>> lm.decode(lm.encode("12+7=19"))
-            '12+7=19'
-        """
-        start = list(self.start_ids)
-        if isinstance(text, EncodedText):
-            ids = list(text.ids)
-            if not add_bos and start and ids[:len(start)] == start:
-                ids = ids[len(start):]
-            return ids
-        # Text that looks like a special token ("<s>", "</s>") is text, not a control token.
-        ids = list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True,
-                                  verbose=False)["input_ids"])
-        return start + ids if add_bos else ids
-
-    def decode(self, ids: list[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
-        """Text of token ids."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     @torch.inference_mode()
     def forward(

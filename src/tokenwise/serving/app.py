@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from tokenwise.errors import TokenwiseError
-from tokenwise.models import LanguageModel
+from tokenwise.models import Codec, LanguageModel
 from tokenwise.serving.batcher import Batcher
 from tokenwise.serving.config import ServerConfig, load_models
 from tokenwise.serving.errors import APIError
@@ -45,9 +45,12 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("tokenwise.serving")
 
 
-def options_listing(models: dict[str, LanguageModel]) -> dict[str, Any]:
+def options_listing(models: Mapping[str, Codec]) -> dict[str, Any]:
     """What a client may choose: models, samplers with their parameters, compression
     methods, uncertainty estimators.
+
+    Args:
+        models: the served models by id.
 
     Example:
         >>> "top_h" in [s["name"] for s in options_listing({})["samplers"]]
@@ -86,25 +89,46 @@ def load_compressors(compress_models: dict[str, str]) -> None:
             raise TokenwiseError(f"compress model {method}={model}: {exc}") from None
 
 
+def _runnable(models: Mapping[str, Codec]) -> dict[str, LanguageModel]:
+    """``models``, each checked to be one the embedded batcher can decode with."""
+    out = {}
+    for name, model in models.items():
+        if not isinstance(model, LanguageModel):
+            raise TypeError(f"model {name!r} is a {type(model).__name__}, which the embedded "
+                            "engine cannot decode with (it has no forward pass): give "
+                            "LanguageModels (tokenwise.load), or engine= the engine that "
+                            "serves it")
+        out[name] = model
+    return out
+
+
 def create_app(config: ServerConfig | None = None,
-               models: dict[str, LanguageModel] | None = None,
+               models: Mapping[str, Codec] | None = None,
                engine: ServingBackend | None = None) -> FastAPI:
     """Build the app; models are loaded now (given, or from ``config.models``) and fixed.
 
     Args:
         config: the settings (default :class:`ServerConfig`).
-        models: already loaded models by id (skips loading); with ``engine``, the models
-            that engine serves.
+        models: already loaded models by id (skips loading): :class:`LanguageModel` s for
+            the embedded batcher; with ``engine``, the models that engine serves, as the
+            routes see them (any :class:`~tokenwise.models.Codec`, e.g. vLLM's
+            ``ServedModel``).
         engine: the engine that generates (default: the embedded batcher over ``models``).
+
+    Raises:
+        TypeError: ``engine`` without ``models``, or, without ``engine``, a model the
+            embedded batcher cannot run (no forward pass).
     """
     config = config or ServerConfig()
-    if engine is not None and models is None:
-        raise TypeError("create_app(engine=...) needs the models that engine serves")
-    models = dict(models) if models is not None else load_models(config.models, config.device)
-    load_compressors(config.compress_models)
     if engine is None:
-        engine = Batcher(models, batching=config.batching,
-                         window_s=config.batch_window_ms / 1000, max_rows=config.max_batch_rows)
+        own = load_models(config.models, config.device) if models is None else _runnable(models)
+        engine = Batcher(own, batching=config.batching, window_s=config.batch_window_ms / 1000,
+                         max_rows=config.max_batch_rows)
+        models = own
+    elif models is None:
+        raise TypeError("create_app(engine=...) needs the models that engine serves")
+    models = dict(models)
+    load_compressors(config.compress_models)
     service = CompletionService(config, models, engine)
     started = int(time.time())
 

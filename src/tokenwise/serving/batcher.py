@@ -110,7 +110,7 @@ class Batcher:
     """The embedded backend: queues jobs and calls, runs them on one worker thread.
 
     Args:
-        models: model id -> loaded model.
+        models: model id -> loaded model (the batcher runs their forward passes).
         batching: group compatible jobs (False: one job per batch).
         window_s: how long an idle batcher waits for company.
         max_rows: most sequences per batch.
@@ -199,11 +199,13 @@ class Batcher:
 
     async def _ead_events(self, plan: Plan) -> AsyncIterator[Event]:
         assert plan.large is not None and plan.ead is not None
+        # this backend's own models (the plan's are codecs): EAD runs both forward passes
+        small, large = self.models[plan.model], self.models[plan.ead.large]
         decoded = []
         for c in range(plan.choices):
             prompt, seed = plan.prompts[c // plan.n], plan.seeds[c]
             decoded.append(await self.call(
-                lambda p=prompt, s=seed: run_ead(plan.lm, plan.large, p, plan.spec, plan.ead,
+                lambda p=prompt, s=seed: run_ead(small, large, p, plan.spec, plan.ead,
                                                  plan.max_tokens, plan.stops, s,
                                                  plan.top_logprobs)))
         infos = [info for _, info in decoded]
@@ -219,9 +221,9 @@ class Batcher:
         """The request's ``tokenwise.uncertainty`` score (its samples decoded on the worker
         thread)."""
         assert plan.uncertainty is not None
-        options, prompt = plan.uncertainty, plan.prompts[0]
+        options, prompt, lm = plan.uncertainty, plan.prompts[0], self.models[plan.model]
         return await self.call(
-            lambda: score_uncertainty(options, plan.lm, prompt, plan.max_tokens, plan.stops,
+            lambda: score_uncertainty(options, lm, prompt, plan.max_tokens, plan.stops,
                                       seed=plan.seeds[0]))
 
     def _fits(self, lm: LanguageModel, rows: list[Row]) -> bool:

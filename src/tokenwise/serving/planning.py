@@ -14,12 +14,13 @@ Example:
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.generation.engine import MAX_SEED
-from tokenwise.models import LanguageModel
+from tokenwise.models import Codec
 from tokenwise.serving import uncertainty_score
 from tokenwise.serving.chat_format import render
 from tokenwise.serving.config import ServerConfig
@@ -39,7 +40,8 @@ class Plan:
 
     Attributes:
         kind: ``"chat"`` or ``"completion"``.
-        model: the model id; ``lm`` the model.
+        model: the model id; ``lm`` the model, as planning sees it: a
+            :class:`~tokenwise.models.Codec` (the backend that generates holds the weights).
         prompts: the prompt texts (chat: one; completions: one per prompt).
         prompt_tokens: their lengths in tokens, the tokenizer's start ids included.
         n: choices per prompt (choice ``p * n + j`` is prompt p's j-th).
@@ -57,7 +59,7 @@ class Plan:
 
     kind: str
     model: str
-    lm: LanguageModel
+    lm: Codec
     prompts: list[str]
     prompt_tokens: list[int]
     n: int
@@ -70,7 +72,7 @@ class Plan:
     stream: bool
     include_usage: bool
     ead: EADOptions | None = None
-    large: LanguageModel | None = None
+    large: Codec | None = None
     uncertainty: UncertaintyOptions | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -87,9 +89,25 @@ def check_max_tokens(value: int | None, limit: int) -> None:
                        param="max_tokens", code="max_tokens_too_large")
 
 
-def pick_model(models: dict[str, LanguageModel], name: str, param: str = "model"
-               ) -> LanguageModel:
-    """The served model ``name`` (404 naming the served ones otherwise)."""
+#: the served models' type: any :class:`~tokenwise.models.Codec` (a caller holding
+#: LanguageModels gets a LanguageModel back).
+M = TypeVar("M", bound=Codec)
+
+
+def pick_model(models: Mapping[str, M], name: str, param: str = "model") -> M:
+    """The served model ``name`` (404 naming the served ones otherwise).
+
+    Args:
+        models: the served models by id.
+        name: the id the request gives.
+        param: the request field that gave it (named in the error).
+
+    Example:
+        >>> pick_model({}, "gpt-9")
+        Traceback (most recent call last):
+        ...
+        tokenwise.serving.errors.APIError: The model 'gpt-9' does not exist on this server; ...
+    """
     if name not in models:
         raise APIError(404, f"The model {name!r} does not exist on this server; served: "
                             f"{', '.join(models)}", param=param, code="model_not_found")
@@ -165,7 +183,7 @@ def check_seed(seed: int | None, choices: int, uncertainty_n: int = 0) -> None:
                        code="invalid_seed")
 
 
-def _render_chat(lm: LanguageModel, messages: list[dict[str, str]], stops: list[str]
+def _render_chat(lm: Codec, messages: list[dict[str, str]], stops: list[str]
                  ) -> tuple[list[str], list[str], str]:
     """The chat prompt, the request's stops plus those the chat format needs, the format.
 
@@ -180,7 +198,7 @@ def _render_chat(lm: LanguageModel, messages: list[dict[str, str]], stops: list[
         rendered.format
 
 
-def _count_tokens(lm: LanguageModel, prompts: list[str], kind: str, max_tokens: int,
+def _count_tokens(lm: Codec, prompts: list[str], kind: str, max_tokens: int,
                   max_tokens_given: bool, check_context: bool) -> list[int]:
     """Each prompt's length in tokens (start ids included); a 400 for an empty prompt, or, with
     ``check_context``, for a prompt that leaves no room for ``max_tokens``."""
@@ -206,13 +224,14 @@ def _count_tokens(lm: LanguageModel, prompts: list[str], kind: str, max_tokens: 
 
 
 def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConfig,
-                 models: dict[str, LanguageModel], check_context: bool = True) -> Plan:
+                 models: Mapping[str, Codec], check_context: bool = True) -> Plan:
     """Check a request against the server's models and limits and plan it.
 
     Args:
         req: the validated request.
         cfg: the server's settings.
-        models: the served models.
+        models: the served models (planning only renders, encodes and counts: any
+            :class:`~tokenwise.models.Codec`).
         check_context: check that prompt and ``max_tokens`` fit the context (off when the
             request asks for compression, which may shorten the prompt: then
             :func:`apply_compression` checks it).

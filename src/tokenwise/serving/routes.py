@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tokenwise.models import LanguageModel
+from tokenwise.compression.counting import TokenCounter
+from tokenwise.models import Codec
 from tokenwise.serving.batcher import Event
 from tokenwise.serving.config import ServerConfig
 from tokenwise.serving.engine import FinishEvent, TokenEvent
@@ -78,11 +79,12 @@ class CompletionService:
 
     Args:
         config: the server's settings.
-        models: the served models.
+        models: the served models; the routes only render, encode and count with them (any
+            :class:`~tokenwise.models.Codec`): the backend generates.
         backend: the backend that generates.
     """
 
-    def __init__(self, config: ServerConfig, models: dict[str, LanguageModel],
+    def __init__(self, config: ServerConfig, models: Mapping[str, Codec],
                  backend: ServingBackend) -> None:
         self.config = config
         self.models = models
@@ -137,8 +139,10 @@ class CompletionService:
         else:
             raise APIError(400, "tokenwise.compress takes one prompt; send the prompts one "
                                 "per request", param="tokenwise.compress")
-        options, lm, fixed = opts.compress, plan.lm, self.config.compress_models
-        compressed = await self.backend.call(lambda: compress_prompt(options, payload, lm,
+        # budgets count the served model's tokens; its tokenizer is all compression reads
+        options, fixed = opts.compress, self.config.compress_models
+        counter = TokenCounter(plan.lm.tokenizer, plan.lm.name)
+        compressed = await self.backend.call(lambda: compress_prompt(options, payload, counter,
                                                                       fixed))
         return apply_compression(plan, req, self.config, compressed)
 

@@ -61,7 +61,7 @@ import numpy as np
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.generation.stops import TextStream
-from tokenwise.models import LanguageModel, declared_context_length, resolve
+from tokenwise.models import Codec, TokenizerCodec, declared_context_length, resolve
 from tokenwise.serving.batcher import Event
 from tokenwise.serving.config import ServerConfig
 from tokenwise.serving.engine import FinishEvent, TokenEvent
@@ -169,21 +169,31 @@ class VLLMOptions:
         return kwargs
 
 
-class ServedModel(LanguageModel):
-    """A model vLLM serves, as the routes see it: its name, tokenizer and context; the
-    weights live in the engine (:meth:`forward` is not available here).
+class ServedModel(TokenizerCodec):
+    """A model vLLM serves, as the routes see it: a :class:`~tokenwise.models.Codec` (its
+    name, tokenizer and context, encoding exactly as a
+    :class:`~tokenwise.models.LanguageModel` with the same tokenizer). It has no forward
+    pass: the weights live in the engine.
 
     Args:
         name: the id clients use.
         path: its directory.
         tokenizer: its Hugging Face tokenizer.
-        context_length: the engine's ``max_model_len``.
+        context_length: the engine's ``max_model_len`` (updated when the engine starts).
+
+    Example:
+        >>> from tokenwise.models import Codec, ForwardScorer, load
+        >>> lm = load("tw-small")
+        >>> served = ServedModel("tw-small", lm.path, lm.tokenizer, 256)
+        >>> isinstance(served, Codec), isinstance(served, ForwardScorer)
+        (True, False)
+        >>> served.encode("7+5=", add_bos=True) == lm.encode("7+5=", add_bos=True)
+        True
     """
 
     def __init__(self, name: str, path: Path, tokenizer: Any, context_length: int) -> None:
         self.name, self.path, self.tokenizer = name, path, tokenizer
-        self.hf_model = None  # no weights in this process
-        self._context_length = context_length
+        self.context_length = context_length
 
     def __repr__(self) -> str:
         return f"ServedModel({self.name!r}, served by vLLM, context={self.context_length})"
@@ -193,14 +203,9 @@ class ServedModel(LanguageModel):
         """The engine's ``max_model_len``."""
         return self._context_length
 
-    @property
-    def vocab_size(self) -> int:
-        """Tokens of the tokenizer."""
-        return len(self.tokenizer)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise TokenwiseError(f"model {self.name!r} is served by vLLM; its forward pass is "
-                             "not available in the server process")
+    @context_length.setter
+    def context_length(self, value: int) -> None:
+        self._context_length = int(value)
 
 
 def engine_spec(spec: SamplerSpec) -> SamplerSpec:
@@ -350,7 +355,7 @@ class VLLMBackend:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         context = self.options.max_model_len or declared_context_length(path) or 2048
         self.lm = ServedModel(name, path, tokenizer, context)
-        self.models: dict[str, LanguageModel] = {name: self.lm}
+        self.models: dict[str, Codec] = {name: self.lm}
         self.names = TokenBytes(tokenizer)
         self.stats = VLLMStats()
         self.llm: Any = None
@@ -374,7 +379,7 @@ class VLLMBackend:
         args = AsyncEngineArgs(**self.options.engine_kwargs(str(self.path)))
         # built on the event loop that will drive it, as vLLM's own server does
         self.llm = AsyncLLM.from_engine_args(args)
-        self.lm._context_length = int(self.llm.model_config.max_model_len)
+        self.lm.context_length = int(self.llm.model_config.max_model_len)
         self.vocab_size = int(self.llm.model_config.get_vocab_size())  # logprob row width
         listed = self.llm.model_config.try_get_generation_config().get("eos_token_id")
         listed = [listed] if isinstance(listed, int) else list(listed or ())
