@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tokenwise.errors import TokenwiseError
+from tokenwise.models.protocols import Codec
 
 DEFAULT_TARGET = "tw-large"
 
@@ -133,7 +134,8 @@ class TokenCounter:
 
         Args:
             target: None (the built-in models' tokenizer), a :class:`TokenCounter`, a
-                ``LanguageModel``, a built-in model name, a local directory with tokenizer
+                ``LanguageModel`` or any other :class:`~tokenwise.models.protocols.Codec`, a
+                built-in model name, a local directory with tokenizer
                 files, a tokenizer object, or a function ``str -> int``.
 
         Example:
@@ -146,9 +148,8 @@ class TokenCounter:
             return _cached_dir_counter(DEFAULT_TARGET)
         if isinstance(target, (str, os.PathLike)):
             return _cached_dir_counter(os.fspath(target))
-        tokenizer = getattr(target, "tokenizer", None)
-        if tokenizer is not None and hasattr(target, "hf_model"):  # a LanguageModel
-            return cls(tokenizer, getattr(target, "name", "model"))
+        if isinstance(target, Codec):  # a LanguageModel, the vLLM server's ServedModel, ...
+            return cls(target.tokenizer, target.name)
         if hasattr(target, "encode") and callable(target):
             return cls(target, getattr(target, "name_or_path", "") or type(target).__name__)
         if callable(target):

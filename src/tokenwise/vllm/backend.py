@@ -2,9 +2,9 @@
 
 A vLLM ``LLM`` is recognised by duck typing (:func:`is_vllm_llm`); nothing here imports
 ``vllm`` until an engine is actually used, so ``import tokenwise`` never pulls it in.
-:class:`VLLMModel` wraps an ``LLM`` with the small part of the
-:class:`~tokenwise.models.LanguageModel` interface that scoring needs (tokenizer, BOS, context
-length), and :func:`generate_with_stats` returns the same
+:class:`VLLMModel` wraps an ``LLM`` as a codec (the tokenizer, start and end ids, context
+length; the same encoding rule as :class:`~tokenwise.models.LanguageModel`) and a prompt
+scorer (:class:`~tokenwise.models.protocols.PromptScorer`), and :func:`generate_with_stats` returns the same
 :class:`~tokenwise.generation.Generation` / :class:`~tokenwise.generation.TokenRecord` records
 as :func:`tokenwise.generate`, so code downstream of generation does not care which engine
 produced them. Prompts are always sent as token ids encoded the tokenwise way (the tokenizer's
@@ -60,20 +60,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.generation import Generation, TokenRecord
-from tokenwise.models.language_model import (
-    LanguageModel,
-    end_token_id,
-    start_token_id,
-    tokenizer_start_ids,
-)
+from tokenwise.models.language_model import TokenizerCodec
 from tokenwise.scoring import token_surprisal
 from tokenwise.vllm import recorder
 from tokenwise.vllm.logprobs import _normalise_rows, _position_rows, _rows_stats
@@ -110,9 +105,10 @@ def is_vllm_llm(obj: object) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-class VLLMModel:
-    """A vLLM ``LLM`` seen through the parts of :class:`~tokenwise.models.LanguageModel` that
-    scoring and generation need.
+class VLLMModel(TokenizerCodec):
+    """A vLLM ``LLM`` as a codec (:class:`~tokenwise.models.language_model.TokenizerCodec`:
+    the same encoding rule as :class:`~tokenwise.models.LanguageModel`) and a
+    :class:`~tokenwise.models.protocols.PromptScorer` (prompt logprobs from the engine).
 
     Args:
         llm: a ``vllm.LLM``.
@@ -152,15 +148,10 @@ class VLLMModel:
         """
         return int(self._config.max_model_len) - 2
 
-    @property
-    def bos_token_id(self) -> int | None:
-        """The token that starts a text: BOS, else EOS, else None (as LanguageModel)."""
-        return start_token_id(self.tokenizer)
-
-    @property
-    def eos_token_id(self) -> int | None:
-        """The end-of-text token, if the tokenizer has one."""
-        return end_token_id(self.tokenizer)
+    def _generation_config(self) -> Any:
+        """The engine's generation config (its ``eos_token_id`` may list more end ids)."""
+        listed = self._config.try_get_generation_config() or {}
+        return SimpleNamespace(eos_token_id=listed.get("eos_token_id"))
 
     @property
     def logprobs_mode(self) -> str:
@@ -200,26 +191,6 @@ class VLLMModel:
         limit of at least the vocabulary)."""
         limit = getattr(self._config, "max_logprobs", 20)
         return limit == -1 or limit >= self.vocab_size
-
-    @cached_property
-    def start_ids(self) -> tuple[int, ...]:
-        """The ids the tokenizer puts in front of every text (as :class:`LanguageModel`)."""
-        return tokenizer_start_ids(self.tokenizer)
-
-    def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        """Token ids of ``text`` exactly as :meth:`LanguageModel.encode` makes them (the
-        tokenizer's own start ids with ``add_bos``; a template's ids for an
-        :class:`~tokenwise.models.language_model.EncodedText`).
-
-        Args:
-            text: the text.
-            add_bos: put the tokenizer's start ids (:attr:`start_ids`, possibly none) in front.
-        """
-        return LanguageModel.encode(self, text, add_bos)  # type: ignore[arg-type]
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        """Text of token ids."""
-        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def prompt_logprobs(self, prompts: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """``log p(ids[t] | ids[:t])`` for ``t >= 1`` of each id list, in one engine call.
