@@ -1,4 +1,5 @@
-"""`tokenwise demo`: a tour on the built-in models, with no download."""
+"""`tokenwise demo`: a tour on the built-in models, with no download; with ``--model``, the
+tour of one model (e.g. a fetched real model, see :mod:`tokenwise.cli.demo_model`)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,21 @@ PASSAGE = (
 @click.command("demo")
 @click.option("--out", type=click.Path(file_okay=False), default="tokenwise-demo",
               show_default=True, help="Where the HTML heatmap is written.")
-def demo_command(out: str) -> None:
-    """Score a passage, answer fact questions, decode, score uncertainty, compress a memo."""
+@click.option("--model", "-m", default=None, metavar="NAME|PATH",
+              help="Tour this one model instead of the built-ins: a fetched real model "
+                   "(smollm2-135m, gemma3-270m; see `tokenwise models`), a built-in name, a "
+                   "local Hugging Face directory or a .gguf file. Parts that need the "
+                   "built-in models are skipped, and the tour says why.")
+def demo_command(out: str, model: str | None) -> None:
+    """Score a passage, answer fact questions, decode, score uncertainty, compress a memo.
+
+    With --model, the same on one model (real questions, an English paragraph and memo).
+    """
+    if model is not None:
+        from tokenwise.cli.demo_model import model_tour
+
+        model_tour(make_console(), model, out)
+        return
     from rich.markup import escape
 
     from tokenwise.heatmap import write_html

@@ -21,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compress": ("compress", "compress_group",
                  "Compress a prompt to a token budget, or train a keep/drop classifier."),
     "demo": ("demo", "demo_command",
-             "A tour on the built-in models: score, decode, uncertainty, compression."),
+             "A tour on the built-in models (or one model, --model): score, decode, "
+             "uncertainty, compression."),
     "generate": ("generate", "generate_command",
                  "Generate a continuation of PROMPT, with each token's entropy."),
     "models": ("models", "models_command",

@@ -5,6 +5,8 @@
 const $ = (id) => document.getElementById(id);
 const history = [];          // [{role, content}] of the conversation so far
 const ENTROPY_TOP = 3.0;     // nats at which the colour scale saturates
+const BUILTIN = /^tw-/;      // the built-in (testbed) models' names
+let servedModels = [];       // the server's model ids, from /tokenwise/options
 // Each sampler's parameter input: its default (the library's own) and its allowed range.
 // Kept as JSON: tests/serving/test_playground.py sends every default to the server.
 const SAMPLER_PARAMS = {
@@ -40,11 +42,28 @@ async function loadOptions() {
   if (r.status === 401) { setStatus("This server needs an API key: type it above."); return; }
   if (!r.ok) { setStatus("Could not read the server's options (" + r.status + ")."); return; }
   const opts = await r.json();
+  servedModels = opts.models;
   fillSelect($("model"), opts.models, false);
   fillSelect($("compress-method"), opts.compression, true);
   fillSelect($("unc-method"), opts.uncertainty, true);
-  fillSelect($("ead-large"), opts.models, true);
+  modelChanged();
   setStatus("Ready: " + opts.models.length + " model(s).");
+}
+
+// EAD switches to another (larger) model that shares the chat model's tokenizer: the model
+// itself is never offered (the server refuses it), and with one model served there is none.
+function modelChanged() {
+  const model = $("model").value;
+  const ead = $("ead-large");
+  const before = ead.value;
+  const others = servedModels.filter((m) => m !== model);
+  fillSelect(ead, others, true);
+  ead.value = others.includes(before) ? before : "";
+  ead.disabled = others.length === 0;
+  ead.title = others.length ? "" : "EAD needs a second model that shares this one's tokenizer";
+  // The built-in models learned the testbed's facts; real models know the real world.
+  $("prompt").placeholder = "Ask something, e.g. " +
+    (BUILTIN.test(model) ? "Where was Tavoun born?" : "What is the capital of France?");
 }
 
 function numberOrNull(id) {
@@ -56,7 +75,7 @@ function buildRequest() {
   const body = {
     model: $("model").value,
     messages: history.map((m) => ({ role: m.role, content: m.content })),
-    max_tokens: numberOrNull("max-tokens") || 32,
+    max_tokens: numberOrNull("max-tokens") || 64,
     stream: true,
     stream_options: { include_usage: true },
     logprobs: true,
@@ -109,10 +128,30 @@ function addMessage(role, text) {
   return box;
 }
 
-function addToken(box, tok) {
+// A token's text as it adds to the reply. Byte-level tokenizers (GPT-2, Llama 3, SmolLM2)
+// split a character such as an emoji over several tokens, none of which is UTF-8 alone (the
+// API's "token" is then U+FFFD); decoding the tokens' bytes as one stream puts the character
+// on the token that completes it, and the spans' text adds up to the reply's.
+function tokenText(tok, decoder) {
+  if (Array.isArray(tok.bytes)) return decoder.decode(new Uint8Array(tok.bytes), { stream: true });
+  return tok.token;
+}
+
+// How a token or an alternative is shown in the tooltip: its text, or its bytes in hex when
+// they are part of a character.
+function tokenLabel(tok) {
+  if (Array.isArray(tok.bytes) && tok.token.includes("\ufffd")) {
+    return "bytes " + tok.bytes.map((b) => b.toString(16).padStart(2, "0")).join(" ") +
+      " (part of a character)";
+  }
+  return JSON.stringify(tok.token);
+}
+
+function addToken(box, tok, decoder) {
   const span = document.createElement("span");
   span.className = "tok";
-  span.textContent = tok.token;
+  span.textContent = tokenText(tok, decoder);
+  if (span.textContent === "") span.classList.add("partial");
   span.style.background = entropyColour(tok.entropy);
   span.dataset.entropy = tok.entropy.toFixed(4);
   span._tok = tok;
@@ -130,7 +169,7 @@ function trimTo(box, content) {
   }
 }
 
-function showMeta(box, tw, usage) {
+function showMeta(box, tw, usage, finish) {
   const parts = [];
   const add = (label, value) => parts.push("<span>" + label + " <b>" + value + "</b></span>");
   if (tw && tw.mean_entropy) add("mean entropy", tw.mean_entropy[0].toFixed(3) + " nats");
@@ -141,6 +180,7 @@ function showMeta(box, tw, usage) {
   if (tw && tw.compression) add("prompt tokens", tw.compression.tokens_before + " → " + tw.compression.tokens_after);
   if (usage) add("tokens", usage.prompt_tokens + " in / " + usage.completion_tokens + " out");
   if (tw && tw.seeds && tw.seeds[0] !== null) add("seed", String(tw.seeds[0]));
+  if (finish === "length") add("cut at", "max tokens");
   box.querySelector(".meta").innerHTML = parts.join("");
   if (tw && tw.large_share !== null && tw.large_share !== undefined) {
     for (const span of box.querySelectorAll(".tok")) {
@@ -199,7 +239,8 @@ async function send(event) {
       return;
     }
     const box = addMessage("assistant", "");
-    let content = "", tw = null, usage = null, buffer = "";
+    const bytes = new TextDecoder();  // the tokens' bytes, as one UTF-8 stream
+    let content = "", tw = null, usage = null, buffer = "", finish = null;
     const reader = r.body.getReader();
     const decoder = new TextDecoder();
     for (;;) {
@@ -219,14 +260,15 @@ async function send(event) {
         if (chunk.tokenwise) tw = chunk.tokenwise;
         for (const choice of chunk.choices || []) {
           if (choice.delta && choice.delta.content) content += choice.delta.content;
+          if (choice.finish_reason) finish = choice.finish_reason;
           const lp = choice.logprobs && choice.logprobs.content;
-          if (lp) for (const tok of lp) addToken(box, tok);
+          if (lp) for (const tok of lp) addToken(box, tok, bytes);
         }
       }
     }
     trimTo(box, content);
     history.push({ role: "assistant", content: content });
-    showMeta(box, tw, usage);
+    showMeta(box, tw, usage, finish);
     showPrompt(tw);
     setStatus("Done. Hover a token for its details.");
   } catch (err) {
@@ -244,12 +286,12 @@ function showTooltip(event) {
   const tip = $("tooltip");
   if (!span) { tip.hidden = true; return; }
   const t = span._tok;
-  let html = "<div class='head'>" + escapeHtml(JSON.stringify(t.token)) + "</div>" +
+  let html = "<div class='head'>" + escapeHtml(tokenLabel(t)) + "</div>" +
     "<div>p " + fmt(Math.exp(t.logprob)) + " · logprob " + fmt(t.logprob) +
     " · entropy " + fmt(t.entropy) + " nats</div>";
   if (t.top_logprobs && t.top_logprobs.length) {
     html += "<table>" + t.top_logprobs.map((a) =>
-      "<tr><td>" + escapeHtml(JSON.stringify(a.token)) + "</td><td>" + fmt(Math.exp(a.logprob)) +
+      "<tr><td>" + escapeHtml(tokenLabel(a)) + "</td><td>" + fmt(Math.exp(a.logprob)) +
       "</td></tr>").join("") + "</table>";
   }
   tip.innerHTML = html;
@@ -287,6 +329,7 @@ function samplerChanged() {
 
 $("api-key").addEventListener("change", loadOptions);
 $("sampler").addEventListener("change", samplerChanged);
+$("model").addEventListener("change", modelChanged);
 samplerChanged();
 $("messages").addEventListener("mousemove", showTooltip);
 $("messages").addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
