@@ -65,10 +65,20 @@ CASES: dict[str, Case] = {
     "entropy_regime": Case({"h_low": st.floats(0.1, 1.0), "h_high": st.floats(1.0, 4.0),
                             "v_low": st.floats(0.1, 2.0), "v_high": st.floats(2.0, 6.0)},
                            rescales=True),
+    # Ids must exist in every drawn vocabulary (V >= 1): only token 0 can be biased here;
+    # test_logit_bias.py covers wider vocabularies.
+    "logit_bias": Case({"bias": st.dictionaries(st.just(0), st.floats(-100, 100), max_size=1)},
+                       rescales=True),
+    # Called without history (nothing observed) the penalties change nothing; their rule
+    # with a history, per row and in fp16/bf16, is tested in test_penalties.py.
+    "penalties": Case({"presence_penalty": st.floats(-2, 2),
+                       "frequency_penalty": st.floats(-2, 2),
+                       "repetition_penalty": st.floats(0.1, 3.0)}, rescales=True),
 }
 NAMES = sorted(SAMPLERS)
 #: the arguments a sampler cannot do without, for the tests that need any valid one
-REQUIRED = {"top_k": {"top_k": 3}, "epsilon": {"epsilon": 0.01}, "eta": {"epsilon": 0.01}}
+REQUIRED = {"top_k": {"top_k": 3}, "epsilon": {"epsilon": 0.01}, "eta": {"epsilon": 0.01},
+            "logit_bias": {"bias": {0: 1.0}}}
 
 
 def edge_rows(vocab: int) -> torch.Tensor:

@@ -155,8 +155,9 @@ def test_unknown_fields_are_400_naming_them(client):
     with pytest.raises(openai.BadRequestError) as err:  # a real OpenAI field we cannot honour
         client.chat.completions.create(model="tw-small", messages=[{"role": "user",
                                                                      "content": "x"}],
-                                       frequency_penalty=0.5)
-    assert err.value.body["param"] == "frequency_penalty"
+                                       tools=[{"type": "function",
+                                               "function": {"name": "f", "parameters": {}}}])
+    assert err.value.body["param"] == "tools"
 
 
 @pytest.mark.parametrize("body, fragment", [

@@ -184,6 +184,7 @@ def generate_ead(
                              f"exceeds the shared context length {limit}")
     if chosen_sampler is not None:
         chosen_sampler.reset()
+        chosen_sampler.observe_prompt([seq])
     runners = {"small": _Runner(small), "large": _Runner(large)}
     ends = {name: r.lm.end_token_ids for name, r in runners.items()}  # built once, not per token
     active, last, run, switches = "small", None, 0, 0

@@ -171,6 +171,7 @@ def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
                   for s in seeds]
     if sampler is not None:
         sampler.reset()  # stateful samplers (Mirostat) start fresh for each generation
+        sampler.observe_prompt(encoded)  # history for the samplers that read it (penalties)
     out = lm.forward(ids, mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     texts = [TextStream(lambda ids: lm.decode(ids, skip_special_tokens=True), stop)
              for _ in prompts]

@@ -12,8 +12,10 @@ from tokenwise.sampling.base import Sampler
 from tokenwise.sampling.chain import Chain
 from tokenwise.sampling.epsilon import Epsilon
 from tokenwise.sampling.eta import Eta
+from tokenwise.sampling.logit_bias import LogitBias
 from tokenwise.sampling.min_p import MinP
 from tokenwise.sampling.mirostat import MirostatV2
+from tokenwise.sampling.penalties import Penalties
 from tokenwise.sampling.regime import EntropyRegime
 from tokenwise.sampling.registry import SAMPLERS, describe, get, sampler_class
 from tokenwise.sampling.temperature import Temperature
@@ -28,8 +30,10 @@ __all__ = [
     "EntropyRegime",
     "Epsilon",
     "Eta",
+    "LogitBias",
     "MinP",
     "MirostatV2",
+    "Penalties",
     "Sampler",
     "Temperature",
     "TopH",

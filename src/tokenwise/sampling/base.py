@@ -189,6 +189,14 @@ class Sampler:
             chosen: ``(B,)`` token ids.
         """
 
+    def observe_prompt(self, prompt_ids: Sequence[Sequence[int]]) -> None:
+        """Told each row's prompt ids at the start of a generation (after :meth:`reset`,
+        before the first call); samplers that read the history (penalties) keep them.
+
+        Args:
+            prompt_ids: one list of token ids per row, in row order (no padding).
+        """
+
     def reset(self) -> None:
         """Forget any state (start of a new generation)."""
 
@@ -231,8 +239,9 @@ class Sampler:
                 if input_ids is not None:
                     if self.seen is not None and input_ids.shape[1] == self.seen + 1:
                         sampler.observe(input_ids[:, -1])
-                    else:
+                    else:  # a new generate() call: its input_ids are the prompt
                         sampler.reset()
+                        sampler.observe_prompt(input_ids.tolist())
                     self.seen = input_ids.shape[1]
                 return sampler(scores)
 

@@ -53,6 +53,11 @@ class Chain(Sampler):
         for sampler in self.samplers:
             sampler.observe(chosen)
 
+    def observe_prompt(self, prompt_ids: Sequence[Sequence[int]]) -> None:
+        """Pass each row's prompt ids to every step (the history readers keep them)."""
+        for sampler in self.samplers:
+            sampler.observe_prompt(prompt_ids)
+
     def reset(self) -> None:
         """Reset every step."""
         for sampler in self.samplers:

@@ -21,6 +21,8 @@ SAMPLERS: dict[str, str] = {
     "top_h": "tokenwise.sampling.top_h:TopH",
     "mirostat_v2": "tokenwise.sampling.mirostat:MirostatV2",
     "entropy_regime": "tokenwise.sampling.regime:EntropyRegime",
+    "logit_bias": "tokenwise.sampling.logit_bias:LogitBias",
+    "penalties": "tokenwise.sampling.penalties:Penalties",
 }
 
 

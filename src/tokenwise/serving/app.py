@@ -2,8 +2,9 @@
 
 Routes: ``GET /`` (the playground), ``/static/*`` (its assets), ``GET /health``,
 ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
-``POST /v1/completions``, ``GET /tokenwise/options`` (what the playground offers) and
-``GET /tokenwise/stats`` (engine counters). The interactive API docs are off: they load
+``POST /v1/completions``, ``POST /tokenize`` and ``POST /detokenize`` (vLLM's shapes),
+``GET /tokenwise/options`` (what the playground offers) and ``GET /tokenwise/stats`` (engine
+counters). The interactive API docs are off: they load
 scripts from a CDN, and this server serves nothing it does not ship.
 
 The engine is the embedded batcher unless another one is given (``engine=``, e.g.
@@ -33,6 +34,7 @@ from starlette.requests import Request
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.models import Codec, LanguageModel
+from tokenwise.serving import tokenization
 from tokenwise.serving.batcher import Batcher
 from tokenwise.serving.config import ServerConfig, load_models
 from tokenwise.serving.errors import APIError
@@ -187,6 +189,7 @@ def create_app(config: ServerConfig | None = None,
         return engine.report()
 
     register(app, service)
+    tokenization.register(app, models)
 
     @app.get("/")
     async def playground() -> FileResponse:

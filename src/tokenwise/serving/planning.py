@@ -25,7 +25,7 @@ from tokenwise.serving import uncertainty_score
 from tokenwise.serving.chat_format import render
 from tokenwise.serving.config import ServerConfig
 from tokenwise.serving.errors import APIError
-from tokenwise.serving.sampler_spec import SamplerSpec, sampler_spec
+from tokenwise.serving.sampler_spec import SamplerSpec, check_vocabulary, sampler_spec
 from tokenwise.serving.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -183,6 +183,34 @@ def check_seed(seed: int | None, choices: int, uncertainty_n: int = 0) -> None:
                        code="invalid_seed")
 
 
+def check_no_tools(req: ChatCompletionRequest) -> None:
+    """Raise a 400 for a ``tool_choice`` or ``response_format`` that asks for more than plain
+    text: this server calls no tools and has no structured output yet.
+
+    Example:
+        >>> req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}],
+        ...                             tool_choice="auto")
+        >>> check_no_tools(req)
+        Traceback (most recent call last):
+        ...
+        tokenwise.serving.errors.APIError: tool_choice='auto': this server does not call tools; ...
+    """
+    if req.tool_choice is not None and req.tool_choice != "none":
+        raise APIError(400, f"tool_choice={req.tool_choice!r}: this server does not call "
+                            "tools; allowed: 'none' (or leave it out)", param="tool_choice",
+                       code="unsupported_value")
+    fmt = req.response_format
+    if fmt is not None and fmt.type != "text":
+        raise APIError(400, f"response_format type {fmt.type!r} is not supported by this "
+                            "server; allowed: 'text' (or leave response_format out)",
+                       param="response_format.type", code="unsupported_value")
+    if fmt is not None and fmt.model_extra:
+        extra = ", ".join(sorted(fmt.model_extra))
+        raise APIError(400, f"response_format of type 'text' takes no other field; got "
+                            f"{extra}", param=f"response_format.{sorted(fmt.model_extra)[0]}",
+                       code="unknown_field")
+
+
 def _render_chat(lm: Codec, messages: list[dict[str, str]], stops: list[str]
                  ) -> tuple[list[str], list[str], str]:
     """The chat prompt, the request's stops plus those the chat format needs, the format.
@@ -257,9 +285,11 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
     if any(not s for s in stops):
         raise APIError(400, "stop strings must not be empty", param="stop")
     spec = sampler_spec(req)
+    check_vocabulary(req, spec, lm.vocab_size)
     opts = req.tokenwise
     info: dict[str, Any] = {"model": req.model, "sampler": spec.describe()}
     if kind == "chat":
+        check_no_tools(req)
         prompts, stops, info["chat_format"] = _render_chat(lm, chat_messages(req), stops)
         logprobs = req.logprobs
         top = req.top_logprobs or 0

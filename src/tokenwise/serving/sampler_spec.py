@@ -4,8 +4,11 @@ Top-level fields follow vLLM and llama.cpp: ``top_k`` (0 or -1 = off), ``typical
 ``top_p``, ``min_p`` (1, 1, 0 = off) and ``top_h``, applied in llama.cpp's order (the
 filters first, then temperature) so a filter's threshold is read on the model's own
 distribution. ``temperature`` defaults to 1 as in OpenAI's API; ``temperature=0`` is
-greedy decoding (after the filters, if any). ``tokenwise.sampler`` instead gives the whole
-chain, in the order written; it cannot be mixed with the top-level fields.
+greedy decoding (after the filters, if any). ``logit_bias`` and the penalties
+(``presence_penalty``, ``frequency_penalty``, vLLM's ``repetition_penalty``) come before
+the filters, as in llama.cpp and vLLM; their neutral values (0, 0, 1, ``{}``) add no step.
+``tokenwise.sampler`` instead gives the whole chain, in the order written; it cannot be
+mixed with the top-level fields (their neutral values aside, which clients send by default).
 
 Samplers carry state (Mirostat) and are not shared between batches: the spec is a tuple of
 ``(name, params)`` steps, hashable, so requests with equal specs can share one batch.
@@ -30,7 +33,10 @@ from tokenwise.sampling import Chain, Sampler, get
 from tokenwise.serving.errors import APIError
 from tokenwise.serving.schemas import SamplingFields
 
-_TOP_LEVEL = ("temperature", "top_k", "typical_p", "top_p", "min_p", "top_h")
+_TOP_LEVEL = ("temperature", "top_k", "typical_p", "top_p", "min_p", "top_h", "logit_bias",
+              "presence_penalty", "frequency_penalty", "repetition_penalty")
+#: the penalty fields and the value that switches each off
+_PENALTIES = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0}
 
 
 @dataclass(frozen=True)
@@ -71,16 +77,95 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _token_ids(mapping: dict[str, Any], param: str) -> tuple[tuple[int, float], ...]:
+    """A JSON object of token id -> number (``logit_bias``) as sorted ``(id, number)`` pairs."""
+    pairs = []
+    for key, value in mapping.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+            raise APIError(400, f"{param}: key {key!r} is not a token id; keys are token ids "
+                                'written as strings of integers (e.g. "50256")', param=param,
+                           code="invalid_value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise APIError(400, f"{param}[{key!r}]={value!r}: allowed a number in [-100, 100]",
+                           param=param, code="invalid_value")
+        pairs.append((int(key), value))
+    return tuple(sorted(pairs))
+
+
 def _step(name: str, params: dict[str, Any], param: str) -> tuple[str, tuple]:
+    params = dict(params)
     for key, value in params.items():
-        if not isinstance(value, (bool, int, float, str)):
+        if isinstance(value, dict):  # token id -> number (logit_bias), hashable as pairs
+            params[key] = _token_ids(value, f"{param}.{key}")
+        elif isinstance(value, tuple):  # pairs made by _token_ids (JSON gives no tuples)
+            continue
+        elif not isinstance(value, (bool, int, float, str)):
             raise APIError(400, f"{param}.{key}={value!r}: sampler parameters are numbers, "
-                                "booleans or strings", param=f"{param}.{key}")
+                                "booleans, strings or objects of token id -> number",
+                           param=f"{param}.{key}")
     try:
         get(name, **params)
     except TokenwiseError as exc:
         raise APIError(400, f"{param}: {exc}", param=param, code="invalid_sampler") from None
     return name, tuple(sorted(params.items()))
+
+
+def _given(req: SamplingFields, field: str) -> bool:
+    """Whether a top-level field asks for anything (a penalty's neutral value or an empty
+    ``logit_bias`` does not)."""
+    value = getattr(req, field)
+    if field in _PENALTIES:
+        return value is not None and value != _PENALTIES[field]
+    if field == "logit_bias":
+        return bool(value)
+    return value is not None
+
+
+def _history_steps(req: SamplingFields) -> list[tuple[str, tuple]]:
+    """The ``logit_bias`` and ``penalties`` steps of the top-level fields (none when neutral)."""
+    steps = []
+    if req.logit_bias:
+        bias = _token_ids(req.logit_bias, "logit_bias")
+        steps.append(_step("logit_bias", {"bias": bias}, "logit_bias"))
+    penalties = {}
+    for field in _PENALTIES:
+        if _given(req, field):
+            _step("penalties", {field: getattr(req, field)}, field)  # names the bad field
+            penalties[field] = getattr(req, field)
+    if penalties:
+        steps.append(_step("penalties", penalties, "penalties"))
+    return steps
+
+
+def check_vocabulary(req: SamplingFields, spec: SamplerSpec, vocab_size: int) -> None:
+    """Raise a 400 when a ``logit_bias`` id (top-level or in ``tokenwise.sampler``) is not a
+    token of the model's vocabulary.
+
+    Args:
+        req: the request the spec was made from.
+        spec: its sampler spec.
+        vocab_size: the model's vocabulary (the width of its logits).
+
+    Example:
+        >>> from tokenwise.serving.schemas import CompletionRequest
+        >>> req = CompletionRequest(model="m", prompt="x", logit_bias={"7": 1.0})
+        >>> check_vocabulary(req, sampler_spec(req), 5)
+        Traceback (most recent call last):
+        ...
+        tokenwise.serving.errors.APIError: logit_bias: token id 7 is not in the vocabulary ...
+    """
+    chain = req.tokenwise is not None and req.tokenwise.sampler is not None
+    for i, (name, params) in enumerate(spec.steps):
+        if name != "logit_bias":
+            continue
+        bias = dict(params)["bias"]
+        ids = [int(t) for t, _ in (bias.items() if isinstance(bias, dict) else bias)]
+        bad = [t for t in ids if t >= vocab_size]
+        if bad:
+            param = f"tokenwise.sampler.{i}.bias" if chain else "logit_bias"
+            raise APIError(400, f"{param}: token id {bad[0]} is not in the vocabulary of "
+                                f"model {req.model!r}: allowed ids 0 to {vocab_size - 1}",
+                           param=param, code="invalid_value")
 
 
 def sampler_spec(req: SamplingFields) -> SamplerSpec:
@@ -96,14 +181,14 @@ def sampler_spec(req: SamplingFields) -> SamplerSpec:
     """
     chain = req.tokenwise.sampler if req.tokenwise is not None else None
     if chain is not None:
-        mixed = [f for f in _TOP_LEVEL if getattr(req, f) is not None]
+        mixed = [f for f in _TOP_LEVEL if _given(req, f)]
         if mixed:
             raise APIError(400, f"give either tokenwise.sampler or the top-level field(s) "
                                 f"{', '.join(mixed)}, not both: the chain sets the whole "
                                 "sampling order", param=mixed[0], code="conflicting_fields")
         return SamplerSpec(tuple(_step(s.name, s.params(), f"tokenwise.sampler.{i}")
                                  for i, s in enumerate(chain)))
-    steps = []
+    steps = _history_steps(req)
     if req.top_k is not None and req.top_k not in (0, -1):
         steps.append(_step("top_k", {"top_k": req.top_k}, "top_k"))
     if req.typical_p is not None and req.typical_p < 1.0:

@@ -3,8 +3,11 @@ one namespaced ``tokenwise`` object.
 
 Every model forbids unknown fields, so a misspelt option is a 400 that names it instead of
 a silent default, and validation is strict (``"0.5"`` is not a number, ``true`` is not 1).
-Fields OpenAI defines but this server cannot honour (tools, logit bias, penalties, ...) are
-absent on purpose: they are rejected like any unknown field, never ignored.
+Fields OpenAI defines but this server cannot honour (``tools``, ``functions``, audio, ...)
+are absent on purpose: they are rejected like any unknown field, never ignored. Fields that
+change nothing here are accepted: ``user``, ``parallel_tool_calls``, ``tool_choice: "none"``
+and ``response_format: {"type": "text"}`` (planning refuses the other ``tool_choice`` and
+``response_format`` values with a 400 that names them).
 
 Example:
     >>> req = ChatCompletionRequest.model_validate_json(
@@ -139,6 +142,13 @@ class SamplingFields(WireModel):
     min_p: Probability | None = None
     typical_p: Probability | None = None
     top_h: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    #: OpenAI's penalties, in [-2, 2] (0 = off; ranges checked by the sampler, which names them)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    #: vLLM's repetition penalty, > 0 (1 = off)
+    repetition_penalty: float | None = None
+    #: token id (a string of an integer, as JSON keys are) -> bias in [-100, 100]
+    logit_bias: dict[str, float] | None = None
     #: OpenAI's end-user id, accepted so clients that always send it work; never stored.
     user: str | None = None
     tokenwise: TokenwiseOptions | None = None
@@ -150,6 +160,15 @@ class SamplingFields(WireModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+class ResponseFormat(BaseModel):
+    """``response_format``: only ``{"type": "text"}`` (plain text, the default) is served; the
+    other types' fields (``json_schema``) are kept so that planning can name the type it
+    refuses."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: str
+
+
 class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``."""
 
@@ -157,6 +176,11 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    #: no tools are served: ``"none"`` is accepted, anything else refused by planning
+    tool_choice: str | dict[str, object] | None = None
+    #: a no-op without tools; accepted because clients send it by default
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(SamplingFields):
@@ -166,3 +190,25 @@ class CompletionRequest(SamplingFields):
     prompt: str | Annotated[list[str], Field(min_length=1)]
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     echo: Literal[False] = False
+
+
+class TokenizeRequest(WireModel):
+    """``POST /tokenize`` (vLLM's shape): a ``prompt`` or chat ``messages`` to token ids.
+
+    ``add_special_tokens`` puts the tokenizer's start ids first (default), so the ids are
+    those a completion request with the same prompt, or a chat request with the same
+    messages, feeds the model.
+    """
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(WireModel):
+    """``POST /detokenize`` (vLLM's shape): token ids to text."""
+
+    model: str | None = None
+    tokens: list[int]

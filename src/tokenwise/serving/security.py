@@ -42,7 +42,8 @@ from urllib.parse import urlsplit
 from tokenwise.serving.errors import APIError
 
 Scope = dict[str, Any]
-_PROTECTED = ("/v1/", "/tokenwise/")
+#: paths that need the API key: the OpenAI routes, ours, and vLLM's tokenizer routes.
+_PROTECTED = ("/v1/", "/tokenwise/", "/tokenize", "/detokenize")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 #: names that always mean this machine.
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})

@@ -13,8 +13,10 @@ continuous batching, tensor/pipeline parallelism and multi-node serving. What ru
 * Sampling: :func:`tokenwise.vllm.processors.to_vllm` turns the sampler chain into vLLM's
   native fields (temperature, top-k, top-p, min-p) and ``extra_args`` for tokenwise's
   logits processors (Top-H, typical, epsilon, eta, Mirostat v2, the entropy regime), which
-  are registered when the engine starts. vLLM applies its steps in a fixed order
-  (typical, temperature, min-p, tokenwise's processors, top-k, top-p). A
+  are registered when the engine starts. ``logit_bias`` and the penalties (presence,
+  frequency, repetition) map to vLLM's own ``SamplingParams`` fields of those names
+  (:func:`native_and_extra`). vLLM applies its steps in a fixed order (logit bias, typical,
+  penalties, temperature, min-p, tokenwise's processors, top-k, top-p). A
   ``tokenwise.sampler`` chain runs as written or is refused with a 400 naming the two
   steps; the top-level fields (``temperature``, ``top_p``, ``min_p``, ``top_h`` ...), whose
   order is the server's convention, run in vLLM's order here (the embedded engine applies
@@ -62,6 +64,7 @@ import numpy as np
 from tokenwise.errors import TokenwiseError
 from tokenwise.generation.stops import TextStream
 from tokenwise.models import Codec, TokenizerCodec, declared_context_length, resolve
+from tokenwise.sampling import get
 from tokenwise.serving.batcher import Event
 from tokenwise.serving.config import ServerConfig
 from tokenwise.serving.engine import FinishEvent, TokenEvent
@@ -76,7 +79,12 @@ from tokenwise.vllm.processors import PROCESSORS, to_vllm
 log = logging.getLogger("tokenwise.serving")
 
 #: the order vLLM applies the steps the top-level request fields can ask for.
-VLLM_ORDER = ("typical", "temperature", "min_p", "top_h", "top_k", "top_p")
+VLLM_ORDER = ("logit_bias", "typical", "penalties", "temperature", "min_p", "top_h", "top_k",
+              "top_p")
+#: steps vLLM runs natively before its temperature, from ``SamplingParams`` fields, with
+#: where each runs (``vllm/v1/sample/sampler.py``): logit bias among the processors that
+#: can change the argmax (before tokenwise's typical), the penalties after them.
+_BEFORE_TEMPERATURE = {"logit_bias": 0, "typical": 1, "penalties": 2}
 #: uncertainty estimators that read per-token entropies (full-vocabulary logprobs).
 NEEDS_ENTROPIES = ("mean_token_entropy",)
 #: temperature of the reference answer (``sample_answers``' default).
@@ -219,7 +227,7 @@ def engine_spec(spec: SamplerSpec) -> SamplerSpec:
         ['temperature', 'top_p']
     """
     try:
-        to_vllm([(name, dict(params)) for name, params in spec.steps])
+        native_and_extra(spec)
         return spec
     except TokenwiseError:
         if any(name not in VLLM_ORDER for name, _ in spec.steps):
@@ -227,16 +235,73 @@ def engine_spec(spec: SamplerSpec) -> SamplerSpec:
     return SamplerSpec(tuple(sorted(spec.steps, key=lambda step: VLLM_ORDER.index(step[0]))))
 
 
+def _commute(first: tuple[str, dict[str, Any]], second: tuple[str, dict[str, Any]]) -> bool:
+    """Whether two steps give the same result in either order (the additive penalties
+    beside a logit bias; a temperature of 1, which does nothing)."""
+    names = {first[0], second[0]}
+    if names == {"logit_bias", "penalties"}:
+        penalties = first[1] if first[0] == "penalties" else second[1]
+        return get("penalties", **penalties).repetition_penalty == 1.0
+    for name, params in (first, second):
+        if name == "temperature" and get(name, **params).temperature == 1.0:
+            return True
+    return False
+
+
+def _native_history(steps: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The ``SamplingParams`` fields of a chain's ``logit_bias`` and ``penalties`` steps,
+    after checking that vLLM's order gives the chain's result."""
+    native: dict[str, Any] = {}
+    for a, first in enumerate(steps):
+        if first[0] in ("logit_bias", "penalties"):
+            if any(other[0] == first[0] for other in steps[a + 1:]):
+                raise TokenwiseError(f"spec has {first[0]!r} twice; vLLM applies it at most "
+                                     "once per request")
+            sampler = get(first[0], **first[1])  # validates
+            if first[0] == "logit_bias":
+                native["logit_bias"] = dict(sampler.bias)
+            else:
+                native.update(sampler.params())
+        for second in steps[a + 1:]:
+            if not {first[0], second[0]} & {"logit_bias", "penalties"}:
+                continue
+            where = [_BEFORE_TEMPERATURE.get(name, len(_BEFORE_TEMPERATURE))
+                     for name in (first[0], second[0])]
+            if where[0] > where[1] and not _commute(first, second):
+                raise TokenwiseError(f"vLLM applies {second[0]} before {first[0]}; the chain "
+                                     f"asks for {first[0]} before {second[0]} (the results "
+                                     "differ)")
+    return native
+
+
 def native_and_extra(spec: SamplerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(SamplingParams keywords, extra_args)`` for a spec vLLM runs as written.
+
+    ``logit_bias`` and ``penalties`` steps become vLLM's fields of the same names (the
+    penalties count what vLLM counts: presence and frequency the generated tokens,
+    repetition the prompt's too, as tokenwise's decode loop does); the other steps go
+    through :func:`~tokenwise.vllm.processors.to_vllm`.
+
+    Raises:
+        TokenwiseError: a chain vLLM cannot run in its order, or a bad step.
 
     Example:
         >>> native_and_extra(SamplerSpec())
         ({'temperature': 0.0}, {})
+        >>> native, _ = native_and_extra(SamplerSpec((
+        ...     ("logit_bias", (("bias", ((5, -100.0),)),)),
+        ...     ("penalties", (("presence_penalty", 0.5),)),
+        ...     ("temperature", (("temperature", 0.0),)))))
+        >>> native["logit_bias"], native["presence_penalty"], native["temperature"]
+        ({5: -100.0}, 0.5, 0.0)
     """
     if spec.greedy:
         return {"temperature": 0.0}, {}
-    return to_vllm([(name, dict(params)) for name, params in spec.steps])
+    steps = [(name, dict(params)) for name, params in spec.steps]
+    history = _native_history(steps)
+    native, extra = to_vllm([step for step in steps
+                             if step[0] not in ("logit_bias", "penalties")])
+    return {**native, **history}, extra
 
 
 @dataclass(frozen=True)
