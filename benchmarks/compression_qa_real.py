@@ -42,7 +42,7 @@ Set-up (once; the only step that uses the network, Debian's package registry)::
 Run::
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/compression_qa_real.py \\
-        --json /work/notes/results/compression_qa_real.json
+        --json compression_qa_real.json
 
 The real models are Q4 GGUF weights dequantised to float32: figures differ from the bf16
 originals.

@@ -218,6 +218,9 @@ def test_bad_logits_are_refused(name):
     sampler = build(name, REQUIRED.get(name, {}))
     with pytest.raises(TokenwiseError, match="NaN"):
         sampler(torch.tensor([[0.0, float("nan"), 1.0]]))
+    for beside in (INF, -INF):  # a NaN beside an infinity, in another row, in half precision
+        with pytest.raises(TokenwiseError, match="NaN"):
+            sampler(torch.tensor([[0.0, 1.0], [beside, float("nan")]], dtype=torch.float16))
     with pytest.raises(TokenwiseError, match=r"shape \(B, V\)"):
         sampler(torch.zeros(3))
     with pytest.raises(TokenwiseError, match="floating point"):
