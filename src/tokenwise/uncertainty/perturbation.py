@@ -23,6 +23,7 @@ from tokenwise.uncertainty.samples import (
     _check_n,
     _check_temperature,
     _format_prompt,
+    _question_prompts,
 )
 
 if TYPE_CHECKING:
@@ -122,7 +123,9 @@ def add_paraphrases(
             reference: original + 9 paraphrases).
         max_new_tokens: most tokens per answer.
         seed: base seed.
-        prompt_template: as in :func:`~tokenwise.uncertainty.samples.sample_answers`.
+        prompt_template: as in :func:`~tokenwise.uncertainty.samples.sample_answers` (not
+            used when ``samples`` came from chat messages: each form is then rendered as
+            the last user message with the model's chat template, the others kept).
         stop: as in :func:`~tokenwise.uncertainty.samples.sample_answers`.
 
     Returns:
@@ -162,7 +165,9 @@ def add_paraphrases(
     questions = ([samples.question] if include_original else []) + [f.strip() for f in forms]
     if not questions:
         raise TokenwiseError("no question forms: give paraphrases or include_original=True")
-    prompts = [_format_prompt(prompt_template, q) for q in questions for _ in range(n_per)]
+    # A chat sample set's forms are rendered with the chat template, its system message kept.
+    prompts = [p for p in _question_prompts(lm, samples, questions, prompt_template)
+               for _ in range(n_per)]
     seeds = None if seed is None else [seed + 1000 + i for i in range(len(prompts))]
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     gens = generate(lm, prompts, Temperature(temperature), max_new_tokens=max_new_tokens,

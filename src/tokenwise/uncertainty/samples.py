@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,14 @@ import numpy as np
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.models.adapters import adapt
+from tokenwise.models.language_model import EncodedText
+from tokenwise.uncertainty.chat import (
+    Messages,
+    check_messages,
+    question_of,
+    render_chat,
+    with_question,
+)
 
 if TYPE_CHECKING:
     from tokenwise.generation import Generation
@@ -282,11 +290,14 @@ class SampleSet:
         temperature: the sampling temperature (> 0), or None when unknown.
         paraphrases: answers to perturbed forms of the question (may be empty).
         prompt: the prompt the answers continued, when known.
+        messages: the chat messages ``prompt`` was rendered from (the last one the user's
+            question), or None; paraphrases of the question are rendered from them.
         stats: the shared statistics cache (:class:`SampleStats`).
 
     Raises:
-        TokenwiseError: fewer than 2 answers, a temperature <= 0, an empty question, or
-            log-probabilities given for some answers and not others.
+        TokenwiseError: fewer than 2 answers, a temperature <= 0, an empty question,
+            log-probabilities given for some answers and not others, or messages whose
+            last user message is not the question.
 
     Example:
         >>> s = SampleSet.from_texts("What pet?", ["a dog", "a cat", "a dog"])
@@ -300,6 +311,7 @@ class SampleSet:
     temperature: float | None = None
     paraphrases: tuple[ParaphraseGroup, ...] = ()
     prompt: str | None = None
+    messages: Messages | None = None
     stats: SampleStats = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -327,6 +339,12 @@ class SampleSet:
             if not isinstance(g, ParaphraseGroup):
                 raise TokenwiseError(f"paraphrases[{i}] is {g!r}: allowed a ParaphraseGroup")
         self.paraphrases = groups
+        if self.messages is not None:
+            self.messages = check_messages(self.messages)
+            if question_of(self.messages) != self.question.strip():
+                raise TokenwiseError(
+                    f"question is {self.question!r} but the last user message asks "
+                    f"{question_of(self.messages)!r}: allowed the same question")
         self.stats = SampleStats(self)
 
     @property
@@ -352,7 +370,7 @@ class SampleSet:
     def with_paraphrases(self, groups: Sequence[ParaphraseGroup]) -> SampleSet:
         """A copy with ``groups`` as its paraphrase groups (fresh statistics cache)."""
         return SampleSet(self.question, self.answers, self.reference, self.temperature,
-                         tuple(groups), self.prompt)
+                         tuple(groups), self.prompt, self.messages)
 
     @classmethod
     def from_texts(cls, question: str, answers: Sequence[str],
@@ -410,7 +428,43 @@ def _check_n(n: object, what: str = "n", minimum: int = 2) -> int:
 def _format_prompt(template: str, question: str) -> str:
     if "{question}" not in template:
         raise TokenwiseError(f"prompt_template={template!r}: it must contain '{{question}}'")
+    if template == "{question}":
+        return question  # the exact prompt: a rendered chat keeps its token ids
+    if isinstance(question, EncodedText):
+        # Put inside a template its ids are lost and its turn markers would be read as text.
+        raise TokenwiseError(
+            f"a rendered chat prompt ({str(question)[:40]!r}...) inside prompt_template="
+            f"{template!r}: allowed only the bare '{{question}}' template; or pass messages=")
     return template.replace("{question}", question)
+
+
+def _check_unused_template(template: str, given: str) -> None:
+    """A prompt that is rendered or given whole has no use for a template: refuse one that
+    asks for wording, rather than drop it."""
+    if template not in (DEFAULT_TEMPLATE, "{question}"):
+        raise TokenwiseError(
+            f"prompt_template={template!r} with {given}, which is the whole prompt: allowed "
+            "the default template or '{question}' (put any wording in the prompt itself)")
+
+
+def _question_prompts(model: Any, samples: SampleSet, questions: Sequence[str],
+                      prompt_template: str) -> list[str]:
+    """The prompt for each form of ``samples``' question, made the way its own prompt was.
+
+    A chat sample set (``samples.messages``) renders each form as its last user message with
+    the model's chat template, the other messages (a system prompt) kept; otherwise each form
+    goes into ``prompt_template``. A rendered chat prompt without its messages cannot be
+    re-rendered for another question, so it is refused.
+    """
+    if samples.messages is not None:
+        _check_unused_template(prompt_template, "chat messages")
+        return [render_chat(model, with_question(samples.messages, q)) for q in questions]
+    if isinstance(samples.prompt, EncodedText):
+        raise TokenwiseError(
+            "these samples answer a rendered chat prompt given without its messages, so the "
+            "paraphrases cannot be rendered the same way: sample with "
+            "sample_answers(model, messages=[...])")
+    return [_format_prompt(prompt_template, q) for q in questions]
 
 
 def _generate_answers(lm: LanguageModel, prompt: str, n: int, temperature: float,
@@ -442,10 +496,12 @@ def _engine_answers(engine: Any, prompt: str, n: int, temperature: float,
 
 def sample_answers(
     model: LanguageModel | str | Any,
-    question: str,
+    question: str | None = None,
     n: int = 10,
     temperature: float = 1.0,
     *,
+    messages: Sequence[Mapping[str, str]] | None = None,
+    prompt: str | None = None,
     max_new_tokens: int = 24,
     seed: int | None = None,
     prompt_template: str = DEFAULT_TEMPLATE,
@@ -473,17 +529,34 @@ def sample_answers(
     vocabulary and come only with ``vllm_entropies=True`` (see :mod:`tokenwise.vllm.backend`
     for the cost). ``batch`` does not apply there (vLLM batches by itself).
 
+    A chat model is asked through its chat template with ``messages=``: the model reads the
+    messages rendered with the template (turn markers as control tokens), and the sample set
+    stores the last user message as its question (what NLI's ``condition_on_question`` and
+    the question-side estimators read) and the messages, so that
+    :func:`~tokenwise.uncertainty.perturbation.add_paraphrases` renders each paraphrase the
+    same way, system message kept. A prompt rendered elsewhere (the server's) is given as
+    ``prompt=`` with the plain ``question``.
+
     Args:
         model: a :class:`~tokenwise.models.LanguageModel`, a built-in name, a directory or
             a vLLM ``LLM``.
-        question: the question.
+        question: the question; with ``prompt_template="{question}"`` (and no ``prompt=``)
+            the exact prompt, stored stripped as the question. None with ``messages=``.
         n: answers to sample (>= 2; 10 as in Farquhar et al.).
         temperature: sampling temperature (> 0; 1.0 as in the paper).
+        messages: chat messages (``[{"role": ..., "content": ...}]``, roles system,
+            developer, user, assistant), the last one the user's question, rendered with
+            the model's chat template; instead of ``question`` and ``prompt``.
+        prompt: the exact prompt the model reads (e.g. a chat rendered by the server, an
+            :class:`~tokenwise.models.language_model.EncodedText`), with ``question`` the
+            plain question it asks.
         max_new_tokens: most tokens per answer.
         seed: base seed (None: fresh randomness).
         prompt_template: the prompt, with ``{question}`` where the question goes; the
-            default ``"Q: {question}\\nA:"`` is the testbed's form.
-        stop: string(s) that end an answer (default: a newline).
+            default ``"Q: {question}\\nA:"`` is the testbed's form. Not used with
+            ``messages=`` or ``prompt=`` (leave it at its default or ``"{question}"``).
+        stop: string(s) that end an answer (default: a newline; with ``messages=``, None lets
+            an answer run to the model's end-of-turn token).
         reference_temperature: temperature of the reference answer (0.1 as in the paper;
             None: no reference answer).
         batch: generate the ``n`` answers in one batch (False: one at a time).
@@ -494,10 +567,22 @@ def sample_answers(
     Returns:
         A :class:`SampleSet`.
 
+    Raises:
+        TokenwiseError: bad numbers, no question, ``messages=`` with ``question`` or
+            ``prompt=``, bad messages, or ``messages=`` for a model without a chat template.
+
     Example:
         >>> s = sample_answers("tw-large", "What is 2+3?", n=2, seed=0, max_new_tokens=4)
         >>> s.n, s.temperature, s.answers[0].has_logprobs
         (2, 1.0, True)
+
+        A prompt made elsewhere, given with its plain question (a chat model's messages go
+        in ``messages=`` instead, and are rendered here):
+
+        >>> s = sample_answers("tw-large", "What is 2+3?", prompt="Q: What is 2+3?\\nA:",
+        ...                    n=2, seed=0, max_new_tokens=4)
+        >>> s.question, s.prompt
+        ('What is 2+3?', 'Q: What is 2+3?\\nA:')
     """
     from tokenwise.models import LanguageModel, load
 
@@ -506,8 +591,6 @@ def sample_answers(
     if reference_temperature is not None:
         reference_temperature = _check_temperature(reference_temperature,
                                                    "reference_temperature")
-    if not isinstance(question, str) or not question.strip():
-        raise TokenwiseError(f"question is {question!r}: allowed a non-empty string")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
                              or seed < 0):
         raise TokenwiseError(f"seed={seed!r}: allowed a non-negative integer or None")
@@ -518,12 +601,13 @@ def sample_answers(
         raise TokenwiseError(f"seed={seed!r}: with n={n} answers (seeds seed..seed+{n}) "
                              f"allowed at most {MAX_SEED - n}")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    # The bare template means "this is the exact prompt" (the server's rendered chat, whose
-    # trailing newline and template token ids must survive): used as given.
-    prompt = question if prompt_template == "{question}" else \
-        _format_prompt(prompt_template, question.strip())
+    msgs, question, prompt = _question_and_prompt(question, messages, prompt, prompt_template)
     engine = adapt(model)  # e.g. a vLLM LLM, once tokenwise.vllm is imported
-    if callable(getattr(engine, "sample_completions", None)):
+    is_engine = callable(getattr(engine, "sample_completions", None))
+    lm = engine if is_engine else model if isinstance(model, LanguageModel) else load(model)
+    if msgs is not None:
+        prompt = render_chat(lm, msgs)
+    if is_engine:
         answers = _engine_answers(engine, prompt, n, temperature, max_new_tokens, seed, stops,
                                   vllm_entropies)
         reference = None
@@ -531,8 +615,7 @@ def sample_answers(
             reference = _engine_answers(engine, prompt, 1, reference_temperature,
                                         max_new_tokens, None if seed is None else seed + n,
                                         stops, vllm_entropies)[0]
-        return SampleSet(question.strip(), tuple(answers), reference, temperature, (), prompt)
-    lm = model if isinstance(model, LanguageModel) else load(model)
+        return SampleSet(question, tuple(answers), reference, temperature, (), prompt, msgs)
     seeds: list[int | None] = [None] * n if seed is None else [seed + i for i in range(n)]
     answers = _generate_answers(lm, prompt, n, temperature, max_new_tokens, seeds, stops, batch)
     reference = None
@@ -540,4 +623,35 @@ def sample_answers(
         ref_seed = [None] if seed is None else [seed + n]
         reference = _generate_answers(lm, prompt, 1, reference_temperature, max_new_tokens,
                                       ref_seed, stops, batch)[0]
-    return SampleSet(question.strip(), tuple(answers), reference, temperature, (), prompt)
+    return SampleSet(question, tuple(answers), reference, temperature, (), prompt, msgs)
+
+
+def _question_and_prompt(question: object, messages: object, prompt: object, template: str
+                         ) -> tuple[Messages | None, str, str | None]:
+    """``sample_answers``' inputs as (checked messages or None, the stored question, the
+    prompt; None while the messages still need rendering with the model)."""
+    if messages is not None:
+        if question is not None or prompt is not None:
+            given = "question" if question is not None else "prompt="
+            raise TokenwiseError(
+                f"{given} and messages= both given: allowed one (with messages= the question "
+                "is the last user message)")
+        _check_unused_template(template, "messages=")
+        msgs = check_messages(messages)
+        return msgs, question_of(msgs), None
+    if not isinstance(question, str) or not question.strip():
+        raise TokenwiseError(f"question is {question!r}: allowed a non-empty string (or "
+                             "messages= for a chat model)")
+    if prompt is not None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise TokenwiseError(f"prompt={prompt!r}: allowed a non-empty string, the exact "
+                                 "prompt the model reads")
+        _check_unused_template(template, "prompt=")
+        return None, question.strip(), prompt
+    # The bare template means "this is the exact prompt" (the server's rendered chat, whose
+    # trailing newline and template token ids must survive): used as given.
+    if template == "{question}":
+        return None, question.strip(), question
+    # A rendered chat (EncodedText) goes in whole so that _format_prompt refuses it.
+    asked = question if isinstance(question, EncodedText) else question.strip()
+    return None, question.strip(), _format_prompt(template, asked)

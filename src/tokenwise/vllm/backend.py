@@ -1,15 +1,15 @@
 """tokenwise on a vLLM engine: per-token entropy, prompt surprisal and sampled answers.
 
-A vLLM ``LLM`` is recognised by duck typing (:func:`is_vllm_llm`); nothing here imports
-``vllm`` until an engine is actually used, so ``import tokenwise`` never pulls it in.
-:class:`VLLMModel` wraps an ``LLM`` as a codec (the tokenizer, start and end ids, context
-length; the same encoding rule as :class:`~tokenwise.models.LanguageModel`) and a prompt
-scorer (:class:`~tokenwise.models.protocols.PromptScorer`), and :func:`generate_with_stats` returns the same
-:class:`~tokenwise.generation.Generation` / :class:`~tokenwise.generation.TokenRecord` records
-as :func:`tokenwise.generate`, so code downstream of generation does not care which engine
-produced them. Prompts are always sent as token ids encoded the tokenwise way (the tokenizer's
-own start ids, then the text with special-token strings read as text), so the engine scores
-exactly the ids the Hugging Face path scores.
+A vLLM ``LLM`` is recognised by duck typing (:func:`is_vllm_llm`); nothing here imports ``vllm``
+until an engine is actually used, so ``import tokenwise`` never pulls it in. :class:`VLLMModel`
+wraps an ``LLM`` as a codec (the tokenizer, start and end ids, context length; the same encoding
+rule as :class:`~tokenwise.models.LanguageModel`) and a prompt scorer
+(:class:`~tokenwise.models.protocols.PromptScorer`), and :func:`generate_with_stats` returns the
+same :class:`~tokenwise.generation.Generation` / :class:`~tokenwise.generation.TokenRecord`
+records as :func:`tokenwise.generate`, so code downstream of generation does not care which
+engine produced them. Prompts are always sent as token ids encoded the tokenwise way (the
+tokenizer's own start ids, then the text with special-token strings read as text), so the engine
+scores exactly the ids the Hugging Face path scores.
 
 Two ways to get each generated token's entropy and varentropy out of vLLM
 --------------------------------------------------------------------------
