@@ -307,7 +307,7 @@ def score(
         inputs = seq[begin:end][None]  # (1, end - begin)
         n_new = end - first + 1
         logits = lm.forward(inputs, logits_to_keep=n_new).logits[0]  # (n_new, V)
-        stats = signals.token_stats(logits, seq[first : end + 1], top_k=top_k, chunk_size=64)
+        stats = signals.token_stats(logits, seq[first : end + 1], top_k=top_k)
         # The trace lives on the CPU whatever the model's device (JSON, HTML, numpy).
         stats_parts.append(dataclasses.replace(
             stats, **{f.name: getattr(stats, f.name).cpu() for f in dataclasses.fields(stats)}
