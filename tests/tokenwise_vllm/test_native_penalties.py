@@ -75,15 +75,13 @@ def test_chains_in_another_order_are_refused_naming_the_steps(steps, message):
 
 def test_the_orders_it_accepts_give_the_same_logits():
     # The commuting pair vLLM reorders: a bias beside presence and frequency penalties.
-    from tokenwise.sampling.history import observe_prompts
-
     logits = torch.randn(2, 12, generator=torch.Generator().manual_seed(0))
     a = chain({"name": "penalties", "presence_penalty": 1, "frequency_penalty": 0.5},
               {"name": "logit_bias", "bias": {"3": 2.0}}).build()
     b = chain({"name": "logit_bias", "bias": {"3": 2.0}},
               {"name": "penalties", "presence_penalty": 1, "frequency_penalty": 0.5}).build()
     for sampler in (a, b):
-        observe_prompts(sampler, [[1], [2]])
+        sampler.observe_prompt([[1], [2]])
         sampler(logits)
         sampler.observe(torch.tensor([3, 4]))
     assert torch.allclose(a(logits), b(logits))
