@@ -6,24 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from tests.serving.helpers import InlineBackend
 
 from tokenwise.serving import planning, routes
 from tokenwise.serving.config import ServerConfig
 from tokenwise.serving.errors import APIError
 from tokenwise.serving.schemas import ChatCompletionRequest, CompletionRequest
-
-
-class InlineBackend:
-    """Refuses nothing and runs model work on the caller's thread."""
-
-    def check(self, req):
-        pass
-
-    def check_plan(self, plan):
-        pass
-
-    async def call(self, fn):
-        return fn()
 
 
 def plan(small, req, kind):

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 from tests.models.helpers import load_tiny_chat_model
+from tests.serving.helpers import InlineBackend
 
 from tokenwise.models import Codec, ForwardScorer, LanguageModel, Scorer, TokenizerCodec
 from tokenwise.serving import routes
@@ -26,17 +27,6 @@ def served_like(lm: LanguageModel, context_length: int | None = None) -> ServedM
     return ServedModel(lm.name, lm.path, lm.tokenizer, context_length or lm.context_length)
 
 
-class InlineBackend:
-    """Refuses nothing and runs model work on the caller's thread."""
-
-    def check(self, req):
-        pass
-
-    def check_plan(self, plan):
-        pass
-
-    async def call(self, fn):
-        return fn()
 
 
 def test_a_served_model_is_a_codec_with_no_forward_pass(small):
