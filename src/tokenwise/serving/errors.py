@@ -10,9 +10,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
           404: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
@@ -94,3 +96,26 @@ def from_validation(error: ValidationError) -> APIError:
     shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
     return APIError(400, f"Invalid value for {where or 'the body'}: {first['msg']} "
                          f"(got {shown})", param=where or None, code="invalid_value")
+
+
+def parse_body(raw: bytes, schema: type[M]) -> M:
+    """A request body validated as ``schema``: a 400 for an empty body, the first validation
+    error otherwise (see :func:`from_validation`).
+
+    Args:
+        raw: the body's bytes.
+        schema: the request model.
+
+    Example:
+        >>> from tokenwise.serving.schemas import CompletionRequest
+        >>> parse_body(b" ", CompletionRequest)
+        Traceback (most recent call last):
+        ...
+        tokenwise.serving.errors.APIError: the request body is empty; send a JSON object
+    """
+    if not raw.strip():
+        raise APIError(400, "the request body is empty; send a JSON object", code="invalid_json")
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        raise from_validation(exc) from None

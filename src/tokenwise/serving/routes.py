@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -29,7 +28,7 @@ from tokenwise.models import Codec
 from tokenwise.serving.batcher import Event
 from tokenwise.serving.config import ServerConfig
 from tokenwise.serving.engine import FinishEvent, TokenEvent
-from tokenwise.serving.errors import APIError, from_validation
+from tokenwise.serving.errors import APIError, parse_body
 from tokenwise.serving.logprobs import WireToken, chat_logprobs, completion_logprobs
 from tokenwise.serving.planning import Plan, apply_compression, chat_messages, plan_request
 from tokenwise.serving.prompt_compression import compress_prompt
@@ -92,15 +91,8 @@ class CompletionService:
 
     async def handle(self, request: Request, kind: str) -> Response:
         """Answer one request (``kind``: ``"chat"`` or ``"completion"``)."""
-        raw = await request.body()
         schema = ChatCompletionRequest if kind == "chat" else CompletionRequest
-        if not raw.strip():
-            raise APIError(400, "the request body is empty; send a JSON object",
-                           code="invalid_json")
-        try:
-            req = schema.model_validate_json(raw)
-        except ValidationError as exc:
-            raise from_validation(exc) from None
+        req = parse_body(await request.body(), schema)
         plan = await self._plan(req, kind)
         deadline = time.monotonic() + self.config.request_timeout_s
         if plan.stream:

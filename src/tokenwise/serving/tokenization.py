@@ -9,7 +9,8 @@ the ids are those the completion routes feed the model for the same prompt or me
 answers ``{"prompt"}`` (control tokens included, as vLLM does); an id outside the vocabulary
 is a 400. ``model`` may be left out when the server serves one model.
 
-Both paths sit outside ``/v1/`` (where vLLM has them), so the API key is checked here.
+Both paths sit outside ``/v1/`` (where vLLM has them); the API-key guard
+(:mod:`tokenwise.serving.security`) covers them too.
 
 Example:
     >>> from tokenwise.models import load
@@ -27,15 +28,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.models import Codec
 from tokenwise.serving.chat_format import render
-from tokenwise.serving.errors import APIError, from_validation
+from tokenwise.serving.errors import APIError, parse_body
 from tokenwise.serving.planning import pick_model
-from tokenwise.serving.schemas import DetokenizeRequest, TokenizeRequest, WireModel
+from tokenwise.serving.schemas import DetokenizeRequest, TokenizeRequest
 
 
 def _model(models: Mapping[str, Codec], name: str | None) -> Codec:
@@ -91,16 +91,6 @@ def detokenize(models: Mapping[str, Codec], req: DetokenizeRequest) -> dict[str,
     return {"prompt": lm.decode(req.tokens)}
 
 
-async def _parse(request: Request, schema: type[WireModel]) -> Any:
-    raw = await request.body()
-    if not raw.strip():
-        raise APIError(400, "the request body is empty; send a JSON object", code="invalid_json")
-    try:
-        return schema.model_validate_json(raw)
-    except ValidationError as exc:
-        raise from_validation(exc) from None
-
-
 def register(app: Any, models: Mapping[str, Codec]) -> None:
     """Add ``POST /tokenize`` and ``POST /detokenize`` to ``app`` (the API key, when the
     server has one, is checked by the guard in :mod:`tokenwise.serving.security`).
@@ -112,8 +102,8 @@ def register(app: Any, models: Mapping[str, Codec]) -> None:
 
     @app.post("/tokenize")
     async def tokenize_route(request: Request) -> dict[str, Any]:
-        return tokenize(models, await _parse(request, TokenizeRequest))
+        return tokenize(models, parse_body(await request.body(), TokenizeRequest))
 
     @app.post("/detokenize")
     async def detokenize_route(request: Request) -> dict[str, Any]:
-        return detokenize(models, await _parse(request, DetokenizeRequest))
+        return detokenize(models, parse_body(await request.body(), DetokenizeRequest))
