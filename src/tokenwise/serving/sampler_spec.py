@@ -158,9 +158,7 @@ def check_vocabulary(req: SamplingFields, spec: SamplerSpec, vocab_size: int) ->
     for i, (name, params) in enumerate(spec.steps):
         if name != "logit_bias":
             continue
-        bias = dict(params)["bias"]
-        ids = [int(t) for t, _ in (bias.items() if isinstance(bias, dict) else bias)]
-        bad = [t for t in ids if t >= vocab_size]
+        bad = [t for t, _ in dict(params)["bias"] if t >= vocab_size]  # (id, bias) pairs
         if bad:
             param = f"tokenwise.sampler.{i}.bias" if chain else "logit_bias"
             raise APIError(400, f"{param}: token id {bad[0]} is not in the vocabulary of "
