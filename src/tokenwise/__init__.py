@@ -15,7 +15,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from tokenwise.generation import Generation, generate
+    from tokenwise.generation.hf import custom_generate_path
     from tokenwise.models import LanguageModel, load
+    from tokenwise.sampling.hf import hf_generation_config
     from tokenwise.scoring import score
     from tokenwise.trace import TokenTrace
 
@@ -26,6 +28,10 @@ _LAZY = {
     "TokenTrace": ("tokenwise.trace", "TokenTrace"),
     "load": ("tokenwise.models", "load"),
     "LanguageModel": ("tokenwise.models", "LanguageModel"),
+    # transformers: a config under which a tokenwise processor alone samples, and the
+    # directory to pass as model.generate(custom_generate=...)
+    "hf_generation_config": ("tokenwise.sampling.hf", "hf_generation_config"),
+    "custom_generate_path": ("tokenwise.generation.hf", "custom_generate_path"),
 }
 
 #: Subpackages reachable as attributes (``tw.models``, ``tw.sampling``, ...), imported on first
@@ -35,8 +41,8 @@ _SUBMODULES = ("analysis", "compression", "context", "errors", "evaluate", "gene
                "heatmap", "kv", "models", "routing", "sampling", "scoring", "serving",
                "signals", "testbed", "tokenizers", "trace", "training", "uncertainty")
 
-__all__ = ["Generation", "LanguageModel", "TokenTrace", "__version__", "generate", "load",
-           "score"]
+__all__ = ["Generation", "LanguageModel", "TokenTrace", "__version__", "custom_generate_path",
+           "generate", "hf_generation_config", "load", "score"]
 
 
 def __getattr__(name: str) -> Any:

@@ -217,15 +217,40 @@ class Sampler:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
 
-    def as_hf(self) -> Any:
+    def as_hf(self, model: Any = None, *, generation_config: Any = None) -> Any:
         """This sampler as a ``transformers.LogitsProcessor`` (for ``model.generate``).
+
+        transformers runs its own warpers (``temperature``, ``top_k``, ``top_p``, ...) after
+        the processors it is given whenever it samples, filling unset fields from the model's
+        generation config and its defaults (``top_k=50``); see :mod:`tokenwise.sampling.hf`.
+        Given the model (and the ``generation_config`` you will pass), ``as_hf`` warns with a
+        :class:`~tokenwise.sampling.hf.TransformersWarpersWarning` when ``generate`` would
+        stack warpers after this sampler or would not sample at all;
+        :func:`tokenwise.hf_generation_config` gives a config under which this sampler alone
+        decides.
+
+        Args:
+            model: the transformers model (or :class:`~tokenwise.models.LanguageModel`) that
+                will generate, to check its generation config; None skips the check.
+            generation_config: the ``GenerationConfig`` you will pass to ``generate``.
 
         Example:
             >>> from tokenwise.sampling import TopK
             >>> processor = TopK(2).as_hf()
             >>> processor(None, torch.tensor([[1.0, 3.0, 2.0]])).isinf().tolist()
             [[True, False, False]]
+            >>> import tokenwise as tw
+            >>> lm = tw.load("tw-small")
+            >>> processor = TopK(2).as_hf(lm, generation_config=tw.hf_generation_config(lm))
         """
+        if model is not None or generation_config is not None:
+            import warnings
+
+            from tokenwise.sampling.hf import TransformersWarpersWarning, stacking_message
+
+            message = stacking_message(self, model, generation_config)
+            if message is not None:
+                warnings.warn(message, TransformersWarpersWarning, stacklevel=2)
         from transformers import LogitsProcessor
 
         sampler = self
