@@ -27,6 +27,31 @@ takes the hidden states and the classifier) and/or ``from_logits`` (it needs log
 ``fused=True`` a logits-only loss gets its logits in token chunks, each recomputed in the
 backward pass (activation checkpointing), so at most one chunk of logits is alive at a time;
 with ``fused=False`` every loss gets the model's full logits, computed as transformers does.
+
+TRL. TRL 1.16's trainers give the model a "fused LM head" (``trl.trainer.utils.add_fused_lm_head``
+replaces ``model.forward``) and call ``model(..., labels=..., fused_lm_head=True)``. That forward
+runs the decoder itself and returns per-token ``log_probs`` (plus ``entropy``, ``is_top1``,
+``label_mask``), and ``SFTTrainer.compute_loss`` trains ``-log_probs`` summed over the labelled
+tokens and divided by their count (or ``num_items_in_batch``); it logs ``entropy`` and
+``mean_token_accuracy`` from the other fields. Left alone, that path never reaches this module
+and a patched model would silently train plain cross-entropy. So a patched model answers that
+protocol itself: called with ``fused_lm_head=True`` it returns the same fields, with
+``log_probs`` set to minus the patched loss of each token (for ``"ce"`` that is the token's
+log-probability, as TRL computes it) and ``entropy`` and ``is_top1`` computed from the logits,
+chunk by chunk, without gradient. Both orders work: ``patch(model)`` then ``SFTTrainer(model)``
+(a forward pre-hook turns ``fused_lm_head=True`` into a private flag, TRL's forward then takes
+its plain path, which calls the patched forward), and ``SFTTrainer(...)`` then
+``patch(trainer.model)`` (the patched forward is outermost and answers directly; ``unpatch``
+restores TRL's forward). Anything that replaces the forward after ``patch`` and runs the decoder
+without it while gradients are on (TRL's fused head reached without the pre-hook, as PEFT's
+``model.forward(...)`` calls do, or Liger's fused loss) raises a :class:`TokenwiseError` instead
+of training another loss. Limits: the ``log_probs`` of a loss other than ``"ce"`` are minus that
+loss, which is what SFTTrainer trains, but TRL's preference and RL trainers (DPO, KTO, GRPO,
+RLOO) read them as the policy's log-probabilities, so patch with another loss only for
+SFTTrainer; its ``loss_type="dft"`` weights tokens by ``exp(log_probs)``, a probability only
+for ``"ce"``. ``log_sum_sq_probs`` and ``mean_logits`` are not computed (None). SFTTrainer's
+``compute_loss_func`` and label smoothing take full logits from a call without labels, so
+with them their loss is trained, not the patched one.
 """
 
 from __future__ import annotations
@@ -34,7 +59,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -66,6 +91,9 @@ KNOWN_MODEL_CLASSES: tuple[str, ...] = (
 )
 
 _STATE_ATTR = "_tokenwise_patch"
+# What the forward pre-hook turns TRL's ``fused_lm_head=True`` into, so that TRL's own forward,
+# when it wraps ours, takes its plain path down to the patched forward.
+_FUSED_FLAG = "_tokenwise_fused_lm_head"
 # Rows of logits per chunk for logits losses: 2**22 float32 logits (16 MiB) per chunk, as
 # linear_ce's blocks: a loss makes several chunk-sized temporaries (softmax, its gradient).
 _CHUNK_LOGITS = 2**22
@@ -79,7 +107,9 @@ class LossSpec:
         name: the registry name (``patch(model, loss=name)``).
         from_hidden: fused form, ``(hidden (n, H), weight (V, H), bias (V,) | None,
             targets (n,), *, softcap, ignore_index, state, **options) -> sum over tokens``
-            (a 0-d tensor). Used when ``fused=True``.
+            (a 0-d tensor). Used when ``fused=True``. Under TRL's fused LM head (see the module
+            docstring) it is called with ``reduction="none"`` and must return per-token losses
+            ``(n,)``, 0 at ignored targets; one without a ``reduction`` parameter is refused there.
         from_logits: logits form, ``(logits (n, V) float32 after softcap, targets (n,), *,
             ignore_index, state, **options) -> per-token losses (n,)``, 0 at ignored targets.
             Each token's loss must depend on its own row only, so chunking over tokens is exact.
@@ -147,10 +177,11 @@ def _ce_from_hidden(
     softcap: float | None,
     ignore_index: int,
     state: Any,
+    reduction: str = "sum",
     **options: Any,
 ) -> torch.Tensor:
     return _linear_ce()(hidden, weight, targets, bias=bias, ignore_index=ignore_index,
-                                softcap=softcap, reduction="sum", **options)
+                        softcap=softcap, reduction=reduction, **options)
 
 
 def _ce_from_logits(
@@ -207,6 +238,38 @@ class _PatchState:
     options: dict[str, Any]
     state: Any
     chunk_size: int | None
+    forward: Any = None  # the instance forward patch installed
+    previous_forward: Any = None  # the one it replaced (e.g. TRL's): unpatch restores it
+    hooks: list[Any] = field(default_factory=list)  # handles of the pre-hooks, removed by unpatch
+    depth: int = 0  # patched forwards running now: the decoder guard lets their decoder calls pass
+
+
+def _fused_head_output_class() -> type:
+    """The output of a patched model called with TRL's ``fused_lm_head=True``.
+
+    The fields of TRL's ``FusedCausalLMOutput`` (``trl.trainer.utils``), which TRL reads by name.
+    Built on first use so that importing this module does not import transformers.
+    """
+    global _FusedHeadOutput
+    if _FusedHeadOutput is None:
+        from transformers.utils import ModelOutput
+
+        @dataclass
+        class FusedHeadOutput(ModelOutput):
+            loss: torch.Tensor | None = None
+            log_probs: torch.Tensor | None = None
+            entropy: torch.Tensor | None = None
+            log_sum_sq_probs: torch.Tensor | None = None
+            mean_logits: torch.Tensor | None = None
+            is_top1: torch.Tensor | None = None
+            label_mask: torch.Tensor | None = None
+            aux_loss: torch.Tensor | None = None
+
+        _FusedHeadOutput = FusedHeadOutput
+    return _FusedHeadOutput
+
+
+_FusedHeadOutput: type | None = None
 
 
 def _known_classes() -> tuple[type, ...]:
@@ -251,6 +314,13 @@ def patch(
     ``labels`` for logits. With ``fused=False`` the logits are computed as usual and the
     chosen loss is applied to them. Gemma's ``final_logit_softcapping``, ``logits_to_keep``,
     ``shift_labels``, ``ignore_index`` and ``num_items_in_batch`` act as in transformers.
+
+    TRL's trainers (``SFTTrainer``) call the model with ``fused_lm_head=True``; the patched
+    model answers with TRL's fields, ``log_probs`` being minus the patched per-token loss, so
+    SFTTrainer trains (and logs) this loss, and its ``entropy`` and ``mean_token_accuracy``
+    are computed from the logits chunk by chunk. Patch before or after building the trainer
+    (``patch(trainer.model)``); see the module docstring for the limits (SFT only for losses
+    other than ``"ce"``).
 
     Args:
         model: a transformers causal LM of a known class, with a plain ``nn.Linear`` head.
@@ -306,7 +376,7 @@ def patch(
     state = spec.prepare(model, **loss_options) if spec.prepare else None
 
     unpatch(model)
-    setattr(model, _STATE_ATTR, _PatchState(spec, fused, dict(loss_options), state, chunk_size))
+    patch_state = _PatchState(spec, fused, dict(loss_options), state, chunk_size)
     original = type(model).forward
     forward = functools.partial(_patched_forward, _bound_of=model)
     functools.update_wrapper(forward, original)
@@ -314,12 +384,25 @@ def patch(
     # kwargs), so the patched forward shows the original's signature, without self.
     forward.__signature__ = _signature(type(model)).replace(
         parameters=list(_signature(type(model)).parameters.values())[1:])
+    patch_state.forward = forward
+    patch_state.previous_forward = model.__dict__.get("forward")  # e.g. TRL's fused LM head
+    # Partials bound to the model, not closures, so that copy.deepcopy rebinds them to the copy.
+    patch_state.hooks = [
+        model.register_forward_pre_hook(_translate_fused_flag, with_kwargs=True),
+        model.base_model.register_forward_pre_hook(functools.partial(_guard_decoder, model)),
+    ]
+    setattr(model, _STATE_ATTR, patch_state)
     model.forward = forward
     return model
 
 
 def unpatch(model: nn.Module) -> nn.Module:
     """Undo :func:`patch`: the model's loss is transformers' again. A no-op if not patched.
+
+    An instance ``forward`` that the patch replaced (TRL's fused LM head, when the trainer was
+    built before :func:`patch`) comes back. A wrapper installed over the patched forward after
+    :func:`patch` (TRL's, when the trainer was built after) stays; the patched forward inside it
+    then passes every call through to the model's own ``forward``.
 
     Args:
         model: a model returned by :func:`patch` (or any module).
@@ -332,9 +415,16 @@ def unpatch(model: nn.Module) -> nn.Module:
         >>> unpatch(nn.Linear(2, 2)).__class__.__name__
         'Linear'
     """
-    if _STATE_ATTR in model.__dict__:
-        del model.__dict__[_STATE_ATTR]
-        model.__dict__.pop("forward", None)
+    state = model.__dict__.pop(_STATE_ATTR, None)
+    if state is None:
+        return model
+    for handle in state.hooks:
+        handle.remove()
+    if model.__dict__.get("forward") is state.forward:
+        if state.previous_forward is None:
+            del model.__dict__["forward"]
+        else:
+            model.__dict__["forward"] = state.previous_forward
     return model
 
 
@@ -365,9 +455,53 @@ def _signature(cls: type) -> inspect.Signature:
     return inspect.signature(cls.forward)  # (self, input_ids, ..., **kwargs)
 
 
+def _translate_fused_flag(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """Forward pre-hook: TRL's ``fused_lm_head=True`` becomes the patch's private flag.
+
+    When TRL's fused forward wraps the patched one (the trainer was built after ``patch``), the
+    flag makes it take its plain path, which calls the patched forward with the labels.
+    """
+    if not kwargs.get("fused_lm_head"):
+        return None
+    kwargs = {k: v for k, v in kwargs.items() if k != "fused_lm_head"}
+    kwargs[_FUSED_FLAG] = True
+    return args, kwargs
+
+
+def _guard_decoder(model: nn.Module, module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Decoder pre-hook: refuse a training forward that replaced the patched one and skips it."""
+    state = model.__dict__.get(_STATE_ATTR)
+    if (state is None or state.depth > 0 or not torch.is_grad_enabled()
+            or model.__dict__.get("forward") is state.forward):
+        return
+    raise TokenwiseError(
+        f"the model's forward was replaced after patch(model, loss={state.spec.name!r}) by one "
+        "that runs the decoder without the patched loss (TRL's fused LM head called as "
+        "model.forward(...), as PEFT models do, or Liger's fused loss), so another loss would "
+        "be trained; call patch() after that wrapper is installed (with TRL: "
+        "patch(trainer.model) or patch(trainer.model.get_base_model()) after building the "
+        "trainer), or unpatch() the model")
+
+
 def _patched_forward(*args: Any, _bound_of: nn.Module, **kwargs: Any) -> Any:
     model = _bound_of
+    state: _PatchState | None = model.__dict__.get(_STATE_ATTR)
+    if state is None:  # unpatched, while a wrapper installed after patch() still calls us
+        return type(model).forward(model, *args, **kwargs)
+    state.depth += 1
+    try:
+        return _run_patched(model, state, args, kwargs)
+    finally:
+        state.depth -= 1
+
+
+def _run_patched(model: nn.Module, state: _PatchState, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
     original = type(model).forward
+    # TRL's protocol: directly (the patched forward is outermost) or via the pre-hook's flag
+    trl_head = bool(kwargs.pop("fused_lm_head", False)) | bool(kwargs.pop(_FUSED_FLAG, False))
     names = list(_signature(type(model)).parameters)[1:]
     named = dict(kwargs)
     for name, value in zip(names, args, strict=False):  # positionals, in the original's order
@@ -375,11 +509,15 @@ def _patched_forward(*args: Any, _bound_of: nn.Module, **kwargs: Any) -> Any:
             raise TypeError(f"forward() got multiple values for argument {name!r}")
         named[name] = value
     if len(args) > len(names) or named.get("labels") is None:
+        if trl_head:
+            raise TokenwiseError("fused_lm_head=True (TRL's fused LM head) needs labels")
         return original(model, *args, **kwargs)  # no labels: exactly as before
 
-    state: _PatchState = model.__dict__[_STATE_ATTR]
     labels = named.pop("labels")
     logits_to_keep = named.pop("logits_to_keep", 0)
+    if trl_head and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+        raise TokenwiseError(f"fused_lm_head=True (TRL's fused LM head) scores every position; "
+                             f"logits_to_keep must be 0, got {logits_to_keep!r}")
     return_dict = named.pop("return_dict", None)
     if return_dict is None:
         return_dict = getattr(model.config, "return_dict", True)
@@ -405,13 +543,16 @@ def _patched_forward(*args: Any, _bound_of: nn.Module, **kwargs: Any) -> Any:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     targets = shift_labels.reshape(-1)  # (n,)
 
+    metrics = None  # (entropy (n,), is_top1 (n,)) for TRL's fused LM head
     if use_full_logits:
         logits = out.logits  # (B, T, V), already softcapped by the model
         targets = targets.to(logits.device)
         _check_rows(logits.shape[:-1].numel(), targets, logits_to_keep)
-        per_token = state.spec.from_logits(logits.float().reshape(-1, logits.shape[-1]), targets,
-                                           ignore_index=ignore_index, state=state.state,
-                                           **state.options)  # (n,)
+        flat = logits.float().reshape(-1, logits.shape[-1])  # (n, V)
+        per_token = state.spec.from_logits(flat, targets, ignore_index=ignore_index,
+                                           state=state.state, **state.options)  # (n,)
+        if trl_head:
+            metrics = _logit_metrics(flat, targets, ignore_index)
         loss_sum = per_token.sum()
     else:
         if len(captured) != 1:
@@ -422,13 +563,21 @@ def _patched_forward(*args: Any, _bound_of: nn.Module, **kwargs: Any) -> Any:
         _check_rows(hidden.shape[0], targets, logits_to_keep)
         softcap = getattr(model.config, "final_logit_softcapping", None)
         head = model.get_output_embeddings()
-        loss_sum = _call_through(head, functools.partial(_loss_in_head, state, softcap,
-                                                         ignore_index), hidden, targets)
+        result = _call_through(head, functools.partial(_loss_in_head, state, softcap,
+                                                       ignore_index, trl_head), hidden, targets)
+        if trl_head:
+            per_token, *metrics = result
+            loss_sum = per_token.sum()
+        else:
+            loss_sum = result
 
     num_items = named.get("num_items_in_batch")
+    if torch.is_tensor(num_items):
+        num_items = num_items.to(loss_sum.device)
+    if trl_head:
+        return _fused_head_output(per_token, metrics, shift_labels.shape, loss_sum, num_items,
+                                  ignore_index, targets, shifted=named.get("shift_labels") is None)
     if num_items is not None:
-        if torch.is_tensor(num_items):
-            num_items = num_items.to(loss_sum.device)
         loss = loss_sum / num_items
     else:  # mean over the targets that count; all ignored gives nan, as in transformers
         loss = loss_sum / (targets != ignore_index).sum()
@@ -436,6 +585,52 @@ def _patched_forward(*args: Any, _bound_of: nn.Module, **kwargs: Any) -> Any:
     # its dict, so to_tuple() would drop it; rebuilding also keeps the fields' order.
     out = type(out)(**{**out, "loss": loss})
     return out if return_dict else out.to_tuple()
+
+
+def _fused_head_output(
+    per_token: torch.Tensor,
+    metrics: Any,
+    shape: torch.Size,
+    loss_sum: torch.Tensor,
+    num_items: Any,
+    ignore_index: int,
+    targets: torch.Tensor,
+    *,
+    shifted: bool,
+) -> Any:
+    """TRL's ``FusedCausalLMOutput`` fields from per-token losses ``(n,)`` and metrics.
+
+    TRL's fields cover ``(B, T - 1)`` positions when it shifted the labels itself and ``(B, T)``
+    with ``shift_labels``; the patched forward scored ``(B, T)`` (the last position ignored).
+    """
+    entropy, is_top1 = metrics
+    mask = targets != ignore_index  # (n,)
+    fields = [per_token, entropy, is_top1, mask]
+    fields = [x.reshape(shape) for x in fields]  # (B, T)
+    if shifted:
+        fields = [x[..., :-1] for x in fields]  # (B, T - 1)
+    per_token, entropy, is_top1, mask = fields
+    # TRL's loss: the sum over labelled tokens over num_items_in_batch, or over their count
+    # clamped to 1, so that a batch without labelled tokens gives 0, not nan.
+    denominator = num_items if num_items is not None else mask.sum().clamp(min=1)
+    return _fused_head_output_class()(
+        loss=loss_sum / denominator, log_probs=-per_token, entropy=entropy, is_top1=is_top1,
+        label_mask=mask)
+
+
+@torch.no_grad()
+def _logit_metrics(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token entropy (nats) and whether the target is the arg-max, 0/False at ignored ones.
+
+    ``logits`` ``(n, V)`` as the loss sees them (after the softcap, which keeps the arg-max);
+    the arg-max is the first maximum, as TRL's ``is_top1``.
+    """
+    valid = targets != ignore_index  # (n,)
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
+    entropy = -(logp.exp() * logp).sum(-1)  # (n,)
+    return entropy.masked_fill(~valid, 0.0), (logits.argmax(-1) == targets) & valid
 
 
 def _keep_positions(hidden: torch.Tensor, logits_to_keep: Any) -> torch.Tensor:
@@ -493,31 +688,66 @@ def _loss_in_head(
     state: _PatchState,
     softcap: float | None,
     ignore_index: int,
+    trl_head: bool,
     head: nn.Linear,
     hidden: torch.Tensor,
     targets: torch.Tensor,
-) -> torch.Tensor:
+) -> Any:
+    """The loss, run as ``head``'s forward: its sum (0-d), or with ``trl_head`` the tuple
+    ``(per-token losses (n,), entropy (n,), is_top1 (n,))`` TRL's fused LM head returns."""
     spec = state.spec
-    if spec.from_hidden is not None:
-        return spec.from_hidden(hidden, head.weight, head.bias, targets, softcap=softcap,
-                                ignore_index=ignore_index, state=state.state, **state.options)
+    chunk = state.chunk_size or max(1, _CHUNK_LOGITS // head.weight.shape[0])
 
-    def chunk_loss(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-                   t: torch.Tensor) -> torch.Tensor:
+    def logits_of(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         logits = F.linear(h, w, b)  # (n_chunk, V), in the model's dtype as transformers does
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
-        per_token = spec.from_logits(logits.float(), t, ignore_index=ignore_index,
-                                     state=state.state, **state.options)  # (n_chunk,)
-        return per_token.sum()
+        return logits.float()
 
-    chunk = state.chunk_size or max(1, _CHUNK_LOGITS // head.weight.shape[0])
-    total = hidden.new_zeros((), dtype=torch.float32)
+    if spec.from_hidden is not None:
+        kwargs = dict(softcap=softcap, ignore_index=ignore_index, state=state.state,
+                      **state.options)
+        if not trl_head:
+            return spec.from_hidden(hidden, head.weight, head.bias, targets, **kwargs)
+        if "reduction" not in inspect.signature(spec.from_hidden).parameters:
+            raise TokenwiseError(
+                f"loss {spec.name!r}: its from_hidden takes no `reduction`, and TRL's fused LM "
+                "head (fused_lm_head=True) needs per-token losses; give it reduction='none' "
+                "support, or patch with fused=False")
+        per_token = spec.from_hidden(hidden, head.weight, head.bias, targets, reduction="none",
+                                     **kwargs)  # (n,)
+        entropy, is_top1 = [], []
+        with torch.no_grad():
+            for start in range(0, hidden.shape[0], chunk):
+                logits = logits_of(hidden[start:start + chunk], head.weight, head.bias)
+                e, t1 = _logit_metrics(logits, targets[start:start + chunk], ignore_index)
+                entropy.append(e)
+                is_top1.append(t1)
+        return per_token.reshape(-1), torch.cat(entropy), torch.cat(is_top1)
+
+    def chunk_loss(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                   t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = logits_of(h, w, b)
+        per_token = spec.from_logits(logits, t, ignore_index=ignore_index,
+                                     state=state.state, **state.options)  # (n_chunk,)
+        if not trl_head:
+            return (per_token.sum(),)
+        return per_token, *_logit_metrics(logits, t, ignore_index)
+
+    parts = []
     for start in range(0, hidden.shape[0], chunk):
         h, t = hidden[start:start + chunk], targets[start:start + chunk]
         if torch.is_grad_enabled():  # keep no chunk's logits for backward: recompute them
-            total = total + checkpoint(chunk_loss, h, head.weight, head.bias, t,
-                                       use_reentrant=False)
+            parts.append(checkpoint(chunk_loss, h, head.weight, head.bias, t,
+                                    use_reentrant=False))
         else:
-            total = total + chunk_loss(h, head.weight, head.bias, t)
+            parts.append(chunk_loss(h, head.weight, head.bias, t))
+    if trl_head:
+        if not parts:
+            empty = hidden.new_zeros(0, dtype=torch.float32)
+            return empty, empty, torch.zeros(0, dtype=torch.bool, device=hidden.device)
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for (part,) in parts:
+        total = total + part
     return total
