@@ -41,7 +41,14 @@ from typing import Any
 
 from tokenwise.models import LanguageModel
 from tokenwise.serving.ead_step import run_ead
-from tokenwise.serving.engine import BatchStats, FinishEvent, Row, TokenEvent, run_batch
+from tokenwise.serving.engine import (
+    BatchStats,
+    FinishEvent,
+    PromptEvent,
+    Row,
+    TokenEvent,
+    run_batch,
+)
 from tokenwise.serving.logprobs import TokenBytes
 from tokenwise.serving.planning import Plan
 from tokenwise.serving.sampler_spec import SamplerSpec
@@ -50,8 +57,10 @@ from tokenwise.serving.uncertainty_score import score_uncertainty
 
 log = logging.getLogger("tokenwise.serving")
 
-#: ``(choice index, event)``: what a backend yields for a request.
-Event = tuple[int, TokenEvent | FinishEvent]
+#: ``(choice index, event)``: what a backend yields for a request (a
+#: :class:`~tokenwise.serving.engine.PromptEvent` only for an ``echo`` request, and only
+#: from a backend that serves echo).
+Event = tuple[int, PromptEvent | TokenEvent | FinishEvent]
 
 
 @dataclass
@@ -109,12 +118,18 @@ class BatcherStats:
 class Batcher:
     """The embedded backend: queues jobs and calls, runs them on one worker thread.
 
+    It serves ``echo`` (``serves_echo``): an echo request's choices each get a
+    :class:`~tokenwise.serving.engine.PromptEvent` before their tokens.
+
     Args:
         models: model id -> loaded model (the batcher runs their forward passes).
         batching: group compatible jobs (False: one job per batch).
         window_s: how long an idle batcher waits for company.
         max_rows: most sequences per batch.
     """
+
+    #: echo requests get their prompt (scored on request) as a PromptEvent
+    serves_echo = True
 
     def __init__(self, models: dict[str, LanguageModel], *, batching: bool = True,
                  window_s: float = 0.005, max_rows: int = 64) -> None:
@@ -184,6 +199,7 @@ class Batcher:
         rows = [Row(prompt=plan.prompts[c // plan.n], max_tokens=plan.max_tokens,
                     prompt_tokens=plan.prompt_tokens[c // plan.n], stops=plan.stops,
                     seed=plan.seeds[c], top_logprobs=plan.top_logprobs, deadline=deadline,
+                    echo=plan.echo, score_prompt=plan.echo and plan.logprobs,
                     sink=lambda ev, c=c: inbox.put((c, ev)))
                 for c in range(plan.choices)]
         job = Job(plan.model, plan.spec, rows)
@@ -228,7 +244,8 @@ class Batcher:
 
     def _fits(self, lm: LanguageModel, rows: list[Row]) -> bool:
         longest = max(r.prompt_tokens for r in rows)
-        return longest + max(r.max_tokens for r in rows) - 1 <= lm.context_length
+        # an echo-only row (max_tokens=0) needs its prompt to fit, as a one-token row does
+        return longest + max(max(r.max_tokens for r in rows), 1) - 1 <= lm.context_length
 
     def _take_batch(self, first: Job) -> list[Job]:
         jobs, rows = [first], list(first.rows)
@@ -344,23 +361,27 @@ class _Guard:
 
     The rerun repeats the row's tokens (its seed gives the same tokens alone or in any
     batch); the ones already delivered are checked and skipped, so the client sees each
-    token once. A rerun that strays from them ends the row with an error.
+    token once, and an echo row's prompt event, if it went out, is not sent again. A rerun
+    that strays from them ends the row with an error.
     """
 
     def __init__(self, row: Row) -> None:
         self.row = row
         self.delivered: list[int] = []
+        self.prompt_sent = False
         self.finished = False
 
     def batch_row(self) -> Row:
         """The row to put in the shared batch."""
         return dataclasses.replace(self.row, sink=self._sink)
 
-    def _sink(self, event: TokenEvent | FinishEvent) -> None:
+    def _sink(self, event: PromptEvent | TokenEvent | FinishEvent) -> None:
         if isinstance(event, FinishEvent):
             if event.reason == "error":
                 return  # the batch failed: the row is decoded again alone
             self.finished = True
+        elif isinstance(event, PromptEvent):
+            self.prompt_sent = True
         else:
             self.delivered.append(event.token.id)
         self.row.sink(event)
@@ -370,8 +391,12 @@ class _Guard:
         seen = 0
         strayed = False
 
-        def sink(event: TokenEvent | FinishEvent) -> None:
+        def sink(event: PromptEvent | TokenEvent | FinishEvent) -> None:
             nonlocal seen, strayed
+            if isinstance(event, PromptEvent):
+                if not self.prompt_sent:  # the batch failed before its prompt went out
+                    self.row.sink(event)
+                return
             if isinstance(event, TokenEvent):
                 if strayed:
                     return
@@ -409,7 +434,7 @@ class _Inbox:
         """Called on the worker thread."""
         with self._lock:
             self._held.append(item)
-            if not self.wake_on_tokens and isinstance(item[1], TokenEvent):
+            if not self.wake_on_tokens and not isinstance(item[1], FinishEvent):
                 return
         self.loop.call_soon_threadsafe(self._deliver)
 

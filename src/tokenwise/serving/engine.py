@@ -11,6 +11,12 @@ stops early once every sequence has finished, been cancelled or timed out.
 Top alternatives come with the decode loop's records (the most any row asks for, from the
 same pass that gives the record's entropy); each row keeps as many as it asked for.
 
+A row with ``echo`` gets a :class:`PromptEvent` first: its prompt, and with
+``score_prompt`` every prompt token's logprob, entropy and top alternatives, from one
+forward pass over the batch's echoed prompts (:func:`score_prompts`, before the decode
+loop, which reads only the prompt's last position). A row with ``max_tokens=0`` (echo only)
+is not decoded: it finishes with ``"length"`` after its prompt event.
+
 Example:
     >>> from tokenwise.models import load
     >>> from tokenwise.serving.sampler_spec import SamplerSpec
@@ -23,13 +29,18 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
+from tokenwise import signals
 from tokenwise.generation import TokenRecord, generate
 from tokenwise.generation.stops import TextStream
 from tokenwise.models import LanguageModel
+from tokenwise.models.language_model import EncodedText
 from tokenwise.serving.logprobs import Alternative, TokenBytes, WireToken
 from tokenwise.serving.sampler_spec import SamplerSpec
 
@@ -40,6 +51,25 @@ class TokenEvent:
 
     token: WireToken
     delta: str
+
+
+@dataclass(frozen=True)
+class PromptEvent:
+    """The prompt of an ``echo`` row, sent before its first token.
+
+    Attributes:
+        text: the prompt as echoed (a text prompt as given; token ids decoded, special
+            tokens included, as vLLM echoes them).
+        tokens: every prompt token as the model reads it (a text prompt's start ids
+            included), each with the logprob, entropy and top alternatives of the model's
+            prediction of it; the first token's logprob and entropy are None (nothing
+            predicts it). None when the row did not ask for them (``score_prompt``).
+        hidden: how many leading tokens ``text`` leaves out (a text prompt's start ids).
+    """
+
+    text: str
+    tokens: list[WireToken] | None
+    hidden: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,16 +95,21 @@ class Row:
     """One sequence to generate.
 
     Attributes:
-        prompt: the prompt text (the decode loop adds BOS).
-        max_tokens: most tokens.
-        sink: receives :class:`TokenEvent` and finally one :class:`FinishEvent`; called on
-            the thread that runs the batch.
+        prompt: the prompt text (the decode loop adds BOS), or an
+            :class:`~tokenwise.models.language_model.EncodedText` whose ids it reads as
+            they are.
+        max_tokens: most tokens (0: none; only with ``echo``).
+        sink: receives a :class:`PromptEvent` (with ``echo``), the :class:`TokenEvent` s and
+            finally one :class:`FinishEvent`; called on the thread that runs the batch.
         prompt_tokens: tokens of the prompt, BOS included (for batching decisions).
         stops: stop strings.
         seed: sampling seed (required unless the spec is greedy).
         top_logprobs: alternatives to report per token (0: none).
         cancelled: returns True once nobody waits for the result.
         deadline: ``time.monotonic()`` after which the sequence is stopped.
+        echo: send the prompt back first (a :class:`PromptEvent`).
+        score_prompt: with ``echo``, score the prompt's tokens (``top_logprobs``
+            alternatives each).
     """
 
     prompt: str
@@ -86,6 +121,8 @@ class Row:
     top_logprobs: int = 0
     cancelled: Callable[[], bool] = lambda: False
     deadline: float = float("inf")
+    echo: bool = False
+    score_prompt: bool = False
 
 
 @dataclass
@@ -119,9 +156,124 @@ def alternatives(record: TokenRecord, k: int, names: TokenBytes) -> list[Alterna
             for i, v in zip(record.top_ids[:k], record.top_logprobs[:k], strict=True)]
 
 
+#: most logits one scoring forward pass makes (prompts x longest prompt x vocabulary):
+#: 2**25 float32 logits are 128 MiB; a longer prompt goes alone.
+SCORE_LOGITS = 2**25
+
+
+@torch.inference_mode()
+def score_prompts(lm: LanguageModel, prompts: list[list[int]], top_k: int,
+                  names: TokenBytes) -> list[list[WireToken]]:
+    """Every token of each prompt with the model's logprob, entropy and top alternatives for
+    it, the way the decode loop reports a generated token (:func:`signals.token_stats` of the
+    model's own logits at the position before it).
+
+    Prompts are read together in right-padded forward passes of at most
+    :data:`SCORE_LOGITS` logits: a prompt's positions are ``0..len - 1`` as when read alone,
+    and causal attention keeps its tokens from seeing the padding after it.
+
+    Args:
+        lm: the model.
+        prompts: token ids, read as they are (put any start ids in them).
+        top_k: alternatives per scored token (0 to the vocabulary size).
+        names: token texts and bytes.
+
+    Returns:
+        One list per prompt, a :class:`WireToken` per token; the first token's logprob and
+        entropy are None (nothing predicts it) and it has no alternatives.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> lm = load("tw-small")
+        >>> toks = score_prompts(lm, [lm.encode("7+2=9", add_bos=True)], 1,
+        ...                      TokenBytes(lm.tokenizer))[0]
+        >>> toks[0].logprob is None, toks[-1].top[0].text
+        (True, '9')
+    """
+    out: list[list[WireToken]] = [
+        [WireToken(id=p[0], text=names.text(p[0]), bytes=names.bytes(p[0]), logprob=None,
+                   entropy=None, model=lm.name)] if p else [] for p in prompts]
+    vocab = lm.vocab_size
+    groups: list[list[int]] = []
+    for i in sorted((i for i, p in enumerate(prompts) if len(p) > 1),
+                    key=lambda i: -len(prompts[i])):  # longest first: a group's first sets T
+        if groups and (len(groups[-1]) + 1) * len(prompts[groups[-1][0]]) * vocab \
+                <= SCORE_LOGITS:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    pad = lm.tokenizer.pad_token_id
+    pad = lm.eos_token_id if pad is None else pad
+    pad = 0 if pad is None else pad
+    for group in groups:
+        longest = len(prompts[group[0]])
+        ids = torch.full((len(group), longest), pad, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((len(group), longest), dtype=torch.long)  # (B, T)
+        for b, i in enumerate(group):
+            ids[b, :len(prompts[i])] = torch.tensor(prompts[i])
+            mask[b, :len(prompts[i])] = 1
+        logits = lm.forward(ids, mask).logits  # (B, T, V)
+        # position t predicts token t + 1: a prompt of L tokens has L - 1 predictions
+        preds = torch.cat([logits[b, :len(prompts[i]) - 1]
+                           for b, i in enumerate(group)]).float()  # (N, V)
+        targets = torch.tensor([t for i in group for t in prompts[i][1:]],
+                               device=preds.device)  # (N,)
+        stats = signals.token_stats(preds, targets, top_k=top_k)
+        logprobs, entropies = stats.logprobs.tolist(), stats.entropies.tolist()
+        top_ids, top_logprobs = stats.top_ids.tolist(), stats.top_logprobs.tolist()
+        n = 0
+        for i in group:
+            for tok in prompts[i][1:]:
+                out[i].append(WireToken(
+                    id=tok, text=names.text(tok), bytes=names.bytes(tok), logprob=logprobs[n],
+                    entropy=entropies[n],
+                    top=[Alternative(names.text(a), names.bytes(a), v)
+                         for a, v in zip(top_ids[n], top_logprobs[n], strict=True)],
+                    model=lm.name))
+                n += 1
+    return out
+
+
+def send_prompts(lm: LanguageModel, rows: list[Row], names: TokenBytes) -> None:
+    """Give every ``echo`` row its :class:`PromptEvent`, the scored ones from one
+    :func:`score_prompts` call (a prompt shared by several rows, e.g. a request's ``n``
+    choices, is scored once).
+
+    Args:
+        lm: the model.
+        rows: the batch's rows (those without ``echo`` are left alone).
+        names: token texts and bytes.
+    """
+    echo = [i for i, r in enumerate(rows) if r.echo]
+    ids = {i: tuple(lm.encode(rows[i].prompt, add_bos=True)) for i in echo}
+    scored = {ids[i] for i in echo if rows[i].score_prompt}
+    unique = sorted(scored)
+    top_k = min(max((rows[i].top_logprobs for i in echo), default=0), lm.vocab_size)
+    tokens = dict(zip(unique, score_prompts(lm, [list(u) for u in unique], top_k, names),
+                      strict=True))
+    for i in echo:
+        row = rows[i]
+        mine = None
+        if row.score_prompt:
+            mine = [dataclasses.replace(t, top=t.top[:row.top_logprobs]) for t in tokens[ids[i]]]
+        # token ids are echoed as they decode; a text prompt's start ids are not in its text
+        hidden = 0 if isinstance(row.prompt, EncodedText) else len(lm.start_ids)
+        row.sink(PromptEvent(str(row.prompt), mine, hidden))
+
+
+def _decodable(prompt: str) -> str:
+    """``prompt`` as the decode loop takes it: it refuses a blank text, which a prompt of
+    token ids (one space token) may decode to; the ids are what it reads, the text is only
+    shown."""
+    if isinstance(prompt, EncodedText) and not prompt.strip():
+        return EncodedText(f"<token ids {list(prompt.ids)}>", prompt.ids)
+    return prompt
+
+
 def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
               names: TokenBytes | None = None) -> BatchStats:
-    """Decode ``rows`` together; every row's sink gets its tokens and one finish event.
+    """Decode ``rows`` together; every row's sink gets its tokens and one finish event (an
+    ``echo`` row its :class:`PromptEvent` first; see :func:`send_prompts`).
 
     Args:
         lm: the model.
@@ -134,10 +286,11 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
         :class:`BatchStats`.
     """
     names = names or TokenBytes(lm.tokenizer)
+    decoding = [i for i, r in enumerate(rows) if r.max_tokens > 0]  # max_tokens=0: echo only
     # a vocabulary smaller than a row's request gives that row all of it
-    top_k = min(max(r.top_logprobs for r in rows), lm.vocab_size)
+    top_k = min(max((rows[i].top_logprobs for i in decoding), default=0), lm.vocab_size)
     sampler = spec.build()
-    seeds = None if sampler is None else [r.seed for r in rows]
+    seeds = None if sampler is None else [rows[i].seed for i in decoding]
     streams = [TextStream(lambda ids: lm.decode(ids, skip_special_tokens=True), r.stops)
                for r in rows]
     active = [True] * len(rows)
@@ -165,17 +318,22 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
 
     loop = None
     step = 0
-    try:  # generate checks its arguments at the call: a refusal ends the rows too
-        loop = generate(lm, [r.prompt for r in rows], sampler,
-                        max_new_tokens=max(r.max_tokens for r in rows), seed=seeds, stream=True,
-                        top_logprobs=top_k)
-        for record in loop:
+    try:  # a failed prompt pass, or generate refusing its arguments, ends the rows too
+        send_prompts(lm, rows, names)
+        for i, row in enumerate(rows):
+            if row.max_tokens <= 0:
+                finish(i, "length")
+        if decoding:
+            loop = generate(lm, [_decodable(rows[i].prompt) for i in decoding], sampler,
+                            max_new_tokens=max(rows[i].max_tokens for i in decoding),
+                            seed=seeds, stream=True, top_logprobs=top_k)
+        for record in loop or ():
             if record.step != step:
                 step = record.step
                 new_step(step)
                 if not any(active):
                     break
-            i = record.row
+            i = decoding[record.row]
             if not active[i]:
                 continue
             last_step[i] = step
@@ -206,5 +364,5 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
     finally:
         if loop is not None:
             loop.close()  # stops the decode loop when every row ended early
-        stats.steps = step + 1
+        stats.steps = step + 1 if decoding else 0
     return stats

@@ -11,6 +11,11 @@ distribution at that step (before any sampler), the same number as
 ``bytes`` are the token's exact bytes: a byte-level BPE token may hold part of a UTF-8
 character, whose text alone shows as U+FFFD.
 
+With ``echo`` the completions lists start with the prompt's tokens (:func:`echo_logprobs`):
+the first prompt token has ``null`` logprob, entropy and top alternatives (nothing predicts
+it), and ``text_offset`` runs on through the prompt into the completion, each offset a
+character position in the echoed ``text``.
+
 Example:
     >>> tok = WireToken(id=5, text="hi", bytes=[104, 105], logprob=-0.5, entropy=1.2)
     >>> chat_entry(tok)["entropy"]
@@ -133,28 +138,95 @@ def chat_logprobs(tokens: list[WireToken]) -> dict[str, Any]:
     return {"content": [chat_entry(t) for t in tokens], "refusal": None}
 
 
-def completion_logprobs(tokens: list[WireToken], start_offset: int = 0) -> dict[str, Any]:
+def completion_logprobs(tokens: list[WireToken], start_offset: int = 0,
+                        offsets: list[int] | None = None) -> dict[str, Any]:
     """``choices[i].logprobs`` of a completions response (offsets count characters of the
-    generated text from ``start_offset``).
+    generated text from ``start_offset``, unless ``offsets`` gives them).
 
     Where two alternatives decode to the same text the dict keeps the likelier one (OpenAI's
-    format keys alternatives by text).
+    format keys alternatives by text). A token without a logprob (a prompt's first token,
+    which nothing predicts) has ``None`` for its alternatives.
+
+    Args:
+        tokens: the tokens.
+        start_offset: the first token's character offset.
+        offsets: every token's offset (see :func:`prompt_offsets`).
 
     Example:
         >>> t = WireToken(1, "ab", [97, 98], -0.2, 0.5, [Alternative("ab", [97, 98], -0.2)])
         >>> completion_logprobs([t, t])["text_offset"]
         [0, 2]
     """
-    offsets, pos = [], start_offset
-    for t in tokens:
-        offsets.append(pos)
-        pos += len(t.text)
-    tops = []
+    if offsets is None:
+        offsets, pos = [], start_offset
+        for t in tokens:
+            offsets.append(pos)
+            pos += len(t.text)
+    tops: list[dict[str, float] | None] = []
     for t in tokens:
         best: dict[str, float] = {}
         for a in t.top:
             best.setdefault(a.text, a.logprob)
-        tops.append(best)
+        tops.append(None if t.logprob is None else best)
     return {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
             "top_logprobs": tops, "text_offset": offsets,
             "token_entropies": [t.entropy for t in tokens]}
+
+
+def prompt_offsets(tokens: list[WireToken], hidden: int = 0) -> list[int]:
+    """Character offsets of a prompt's tokens in its echoed text.
+
+    Counted from the tokens' exact bytes, so a character split over two byte-level tokens
+    counts once and both tokens start at it. The first ``hidden`` tokens (a text prompt's
+    start ids, which its text leaves out) sit at 0 and take no room. Exact where the tokens'
+    bytes spell the text (byte-level BPE vocabularies); for a tokenizer whose single tokens
+    decode differently from the text (a SentencePiece piece losing its leading space) the
+    offsets are those of the pieces' own texts.
+
+    Args:
+        tokens: the prompt's tokens, as the model reads them.
+        hidden: leading tokens the text leaves out.
+
+    Example:
+        >>> e = "é".encode()
+        >>> toks = [WireToken(1, "<s>", list(b"<s>"), None, None),
+        ...         WireToken(9, "a", [97], -1.0, 0.5),
+        ...         WireToken(7, "\ufffd", [e[0]], -1.0, 0.5),
+        ...         WireToken(8, "\ufffd", [e[1]], -1.0, 0.5),
+        ...         WireToken(9, "a", [97], -1.0, 0.5)]
+        >>> prompt_offsets(toks, hidden=1)  # the text is "aéa"
+        [0, 0, 1, 1, 2]
+    """
+    offsets, chars = [], 0  # chars: characters begun so far
+    for i, t in enumerate(tokens):
+        if i < hidden:
+            offsets.append(0)
+            continue
+        inside = bool(t.bytes) and t.bytes[0] & 0xC0 == 0x80  # a UTF-8 continuation byte
+        offsets.append(chars - 1 if inside and chars else chars)
+        chars += sum(b & 0xC0 != 0x80 for b in t.bytes)
+    return offsets
+
+
+def echo_logprobs(prompt: list[WireToken], hidden: int, prompt_text: str,
+                  tokens: list[WireToken]) -> dict[str, Any]:
+    """``choices[i].logprobs`` of a completion with ``echo``: the prompt's tokens, then the
+    generated ones, whose offsets continue after the echoed prompt text.
+
+    Args:
+        prompt: the prompt's tokens (the first without a logprob).
+        hidden: leading prompt tokens the echoed text leaves out (see
+            :func:`prompt_offsets`).
+        prompt_text: the echoed prompt text.
+        tokens: the generated tokens.
+
+    Example:
+        >>> p = [WireToken(1, "<s>", list(b"<s>"), None, None),
+        ...      WireToken(9, "ab", [97, 98], -0.5, 1.0)]
+        >>> lp = echo_logprobs(p, 1, "ab", [WireToken(3, "c", [99], -0.1, 0.2)])
+        >>> lp["token_logprobs"], lp["top_logprobs"][0], lp["text_offset"]
+        ([None, -0.5, -0.1], None, [0, 0, 2])
+    """
+    head = completion_logprobs(prompt, offsets=prompt_offsets(prompt, hidden))
+    tail = completion_logprobs(tokens, start_offset=len(prompt_text))
+    return {key: head[key] + tail[key] for key in head}

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from tokenwise.errors import TokenwiseError
 from tokenwise.generation.engine import MAX_SEED
 from tokenwise.models import Codec
+from tokenwise.models.language_model import EncodedText
 from tokenwise.serving import uncertainty_score
 from tokenwise.serving.chat_format import render
 from tokenwise.serving.config import ServerConfig
@@ -42,7 +43,10 @@ class Plan:
         kind: ``"chat"`` or ``"completion"``.
         model: the model id; ``lm`` the model, as planning sees it: a
             :class:`~tokenwise.models.Codec` (the backend that generates holds the weights).
-        prompts: the prompt texts (chat: one; completions: one per prompt).
+        prompts: the prompt texts (chat: one; completions: one per prompt). A prompt given
+            as token ids is an :class:`~tokenwise.models.language_model.EncodedText` of its
+            decoded text carrying the ids as given (no start id added), so every encode
+            reads those ids.
         prompt_tokens: their lengths in tokens, the tokenizer's start ids included.
         n: choices per prompt (choice ``p * n + j`` is prompt p's j-th).
         max_tokens: most tokens per choice.
@@ -55,6 +59,8 @@ class Plan:
         ead: entropy-adaptive decoding options (with ``large`` the second model).
         uncertainty: uncertainty options.
         info: the ``tokenwise`` response object so far (settings applied, compression).
+        echo: completions: each choice starts with its prompt (and, with ``logprobs``, the
+            prompt tokens' logprobs); ``max_tokens`` may then be 0.
     """
 
     kind: str
@@ -75,6 +81,7 @@ class Plan:
     large: Codec | None = None
     uncertainty: UncertaintyOptions | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    echo: bool = False
 
     @property
     def choices(self) -> int:
@@ -211,6 +218,27 @@ def check_no_tools(req: ChatCompletionRequest) -> None:
                        code="unknown_field")
 
 
+def _check_echo(req: CompletionRequest, prompts: list[str], max_tokens: int) -> None:
+    """Refuse (400) ``max_tokens: 0`` without ``echo`` or with uncertainty sampling, ``echo``
+    with entropy-adaptive decoding, and compression of token-id prompts."""
+    if max_tokens == 0 and not req.echo:
+        raise APIError(400, "max_tokens=0 generates nothing and, without echo, returns nothing; "
+                            "allowed: 1 or more, or 0 with echo=true (the prompt scored)",
+                       param="max_tokens", code="invalid_value")
+    opts = req.tokenwise
+    if max_tokens == 0 and opts is not None and opts.uncertainty is not None:
+        raise APIError(400, "tokenwise.uncertainty samples answers, and max_tokens=0 "
+                            "generates none; allowed max_tokens 1 or more with it",
+                       param="max_tokens", code="invalid_value")
+    if req.echo and opts is not None and opts.ead is not None:
+        raise APIError(400, "echo is not supported with tokenwise.ead; send the request "
+                            "without one of them", param="echo", code="unsupported_value")
+    if opts is not None and opts.compress is not None \
+            and any(isinstance(p, EncodedText) for p in prompts):
+        raise APIError(400, "tokenwise.compress compresses a text prompt; this prompt is "
+                            "token ids", param="tokenwise.compress", code="unsupported_value")
+
+
 def _render_chat(lm: Codec, messages: list[dict[str, str]], stops: list[str]
                  ) -> tuple[list[str], list[str], str]:
     """The chat prompt, the request's stops plus those the chat format needs, the format.
@@ -226,25 +254,72 @@ def _render_chat(lm: Codec, messages: list[dict[str, str]], stops: list[str]
         rendered.format
 
 
+def token_id_prompt(lm: Codec, ids: list[int], index: int) -> EncodedText:
+    """A prompt given as token ids: its decoded text carrying the ids, read as they are.
+
+    No start (BOS) id is added, as vLLM reads token prompts; the text, special tokens
+    included (as vLLM decodes a token prompt), is what ``echo`` shows.
+
+    Args:
+        lm: the request's model.
+        ids: the ids the request sent.
+        index: which prompt of the request they are (named in errors).
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> lm = load("tw-small")
+        >>> p = token_id_prompt(lm, lm.encode("7+2="), 0)
+        >>> p, p.ids == tuple(lm.encode("7+2="))
+        ('7+2=', True)
+        >>> token_id_prompt(lm, [5, 4096], 0)
+        Traceback (most recent call last):
+        ...
+        tokenwise.serving.errors.APIError: prompt 0: token id 4096 (at position 1) is not in ...
+    """
+    if not ids:
+        raise APIError(400, f"prompt {index} is empty", param="prompt")
+    vocab = lm.vocab_size
+    for at, tid in enumerate(ids):
+        if not 0 <= tid < vocab:
+            raise APIError(400, f"prompt {index}: token id {tid} (at position {at}) is not in "
+                                f"this model's vocabulary; allowed ids 0 to {vocab - 1}",
+                           param="prompt", code="invalid_token_id")
+    return EncodedText(lm.decode(ids), ids)
+
+
+def _completion_prompts(lm: Codec, raw: str | list[str] | list[int] | list[list[int]]
+                        ) -> list[str]:
+    """The prompts of a completions request: texts, or token ids as
+    :class:`EncodedText` (see :func:`token_id_prompt`)."""
+    if isinstance(raw, str):
+        return [raw]
+    if raw and isinstance(raw[0], int):  # one prompt of token ids
+        return [token_id_prompt(lm, raw, 0)]  # type: ignore[arg-type]
+    return [token_id_prompt(lm, p, i) if isinstance(p, list) else p
+            for i, p in enumerate(raw)]  # type: ignore[misc]
+
+
 def _count_tokens(lm: Codec, prompts: list[str], kind: str, max_tokens: int,
                   max_tokens_given: bool, check_context: bool) -> list[int]:
     """Each prompt's length in tokens (start ids included); a 400 for an empty prompt, or, with
-    ``check_context``, for a prompt that leaves no room for ``max_tokens``."""
+    ``check_context``, for a prompt that leaves no room for ``max_tokens`` (0: the prompt
+    alone must fit)."""
     for i, p in enumerate(prompts):
-        if not p.strip():
+        # a prompt of token ids may decode to blank text (a space token) and is still a prompt
+        if not (p.ids if isinstance(p, EncodedText) else p.strip()):
             raise APIError(400, f"prompt {i} is empty", param="prompt")
     prompt_tokens = [len(lm.encode(p, add_bos=True)) for p in prompts]
     longest = max(prompt_tokens)
-    if check_context and longest + max_tokens - 1 > lm.context_length:
+    if check_context and longest + max(max_tokens, 1) - 1 > lm.context_length:
         asked = f"max_tokens={max_tokens}" if max_tokens_given else \
             f"the default max_tokens ({max_tokens}, used when a request sets none)"
         fits = lm.context_length - longest + 1  # the most tokens this prompt leaves room for
         advice = "Shorten the prompt." if fits < 1 else \
             f"Shorten the prompt or {'lower' if max_tokens_given else 'set'} max_tokens to " \
             f"{fits} or less."
+        passes = f"and {asked} would pass it" if max_tokens else "(echo, max_tokens=0)"
         raise APIError(400, f"This model's maximum context length is {lm.context_length} "
-                            f"tokens; the prompt has {longest} and {asked} would pass it. "
-                            f"{advice}",
+                            f"tokens; the prompt has {longest} {passes}. {advice}",
                        param="max_tokens" if fits > 0 else
                        ("messages" if kind == "chat" else "prompt"),
                        code="context_length_exceeded")
@@ -296,10 +371,10 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
         if top and not logprobs:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
     else:
-        raw = req.prompt
-        prompts = [raw] if isinstance(raw, str) else list(raw)
+        prompts = _completion_prompts(lm, req.prompt)
         logprobs = req.logprobs is not None
         top = req.logprobs or 0
+        _check_echo(req, prompts, max_tokens)
     check_choices(len(prompts), req.n, cfg.max_choices)
     uncertainty_n = opts.uncertainty.n if opts is not None and opts.uncertainty else 0
     check_seed(req.seed, len(prompts) * req.n, uncertainty_n)
@@ -337,7 +412,8 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
                 stream=req.stream,
                 include_usage=bool(stream_opts is not None and stream_opts.include_usage),
                 ead=opts.ead if opts is not None else None, large=large,
-                uncertainty=opts.uncertainty if opts is not None else None, info=info)
+                uncertainty=opts.uncertainty if opts is not None else None, info=info,
+                echo=kind == "completion" and req.echo)
 
 
 def apply_compression(plan: Plan, req: ChatCompletionRequest | CompletionRequest,

@@ -11,6 +11,12 @@ fails (Starlette cancels the stream), a plain one by a task that waits for the c
 backend drops the request's work (the embedded one before its batch starts or at the next
 decode step; vLLM aborts the request). A request unfinished after the server's timeout is
 stopped the same way and answered with 504.
+
+``echo`` on ``/v1/completions`` puts each choice's prompt (and, with ``logprobs``, its
+tokens' logprobs, top alternatives and entropies) in front of the choice's text and logprobs;
+streamed, it is the choice's first chunk. A backend serves it by sending a
+:class:`~tokenwise.serving.engine.PromptEvent` first and saying so with
+``serves_echo = True``; on any other backend an echo request is a 400.
 """
 
 from __future__ import annotations
@@ -27,9 +33,15 @@ from tokenwise.compression.counting import TokenCounter
 from tokenwise.models import Codec
 from tokenwise.serving.batcher import Event
 from tokenwise.serving.config import ServerConfig
-from tokenwise.serving.engine import FinishEvent, TokenEvent
+from tokenwise.serving.engine import FinishEvent, PromptEvent, TokenEvent
 from tokenwise.serving.errors import APIError, parse_body
-from tokenwise.serving.logprobs import WireToken, chat_logprobs, completion_logprobs
+from tokenwise.serving.logprobs import (
+    WireToken,
+    chat_logprobs,
+    completion_logprobs,
+    echo_logprobs,
+    prompt_offsets,
+)
 from tokenwise.serving.planning import Plan, apply_compression, chat_messages, plan_request
 from tokenwise.serving.prompt_compression import compress_prompt
 from tokenwise.serving.responses import (
@@ -53,7 +65,10 @@ class ServingBackend(Protocol):
     blocking model work (prompt compression) off the event loop; ``events`` yields every
     choice's :class:`TokenEvent` s and exactly one :class:`FinishEvent` per choice, and
     stops the request's work when closed early; ``uncertainty`` computes the
-    ``tokenwise.uncertainty`` object; ``report`` gives ``/tokenwise/stats``.
+    ``tokenwise.uncertainty`` object; ``report`` gives ``/tokenwise/stats``. A backend
+    that serves ``echo`` sets ``serves_echo = True`` and sends each choice of an echo request
+    a :class:`~tokenwise.serving.engine.PromptEvent` before its tokens (read with
+    ``getattr``: a backend without the attribute has echo refused).
     """
 
     async def start(self) -> None: ...
@@ -118,6 +133,11 @@ class CompletionService:
 
     async def _plan_checked(self, req: ChatCompletionRequest | CompletionRequest,
                             kind: str) -> Plan:
+        if isinstance(req, CompletionRequest) and req.echo \
+                and not getattr(self.backend, "serves_echo", False):
+            raise APIError(400, "echo is not supported by this server's engine; serve with "
+                                "--engine tokenwise (the default) for echo and prompt logprobs",
+                           param="echo", code="unsupported_on_engine")
         self.backend.check(req)
         opts = req.tokenwise
         if opts is None or opts.compress is None:
@@ -179,9 +199,12 @@ class CompletionService:
     async def _complete(self, plan: Plan, deadline: float) -> dict[str, Any]:
         tokens: list[list[WireToken]] = [[] for _ in range(plan.choices)]
         finished: dict[int, FinishEvent] = {}
+        prompts: dict[int, PromptEvent] = {}
         async for c, event in self._events(plan, deadline):
             if isinstance(event, TokenEvent):
                 tokens[c].append(event.token)
+            elif isinstance(event, PromptEvent):
+                prompts[c] = event
             else:
                 finished[c] = event
         await self._uncertainty(plan)
@@ -192,6 +215,11 @@ class CompletionService:
             if plan.kind == "chat":
                 lp = chat_logprobs(tokens[c]) if plan.logprobs else None
                 choices.append(chat_choice(c, done.text, done.reason, lp))
+            elif plan.echo:
+                echoed = _echoed(prompts, c)
+                lp = echo_logprobs(_scored(echoed), echoed.hidden, echoed.text, tokens[c]) \
+                    if plan.logprobs else None
+                choices.append(text_choice(c, echoed.text + done.text, lp, done.reason))
             else:
                 lp = completion_logprobs(tokens[c]) if plan.logprobs else None
                 choices.append(text_choice(c, done.text, lp, done.reason))
@@ -211,6 +239,12 @@ class CompletionService:
                 yield sse(env.chunk([chat_delta(c, {"role": "assistant", "content": ""})
                                      for c in range(plan.choices)]))
             async for c, event in self._events(plan, deadline):
+                if isinstance(event, PromptEvent):
+                    lp = completion_logprobs(_scored(event), offsets=prompt_offsets(
+                        _scored(event), event.hidden)) if plan.logprobs else None
+                    offsets[c] = len(event.text)
+                    yield sse(env.chunk([text_choice(c, event.text, lp)]))
+                    continue
                 if isinstance(event, TokenEvent):
                     tokens[c].append(event.token)
                     lp = None
@@ -240,6 +274,22 @@ class CompletionService:
         except APIError as exc:  # headers are sent: the error travels as an event
             yield sse(exc.body())
         yield DONE
+
+
+def _echoed(prompts: dict[int, PromptEvent], choice: int) -> PromptEvent:
+    """Choice ``choice``'s prompt event (a backend that serves echo sends one per choice)."""
+    if choice not in prompts:
+        raise APIError(500, "the engine did not send the prompt of an echo request; see the "
+                            "server log")
+    return prompts[choice]
+
+
+def _scored(event: PromptEvent) -> list[WireToken]:
+    """The prompt tokens of an event the request asked to be scored."""
+    if event.tokens is None:
+        raise APIError(500, "the engine did not score the prompt of an echo request with "
+                            "logprobs; see the server log")
+    return event.tokens
 
 
 def _timeout(seconds: float) -> APIError:

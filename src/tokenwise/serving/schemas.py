@@ -185,11 +185,24 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     """``POST /v1/completions`` (the legacy endpoint): ``logprobs`` is the number of top
-    alternatives per token (0 = the chosen token's logprob only)."""
+    alternatives per token (0 = the chosen token's logprob only).
 
-    prompt: str | Annotated[list[str], Field(min_length=1)]
+    ``prompt`` is a text, a list of texts, token ids (a list of ints), or a list of such
+    lists, as OpenAI's and vLLM's servers take it. Token ids are read as they are: no start
+    (BOS) token is added, as vLLM does, so a client that wants one sends it. ``echo`` puts the
+    prompt in front of each choice's text and, with ``logprobs``, its tokens' logprobs, top
+    alternatives and entropies in front of the completion's (the first prompt token's are
+    null: nothing predicts it). ``max_tokens: 0`` is allowed with ``echo`` only: the prompt
+    is scored and nothing generated (lm-evaluation-harness's loglikelihood requests).
+    """
+
+    prompt: (str | Annotated[list[str], Field(min_length=1)]
+             | Annotated[list[int], Field(min_length=1)]
+             | Annotated[list[list[int]], Field(min_length=1)])
+    #: 0 only with ``echo`` (checked by planning, which names the rule)
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    echo: Literal[False] = False
+    echo: bool = False
 
 
 class TokenizeRequest(WireModel):
