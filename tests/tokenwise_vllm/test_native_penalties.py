@@ -10,7 +10,7 @@ import torch
 from tokenwise.errors import TokenwiseError
 from tokenwise.serving.sampler_spec import sampler_spec
 from tokenwise.serving.schemas import CompletionRequest
-from tokenwise.vllm.server import engine_spec, native_and_extra
+from tokenwise.vllm.server import MAX_SEED, engine_spec, native_and_extra
 
 
 def spec(**fields):
@@ -85,3 +85,21 @@ def test_the_orders_it_accepts_give_the_same_logits():
         sampler(logits)
         sampler.observe(torch.tensor([3, 4]))
     assert torch.allclose(a(logits), b(logits))
+
+
+@pytest.mark.parametrize("prompt, refused_from", [
+    ([1, 2, 3], MAX_SEED + 1),            # one prompt of token ids: seeds seed .. seed + n - 1
+    ("x", MAX_SEED + 1),
+    ([[1], [2], [3]], MAX_SEED - 1),      # three prompts: seed + 2 is the last seed used
+])
+def test_seed_range_counts_a_token_id_prompt_as_one_prompt(prompt, refused_from):
+    from tokenwise.serving.errors import APIError
+    from tokenwise.vllm.server import VLLMBackend
+
+    def check(seed):
+        VLLMBackend._check_seed(None, CompletionRequest(model="m", prompt=prompt, seed=seed))
+
+    check(refused_from - 1)
+    if refused_from <= MAX_SEED:
+        with pytest.raises(APIError, match="seed="):
+            check(refused_from)

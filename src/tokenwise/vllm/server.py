@@ -490,8 +490,10 @@ class VLLMBackend:
         uncertainty's reference answer) is past what vLLM takes."""
         if req.seed is None:
             return
-        prompts = 1 if isinstance(req, ChatCompletionRequest) or isinstance(req.prompt, str) \
-            else len(req.prompt)
+        # one prompt: a chat, a text, or one list of token ids
+        one = isinstance(req, ChatCompletionRequest) or isinstance(req.prompt, str) \
+            or isinstance(req.prompt[0], int)
+        prompts = 1 if one else len(req.prompt)
         offset = prompts * req.n - 1
         if req.tokenwise is not None and req.tokenwise.uncertainty is not None:
             offset = max(offset, req.tokenwise.uncertainty.n)
