@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenwise.errors import TokenwiseError
 from tokenwise.models.chat_template import encode_template
 
 #: the stop strings the fallback format adds.
@@ -63,7 +64,8 @@ def render_fallback(messages: list[dict[str, str]]) -> str:
     return "\n".join([*lines, "A:"])
 
 
-def render(tokenizer: Any, messages: list[dict[str, str]]) -> ChatPrompt:
+def render(tokenizer: Any, messages: list[dict[str, Any]],
+           tools: list[dict[str, Any]] | None = None) -> ChatPrompt:
     """Render ``messages`` with the tokenizer's chat template if it has one, else the fallback.
 
     A template's prompt is an :class:`EncodedText` (see :func:`encode_template`): the
@@ -73,6 +75,11 @@ def render(tokenizer: Any, messages: list[dict[str, str]]) -> ChatPrompt:
     Args:
         tokenizer: a Hugging Face tokenizer.
         messages: role/content dicts.
+        tools: OpenAI-shaped tool definitions for the template's ``tools`` variable. The
+            fallback form has no place for them, so giving tools to a tokenizer without a
+            template is a :class:`~tokenwise.errors.TokenwiseError`, never a silent drop
+            (:func:`tokenwise.serving.tools.render_tool_chat` decides how tools reach a
+            template that ignores them).
 
     Example:
         >>> from tokenwise.models import load
@@ -82,5 +89,8 @@ def render(tokenizer: Any, messages: list[dict[str, str]]) -> ChatPrompt:
     """
     template = getattr(tokenizer, "chat_template", None)
     if not template:
+        if tools:
+            raise TokenwiseError("this model has no chat template, so it cannot be given "
+                                 "tools: the question-answer fallback has no place for them")
         return ChatPrompt(render_fallback(messages), "qa-fallback", list(FALLBACK_STOPS))
-    return ChatPrompt(encode_template(tokenizer, messages), "template", [])
+    return ChatPrompt(encode_template(tokenizer, messages, tools=tools), "template", [])
