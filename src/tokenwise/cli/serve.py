@@ -128,6 +128,8 @@ def parse_compress_models(pairs: tuple[str, ...]) -> dict[str, str]:
                    "(e.g. token_classifier=DIR); other methods use their default.")
 @click.option("--device", default="cpu", show_default=True,
               help="Where to load the models: cpu, cuda, cuda:N or auto.")
+@click.option("--no-metrics", is_flag=True,
+              help="Do not serve GET /metrics (Prometheus counters and latency histograms).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info",
                                                  "debug"]), default="info", show_default=True)
 @click.option("--engine", type=click.Choice(["tokenwise", "vllm"]), default="tokenwise",
@@ -157,7 +159,7 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
                   body_timeout_s: float, allowed_hosts: tuple[str, ...],
                   allowed_origins: tuple[str, ...], cors_origins: tuple[str, ...],
                   timeout_s: float, compress_models: tuple[str, ...], device: str,
-                  log_level: str, engine: str, **vllm: Any) -> None:
+                  no_metrics: bool, log_level: str, engine: str, **vllm: Any) -> None:
     """Serve models over an OpenAI-compatible HTTP API, with a playground at /.
 
     Any OpenAI client works unchanged (base URL http://HOST:PORT/v1); answers carry each
@@ -193,7 +195,8 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
             request_timeout_s=timeout_s, header_timeout_s=header_timeout_s,
             body_timeout_s=body_timeout_s, allowed_hosts=allowed_hosts,
             allowed_origins=allowed_origins, cors_origins=cors_origins,
-            compress_models=parse_compress_models(compress_models), device=device)
+            compress_models=parse_compress_models(compress_models), device=device,
+            metrics=not no_metrics)
         options = vllm_options(ctx, engine, models, vllm, max_batch_rows)
         key = config.resolved_api_key()
     except TokenwiseError as exc:

@@ -3,9 +3,10 @@
 Routes: ``GET /`` (the playground), ``/static/*`` (its assets), ``GET /health``,
 ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
 ``POST /v1/completions``, ``POST /tokenize`` and ``POST /detokenize`` (vLLM's shapes),
-``GET /tokenwise/options`` (what the playground offers) and ``GET /tokenwise/stats`` (engine
-counters). The interactive API docs are off: they load
-scripts from a CDN, and this server serves nothing it does not ship.
+``GET /tokenwise/options`` (what the playground offers), ``GET /tokenwise/stats`` (engine
+counters) and ``GET /metrics`` (Prometheus' text format, :mod:`tokenwise.serving.metrics`;
+not served with ``ServerConfig(metrics=False)``). The interactive API docs are off: they
+load scripts from a CDN, and this server serves nothing it does not ship.
 
 The engine is the embedded batcher unless another one is given (``engine=``, e.g.
 :func:`tokenwise.vllm.server.VLLMBackend`); it is started and stopped with the app.
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -38,6 +39,12 @@ from tokenwise.serving import tokenization
 from tokenwise.serving.batcher import Batcher
 from tokenwise.serving.config import ServerConfig, load_models
 from tokenwise.serving.errors import APIError
+from tokenwise.serving.metrics import (
+    MeasuredBackend,
+    MetricsMiddleware,
+    ServingMetrics,
+    prometheus_available,
+)
 from tokenwise.serving.planning import pick_model
 from tokenwise.serving.responses import model_card, models_list
 from tokenwise.serving.routes import CompletionService, ServingBackend, register
@@ -131,7 +138,9 @@ def create_app(config: ServerConfig | None = None,
         raise TypeError("create_app(engine=...) needs the models that engine serves")
     models = dict(models)
     load_compressors(config.compress_models)
-    service = CompletionService(config, models, engine)
+    metrics = _metrics(config, models, engine)
+    service = CompletionService(config, models, engine if metrics is None
+                                else MeasuredBackend(engine, metrics))
     started = int(time.time())
 
     @contextlib.asynccontextmanager
@@ -145,12 +154,15 @@ def create_app(config: ServerConfig | None = None,
     app = FastAPI(title="tokenwise", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
     app.state.config, app.state.models, app.state.engine = config, models, engine
+    app.state.metrics = metrics  # None when off
     app.add_middleware(GuardMiddleware, api_key=config.resolved_api_key(),
                        max_body_bytes=config.max_request_bytes,
                        body_timeout_s=config.body_timeout_s, bound_host=config.host,
                        allowed_hosts=config.allowed_hosts,
                        allowed_origins=config.allowed_origins,
                        cors_origins=config.cors_origins)
+    if metrics is not None:  # added last, so outermost: the guards' refusals count too
+        app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -188,6 +200,17 @@ def create_app(config: ServerConfig | None = None,
     async def stats() -> dict[str, Any]:
         return engine.report()
 
+    if config.metrics:
+        @app.get("/metrics")
+        async def scrape() -> Response:
+            if metrics is None:
+                raise APIError(503, "metrics are unavailable: the prometheus-client package "
+                                    "is not installed (pip install 'tokenwise[serve]'); or "
+                                    "start the server with --no-metrics",
+                               code="metrics_unavailable")
+            body, content_type = metrics.render()
+            return Response(body, media_type=content_type)
+
     register(app, service)
     tokenization.register(app, models)
 
@@ -196,4 +219,22 @@ def create_app(config: ServerConfig | None = None,
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if metrics is not None:
+        metrics.known_paths = frozenset(getattr(r, "path", "") for r in app.routes)
     return app
+
+
+def _metrics(config: ServerConfig, models: Mapping[str, Codec],
+             engine: ServingBackend) -> ServingMetrics | None:
+    """The app's metrics (None when off, or when ``prometheus-client`` is missing: then the
+    server starts with a warning and ``/metrics`` answers 503 saying what to install)."""
+    if not config.metrics:
+        return None
+    if not prometheus_available():
+        log.warning("GET /metrics is unavailable: the prometheus-client package is not "
+                    "installed (pip install 'tokenwise[serve]'); start with --no-metrics to "
+                    "silence this")
+        return None
+    metrics = ServingMetrics(models)
+    metrics.watch_engine(engine)
+    return metrics

@@ -60,6 +60,7 @@ class ServerConfig:
             seconds of its first byte (and a new connection must start one in this time).
         body_timeout_s: a request's body must arrive within this many seconds of its
             headers (408 otherwise).
+        metrics: serve ``GET /metrics`` (Prometheus; needs ``prometheus-client``).
     """
 
     models: tuple[str, ...] = ()
@@ -83,6 +84,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    metrics: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_batch_rows", "max_tokens_limit", "default_max_tokens", "max_n",
@@ -102,6 +104,8 @@ class ServerConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not 0 < value < float("inf"):
                 raise TokenwiseError(f"{name}={value!r}: allowed a number of seconds > 0")
+        if not isinstance(self.metrics, bool):
+            raise TokenwiseError(f"metrics={self.metrics!r}: allowed True or False")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise TokenwiseError(f"port={self.port!r}: allowed 0..65535")
         _check_key(self.api_key, "api_key")
