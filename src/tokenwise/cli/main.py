@@ -18,6 +18,9 @@ from tokenwise.errors import TokenwiseError
 #: name -> (module under tokenwise.cli, attribute, one-line help shown by `tokenwise --help`).
 #: tests/cli/test_main.py checks that every entry names a command of that name.
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "analyze": ("analyze", "analyze_group",
+                "Theory as measurements: directed information, hidden-state surplus, "
+                "embedding IB."),
     "compress": ("compress", "compress_group",
                  "Compress a prompt to a token budget, or train a keep/drop classifier."),
     "demo": ("demo", "demo_command",
