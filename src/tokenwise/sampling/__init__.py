@@ -12,6 +12,7 @@ from tokenwise.sampling.base import Sampler
 from tokenwise.sampling.chain import Chain
 from tokenwise.sampling.epsilon import Epsilon
 from tokenwise.sampling.eta import Eta
+from tokenwise.sampling.grammar import JsonGrammar as JsonGrammar  # needs llguidance on use
 from tokenwise.sampling.logit_bias import LogitBias
 from tokenwise.sampling.min_p import MinP
 from tokenwise.sampling.mirostat import MirostatV2
