@@ -16,10 +16,10 @@ def error_for(body: str):
 
 
 def test_every_unknown_field_is_named():
-    e = error_for('{"model": "m", "messages": [{"role": "user", "content": "x", "name": "a"}],'
-                  ' "tools": []}')
+    e = error_for('{"model": "m", "messages": [{"role": "user", "content": "x", "nam": "a"}],'
+                  ' "functions": []}')
     assert e.status == 400 and e.code == "unknown_field"
-    assert "messages.0.name" in e.message and "tools" in e.message
+    assert "messages.0.nam" in e.message and "functions" in e.message
 
 
 def test_type_errors_name_the_field_and_value():
@@ -28,7 +28,7 @@ def test_type_errors_name_the_field_and_value():
     assert e.param == "temperature" and "'0.5'" in e.message
     assert error_for('{"model": "m"}').code == "missing_required_parameter"
     assert error_for("{nope").code == "invalid_json"
-    body = error_for('{"model": "m", "messages": [{"role": "tool", "content": "x"}]}').body()
+    body = error_for('{"model": "m", "messages": [{"role": "robot", "content": "x"}]}').body()
     assert set(body["error"]) == {"message", "type", "param", "code"}
 
 

@@ -151,24 +151,3 @@ def test_no_op_fields_are_accepted_on_chat(client):
     sent = client.chat.completions.create(**kwargs, user="u-1", parallel_tool_calls=False,
                                           response_format={"type": "text"}, tool_choice="none")
     assert sent.choices[0].message.content == plain.choices[0].message.content
-
-
-@pytest.mark.parametrize("fields, param, fragment", [
-    ({"response_format": {"type": "json_object"}}, "response_format.type",
-     "response_format type 'json_object' is not supported by this server; allowed: 'text'"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {}}}},
-     "response_format.type", "'json_schema' is not supported"),
-    ({"response_format": {"type": "text", "json_schema": {}}}, "response_format.json_schema",
-     "takes no other field"),
-    ({"tool_choice": "auto"}, "tool_choice", "tool_choice='auto': this server does not call"),
-    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice",
-     "allowed: 'none'"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools",
-     "Unrecognized request argument supplied: tools"),
-])
-def test_what_needs_tools_or_structured_output_is_a_clear_400(client, fields, param, fragment):
-    with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model="tw-small", messages=MESSAGES, max_tokens=2,
-                                       **fields)
-    assert err.value.body["param"] == param
-    assert fragment in err.value.body["message"]

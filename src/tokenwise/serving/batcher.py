@@ -5,7 +5,9 @@ connections and stream tokens while a batch decodes. When the thread is idle and
 arrives, the batcher waits ``window_s`` for company; while a batch decodes, new requests
 queue up and the next batch takes all compatible ones at once. Compatible means the same
 model and the same sampler spec, and a longest prompt plus longest ``max_tokens`` that fit
-the model's context; ``max_tokens``, stop strings, seeds and logprob settings may differ.
+the model's context; ``max_tokens``, stop strings, seeds, logprob settings and constraints
+(JSON schemas, forced tool calls: each row is held to its own, see
+:mod:`tokenwise.serving.constraints`) may differ.
 Requests whose client left before their batch began are not decoded at all.
 
 No request can fail another: when a batch raises, its rows still open are decoded again one
@@ -200,7 +202,7 @@ class Batcher:
                     prompt_tokens=plan.prompt_tokens[c // plan.n], stops=plan.stops,
                     seed=plan.seeds[c], top_logprobs=plan.top_logprobs, deadline=deadline,
                     echo=plan.echo, score_prompt=plan.echo and plan.logprobs,
-                    sink=lambda ev, c=c: inbox.put((c, ev)))
+                    constraint=plan.constraint, sink=lambda ev, c=c: inbox.put((c, ev)))
                 for c in range(plan.choices)]
         job = Job(plan.model, plan.spec, rows)
         self.submit(job)

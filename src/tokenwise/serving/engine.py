@@ -4,9 +4,12 @@
 The batch shares one model and one sampler spec; everything else is per sequence: its
 seed (the decode loop gives every row its own random stream, so a seeded request gives the
 same text alone or in any batch), its ``max_tokens`` and stop strings (applied here, so
-requests that differ in them still share a batch), how many top alternatives it wants, and
-whether its client is still there. The batch is decoded for the longest ``max_tokens`` and
-stops early once every sequence has finished, been cancelled or timed out.
+requests that differ in them still share a batch), its constraint (JSON or a forced tool
+call, :mod:`tokenwise.serving.constraints`: a :class:`RowConstraints` first in the chain
+holds each row to its own, so requests with different schemas share a batch too), how many
+top alternatives it wants, and whether its client is still there. The batch is decoded for
+the longest ``max_tokens`` and stops early once every sequence has finished, been cancelled
+or timed out.
 
 Top alternatives come with the decode loop's records (the most any row asks for, from the
 same pass that gives the record's entropy); each row keeps as many as it asked for.
@@ -41,6 +44,8 @@ from tokenwise.generation import TokenRecord, generate
 from tokenwise.generation.stops import TextStream
 from tokenwise.models import LanguageModel
 from tokenwise.models.language_model import EncodedText
+from tokenwise.sampling import Chain, Sampler, Temperature
+from tokenwise.serving.constraints import Constraint, RowConstraints
 from tokenwise.serving.logprobs import Alternative, TokenBytes, WireToken
 from tokenwise.serving.sampler_spec import SamplerSpec
 
@@ -110,6 +115,8 @@ class Row:
         echo: send the prompt back first (a :class:`PromptEvent`).
         score_prompt: with ``echo``, score the prompt's tokens (``top_logprobs``
             alternatives each).
+        constraint: what the reply must be (None: free text); its tokens then carry their
+            ``constrained_entropy``.
     """
 
     prompt: str
@@ -123,6 +130,7 @@ class Row:
     deadline: float = float("inf")
     echo: bool = False
     score_prompt: bool = False
+    constraint: Constraint | None = None
 
 
 @dataclass
@@ -270,6 +278,29 @@ def _decodable(prompt: str) -> str:
     return prompt
 
 
+def batch_sampler(lm: LanguageModel, spec: SamplerSpec, rows: list[Row]
+                  ) -> tuple[Sampler | None, RowConstraints | None]:
+    """The sampler of a batch's decoding rows, and its :class:`RowConstraints` when a row has
+    a constraint (first in the chain; a greedy spec then chooses with ``Temperature(0)``).
+
+    Args:
+        lm: the model.
+        spec: the batch's sampler spec.
+        rows: the rows the decode loop runs, in its order.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> batch_sampler(load("tw-small"), SamplerSpec(), [Row("7+2=", 3, print)])
+        (None, None)
+    """
+    sampler = spec.build()
+    if all(r.constraint is None for r in rows):
+        return sampler, None
+    constrained = RowConstraints(lm, [r.constraint for r in rows])
+    return Chain([constrained, sampler if sampler is not None else Temperature(0.0)]), \
+        constrained
+
+
 def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
               names: TokenBytes | None = None) -> BatchStats:
     """Decode ``rows`` together; every row's sink gets its tokens and one finish event (an
@@ -289,8 +320,10 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
     decoding = [i for i, r in enumerate(rows) if r.max_tokens > 0]  # max_tokens=0: echo only
     # a vocabulary smaller than a row's request gives that row all of it
     top_k = min(max((rows[i].top_logprobs for i in decoding), default=0), lm.vocab_size)
-    sampler = spec.build()
-    seeds = None if sampler is None else [rows[i].seed for i in decoding]
+    sampler, constrained = batch_sampler(lm, spec, [rows[i] for i in decoding])
+    # a greedy spec has no seeds; under a constraint it still picks the argmax (any seed)
+    seeds = None if sampler is None else [
+        0 if rows[i].seed is None else rows[i].seed for i in decoding]
     streams = [TextStream(lambda ids: lm.decode(ids, skip_special_tokens=True), r.stops)
                for r in rows]
     active = [True] * len(rows)
@@ -337,11 +370,15 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
             if not active[i]:
                 continue
             last_step[i] = step
+            # the decode loop yields a step's records before its next sampler call, so the
+            # constraint's entropies are still this step's
             token = WireToken(id=record.id, text=names.text(record.id),
                               bytes=names.bytes(record.id), logprob=record.logprob,
                               entropy=record.entropy,
                               top=alternatives(record, rows[i].top_logprobs, names),
-                              model=lm.name)
+                              model=lm.name,
+                              constrained_entropy=None if constrained is None else
+                              constrained.constrained_entropy(record.row))
             delta = streams[i].push(record.id)
             counts[i] += 1
             stats.tokens += 1

@@ -47,9 +47,27 @@ class APIError(Exception):
                           "param": self.param, "code": self.code}}
 
 
+def _model_names() -> set[str]:
+    """The class names of every pydantic model defined so far (pydantic names a model member
+    of a union by its class name)."""
+    names, todo = set(), [BaseModel]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__name__ not in names:
+                names.add(sub.__name__)
+                todo.append(sub)
+    return names
+
+
 def _is_member(part: Any) -> bool:
-    """Whether a location part is the name pydantic gives a union member ("str", "list[...]")."""
-    return isinstance(part, str) and ("[" in part or part in ("str", "float", "int"))
+    """Whether a location part is the name pydantic gives a union member: a type ("str",
+    "list[...]") or a model's class name (``NamedToolChoice`` in ``str | NamedToolChoice``).
+    Field names here are lower case, so only a capitalised part is looked up."""
+    if not isinstance(part, str):
+        return False
+    if "[" in part or part in ("str", "float", "int", "bool", "none"):
+        return True
+    return part[:1].isupper() and part.isidentifier() and part in _model_names()
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

@@ -8,6 +8,12 @@ Completions (``choices[i].logprobs``): parallel lists ``tokens``, ``token_logpro
 distribution at that step (before any sampler), the same number as
 :attr:`tokenwise.generation.TokenRecord.entropy`.
 
+A reply held to a constraint (``response_format`` JSON, a forced tool call) also reports
+``constrained_entropy`` per token (completions: ``token_constrained_entropies``): the
+entropy of the model's distribution renormalised over the tokens the constraint allowed at
+that step (0 where it allowed one). It is absent when no constraint is active, and null for
+an echoed prompt token.
+
 ``bytes`` are the token's exact bytes: a byte-level BPE token may hold part of a UTF-8
 character, whose text alone shows as U+FFFD.
 
@@ -52,6 +58,8 @@ class WireToken:
             ``logprob``.
         top: the most likely tokens at this step, best first (empty when not asked for).
         model: the model that wrote it (entropy-adaptive decoding uses two).
+        constrained_entropy: entropy (nats) of the model's distribution renormalised over the
+            tokens the row's constraint allowed; None without a constraint.
     """
 
     id: int
@@ -61,6 +69,7 @@ class WireToken:
     entropy: float | None
     top: list[Alternative] = field(default_factory=list)
     model: str = ""
+    constrained_entropy: float | None = None
 
 
 @lru_cache(maxsize=1)
@@ -120,17 +129,23 @@ class TokenBytes:
 
 
 def chat_entry(tok: WireToken) -> dict[str, Any]:
-    """One token of ``logprobs.content`` in a chat response.
+    """One token of ``logprobs.content`` in a chat response (``constrained_entropy`` only
+    for a token written under a constraint).
 
     Example:
         >>> t = WireToken(1, "a", [97], -0.1, 0.3, [Alternative("a", [97], -0.1)])
         >>> chat_entry(t)["top_logprobs"]
         [{'token': 'a', 'logprob': -0.1, 'bytes': [97]}]
+        >>> chat_entry(WireToken(1, "a", [97], -0.1, 0.3, constrained_entropy=0.0))["entropy"]
+        0.3
     """
-    return {"token": tok.text, "logprob": tok.logprob, "bytes": tok.bytes,
-            "top_logprobs": [{"token": a.text, "logprob": a.logprob, "bytes": a.bytes}
-                             for a in tok.top],
-            "entropy": tok.entropy}
+    entry = {"token": tok.text, "logprob": tok.logprob, "bytes": tok.bytes,
+             "top_logprobs": [{"token": a.text, "logprob": a.logprob, "bytes": a.bytes}
+                              for a in tok.top],
+             "entropy": tok.entropy}
+    if tok.constrained_entropy is not None:
+        entry["constrained_entropy"] = tok.constrained_entropy
+    return entry
 
 
 def chat_logprobs(tokens: list[WireToken]) -> dict[str, Any]:
@@ -168,9 +183,12 @@ def completion_logprobs(tokens: list[WireToken], start_offset: int = 0,
         for a in t.top:
             best.setdefault(a.text, a.logprob)
         tops.append(None if t.logprob is None else best)
-    return {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": tops, "text_offset": offsets,
-            "token_entropies": [t.entropy for t in tokens]}
+    out = {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+           "top_logprobs": tops, "text_offset": offsets,
+           "token_entropies": [t.entropy for t in tokens]}
+    if any(t.constrained_entropy is not None for t in tokens):
+        out["token_constrained_entropies"] = [t.constrained_entropy for t in tokens]
+    return out
 
 
 def prompt_offsets(tokens: list[WireToken], hidden: int = 0) -> list[int]:
@@ -229,4 +247,7 @@ def echo_logprobs(prompt: list[WireToken], hidden: int, prompt_text: str,
     """
     head = completion_logprobs(prompt, offsets=prompt_offsets(prompt, hidden))
     tail = completion_logprobs(tokens, start_offset=len(prompt_text))
+    constrained = "token_constrained_entropies"
+    if constrained in tail:  # the prompt was written under no constraint
+        head[constrained] = [None] * len(prompt)
     return {key: head[key] + tail[key] for key in head}

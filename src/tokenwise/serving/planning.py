@@ -25,14 +25,21 @@ from tokenwise.models.language_model import EncodedText
 from tokenwise.serving import uncertainty_score
 from tokenwise.serving.chat_format import render
 from tokenwise.serving.config import ServerConfig
+from tokenwise.serving.constraints import (
+    Constraint,
+    response_format_constraint,
+    tool_call_constraint,
+)
 from tokenwise.serving.errors import APIError
 from tokenwise.serving.sampler_spec import SamplerSpec, check_vocabulary, sampler_spec
 from tokenwise.serving.schemas import (
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
     EADOptions,
     UncertaintyOptions,
 )
+from tokenwise.serving.tools import ToolSpec, call_constraint, check_tools, render_tool_chat
 
 
 @dataclass
@@ -61,6 +68,11 @@ class Plan:
         info: the ``tokenwise`` response object so far (settings applied, compression).
         echo: completions: each choice starts with its prompt (and, with ``logprobs``, the
             prompt tokens' logprobs); ``max_tokens`` may then be 0.
+        tools: chat: the checked tools (None without tools); replies are parsed into
+            ``tool_calls`` with them.
+        constraint: what every choice's reply must be (``response_format`` JSON or a forced
+            tool call; None: free text).
+        seed: the request's own ``seed`` (tool call ids derive from it when given).
     """
 
     kind: str
@@ -82,6 +94,9 @@ class Plan:
     uncertainty: UncertaintyOptions | None = None
     info: dict[str, Any] = field(default_factory=dict)
     echo: bool = False
+    tools: ToolSpec | None = None
+    constraint: Constraint | None = None
+    seed: int | None = None
 
     @property
     def choices(self) -> int:
@@ -124,6 +139,48 @@ def pick_model(models: Mapping[str, M], name: str, param: str = "model") -> M:
 def chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
     """The messages as role/content dicts."""
     return [{"role": m.role, "content": m.text()} for m in req.messages]
+
+
+def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """The messages as :func:`~tokenwise.serving.tools.render_tool_chat` takes them: a 400
+    for a null ``content`` anywhere but in an assistant message that calls tools, and for a
+    ``refusal`` that is not null.
+
+    Args:
+        messages: the request's messages.
+
+    Example:
+        >>> message_dicts([ChatMessage(role="user")])
+        Traceback (most recent call last):
+        ...
+        tokenwise.serving.errors.APIError: messages.0 (role 'user') has no content; only an ...
+    """
+    for i, m in enumerate(messages):
+        if m.refusal is not None:
+            raise APIError(400, f"messages.{i}.refusal: this server renders no refusal text; "
+                                "send it as the message's content (null is accepted)",
+                           param=f"messages.{i}.refusal", code="unsupported_value")
+        if m.content is None and not (m.role == "assistant" and m.tool_calls):
+            raise APIError(400, f"messages.{i} (role {m.role!r}) has no content; only an "
+                                "assistant message that holds tool_calls may leave it out or "
+                                "null", param=f"messages.{i}.content",
+                           code="missing_required_parameter")
+    return [m.as_dict() for m in messages]
+
+
+def needs_grammar(req: ChatCompletionRequest | CompletionRequest) -> bool:
+    """Whether a request asks for a constrained reply (JSON ``response_format``, or
+    ``tool_choice`` forcing a call): the routes warm the grammar engine for it first.
+
+    Example:
+        >>> needs_grammar(CompletionRequest(model="m", prompt="x"))
+        False
+    """
+    fmt = req.response_format
+    if fmt is not None and fmt.type != "text":
+        return True
+    choice = getattr(req, "tool_choice", None)
+    return choice is not None and choice not in ("none", "auto")
 
 
 def _max_tokens(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConfig
@@ -190,34 +247,6 @@ def check_seed(seed: int | None, choices: int, uncertainty_n: int = 0) -> None:
                        code="invalid_seed")
 
 
-def check_no_tools(req: ChatCompletionRequest) -> None:
-    """Raise a 400 for a ``tool_choice`` or ``response_format`` that asks for more than plain
-    text: this server calls no tools and has no structured output yet.
-
-    Example:
-        >>> req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}],
-        ...                             tool_choice="auto")
-        >>> check_no_tools(req)
-        Traceback (most recent call last):
-        ...
-        tokenwise.serving.errors.APIError: tool_choice='auto': this server does not call tools; ...
-    """
-    if req.tool_choice is not None and req.tool_choice != "none":
-        raise APIError(400, f"tool_choice={req.tool_choice!r}: this server does not call "
-                            "tools; allowed: 'none' (or leave it out)", param="tool_choice",
-                       code="unsupported_value")
-    fmt = req.response_format
-    if fmt is not None and fmt.type != "text":
-        raise APIError(400, f"response_format type {fmt.type!r} is not supported by this "
-                            "server; allowed: 'text' (or leave response_format out)",
-                       param="response_format.type", code="unsupported_value")
-    if fmt is not None and fmt.model_extra:
-        extra = ", ".join(sorted(fmt.model_extra))
-        raise APIError(400, f"response_format of type 'text' takes no other field; got "
-                            f"{extra}", param=f"response_format.{sorted(fmt.model_extra)[0]}",
-                       code="unknown_field")
-
-
 def _check_echo(req: CompletionRequest, prompts: list[str], max_tokens: int) -> None:
     """Refuse (400) ``max_tokens: 0`` without ``echo`` or with uncertainty sampling, ``echo``
     with entropy-adaptive decoding, and compression of token-id prompts."""
@@ -252,6 +281,51 @@ def _render_chat(lm: Codec, messages: list[dict[str, str]], stops: list[str]
         raise APIError(400, str(exc), param="messages") from exc
     return [rendered.text], stops + [s for s in rendered.stops if s not in stops], \
         rendered.format
+
+
+def _plan_chat(req: ChatCompletionRequest, lm: Codec, stops: list[str], info: dict[str, Any]
+               ) -> tuple[list[str], list[str], ToolSpec | None, Constraint | None]:
+    """A chat's prompt (rendered with its tools), stops, tools and constraint."""
+    tools = check_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
+    messages = message_dicts(req.messages)
+    chat = render_tool_chat(lm.tokenizer, messages, tools, model=req.model)
+    stops = stops + [s for s in chat.prompt.stops if s not in stops]
+    info["chat_format"] = chat.prompt.format
+    if tools is not None:
+        info["tools"] = {"mode": chat.mode, "call_format":
+                         chat.call_format.name if chat.call_format is not None else None,
+                         "tool_choice": tools.choice if tools.name is None else
+                         {"type": "function", "function": {"name": tools.name}}}
+    forced = tool_call_constraint(call_constraint(tools, chat.call_format), tools, lm, stops) \
+        if tools is not None else None
+    fmt = req.response_format
+    if forced is not None and fmt is not None and fmt.type != "text":
+        raise APIError(400, f"response_format {fmt.type!r} and tool_choice "
+                            f"{info['tools']['tool_choice']!r} both constrain the reply (to JSON "
+                            "content, and to a tool call); give one of them",
+                       param="response_format", code="conflicting_fields")
+    opts = req.tokenwise
+    if opts is not None and opts.compress is not None and \
+            (tools is not None or any(m.role == "tool" or m.tool_calls for m in req.messages)):
+        raise APIError(400, "tokenwise.compress compresses message texts; this chat holds tools "
+                            "or tool calls, which it would drop; send it without one of them",
+                       param="tokenwise.compress", code="unsupported_value")
+    constraint = forced or response_format_constraint(
+        fmt.as_dict() if fmt is not None else None, lm, stops)
+    return [chat.prompt.text], stops, tools, constraint
+
+
+def _check_constraint(constraint: Constraint | None, opts: Any) -> None:
+    """Refuse (400) the tokenwise extras that would not honour a constrained reply."""
+    if constraint is None or opts is None:
+        return
+    what = "a forced tool call" if constraint.kind == "tool_call" else \
+        f"response_format {constraint.kind!r}"
+    for name in ("ead", "uncertainty"):
+        if getattr(opts, name) is not None:
+            raise APIError(400, f"tokenwise.{name} decodes without the grammar that {what} "
+                                "needs; send the request without one of them",
+                           param=f"tokenwise.{name}", code="unsupported_value")
 
 
 def token_id_prompt(lm: Codec, ids: list[int], index: int) -> EncodedText:
@@ -363,9 +437,9 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
     check_vocabulary(req, spec, lm.vocab_size)
     opts = req.tokenwise
     info: dict[str, Any] = {"model": req.model, "sampler": spec.describe()}
+    tools = None
     if kind == "chat":
-        check_no_tools(req)
-        prompts, stops, info["chat_format"] = _render_chat(lm, chat_messages(req), stops)
+        prompts, stops, tools, constraint = _plan_chat(req, lm, stops, info)
         logprobs = req.logprobs
         top = req.top_logprobs or 0
         if top and not logprobs:
@@ -375,6 +449,12 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
         logprobs = req.logprobs is not None
         top = req.logprobs or 0
         _check_echo(req, prompts, max_tokens)
+        fmt = req.response_format
+        constraint = response_format_constraint(fmt.as_dict() if fmt is not None else None,
+                                                 lm, stops)
+    _check_constraint(constraint, opts)
+    if constraint is not None:
+        info["constraint"] = constraint.describe()
     check_choices(len(prompts), req.n, cfg.max_choices)
     uncertainty_n = opts.uncertainty.n if opts is not None and opts.uncertainty else 0
     check_seed(req.seed, len(prompts) * req.n, uncertainty_n)
@@ -413,7 +493,8 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
                 include_usage=bool(stream_opts is not None and stream_opts.include_usage),
                 ead=opts.ead if opts is not None else None, large=large,
                 uncertainty=opts.uncertainty if opts is not None else None, info=info,
-                echo=kind == "completion" and req.echo)
+                echo=kind == "completion" and req.echo, tools=tools, constraint=constraint,
+                seed=req.seed)
 
 
 def apply_compression(plan: Plan, req: ChatCompletionRequest | CompletionRequest,

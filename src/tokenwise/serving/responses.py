@@ -78,11 +78,36 @@ class Envelope:
         return {**self.chunk([]), "usage": use}
 
 
-def chat_choice(index: int, text: str, finish_reason: str,
-                logprobs: dict[str, Any] | None) -> dict[str, Any]:
-    """One choice of a chat response."""
-    return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": logprobs, "finish_reason": finish_reason}
+def chat_choice(index: int, text: str | None, finish_reason: str,
+                logprobs: dict[str, Any] | None,
+                tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One choice of a chat response; with ``tool_calls`` the message carries them (its
+    ``content`` is the text outside the calls, None when there is none).
+
+    Example:
+        >>> call = {"id": "call_1", "type": "function",
+        ...         "function": {"name": "now", "arguments": "{}"}}
+        >>> chat_choice(0, None, "tool_calls", None, [call])["message"]["tool_calls"][0]["id"]
+        'call_1'
+    """
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"index": index, "message": message, "logprobs": logprobs,
+            "finish_reason": finish_reason}
+
+
+def tool_call_deltas(tool_calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A stream's ``delta.tool_calls``: each call whole, with its ``index`` (OpenAI sends the
+    arguments in pieces; clients join the pieces of one index, so one piece is the same).
+
+    Example:
+        >>> call = {"id": "call_1", "type": "function",
+        ...         "function": {"name": "now", "arguments": "{}"}}
+        >>> tool_call_deltas([call])[0]["index"]
+        0
+    """
+    return [{"index": k, **call} for k, call in enumerate(tool_calls)]
 
 
 def chat_delta(index: int, delta: dict[str, Any], logprobs: dict[str, Any] | None = None,

@@ -17,6 +17,16 @@ tokens' logprobs, top alternatives and entropies) in front of the choice's text 
 streamed, it is the choice's first chunk. A backend serves it by sending a
 :class:`~tokenwise.serving.engine.PromptEvent` first and saying so with
 ``serves_echo = True``; on any other backend an echo request is a 400.
+
+With ``tools`` a chat reply is parsed into ``tool_calls``
+(:func:`~tokenwise.serving.tools.parse_tool_calls`): when it holds calls the message has
+them, its ``content`` is the text outside them (null when none) and ``finish_reason`` is
+``"tool_calls"``. Streamed, content goes out as it is written up to where a call may begin
+(:func:`~tokenwise.serving.tools.stream_safe_prefix`); the rest is held until the choice
+ends, then sent as content, or as one ``delta.tool_calls`` chunk holding each call whole.
+A reply held to a constraint (``response_format`` JSON, a forced call) reports each token's
+``constrained_entropy`` beside its ``entropy``, and the ``tokenwise`` object its
+``mean_constrained_entropy``.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from tokenwise.compression.counting import TokenCounter
 from tokenwise.models import Codec
 from tokenwise.serving.batcher import Event
 from tokenwise.serving.config import ServerConfig
+from tokenwise.serving.constraints import warm_up
 from tokenwise.serving.engine import FinishEvent, PromptEvent, TokenEvent
 from tokenwise.serving.errors import APIError, parse_body
 from tokenwise.serving.logprobs import (
@@ -42,7 +53,13 @@ from tokenwise.serving.logprobs import (
     echo_logprobs,
     prompt_offsets,
 )
-from tokenwise.serving.planning import Plan, apply_compression, chat_messages, plan_request
+from tokenwise.serving.planning import (
+    Plan,
+    apply_compression,
+    chat_messages,
+    needs_grammar,
+    plan_request,
+)
 from tokenwise.serving.prompt_compression import compress_prompt
 from tokenwise.serving.responses import (
     DONE,
@@ -51,9 +68,11 @@ from tokenwise.serving.responses import (
     chat_delta,
     sse,
     text_choice,
+    tool_call_deltas,
     usage,
 )
 from tokenwise.serving.schemas import ChatCompletionRequest, CompletionRequest
+from tokenwise.serving.tools import parse_tool_calls, stream_safe_prefix
 
 
 class ServingBackend(Protocol):
@@ -139,6 +158,9 @@ class CompletionService:
                                 "--engine tokenwise (the default) for echo and prompt logprobs",
                            param="echo", code="unsupported_on_engine")
         self.backend.check(req)
+        if needs_grammar(req) and req.model in self.models:
+            # the grammar engine reads the whole vocabulary once per model: not on the loop
+            await asyncio.to_thread(warm_up, self.models[req.model])
         opts = req.tokenwise
         if opts is None or opts.compress is None:
             return plan_request(req, self.config, self.models)
@@ -190,6 +212,11 @@ class CompletionService:
         info["mean_entropy"] = [None if any(t.entropy is None for t in ts)
                                 else sum(t.entropy for t in ts) / len(ts) if ts else 0.0
                                 for ts in tokens]
+        if plan.constraint is not None:
+            info["mean_constrained_entropy"] = [
+                None if any(t.constrained_entropy is None for t in ts)
+                else sum(t.constrained_entropy for t in ts) / len(ts) if ts else 0.0
+                for ts in tokens]
         if plan.large is not None:
             written = [t for ts in tokens for t in ts]
             large = sum(t.model == plan.large.name for t in written)
@@ -214,7 +241,12 @@ class CompletionService:
             done = finished[c]
             if plan.kind == "chat":
                 lp = chat_logprobs(tokens[c]) if plan.logprobs else None
-                choices.append(chat_choice(c, done.text, done.reason, lp))
+                parsed = parse_tool_calls(done.text, plan.tools, seed=plan.seed, index=c)
+                if parsed.tool_calls:
+                    choices.append(chat_choice(c, parsed.content, "tool_calls", lp,
+                                               parsed.tool_calls))
+                else:
+                    choices.append(chat_choice(c, done.text, done.reason, lp))
             elif plan.echo:
                 echoed = _echoed(prompts, c)
                 lp = echo_logprobs(_scored(echoed), echoed.hidden, echoed.text, tokens[c]) \
@@ -234,6 +266,9 @@ class CompletionService:
         offsets = [0] * plan.choices
         completion_tokens = 0
         last_finish: dict[str, Any] | None = None
+        calls = chat and plan.tools is not None and plan.tools.choice != "none"
+        written = [""] * plan.choices  # calls: each choice's text so far
+        sent = [0] * plan.choices  # calls: how much of it went out as content
         try:
             if chat:
                 yield sse(env.chunk([chat_delta(c, {"role": "assistant", "content": ""})
@@ -252,18 +287,35 @@ class CompletionService:
                         lp = chat_logprobs([event.token]) if chat else \
                             completion_logprobs([event.token], offsets[c])
                     offsets[c] += len(event.token.text)
-                    if not event.delta and lp is None:
+                    delta = event.delta
+                    if calls:  # hold back what may be a call
+                        written[c] += delta
+                        safe = max(stream_safe_prefix(written[c]), sent[c])
+                        delta, sent[c] = written[c][sent[c]:safe], safe
+                    if not delta and lp is None:
                         continue
-                    choice = chat_delta(c, {"content": event.delta}, lp) if chat else \
-                        text_choice(c, event.delta, lp)
+                    choice = chat_delta(c, {"content": delta}, lp) if chat else \
+                        text_choice(c, delta, lp)
                     yield sse(env.chunk([choice]))
                     continue
                 completion_tokens += event.completion_tokens
                 if last_finish is not None:
                     yield sse(last_finish)
-                delta = {"content": event.delta} if event.delta else {}
-                choice = chat_delta(c, delta, None, event.reason) if chat else \
-                    text_choice(c, event.delta, None, event.reason)
+                reason, rest = event.reason, event.delta
+                if calls:
+                    parsed = parse_tool_calls(event.text, plan.tools, seed=plan.seed, index=c)
+                    rest = event.text[sent[c]:]
+                    if parsed.tool_calls:
+                        reason, rest = "tool_calls", _content_left(parsed.content,
+                                                                   event.text[:sent[c]])
+                        if rest:
+                            yield sse(env.chunk([chat_delta(c, {"content": rest})]))
+                        rest = ""
+                        yield sse(env.chunk([chat_delta(
+                            c, {"tool_calls": tool_call_deltas(parsed.tool_calls)})]))
+                delta = {"content": rest} if rest else {}
+                choice = chat_delta(c, delta, None, reason) if chat else \
+                    text_choice(c, rest, None, reason)
                 last_finish = env.chunk([choice])
             await self._uncertainty(plan)
             assert last_finish is not None
@@ -274,6 +326,25 @@ class CompletionService:
         except APIError as exc:  # headers are sent: the error travels as an event
             yield sse(exc.body())
         yield DONE
+
+
+def _content_left(content: str | None, sent: str) -> str:
+    """What of a parsed reply's ``content`` a stream has not sent yet: it sent the text
+    before the first call (``sent``); the content is the text outside the calls, stripped,
+    so what follows that text in it is left (a stream may thus hold whitespace around a call
+    that the content strips).
+
+    Example:
+        >>> _content_left("Sure. \\n Done.", "Sure. ")
+        '\\n Done.'
+        >>> _content_left("Sure.", "Sure. ")
+        ''
+    """
+    content, head = content or "", sent.lstrip()
+    for start in (head, head.rstrip()):
+        if content.startswith(start):
+            return content[len(start):]
+    return ""
 
 
 def _echoed(prompts: dict[int, PromptEvent], choice: int) -> PromptEvent:

@@ -3,11 +3,14 @@ one namespaced ``tokenwise`` object.
 
 Every model forbids unknown fields, so a misspelt option is a 400 that names it instead of
 a silent default, and validation is strict (``"0.5"`` is not a number, ``true`` is not 1).
-Fields OpenAI defines but this server cannot honour (``tools``, ``functions``, audio, ...)
-are absent on purpose: they are rejected like any unknown field, never ignored. Fields that
-change nothing here are accepted: ``user``, ``parallel_tool_calls``, ``tool_choice: "none"``
-and ``response_format: {"type": "text"}`` (planning refuses the other ``tool_choice`` and
-``response_format`` values with a 400 that names them).
+Fields OpenAI defines but this server cannot honour (the deprecated ``functions`` and
+``function_call``, audio, images, ...) are absent on purpose: they are rejected like any
+unknown field, never ignored. ``tools``, ``tool_choice``, ``parallel_tool_calls``, tool
+messages and assistant ``tool_calls`` are checked and rendered by
+:mod:`tokenwise.serving.tools`; ``response_format`` (``text``, ``json_object``,
+``json_schema``) is checked and enforced by :mod:`tokenwise.serving.constraints`. Fields
+that change nothing here are accepted: ``user``, and a message's ``name`` (handed to a chat
+template that reads it; the question-answer fallback has no place for it).
 
 Example:
     >>> req = ChatCompletionRequest.model_validate_json(
@@ -18,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tokenwise.serving.tools import Tool, ToolCall, ToolChoice
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -43,16 +48,50 @@ class TextPart(WireModel):
 
 
 class ChatMessage(WireModel):
-    """One chat message."""
+    """One chat message.
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    ``content`` may be null only in an assistant message that holds ``tool_calls`` (planning
+    refuses it elsewhere, naming the message); a ``tool`` message answers the call whose id
+    is its ``tool_call_id``.
+    """
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    #: an assistant's calls, as a response gave them
+    tool_calls: list[ToolCall] | None = None
+    #: a tool message's answer to this call id
+    tool_call_id: str | None = None
+    #: the participant's name (OpenAI's); handed to chat templates that read it
+    name: str | None = None
+    #: an assistant's refusal: null is accepted (clients send a response's message back as
+    #: it came, ``"refusal": null`` included); planning refuses text, which it cannot render
+    refusal: str | None = None
 
     def text(self) -> str:
-        """The content as one string (text parts joined without a separator, as OpenAI does)."""
+        """The content as one string (text parts joined without a separator, as OpenAI does;
+        null content is "")."""
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The message as :func:`tokenwise.serving.tools.render_tool_chat` takes it: role,
+        content (one string, or None), and the tool fields that are set.
+
+        Example:
+            >>> ChatMessage(role="tool", content="22 C", tool_call_id="call_1").as_dict()
+            {'role': 'tool', 'content': '22 C', 'tool_call_id': 'call_1'}
+        """
+        out: dict[str, Any] = {"role": self.role,
+                               "content": None if self.content is None else self.text()}
+        if self.tool_calls is not None:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        for key in ("tool_call_id", "name"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
 
 class StreamOptions(WireModel):
@@ -161,12 +200,17 @@ class SamplingFields(WireModel):
 
 
 class ResponseFormat(BaseModel):
-    """``response_format``: only ``{"type": "text"}`` (plain text, the default) is served; the
-    other types' fields (``json_schema``) are kept so that planning can name the type it
-    refuses."""
+    """``response_format``: ``{"type": "text"}`` (the default), ``{"type": "json_object"}``
+    or ``{"type": "json_schema", "json_schema": {...}}``. The other fields are kept as given
+    and checked by :func:`tokenwise.sampling.grammar.from_response_format`, whose errors name
+    the bad field (``response_format.json_schema.schema``)."""
 
     model_config = ConfigDict(extra="allow", strict=True)
     type: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The field as the client sent it."""
+        return {"type": self.type, **(self.model_extra or {})}
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -176,9 +220,12 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    #: no tools are served: ``"none"`` is accepted, anything else refused by planning
-    tool_choice: str | dict[str, object] | None = None
-    #: a no-op without tools; accepted because clients send it by default
+    #: the functions the model may call (checked by :func:`tokenwise.serving.tools.check_tools`)
+    tools: list[Tool] | None = None
+    #: ``"none"``, ``"auto"`` (the default with tools), ``"required"`` or a named function;
+    #: the last two constrain the reply to a call
+    tool_choice: ToolChoice | None = None
+    #: False: a reply holds at most one call (a no-op without tools)
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
 
@@ -203,6 +250,8 @@ class CompletionRequest(SamplingFields):
     max_tokens: Annotated[int, Field(ge=0)] | None = None
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     echo: bool = False
+    #: structured output, as on chat (vLLM takes it here too; OpenAI's legacy endpoint not)
+    response_format: ResponseFormat | None = None
 
 
 class TokenizeRequest(WireModel):
@@ -210,12 +259,14 @@ class TokenizeRequest(WireModel):
 
     ``add_special_tokens`` puts the tokenizer's start ids first (default), so the ids are
     those a completion request with the same prompt, or a chat request with the same
-    messages, feeds the model.
+    messages (and ``tools``, as ``tool_choice: "auto"`` renders them), feeds the model.
     """
 
     model: str | None = None
     prompt: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    #: with ``messages``: the tools the chat is rendered with, as a chat request gives them
+    tools: list[Tool] | None = None
     add_special_tokens: bool = True
     return_token_strs: bool = False
 

@@ -1,13 +1,16 @@
 """``POST /tokenize`` and ``POST /detokenize`` in vLLM's shapes, with the served models' own
 tokenizers.
 
-``/tokenize`` takes ``{"model", "prompt" | "messages", "add_special_tokens",
+``/tokenize`` takes ``{"model", "prompt" | "messages", "tools", "add_special_tokens",
 "return_token_strs"}`` and answers ``{"count", "max_model_len", "tokens", "token_strs"}``;
 the ids are those the completion routes feed the model for the same prompt or messages
 (start ids included unless ``add_special_tokens`` is false), so ``count`` equals the
-``usage.prompt_tokens`` of a completion. ``/detokenize`` takes ``{"model", "tokens"}`` and
-answers ``{"prompt"}`` (control tokens included, as vLLM does); an id outside the vocabulary
-is a 400. ``model`` may be left out when the server serves one model.
+``usage.prompt_tokens`` of a completion. ``messages`` may hold tool calls and tool
+results, and ``tools`` are rendered as a chat request with ``tool_choice: "auto"`` renders
+them (:func:`~tokenwise.serving.tools.render_tool_chat`). ``/detokenize`` takes
+``{"model", "tokens"}`` and answers ``{"prompt"}`` (control tokens included, as vLLM does);
+an id outside the vocabulary is a 400. ``model`` may be left out when the server serves one
+model.
 
 Both paths sit outside ``/v1/`` (where vLLM has them); the API-key guard
 (:mod:`tokenwise.serving.security`) covers them too.
@@ -30,12 +33,11 @@ from typing import Any
 
 from starlette.requests import Request
 
-from tokenwise.errors import TokenwiseError
 from tokenwise.models import Codec
-from tokenwise.serving.chat_format import render
 from tokenwise.serving.errors import APIError, parse_body
-from tokenwise.serving.planning import pick_model
+from tokenwise.serving.planning import message_dicts, pick_model
 from tokenwise.serving.schemas import DetokenizeRequest, TokenizeRequest
+from tokenwise.serving.tools import check_tools, render_tool_chat
 
 
 def _model(models: Mapping[str, Codec], name: str | None) -> Codec:
@@ -60,12 +62,12 @@ def tokenize(models: Mapping[str, Codec], req: TokenizeRequest) -> dict[str, Any
                        param="prompt" if req.prompt is not None else "messages",
                        code="invalid_value")
     if req.messages is not None:
-        try:
-            text = render(lm.tokenizer, [{"role": m.role, "content": m.text()}
-                                         for m in req.messages]).text
-        except TokenwiseError as exc:
-            raise APIError(400, str(exc), param="messages") from exc
+        text = render_tool_chat(lm.tokenizer, message_dicts(req.messages),
+                                check_tools(req.tools), model=req.model or lm.name).prompt.text
     else:
+        if req.tools is not None:
+            raise APIError(400, "tools are rendered with chat messages; give messages, or "
+                                "leave tools out", param="tools", code="invalid_value")
         text = req.prompt
     ids = lm.encode(text, add_bos=req.add_special_tokens)
     strs = lm.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None

@@ -40,6 +40,12 @@ continuous batching, tensor/pipeline parallelism and multi-node serving. What ru
   compression model in this process.
 * ``tokenwise.ead`` (entropy-adaptive decoding) is refused with a 400: it switches between
   two models inside tokenwise's own decode loop, which vLLM does not expose.
+* Tools: rendering the chat with its tools and parsing the reply into ``tool_calls`` are
+  the routes' own, so ``tools`` with ``tool_choice`` ``"auto"`` or ``"none"`` work as on
+  the embedded engine. What needs a grammar on the sampler, JSON ``response_format`` and a
+  forced call (``tool_choice`` ``"required"`` or a named function), is refused with a 400
+  (:func:`refuse_constraints`): the constrained entropy is read inside tokenwise's own
+  decode loop.
 
 Example:
     >>> VLLMOptions(tensor_parallel_size=2).engine_kwargs("/models/m")["tensor_parallel_size"]
@@ -399,6 +405,35 @@ class VLLMStats:
     calls: int = 0
 
 
+def refuse_constraints(req: ChatCompletionRequest | CompletionRequest) -> None:
+    """Raise a 400 for a request whose reply must follow a grammar (JSON
+    ``response_format``, or ``tool_choice`` forcing a call): this engine does not constrain.
+
+    Args:
+        req: the request.
+
+    Example:
+        >>> refuse_constraints(CompletionRequest(model="m", prompt="x",
+        ...                                      response_format={"type": "json_object"}))
+        Traceback (most recent call last):
+        ...
+        tokenwise.serving.errors.APIError: response_format 'json_object' is not supported by ...
+    """
+    fmt = req.response_format
+    if fmt is not None and fmt.type != "text":
+        raise APIError(400, f"response_format {fmt.type!r} is not supported by this server's "
+                            "vLLM engine (--engine vllm); serve with --engine tokenwise (the "
+                            "default) for structured output", param="response_format.type",
+                       code="unsupported_on_engine")
+    choice = getattr(req, "tool_choice", None)
+    if choice is not None and choice not in ("none", "auto"):
+        shown = repr(choice) if isinstance(choice, str) else "a named function"
+        raise APIError(400, f"tool_choice {shown} forces a call, which needs a grammar this "
+                            "server's vLLM engine (--engine vllm) does not apply; use "
+                            "tool_choice 'auto', or serve with --engine tokenwise (the default)",
+                       param="tool_choice", code="unsupported_on_engine")
+
+
 class VLLMBackend:
     """The completion routes' backend, backed by vLLM's ``AsyncLLM`` (started with the app).
 
@@ -461,8 +496,9 @@ class VLLMBackend:
     # -- the ServingBackend interface ---------------------------------------------------
 
     def check(self, req: ChatCompletionRequest | CompletionRequest) -> None:
-        """Refuse (400) what vLLM cannot run: EAD, and sampler chains in an order vLLM
-        does not apply."""
+        """Refuse (400) what vLLM cannot run: EAD, constrained replies
+        (:func:`refuse_constraints`), and sampler chains in an order vLLM does not apply."""
+        refuse_constraints(req)
         opts = req.tokenwise
         if opts is not None and opts.ead is not None:
             raise APIError(400, "tokenwise.ead (entropy-adaptive decoding) is not supported by "
