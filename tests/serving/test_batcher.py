@@ -92,6 +92,11 @@ def test_concurrent_requests_share_batches_and_match_their_solo_answers(server, 
     assert after["requests"] - before["requests"] == 8
     assert after["largest_batch"] >= 2
     assert after["batches"] - before["batches"] < 8
+    # the size distribution /metrics reports adds up to the counters, and nothing waits now
+    sizes = {int(k): v for k, v in after["batch_sizes"].items()}
+    assert sum(sizes.values()) == after["batches"]
+    assert sum(k * v for k, v in sizes.items()) == after["rows"]
+    assert max(sizes) == after["largest_batch"] and after["queue_depth"] == 0
 
 
 def test_without_batching_every_request_decodes_alone(unbatched_server, small):
@@ -100,6 +105,7 @@ def test_without_batching_every_request_decodes_alone(unbatched_server, small):
     assert texts == _alone(small, 6)
     assert after["batching"] is False and after["largest_batch"] == 1
     assert after["batches"] == 6
+    assert after["batch_sizes"] == {"1": 6}  # JSON keys
 
 
 def test_a_stream_whose_client_leaves_stops_decoding(slow_server):

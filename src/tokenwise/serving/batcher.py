@@ -109,10 +109,13 @@ class BatcherStats:
     failed_rows: int = 0
     calls: int = 0
     engine_busy_s: float = 0.0
+    #: rows per batch -> batches of that size (the distribution /metrics reports)
+    batch_sizes: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, with the mean batch size."""
         out = dict(self.__dict__)
+        out["batch_sizes"] = dict(self.batch_sizes)
         out["mean_batch_rows"] = self.rows / self.batches if self.batches else 0.0
         return out
 
@@ -180,7 +183,10 @@ class Batcher:
 
     def report(self) -> dict[str, Any]:
         """The counters for ``/tokenwise/stats``."""
-        return {"engine": "tokenwise", "batching": self.batching, **self.stats.as_dict()}
+        # work waiting: jobs and calls not yet taken, and jobs taken but kept for a later batch
+        waiting = (self._queue.qsize() if self._queue is not None else 0) + len(self._pending)
+        return {"engine": "tokenwise", "batching": self.batching, "queue_depth": waiting,
+                **self.stats.as_dict()}
 
     async def events(self, plan: Plan, deadline: float) -> AsyncIterator[Event]:
         """Every choice's token events and one finish event each, in the order they happen.
@@ -327,6 +333,7 @@ class Batcher:
             finally:
                 self.stats.engine_busy_s += time.perf_counter() - start
             self.stats.batches += 1
+            self.stats.batch_sizes[done.rows] = self.stats.batch_sizes.get(done.rows, 0) + 1
             self.stats.rows += done.rows
             self.stats.tokens += done.tokens
             self.stats.steps += done.steps
