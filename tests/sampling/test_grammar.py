@@ -20,7 +20,7 @@ from tokenwise.errors import TokenwiseError
 from tokenwise.sampling import Chain, LogitBias, Temperature, TopK, TopP
 from tokenwise.sampling.grammar import JsonGrammar, ResponseFormatError, from_response_format
 
-pytest.importorskip("llguidance")  # the optional engine (the `structured` extra)
+pytest.importorskip("llguidance")  # the optional engine (in the serve and dev extras)
 
 PERSON = {
     "type": "object",

@@ -38,7 +38,7 @@ from torch import Tensor
 from tokenwise.errors import TokenwiseError
 from tokenwise.sampling.base import Sampler, check_int, check_logits
 
-#: what to install for :class:`JsonGrammar` (the engine; ``tokenwise[structured]`` brings it)
+#: what to install for :class:`JsonGrammar` (the engine; ``tokenwise[serve]`` brings it too)
 INSTALL = 'pip install "llguidance>=1.9"'
 #: the most whitespace characters allowed between two JSON tokens (a weak model left free to
 #: add whitespace can emit newlines until ``max_new_tokens``; 16 fits pretty-printed JSON
@@ -68,7 +68,7 @@ def _llguidance() -> Any:
     except ImportError as exc:
         raise TokenwiseError(f"structured output (JSON) needs the grammar engine llguidance, "
                              f"which is not installed ({exc}); install it with: {INSTALL}, "
-                             "or pip install \"tokenwise[structured]\"") from None
+                             "or pip install \"tokenwise[serve]\"") from None
     return llguidance
 
 
