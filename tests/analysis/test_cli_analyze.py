@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from tokenwise.analysis import directed_information
@@ -44,3 +45,51 @@ def test_surplus_and_embeddings_run_and_bad_k_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(cli, ["analyze", "embeddings", "-m", "tw-small", "--k", "2,x"])
     assert result.exit_code == 1 and "--k '2,x': allowed comma-separated integers" in \
         result.output
+
+
+def test_spectral_prints_the_functions_overlaps_and_bad_k_is_a_one_line_error(tmp_path):
+    from tokenwise.analysis.spectral import head_rows, markov_contexts, spectral_alignment
+    from tokenwise.models import load
+    from tokenwise.testbed import MarkovSource
+    from tokenwise.testbed.markov import SYMBOLS
+
+    result = CliRunner().invoke(cli, ["analyze", "spectral", "-m", "tw-small", "--k", "1,3",
+                                      "--random", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.output)
+    lm = load("tw-small")
+    probs, w = markov_contexts(MarkovSource(0))
+    ref = spectral_alignment(head_rows(lm, [lm.encode(" " + s)[0] for s in SYMBOLS]), probs, w,
+                             (1, 3))
+    np.testing.assert_allclose([r["overlap"] for r in got["rows"]], ref.overlap, atol=1e-9)
+    texts = tmp_path / "t.txt"
+    texts.write_text("markov: ka lo mi nu pe\nmarkov: ro si tu\n")
+    result = CliRunner().invoke(cli, ["analyze", "spectral", "-m", "tw-small", "--text",
+                                      str(texts), "--tokens", "6", "--k", "2", "--random", "3"])
+    assert result.exit_code == 0, result.output
+    assert "beats random" in result.output
+    result = CliRunner().invoke(cli, ["analyze", "spectral", "-m", "tw-small", "--k", "99"])
+    assert result.exit_code == 1 and "ks=[99]: allowed 1..15" in result.output
+
+
+def test_semantic_info_by_hand_and_bad_attribute_is_a_one_line_error():
+    import math
+
+    result = CliRunner().invoke(cli, ["analyze", "semantic-info", "--attribute", "pet",
+                                      "--truth", "a hound", "--answer", "a dog", "--answer",
+                                      "a cat", "--answer", "a banana", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    # 10 pets, uniform prior: a true answer tells log 10, a false one -inf (crisp)
+    assert rows[0]["meaning"] == "dog" and rows[0]["semantic_information"] == \
+        pytest.approx(math.log(10))
+    assert rows[1]["semantic_information"] == -math.inf and rows[2]["meaning"] is None
+    result = CliRunner().invoke(cli, ["analyze", "semantic-info", "-m", "tw-small",
+                                      "--attribute", "pet", "--truth", "dog", "--answer",
+                                      "a cat", "--floor", "0.1", "--question",
+                                      "Q: What animal does Tograith Tiklo own?\\nA:"])
+    assert result.exit_code == 0, result.output
+    assert f"{math.log(0.1 / 0.19):.3f}" in result.output  # T = (1 + 9 * 0.1) / 10
+    result = CliRunner().invoke(cli, ["analyze", "semantic-info", "--attribute", "color",
+                                      "--truth", "red", "--answer", "red"])
+    assert result.exit_code == 1 and "--attribute 'color': allowed" in result.output

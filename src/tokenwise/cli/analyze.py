@@ -4,7 +4,9 @@
 nats each answer token takes from the context; ``tokenwise analyze surplus FILE`` what the
 hidden states know about token t+2 beyond the model's own two-step rollout;
 ``tokenwise analyze embeddings`` how k-means clusterings of word embeddings trade compression
-for agreement with categories.
+for agreement with categories; ``tokenwise analyze spectral`` how the prediction head's singular
+subspaces align with the predictive similarity operator's eigenspaces; ``tokenwise analyze
+semantic-info`` the G-theory semantic information of answers beside their Shannon surprisal.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from tokenwise.errors import TokenwiseError
 
 @click.group("analyze")
 def analyze_group() -> None:
-    """Measurements from the theory papers: directed information, surplus, embedding IB."""
+    """Measurements from the theory papers: directed information, surplus, embedding IB,
+    spectral alignment of the head, semantic information."""
 
 
 def _text_or_file(value: str | None) -> str:
@@ -199,4 +202,174 @@ def embeddings_command(model: str, words_file: str | None, ks: str, beta: float,
     for r in rows:
         table.add_row(r["clustering"], f"{r['complexity']:.3f}", f"{r['distortion']:.3f}",
                       f"{r['objective']:.3f}", f"{r['ami']:.3f}")
+    console().print(table)
+
+
+def _int_list(value: str, flag: str) -> list[int]:
+    try:
+        return [int(k) for k in value.split(",")]
+    except ValueError:
+        raise TokenwiseError(f"{flag} {value!r}: allowed comma-separated integers, e.g. "
+                             "1,2,4") from None
+
+
+@analyze_group.command("spectral")
+@model_option("tw-small")
+@click.option("--text", "text_file", default=None,
+              help="Estimate the operator from the model's own predictions on this file (one "
+                   "text per line, - for standard input) instead of the testbed's exact Markov "
+                   "source.")
+@click.option("--tokens", type=int, default=400, show_default=True,
+              help="With --text: the operator's tokens are the most frequent next tokens.")
+@click.option("--k", "ks", default="1,2,4,8", show_default=True,
+              help="Comma-separated subspace dimensions.")
+@click.option("--random", "n_random", type=int, default=100, show_default=True,
+              help="Gaussian heads of the same shape for the baseline.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def spectral_command(model: str, text_file: str | None, tokens: int, ks: str, n_random: int,
+                     seed: int, as_json: bool) -> None:
+    """Overlap of the head's top-k singular subspace with the top-k eigenspace of the
+    predictive similarity operator S(v,w) = sum_c pi(c) P(v|c) P(w|c) / sqrt(p(v) p(w)),
+    beside random heads of the same shape."""
+    from collections import Counter
+
+    from tokenwise.analysis.spectral import (
+        head_rows,
+        markov_contexts,
+        model_contexts,
+        random_head_overlaps,
+        spectral_alignment,
+    )
+    from tokenwise.models import load
+
+    k_list = _int_list(ks, "--k")
+    if n_random < 1:
+        raise TokenwiseError(f"--random {n_random}: allowed >= 1")
+    lm = load(model)
+    if text_file is None:
+        from tokenwise.testbed import MarkovSource
+        from tokenwise.testbed.markov import SYMBOLS
+
+        ids = [lm.encode(" " + s) for s in SYMBOLS]
+        if any(len(i) != 1 for i in ids):
+            raise TokenwiseError(f"model {model!r} does not read the Markov symbols as one "
+                                 "token each: pass --text FILE")
+        ids = [i[0] for i in ids]
+        probs, w = markov_contexts(MarkovSource(0))
+        source = "exact Markov source (testbed seed 0)"
+    else:
+        if tokens < 2:
+            raise TokenwiseError(f"--tokens {tokens}: allowed >= 2")
+        texts = [t for t in read_text(text_file).splitlines() if t.strip()]
+        if not texts:
+            raise TokenwiseError(f"{text_file!r} holds no text")
+        counts = Counter(t for text in texts for t in lm.encode(text, add_bos=True)[1:])
+        ids = [t for t, _ in counts.most_common(tokens)]
+        probs, w = model_contexts(lm, texts, ids)
+        source = f"{model}'s predictions on {len(w)} positions"
+    head = head_rows(lm, ids)
+    got = spectral_alignment(head, probs, w, k_list)
+    rnd = random_head_overlaps(head.shape, probs, w, k_list, n=n_random, seed=seed)
+    rows = [{"k": k, "overlap": o, "chance": c, "random_mean": float(r.mean()),
+             "random_sd": float(r.std()), "beats_random": float((r < o).mean()),
+             "eigenvalue": float(got.eigenvalues[k - 1]),
+             "singular_value": float(got.singular_values[k - 1])}
+            for k, o, c, r in zip(got.ks, got.overlap, got.chance, rnd.T, strict=True)]
+    if as_json:
+        click.echo(json.dumps({"model": model, "operator": source, "tokens": len(ids),
+                               "rows": rows}))
+        return
+    from rich.table import Table
+
+    table = Table("k", "overlap", "random heads (mean ± sd)", "beats random", "chance k/(V-1)",
+                  "eigenvalue k", title=f"{model}: head vs {source}, {len(ids)} tokens")
+    for r in rows:
+        table.add_row(str(r["k"]), f"{r['overlap']:.3f}",
+                      f"{r['random_mean']:.3f} ± {r['random_sd']:.3f}",
+                      f"{r['beats_random']:.0%}", f"{r['chance']:.3f}", f"{r['eigenvalue']:.3f}")
+    console().print(table)
+
+
+@analyze_group.command("semantic-info")
+@model_option("tw-large")
+@click.option("--attribute", required=True,
+              help="The testbed fact-world attribute the answers are about (e.g. pet, "
+                   "profession, birthplace, birth_year).")
+@click.option("--truth", required=True, help="The true value (any surface form of it).")
+@click.option("--answer", "answers", multiple=True, required=True,
+              help="An answer to score (repeat the option for several).")
+@click.option("--question", default=None,
+              help="The prompt the answers follow (e.g. 'Q: What animal does X own?\\nA:'); "
+                   "with it, each answer's Shannon surprisal under the model is shown too "
+                   "(the answer after a space, ended by a newline).")
+@click.option("--floor", type=float, default=0.0, show_default=True,
+              help="Truth of an answer in a state it does not mean (0: crisp).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def semantic_info_command(model: str, attribute: str, truth: str, answers: tuple[str, ...],
+                          question: str | None, floor: float, as_json: bool) -> None:
+    """Semantic information (G theory) of each ANSWER about the TRUTH:
+    I = log(T(theta|x) / T(theta)), T(theta) = sum_x P(x) T(theta|x), with truth functions from
+    the testbed's meaning equivalence and the world's uniform prior over the attribute's values;
+    beside it the Shannon surprisal -log p(answer | question)."""
+    import math
+
+    import numpy as np
+
+    from tokenwise.analysis.semantic_information import (
+        logical_probability,
+        meaning_truth,
+        semantic_information,
+    )
+    from tokenwise.testbed import Testbed
+
+    world = Testbed(0).fact_world
+    if attribute not in world.attributes:
+        raise TokenwiseError(f"--attribute {attribute!r}: allowed "
+                             f"{', '.join(sorted(world.attributes))}")
+    states = [v.meaning for v in world.attributes[attribute].values]
+    true_meaning = world.meaning_of(attribute, truth)
+    if true_meaning is None:
+        raise TokenwiseError(f"--truth {truth!r} names no {attribute}: allowed e.g. "
+                             f"{', '.join(states[:5])}")
+    prior = np.full(len(states), 1 / len(states))
+    x = states.index(true_meaning)
+    rows = []
+    for ans in answers:
+        meaning = world.meaning_of(attribute, ans)
+        t = meaning_truth([ans], states, lambda _a, _m=meaning: _m, floor=floor)
+        lp = float(logical_probability(t, prior)[0])
+        info = float(semantic_information(t, prior)[0, x]) if lp > 0 else -math.inf
+        rows.append({"answer": ans, "meaning": meaning, "logical_probability": lp,
+                     "semantic_information": info, "surprisal": None})
+    if question is not None:
+        import torch
+
+        from tokenwise.models import load
+
+        lm = load(model)
+        prompt = question.replace("\\n", "\n")
+        ids_p = lm.encode(prompt, add_bos=True)
+        for r in rows:
+            # the newline that ends the answer makes it complete: "a dog" must not also count
+            # "a dog named Rex"
+            ids_a = lm.encode(" " + r["answer"].strip() + "\n")
+            with torch.inference_mode():
+                logits = lm.forward(torch.tensor([ids_p + ids_a])).logits[0].double()
+            logp = torch.log_softmax(logits[len(ids_p) - 1:-1], -1)
+            r["surprisal"] = -float(logp[torch.arange(len(ids_a)), torch.tensor(ids_a)].sum())
+    if as_json:
+        click.echo(json.dumps({"attribute": attribute, "truth": true_meaning, "floor": floor,
+                               "model": model if question is not None else None,
+                               "rows": rows}))
+        return
+    from rich.table import Table
+
+    table = Table("answer", "means", "T(theta)", "I semantic (nats)", "surprisal (nats)",
+                  title=f"{attribute}, true value {true_meaning}, {len(states)} values "
+                        f"(log n = {math.log(len(states)):.3f})")
+    for r in rows:
+        table.add_row(r["answer"], r["meaning"] or "(nothing)", f"{r['logical_probability']:.4f}",
+                      f"{r['semantic_information']:.3f}",
+                      "" if r["surprisal"] is None else f"{r['surprisal']:.3f}")
     console().print(table)
