@@ -618,3 +618,80 @@ def token_stats(
         top_ids=out_top_ids,
         top_logprobs=out_top_logprobs,
     )
+
+
+def attention_entropy(
+    attention: Tensor | tuple[Tensor, ...] | list[Tensor],
+    attention_mask: Tensor | None = None,
+    base: float | None = None,
+    from_logits: bool = False,
+) -> Tensor:
+    """Entropy of each attention row: per (layer,) batch, head and query position.
+
+    Entropy-ABF's signal: a row's entropy grows like ``log(keys seen)`` past the trained
+    window unless logits are scaled.
+
+    Args:
+        attention: attention weights ``(B, H, T, S)`` (rows sum to 1, as transformers returns
+            them), or a tuple/list of such per layer (stacked to ``(L, B, H, T, S)``), or, with
+            ``from_logits=True``, pre-softmax scores with ``-inf`` at masked keys.
+        attention_mask: optional ``(B, S)`` mask, 1 for real tokens and 0 for padding: padded
+            keys contribute 0, and when ``S == T`` rows of padded queries are 0.
+        base: ``None`` for nats, ``2`` for bits.
+        from_logits: read ``attention`` as scores and apply the softmax here.
+
+    Returns:
+        float32 tensor of ``attention``'s shape without the key dimension (float64 in,
+        float64 out). Masked keys (probability 0, or ``-inf`` scores) contribute exactly 0.
+
+    Raises:
+        TokenwiseError: NaN, negative or greater-than-1 weights; a mask that does not match
+            the batch and key dimensions; a bad ``base``.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]])  # (B=1, H=1, T=2, S=2), causal
+        >>> attention_entropy(w)
+        tensor([[[0.0000, 0.6931]]])
+        >>> attention_entropy(w, base=2)[0, 0, 1]
+        tensor(1.)
+    """
+    ln_base = _log_base(base)
+    if isinstance(attention, (tuple, list)):
+        if not attention:
+            raise TokenwiseError("attention: allowed a tensor or a non-empty tuple of tensors")
+        attention = torch.stack([_check_tensor(a, "attention") for a in attention])
+    attention = _check_tensor(attention, "attention")
+    if attention.dim() < 2:
+        raise TokenwiseError(f"attention must have a query and a key dimension; got shape "
+                             f"{tuple(attention.shape)}")
+    key_mask = None
+    if attention_mask is not None:
+        attention_mask = _check_tensor(attention_mask, "attention_mask")
+        if attention_mask.dim() != 2 or attention.dim() < 4 \
+                or attention_mask.shape[0] != attention.shape[-4] \
+                or attention_mask.shape[1] != attention.shape[-1]:
+            raise TokenwiseError(
+                f"attention_mask of shape {tuple(attention_mask.shape)} does not match attention "
+                f"{tuple(attention.shape)}; allowed (batch, keys) with attention (..., batch, "
+                "heads, queries, keys)")
+        key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+    if from_logits:
+        scores = attention.to(_compute_dtype(attention.dtype))
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask, float("-inf"))
+        h = entropy(scores, dim=-1)
+    else:
+        probs = attention.to(_compute_dtype(attention.dtype))
+        bad = ~torch.isfinite(probs) | (probs < 0) | (probs > 1 + 1e-3)
+        if bool(bad.any()):
+            where = tuple(bad.nonzero()[0].tolist())
+            raise TokenwiseError(f"attention weight at {where} is {probs[where].item()!r}; "
+                                 "allowed probabilities in [0, 1] (pass from_logits=True for "
+                                 "pre-softmax scores)")
+        if key_mask is not None:
+            probs = probs.masked_fill(~key_mask, 0.0)
+        h = torch.special.entr(probs).sum(dim=-1)  # entr(0) = 0: masked keys add nothing
+    if attention_mask is not None and attention_mask.shape[1] == h.shape[-1]:
+        h = h.masked_fill(~attention_mask.bool()[:, None, :], 0.0)
+    return h if ln_base is None else h / ln_base

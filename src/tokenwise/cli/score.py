@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import click
@@ -27,19 +28,40 @@ from tokenwise.scoring import check_text, check_window_args
               help="Alternatives shown per token.")
 @click.option("--bits", is_flag=True,
               help="Show entropy and surprisal in bits (table, HTML; JSON is always in nats).")
+@click.option("--attention-entropy", is_flag=True,
+              help="Report attention entropy per layer, head and position instead of token "
+                   "scores (mean per position in the table; everything with --json).")
+@click.option("--extend", "extend_to", type=click.IntRange(min=2), default=None, metavar="N",
+              help="With --attention-entropy: also extend the model's context to N tokens "
+                   "and report before and after.")
+@click.option("--extend-method", type=click.Choice(["entropy_abf", "pi", "ntk", "yarn"]),
+              default="entropy_abf", show_default=True, help="Method for --extend.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, writable=True),
+              help="With --attention-entropy: write a PNG of mean attention entropy vs "
+                   "position (before and after --extend). Needs matplotlib.")
 @click.pass_context
 def score_command(ctx: click.Context, source: str, model: str, as_json: bool,
                   html_out: str | None, color_by: str, window: int | None, stride: int | None,
-                  top_k: int, bits: bool) -> None:
+                  top_k: int, bits: bool, attention_entropy: bool, extend_to: int | None,
+                  extend_method: str, plot_out: str | None) -> None:
     """Score every token of FILE (or standard input with -) under a model.
 
     Prints a table (or JSON with --json) of each token's log-probability, surprisal,
     entropy, varentropy and top alternatives; texts longer than the model's context are
     scored with a sliding window. JSON values are in nats. A progress bar over the windows
     goes to standard error in every mode.
+
+    With --attention-entropy, the entropy of every attention row over the whole text in one
+    pass (e.g. `tokenwise score long.txt --model tw-reader --attention-entropy --extend 1024
+    --plot ent.png`): past the trained length it drifts up unless the extension keeps it.
     """
     from tokenwise.models import declared_context_length, load
     from tokenwise.scoring import score
+
+    if attention_entropy or extend_to is not None or plot_out is not None:
+        _attention_entropy_mode(ctx, source, model, as_json, html_out, window, stride, bits,
+                                attention_entropy, extend_to, extend_method, plot_out)
+        return
 
     check_output_path(html_out, "--html")
     _check_combination(ctx, as_json, html_out, bits)
@@ -97,3 +119,91 @@ def _print_table(trace, bits: bool) -> None:
         f"mean entropy {trace.mean_entropy * scale:.3f} {unit}, perplexity "
         f"{trace.perplexity:.2f}, window {trace.window}, stride {trace.stride}"
     )
+
+
+def _attention_entropy_mode(ctx: click.Context, source: str, model: str, as_json: bool,
+                            html_out: str | None, window: int | None, stride: int | None,
+                            bits: bool, wanted: bool, extend_to: int | None,
+                            extend_method: str, plot_out: str | None) -> None:
+    """``--attention-entropy``: mean attention entropy by position, before/after --extend."""
+    import json
+
+    from click.core import ParameterSource
+
+    from tokenwise.context import attention_entropies, extend, register
+    from tokenwise.models import load
+
+    if not wanted:
+        raise TokenwiseError("--extend and --plot go with --attention-entropy; add it")
+    if html_out or window is not None or stride is not None:
+        raise TokenwiseError("--attention-entropy reads the whole text in one pass: drop "
+                             "--html, --window and --stride")
+    if ctx.get_parameter_source("extend_method") != ParameterSource.DEFAULT and extend_to is None:
+        raise TokenwiseError("--extend-method needs --extend N")
+    check_output_path(plot_out, "--plot")
+    text = read_text(source)
+    check_text(text)
+    register()  # a model saved after an Entropy-ABF extension loads with its attention
+    lm = load(model)
+    ids = list(lm.start_ids) + lm.encode(text)
+    limit = extend_to if extend_to is not None else lm.context_length
+    if len(ids) > limit:
+        raise TokenwiseError(f"the text is {len(ids)} tokens; --attention-entropy reads at most "
+                             f"{limit} (the {'--extend length' if extend_to else 'context'}"
+                             "); shorten the text or raise --extend")
+    base = 2 if bits else None
+    runs = {"before": attention_entropies(lm, ids, base=base)}  # (L, H, T)
+    if extend_to is not None:
+        extend(lm, extend_to, method=extend_method)
+        runs["after"] = attention_entropies(lm, ids, base=base)
+    unit = "bits" if bits else "nats"
+    if as_json:
+        click.echo(json.dumps({
+            "model": lm.name, "tokens": len(ids), "unit": unit, "extend": extend_to,
+            "method": extend_method if extend_to else None,
+            **{k: {"mean_by_position": v.mean(dim=(0, 1)).tolist(),
+                   "by_layer_head_position": v.tolist()} for k, v in runs.items()},
+        }))
+    else:
+        _print_attention_table(lm.name, runs, unit)
+    if plot_out:
+        _plot_attention(runs, plot_out, lm.name, unit, extend_to, extend_method)
+        click.echo(f"wrote {plot_out}", err=True)
+
+
+def _print_attention_table(name: str, runs: dict, unit: str) -> None:
+    from rich.table import Table
+
+    length = next(iter(runs.values())).shape[-1]
+    edges = sorted({0, *(length * k // 8 for k in range(1, 8)), length})
+    table = Table(title=f"{name}: mean attention entropy ({unit}) by position")
+    table.add_column("positions", justify="right")
+    for key in runs:
+        table.add_column(key, justify="right")
+    for lo, hi in itertools.pairwise(edges):
+        if hi > lo:
+            table.add_row(f"{lo}-{hi - 1}",
+                          *(f"{v[:, :, lo:hi].mean().item():.3f}" for v in runs.values()))
+    console().print(table)
+
+
+def _plot_attention(runs: dict, path: str, name: str, unit: str, extend_to: int | None,
+                    method: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise TokenwiseError("--plot needs matplotlib: pip install 'tokenwise[plot]'") from exc
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, value in runs.items():
+        label = key if key == "before" else f"after {method} to {extend_to}"
+        ax.plot(value.mean(dim=(0, 1)).numpy(), label=label, linewidth=1)
+    ax.set_xlabel("query position")
+    ax.set_ylabel(f"mean attention entropy ({unit})")
+    ax.set_title(name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

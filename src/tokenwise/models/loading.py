@@ -13,6 +13,8 @@ import torch
 from safetensors import SafetensorError
 
 from tokenwise.errors import ModelNotFoundError, TokenwiseError, UnsafeCheckpointError
+from tokenwise.models.attention import ATTENTION_NAME
+from tokenwise.models.attention import register as register_attention
 from tokenwise.models.builtin import BUILTIN_DIR, builtin_names
 from tokenwise.models.hf_checks import check_causal_lm, quiet_weights_loading
 from tokenwise.models.language_model import CONTEXT_KEYS, LanguageModel, context_value
@@ -425,6 +427,8 @@ def load(
             "tokenwise commands never run a model's own code)"
         )
     check_causal_lm(name, path, config)
+    if config.get("attn_implementation") == ATTENTION_NAME:
+        register_attention()  # saved after tokenwise.context.extend(method="entropy_abf")
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code

@@ -61,7 +61,7 @@ CHECKPOINT_FORMAT = "tokenwise-train-1"
 #: settings that must not change between a checkpoint and its resumed run.
 _RESUME_KEYS = ("model", "loss", "fused", "select", "history_model", "rho", "gamma", "lr",
                 "batch_size", "seq_len", "warmup", "schedule", "weight_decay", "grad_clip",
-                "seed")
+                "seed", "extend_context", "extend_method", "samples")
 
 
 @dataclass
@@ -94,6 +94,11 @@ class TrainConfig:
         overwrite: a non-empty ``out`` that is not this trainer's own run may be used: its
             contents are deleted just before the first step (see
             :mod:`tokenwise.training.runs`). Without it such an ``out`` is refused.
+        extend_context: extend the model's context to this many tokens before training
+            (:func:`tokenwise.context.extend`); the saved model keeps the extension.
+        extend_method: the extension method (``"entropy_abf"``, the default, ``"pi"``,
+            ``"ntk"``, ``"yarn"``).
+        samples: train on the first this many examples of ``data`` only (None: all).
     """
 
     model: str
@@ -118,6 +123,9 @@ class TrainConfig:
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
+    extend_context: int | None = None
+    extend_method: str | None = None
+    samples: int | None = None
 
     def check(self) -> None:
         """Raise :class:`TokenwiseError` naming the first bad setting."""
@@ -136,6 +144,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise TokenwiseError(f"{name}={value!r}: allowed an integer >= {low}")
+        for name in ("extend_context", "samples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise TokenwiseError(f"{name}={value!r}: allowed an integer >= 1, or None")
+        if self.extend_method is not None and self.extend_context is None:
+            raise TokenwiseError(f"extend_method={self.extend_method!r} needs extend_context")
         if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 2):
             raise TokenwiseError(f"seq_len={self.seq_len!r}: allowed an integer >= 2")
         for name in ("lr", "weight_decay", "grad_clip", "rho", "gamma"):
@@ -428,9 +443,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
         >>> res.step, len(res.losses), (res.model_dir / "config.json").is_file()
         (2, 2, True)
     """
+    from tokenwise.context import extend, register
     from tokenwise.models import load
 
     cfg.check()
+    register()  # a model saved after an Entropy-ABF extension loads with its scaled attention
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT_DIR / CHECKPOINT_FILE
     plan = check_output_dir(out, checkpoint=f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}",
@@ -440,6 +457,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     lm = load(cfg.model, device=device, dtype="float32")
+    if cfg.extend_context is not None:
+        extend(lm, cfg.extend_context, method=cfg.extend_method or "entropy_abf")
     seq_len = cfg.seq_len or lm.context_length
     if seq_len > lm.context_length:
         raise TokenwiseError(
@@ -458,6 +477,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
     embedding_digest = _tensor_digest(head.weight) if cfg.loss == "emo" else None
 
     examples = load_examples(cfg.data)
+    if cfg.samples is not None:
+        examples = examples[: cfg.samples]
     rows, truncated = _tokenize(examples, lm, seq_len, progress)
     if truncated:
         log(f"{truncated} of {len(examples)} examples were longer than seq_len={seq_len}: "
