@@ -122,7 +122,7 @@ def test_saved_extension_reloads_identically(reader, ids, tmp_path):
     assert torch.equal(_logits(again, ids), _logits(load("tw-reader"), ids))
 
 
-def test_plain_tokenwise_load_reads_a_saved_entropy_abf_model(reader, ids, tmp_path):
+def test_plain_tokenwise_load_reads_a_saved_entropy_abf_model_saved_twice(reader, ids, tmp_path):
     # a fresh process, where nothing has registered the scaled attention yet
     extend(reader, 1024, method="entropy_abf")
     reader.hf_model.save_pretrained(tmp_path)
@@ -132,6 +132,10 @@ def test_plain_tokenwise_load_reads_a_saved_entropy_abf_model(reader, ids, tmp_p
               "lm = tw.load(sys.argv[1])\n"
               "saved = torch.load(sys.argv[1] + '/want.pt')\n"
               "ids, want = saved['ids'], saved['want']\n"
+              # saved again: transformers drops attn_implementation on load, the record stays
+              "lm.hf_model.save_pretrained(sys.argv[1] + '/again')\n"
+              "lm.tokenizer.save_pretrained(sys.argv[1] + '/again')\n"
+              "lm = tw.load(sys.argv[1] + '/again')\n"
               "with torch.no_grad():\n"
               "    got = lm.hf_model(ids).logits\n"
               "print(lm.context_length, got.shape == want.shape and bool(torch.equal(got, want)))")
@@ -199,6 +203,40 @@ def test_gemma3_sliding_layers_keep_their_rope():
     restore(model)
     with torch.no_grad():
         assert torch.equal(model(x).logits, before)
+
+
+def test_windowed_layers_are_never_query_scaled(monkeypatch):
+    # Mistral passes its window to the attention function, not on the module
+    from transformers import MistralConfig, MistralForCausalLM
+
+    import tokenwise.models.attention as attention
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                        max_position_embeddings=64, sliding_window=16)
+    model = extend(MistralForCausalLM(cfg).eval(), 256, method="entropy_abf")
+    scaled = []
+    real = attention.query_scale
+    monkeypatch.setattr(attention, "query_scale", lambda *a: scaled.append(1) or real(*a))
+    with torch.no_grad():
+        model(torch.randint(0, 64, (1, 100)))
+    assert scaled == []
+
+
+def test_softcapped_attention_goes_through_the_explicit_softmax():
+    # Gemma 2 caps attention logits, which SDPA cannot do
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                       max_position_embeddings=64, attn_logit_softcapping=50.0,
+                       sliding_window=16, layer_types=["sliding_attention", "full_attention"])
+    model = extend(Gemma2ForCausalLM(cfg).eval(), 256, method="entropy_abf")
+    with torch.no_grad():
+        logits = model(torch.randint(0, 64, (1, 100))).logits
+    assert torch.isfinite(logits).all()
 
 
 def test_a_refused_call_leaves_the_earlier_extension_in_place(reader):

@@ -80,7 +80,9 @@ def scaled_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 
     settings = getattr(module.config, "tokenwise_context", None) or {}
     layer = getattr(module, "layer_idx", 0) or 0
-    windowed = getattr(module, "sliding_window", None) is not None
+    # Gemma 3 keeps the window on the module; Mistral passes it to the attention function
+    windowed = (getattr(module, "sliding_window", None) is not None
+                or kwargs.get("sliding_window") is not None)
     if settings.get("scale_queries") and layer >= settings.get("skip_layers", 0) and not windowed:
         positions = kwargs.get("position_ids")
         if positions is None:  # keys hold the past too: queries are the last T of them
@@ -88,10 +90,27 @@ def scaled_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
             positions = torch.arange(s - t, s, device=query.device)[None]
         lam = query_scale(positions, int(settings["original_length"]))  # (B, T)
         query = query * lam[:, None, :, None].to(query.dtype)
-    if settings.get("inner_attention", "sdpa") == "eager":
+    # SDPA takes no logit softcapping (Gemma 2): the explicit softmax applies it
+    if settings.get("inner_attention", "sdpa") == "eager" or kwargs.get("softcap") is not None:
         return _eager(module, query, key, value, attention_mask, scaling, kwargs.get("softcap"))
     return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask,
                                            scaling=scaling, dropout=dropout, **kwargs)
+
+
+def scales_queries(config: dict[str, Any]) -> bool:
+    """Whether a saved ``config.json`` (as a dict) asks for this attention: an Entropy-ABF
+    extension records itself under ``tokenwise_context``. transformers drops the config's
+    ``attn_implementation`` when it loads a model, so a model loaded and saved again keeps
+    only this record; :func:`tokenwise.models.load` reads it.
+
+    Example:
+        >>> scales_queries({"tokenwise_context": {"method": "entropy_abf", "scale_queries": True}})
+        True
+        >>> scales_queries({"attn_implementation": "sdpa"})
+        False
+    """
+    record = config.get("tokenwise_context")
+    return isinstance(record, dict) and bool(record.get("scale_queries"))
 
 
 def register() -> str:

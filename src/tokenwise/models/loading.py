@@ -13,8 +13,8 @@ import torch
 from safetensors import SafetensorError
 
 from tokenwise.errors import ModelNotFoundError, TokenwiseError, UnsafeCheckpointError
-from tokenwise.models.attention import ATTENTION_NAME
 from tokenwise.models.attention import register as register_attention
+from tokenwise.models.attention import scales_queries
 from tokenwise.models.builtin import BUILTIN_DIR, builtin_names
 from tokenwise.models.hf_checks import check_causal_lm, quiet_weights_loading
 from tokenwise.models.language_model import CONTEXT_KEYS, LanguageModel, context_value
@@ -427,8 +427,8 @@ def load(
             "tokenwise commands never run a model's own code)"
         )
     check_causal_lm(name, path, config)
-    if config.get("attn_implementation") == ATTENTION_NAME:
-        register_attention()  # saved after tokenwise.context.extend(method="entropy_abf")
+    # saved after tokenwise.context.extend(method="entropy_abf"): its attention, by name
+    attention = {"attn_implementation": register_attention()} if scales_queries(config) else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
@@ -444,6 +444,7 @@ def load(
                 # Report wrong shapes in _check_loading_info, with the rest, not as a
                 # RuntimeError that points at a log table.
                 ignore_mismatched_sizes=True,
+                **attention,
             )
     except (OSError, ValueError, KeyError, SafetensorError, StrictDataclassError) as exc:
         detail = " ".join(str(exc).split())  # one line, whatever transformers wrote
