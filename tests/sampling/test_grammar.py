@@ -289,6 +289,10 @@ def test_bad_schema_names_what_is_wrong(lm):
         JsonGrammar(lm.tokenizer, '{"type": "object"}')
     with pytest.raises(TokenwiseError, match="max_whitespace=-1"):
         JsonGrammar(lm.tokenizer, None, max_whitespace=-1)
+    # compiles, but no first token exists: refused here, not when a batch decodes it
+    for schema in ({"$ref": "#"}, {"allOf": [{"$ref": "#"}]}):
+        with pytest.raises(TokenwiseError, match="no document can be written"):
+            JsonGrammar(lm.tokenizer, schema)
 
 
 def test_a_missing_engine_names_the_pip_install(lm, monkeypatch):

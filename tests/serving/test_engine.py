@@ -100,3 +100,19 @@ def test_a_batch_the_engine_refuses_at_the_call_still_finishes_every_row(small):
     with pytest.raises(TokenwiseError, match="2\\*\\*64 - 1"):
         run_batch(small, SPEC, rows)
     assert events == [[FinishEvent("error", "", "", 0)]] * 2
+
+
+def test_a_sampler_that_cannot_be_built_ends_every_row_with_an_error(small, monkeypatch):
+    # without a finish event a waiting client would hang until the request timeout
+    import tokenwise.serving.engine as engine
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for the grammar")
+
+    monkeypatch.setattr(engine, "batch_sampler", broken)
+    events: list = []
+    rows = [Row(prompt=p, max_tokens=3, sink=events.append) for p in ("7+2=", "3+1=")]
+    with pytest.raises(MemoryError):
+        run_batch(small, SamplerSpec(), rows)
+    assert [e for e in events if isinstance(e, FinishEvent)] == [
+        FinishEvent("error", "", "", 0), FinishEvent("error", "", "", 0)]

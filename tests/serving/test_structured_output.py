@@ -200,6 +200,9 @@ def test_two_concurrent_requests_with_different_schemas_both_validate(server, cl
     ({"type": "json_schema", "json_schema": {"name": "v", "schema": {
         "type": "object", "properties": {"a": {"type": "nonsense"}}}}},
      "response_format.json_schema.schema", "bad JSON schema"),
+    # compiles but admits no document: a 400 at planning, not a failed batch
+    ({"type": "json_schema", "json_schema": {"name": "v", "schema": {"$ref": "#"}}},
+     "response_format.json_schema.schema", "no document can be written"),
     ({"type": "json_schema"}, "response_format.json_schema", "missing"),
     ({"type": "json_schema", "json_schema": {"name": "v w", "schema": {}}},
      "response_format.json_schema.name", "'v w'"),

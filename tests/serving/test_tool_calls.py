@@ -131,11 +131,12 @@ def test_a_named_tool_choice_calls_that_function_once(tool_client):
     calls = r.choices[0].message.tool_calls
     assert r.choices[0].finish_reason == "tool_calls" and len(calls) == 1
     check_call(calls[0], "pick")
-    # seeded: the same call, id included
+    # seeded: the same call, but a fresh id (ids must stay unique across an agent's turns)
     again = create(tool_client, model="tiny-chat", messages=ASK, tools=[NOW, PICK],
                    tool_choice={"type": "function", "function": {"name": "pick"}},
                    parallel_tool_calls=False, temperature=1.0, seed=3)
-    assert again.choices[0].message.tool_calls == calls
+    (repeat,) = again.choices[0].message.tool_calls
+    assert repeat.function == calls[0].function and repeat.id != calls[0].id
 
 
 def test_a_template_that_renders_tools_gets_its_own_call_form(tool_client):
@@ -175,9 +176,11 @@ def test_a_streamed_forced_call_arrives_as_tool_call_deltas(tool_client):
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert content == ""  # the call text is never sent as content
     deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or ()]
-    assert [(d.index, d.id, d.function.name, d.function.arguments) for d in deltas] == \
-        [(k, t.id, t.function.name, t.function.arguments)
+    # the same calls as the plain reply (ids are fresh per response)
+    assert [(d.index, d.function.name, d.function.arguments) for d in deltas] == \
+        [(k, t.function.name, t.function.arguments)
          for k, t in enumerate(plain.choices[0].message.tool_calls)]
+    assert all(d.id.startswith("call_") for d in deltas)
     finish = [c.choices[0].finish_reason for c in chunks if c.choices
               and c.choices[0].finish_reason]
     assert finish == ["tool_calls"]

@@ -46,11 +46,13 @@ def _content(message: dict[str, Any]) -> str:
 
 def _refuse_specials_outside_content(tokenizer: Any, messages: list[dict[str, Any]],
                                      tools: list[dict[str, Any]] | None) -> None:
-    """A :class:`TokenwiseError` when ``tools`` or a message's ``tool_calls`` spell a control
-    token: the template writes them itself, so the tokenizer would read the string as the
-    control token (a forged turn marker) and no placeholder can keep it text."""
-    parts = [("tools", tools)] + [(f"message {i}'s tool_calls", m.get("tool_calls"))
-                                  for i, m in enumerate(messages)]
+    """A :class:`TokenwiseError` when ``tools`` or a message's fields other than its content
+    (``tool_calls``, ``name``, ``tool_call_id``) spell a control token: the template writes
+    them itself, so the tokenizer would read the string as the control token (a forged turn
+    marker) and no placeholder can keep it text."""
+    parts = [("tools", tools)] + [(f"message {i}'s {key}", m.get(key))
+                                  for i, m in enumerate(messages)
+                                  for key in ("tool_calls", "name", "tool_call_id")]
     for where, value in parts:
         if not value:
             continue

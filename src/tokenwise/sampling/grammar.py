@@ -227,6 +227,15 @@ class JsonGrammar(Sampler):
         self._template = llguidance.LLMatcher(self._tokenizer, grammar, log_level=0)
         if self._template.is_error():
             raise TokenwiseError(f"bad JSON schema: {self._template.get_error()}")
+        # Some schemas compile but admit no first token (a bare {"$ref": "#"}): found here,
+        # once, instead of failing the batch that decodes them.
+        probe = self._template.deep_copy()
+        words = (self._vocab + 31) // 32
+        first = np.zeros(words, dtype=np.int32)
+        probe.unsafe_compute_mask_ptr(first.ctypes.data, 4 * words)
+        if probe.is_error() or not first.any():
+            reason = _first_line(probe.get_error()) if probe.is_error() else "no token can start it"
+            raise TokenwiseError(f"bad JSON schema: no document can be written: {reason}")
         self.reset()
 
     @classmethod

@@ -320,10 +320,7 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
     decoding = [i for i, r in enumerate(rows) if r.max_tokens > 0]  # max_tokens=0: echo only
     # a vocabulary smaller than a row's request gives that row all of it
     top_k = min(max((rows[i].top_logprobs for i in decoding), default=0), lm.vocab_size)
-    sampler, constrained = batch_sampler(lm, spec, [rows[i] for i in decoding])
-    # a greedy spec has no seeds; under a constraint it still picks the argmax (any seed)
-    seeds = None if sampler is None else [
-        0 if rows[i].seed is None else rows[i].seed for i in decoding]
+    constrained = None
     streams = [TextStream(lambda ids: lm.decode(ids, skip_special_tokens=True), r.stops)
                for r in rows]
     active = [True] * len(rows)
@@ -351,7 +348,11 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
 
     loop = None
     step = 0
-    try:  # a failed prompt pass, or generate refusing its arguments, ends the rows too
+    try:  # a failed sampler build or prompt pass, or generate refusing, ends the rows too
+        sampler, constrained = batch_sampler(lm, spec, [rows[i] for i in decoding])
+        # a greedy spec has no seeds; under a constraint it still picks the argmax (any seed)
+        seeds = None if sampler is None else [
+            0 if rows[i].seed is None else rows[i].seed for i in decoding]
         send_prompts(lm, rows, names)
         for i, row in enumerate(rows):
             if row.max_tokens <= 0:

@@ -158,10 +158,14 @@ class CompletionService:
                                 "--engine tokenwise (the default) for echo and prompt logprobs",
                            param="echo", code="unsupported_on_engine")
         self.backend.check(req)
-        if needs_grammar(req) and req.model in self.models:
-            # the grammar engine reads the whole vocabulary once per model: not on the loop
-            await asyncio.to_thread(warm_up, self.models[req.model])
         opts = req.tokenwise
+        if needs_grammar(req) or getattr(req, "tools", None):
+            if needs_grammar(req) and req.model in self.models:
+                # the grammar engine reads the whole vocabulary once per model: not on the loop
+                await asyncio.to_thread(warm_up, self.models[req.model])
+            if opts is None or opts.compress is None:
+                # compiling a schema and rendering tools can take a while: not on the loop either
+                return await asyncio.to_thread(plan_request, req, self.config, self.models)
         if opts is None or opts.compress is None:
             return plan_request(req, self.config, self.models)
         # Every cheap check first; the context check waits for the shorter prompt.
@@ -241,7 +245,7 @@ class CompletionService:
             done = finished[c]
             if plan.kind == "chat":
                 lp = chat_logprobs(tokens[c]) if plan.logprobs else None
-                parsed = parse_tool_calls(done.text, plan.tools, seed=plan.seed, index=c)
+                parsed = parse_tool_calls(done.text, plan.tools, index=c)
                 if parsed.tool_calls:
                     choices.append(chat_choice(c, parsed.content, "tool_calls", lp,
                                                parsed.tool_calls))
@@ -303,7 +307,7 @@ class CompletionService:
                     yield sse(last_finish)
                 reason, rest = event.reason, event.delta
                 if calls:
-                    parsed = parse_tool_calls(event.text, plan.tools, seed=plan.seed, index=c)
+                    parsed = parse_tool_calls(event.text, plan.tools, index=c)
                     rest = event.text[sent[c]:]
                     if parsed.tool_calls:
                         reason, rest = "tool_calls", _content_left(parsed.content,

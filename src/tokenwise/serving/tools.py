@@ -87,6 +87,8 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 
 #: what OpenAI allows in a function's name.
 NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+#: most tools one request may offer (OpenAI's limit).
+MAX_TOOLS = 128
 
 
 # --- wire models (the request schema imports these) ---
@@ -265,6 +267,9 @@ def check_tools(tools: Sequence[Tool | dict[str, Any]] | None,
     if not fields.tools:
         raise APIError(400, "Invalid value for tools: the list is empty; give at least 1 "
                             "tool or leave tools out", param="tools", code="invalid_value")
+    if len(fields.tools) > MAX_TOOLS:  # OpenAI's limit; bounds one request's grammar work
+        raise APIError(400, f"Invalid value for tools: {len(fields.tools)} tools; allowed at "
+                            f"most {MAX_TOOLS}", param="tools", code="invalid_value")
     functions: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for i, tool in enumerate(fields.tools):
@@ -766,13 +771,32 @@ class CallConstraint:
     suffix: str
 
 
-def _call_schema(function: dict[str, Any]) -> dict[str, Any]:
+def _moved_refs(node: Any, base: str) -> Any:
+    """``node`` with every local ``$ref`` (``#`` or ``#/...``, relative to the document the
+    node came from) re-rooted at ``base``, where that document now sits."""
+    if isinstance(node, dict):
+        out = {k: _moved_refs(v, base) for k, v in node.items()}
+        ref = node.get("$ref")
+        if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+            out["$ref"] = base + ref[1:]
+        return out
+    if isinstance(node, list):
+        return [_moved_refs(v, base) for v in node]
+    return node
+
+
+def _call_schema(function: dict[str, Any], index: int, defs: dict[str, Any]) -> dict[str, Any]:
+    """The schema of one call of ``function``. Its ``parameters`` move into ``defs`` (the
+    call schema's root ``$defs``) so that their local references (``#/$defs/City`` from a
+    nested pydantic model, ``#`` for recursion) still resolve once nested in the call."""
     params = function["parameters"]
     if params == _NO_PARAMETERS:  # takes none: an empty object, not any object
         params = {**params, "additionalProperties": False}
+    key = f"tool_{index}_parameters"
+    defs[key] = _moved_refs(params, f"#/$defs/{key}")
     return {"type": "object",
             "properties": {"name": {"type": "string", "enum": [function["name"]]},
-                           "arguments": params},
+                           "arguments": {"$ref": f"#/$defs/{key}"}},
             "required": ["name", "arguments"], "additionalProperties": False}
 
 
@@ -797,11 +821,13 @@ def call_constraint(spec: ToolSpec | None, call_format: CallFormat | None
     """
     if spec is None or spec.choice in ("none", "auto") or call_format is None:
         return None
-    options = [_call_schema(f) for f in spec.functions if f["name"] in spec.callable_names()]
+    defs: dict[str, Any] = {}
+    options = [_call_schema(f, i, defs) for i, f in enumerate(spec.functions)
+               if f["name"] in spec.callable_names()]
     call = options[0] if len(options) == 1 else {"anyOf": options}
     if not call_format.as_list:
-        return CallConstraint(call, call_format.prefix, call_format.suffix)
+        return CallConstraint({**call, "$defs": defs}, call_format.prefix, call_format.suffix)
     schema: dict[str, Any] = {"type": "array", "items": call, "minItems": 1}
     if not spec.parallel:
         schema["maxItems"] = 1
-    return CallConstraint(schema, call_format.prefix, call_format.suffix)
+    return CallConstraint({**schema, "$defs": defs}, call_format.prefix, call_format.suffix)
