@@ -116,3 +116,25 @@ def test_a_sampler_that_cannot_be_built_ends_every_row_with_an_error(small, monk
         run_batch(small, SamplerSpec(), rows)
     assert [e for e in events if isinstance(e, FinishEvent)] == [
         FinishEvent("error", "", "", 0), FinishEvent("error", "", "", 0)]
+
+
+def test_a_prompt_too_long_for_one_pass_is_scored_in_chunks_identically(small, monkeypatch):
+    # a long prompt on a large vocabulary must not build all its logits at once
+    import tokenwise.serving.engine as engine
+    from tokenwise.serving.logprobs import TokenBytes
+
+    names = TokenBytes(small.tokenizer)
+    prompts = [small.encode("7+2=9\n3+4=7\n" * 6, add_bos=True), small.encode("5+5=", add_bos=True)]
+    whole = engine.score_prompts(small, prompts, 2, names)
+    forwards = []
+    real = small.forward
+    monkeypatch.setattr(small, "forward", lambda ids, *a, **k: forwards.append(ids.shape)
+                        or real(ids, *a, **k))
+    monkeypatch.setattr(engine, "SCORE_LOGITS", 5 * small.vocab_size)  # 5 positions a pass
+    chunked = engine.score_prompts(small, prompts, 2, names)
+    assert max(b * t for b, t in forwards) <= 5 and len(forwards) > 2
+    for w, c in zip(whole, chunked, strict=True):
+        assert [t.id for t in w] == [t.id for t in c]
+        assert [t.logprob for t in w[1:]] == pytest.approx([t.logprob for t in c[1:]], abs=1e-4)
+        assert [t.entropy for t in w[1:]] == pytest.approx([t.entropy for t in c[1:]], abs=1e-4)
+        assert [[a.text for a in t.top] for t in w] == [[a.text for a in t.top] for t in c]

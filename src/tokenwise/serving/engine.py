@@ -164,8 +164,8 @@ def alternatives(record: TokenRecord, k: int, names: TokenBytes) -> list[Alterna
             for i, v in zip(record.top_ids[:k], record.top_logprobs[:k], strict=True)]
 
 
-#: most logits one scoring forward pass makes (prompts x longest prompt x vocabulary):
-#: 2**25 float32 logits are 128 MiB; a longer prompt goes alone.
+#: most logits one scoring forward pass makes (prompts x positions x vocabulary): 2**25
+#: float32 logits are 128 MiB; a longer prompt goes alone, read in chunks of positions.
 SCORE_LOGITS = 2**25
 
 
@@ -178,7 +178,8 @@ def score_prompts(lm: LanguageModel, prompts: list[list[int]], top_k: int,
 
     Prompts are read together in right-padded forward passes of at most
     :data:`SCORE_LOGITS` logits: a prompt's positions are ``0..len - 1`` as when read alone,
-    and causal attention keeps its tokens from seeing the padding after it.
+    and causal attention keeps its tokens from seeing the padding after it. A prompt whose
+    logits alone exceed that is read in chunks of positions through the KV cache.
 
     Args:
         lm: the model.
@@ -220,25 +221,36 @@ def score_prompts(lm: LanguageModel, prompts: list[list[int]], top_k: int,
         for b, i in enumerate(group):
             ids[b, :len(prompts[i])] = torch.tensor(prompts[i])
             mask[b, :len(prompts[i])] = 1
-        logits = lm.forward(ids, mask).logits  # (B, T, V)
-        # position t predicts token t + 1: a prompt of L tokens has L - 1 predictions
-        preds = torch.cat([logits[b, :len(prompts[i]) - 1]
-                           for b, i in enumerate(group)]).float()  # (N, V)
-        targets = torch.tensor([t for i in group for t in prompts[i][1:]],
-                               device=preds.device)  # (N,)
-        stats = signals.token_stats(preds, targets, top_k=top_k)
-        logprobs, entropies = stats.logprobs.tolist(), stats.entropies.tolist()
-        top_ids, top_logprobs = stats.top_ids.tolist(), stats.top_logprobs.tolist()
-        n = 0
-        for i in group:
-            for tok in prompts[i][1:]:
-                out[i].append(WireToken(
-                    id=tok, text=names.text(tok), bytes=names.bytes(tok), logprob=logprobs[n],
-                    entropy=entropies[n],
-                    top=[Alternative(names.text(a), names.bytes(a), v)
-                         for a, v in zip(top_ids[n], top_logprobs[n], strict=True)],
-                    model=lm.name))
-                n += 1
+        # A prompt too long for one pass is read in position chunks through the KV cache,
+        # so no pass makes more than SCORE_LOGITS logits (exact: causal attention).
+        step = max(1, SCORE_LOGITS // (len(group) * vocab))
+        cache = None
+        for start in range(0, longest - 1, step):
+            stop = min(longest, start + step)
+            piece = lm.forward(ids[:, start:stop], mask[:, :stop], cache=cache,
+                               use_cache=stop < longest)
+            cache = piece.cache
+            # position t predicts token t + 1: a prompt of L tokens has L - 1 predictions
+            rows = [(b, i, min(stop, len(prompts[i]) - 1)) for b, i in enumerate(group)]
+            rows = [(b, i, end) for b, i, end in rows if end > start]
+            preds = torch.cat([piece.logits[b, :end - start] for b, _, end in rows]
+                              ).float()  # (N, V)
+            targets = torch.tensor([t for _, i, end in rows
+                                    for t in prompts[i][start + 1:end + 1]],
+                                   device=preds.device)  # (N,)
+            stats = signals.token_stats(preds, targets, top_k=top_k)
+            logprobs, entropies = stats.logprobs.tolist(), stats.entropies.tolist()
+            top_ids, top_logprobs = stats.top_ids.tolist(), stats.top_logprobs.tolist()
+            n = 0
+            for _, i, end in rows:
+                for tok in prompts[i][start + 1:end + 1]:
+                    out[i].append(WireToken(
+                        id=tok, text=names.text(tok), bytes=names.bytes(tok),
+                        logprob=logprobs[n], entropy=entropies[n],
+                        top=[Alternative(names.text(a), names.bytes(a), v)
+                             for a, v in zip(top_ids[n], top_logprobs[n], strict=True)],
+                        model=lm.name))
+                    n += 1
     return out
 
 
