@@ -489,6 +489,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
     optimizer = _make_optimizer(model, cfg)
     settings = {k: v for k, v in asdict(cfg).items() if k in _RESUME_KEYS}
     settings["seq_len"] = seq_len
+    if cfg.extend_context is not None and cfg.extend_method is None:
+        settings["extend_method"] = "entropy_abf"  # the default, named: resumes compare it
     meta = {"settings": settings, "data_sha256": _fingerprint(cfg.data),
             "emo_embedding_sha256": embedding_digest, "total_steps": cfg.steps}
 
@@ -560,7 +562,9 @@ def _select(model: torch.nn.Module, history: torch.nn.Module, batch: dict[str, T
 
 
 def _check_resumable(saved: dict, now: dict, cfg: TrainConfig, step: int) -> None:
-    old, new = saved["settings"], now["settings"]
+    old, new = dict(saved["settings"]), now["settings"]
+    if old.get("extend_context") is not None and old.get("extend_method") is None:
+        old["extend_method"] = "entropy_abf"  # written before the default was named
     changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in _RESUME_KEYS
                if old.get(k) != new.get(k)]
     if changed:
