@@ -357,3 +357,32 @@ def test_a_bad_response_format_names_the_field(lm, fmt, param):
         from_response_format(fmt, lm.tokenizer)
     assert info.value.param == param
     assert str(info.value).startswith(f"{param}: ")
+
+
+def test_concurrent_first_requests_build_the_engine_tokenizer_once(lm, monkeypatch):
+    import copy
+    import threading
+    import time
+
+    import llguidance.hf
+
+    from tokenwise.sampling.grammar import engine_tokenizer
+
+    fresh = copy.deepcopy(lm.tokenizer)  # nothing cached for it yet
+    builds = []
+    real = llguidance.hf.from_tokenizer
+
+    def slow(*args, **kwargs):
+        builds.append(1)
+        time.sleep(0.2)  # a long build: the second thread arrives meanwhile
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(llguidance.hf, "from_tokenizer", slow)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(engine_tokenizer(fresh, [2])))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and len(got) == 3 and got[0] is got[1] is got[2]

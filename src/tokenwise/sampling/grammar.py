@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import json
+import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -49,6 +50,9 @@ MAX_WHITESPACE = 16
 # (measured on a loaded 2-core CPU: 0.7 s for SmolLM2's 49k tokens, 16 s for Gemma's 262k),
 # so a server pays it once per model
 _ENGINE_TOKENIZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# One build at a time: concurrent first requests (the server warms the engine on worker
+# threads) would each spend seconds (Gemma's 262k vocabulary: ~16 s) building the same view.
+_BUILD_LOCK = threading.Lock()
 
 
 class ResponseFormatError(TokenwiseError):
@@ -109,6 +113,11 @@ def engine_tokenizer(tokenizer: Any, end_token_ids: Sequence[int]) -> Any:
     """
     llguidance = _llguidance()
     ends = tuple(sorted(end_token_ids))
+    with _BUILD_LOCK:
+        return _engine_tokenizer(llguidance, tokenizer, ends)
+
+
+def _engine_tokenizer(llguidance: Any, tokenizer: Any, ends: tuple[int, ...]) -> Any:
     try:
         per_tokenizer = _ENGINE_TOKENIZERS.setdefault(tokenizer, {})
     except TypeError:  # not weak-referenceable: build it each time
