@@ -231,6 +231,12 @@ def _refuse_unapplied_fields(config: Any, explicit: set[str], defaults: dict[str
                 "varentropy and rank, and top_logprobs=N adds the N likeliest tokens")
 
 
+#: transformers' warper fields -> the tokenwise sampler that does the same (top_h has none)
+_WARPER_SAMPLERS: dict[str, type[Sampler]] = {
+    "temperature": Temperature, "top_k": TopK, "top_p": TopP, "min_p": MinP,
+    "typical_p": Typical, "epsilon_cutoff": Epsilon, "eta_cutoff": Eta}
+
+
 def _sampler_from_config(config: Any) -> Sampler | None:
     """The sampling transformers would do with ``config``, as tokenwise samplers (None: greedy).
 
@@ -245,20 +251,7 @@ def _sampler_from_config(config: Any) -> Sampler | None:
                 f"custom_generate=tokenwise: top_h={value!r} from the generation config has no "
                 "exact tokenwise counterpart (transformers renormalises its top 100 first); "
                 f"pass sampler=tokenwise.sampling.TopH(alpha={value!r}) and top_h=None")
-        if field == "temperature":
-            steps.append(Temperature(value))
-        elif field == "top_k":
-            steps.append(TopK(value))
-        elif field == "top_p":
-            steps.append(TopP(value))
-        elif field == "min_p":
-            steps.append(MinP(value))
-        elif field == "typical_p":
-            steps.append(Typical(value))
-        elif field == "epsilon_cutoff":
-            steps.append(Epsilon(value))
-        elif field == "eta_cutoff":
-            steps.append(Eta(value))
+        steps.append(_WARPER_SAMPLERS[field](value))
     if not steps:  # plain sampling from the model's distribution
         return Temperature(1.0)
     return steps[0] if len(steps) == 1 else Chain(steps)

@@ -213,14 +213,9 @@ class CompletionService:
     def _finish_info(self, plan: Plan, tokens: list[list[WireToken]]) -> dict[str, Any]:
         info = plan.info
         # None where the backend reported no entropy (vLLM computes it only with logprobs)
-        info["mean_entropy"] = [None if any(t.entropy is None for t in ts)
-                                else sum(t.entropy for t in ts) / len(ts) if ts else 0.0
-                                for ts in tokens]
+        info["mean_entropy"] = _means(tokens, "entropy")
         if plan.constraint is not None:
-            info["mean_constrained_entropy"] = [
-                None if any(t.constrained_entropy is None for t in ts)
-                else sum(t.constrained_entropy for t in ts) / len(ts) if ts else 0.0
-                for ts in tokens]
+            info["mean_constrained_entropy"] = _means(tokens, "constrained_entropy")
         if plan.large is not None:
             written = [t for ts in tokens for t in ts]
             large = sum(t.model == plan.large.name for t in written)
@@ -330,6 +325,15 @@ class CompletionService:
         except APIError as exc:  # headers are sent: the error travels as an event
             yield sse(exc.body())
         yield DONE
+
+
+def _means(tokens: list[list[WireToken]], field: str) -> list[float | None]:
+    """Each choice's mean of a per-token value: None where a token lacks it, 0 for none."""
+    out: list[float | None] = []
+    for ts in tokens:
+        values = [getattr(t, field) for t in ts]
+        out.append(None if None in values else sum(values) / len(values) if values else 0.0)
+    return out
 
 
 def _content_left(content: str | None, sent: str) -> str:
