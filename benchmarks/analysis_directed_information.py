@@ -32,7 +32,7 @@ import tokenwise as tw
 from tokenwise.analysis import directed_information, expected_needle_information
 from tokenwise.testbed import FactWorld, NeedleWorld
 
-OUT = Path("/work/notes/results/analysis_directed_information.json")
+OUT = Path(__file__).resolve().parent / "results" / "analysis_directed_information.json"
 KJV = Path.home() / ".cache" / "tokenwise" / "bench" / "bible-kjv" / "verses.tsv"
 
 

@@ -39,7 +39,7 @@ import tokenwise as tw
 from tokenwise.analysis.embedding_ib import ib_curve, score_partition, word_embeddings
 from tokenwise.testbed import FactWorld, Testbed
 
-OUT = Path("/work/notes/results/analysis_embedding_ib.json")
+OUT = Path(__file__).resolve().parent / "results" / "analysis_embedding_ib.json"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tokenwise" / "bench" / \
     "wordnet"
 #: hypernym roots: (category, a lemma of the root synset, its sense number in index.noun)

@@ -36,7 +36,7 @@ from tokenwise.analysis.semantic_information import meaning_truth, semantic_info
 from tokenwise.testbed import Testbed
 from tokenwise.testbed.evaluate import greedy_complete
 
-OUT = Path("/work/notes/results/analysis_semantic_information.json")
+OUT = Path(__file__).resolve().parent / "results" / "analysis_semantic_information.json"
 
 
 @torch.no_grad()

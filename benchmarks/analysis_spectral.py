@@ -45,7 +45,7 @@ from tokenwise.analysis.spectral import (
 )
 from tokenwise.testbed.markov import SYMBOLS, MarkovSource
 
-OUT = Path("/work/notes/results/analysis_spectral.json")
+OUT = Path(__file__).resolve().parent / "results" / "analysis_spectral.json"
 KJV = Path.home() / ".cache" / "tokenwise" / "bench" / "bible-kjv" / "verses.tsv"
 
 

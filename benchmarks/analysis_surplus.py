@@ -40,7 +40,7 @@ from tokenwise.analysis.surplus import (
 from tokenwise.testbed import FactWorld, MarkovSource
 from tokenwise.testbed.markov import SYMBOLS
 
-OUT = Path("/work/notes/results/analysis_surplus.json")
+OUT = Path(__file__).resolve().parent / "results" / "analysis_surplus.json"
 KJV = Path.home() / ".cache" / "tokenwise" / "bench" / "bible-kjv" / "verses.tsv"
 
 

@@ -17,7 +17,7 @@ zero-shot and after the same fine-tune at 1,024.
 
 Command (the defaults reproduce the recorded run):
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/context_extension.py \\
-        --out /work/notes/results/context_extension.json
+        --out benchmarks/results/context_extension.json
 """
 
 from __future__ import annotations
@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markov-lengths", type=int, nargs="+", default=[1024])
     ap.add_argument("--entropy-seqs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="/work/notes/results/context_extension.json")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"
+                                         / "context_extension.json"))
     ap.add_argument("--no-finetune", action="store_true", help="zero-shot measurements only")
     ap.add_argument("--render", metavar="JSON", help="print the tables of a result file, only")
     args = ap.parse_args(argv)
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         result["seconds"] = round(time.time() - t0, 1)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
     def log(msg: str) -> None:

@@ -545,7 +545,8 @@ def main() -> None:
                         help="torch threads and xgrammar compile threads")
     parser.add_argument("--skip", choices=("a", "b", "c"), action="append", default=[],
                         help="leave a part out")
-    parser.add_argument("--json", default="/work/notes/results/structured_output.json")
+    parser.add_argument("--json", default=str(Path(__file__).resolve().parent / "results"
+                                              / "structured_output.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

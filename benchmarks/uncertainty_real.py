@@ -37,8 +37,8 @@ originals).
 
 Run (31 min of generation on 2 CPU cores shared with other work; scoring a few more):
     nice -n 5 .venv/bin/python benchmarks/uncertainty_real.py \\
-        --json /work/notes/results/uncertainty_real.json \\
-        --samples /work/notes/results/uncertainty_real_samples.json
+        --json benchmarks/results/uncertainty_real.json \\
+        --samples benchmarks/results/uncertainty_real_samples.json
 """
 
 from __future__ import annotations
