@@ -341,7 +341,15 @@ class JsonGrammar(Sampler):
         return torch.from_numpy(bits).view(torch.bool)
 
     def __call__(self, logits: Tensor) -> Tensor:
-        logits = check_logits(logits)
+        return self.mask(check_logits(logits))
+
+    def mask(self, logits: Tensor) -> Tensor:
+        """:meth:`__call__` without the argument check, for a caller that checked ``logits``
+        (e.g. a row-wise sampler passing slices of a batch it checked whole).
+
+        Args:
+            logits: ``(B, V)`` floating logits, no NaN.
+        """
         batch, width = logits.shape
         if self._rows is None or len(self._rows) != batch:
             if self._observed:

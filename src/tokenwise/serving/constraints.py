@@ -280,7 +280,7 @@ class _Enforcer:
             for r in range(batch):
                 if self.tail[r] is None and complete and complete[r]:
                     self.tail[r] = 0  # the document is complete: the suffix follows
-        out = self.grammar(logits)
+        out = self.grammar.mask(logits)  # RowConstraints checked the whole batch
         tails = [r for r in range(batch) if self.tail[r] is not None]
         if tails:
             forced = _only(logits[tails], [

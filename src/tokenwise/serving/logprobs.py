@@ -226,6 +226,23 @@ def prompt_offsets(tokens: list[WireToken], hidden: int = 0) -> list[int]:
     return offsets
 
 
+def prompt_logprobs(prompt: list[WireToken], hidden: int = 0) -> dict[str, Any]:
+    """The legacy ``logprobs`` object of an echoed prompt alone (a stream's first chunk; the
+    head of :func:`echo_logprobs`): offsets as :func:`prompt_offsets` gives them.
+
+    Args:
+        prompt: the scored prompt tokens (start ids first).
+        hidden: how many leading tokens take no room in the echoed text.
+
+    Example:
+        >>> p = [WireToken(1, "<s>", list(b"<s>"), None, None),
+        ...      WireToken(9, "ab", [97, 98], -0.5, 1.0)]
+        >>> prompt_logprobs(p, 1)["text_offset"]
+        [0, 0]
+    """
+    return completion_logprobs(prompt, offsets=prompt_offsets(prompt, hidden))
+
+
 def echo_logprobs(prompt: list[WireToken], hidden: int, prompt_text: str,
                   tokens: list[WireToken]) -> dict[str, Any]:
     """``choices[i].logprobs`` of a completion with ``echo``: the prompt's tokens, then the
@@ -245,7 +262,7 @@ def echo_logprobs(prompt: list[WireToken], hidden: int, prompt_text: str,
         >>> lp["token_logprobs"], lp["top_logprobs"][0], lp["text_offset"]
         ([None, -0.5, -0.1], None, [0, 0, 2])
     """
-    head = completion_logprobs(prompt, offsets=prompt_offsets(prompt, hidden))
+    head = prompt_logprobs(prompt, hidden)
     tail = completion_logprobs(tokens, start_offset=len(prompt_text))
     constrained = "token_constrained_entropies"
     if constrained in tail:  # the prompt was written under no constraint

@@ -345,18 +345,6 @@ class MeasuredBackend:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.backend, name)
 
-    async def start(self) -> None:
-        """Start the backend."""
-        await self.backend.start()
-
-    async def stop(self) -> None:
-        """Stop the backend."""
-        await self.backend.stop()
-
-    def check(self, req: Any) -> None:
-        """The backend's check."""
-        self.backend.check(req)
-
     def check_plan(self, plan: Plan) -> None:
         """The backend's check; the request is counted under the planned model from here
         on (the model is one the server serves, so the label's values stay few)."""
@@ -365,21 +353,9 @@ class MeasuredBackend:
             info.model = plan.model
         self.backend.check_plan(plan)
 
-    async def call(self, fn: Callable[[], Any]) -> Any:
-        """The backend's ``call``."""
-        return await self.backend.call(fn)
-
     def events(self, plan: Plan, deadline: float) -> AsyncIterator[Event]:
         """The backend's events for ``plan``, counted."""
         return self.metrics.measure(plan, self.backend.events(plan, deadline))
-
-    async def uncertainty(self, plan: Plan) -> dict[str, Any]:
-        """The backend's ``uncertainty``."""
-        return await self.backend.uncertainty(plan)
-
-    def report(self) -> dict[str, Any]:
-        """The backend's counters."""
-        return self.backend.report()
 
 
 class MetricsMiddleware:

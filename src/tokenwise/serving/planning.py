@@ -72,7 +72,6 @@ class Plan:
             ``tool_calls`` with them.
         constraint: what every choice's reply must be (``response_format`` JSON or a forced
             tool call; None: free text).
-        seed: the request's own ``seed`` (tool call ids derive from it when given).
     """
 
     kind: str
@@ -96,7 +95,6 @@ class Plan:
     echo: bool = False
     tools: ToolSpec | None = None
     constraint: Constraint | None = None
-    seed: int | None = None
 
     @property
     def choices(self) -> int:
@@ -493,8 +491,7 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
                 include_usage=bool(stream_opts is not None and stream_opts.include_usage),
                 ead=opts.ead if opts is not None else None, large=large,
                 uncertainty=opts.uncertainty if opts is not None else None, info=info,
-                echo=kind == "completion" and req.echo, tools=tools, constraint=constraint,
-                seed=req.seed)
+                echo=kind == "completion" and req.echo, tools=tools, constraint=constraint)
 
 
 def apply_compression(plan: Plan, req: ChatCompletionRequest | CompletionRequest,

@@ -51,7 +51,7 @@ from tokenwise.serving.logprobs import (
     chat_logprobs,
     completion_logprobs,
     echo_logprobs,
-    prompt_offsets,
+    prompt_logprobs,
 )
 from tokenwise.serving.planning import (
     Plan,
@@ -159,15 +159,15 @@ class CompletionService:
                            param="echo", code="unsupported_on_engine")
         self.backend.check(req)
         opts = req.tokenwise
-        if needs_grammar(req) or getattr(req, "tools", None):
-            if needs_grammar(req) and req.model in self.models:
-                # the grammar engine reads the whole vocabulary once per model: not on the loop
-                await asyncio.to_thread(warm_up, self.models[req.model])
-            if opts is None or opts.compress is None:
-                # compiling a schema and rendering tools can take a while: not on the loop either
-                return await asyncio.to_thread(plan_request, req, self.config, self.models)
+        grammar = needs_grammar(req)
         if opts is None or opts.compress is None:
+            if grammar or getattr(req, "tools", None):
+                # building the grammar engine's view of a vocabulary, compiling a schema and
+                # rendering tools can take seconds: not on the event loop
+                return await asyncio.to_thread(plan_request, req, self.config, self.models)
             return plan_request(req, self.config, self.models)
+        if grammar and req.model in self.models:
+            await asyncio.to_thread(warm_up, self.models[req.model])
         # Every cheap check first; the context check waits for the shorter prompt.
         plan = plan_request(req, self.config, self.models, check_context=False)
         if kind == "chat":
@@ -274,8 +274,8 @@ class CompletionService:
                                      for c in range(plan.choices)]))
             async for c, event in self._events(plan, deadline):
                 if isinstance(event, PromptEvent):
-                    lp = completion_logprobs(_scored(event), offsets=prompt_offsets(
-                        _scored(event), event.hidden)) if plan.logprobs else None
+                    lp = prompt_logprobs(_scored(event), event.hidden) \
+                        if plan.logprobs else None
                     offsets[c] = len(event.text)
                     yield sse(env.chunk([text_choice(c, event.text, lp)]))
                     continue
