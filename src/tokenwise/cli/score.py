@@ -130,7 +130,7 @@ def _attention_entropy_mode(ctx: click.Context, source: str, model: str, as_json
 
     from click.core import ParameterSource
 
-    from tokenwise.context import attention_entropies, extend, register
+    from tokenwise.context import attention_entropies, extend
     from tokenwise.models import load
 
     if not wanted:
@@ -143,7 +143,6 @@ def _attention_entropy_mode(ctx: click.Context, source: str, model: str, as_json
     check_output_path(plot_out, "--plot")
     text = read_text(source)
     check_text(text)
-    register()  # a model saved after an Entropy-ABF extension loads with its attention
     lm = load(model)
     ids = list(lm.start_ids) + lm.encode(text)
     limit = extend_to if extend_to is not None else lm.context_length

@@ -3,8 +3,8 @@
 ``extend(model, target_length, method=...)`` applies Entropy-ABF, position interpolation,
 NTK-aware scaling or YaRN through transformers' own RoPE parameters and attention interface;
 ``restore(model)`` undoes it; the settings live in the config, so ``save_pretrained`` and
-``tokenwise.load`` keep them (call :func:`register` first in a fresh process, or load with
-:func:`load`).
+``tokenwise.load`` keep them (it registers the scaled attention a saved Entropy-ABF model
+names).
 
 Example:
     >>> from tokenwise.models import load as load_model
@@ -35,8 +35,8 @@ __all__ = ["ATTENTION_NAME", "CONFIG_KEY", "METHODS", "attention_entropies",
 
 
 def load(path_or_name: str, **kwargs: Any) -> Any:
-    """``tokenwise.load`` for a model saved after :func:`extend` (registers the scaled
-    attention first, which a fresh process has not).
+    """``tokenwise.load`` for a model saved after :func:`extend` (kept for readability:
+    ``tokenwise.load`` itself registers the scaled attention a saved model names).
 
     Args:
         path_or_name: anything :func:`tokenwise.models.load` takes.
@@ -48,5 +48,4 @@ def load(path_or_name: str, **kwargs: Any) -> Any:
     """
     from tokenwise.models import load as load_model
 
-    register()
     return load_model(path_or_name, **kwargs)

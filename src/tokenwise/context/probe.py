@@ -7,35 +7,14 @@ layer finishes, so only one layer's ``heads x T x T`` weights exist at a time.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from tokenwise.context.entropy_abf import ATTENTION_NAME
 from tokenwise.errors import TokenwiseError
+from tokenwise.models.attention import explicit_softmax
 from tokenwise.signals import attention_entropy
-
-
-@contextlib.contextmanager
-def _explicit_softmax(hf: Any) -> Iterator[None]:
-    config = hf.config
-    settings = getattr(config, "tokenwise_context", None)
-    if config._attn_implementation == ATTENTION_NAME and settings is not None:
-        before = settings.get("inner_attention", "sdpa")
-        settings["inner_attention"] = "eager"
-        try:
-            yield
-        finally:
-            settings["inner_attention"] = before
-        return
-    before = config._attn_implementation
-    hf.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        hf.set_attn_implementation(before)
 
 
 def _attention_modules(hf: Any) -> list[torch.nn.Module]:
@@ -78,7 +57,7 @@ def attention_entropies(model: Any, ids: Sequence[int] | torch.Tensor,
 
     handles = [m.register_forward_hook(hook) for m in mods]
     try:
-        with _explicit_softmax(hf):
+        with explicit_softmax(hf):
             hf(input_ids=ids_t.to(device), use_cache=False)
     finally:
         for h in handles:

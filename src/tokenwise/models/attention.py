@@ -9,10 +9,14 @@ Settings come from ``module.config.tokenwise_context`` (saved with the config).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from tokenwise.errors import TokenwiseError
 
 #: the name the scaled attention is registered under in transformers.
 ATTENTION_NAME = "tokenwise_entropy_abf"
@@ -126,3 +130,44 @@ def register() -> str:
     AttentionInterface.register(ATTENTION_NAME, scaled_attention)
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
     return ATTENTION_NAME
+
+
+@contextlib.contextmanager
+def explicit_softmax(model: Any) -> Iterator[None]:
+    """For the block, attention through an explicit softmax, the only kind that returns its
+    weights (``output_attentions``): an Entropy-ABF model keeps its query scaling and only
+    switches its inner attention; any other model goes to transformers' ``eager``.
+
+    Args:
+        model: a transformers model (one already eager, or with no config, is left alone).
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> hf = load("tw-small").hf_model
+        >>> with explicit_softmax(hf):
+        ...     hf.config._attn_implementation
+        'eager'
+    """
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    settings = getattr(config, "tokenwise_context", None)
+    if before == ATTENTION_NAME and settings is not None:
+        inner = settings.get("inner_attention", "sdpa")
+        settings["inner_attention"] = "eager"
+        try:
+            yield
+        finally:
+            settings["inner_attention"] = inner
+        return
+    if before in (None, "eager"):
+        yield
+        return
+    if not hasattr(model, "set_attn_implementation"):
+        raise TokenwiseError(
+            f"{type(model).__name__} uses {before!r} attention, which returns no attention "
+            "weights; load it with attn_implementation='eager'")
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)

@@ -22,7 +22,6 @@ unlabelled positions, or an explicit mask), and it takes ``ceil(rho · n)`` in f
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tokenwise.errors import TokenwiseError
+from tokenwise.models.attention import explicit_softmax
 
 __all__ = ["select_tokens", "sstoken_mask", "token_losses"]
 
@@ -164,26 +164,6 @@ def _unwrap(model: Any) -> torch.nn.Module:
     return getattr(model, "hf_model", model)
 
 
-@contextmanager
-def _eager_attention(model: torch.nn.Module):
-    """Attention weights exist only under eager attention; switch to it for one forward."""
-    config = getattr(model, "config", None)
-    before = getattr(config, "_attn_implementation", None)
-    if before in (None, "eager"):
-        yield
-        return
-    if not hasattr(model, "set_attn_implementation"):
-        raise TokenwiseError(
-            f"{type(model).__name__} uses {before!r} attention, which returns no attention "
-            "weights; load it with attn_implementation='eager'"
-        )
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
-
-
 @torch.no_grad()
 def select_tokens(
     model: Any,
@@ -234,7 +214,7 @@ def select_tokens(
     device = next(net.parameters()).device
     ids, lab = input_ids.to(device), labels.to(device)
     mask = None if attention_mask is None else attention_mask.to(device)
-    with _eager_attention(net):
+    with explicit_softmax(net):
         out = net(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
     attentions = getattr(out, "attentions", None)
     if not attentions or attentions[-1] is None:

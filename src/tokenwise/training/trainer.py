@@ -443,11 +443,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
         >>> res.step, len(res.losses), (res.model_dir / "config.json").is_file()
         (2, 2, True)
     """
-    from tokenwise.context import extend, register
+    from tokenwise.context import extend
     from tokenwise.models import load
 
     cfg.check()
-    register()  # a model saved after an Entropy-ABF extension loads with its scaled attention
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT_DIR / CHECKPOINT_FILE
     plan = check_output_dir(out, checkpoint=f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}",
