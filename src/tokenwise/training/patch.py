@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tokenwise import signals
 from tokenwise.errors import TokenwiseError
 
 __all__ = [
@@ -628,8 +629,7 @@ def _logit_metrics(
     the arg-max is the first maximum, as TRL's ``is_top1``.
     """
     valid = targets != ignore_index  # (n,)
-    logp = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
-    entropy = -(logp.exp() * logp).sum(-1)  # (n,)
+    entropy = signals.entropy(logits.float())  # (n,)
     return entropy.masked_fill(~valid, 0.0), (logits.argmax(-1) == targets) & valid
 
 
