@@ -234,15 +234,12 @@ def extend(model: Any, target_length: int, method: str = "entropy_abf", *,
         "original_attn_implementation": config._attn_implementation,
     }
     new_params = copy.deepcopy(config.rope_parameters)
+    # the options only some methods take
+    options = {"entropy_abf": {"base": base, "base_factor": base_factor},
+               "yarn": {"beta_fast": beta_fast, "beta_slow": beta_slow}}.get(method, {})
     for layer_type, params in dicts.items():
-        dim = rotary_dim(config, params)
-        if method == "entropy_abf":
-            new = entropy_abf.rope_parameters(params, factor, original, dim, base=base,
-                                              base_factor=base_factor)
-        elif method == "yarn":
-            new = yarn.rope_parameters(params, factor, original, dim, beta_fast, beta_slow)
-        else:
-            new = METHODS[method].rope_parameters(params, factor, original, dim)
+        new = METHODS[method].rope_parameters(params, factor, original,
+                                              rotary_dim(config, params), **options)
         if layer_type is None:
             new_params = new
         else:
