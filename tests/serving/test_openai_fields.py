@@ -126,7 +126,7 @@ def test_the_tokenwise_chain_takes_both_steps_and_counts_per_choice(client, smal
     ({"frequency_penalty": -3}, "frequency_penalty",
      "frequency_penalty=-3.0: allowed a number in [-2, 2]"),
     ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty",
-     "repetition_penalty=0.0: allowed a number in (0, inf)"),
+     "repetition_penalty=0.0: allowed a number in [1e-06, 1e+06]"),
     ({"logit_bias": {"5": 101}}, "logit_bias", "bias[5]=101.0: allowed a number in [-100, 100]"),
     ({"logit_bias": {"1024": 1}}, "logit_bias",
      "token id 1024 is not in the vocabulary of model 'tw-small': allowed ids 0 to 1023"),

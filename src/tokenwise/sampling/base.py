@@ -113,6 +113,21 @@ def settle_param(name: str, value: object, check: Any) -> float | list[float]:
     return [check(f"{name}[{i}]", v) for i, v in enumerate(value)]
 
 
+#: the largest float32: a checked value past it (``temperature=1e300``) is held as this
+#: (``torch.full`` refuses such a value; the sampler's limit behaviour is the same)
+F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def as_f32(value: float) -> float:
+    """``value`` clamped to float32's finite range.
+
+    Example:
+        >>> as_f32(1e300) == F32_MAX, as_f32(0.5)
+        (True, 0.5)
+    """
+    return max(-F32_MAX, min(F32_MAX, value))
+
+
 def row_param(name: str, value: float | Tensor, batch: int, device: torch.device,
               check: Any) -> Tensor:
     """A parameter as a ``(B, 1)`` float32 column: one value for all rows or one per row.
@@ -130,11 +145,12 @@ def row_param(name: str, value: float | Tensor, batch: int, device: torch.device
         [0.5, 0.25]
     """
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return torch.full((batch, 1), check(name, value), dtype=torch.float32, device=device)
+        return torch.full((batch, 1), as_f32(check(name, value)), dtype=torch.float32,
+                          device=device)
     values = value.tolist() if isinstance(value, Tensor) else list(value)  # type: ignore[arg-type]
     if len(values) != batch:
         raise TokenwiseError(f"{name} has {len(values)} values for a batch of {batch} rows")
-    checked = [check(f"{name}[{i}]", v) for i, v in enumerate(values)]
+    checked = [as_f32(check(f"{name}[{i}]", v)) for i, v in enumerate(values)]
     return torch.tensor(checked, dtype=torch.float32, device=device)[:, None]
 
 

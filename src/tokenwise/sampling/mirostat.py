@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from tokenwise.errors import TokenwiseError
-from tokenwise.sampling.base import Sampler, apply_drop, check_float, check_logits
+from tokenwise.sampling.base import Sampler, apply_drop, as_f32, check_float, check_logits
 
 _LN2 = math.log(2.0)
 
@@ -58,7 +58,7 @@ class MirostatV2(Sampler):
         logits = check_logits(logits)
         batch = logits.shape[0]
         if self.mu is None or self.mu.shape[0] != batch:
-            self.mu = torch.full((batch,), 2 * self.tau, device=logits.device)
+            self.mu = torch.full((batch,), as_f32(2 * self.tau), device=logits.device)
         logp = logits.float().log_softmax(-1)  # (B, V)
         surprise = -logp / _LN2  # bits
         drop = surprise > self.mu[:, None]
@@ -77,5 +77,6 @@ class MirostatV2(Sampler):
             raise TokenwiseError(f"{chosen.shape[0]} chosen tokens for a batch of "
                                  f"{self.mu.shape[0]} rows")
         s = -self._kept_logp.gather(-1, chosen[:, None])[:, 0] / _LN2  # (B,) bits
-        s = torch.nan_to_num(s, posinf=2 * self.tau)  # a token outside the kept set
+        # a token outside the kept set
+        s = torch.nan_to_num(s, posinf=as_f32(2 * self.tau))
         self.mu = self.mu - self.eta * (s - self.tau)

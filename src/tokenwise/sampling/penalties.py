@@ -18,6 +18,12 @@ def _check_additive(name: str, value: object) -> float:
     return check_float(name, value, -PENALTY_LIMIT, PENALTY_LIMIT, low_open=False)
 
 
+#: the repetition penalty's range: any logit of a real model stays finite when divided or
+#: multiplied by a value in it.
+MIN_REPETITION_PENALTY = 1e-6
+MAX_REPETITION_PENALTY = 1e6
+
+
 class Penalties(Sampler):
     """OpenAI's presence and frequency penalties and vLLM's repetition penalty, in vLLM's
     order (repetition first, then frequency, then presence).
@@ -43,7 +49,8 @@ class Penalties(Sampler):
             (0 = off).
         frequency_penalty: subtracted per earlier occurrence, in [-2, 2] (0 = off).
         repetition_penalty: divisor of seen tokens' positive logits and multiplier of their
-            negative ones, > 0 (1 = off).
+            negative ones, in [1e-6, 1e6] (1 = off; values farther from 1 would overflow
+            float32 logits).
 
     Example:
         >>> p = Penalties(presence_penalty=0.5, frequency_penalty=0.25)
@@ -62,8 +69,11 @@ class Penalties(Sampler):
                  repetition_penalty: float = 1.0) -> None:
         self.presence_penalty = _check_additive("presence_penalty", presence_penalty)
         self.frequency_penalty = _check_additive("frequency_penalty", frequency_penalty)
-        self.repetition_penalty = check_float("repetition_penalty", repetition_penalty, 0.0,
-                                              float("inf"), high_open=True)
+        # Bounded so that dividing or multiplying any float32 logit stays finite (a penalty
+        # of 1e-300 would turn logits into inf and the distribution into NaN).
+        self.repetition_penalty = check_float("repetition_penalty", repetition_penalty,
+                                              MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY,
+                                              low_open=False)
         self.reset()
 
     def params(self) -> dict:

@@ -51,7 +51,17 @@ class Temperature(Sampler):
         t = row_param("temperature", self.temperature, logits.shape[0], logits.device,
                       _check_temperature)  # (B, 1)
         greedy = t == 0  # (B, 1)
-        scaled = (logits.float() / torch.where(greedy, 1.0, t)).to(logits.dtype)  # (B, V)
+        x, divisor = logits.float(), torch.where(greedy, 1.0, t)
+        scaled = x / divisor  # (B, V)
+        # Past float32's range (T near 0, or huge) the quotient overflows to +inf, or a masked
+        # -inf over an infinite T is NaN: such rows are shifted by their max first (the
+        # softmax is the same), so every value is <= 0, and masked entries stay -inf.
+        broken = (torch.isnan(scaled) | torch.isposinf(scaled)).any(-1, keepdim=True)
+        if bool(broken.any()):
+            shifted = (x - x.amax(-1, keepdim=True)) / divisor
+            shifted = torch.where(torch.isneginf(x), x, shifted)
+            scaled = torch.where(broken, shifted, scaled)
+        scaled = scaled.to(logits.dtype)
         if bool(greedy.any()):
             best = logits.float().argmax(-1, keepdim=True)  # (B, 1)
             only_best = torch.full_like(logits, float("-inf")).scatter(
