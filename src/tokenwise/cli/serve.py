@@ -123,6 +123,14 @@ def parse_compress_models(pairs: tuple[str, ...]) -> dict[str, str]:
                    "and read the answers, repeatable (also an allowed origin). '*': any.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=120.0,
               show_default=True, help="Seconds before an unfinished request is stopped (504).")
+@click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Most completion requests held at once (waiting or generating); one "
+                   "more gets 429 with Retry-After.")
+@click.option("--drain-timeout", "drain_timeout_s", type=click.FloatRange(min=0),
+              default=30.0, show_default=True,
+              help="On SIGTERM: seconds in-flight requests get to finish while new ones get "
+                   "503; then the rest end with 503 and the server exits 0. A second "
+                   "SIGTERM stops at once.")
 @click.option("--compress-model", "compress_models", multiple=True, metavar="METHOD=DIR",
               help="The model a compression method reads with, repeatable "
                    "(e.g. token_classifier=DIR); other methods use their default.")
@@ -158,7 +166,8 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
                   max_choices: int, max_request_bytes: int, header_timeout_s: float,
                   body_timeout_s: float, allowed_hosts: tuple[str, ...],
                   allowed_origins: tuple[str, ...], cors_origins: tuple[str, ...],
-                  timeout_s: float, compress_models: tuple[str, ...], device: str,
+                  timeout_s: float, max_queue: int, drain_timeout_s: float,
+                  compress_models: tuple[str, ...], device: str,
                   no_metrics: bool, log_level: str, engine: str, **vllm: Any) -> None:
     """Serve models over an OpenAI-compatible HTTP API, with a playground at /.
 
@@ -192,7 +201,8 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
             batch_window_ms=batch_window_ms, max_batch_rows=max_batch_rows,
             max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens,
             max_choices=max_choices, max_request_bytes=max_request_bytes,
-            request_timeout_s=timeout_s, header_timeout_s=header_timeout_s,
+            request_timeout_s=timeout_s, max_queue=max_queue,
+            drain_timeout_s=drain_timeout_s, header_timeout_s=header_timeout_s,
             body_timeout_s=body_timeout_s, allowed_hosts=allowed_hosts,
             allowed_origins=allowed_origins, cors_origins=cors_origins,
             compress_models=parse_compress_models(compress_models), device=device,

@@ -1,12 +1,15 @@
 """`create_app`: the FastAPI application (API, playground page, guards, error shapes).
 
-Routes: ``GET /`` (the playground), ``/static/*`` (its assets), ``GET /health``,
-``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
-``POST /v1/completions``, ``POST /tokenize`` and ``POST /detokenize`` (vLLM's shapes),
-``GET /tokenwise/options`` (what the playground offers), ``GET /tokenwise/stats`` (engine
-counters) and ``GET /metrics`` (Prometheus' text format, :mod:`tokenwise.serving.metrics`;
-not served with ``ServerConfig(metrics=False)``). The interactive API docs are off: they
-load scripts from a CDN, and this server serves nothing it does not ship.
+Routes: ``GET /`` (the playground), ``/static/*`` (its assets), ``GET /health`` (503
+``{"status": "draining"}`` once a shutdown drain began), ``GET /v1/models``,
+``GET /v1/models/{id}``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
+``POST /tokenize`` and ``POST /detokenize`` (vLLM's shapes), ``GET /tokenwise/options``
+(what the playground offers), ``GET /tokenwise/stats`` (engine counters, and the
+admission's: requests held, ``max_queue``, refusals, see
+:mod:`tokenwise.serving.admission`) and ``GET /metrics`` (Prometheus' text format,
+:mod:`tokenwise.serving.metrics`; not served with ``ServerConfig(metrics=False)``). The
+interactive API docs are off: they load scripts from a CDN, and this server serves nothing
+it does not ship.
 
 The engine is the embedded batcher unless another one is given (``engine=``, e.g.
 :func:`tokenwise.vllm.server.VLLMBackend`); it is started and stopped with the app.
@@ -36,6 +39,7 @@ from starlette.requests import Request
 from tokenwise.errors import TokenwiseError
 from tokenwise.models import Codec, LanguageModel
 from tokenwise.serving import tokenization
+from tokenwise.serving.admission import Admission
 from tokenwise.serving.batcher import Batcher
 from tokenwise.serving.config import ServerConfig, load_models
 from tokenwise.serving.errors import APIError
@@ -45,9 +49,15 @@ from tokenwise.serving.metrics import (
     ServingMetrics,
     prometheus_available,
 )
+from tokenwise.serving.openapi import document
 from tokenwise.serving.planning import pick_model
 from tokenwise.serving.responses import model_card, models_list
-from tokenwise.serving.routes import CompletionService, ServingBackend, register
+from tokenwise.serving.routes import (
+    CompletionService,
+    ServingBackend,
+    internal_error,
+    register,
+)
 from tokenwise.serving.security import GuardMiddleware
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -138,9 +148,10 @@ def create_app(config: ServerConfig | None = None,
         raise TypeError("create_app(engine=...) needs the models that engine serves")
     models = dict(models)
     load_compressors(config.compress_models)
-    metrics = _metrics(config, models, engine)
+    admission = Admission(config.max_queue)
+    metrics = _metrics(config, models, engine, admission)
     service = CompletionService(config, models, engine if metrics is None
-                                else MeasuredBackend(engine, metrics))
+                                else MeasuredBackend(engine, metrics), admission)
     started = int(time.time())
 
     @contextlib.asynccontextmanager
@@ -154,6 +165,7 @@ def create_app(config: ServerConfig | None = None,
     app = FastAPI(title="tokenwise", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
     app.state.config, app.state.models, app.state.engine = config, models, engine
+    app.state.admission = admission  # the server's drain (SIGTERM) goes through it
     app.state.metrics = metrics  # None when off
     app.add_middleware(GuardMiddleware, api_key=config.resolved_api_key(),
                        max_body_bytes=config.max_request_bytes,
@@ -166,23 +178,29 @@ def create_app(config: ServerConfig | None = None,
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        # a refusal's Retry-After (429) or Connection: close (503 while draining)
+        return JSONResponse(exc.body(), status_code=exc.status,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = APIError(exc.status_code, str(exc.detail), code="not_found"
                          if exc.status_code == 404 else None)
-        return JSONResponse(error.body(), status_code=exc.status_code)
+        # Starlette's own headers (a 405's Allow) are part of the answer
+        return JSONResponse(error.body(), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def server_error(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        error = APIError(500, f"internal error ({type(exc).__name__}); see the server log")
-        return JSONResponse(error.body(), status_code=500)
+        return JSONResponse(internal_error().body(), status_code=500)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> Response:
+        if admission.draining:  # a load balancer stops sending requests here
+            return JSONResponse({"status": "draining"}, status_code=503,
+                                headers={"Connection": "close"})
+        return JSONResponse({"status": "ok"})
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -198,7 +216,7 @@ def create_app(config: ServerConfig | None = None,
 
     @app.get("/tokenwise/stats")
     async def stats() -> dict[str, Any]:
-        return engine.report()
+        return {**engine.report(), **admission.report()}
 
     if config.metrics:
         @app.get("/metrics")
@@ -213,6 +231,7 @@ def create_app(config: ServerConfig | None = None,
 
     register(app, service)
     tokenization.register(app, models)
+    document(app)  # GET /openapi.json: every route's requests, replies and errors
 
     @app.get("/")
     async def playground() -> FileResponse:
@@ -224,8 +243,8 @@ def create_app(config: ServerConfig | None = None,
     return app
 
 
-def _metrics(config: ServerConfig, models: Mapping[str, Codec],
-             engine: ServingBackend) -> ServingMetrics | None:
+def _metrics(config: ServerConfig, models: Mapping[str, Codec], engine: ServingBackend,
+             admission: Admission) -> ServingMetrics | None:
     """The app's metrics (None when off, or when ``prometheus-client`` is missing: then the
     server starts with a warning and ``/metrics`` answers 503 saying what to install)."""
     if not config.metrics:
@@ -237,4 +256,5 @@ def _metrics(config: ServerConfig, models: Mapping[str, Codec],
         return None
     metrics = ServingMetrics(models)
     metrics.watch_engine(engine)
+    metrics.watch_admission(admission.report)
     return metrics

@@ -12,7 +12,9 @@ Requests whose client left before their batch began are not decoded at all.
 
 No request can fail another: when a batch raises, its rows still open are decoded again one
 by one, each replaying the tokens it already delivered (checked, not sent twice), so only a
-row that fails alone gets an error.
+row that fails alone gets an error. A failure outside the batch runner (scheduling, the
+worker's own bookkeeping) ends the open rows of the requests it touched with an error, and
+the worker goes on with the next batch.
 
 Other model work (compression, uncertainty sampling, entropy-adaptive decoding) goes
 through :meth:`Batcher.call`, on the same thread, between batches.
@@ -74,6 +76,7 @@ class Job:
         spec: the sampler spec.
         rows: the sequences.
         cancelled: set when the client leaves.
+        finished: per row, whether its finish event went out.
     """
 
     model: str
@@ -82,8 +85,23 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        for row in self.rows:
+        self.finished = [False] * len(self.rows)
+        for i, row in enumerate(self.rows):
             row.cancelled = self.cancelled.is_set
+            row.sink = self._tracked(i, row.sink)
+
+    def _tracked(self, i: int, sink: Callable[[Any], None]) -> Callable[[Any], None]:
+        def tracked(event: Any) -> None:
+            if isinstance(event, FinishEvent):
+                self.finished[i] = True
+            sink(event)
+        return tracked
+
+    def fail(self) -> None:
+        """End every row still open with an "error" finish (its request gets a 500)."""
+        for i, row in enumerate(self.rows):
+            if not self.finished[i]:
+                row.sink(FinishEvent("error", "", "", 0))
 
 
 @dataclass
@@ -108,6 +126,8 @@ class BatcherStats:
     failed_batches: int = 0
     failed_rows: int = 0
     calls: int = 0
+    #: calls whose caller left while they waited (not run)
+    calls_skipped: int = 0
     engine_busy_s: float = 0.0
     #: rows per batch -> batches of that size (the distribution /metrics reports)
     batch_sizes: dict[int, int] = field(default_factory=dict)
@@ -267,9 +287,10 @@ class Batcher:
             if len(rows) + len(other.rows) > self.max_rows \
                     or not self._fits(lm, rows + other.rows):
                 continue
-            self._pending.remove(other)
             jobs.append(other)
             rows += other.rows
+        for other in jobs[1:]:  # taken only once chosen: a failure above loses no job
+            self._pending.remove(other)
         return jobs
 
     def _decode(self, jobs: list[Job]) -> BatchStats:
@@ -321,25 +342,32 @@ class Batcher:
             if isinstance(item, _Call):
                 await self._run_call(loop, item)
                 continue
-            jobs = [j for j in self._take_batch(item) if not self._skip_if_gone(j)]
-            if not jobs:
-                continue
-            start = time.perf_counter()
+            jobs = [item]
             try:
-                done = await loop.run_in_executor(self._executor, self._decode, jobs)
-            except Exception:  # the rows already got an "error" finish; keep serving
-                log.exception("a batch of %d request(s) failed", len(jobs))
-                continue
-            finally:
-                self.stats.engine_busy_s += time.perf_counter() - start
-            self.stats.batches += 1
-            self.stats.batch_sizes[done.rows] = self.stats.batch_sizes.get(done.rows, 0) + 1
-            self.stats.rows += done.rows
-            self.stats.tokens += done.tokens
-            self.stats.steps += done.steps
-            self.stats.cancelled += done.cancelled
-            self.stats.timed_out += done.timed_out
-            self.stats.largest_batch = max(self.stats.largest_batch, done.rows)
+                jobs = [j for j in self._take_batch(item) if not self._skip_if_gone(j)]
+                if jobs:
+                    await self._run_batch(loop, jobs)
+            except Exception:  # the worker keeps serving; only these jobs fail
+                log.exception("scheduling or running a batch of %d request(s) failed; "
+                              "ending their open rows with an error", len(jobs))
+                self.stats.failed_batches += 1
+                for job in jobs:
+                    job.fail()
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
+        start = time.perf_counter()
+        try:
+            done = await loop.run_in_executor(self._executor, self._decode, jobs)
+        finally:
+            self.stats.engine_busy_s += time.perf_counter() - start
+        self.stats.batches += 1
+        self.stats.batch_sizes[done.rows] = self.stats.batch_sizes.get(done.rows, 0) + 1
+        self.stats.rows += done.rows
+        self.stats.tokens += done.tokens
+        self.stats.steps += done.steps
+        self.stats.cancelled += done.cancelled
+        self.stats.timed_out += done.timed_out
+        self.stats.largest_batch = max(self.stats.largest_batch, done.rows)
 
     def _skip_if_gone(self, job: Job) -> bool:
         if not job.cancelled.is_set():
@@ -350,6 +378,9 @@ class Batcher:
         return True
 
     async def _run_call(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
+        if call.future.cancelled():  # its caller left (client gone, deadline): nobody waits
+            self.stats.calls_skipped += 1
+            return
         self.stats.calls += 1
         start = time.perf_counter()
         try:

@@ -45,7 +45,15 @@ class ServerConfig:
         max_choices: most choices one request may produce in all (prompts x ``n``).
         max_uncertainty_n: most answers an uncertainty score may sample.
         max_request_bytes: largest request body.
-        request_timeout_s: a request still unfinished after this is stopped (504).
+        request_timeout_s: a request still unfinished after this is stopped (504); a
+            request's own ``timeout`` field may set a shorter one.
+        max_queue: most completion requests held at once, waiting for the engine or
+            generating (an integer >= 1; there is no unbounded setting: a server that
+            holds everything answers nobody in time once it falls behind). One more is
+            refused with 429 and ``Retry-After``.
+        drain_timeout_s: on SIGTERM, seconds the requests in flight get to finish while
+            new ones get 503; those still running then end with a 503, and the server
+            exits (status 0).
         compress_models: compression method -> the model it reads with (a directory or a
             built-in name); methods not listed use their own default.
         device: where models are loaded (``"cpu"``, ``"cuda"``, ``"auto"``).
@@ -77,6 +85,8 @@ class ServerConfig:
     max_uncertainty_n: int = 20
     max_request_bytes: int = 1_000_000
     request_timeout_s: float = 120.0
+    max_queue: int = 256
+    drain_timeout_s: float = 30.0
     compress_models: dict[str, str] = field(default_factory=dict)
     device: str = "cpu"
     allowed_hosts: tuple[str, ...] = ()
@@ -88,17 +98,18 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_batch_rows", "max_tokens_limit", "default_max_tokens", "max_n",
-                     "max_choices", "max_uncertainty_n", "max_request_bytes"):
+                     "max_choices", "max_uncertainty_n", "max_request_bytes", "max_queue"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TokenwiseError(f"{name}={value!r}: allowed an integer >= 1")
         if self.default_max_tokens > self.max_tokens_limit:
             raise TokenwiseError(f"default_max_tokens={self.default_max_tokens} exceeds "
                                  f"max_tokens_limit={self.max_tokens_limit}")
-        for name in ("batch_window_ms", "request_timeout_s"):
+        for name in ("batch_window_ms", "request_timeout_s", "drain_timeout_s"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise TokenwiseError(f"{name}={value!r}: allowed a number >= 0")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value < float("inf"):
+                raise TokenwiseError(f"{name}={value!r}: allowed a finite number >= 0")
         for name in ("header_timeout_s", "body_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) \

@@ -15,6 +15,10 @@ apps in one process, as in the tests, count apart):
   The embedded engine hands an unstreamed request's tokens over with its finish events
   (one wake-up per sequence), so only streamed requests have a first-token time worth the
   name.
+* :class:`AdmissionCollector` reads the server's admission at each scrape: the completion
+  requests held (``tokenwise_requests_held``) against ``max_queue``, the refusals by
+  reason (``tokenwise_requests_rejected_total``: ``queue_full`` 429s, ``draining`` 503s),
+  the requests cut at the end of a shutdown's grace period, and whether it drains.
 * :class:`EngineCollector` turns the backend's :meth:`report` (``/tokenwise/stats``) into
   metrics when scraped: batches, rows and their largest, decode steps, busy time, and,
   where the backend reports them, the queue depth (``queue_depth``), the batch sizes
@@ -75,6 +79,8 @@ ENGINE_COUNTERS = {
     "failed_rows": ("tokenwise_engine_failed_rows", "Sequences that failed decoded alone."),
     "calls": ("tokenwise_engine_calls", "Other model work run by the engine (compression, "
               "uncertainty, entropy-adaptive decoding)."),
+    "calls_skipped": ("tokenwise_engine_skipped_calls", "Other model work dropped before it "
+                      "began (the client left or its deadline passed)."),
     "engine_busy_s": ("tokenwise_engine_busy_seconds", "Seconds the engine's worker spent "
                       "on batches and calls."),
 }
@@ -178,6 +184,55 @@ class EngineCollector:
             yield batch_histogram(sizes, HistogramMetricFamily)
 
 
+class AdmissionCollector:
+    """A collector of the server's admission (:mod:`tokenwise.serving.admission`) at each
+    scrape: the completion requests held, the limit, the refusals by reason and whether
+    the server drains.
+
+    Args:
+        report: returns the admission's counters (``Admission.report``).
+
+    Example:
+        >>> from tokenwise.serving.admission import Admission
+        >>> names = sorted(m.name for m in AdmissionCollector(Admission(4).report).collect())
+        >>> names  # doctest: +NORMALIZE_WHITESPACE
+        ['tokenwise_draining', 'tokenwise_requests_cut_at_shutdown', 'tokenwise_requests_held',
+         'tokenwise_requests_max_queue', 'tokenwise_requests_rejected']
+    """
+
+    def __init__(self, report: Callable[[], dict[str, Any]]) -> None:
+        self.report = report
+
+    def describe(self) -> list[Any]:
+        """Nothing up front (as :class:`EngineCollector`)."""
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        """The metrics of one scrape."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self.report()
+        yield GaugeMetricFamily("tokenwise_requests_held", "Completion requests the server "
+                                "holds (waiting for the engine or generating).",
+                                value=stats["requests_held"])
+        yield GaugeMetricFamily("tokenwise_requests_max_queue", "Most completion requests "
+                                "held at once (max_queue); one more is refused with 429.",
+                                value=stats["max_queue"])
+        rejected = CounterMetricFamily("tokenwise_requests_rejected", "Completion requests "
+                                       "refused before any work: queue_full (429, the "
+                                       "server held max_queue requests) or draining (503, "
+                                       "shutting down).", labels=["reason"])
+        rejected.add_metric(["queue_full"], stats["rejected_queue_full"])
+        rejected.add_metric(["draining"], stats["rejected_draining"])
+        yield rejected
+        yield CounterMetricFamily("tokenwise_requests_cut_at_shutdown", "Completion requests "
+                                  "still running when the shutdown grace period ended (503).",
+                                  value=stats["cut_at_shutdown"])
+        yield GaugeMetricFamily("tokenwise_draining", "1 while the server drains for "
+                                "shutdown (new completion requests get 503), else 0.",
+                                value=float(stats["draining"]))
+
+
 def batch_histogram(sizes: dict[Any, Any], family: Any) -> Any:
     """The ``tokenwise_engine_batch_size_rows`` histogram from exact counts.
 
@@ -271,6 +326,14 @@ class ServingMetrics:
     def watch_engine(self, backend: Any) -> None:
         """Export ``backend.report()`` at each scrape (:class:`EngineCollector`)."""
         self.registry.register(EngineCollector(backend.report))
+
+    def watch_admission(self, report: Callable[[], dict[str, Any]]) -> None:
+        """Export the admission's counters at each scrape (:class:`AdmissionCollector`).
+
+        Args:
+            report: :meth:`tokenwise.serving.admission.Admission.report`.
+        """
+        self.registry.register(AdmissionCollector(report))
 
     def render(self) -> tuple[bytes, str]:
         """``(body, content type)`` of a scrape in Prometheus' text format."""

@@ -9,8 +9,16 @@ A request is cancelled when its client disconnects: a streamed one when the serv
 fails (Starlette cancels the stream), a plain one by a task that waits for the client's
 ``http.disconnect``. Cancelling closes the backend's event stream for the request, and the
 backend drops the request's work (the embedded one before its batch starts or at the next
-decode step; vLLM aborts the request). A request unfinished after the server's timeout is
-stopped the same way and answered with 504.
+decode step; vLLM aborts the request). A request unfinished after its deadline is stopped
+the same way and answered with 504 (streamed: a final error event): the deadline is the
+server's ``request_timeout_s`` from the request's arrival, or the request's own ``timeout``
+when that is sooner.
+
+The server holds at most ``max_queue`` completion requests (waiting or generating); one more
+gets 429 with ``Retry-After``, and while the server drains for shutdown new ones get 503
+(:mod:`tokenwise.serving.admission`). A failure while a request generates is a 500 that
+names nothing of the server's insides (the server log has the traceback); the batcher keeps
+it to that request.
 
 ``echo`` on ``/v1/completions`` puts each choice's prompt (and, with ``logprobs``, its
 tokens' logprobs, top alternatives and entropies) in front of the choice's text and logprobs;
@@ -32,6 +40,7 @@ A reply held to a constraint (``response_format`` JSON, a forced call) reports e
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
@@ -41,6 +50,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tokenwise.compression.counting import TokenCounter
 from tokenwise.models import Codec
+from tokenwise.serving.admission import Admission, Slot, cut_error
 from tokenwise.serving.batcher import Event
 from tokenwise.serving.config import ServerConfig
 from tokenwise.serving.constraints import warm_up
@@ -73,6 +83,8 @@ from tokenwise.serving.responses import (
 )
 from tokenwise.serving.schemas import ChatCompletionRequest, CompletionRequest
 from tokenwise.serving.tools import parse_tool_calls, stream_safe_prefix
+
+log = logging.getLogger("tokenwise.serving")
 
 
 class ServingBackend(Protocol):
@@ -115,35 +127,49 @@ class CompletionService:
         models: the served models; the routes only render, encode and count with them (any
             :class:`~tokenwise.models.Codec`): the backend generates.
         backend: the backend that generates.
+        admission: the places for held requests (default: ``config.max_queue`` of them).
     """
 
     def __init__(self, config: ServerConfig, models: Mapping[str, Codec],
-                 backend: ServingBackend) -> None:
+                 backend: ServingBackend, admission: Admission | None = None) -> None:
         self.config = config
         self.models = models
         self.backend = backend
+        self.admission = admission or Admission(config.max_queue)
 
     async def handle(self, request: Request, kind: str) -> Response:
         """Answer one request (``kind``: ``"chat"`` or ``"completion"``)."""
-        schema = ChatCompletionRequest if kind == "chat" else CompletionRequest
-        req = parse_body(await request.body(), schema)
-        plan = await self._plan(req, kind)
-        deadline = time.monotonic() + self.config.request_timeout_s
-        if plan.stream:
-            return StreamingResponse(self._stream(plan, deadline), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache",
-                                              "X-Accel-Buffering": "no"})
-        work = asyncio.ensure_future(self._complete(plan, deadline))
-        gone = asyncio.ensure_future(_client_gone(request))
+        body = await request.body()  # read first: a client slow to send holds no place
+        slot = self.admission.admit(self.config.request_timeout_s)
         try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            schema = ChatCompletionRequest if kind == "chat" else CompletionRequest
+            req = parse_body(body, schema)
+            if req.timeout is not None and req.timeout < self.config.request_timeout_s:
+                slot.deadline, slot.own_timeout = slot.arrived + req.timeout, True
+            plan = await self._plan(req, kind)
+            slot.planned = True
+            if plan.stream:
+                response = _HeldStream(self._stream(plan, slot),
+                                       lambda s=slot: self.admission.release(s),
+                                       media_type="text/event-stream",
+                                       headers={"Cache-Control": "no-cache",
+                                                "X-Accel-Buffering": "no"})
+                slot = None  # released when the stream ends
+                return response
+            work = asyncio.ensure_future(self._complete(plan, slot))
+            gone = asyncio.ensure_future(_client_gone(request))
+            try:
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not work.done():
+                    work.cancel()  # the client left (or the server stops): stop its decoding
+                gone.cancel()
+            if not work.done() or work.cancelled():
+                return Response(status_code=499)
+            return JSONResponse(work.result())
         finally:
-            if not work.done():
-                work.cancel()  # the client left (or the server stops): stop its decoding
-            gone.cancel()
-        if not work.done() or work.cancelled():
-            return Response(status_code=499)
-        return JSONResponse(work.result())
+            if slot is not None:
+                self.admission.release(slot)
 
     async def _plan(self, req: ChatCompletionRequest | CompletionRequest, kind: str) -> Plan:
         plan = await self._plan_checked(req, kind)
@@ -184,27 +210,45 @@ class CompletionService:
                                                                       fixed))
         return apply_compression(plan, req, self.config, compressed)
 
-    async def _events(self, plan: Plan, deadline: float) -> AsyncIterator[Event]:
-        """Every choice's token and finish events, in the order they happen."""
-        events = self.backend.events(plan, deadline)
+    async def _events(self, plan: Plan, slot: Slot) -> AsyncIterator[Event]:
+        """Every choice's token and finish events, in the order they happen; a 504 past the
+        request's deadline, a 503 once the drain cuts it, a 500 for a choice that failed."""
+        events = self.backend.events(plan, slot.deadline)
         open_choices = plan.choices
+        loop = asyncio.get_running_loop()
+        when = loop.time() + (slot.deadline - time.monotonic())
         try:
             while open_choices:
+                if slot.cut:
+                    raise cut_error()
                 try:
-                    c, event = await asyncio.wait_for(anext(events),
-                                                      max(deadline - time.monotonic(), 0.0))
+                    c, event = await _next_event(events, when, slot)
                 except asyncio.TimeoutError:
-                    raise _timeout(self.config.request_timeout_s) from None
+                    raise cut_error() if slot.cut else self._timeout(slot) from None
                 if isinstance(event, FinishEvent):
                     open_choices -= 1
                     if event.reason == "timeout":
-                        raise _timeout(self.config.request_timeout_s)
-                    if event.reason in ("error", "cancelled"):
-                        raise APIError(500, f"generation ended early ({event.reason}); see the "
-                                            "server log")
+                        raise cut_error() if slot.cut else self._timeout(slot)
+                    if event.reason == "error":
+                        raise APIError(500, "the server failed while generating this "
+                                            "request's reply; see the server log",
+                                       code="generation_failed")
+                    if event.reason == "cancelled":
+                        raise APIError(500, "the server stopped generating this request's "
+                                            "reply early; see the server log",
+                                       code="generation_failed")
                 yield c, event
         finally:
             await events.aclose()  # stops the request's work when it ends early
+
+    def _timeout(self, slot: Slot) -> APIError:
+        """The 504 of a request past its deadline, naming the limit that applied."""
+        if slot.own_timeout:
+            return APIError(504, f"the request did not finish within its timeout of "
+                                 f"{slot.deadline - slot.arrived:g} s", param="timeout",
+                            code="timeout")
+        return APIError(504, f"the request did not finish within the server's timeout of "
+                             f"{self.config.request_timeout_s:g} s", code="timeout")
 
     async def _uncertainty(self, plan: Plan) -> None:
         if plan.uncertainty is not None:
@@ -222,11 +266,11 @@ class CompletionService:
             info["large_share"] = large / len(written) if written else 0.0
         return info
 
-    async def _complete(self, plan: Plan, deadline: float) -> dict[str, Any]:
+    async def _complete(self, plan: Plan, slot: Slot) -> dict[str, Any]:
         tokens: list[list[WireToken]] = [[] for _ in range(plan.choices)]
         finished: dict[int, FinishEvent] = {}
         prompts: dict[int, PromptEvent] = {}
-        async for c, event in self._events(plan, deadline):
+        async for c, event in self._events(plan, slot):
             if isinstance(event, TokenEvent):
                 tokens[c].append(event.token)
             elif isinstance(event, PromptEvent):
@@ -258,7 +302,7 @@ class CompletionService:
                     sum(f.completion_tokens for f in finished.values()))
         return env.body(choices, use, self._finish_info(plan, tokens))
 
-    async def _stream(self, plan: Plan, deadline: float) -> AsyncIterator[bytes]:
+    async def _stream(self, plan: Plan, slot: Slot) -> AsyncIterator[bytes]:
         env = Envelope(plan.kind, plan.model, plan.include_usage)
         chat = plan.kind == "chat"
         tokens: list[list[WireToken]] = [[] for _ in range(plan.choices)]
@@ -272,7 +316,7 @@ class CompletionService:
             if chat:
                 yield sse(env.chunk([chat_delta(c, {"role": "assistant", "content": ""})
                                      for c in range(plan.choices)]))
-            async for c, event in self._events(plan, deadline):
+            async for c, event in self._events(plan, slot):
                 if isinstance(event, PromptEvent):
                     lp = prompt_logprobs(_scored(event), event.hidden) \
                         if plan.logprobs else None
@@ -324,6 +368,9 @@ class CompletionService:
                 yield sse(env.usage_chunk(usage(sum(plan.prompt_tokens), completion_tokens)))
         except APIError as exc:  # headers are sent: the error travels as an event
             yield sse(exc.body())
+        except Exception:  # the same, saying nothing of the failure but that it happened
+            log.exception("a streamed %s request failed", plan.kind)
+            yield sse(internal_error().body())
         yield DONE
 
 
@@ -371,9 +418,47 @@ def _scored(event: PromptEvent) -> list[WireToken]:
     return event.tokens
 
 
-def _timeout(seconds: float) -> APIError:
-    return APIError(504, f"the request did not finish within the server's timeout of "
-                         f"{seconds:g} s", code="timeout")
+async def _next_event(events: AsyncIterator[Event], when: float, slot: Slot) -> Event:
+    """The next event, or :class:`asyncio.TimeoutError` at loop time ``when``, or sooner when
+    the drain cuts the request while it waits (Python 3.11+: the wait's timeout is
+    rescheduled; on 3.10 a cut request notices at its next event or its deadline)."""
+    if not hasattr(asyncio, "timeout_at"):  # Python 3.10
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(anext(events), max(when - loop.time(), 0.0))
+    async with asyncio.timeout_at(when) as timeout:
+        slot.timeout = timeout
+        try:
+            return await anext(events)
+        finally:
+            slot.timeout = None
+
+
+def internal_error() -> APIError:
+    """The 500 of an unexpected failure: it names nothing of the server's insides (no
+    exception text, type or path); the server log has the traceback.
+
+    Example:
+        >>> internal_error().body()["error"]["message"]
+        'the server failed to answer this request; see the server log'
+    """
+    return APIError(500, "the server failed to answer this request; see the server log",
+                    code="internal_error")
+
+
+class _HeldStream(StreamingResponse):
+    """A streamed response that gives its request's place back when it ends, however it
+    ends (also when the client left before its first byte: its body never started)."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None],
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 async def _client_gone(request: Request) -> None:

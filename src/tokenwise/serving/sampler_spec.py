@@ -77,6 +77,11 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+#: the most digits a token id key may have (leading zeros aside): 10**18 ids is past any
+#: vocabulary, and below the 64-bit integers the samplers hold ids in
+_MAX_ID_DIGITS = 18
+
+
 def _token_ids(mapping: dict[str, Any], param: str) -> tuple[tuple[int, float], ...]:
     """A JSON object of token id -> number (``logit_bias``) as sorted ``(id, number)`` pairs."""
     pairs = []
@@ -88,6 +93,10 @@ def _token_ids(mapping: dict[str, Any], param: str) -> tuple[tuple[int, float], 
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise APIError(400, f"{param}[{key!r}]={value!r}: allowed a number in [-100, 100]",
                            param=param, code="invalid_value")
+        if len(key.lstrip("0")) > _MAX_ID_DIGITS:
+            raise APIError(400, f"{param}: key {key[:40]!r}{'...' if len(key) > 40 else ''} "
+                                "is not a token id of any model: allowed ids below the model's "
+                                "vocabulary size", param=param, code="invalid_value")
         pairs.append((int(key), value))
     return tuple(sorted(pairs))
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from tokenwise.serving.tools import Tool, ToolCall, ToolChoice
 
@@ -32,6 +32,27 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 #: numbers with a sane range; the engine checks them again with its own messages.
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+def _integral(value: Any) -> Any:
+    """A JSON number with a zero fraction (``3.0``) as the integer it is: JSON does not tell
+    ``3.0`` from ``3`` and JSON Schema's ``integer`` takes both (so schema-driven clients
+    send either). Anything else is left to the strict check: ``true``, ``"3"`` and ``3.5``
+    stay errors.
+
+    Example:
+        >>> _integral(3.0), _integral(3.5), _integral(True)
+        (3, 3.5, True)
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+_INTEGRAL = BeforeValidator(_integral)
+#: an integer field: ``3`` or ``3.0``, never ``3.5``, ``"3"`` or ``true`` (constrained ones
+#: put ``Field`` first and ``_INTEGRAL`` last, so the JSON schema shows the bounds)
+Int = Annotated[int, _INTEGRAL]
 
 
 class WireModel(BaseModel):
@@ -122,8 +143,8 @@ class EADOptions(WireModel):
     large: str
     up: Annotated[float, Field(gt=0.0)] = 1.0
     down: NonNegative | None = None
-    window: Annotated[int, Field(ge=1)] = 5
-    min_run: Annotated[int, Field(ge=1)] = 1
+    window: Annotated[int, Field(ge=1), _INTEGRAL] = 5
+    min_run: Annotated[int, Field(ge=1), _INTEGRAL] = 1
     judge: Literal["active", "small"] = "active"
 
 
@@ -136,7 +157,7 @@ class CompressOptions(WireModel):
 
     method: str
     rate: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    target_tokens: Annotated[int, Field(ge=1)] | None = None
+    target_tokens: Annotated[int, Field(ge=1), _INTEGRAL] | None = None
     threshold: float | None = None
     question: str | None = None
     force_tokens: list[str] = []
@@ -152,7 +173,7 @@ class UncertaintyOptions(WireModel):
     ``temperature`` and apply the estimator ``method`` (higher = less certain)."""
 
     method: str = "semantic_entropy"
-    n: Annotated[int, Field(ge=2)] = 5
+    n: Annotated[int, Field(ge=2), _INTEGRAL] = 5
     temperature: Annotated[float, Field(gt=0.0)] = 1.0
 
 
@@ -169,15 +190,15 @@ class SamplingFields(WireModel):
     """Sampling fields shared by both endpoints (OpenAI's, then vLLM/llama.cpp's)."""
 
     model: str
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    n: Annotated[int, Field(ge=1)] = 1
-    seed: Annotated[int, Field(ge=0)] | None = None
+    max_tokens: Annotated[int, Field(ge=1), _INTEGRAL] | None = None
+    n: Annotated[int, Field(ge=1), _INTEGRAL] = 1
+    seed: Annotated[int, Field(ge=0), _INTEGRAL] | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Probability | None = None
-    top_k: int | None = None
+    top_k: Int | None = None
     min_p: Probability | None = None
     typical_p: Probability | None = None
     top_h: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
@@ -190,6 +211,9 @@ class SamplingFields(WireModel):
     logit_bias: dict[str, float] | None = None
     #: OpenAI's end-user id, accepted so clients that always send it work; never stored.
     user: str | None = None
+    #: seconds this request may take before it is stopped and answered 504 (> 0 and finite;
+    #: None: the server's ``request_timeout_s``)
+    timeout: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
     tokenwise: TokenwiseOptions | None = None
 
     def stops(self) -> list[str]:
@@ -217,9 +241,9 @@ class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``."""
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1), _INTEGRAL] | None = None
     logprobs: bool = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20), _INTEGRAL] | None = None
     #: the functions the model may call (checked by :func:`tokenwise.serving.tools.check_tools`)
     tools: list[Tool] | None = None
     #: ``"none"``, ``"auto"`` (the default with tools), ``"required"`` or a named function;
@@ -244,11 +268,11 @@ class CompletionRequest(SamplingFields):
     """
 
     prompt: (str | Annotated[list[str], Field(min_length=1)]
-             | Annotated[list[int], Field(min_length=1)]
-             | Annotated[list[list[int]], Field(min_length=1)])
+             | Annotated[list[Int], Field(min_length=1)]
+             | Annotated[list[list[Int]], Field(min_length=1)])
     #: 0 only with ``echo`` (checked by planning, which names the rule)
-    max_tokens: Annotated[int, Field(ge=0)] | None = None
-    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    max_tokens: Annotated[int, Field(ge=0), _INTEGRAL] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=20), _INTEGRAL] | None = None
     echo: bool = False
     #: structured output, as on chat (vLLM takes it here too; OpenAI's legacy endpoint not)
     response_format: ResponseFormat | None = None
@@ -275,4 +299,4 @@ class DetokenizeRequest(WireModel):
     """``POST /detokenize`` (vLLM's shape): token ids to text."""
 
     model: str | None = None
-    tokens: list[int]
+    tokens: list[Int]

@@ -44,7 +44,8 @@ from tokenwise.serving.errors import APIError
 Scope = dict[str, Any]
 #: paths that need the API key: the OpenAI routes, ours, vLLM's tokenizer routes, and the
 #: Prometheus scrape (model names and usage; Prometheus sends the key as a bearer token).
-_PROTECTED = ("/v1/", "/tokenwise/", "/tokenize", "/detokenize", "/metrics")
+# /openapi.json lists the served models and limits, as /v1/models does
+_PROTECTED = ("/v1/", "/tokenwise/", "/tokenize", "/detokenize", "/metrics", "/openapi.json")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 #: names that always mean this machine.
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})

@@ -6,6 +6,16 @@ deadlines: uvicorn's own ``timeout_keep_alive`` only covers the quiet time betwe
 requests, so a client sending its headers or its body one byte at a time would otherwise
 hold a connection for as long as it likes.
 
+``SIGTERM`` drains the server (:class:`DrainingServer`): the completion requests in
+flight finish, up to ``drain_timeout_s``, while the server keeps listening and answers new
+completion requests and ``/health`` with 503 (a load balancer sees it leave, a client gets
+an answer it can act on, not a refused connection); then those still running end with a
+503, and the process exits with status 0. uvicorn's own handling of the signal would stop
+listening at once (new connections refused), cut responses still open after its 5-second
+graceful-shutdown timeout, and end the process by raising the signal again (status 143 in a
+shell). A second ``SIGTERM``, or ``SIGINT`` (Ctrl+C), is
+uvicorn's own: stop now.
+
 Example:
     >>> from tokenwise.serving.config import ServerConfig
     >>> with serve_in_thread(ServerConfig(models=("tw-small",), port=0)) as url:  # doctest: +SKIP
@@ -15,15 +25,20 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
+import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import h11
+import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -35,8 +50,12 @@ from tokenwise.serving.config import ServerConfig
 KEEP_ALIVE_S = 15
 #: the protocol's body deadline comes this much after the app's, which answers with a 408.
 BODY_GRACE_S = 1.0
+#: seconds uvicorn waits for open responses once it stops (after the drain, or at once on
+#: a second SIGTERM or on SIGINT) before it cancels them.
+GRACEFUL_SHUTDOWN_S = 5
 
 log = logging.getLogger("tokenwise.serving.security")
+drain_log = logging.getLogger("tokenwise.serving")
 
 
 class TimedH11Protocol(H11Protocol):
@@ -140,6 +159,54 @@ def logging_config(log_level: str) -> dict[str, Any]:
     return config
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, whose first ``SIGTERM`` drains before it exits (see the module
+    docstring); the drain goes through ``app.state.admission``
+    (:meth:`tokenwise.serving.admission.Admission.drain`).
+
+    Args:
+        config: uvicorn's config (its ``app`` is a tokenwise app).
+        drain_timeout_s: seconds the requests in flight get to finish.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self.drain_timeout_s = drain_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        admission = getattr(getattr(self.config.app, "state", None), "admission", None)
+        if sig != signal.SIGTERM or admission is None or self._loop is None \
+                or self.should_exit or self._drain is not None:
+            super().handle_exit(sig, frame)
+            return
+        # Not recorded as a captured signal: uvicorn would raise it again on exit.
+        self._loop.call_soon_threadsafe(self.start_drain)
+
+    def start_drain(self) -> None:
+        """Begin the drain (on the server's event loop); the server exits when it ends."""
+        if self._drain is None:
+            self._drain = asyncio.ensure_future(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        admission = self.config.app.state.admission
+        drain_log.warning("SIGTERM: draining; %d request(s) in flight get up to %g s to "
+                          "finish; new completion requests get 503", len(admission.held),
+                          self.drain_timeout_s)
+        try:
+            cut = await admission.drain(self.drain_timeout_s)
+            if cut:
+                drain_log.warning("drain: %d request(s) still running after %g s were ended "
+                                  "with 503", cut, self.drain_timeout_s)
+        finally:
+            self.should_exit = True
+
+
 def uvicorn_server(app: Any, config: ServerConfig, log_level: str,
                    log_config: dict[str, Any] | None = LOGGING_CONFIG) -> Any:
     """A ``uvicorn.Server`` for ``app`` with the server's settings: read deadlines, the
@@ -157,13 +224,12 @@ def uvicorn_server(app: Any, config: ServerConfig, log_level: str,
         >>> server.config.http.header_timeout_s
         3
     """
-    import uvicorn
-
-    return uvicorn.Server(uvicorn.Config(
+    return DrainingServer(uvicorn.Config(
         app, host=config.host, port=config.port, log_level=log_level, log_config=log_config,
         http=timed_protocol(config.header_timeout_s, config.body_timeout_s),
-        access_log=False, timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=5,
-        limit_concurrency=1024, server_header=False))
+        access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, limit_concurrency=1024,
+        server_header=False), config.drain_timeout_s)
 
 
 def run(config: ServerConfig, log_level: str = "info") -> None:
