@@ -480,7 +480,31 @@ def _generate_answers(lm: LanguageModel, prompt: str, n: int, temperature: float
     else:
         gens = [generate(lm, prompt, sampler, max_new_tokens=max_new_tokens, seed=s,
                          stop=list(stop)) for s in seeds]
-    return [Answer.from_generation(g) for g in gens]  # type: ignore[union-attr]
+    answers = [Answer.from_generation(g) for g in gens]  # type: ignore[union-attr]
+    if any(not g.tokens for g in gens):  # type: ignore[union-attr]
+        # An answer that is its end token alone has no token records; it gets the log-
+        # probability of ending at once (every end token together) and that step's entropy,
+        # as Answer asks of an empty answer, instead of making the whole set unscorable.
+        end_lp, end_ent = _ended_at_once(lm, prompt)
+        answers = [a if g.tokens else Answer(a.text, token_logprobs=(end_lp,),  # type: ignore[union-attr]
+                                             token_entropies=(end_ent,),
+                                             finish_reason=a.finish_reason)
+                   for a, g in zip(answers, gens, strict=True)]
+    return answers
+
+
+def _ended_at_once(lm: LanguageModel, prompt: str) -> tuple[float, float]:
+    """``(log p(an end token first | prompt), entropy of that first distribution)``, both in
+    nats, from the model's own distribution (as the token records are)."""
+    import torch
+
+    from tokenwise.signals import entropy
+
+    ids = lm.encode(prompt, add_bos=True)
+    logits = lm.forward(torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
+    ends = sorted(lm.end_token_ids)
+    end_lp = float(torch.logsumexp(logits.log_softmax(-1)[ends], 0))
+    return min(end_lp, 0.0), float(entropy(logits))
 
 
 def _engine_answers(engine: Any, prompt: str, n: int, temperature: float,
