@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("demo", "demo_command",
              "A tour on the built-in models (or one model, --model): score, decode, "
              "uncertainty, compression."),
+    "eval": ("eval", "eval_group",
+             "Compressed models beyond perplexity: prune, quantize, compare with the original."),
     "generate": ("generate", "generate_command",
                  "Generate a continuation of PROMPT, with each token's entropy."),
     "models": ("models", "models_command",
