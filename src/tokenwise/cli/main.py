@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("serve", "serve_command", "Serve models over an OpenAI-compatible HTTP API."),
     "testbed": ("testbed", "testbed_group",
                 "Synthetic worlds with known truth; train and evaluate the built-in models."),
+    "tokenizer": ("tokenizer", "tokenizer_group",
+                  "Train a tokenizer (with supertokens); move a model onto a new tokenizer."),
     "train": ("train", "train_command",
               "Fine-tune a model on a text or JSONL file with memory-light losses."),
     "uncertainty": ("uncertainty", "uncertainty_group",
