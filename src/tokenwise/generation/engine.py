@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Generator, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -144,15 +145,53 @@ def _resolve_sampler(sampler: Sampler | str | None) -> Sampler | None:
     return sampler
 
 
+def _check_kv(kv: object) -> Any:
+    """``kv`` checked: None, a :mod:`tokenwise.kv` press or a quantised cache's settings."""
+    if kv is None:
+        return None
+    from tokenwise.kv import Press
+    from tokenwise.kv.quantized import QuantSpec
+
+    if not isinstance(kv, (Press, QuantSpec)):
+        raise TokenwiseError(f"kv={kv!r}: allowed None, a tokenwise.kv press (e.g. "
+                             "kv.SnapKV(0.25)) or a quantised cache (kv.KIVI(bits=2), kv.SAQ())")
+    if getattr(kv, "question_aware", True) is False:
+        raise TokenwiseError(
+            f"kv={kv!r}: question_aware=False needs the context and the question apart; "
+            "generate reads one prompt (question-aware when it ends with the question). Use "
+            "tokenwise.kv.prefill(model, context_ids, press, question=question_ids)")
+    return kv
+
+
+def _decode_rows(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
+                 sampler: Sampler | None, max_new_tokens: int, seeds: list[int | None],
+                 stop: list[str], top_logprobs: int, kv: Any
+                 ) -> Generator[TokenRecord, None, list[Generation]]:
+    """A compressed cache keeps different tokens for every row, so rows of a batch are
+    decoded one after another (records keep their row index)."""
+    results: list[Generation] = []
+    for i, (p, e, s) in enumerate(zip(prompts, encoded, seeds, strict=True)):
+        loop = _decode(lm, [p], [e], sampler, max_new_tokens, [s], stop, top_logprobs, kv)
+        try:
+            while True:
+                yield dataclasses.replace(next(loop), row=i)
+        except StopIteration as finished:
+            (result,) = finished.value
+        result.tokens = [dataclasses.replace(r, row=i) for r in result.tokens]
+        results.append(result)
+    return results
+
+
 @torch.inference_mode()
 def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
             sampler: Sampler | None, max_new_tokens: int, seeds: list[int | None],
-            stop: list[str], top_logprobs: int = 0
+            stop: list[str], top_logprobs: int = 0, kv: Any = None
             ) -> Generator[TokenRecord, None, list[Generation]]:
     """Yield each token's record as it is chosen; return the finished generations.
 
     Arguments are checked by :func:`generate` before this generator starts, so a bad
-    request fails at the call even with ``stream=True``.
+    request fails at the call even with ``stream=True``. With ``kv`` (one prompt), the
+    prompt is read into a compressed or quantised cache and no mask is passed (no padding).
     """
     longest = max(len(e) for e in encoded)
     device = lm.device
@@ -172,7 +211,14 @@ def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
     if sampler is not None:
         sampler.reset()  # stateful samplers (Mirostat) start fresh for each generation
         sampler.observe_prompt(encoded)  # history for the samplers that read it (penalties)
-    out = lm.forward(ids, mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    if kv is None:
+        out = lm.forward(ids, mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    else:
+        from tokenwise.kv import prefill
+        from tokenwise.models.language_model import ForwardOutput
+
+        cache, last = prefill(lm, encoded[0], kv)
+        out = ForwardOutput(logits=last[:, None], cache=cache)
     texts = [TextStream(lambda ids: lm.decode(ids, skip_special_tokens=True), stop)
              for _ in prompts]
     results = [Generation(prompt=p, text="", prompt_tokens=len(e),
@@ -207,8 +253,9 @@ def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
             break
         mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], 1)
         positions = positions[:, -1:] + 1
-        out = lm.forward(chosen[:, None], mask, cache=out.cache, position_ids=positions,
-                         use_cache=True)
+        # a compressed cache holds fewer tokens than the mask would count; unpadded, none needed
+        out = lm.forward(chosen[:, None], None if kv is not None else mask, cache=out.cache,
+                         position_ids=positions, use_cache=True)
     return results
 
 
@@ -222,6 +269,7 @@ def generate(
     stop: str | Sequence[str] | None = None,
     stream: bool = False,
     top_logprobs: int = 0,
+    kv: Any = None,
 ) -> Generation | list[Generation] | Iterator[TokenRecord]:
     """Generate from one prompt or a batch, with a record for every token.
 
@@ -243,6 +291,12 @@ def generate(
         top_logprobs: the most likely tokens each record carries (``top_ids``,
             ``top_logprobs``), from 0 to the model's vocabulary size; they come from the
             same pass that gives the record's entropy.
+        kv: compress the KV cache: a :mod:`tokenwise.kv` press (``kv.SnapKV(0.25)``: the
+            cache keeps a budget of tokens, really freeing the rest) or a quantised cache
+            (``kv.KIVI(bits=2)``, ``kv.SAQ()``). Each prompt of a batch is then decoded on its
+            own (rows keep different tokens); the prompt is read in ``chunk_size`` pieces when
+            the press sets one. A budget of at least the prompt evicts nothing (a warning
+            says so).
 
     Returns:
         A :class:`Generation` for a string prompt, a list for a list of prompts, or an
@@ -265,8 +319,13 @@ def generate(
     stops = check_stops(stop)
     top_logprobs = check_top_logprobs(top_logprobs, lm.vocab_size)
     encoded = _check_budget(lm, prompts, max_new_tokens)
-    loop = _decode(lm, prompts, encoded, chosen_sampler, int(max_new_tokens), seeds, stops,
-                   top_logprobs)
+    kv = _check_kv(kv)
+    if kv is None:
+        loop = _decode(lm, prompts, encoded, chosen_sampler, int(max_new_tokens), seeds, stops,
+                       top_logprobs)
+    else:
+        loop = _decode_rows(lm, prompts, encoded, chosen_sampler, int(max_new_tokens), seeds,
+                            stops, top_logprobs, kv)
     if stream:
         return loop
     try:

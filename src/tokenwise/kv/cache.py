@@ -1,0 +1,477 @@
+"""A transformers cache that applies a press: it evicts tokens and really shrinks.
+
+:class:`CompressedCache` is a ``DynamicCache`` whose layers hold fewer tokens than were read:
+after each prompt chunk (and, with ``every``, during decoding) every layer keeps its budget
+of tokens per KV head, gathered into new smaller tensors. The attention of the current pass
+still sees everything it just read; only what is stored is reduced, so the peak is bounded by
+``budget + chunk`` tokens, never the whole prompt.
+
+Each kept token remembers its true position, and new tokens are placed by the position ids
+the caller passes (``model.generate`` derives them from the attention mask; the tokenwise
+decode loop passes them), so RoPE continues from the true position after eviction, not from
+the shrunken length.
+
+Queries for the presses that read attention are recomputed from each attention layer's input
+with the model's own query projection and RoPE (a forward pre-hook that runs only for this
+cache's forward passes), so SDPA models need no eager attention and no ``(T, T)`` matrix.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from tokenwise.errors import TokenwiseError
+from tokenwise.kv.base import Press, ScoreInputs, gather_tokens, keep_indices, tokens_for
+from tokenwise.kv.quantized import QuantizedKVCache, QuantSpec
+
+
+def hf_model_of(model: Any) -> Any:
+    """The Hugging Face model behind a tokenwise ``LanguageModel`` (or the model itself)."""
+    return getattr(model, "hf_model", model)
+
+
+def attention_modules(model: Any) -> list[Any]:
+    """The model's self-attention modules in layer order (those with ``q_proj`` and
+    ``layer_idx``); raises naming the model if there are none."""
+    mods = [m for m in hf_model_of(model).modules()
+            if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
+    if not mods:
+        raise TokenwiseError(
+            f"{type(hf_model_of(model)).__name__} has no attention modules with q_proj and "
+            "layer_idx; kv presses support Llama-style attention (Llama, SmolLM2, Qwen, Mistral, "
+            "Gemma)")
+    return sorted(mods, key=lambda m: m.layer_idx)
+
+
+def _window_queries(module: Any, hidden: torch.Tensor, cos_sin: tuple[torch.Tensor, ...],
+                    n: int | None) -> torch.Tensor:
+    """``(B, H_q, n, D)`` queries (RoPE applied) of the last ``n`` rows of ``hidden``."""
+    if n is not None:
+        hidden = hidden[:, -n:]
+        cos_sin = tuple(t[..., -hidden.shape[1]:, :] for t in cos_sin)
+    b, t, _ = hidden.shape
+    q = module.q_proj(hidden).view(b, t, -1, module.head_dim).transpose(1, 2)
+    if hasattr(module, "q_norm"):
+        q = module.q_norm(q)
+    rope = getattr(sys.modules[type(module).__module__], "apply_rotary_pos_emb", None)
+    if rope is None:
+        raise TokenwiseError(f"{type(module).__name__}: no apply_rotary_pos_emb in its modeling "
+                             "module; presses that read attention cannot rebuild its queries")
+    cos, sin = cos_sin
+    return rope(q, q, cos, sin)[0]
+
+
+class CompressedLayer(DynamicLayer):
+    """One layer's keys and values plus each kept token's true position.
+
+    Attributes:
+        positions: ``(B, H_kv, S)`` true positions of the kept tokens.
+        state: what an accumulating press (H2O) scored last, per kept token.
+        seen: one past the largest true position read.
+        since: tokens decoded since the last compression.
+        queries: the rolling buffer of recent queries the press reads.
+        query_positions: their true positions.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.positions: torch.Tensor | None = None
+        self.state: torch.Tensor | None = None
+        self.seen = 0
+        self.since = 0
+        self.queries: torch.Tensor | None = None
+        self.query_positions: torch.Tensor | None = None
+
+    def nbytes(self) -> int:
+        """Bytes of the stored keys, values and positions."""
+        total = 0
+        for t in (self.keys, self.values, self.positions, self.state):
+            if t is not None:
+                total += t.numel() * t.element_size()
+        return total
+
+
+class CompressedCache(DynamicCache):
+    """A ``DynamicCache`` that evicts with a press; usable from ``model.generate``.
+
+    Args:
+        model: the model (a Hugging Face causal LM or a tokenwise ``LanguageModel``) whose
+            attention layers feed the press its queries.
+        press: the press (see :data:`tokenwise.kv.PRESSES`), holding the budget.
+        prompt_tokens: the prompt's length, for a ratio budget when the prompt is read in
+            chunks (default: the first pass's length).
+
+    Attributes:
+        report: what each compression did (layer, tokens before/after) and any no-op note.
+        peak_tokens: the most tokens a layer held during a pass (kept + just read, before
+            eviction).
+        peak_bytes: the most bytes held during a pass: the other layers' stored tensors plus
+            one layer's kept + just-read tensors before eviction.
+
+    Pass a fresh cache to ``model.generate(..., cache=cache)`` (``past_key_values=`` before transformers 5.2x); batches must be
+    unpadded (one prompt, or prompts of one length), since the kept tokens differ per row.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> from tokenwise.kv import SnapKV
+        >>> lm = load("tw-reader")
+        >>> ids = torch.tensor([lm.encode("Memo:\\nThe code of Avo is 123.\\n", add_bos=True)])
+        >>> cache = CompressedCache(lm, SnapKV(8, window=4))
+        >>> _ = lm.forward(ids, cache=cache, use_cache=True)
+        >>> cache.get_seq_length(), cache.layers[0].seen == ids.shape[1]
+        (8, True)
+        >>> cache.close()
+    """
+
+    def __init__(self, model: Any, press: Press, *, prompt_tokens: int | None = None) -> None:
+        if not isinstance(press, Press):
+            raise TokenwiseError(f"press={press!r}: allowed a tokenwise.kv press (e.g. "
+                                 "tokenwise.kv.SnapKV(0.25))")
+        hf = hf_model_of(model)
+        config = hf.config.get_text_config(decoder=True)
+        layer_types = getattr(config, "layer_types", None) or []
+        if any(t != "full_attention" for t in layer_types):
+            raise TokenwiseError(
+                f"{config.model_type}: layers of type {sorted(set(layer_types))}; kv presses "
+                "support models whose layers are all full attention (sliding-window layers keep "
+                "their own window)")
+        self.n_layers = int(config.num_hidden_layers)
+        if isinstance(press.budget, tuple):
+            tokens_for(press.budget, 1, 0, self.n_layers)  # a wrong-length list fails here
+            impl = getattr(hf.config, "_attn_implementation", None)
+            if impl != "sdpa":
+                raise TokenwiseError(
+                    f"budget={list(press.budget)!r} (one per layer) needs attn_implementation="
+                    f"'sdpa' (the model uses {impl!r}): layers of different lengths share one "
+                    "mask otherwise")
+            if press.chunk_size is not None:
+                raise TokenwiseError(
+                    f"budget={list(press.budget)!r} (one per layer) with chunk_size="
+                    f"{press.chunk_size}: chunked prefill needs one budget for every layer")
+        super().__init__()
+        self.layer_class_to_replicate = None
+        self.layers = [CompressedLayer() for _ in range(self.n_layers)]
+        self.press = press
+        self.prompt_tokens = prompt_tokens
+        self.report: list[dict[str, Any]] = []
+        self.peak_tokens = 0
+        self.peak_bytes = 0
+        self._modules = attention_modules(hf)
+        self._scaling = [float(getattr(m, "scaling", m.head_dim ** -0.5)) for m in self._modules]
+        self._pending: dict[int, torch.Tensor] = {}
+        self._chunk_old: int | None = None
+        #: store every token of the coming passes (the question after agnostic compression)
+        self.hold = False
+        me = weakref.ref(self)
+        handles = [m.register_forward_pre_hook(_make_hook(me, m.layer_idx), with_kwargs=True)
+                   for m in self._modules]
+        self._finalizer = weakref.finalize(self, _remove_all, handles)
+
+    def close(self) -> None:
+        """Remove the cache's hooks from the model (also done when the cache is collected)."""
+        self._finalizer()
+
+    # what the pre-hook captured for a layer: true positions and the press's queries
+    def _capture(self, module: Any, layer_idx: int, kwargs: dict[str, Any],
+                 args: tuple[Any, ...]) -> None:
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        pos = kwargs.get("position_ids")
+        t = hidden.shape[1]
+        layer = self.layers[layer_idx]
+        positions = (pos[0] if pos is not None
+                     else torch.arange(layer.seen, layer.seen + t, device=hidden.device))
+        self._pending[layer_idx] = positions.to(torch.long)
+        n = self.press.queries_needed()
+        if n == 0:
+            return
+        cos_sin = kwargs.get("position_embeddings")
+        if cos_sin is None:
+            raise TokenwiseError(
+                f"press {self.press.name!r} reads queries, but {type(module).__name__} was "
+                "called without position_embeddings; use a press that reads none (streaming, "
+                "key_norm, random, oracle)")
+        q = _window_queries(module, hidden, cos_sin, n)
+        qpos = positions[-q.shape[2]:]
+        if layer.queries is not None:
+            q = torch.cat([layer.queries, q], 2)
+            qpos = torch.cat([layer.query_positions, qpos])
+        if n is not None:
+            q, qpos = q[:, :, -n:], qpos[-n:]
+        layer.queries, layer.query_positions = q, qpos
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the pass's keys and values, store the press's selection, and return all of
+        them for this pass's attention."""
+        layer = self.layers[layer_idx]
+        b, h, t, _ = key_states.shape
+        old = layer.get_seq_length()
+        if layer_idx == 0:
+            self._chunk_old = old
+        elif t > 1 and self._chunk_old is not None and old != self._chunk_old:
+            raise TokenwiseError(
+                f"layer {layer_idx} holds {old} tokens and layer 0 {self._chunk_old}: a "
+                f"{t}-token pass after a per-layer budget has no single mask; read further "
+                "tokens one at a time")
+        new_pos = self._pending.pop(layer_idx, None)
+        if new_pos is None:
+            new_pos = torch.arange(layer.seen, layer.seen + t, device=key_states.device)
+        new_pos = new_pos.view(1, 1, t).expand(b, h, t)
+        if not layer.is_initialized:
+            layer.lazy_initialization(key_states, value_states)
+            keys, values, positions = key_states, value_states, new_pos
+        else:
+            keys = torch.cat([layer.keys, key_states], dim=-2)
+            values = torch.cat([layer.values, value_states], dim=-2)
+            positions = torch.cat([layer.positions, new_pos], dim=-1)
+        layer.seen = max(layer.seen, int(new_pos.max()) + 1)
+        if self.prompt_tokens is None:
+            self.prompt_tokens = t
+        k = tokens_for(self.press.budget, self.prompt_tokens, layer_idx, self.n_layers)
+        s = keys.shape[-2]
+        others = self.nbytes() - layer.nbytes()
+        self.peak_tokens = max(self.peak_tokens, s)
+        self.peak_bytes = max(self.peak_bytes, others + _nbytes(keys, values, positions))
+        if self.hold:
+            due = False
+        elif layer.seen <= self.prompt_tokens:  # still reading the prompt
+            due = s > k
+            if not due and layer_idx == 0 and layer.seen == self.prompt_tokens:
+                self._note_noop(k, s)
+        else:
+            layer.since += t
+            due = self.press.every is not None and layer.since >= self.press.every and s > k
+        if due:
+            self._compress(layer, layer_idx, keys, values, positions, k, t)
+        else:
+            layer.keys, layer.values, layer.positions = keys, values, positions
+            if layer.state is not None:
+                pad = torch.zeros(b, h, t, dtype=layer.state.dtype, device=layer.state.device)
+                layer.state = torch.cat([layer.state, pad], -1)
+        return keys, values
+
+    def _compress(self, layer: CompressedLayer, layer_idx: int, keys: torch.Tensor,
+                  values: torch.Tensor, positions: torch.Tensor, k: int, t: int) -> None:
+        state = None
+        if self.press.accumulates and layer.state is not None:
+            pad = torch.zeros(*layer.state.shape[:2], keys.shape[-2] - layer.state.shape[-1],
+                              dtype=layer.state.dtype, device=layer.state.device)
+            state = torch.cat([layer.state, pad], -1)
+        inputs = ScoreInputs(keys=keys, values=values, positions=positions,
+                             queries=layer.queries, query_positions=layer.query_positions,
+                             scaling=self._scaling[layer_idx], layer=layer_idx, state=state,
+                             prompt_end=layer.seen)
+        scores = self.press.score(inputs)
+        idx = keep_indices(scores, k)
+        layer.keys = gather_tokens(keys, idx)
+        layer.values = gather_tokens(values, idx)
+        layer.positions = gather_tokens(positions, idx)
+        if self.press.accumulates:
+            layer.state = gather_tokens(scores.float(), idx)
+        if self.press.queries_needed() is None:
+            layer.queries = layer.query_positions = None
+        layer.since = 0
+        self.report.append({"layer": layer_idx, "before": int(keys.shape[-2]), "after": k,
+                            "new_tokens": t, "seen": layer.seen})
+
+    def _note_noop(self, k: int, s: int) -> None:
+        note = (f"budget of {k} tokens >= the {s} tokens read: nothing evicted "
+                f"(press {self.press.name!r})")
+        if not any(r.get("noop") == note for r in self.report):
+            self.report.append({"noop": note})
+            warnings.warn(note, stacklevel=4)
+
+    def nbytes(self) -> int:
+        """Bytes the cache holds now (keys, values, positions, press state).
+
+        Example:
+            >>> from tokenwise.models import load
+            >>> from tokenwise.kv import StreamingLLM
+            >>> CompressedCache(load("tw-reader"), StreamingLLM(4)).nbytes()
+            0
+        """
+        return sum(layer.nbytes() for layer in self.layers)
+
+    def kept_positions(self, layer_idx: int) -> torch.Tensor:
+        """``(B, H_kv, S)`` the true positions a layer keeps (for recall measurements)."""
+        pos = self.layers[layer_idx].positions
+        if pos is None:
+            raise TokenwiseError(f"layer {layer_idx} holds nothing yet")
+        return pos
+
+    def compressed_copy(self, press: Press, upto: int | None = None) -> CompressedCache:
+        """A new cache holding what ``press`` keeps of this one's tokens, as if it had read
+        the same prompt in one pass (this cache is left as it is).
+
+        This cache must hold everything read (a budget of 1.0) and have captured enough
+        queries (its press's window at least the new one's, or every query). It lets a
+        benchmark read a long prompt once and try many presses and budgets on it.
+
+        Args:
+            press: the press to apply; a ratio budget is of the tokens read so far.
+            upto: compress as if only positions below ``upto`` had been read (the context
+                of a cache that also holds the question: a question-agnostic compression).
+
+        Example:
+            >>> import warnings
+            >>> from tokenwise.models import load
+            >>> from tokenwise.kv import SnapKV
+            >>> lm = load("tw-reader")
+            >>> ids = lm.encode("Memo:\\nThe code of Avo is 123.\\nQ: What is", add_bos=True)
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")
+            ...     source, _ = prefill(lm, ids, SnapKV(1.0, window=16))
+            >>> source.compressed_copy(SnapKV(6, window=8)).get_seq_length()
+            6
+        """
+        out = CompressedCache.__new__(CompressedCache)  # no hooks: it reads nothing itself
+        out.__dict__.update({k: v for k, v in self.__dict__.items()
+                             if k not in ("layers", "press", "report", "_finalizer",
+                                          "_pending")})
+        out.press, out.report, out._pending = press, [], {}
+        out._finalizer = weakref.finalize(out, _remove_all, [])
+        out.layers = []
+        need = press.queries_needed()
+        for i, layer in enumerate(self.layers):
+            if layer.keys is None:
+                raise TokenwiseError("compressed_copy of a cache that has read nothing")
+            if layer.get_seq_length() < layer.seen:
+                raise TokenwiseError("compressed_copy needs a source cache that evicted "
+                                     "nothing (budget 1.0)")
+            keys, values, positions = layer.keys, layer.values, layer.positions
+            q, qpos, seen = layer.queries, layer.query_positions, layer.seen
+            if upto is not None:
+                keys, values = keys[:, :, :upto], values[:, :, :upto]
+                positions, seen = positions[:, :, :upto], min(seen, upto)
+                if q is not None and qpos is not None:
+                    q, qpos = q[:, :, qpos < upto], qpos[qpos < upto]
+            new = CompressedLayer()
+            new.lazy_initialization(keys, values)
+            new.seen = seen
+            if need != 0:
+                have = 0 if q is None else q.shape[2]
+                if (need is None and have < seen) or (need is not None and have < need):
+                    raise TokenwiseError(
+                        f"press {press.name!r} reads {need or 'every'} queries; the source "
+                        f"cache captured {have}")
+                if need is not None:
+                    q, qpos = q[:, :, -need:], qpos[-need:]
+            new.queries, new.query_positions = q, qpos
+            out.layers.append(new)
+            k = tokens_for(press.budget, seen, i, self.n_layers)
+            if keys.shape[-2] > k:
+                out._compress(new, i, keys, values, positions, k, keys.shape[-2])
+            else:
+                new.keys, new.values, new.positions = keys, values, positions
+        out.prompt_tokens = out.layers[0].seen
+        out.peak_tokens = max(lay.get_seq_length() for lay in out.layers)
+        out.peak_bytes = out.nbytes()
+        return out
+
+    def crop(self, max_length: int) -> None:
+        raise TokenwiseError("a CompressedCache cannot be cropped (evicted tokens are gone); "
+                             "assisted decoding and contrastive search need a full cache")
+
+
+def _nbytes(*tensors: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _make_hook(ref: weakref.ref, layer_idx: int) -> Callable:
+    def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        cache = ref()
+        if cache is None:
+            return
+        passed = kwargs.get("cache", kwargs.get("past_key_values"))
+        if passed is cache:
+            cache._capture(module, layer_idx, kwargs, args)
+
+    return hook
+
+
+def _remove_all(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
+
+
+@torch.inference_mode()
+def prefill(model: Any, ids: torch.Tensor | list[int], press: Press | QuantSpec, *,
+            question: torch.Tensor | list[int] | None = None
+            ) -> tuple[CompressedCache | QuantizedKVCache, torch.Tensor]:
+    """Read a prompt into a :class:`CompressedCache`, in chunks when ``press.chunk_size`` is
+    set, and return the cache and the logits of the last token.
+
+    With ``question``, ``ids`` is the context: a question-aware press
+    (``question_aware=True``, the default) reads context and question before compressing; a
+    question-agnostic one compresses the context alone and then reads the question into the
+    cache uncompressed.
+
+    Args:
+        model: a tokenwise ``LanguageModel`` or a Hugging Face causal LM.
+        ids: the prompt's (or the context's) token ids, ``(T,)`` or ``(1, T)``.
+        press: the press, or a quantised cache's settings (:func:`~tokenwise.kv.KIVI`).
+        question: the question's ids, read after the context.
+
+    Returns:
+        ``(cache, logits)`` with ``logits`` ``(1, V)`` for the next token.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> from tokenwise.kv import StreamingLLM
+        >>> lm = load("tw-reader")
+        >>> ids = lm.encode("Memo:\\nThe code of Avo is 123.\\nQ: What is", add_bos=True)
+        >>> cache, logits = prefill(lm, ids, StreamingLLM(6, sinks=1, chunk_size=4))
+        >>> cache.get_seq_length(), cache.peak_tokens <= 6 + 4
+        (6, True)
+    """
+    hf = hf_model_of(model)
+    device = next(hf.parameters()).device
+    ids = torch.as_tensor(ids, dtype=torch.long, device=device).reshape(1, -1)
+    q_ids = None if question is None else \
+        torch.as_tensor(question, dtype=torch.long, device=device).reshape(1, -1)
+    agnostic = q_ids is not None and getattr(press, "question_aware", True) is False
+    first = ids if agnostic or q_ids is None else torch.cat([ids, q_ids], 1)
+    total = first.shape[1]
+    if total == 0:
+        raise TokenwiseError("an empty prompt: nothing to read into the cache")
+    cache: CompressedCache | QuantizedKVCache
+    if isinstance(press, QuantSpec):
+        cache = QuantizedKVCache(press, hf)
+    else:
+        cache = CompressedCache(hf, press, prompt_tokens=total)
+    step = press.chunk_size or total
+    logits = None
+    for start in range(0, total, step):
+        chunk = first[:, start:start + step]
+        pos = torch.arange(start, start + chunk.shape[1], device=device)[None]
+        logits = _forward(hf, chunk, cache, pos)
+    if agnostic and q_ids is not None and isinstance(cache, CompressedCache):
+        # the question is read after compression and kept whole: one pass, no eviction
+        cache.hold = True
+        pos = torch.arange(total, total + q_ids.shape[1], device=device)[None]
+        try:
+            logits = _forward(hf, q_ids, cache, pos)
+        finally:
+            cache.hold = False
+    assert logits is not None
+    return cache, logits
+
+
+def cache_keyword(hf: Any) -> str:
+    """The name the model's forward takes its cache by (transformers renamed
+    ``past_key_values`` to ``cache`` in 5.2x)."""
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+
+def _forward(hf: Any, ids: torch.Tensor, cache: Any, positions: torch.Tensor) -> torch.Tensor:
+    out = hf(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1,
+             **{cache_keyword(hf): cache})
+    return out.logits[:, -1]

@@ -1,0 +1,34 @@
+"""Random eviction: the floor every scoring press must beat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tokenwise.kv.base import Press, ScoreInputs
+
+
+@dataclass
+class RandomPress(Press):
+    """Uniformly random scores from a seeded generator (a lower bound).
+
+    Args:
+        seed: the generator's seed; the same seed evicts the same tokens.
+
+    Example:
+        >>> import torch
+        >>> from tokenwise.kv.base import ScoreInputs
+        >>> k = torch.zeros(1, 1, 5, 2)
+        >>> inp = ScoreInputs(k, k, torch.arange(5).view(1, 1, 5), None, None, 1.0, 0)
+        >>> torch.equal(RandomPress(2, seed=1).score(inp), RandomPress(2, seed=1).score(inp))
+        True
+    """
+
+    seed: int = 0
+
+    name = "random"
+
+    def score(self, inputs: ScoreInputs) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1000 + inputs.layer)
+        return torch.rand(inputs.positions.shape, generator=gen).to(inputs.keys.device)
