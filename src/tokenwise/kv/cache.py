@@ -116,8 +116,9 @@ class CompressedCache(DynamicCache):
         peak_bytes: the most bytes held during a pass: the other layers' stored tensors plus
             one layer's kept + just-read tensors before eviction.
 
-    Pass a fresh cache to ``model.generate(..., cache=cache)`` (``past_key_values=`` before transformers 5.2x); batches must be
-    unpadded (one prompt, or prompts of one length), since the kept tokens differ per row.
+    Pass a fresh cache to ``model.generate(..., cache=cache)`` (``past_key_values=`` before
+    transformers 5.2x); batches must be unpadded (one prompt, or prompts of one length), since
+    the kept tokens differ per row.
 
     Example:
         >>> from tokenwise.models import load
