@@ -31,6 +31,7 @@ import torch
 from tokenwise import signals
 from tokenwise.errors import TokenwiseError
 from tokenwise.generation.engine import (
+    _check_kv,
     _check_seeds,
     _resolve_sampler,
     check_top_logprobs,
@@ -61,6 +62,9 @@ class EADGeneration:
         flops: estimated forward FLOPs, ``2 x parameters x tokens read`` per model, summed.
         switches: how many times control changed hands.
         seconds: wall-clock time.
+        kv: with ``kv``, what each model's cache held at the end, under ``"small"`` and
+            ``"large"`` (:func:`~tokenwise.generation.kv_report.cache_report`; None for a
+            model with a full cache or that never ran); None without ``kv``.
     """
 
     text: str
@@ -72,6 +76,7 @@ class EADGeneration:
     flops: float = 0.0
     switches: int = 0
     seconds: float = 0.0
+    kv: dict[str, dict[str, Any] | None] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -81,24 +86,74 @@ class EADGeneration:
 
 
 class _Runner:
-    """One model with its own KV cache and how many tokens of the sequence it has read."""
+    """One model with its own KV cache and how many tokens of the sequence it has read.
 
-    def __init__(self, lm: LanguageModel) -> None:
+    With ``kv`` the model's first pass reads the prompt alone into a compressed or quantised
+    cache (:func:`tokenwise.kv.prefill`, in the press's chunks), so a ratio budget is of the
+    prompt and both models compress the same prompt the same way, however late the large one
+    joins; the tokens written before it joined are then read like decoded tokens.
+    """
+
+    def __init__(self, lm: LanguageModel, prompt_tokens: int, kv: Any = None) -> None:
         self.lm = lm
+        self.prompt_tokens = prompt_tokens
+        self.kv = kv
         self.cache: Any = None
         self.seen = 0
         self.passes = 0
         self.read = 0
+        # after a per-layer budget the layers hold different lengths: no shared mask for a
+        # pass of several tokens, so catch-up reads one token at a time
+        self.one_by_one = isinstance(getattr(kv, "budget", None), tuple)
 
     def next_logits(self, seq: list[int]) -> torch.Tensor:
-        new = torch.tensor([seq[self.seen:]])  # (1, unseen): catch up in one pass
-        positions = torch.arange(self.seen, len(seq))[None]
-        out = self.lm.forward(new, cache=self.cache, position_ids=positions, use_cache=True,
-                              logits_to_keep=1)
-        self.cache, self.seen = out.cache, len(seq)
-        self.passes += 1
-        self.read += new.shape[1]
-        return out.logits[0, -1].float()  # (V,)
+        logits = None
+        if self.kv is not None and self.cache is None:
+            from tokenwise.kv import prefill
+
+            self.cache, last = prefill(self.lm, seq[:self.prompt_tokens], self.kv)
+            chunk = self.kv.chunk_size or self.prompt_tokens
+            self.passes += -(-self.prompt_tokens // chunk)
+            self.seen = self.read = self.prompt_tokens
+            logits = last[0]
+        while self.seen < len(seq):
+            end = self.seen + 1 if self.one_by_one else len(seq)
+            new = torch.tensor([seq[self.seen:end]])  # (1, unseen): catch up in one pass
+            positions = torch.arange(self.seen, end)[None]
+            # no mask: a compressed cache holds fewer tokens than a mask would count, and the
+            # one sequence has no padding
+            out = self.lm.forward(new, cache=self.cache, position_ids=positions,
+                                  use_cache=True, logits_to_keep=1)
+            self.cache, self.seen = out.cache, end
+            self.passes += 1
+            self.read += new.shape[1]
+            logits = out.logits[0, -1]
+        assert logits is not None, "next_logits called with nothing new to read"
+        return logits.float()  # (V,)
+
+    def kv_report(self) -> dict[str, Any] | None:
+        """What this model's cache held (None without kv, or when the model never ran)."""
+        if self.kv is None or self.cache is None:
+            return None
+        from tokenwise.generation.kv_report import cache_report
+
+        return cache_report(self.cache, self.prompt_tokens)
+
+
+def _check_ead_kv(kv: object) -> dict[str, Any]:
+    """``kv`` as one setting per model: a press or quantised spec for both, or a mapping
+    ``{"small": ..., "large": ...}`` (a missing or None entry: that model keeps a full
+    cache)."""
+    from collections.abc import Mapping
+
+    if isinstance(kv, Mapping):
+        unknown = sorted(set(map(str, kv)) - {"small", "large"})
+        if unknown:
+            raise TokenwiseError(f"kv has key(s) {', '.join(map(repr, unknown))}; allowed "
+                                 "'small' and 'large' (one cache setting per model)")
+        return {name: _check_kv(kv.get(name)) for name in ("small", "large")}
+    setting = _check_kv(kv)
+    return {"small": setting, "large": setting}
 
 
 @torch.inference_mode()
@@ -117,6 +172,7 @@ def generate_ead(
     seed: int | None = None,
     stop: str | list[str] | None = None,
     top_logprobs: int = 0,
+    kv: Any = None,
 ) -> EADGeneration:
     """Generate with the small model, handing over to the large one where entropy rises.
 
@@ -138,6 +194,14 @@ def generate_ead(
         stop: string(s) that end the generation.
         top_logprobs: the most likely tokens each record carries, from the distribution of
             the model that wrote the token (0 to the vocabulary size).
+        kv: compress the KV caches, as ``tokenwise.generate(..., kv=...)`` does: a
+            :mod:`tokenwise.kv` press or quantised cache (``kv.SnapKV(0.25)``,
+            ``kv.KIVI(bits=2)``) applies to **both** models, each compressing its own cache
+            of the same prompt with the same settings (the memory EAD holds is both caches,
+            and the large model's is the bigger). To set them apart pass
+            ``{"small": ..., "large": ...}``; a missing or None entry keeps that model's
+            cache full. A ratio budget is of the prompt; tokens decoded later are kept
+            unless the press sets ``every``. ``result.kv`` reports each cache.
 
     Returns:
         An :class:`EADGeneration`.
@@ -177,6 +241,7 @@ def generate_ead(
             seed_value if seed_value is not None else int(torch.randint(0, 2**62, (1,))))
     stops = check_stops(stop)
     top_logprobs = check_top_logprobs(top_logprobs, min(small.vocab_size, large.vocab_size))
+    settings = _check_ead_kv(kv)
     seq = small.encode(prompt, add_bos=True)
     limit = min(small.context_length, large.context_length)
     if len(seq) + max_new_tokens - 1 > limit:
@@ -185,7 +250,8 @@ def generate_ead(
     if chosen_sampler is not None:
         chosen_sampler.reset()
         chosen_sampler.observe_prompt([seq])
-    runners = {"small": _Runner(small), "large": _Runner(large)}
+    runners = {name: _Runner(lm, len(seq), settings[name])
+               for name, lm in (("small", small), ("large", large))}
     ends = {name: r.lm.end_token_ids for name, r in runners.items()}  # built once, not per token
     active, last, run, switches = "small", None, 0, 0
     bits: list[float] = []
@@ -257,4 +323,6 @@ def generate_ead(
     result.forward_passes = {r.lm.name: r.passes for r in runners.values()}
     result.tokens_processed = {r.lm.name: r.read for r in runners.values()}
     result.flops = float(sum(2 * r.lm.num_parameters() * r.read for r in runners.values()))
+    if kv is not None:
+        result.kv = {name: r.kv_report() for name, r in runners.items()}
     return result

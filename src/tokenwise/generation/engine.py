@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -165,13 +165,16 @@ def _check_kv(kv: object) -> Any:
 
 def _decode_rows(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
                  sampler: Sampler | None, max_new_tokens: int, seeds: list[int | None],
-                 stop: list[str], top_logprobs: int, kv: Any
+                 stop: list[str], top_logprobs: int, kv: Any,
+                 on_cache: Callable[[int, Any], None] | None = None
                  ) -> Generator[TokenRecord, None, list[Generation]]:
     """A compressed cache keeps different tokens for every row, so rows of a batch are
     decoded one after another (records keep their row index)."""
     results: list[Generation] = []
     for i, (p, e, s) in enumerate(zip(prompts, encoded, seeds, strict=True)):
-        loop = _decode(lm, [p], [e], sampler, max_new_tokens, [s], stop, top_logprobs, kv)
+        seen = None if on_cache is None else (lambda _, cache, i=i: on_cache(i, cache))
+        loop = _decode(lm, [p], [e], sampler, max_new_tokens, [s], stop, top_logprobs, kv,
+                       seen)
         try:
             while True:
                 yield dataclasses.replace(next(loop), row=i)
@@ -185,7 +188,8 @@ def _decode_rows(lm: LanguageModel, prompts: list[str], encoded: list[list[int]]
 @torch.inference_mode()
 def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
             sampler: Sampler | None, max_new_tokens: int, seeds: list[int | None],
-            stop: list[str], top_logprobs: int = 0, kv: Any = None
+            stop: list[str], top_logprobs: int = 0, kv: Any = None,
+            on_cache: Callable[[int, Any], None] | None = None
             ) -> Generator[TokenRecord, None, list[Generation]]:
     """Yield each token's record as it is chosen; return the finished generations.
 
@@ -219,6 +223,8 @@ def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
 
         cache, last = prefill(lm, encoded[0], kv)
         out = ForwardOutput(logits=last[:, None], cache=cache)
+        if on_cache is not None:
+            on_cache(0, cache)
     texts = [TextStream(lambda ids: lm.decode(ids, skip_special_tokens=True), stop)
              for _ in prompts]
     results = [Generation(prompt=p, text="", prompt_tokens=len(e),
@@ -256,6 +262,10 @@ def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
         # a compressed cache holds fewer tokens than the mask would count; unpadded, none needed
         out = lm.forward(chosen[:, None], None if kv is not None else mask, cache=out.cache,
                          position_ids=positions, use_cache=True)
+    if kv is not None:
+        from tokenwise.generation.kv_report import cache_report
+
+        results[0].kv = cache_report(out.cache, len(encoded[0]))
     return results
 
 
@@ -270,6 +280,7 @@ def generate(
     stream: bool = False,
     top_logprobs: int = 0,
     kv: Any = None,
+    on_cache: Callable[[int, Any], None] | None = None,
 ) -> Generation | list[Generation] | Iterator[TokenRecord]:
     """Generate from one prompt or a batch, with a record for every token.
 
@@ -296,7 +307,11 @@ def generate(
             (``kv.KIVI(bits=2)``, ``kv.SAQ()``). Each prompt of a batch is then decoded on its
             own (rows keep different tokens); the prompt is read in ``chunk_size`` pieces when
             the press sets one. A budget of at least the prompt evicts nothing (a warning
-            says so).
+            says so). Each :class:`Generation`'s ``kv`` then reports what its cache held
+            (prompt, kept tokens, bytes: :func:`~tokenwise.generation.kv_report.cache_report`).
+        on_cache: with ``kv``, called as ``on_cache(row, cache)`` once a row's prompt is in
+            its cache, so a caller that streams (and sees no :class:`Generation`) can keep
+            the cache and report on it (``cache_report``) when the row ends.
 
     Returns:
         A :class:`Generation` for a string prompt, a list for a list of prompts, or an
@@ -320,12 +335,15 @@ def generate(
     top_logprobs = check_top_logprobs(top_logprobs, lm.vocab_size)
     encoded = _check_budget(lm, prompts, max_new_tokens)
     kv = _check_kv(kv)
+    if on_cache is not None and (kv is None or not callable(on_cache)):
+        raise TokenwiseError(f"on_cache={on_cache!r}: allowed a function of (row, cache), and "
+                             "only with kv (without it there is no compressed cache to report)")
     if kv is None:
         loop = _decode(lm, prompts, encoded, chosen_sampler, int(max_new_tokens), seeds, stops,
                        top_logprobs)
     else:
         loop = _decode_rows(lm, prompts, encoded, chosen_sampler, int(max_new_tokens), seeds,
-                            stops, top_logprobs, kv)
+                            stops, top_logprobs, kv, on_cache)
     if stream:
         return loop
     try:

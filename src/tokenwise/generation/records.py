@@ -62,6 +62,8 @@ class Generation:
             ``"length"`` (``max_new_tokens`` reached).
         prompt_tokens: tokens in the prompt (BOS included).
         seed: the seed the sampling used (None for greedy).
+        kv: with ``generate(..., kv=...)``, what the compressed or quantised cache held at
+            the end (:func:`tokenwise.generation.kv_report.cache_report`); None otherwise.
     """
 
     prompt: str
@@ -70,6 +72,7 @@ class Generation:
     finish_reason: str = "length"
     prompt_tokens: int = 0
     seed: int | None = None
+    kv: dict[str, Any] | None = None
 
     @property
     def mean_entropy(self) -> float:
@@ -80,5 +83,5 @@ class Generation:
         """JSON-ready."""
         return {"prompt": self.prompt, "text": self.text, "finish_reason": self.finish_reason,
                 "prompt_tokens": self.prompt_tokens, "seed": self.seed,
-                "mean_entropy": self.mean_entropy,
+                "mean_entropy": self.mean_entropy, "kv": self.kv,
                 "tokens": [t.as_dict() for t in self.tokens]}
