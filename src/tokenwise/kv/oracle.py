@@ -34,6 +34,8 @@ class Oracle(Press):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.keep, (str, bytes)) or not isinstance(self.keep, Sequence):
+            raise TokenwiseError(f"keep={self.keep!r}: allowed a list of positions >= 0")
         bad = [p for p in self.keep if isinstance(p, bool) or not isinstance(p, int) or p < 0]
         if bad:
             raise TokenwiseError(f"keep={list(self.keep)!r}: allowed positions >= 0 "

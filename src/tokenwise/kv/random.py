@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 
+from tokenwise.errors import TokenwiseError
 from tokenwise.kv.base import Press, ScoreInputs
+
+#: the largest seed (a layer's generator takes ``seed * 1000 + layer``)
+MAX_SEED = 2**53
 
 
 @dataclass
@@ -28,6 +33,13 @@ class RandomPress(Press):
     seed: int = 0
 
     name = "random"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # each layer seeds its generator with seed * 1000 + layer: keep that within int64
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) \
+                or not 0 <= self.seed <= MAX_SEED:
+            raise TokenwiseError(f"seed={self.seed!r}: allowed a whole number from 0 to 2**53")
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1000 + inputs.layer)

@@ -51,6 +51,8 @@ class SnapKV(Press):
             value = getattr(self, setting)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TokenwiseError(f"{setting}={value!r}: allowed a whole number >= 1")
+        if not isinstance(self.question_aware, bool):
+            raise TokenwiseError(f"question_aware={self.question_aware!r}: allowed True or False")
 
     def queries_needed(self) -> int | None:
         return self.window
