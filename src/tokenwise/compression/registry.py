@@ -14,6 +14,7 @@ METHODS: dict[str, str] = {
     "selective_context": "tokenwise.compression.selective_context:SelectiveContextCompressor",
     "extractive": "tokenwise.compression.extractive:ExtractiveCompressor",
     "generative": "tokenwise.compression.generative:GenerativeCompressor",
+    "semantic": "tokenwise.compression.semantic:SemanticCompressor",
 }
 
 #: other spellings users type.
