@@ -1,13 +1,13 @@
 """QA retention of every compression method on the needle world.
 
-For each method and rate (0.2, 0.33, 0.5) on fresh needle items (1, 3, 7 and 15 distractors):
-(a) survival: does the needle's answer (its code) survive, as a word, in the compressed
-context; (b) reader accuracy: a reader model (``--reader``, default the built-in tw-reader,
-trained to answer needle questions from whole or cut memos; tw-large answers none, see
-BENCHMARKS.md) answering greedily from the compressed context, and (c) retention: that
-accuracy over the same reader's accuracy on the uncompressed prompt (the target: >= 90% at
-rate 0.33 for the best method). Retention is undefined for a reader that answers nothing
-uncompressed.
+For each method and rate (``--rates``, default 0.2, 0.33, 0.5) on fresh needle items (1, 3, 7
+and 15 distractors): (a) survival: does the needle's answer (its code) survive, as a word, in
+the compressed context; (b) reader accuracy: a reader model (``--reader``, default the
+built-in tw-reader, trained to answer needle questions from whole or cut memos; tw-large
+answers none, see BENCHMARKS.md) answering greedily from the compressed context, and (c)
+retention: that accuracy over the same reader's accuracy on the uncompressed prompt (the
+target: >= 90% at rate 0.33 for the best method). Retention is undefined for a reader that
+answers nothing uncompressed.
 
 Every method compresses the question line (``"Q: ..."``) followed by the memo (``--layout
 last``: the memo, then the question line; the built-in classifier tw-keep was trained on the
@@ -23,8 +23,13 @@ codes are numbers, which would make survival trivial. A method that cannot meet 
 
 A random word-dropping baseline (same budget rule) shows what chance gives.
 
+``--speed`` also times each method on one ~1,000-word memo (needle memos joined, rate 0.5,
+no question, embedding caches cleared first) and prints seconds per 1k words.
+
 Run:
     .venv/bin/python benchmarks/compression_qa.py [--per-count 25] [--png docs/compression_qa.png]
+    .venv/bin/python benchmarks/compression_qa.py --methods random,semantic \
+        --rates 0.2,0.33,0.5,0.8 --speed --png ""
 """
 
 from __future__ import annotations
@@ -90,7 +95,50 @@ def build(name: str, classifier: str):
         from tokenwise.compression.generative import GenerativeCompressor
 
         return GenerativeCompressor("tw-small")
+    if name in ("semantic", "semantic_exact"):
+        from tokenwise.compression.semantic import SemanticCompressor
+
+        # semantic_exact: one word deleted per round (the paper's greedy), to show what the
+        # default's batched rounds cost.
+        return SemanticCompressor(round_fraction=0 if name == "semantic_exact" else 0.5)
     raise ValueError(name)
+
+
+#: King James verses (Debian bible-kjv-text, unpacked by compression_qa_real.py --setup): prose
+#: for --speed beside the needle memos, when present.
+KJV = Path.home() / ".cache" / "tokenwise" / "bench" / "bible-kjv" / "verses.tsv"
+
+
+def speed_texts(items, n_words: int = 1000) -> dict[str, str]:
+    """~``n_words``-word texts to time: needle memos joined, and KJV prose if unpacked."""
+    out, memo = {}, []
+    for it in items:
+        memo.append(it.context)
+        if sum(len(m.split()) for m in memo) >= n_words:
+            break
+    out["needle memos"] = "\n".join(memo)
+    if KJV.is_file():
+        verses = []
+        for line in KJV.read_text().splitlines()[:400]:
+            verses.append(line.split("\t", 1)[1])
+            if sum(len(v.split()) for v in verses) >= n_words:
+                break
+        out["KJV prose"] = " ".join(verses)
+    return out
+
+
+def seconds_per_1k_words(comp, texts: dict[str, str], counter) -> dict[str, float]:
+    """One cold compression (rate 0.5, no question) per text, in seconds per 1,000 words."""
+    comp.compress("Warm up the model.", rate=0.5, protect=False, target_model=counter)
+    out = {}
+    for label, text in texts.items():
+        embedder = getattr(comp, "embedder", None)
+        if embedder is not None and hasattr(embedder, "clear_cache"):
+            embedder.clear_cache()  # cold: no sentence embedded before
+        t0 = time.perf_counter()
+        comp.compress(text, rate=0.5, protect=False, target_model=counter)
+        out[label] = (time.perf_counter() - t0) / len(text.split()) * 1000
+    return out
 
 
 def survived(answer: str, context: str) -> bool:
@@ -136,6 +184,7 @@ def plot(results: dict, n_items: int, png: str, reader: str | None = None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rates = sorted({float(r) for per in results.values() for r in per})
     with_reader = reader is not None and base_acc
     fig, axes = plt.subplots(1, 2 if with_reader else 1, figsize=(12.4 if with_reader else 8.4,
                                                                   4.2), squeeze=False)
@@ -144,11 +193,11 @@ def plot(results: dict, n_items: int, png: str, reader: str | None = None,
         panels.append(("reader_accuracy", f"{reader} answers right (%)"))
     for ax, (key, ylabel) in zip(axes[0], panels, strict=True):
         for name, per in results.items():
-            kept = [per[str(r)]["achieved_rate"] for r in RATES]
+            kept = [per[str(r)]["achieved_rate"] for r in rates]
             label = name
-            if any(abs(k - r) > 0.05 for k, r in zip(kept, RATES, strict=True)):
+            if any(abs(k - r) > 0.05 for k, r in zip(kept, rates, strict=True)):
                 label += f"\n(kept {min(kept):.2f}-{max(kept):.2f}: over budget)"
-            ax.plot(RATES, [100 * per[str(r)][key] for r in RATES], marker="o",
+            ax.plot(rates, [100 * per[str(r)][key] for r in rates], marker="o",
                     label=label, linestyle="--" if name == "random" else "-")
         if key == "reader_accuracy":
             ax.axhline(100 * base_acc, color="black", linewidth=1, linestyle=":",
@@ -157,7 +206,7 @@ def plot(results: dict, n_items: int, png: str, reader: str | None = None,
                        label="90% of uncompressed")
         ax.set_xlabel("rate (share of memo tokens kept)")
         ax.set_ylabel(ylabel)
-        ax.set_xticks(RATES)
+        ax.set_xticks(rates)
         ax.set_ylim(0, 102)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
@@ -179,6 +228,11 @@ def main() -> None:
                         help="the question line before the memo (first) or after it (last)")
     parser.add_argument("--reader", default="tw-reader",
                         help="the model that answers (built-in name or local directory)")
+    parser.add_argument("--rates", default=",".join(map(str, RATES)),
+                        help="comma-separated shares of the memo's tokens to keep")
+    parser.add_argument("--speed", action="store_true",
+                        help="also time each method on a ~1,000-word memo (seconds per 1k "
+                             "words)")
     parser.add_argument("--png", default="docs/compression_qa.png")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot-only", metavar="JSON", default=None,
@@ -190,6 +244,7 @@ def main() -> None:
              saved.get("uncompressed_accuracy"))
         return
 
+    rates = tuple(float(r) for r in args.rates.split(","))
     reader = load(args.reader)
     counter = TokenCounter.resolve(reader)
     items = NeedleWorld(0).eval_items(seed=7, per_count=args.per_count)
@@ -201,10 +256,15 @@ def main() -> None:
                                             if it.n_distractors == n]))
                      for n in DISTRACTOR_COUNTS}
     results: dict[str, dict] = {}
+    speed: dict[str, dict[str, float]] = {}
+    timed = speed_texts(items) if args.speed else {}
     for name in args.methods.split(","):
         comp = build(name, args.classifier)
+        if args.speed:
+            speed[name] = seconds_per_1k_words(comp, timed, counter)
+            print(name, "seconds per 1k words:", json.dumps(speed[name]), flush=True)
         results[name] = {}
-        for rate in RATES:
+        for rate in rates:
             t0 = time.perf_counter()
             rows = []
             for it in items:
@@ -271,8 +331,15 @@ def main() -> None:
                      f"{100 * r['retention_ci95'][1]:.0f}]" if r["retention"] is not None
                      else "n/a (0% uncompressed)")
                   + f" | {r['budget_failures']} |")
+    if speed:
+        print("\n| method | " + " | ".join(f"s / 1k words ({label}, {len(t.split())} words)"
+                                          for label, t in timed.items()) + " |")
+        print("|---|" + "---|" * len(timed))
+        for name, per in speed.items():
+            print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in per.values()) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps({"reader": reader.name, "items": len(items),
+                                               "seconds_per_1k_words": speed,
                                                "uncompressed_accuracy": base_acc,
                                                "uncompressed_by_distractors": base_by_count,
                                                "results": results}, indent=1) + "\n")
