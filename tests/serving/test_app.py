@@ -33,3 +33,4 @@ def test_options_list_what_a_request_may_choose(server):
     assert "top_h" in [s["name"] for s in opts["samplers"]]
     assert "token_classifier" in opts["compression"]
     assert "semantic_entropy" in opts["uncertainty"] and "inv_entropy" not in opts["uncertainty"]
+    assert "snapkv" in opts["kv"]["press"] and opts["kv"]["quantize"] == ["kivi", "saq"]

@@ -130,6 +130,12 @@ def test_real_json_responses_match_their_schemas(served):
         ("post", "/v1/completions", {"model": "tw-small", "prompt": [1, 70, 71],
                                      "max_tokens": 0, "echo": True, "logprobs": 0},
          "TextCompletion"),
+        ("post", "/v1/completions", {"model": "tw-small", "prompt": "7+2=", "max_tokens": 2,
+                                     "tokenwise": {"kv": {"press": "snapkv", "budget": 2}}},
+         "TextCompletion"),
+        ("post", "/v1/chat/completions", {"model": "tw-small", "messages": msgs, "n": 2,
+                                          "tokenwise": {"kv": {"quantize": "kivi", "bits": 4}}},
+         "ChatCompletion"),
         ("post", "/tokenize", {"prompt": "hi", "return_token_strs": True}, "TokenizeResponse"),
         ("post", "/tokenize", {"messages": msgs}, "TokenizeResponse"),
         ("post", "/detokenize", {"tokens": [1, 70]}, "DetokenizeResponse"),
@@ -186,3 +192,18 @@ def test_documented_limits_are_the_servers(served):
     assert ok.status_code == 200, ok.text
     over = client.post("/v1/completions", json={"model": "tw-small", "prompt": "x", "n": 4})
     assert over.status_code == 400 and over.json()["error"]["param"] == "n"
+
+
+def test_kv_options_document_the_presses_and_quantisers(served):
+    from tokenwise.kv import PRESSES
+
+    app, client = served
+    kv = app.openapi()["components"]["schemas"]["KVOptions"]
+    assert kv["properties"]["press"]["anyOf"][0]["enum"] == sorted(PRESSES)
+    assert kv["properties"]["quantize"]["anyOf"][0]["enum"] == ["kivi", "saq"]
+    assert kv["additionalProperties"] is True  # the settings, checked by the press itself
+    body = {"model": "tw-small", "prompt": "7+2=", "max_tokens": 2,
+            "tokenwise": {"kv": {"press": "snapkv", "budget": 0}}}
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tokenwise.kv.budget"
+    _assert_valid(app.openapi(), "ErrorBody", r.json())

@@ -179,7 +179,7 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
     parallel, multi-node via Ray); per-token entropy then needs logprobs=true (vLLM returns
     the full-vocabulary logprobs it is computed from only then), the top-level sampling
     fields run in vLLM's order (temperature before min_p/top_h/top_p), and tokenwise.ead
-    is refused.
+    and tokenwise.kv are refused.
 
     Browsers: only pages served by this server (the playground) may call it, unless
     --allowed-origin or --cors-origin says otherwise; requests whose Host header is not a

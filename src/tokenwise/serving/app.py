@@ -66,7 +66,7 @@ log = logging.getLogger("tokenwise.serving")
 
 def options_listing(models: Mapping[str, Codec]) -> dict[str, Any]:
     """What a client may choose: models, samplers with their parameters, compression
-    methods, uncertainty estimators.
+    methods, uncertainty estimators, KV-cache presses and quantisers.
 
     Args:
         models: the served models by id.
@@ -76,11 +76,14 @@ def options_listing(models: Mapping[str, Codec]) -> dict[str, Any]:
         True
     """
     from tokenwise.compression import names as compression_names
+    from tokenwise.kv import PRESSES
     from tokenwise.sampling import describe
+    from tokenwise.serving.kv_options import QUANTIZERS
     from tokenwise.serving.uncertainty_score import available
 
     return {"models": list(models), "samplers": describe(),
-            "compression": compression_names(), "uncertainty": available()}
+            "compression": compression_names(), "uncertainty": available(),
+            "kv": {"press": sorted(PRESSES), "quantize": list(QUANTIZERS)}}
 
 
 def load_compressors(compress_models: dict[str, str]) -> None:

@@ -19,6 +19,11 @@ the worker goes on with the next batch.
 Other model work (compression, uncertainty sampling, entropy-adaptive decoding) goes
 through :meth:`Batcher.call`, on the same thread, between batches.
 
+A request with ``tokenwise.kv`` (a press or a quantised cache) is a batch of its own: its
+cache keeps other tokens than a padded batch's rows would, so its choices are decoded one
+after another, each with its own compressed cache, while other requests batch as before
+(streaming, cancellation and deadlines work as for any batch).
+
 The batcher is the embedded backend behind the completion routes: :meth:`Batcher.events`
 turns a planned request into its choices' token and finish events (the interface
 :class:`tokenwise.serving.routes.ServingBackend` that another backend, e.g. vLLM's,
@@ -77,12 +82,15 @@ class Job:
         rows: the sequences.
         cancelled: set when the client leaves.
         finished: per row, whether its finish event went out.
+        kv: the request's ``tokenwise.kv`` press or quantised cache (None: a plain cache).
+            Such a job shares no batch, and its rows are decoded one at a time.
     """
 
     model: str
     spec: SamplerSpec
     rows: list[Row]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    kv: Any = None
 
     def __post_init__(self) -> None:
         self.finished = [False] * len(self.rows)
@@ -230,7 +238,7 @@ class Batcher:
                     echo=plan.echo, score_prompt=plan.echo and plan.logprobs,
                     constraint=plan.constraint, sink=lambda ev, c=c: inbox.put((c, ev)))
                 for c in range(plan.choices)]
-        job = Job(plan.model, plan.spec, rows)
+        job = Job(plan.model, plan.spec, rows, kv=plan.kv)
         self.submit(job)
         open_choices = plan.choices
         try:
@@ -251,7 +259,7 @@ class Batcher:
             decoded.append(await self.call(
                 lambda p=prompt, s=seed: run_ead(small, large, p, plan.spec, plan.ead,
                                                  plan.max_tokens, plan.stops, s,
-                                                 plan.top_logprobs)))
+                                                 plan.top_logprobs, plan.kv)))
         infos = [info for _, info in decoded]
         per_choice = ("large_share", "switches", "flops", "forward_passes")
         # set before the events go out: the reader stops at the last finish event
@@ -277,12 +285,12 @@ class Batcher:
 
     def _take_batch(self, first: Job) -> list[Job]:
         jobs, rows = [first], list(first.rows)
-        if not self.batching:
+        if not self.batching or first.kv is not None:  # a compressed cache decodes alone
             return jobs
         lm = self.models[first.model]
         for other in list(self._pending):
             if not isinstance(other, Job) or other.model != first.model \
-                    or other.spec != first.spec:
+                    or other.spec != first.spec or other.kv is not None:
                 continue
             if len(rows) + len(other.rows) > self.max_rows \
                     or not self._fits(lm, rows + other.rows):
@@ -297,6 +305,19 @@ class Batcher:
         first = jobs[0]
         lm, names = self.models[first.model], self.names[first.model]
         rows = [r for j in jobs for r in j.rows]
+        if first.kv is not None:  # one job; each row keeps its own compressed cache
+            done = BatchStats(rows=len(rows))
+            for row in rows:
+                if row.cancelled():  # its client left while an earlier choice decoded
+                    row.sink(FinishEvent("cancelled", "", "", 0))
+                    done.cancelled += 1
+                    continue
+                alone = self._decode_alone(lm, first.spec, row, names, first.kv)
+                done.steps += alone.steps
+                done.tokens += alone.tokens
+                done.cancelled += alone.cancelled
+                done.timed_out += alone.timed_out
+            return done
         if len(rows) == 1:
             return self._decode_alone(lm, first.spec, rows[0], names)
         guards = [_Guard(r) for r in rows]
@@ -319,10 +340,13 @@ class Batcher:
         return done
 
     def _decode_alone(self, lm: LanguageModel, spec: SamplerSpec, row: Row,
-                      names: TokenBytes) -> BatchStats:
-        """One row in a batch of its own; its failure is its own (an "error" finish)."""
+                      names: TokenBytes, kv: Any = None) -> BatchStats:
+        """One row in a batch of its own (with ``kv``: its compressed cache); its failure is
+        its own (an "error" finish)."""
         try:
-            return run_batch(lm, spec, [row], names)
+            if kv is None:
+                return run_batch(lm, spec, [row], names)
+            return run_batch(lm, spec, [row], names, kv=kv)
         except Exception:
             log.exception("a request's row failed when decoded alone")
             self.stats.failed_rows += 1

@@ -33,7 +33,7 @@ from tokenwise.serving.schemas import EADOptions
 
 def run_ead(small: LanguageModel, large: LanguageModel, prompt: str, spec: SamplerSpec,
             options: EADOptions, max_tokens: int, stops: list[str], seed: int | None,
-            top_logprobs: int = 0
+            top_logprobs: int = 0, kv: Any = None
             ) -> tuple[list[TokenEvent | FinishEvent], dict[str, Any]]:
     """Decode ``prompt`` with EAD; return the events a batch would have sent, and the
     settings and costs for the response's ``tokenwise.ead``.
@@ -48,6 +48,8 @@ def run_ead(small: LanguageModel, large: LanguageModel, prompt: str, spec: Sampl
         stops: stop strings.
         seed: sampling seed.
         top_logprobs: top alternatives per token (0: none).
+        kv: the request's ``tokenwise.kv`` setting (a press or quantised cache), applied to
+            both models' caches; the finish event reports each (``FinishEvent.kv``).
     """
     # a vocabulary smaller than the request gives all of it, as in a batch
     top_k = min(top_logprobs, small.vocab_size, large.vocab_size)
@@ -56,7 +58,7 @@ def run_ead(small: LanguageModel, large: LanguageModel, prompt: str, spec: Sampl
                               down=options.down, window=options.window,
                               min_run=options.min_run, judge=options.judge,
                               max_new_tokens=max_tokens, seed=seed,
-                              stop=stops or None, top_logprobs=top_k)
+                              stop=stops or None, top_logprobs=top_k, kv=kv)
     except TokenwiseError as exc:
         raise APIError(400, f"tokenwise.ead: {exc}", param="tokenwise.ead") from None
     names = TokenBytes(small.tokenizer)
@@ -69,7 +71,8 @@ def run_ead(small: LanguageModel, large: LanguageModel, prompt: str, spec: Sampl
                           top=alternatives(record, top_logprobs, names), model=record.model)
         events.append(TokenEvent(token, text.push(record.id)))
     reason = "length" if result.finish_reason == "length" else "stop"
-    events.append(FinishEvent(reason, text.flush(), result.text, len(result.tokens)))
+    events.append(FinishEvent(reason, text.flush(), result.text, len(result.tokens),
+                              result.kv))
     info = {"small": small.name, "large": large.name, "up": options.up,
             "down": options.up if options.down is None else options.down,
             "window": options.window, "min_run": options.min_run,

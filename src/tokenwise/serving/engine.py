@@ -36,11 +36,14 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from tokenwise import signals
+from tokenwise.errors import TokenwiseError
 from tokenwise.generation import TokenRecord, generate
+from tokenwise.generation.kv_report import cache_report
 from tokenwise.generation.stops import TextStream
 from tokenwise.models import LanguageModel
 from tokenwise.models.language_model import EncodedText
@@ -87,12 +90,16 @@ class FinishEvent:
         delta: text not yet released.
         text: the whole generated text.
         completion_tokens: tokens generated.
+        kv: with ``tokenwise.kv``, what the sequence's cache held when it ended
+            (:func:`~tokenwise.generation.kv_report.cache_report`; with EAD, one report per
+            model under ``"small"`` and ``"large"``); None otherwise.
     """
 
     reason: str
     delta: str
     text: str
     completion_tokens: int
+    kv: dict[str, Any] | None = None
 
 
 @dataclass
@@ -314,7 +321,7 @@ def batch_sampler(lm: LanguageModel, spec: SamplerSpec, rows: list[Row]
 
 
 def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
-              names: TokenBytes | None = None) -> BatchStats:
+              names: TokenBytes | None = None, kv: Any = None) -> BatchStats:
     """Decode ``rows`` together; every row's sink gets its tokens and one finish event (an
     ``echo`` row its :class:`PromptEvent` first; see :func:`send_prompts`).
 
@@ -324,12 +331,19 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
         rows: the sequences (prompt plus ``max_tokens`` must fit the context; the caller
             checks that).
         names: token texts and bytes (built from the tokenizer when None).
+        kv: a :mod:`tokenwise.kv` press or quantised cache for the one decoding row (its
+            cache keeps other tokens than any other row's would: a batch with ``kv`` decodes
+            one row); its finish event reports the cache (``FinishEvent.kv``).
 
     Returns:
         :class:`BatchStats`.
     """
     names = names or TokenBytes(lm.tokenizer)
     decoding = [i for i, r in enumerate(rows) if r.max_tokens > 0]  # max_tokens=0: echo only
+    if kv is not None and len(decoding) > 1:
+        raise TokenwiseError(f"run_batch with kv decodes one row at a time; got "
+                             f"{len(decoding)} rows to decode")
+    caches: dict[int, Any] = {}  # with kv: row -> its cache, reported when the row ends
     # a vocabulary smaller than a row's request gives that row all of it
     top_k = min(max((rows[i].top_logprobs for i in decoding), default=0), lm.vocab_size)
     constrained = None
@@ -344,7 +358,11 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
         active[i] = False
         stats.cancelled += reason == "cancelled"
         stats.timed_out += reason == "timeout"
-        rows[i].sink(FinishEvent(reason, streams[i].flush(), streams[i].text, counts[i]))
+        cache = caches.pop(i, None)
+        report = None if cache is None else cache_report(
+            cache, rows[i].prompt_tokens or len(lm.encode(rows[i].prompt, add_bos=True)))
+        rows[i].sink(FinishEvent(reason, streams[i].flush(), streams[i].text, counts[i],
+                                 report))
 
     def new_step(step: int) -> None:
         now = time.monotonic()
@@ -370,9 +388,12 @@ def run_batch(lm: LanguageModel, spec: SamplerSpec, rows: list[Row],
             if row.max_tokens <= 0:
                 finish(i, "length")
         if decoding:
+            with_kv = {} if kv is None else {
+                "kv": kv, "on_cache": lambda row, cache: caches.__setitem__(decoding[row],
+                                                                             cache)}
             loop = generate(lm, [_decodable(rows[i].prompt) for i in decoding], sampler,
                             max_new_tokens=max(rows[i].max_tokens for i in decoding),
-                            seed=seeds, stream=True, top_logprobs=top_k)
+                            seed=seeds, stream=True, top_logprobs=top_k, **with_kv)
         for record in loop or ():
             if record.step != step:
                 step = record.step

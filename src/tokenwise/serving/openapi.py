@@ -225,6 +225,10 @@ class TokenwiseInfo(BaseModel):
     ead: dict[str, Any] | None
     #: with EAD: the share of tokens the large model wrote
     large_share: float | None
+    #: with ``tokenwise.kv``: ``{"setting": the press or quantiser as applied, "choices": one
+    #: report per choice of what its cache held (prompt, seen and kept tokens, cache, full
+    #: and peak bytes; with EAD one per model under "small" and "large")}``
+    kv: dict[str, Any] | None = None
     #: each choice's mean per-token entropy (nats); null where the engine reported none
     mean_entropy: list[float | None] | None = None
     mean_constrained_entropy: list[float | None] | None = None
@@ -327,6 +331,8 @@ class Options(_Out):
     compression: list[str]
     #: uncertainty estimators
     uncertainty: list[str]
+    #: ``tokenwise.kv`` choices: ``{"press": [names], "quantize": ["kivi", "saq"]}``
+    kv: dict[str, list[str]]
 
 
 class Stats(BaseModel):
@@ -387,6 +393,13 @@ def _component_schemas(config: Any, models: Mapping[str, Any]) -> dict[str, Any]
     schemas["EADOptions"]["properties"]["large"]["enum"] = served
     for name, field, allowed in _choices():
         schemas[name]["properties"][field]["enum"] = allowed
+    from tokenwise.kv import PRESSES
+    from tokenwise.serving.kv_options import QUANTIZERS
+
+    kv = schemas["KVOptions"]["properties"]  # one of them is needed: the planner says so
+    for field, allowed in (("press", sorted(PRESSES)), ("quantize", list(QUANTIZERS))):
+        kv[field] = {"anyOf": [{"type": "string", "enum": allowed}, {"type": "null"}],
+                     "default": None}
     return schemas
 
 

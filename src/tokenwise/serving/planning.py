@@ -31,6 +31,8 @@ from tokenwise.serving.constraints import (
     tool_call_constraint,
 )
 from tokenwise.serving.errors import APIError
+from tokenwise.serving.kv_options import describe as describe_kv
+from tokenwise.serving.kv_options import kv_setting
 from tokenwise.serving.sampler_spec import SamplerSpec, check_vocabulary, sampler_spec
 from tokenwise.serving.schemas import (
     ChatCompletionRequest,
@@ -72,6 +74,9 @@ class Plan:
             ``tool_calls`` with them.
         constraint: what every choice's reply must be (``response_format`` JSON or a forced
             tool call; None: free text).
+        kv: the ``tokenwise.kv`` press or quantised cache every choice decodes with (None: a
+            plain cache); :func:`~tokenwise.serving.kv_options.check_model` still has to
+            check it against the model(s).
     """
 
     kind: str
@@ -95,6 +100,7 @@ class Plan:
     echo: bool = False
     tools: ToolSpec | None = None
     constraint: Constraint | None = None
+    kv: Any = None
 
     @property
     def choices(self) -> int:
@@ -467,7 +473,18 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
         seeds = [secrets.randbelow(2**62) for _ in range(choices)]
     info.update({"seeds": seeds, "stop": stops, "max_tokens": max_tokens,
                  "prompt": prompts[0] if len(prompts) == 1 else prompts,
-                 "compression": None, "uncertainty": None, "ead": None, "large_share": None})
+                 "compression": None, "uncertainty": None, "ead": None, "large_share": None,
+                 "kv": None})
+    kv = None
+    if opts is not None and opts.kv is not None:
+        kv = kv_setting(opts.kv)
+        if opts.uncertainty is not None:
+            raise APIError(400, "tokenwise.uncertainty samples its answers with a full cache, "
+                                "not the tokenwise.kv one the reply uses; send the request "
+                                "without one of them", param="tokenwise.kv",
+                           code="unsupported_value")
+        # each choice's report is added when it finishes (FinishEvent.kv)
+        info["kv"] = {"setting": describe_kv(kv, opts.kv), "choices": None}
     large = None
     if opts is not None and opts.ead is not None:
         large = pick_model(models, opts.ead.large, "tokenwise.ead.large")
@@ -491,7 +508,8 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
                 include_usage=bool(stream_opts is not None and stream_opts.include_usage),
                 ead=opts.ead if opts is not None else None, large=large,
                 uncertainty=opts.uncertainty if opts is not None else None, info=info,
-                echo=kind == "completion" and req.echo, tools=tools, constraint=constraint)
+                echo=kind == "completion" and req.echo, tools=tools, constraint=constraint,
+                kv=kv)
 
 
 def apply_compression(plan: Plan, req: ChatCompletionRequest | CompletionRequest,

@@ -56,6 +56,7 @@ from tokenwise.serving.config import ServerConfig
 from tokenwise.serving.constraints import warm_up
 from tokenwise.serving.engine import FinishEvent, PromptEvent, TokenEvent
 from tokenwise.serving.errors import APIError, parse_body
+from tokenwise.serving.kv_options import check_model as check_kv_model
 from tokenwise.serving.logprobs import (
     WireToken,
     chat_logprobs,
@@ -174,6 +175,14 @@ class CompletionService:
     async def _plan(self, req: ChatCompletionRequest | CompletionRequest, kind: str) -> Plan:
         plan = await self._plan_checked(req, kind)
         self.backend.check_plan(plan)
+        if plan.kv is not None:
+            # building a press's cache hooks the model's attention: on the model's thread
+            models = [(plan.model, "tokenwise.kv")]
+            if plan.ead is not None:
+                models.append((plan.ead.large, "tokenwise.kv"))
+            for name, field in models:
+                lm = self.models[name]
+                await self.backend.call(lambda lm=lm, f=field: check_kv_model(lm, plan.kv, f))
         return plan
 
     async def _plan_checked(self, req: ChatCompletionRequest | CompletionRequest,
@@ -254,8 +263,12 @@ class CompletionService:
         if plan.uncertainty is not None:
             plan.info["uncertainty"] = await self.backend.uncertainty(plan)
 
-    def _finish_info(self, plan: Plan, tokens: list[list[WireToken]]) -> dict[str, Any]:
+    def _finish_info(self, plan: Plan, tokens: list[list[WireToken]],
+                     finished: Mapping[int, FinishEvent]) -> dict[str, Any]:
         info = plan.info
+        if info.get("kv") is not None:  # what each choice's cache held
+            info["kv"]["choices"] = [finished[c].kv if c in finished else None
+                                     for c in range(plan.choices)]
         # None where the backend reported no entropy (vLLM computes it only with logprobs)
         info["mean_entropy"] = _means(tokens, "entropy")
         if plan.constraint is not None:
@@ -300,7 +313,7 @@ class CompletionService:
                 choices.append(text_choice(c, done.text, lp, done.reason))
         use = usage(sum(plan.prompt_tokens),
                     sum(f.completion_tokens for f in finished.values()))
-        return env.body(choices, use, self._finish_info(plan, tokens))
+        return env.body(choices, use, self._finish_info(plan, tokens, finished))
 
     async def _stream(self, plan: Plan, slot: Slot) -> AsyncIterator[bytes]:
         env = Envelope(plan.kind, plan.model, plan.include_usage)
@@ -309,6 +322,7 @@ class CompletionService:
         offsets = [0] * plan.choices
         completion_tokens = 0
         last_finish: dict[str, Any] | None = None
+        finished: dict[int, FinishEvent] = {}
         calls = chat and plan.tools is not None and plan.tools.choice != "none"
         written = [""] * plan.choices  # calls: each choice's text so far
         sent = [0] * plan.choices  # calls: how much of it went out as content
@@ -342,6 +356,7 @@ class CompletionService:
                     yield sse(env.chunk([choice]))
                     continue
                 completion_tokens += event.completion_tokens
+                finished[c] = event
                 if last_finish is not None:
                     yield sse(last_finish)
                 reason, rest = event.reason, event.delta
@@ -362,7 +377,7 @@ class CompletionService:
                 last_finish = env.chunk([choice])
             await self._uncertainty(plan)
             assert last_finish is not None
-            last_finish["tokenwise"] = self._finish_info(plan, tokens)
+            last_finish["tokenwise"] = self._finish_info(plan, tokens, finished)
             yield sse(last_finish)
             if plan.include_usage:
                 yield sse(env.usage_chunk(usage(sum(plan.prompt_tokens), completion_tokens)))

@@ -177,6 +177,27 @@ class UncertaintyOptions(WireModel):
     temperature: Annotated[float, Field(gt=0.0)] = 1.0
 
 
+class KVOptions(BaseModel):
+    """KV-cache compression while the reply is decoded (:mod:`tokenwise.kv`): one of
+    ``press`` (a name in :data:`tokenwise.kv.PRESSES`: ``{"press": "snapkv", "budget": 0.25,
+    "window": 16}``) or ``quantize`` (``"kivi"`` or ``"saq"``: ``{"quantize": "kivi",
+    "bits": 2}``), the settings beside it.
+
+    The settings are checked by the press or quantiser itself (see
+    :mod:`tokenwise.serving.kv_options`), whose error names any it does not take. A request
+    with ``kv`` is decoded on its own, one prompt at a time (its cache keeps other tokens than
+    a shared batch's rows would).
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    press: str | None = None
+    quantize: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The settings (everything but ``press`` and ``quantize``)."""
+        return dict(self.model_extra or {})
+
+
 class TokenwiseOptions(WireModel):
     """The namespaced extras."""
 
@@ -184,6 +205,7 @@ class TokenwiseOptions(WireModel):
     ead: EADOptions | None = None
     compress: CompressOptions | None = None
     uncertainty: UncertaintyOptions | None = None
+    kv: KVOptions | None = None
 
 
 class SamplingFields(WireModel):

@@ -38,6 +38,8 @@ continuous batching, tensor/pipeline parallelism and multi-node serving. What ru
   estimators that read entropies.
 * ``tokenwise.compress``: runs before the engine, as on the embedded engine, with the
   compression model in this process.
+* ``tokenwise.kv`` (KV-cache compression) is refused with a 400: vLLM's fused attention
+  exposes no scores to a press and keeps its own paged cache.
 * ``tokenwise.ead`` (entropy-adaptive decoding) is refused with a 400: it switches between
   two models inside tokenwise's own decode loop, which vLLM does not expose.
 * Tools: rendering the chat with its tools and parsing the reply into ``tool_calls`` are
@@ -506,6 +508,13 @@ class VLLMBackend:
                                 "between two models inside tokenwise's own decoding loop, "
                                 "which vLLM does not expose. Serve with --engine tokenwise "
                                 "(the default) for EAD.", param="tokenwise.ead",
+                           code="unsupported_on_engine")
+        if opts is not None and opts.kv is not None:
+            raise APIError(400, "tokenwise.kv (KV-cache compression) is not supported by this "
+                                "server's vLLM engine (--engine vllm): vLLM's paged, fused "
+                                "attention exposes no attention scores to a press and keeps "
+                                "its own cache layout. Serve with --engine tokenwise (the "
+                                "default) for tokenwise.kv.", param="tokenwise.kv",
                            code="unsupported_on_engine")
         spec = sampler_spec(req)
         chain = opts is not None and opts.sampler is not None
