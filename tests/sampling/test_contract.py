@@ -25,6 +25,7 @@ from tests.sampling.helpers import INF, SETTINGS, make_logits
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.sampling import SAMPLERS, Sampler, get, sampler_class
+from tokenwise.sampling.semantic_control import LogisticProbe
 from tokenwise.sampling.top_h import RULES
 
 KEEP = st.integers(1, 8)
@@ -44,6 +45,16 @@ class Case:
 
 def _eps() -> st.SearchStrategy[float]:
     return st.floats(1e-5, 0.99)
+
+
+def _ends_embedder(dists: torch.Tensor) -> torch.Tensor:
+    """A 2-d "sentence embedding" for any vocabulary: shares of the first and last token."""
+    return torch.stack([dists[..., 0].mean(1), dists[..., -1].mean(1)], -1)
+
+
+#: SemanticControl's verifier and embedder for the contract (no model: no rollout, so the
+#: rule is deterministic); test_semantic_control.py covers the rollout
+_CONTROL = {"verifier": LogisticProbe([3.0, -2.0], 0.5), "embedder": _ends_embedder}
 
 
 CASES: dict[str, Case] = {
@@ -74,11 +85,14 @@ CASES: dict[str, Case] = {
     "penalties": Case({"presence_penalty": st.floats(-2, 2),
                        "frequency_penalty": st.floats(-2, 2),
                        "repetition_penalty": st.floats(0.1, 3.0)}, rescales=True),
+    "semantic_control": Case({**{k: st.just(v) for k, v in _CONTROL.items()},
+                              "strength": st.floats(0.0, 4.0), "top_k": st.integers(1, 70)},
+                             rescales=True),
 }
 NAMES = sorted(SAMPLERS)
 #: the arguments a sampler cannot do without, for the tests that need any valid one
 REQUIRED = {"top_k": {"top_k": 3}, "epsilon": {"epsilon": 0.01}, "eta": {"epsilon": 0.01},
-            "logit_bias": {"bias": {0: 1.0}}}
+            "logit_bias": {"bias": {0: 1.0}}, "semantic_control": _CONTROL}
 
 
 def edge_rows(vocab: int) -> torch.Tensor:

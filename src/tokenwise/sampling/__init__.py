@@ -19,6 +19,7 @@ from tokenwise.sampling.mirostat import MirostatV2
 from tokenwise.sampling.penalties import Penalties
 from tokenwise.sampling.regime import EntropyRegime
 from tokenwise.sampling.registry import SAMPLERS, describe, get, sampler_class
+from tokenwise.sampling.semantic_control import SemanticControl
 from tokenwise.sampling.temperature import Temperature
 from tokenwise.sampling.top_h import TopH
 from tokenwise.sampling.top_k import TopK
@@ -36,6 +37,7 @@ __all__ = [
     "MirostatV2",
     "Penalties",
     "Sampler",
+    "SemanticControl",
     "Temperature",
     "TopH",
     "TopK",

@@ -23,6 +23,7 @@ SAMPLERS: dict[str, str] = {
     "entropy_regime": "tokenwise.sampling.regime:EntropyRegime",
     "logit_bias": "tokenwise.sampling.logit_bias:LogitBias",
     "penalties": "tokenwise.sampling.penalties:Penalties",
+    "semantic_control": "tokenwise.sampling.semantic_control:SemanticControl",
 }
 
 
