@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "embedding IB."),
     "compress": ("compress", "compress_group",
                  "Compress a prompt to a token budget, or train a keep/drop classifier."),
+    "control": ("control", "control_group",
+                "Semantic control: fit the verifier that SemanticControl steers with."),
     "demo": ("demo", "demo_command",
              "A tour on the built-in models (or one model, --model): score, decode, "
              "uncertainty, compression."),

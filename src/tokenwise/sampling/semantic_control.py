@@ -20,8 +20,10 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,6 +69,8 @@ class LogisticProbe:
         if not bool(weight.isfinite().all()):
             raise TokenwiseError("weight has NaN or infinite entries: allowed finite numbers")
         self.weight = weight
+        #: how the probe was made (set by :meth:`load` from :meth:`save`'s ``info``)
+        self.info: dict[str, Any] = {}
         self.bias = check_float("bias", bias, -math.inf, math.inf, low_open=True,
                                 high_open=True)
 
@@ -122,6 +126,49 @@ class LogisticProbe:
             if float(delta.abs().max()) < 1e-8:
                 break
         return cls(theta[:-1].float(), float(theta[-1]))
+
+    def save(self, path: str | Path, **info: Any) -> None:
+        """Write the probe as JSON (weights, bias and ``info``: how it was made).
+
+        Args:
+            path: the file to write.
+            info: JSON-serialisable facts kept beside the weights (model, embedding, ...).
+
+        Example:
+            >>> import tempfile, os
+            >>> path = os.path.join(tempfile.mkdtemp(), "probe.json")
+            >>> LogisticProbe([1.0, 2.0], 0.5).save(path, embedding="tokens")
+            >>> LogisticProbe.load(path)(torch.tensor([[1.0, 1.0]])).tolist()
+            [3.5]
+        """
+        data = {"format": "tokenwise.logistic_probe/1", "weight": self.weight.tolist(),
+                "bias": self.bias, "info": info}
+        Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> LogisticProbe:
+        """Read a probe written by :meth:`save` (its ``info`` in ``probe.info``).
+
+        Args:
+            path: the JSON file.
+
+        Example:
+            >>> LogisticProbe.load("no/such/probe.json")
+            Traceback (most recent call last):
+            ...
+            tokenwise.errors.TokenwiseError: probe file 'no/such/probe.json' does not exist
+        """
+        file = Path(path)
+        if not file.is_file():
+            raise TokenwiseError(f"probe file {str(path)!r} does not exist")
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+            probe = cls(data["weight"], data["bias"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TokenwiseError(f"{str(path)!r} is not a probe written by LogisticProbe.save "
+                                 f"({exc})") from None
+        probe.info = dict(data.get("info") or {})
+        return probe
 
     def __repr__(self) -> str:
         return f"LogisticProbe(D={self.weight.numel()}, bias={self.bias:.3g})"
