@@ -321,7 +321,9 @@ class SemanticControl(Sampler):
     Cost per step: ``top_k * horizon`` model calls on the full sequence (no KV cache: each
     call re-reads the text; cheap for the testbed's Markov source, about ``top_k * horizon``
     forward passes per token for a transformer), plus one embedder-and-verifier pass and its
-    gradient on ``B * top_k`` rows of ``(L, V)`` distributions. The rollouts of a batch
+    gradient on ``B * top_k`` rows of ``(L, V)`` distributions (memory: a few
+    ``B * top_k * L * V`` float32 tensors, e.g. ~0.5 GB each for top_k 8, 64 tokens and a
+    262k vocabulary; lower ``top_k``/``horizon`` or set ``length``). The rollouts of a batch
     are drawn from one generator (seeded by ``seed`` and the generation count): a row's
     estimate depends on its batch position, the one exception to "each row is decided
     alone"; without a model it holds.
