@@ -184,3 +184,35 @@ def test_the_vllm_engine_refuses_kv_saying_where_it_runs():
     body = err.value.body()["error"]
     assert body["param"] == "tokenwise.kv" and body["code"] == "unsupported_on_engine"
     assert "--engine tokenwise" in body["message"]
+
+
+def test_run_batch_reports_the_cache_on_the_finish_event_and_takes_one_row(small):
+    from tokenwise.errors import TokenwiseError
+    from tokenwise.serving.engine import FinishEvent, Row, run_batch
+    from tokenwise.serving.sampler_spec import SamplerSpec
+
+    events = []
+    run_batch(small, SamplerSpec(), [Row(PROMPT, 4, events.append, prompt_tokens=14)],
+              kv=kv.KeyNorm(5))
+    (finish,) = [e for e in events if isinstance(e, FinishEvent)]
+    assert finish.kv["press"] == "key_norm" and finish.kv["prompt_tokens"] == 14
+    assert finish.kv["kept_tokens"] == 5 + finish.kv["seen_tokens"] - 14
+    with pytest.raises(TokenwiseError, match="one row at a time"):
+        run_batch(small, SamplerSpec(), [Row(PROMPT, 2, print), Row(PROMPT, 2, print)],
+                  kv=kv.KeyNorm(5))
+
+
+def test_echo_with_kv_scores_the_prompt_in_full_and_decodes_compressed(client, small):
+    r = client.completions.create(model="tw-small", prompt=PROMPT, max_tokens=4, temperature=0,
+                                  echo=True, logprobs=1,
+                                  extra_body=_kv(press="streaming", budget=6))
+    plain = client.completions.create(model="tw-small", prompt=PROMPT, max_tokens=4,
+                                      temperature=0, echo=True, logprobs=1)
+    ref = tw.generate(small, PROMPT, max_new_tokens=4, kv=kv.StreamingLLM(6))
+    assert r.choices[0].text == PROMPT + ref.text
+    n_prompt = len(small.encode(PROMPT, add_bos=True)) - len(small.start_ids)
+    # the prompt's own logprobs do not depend on the cache the reply is decoded with
+    assert r.choices[0].logprobs.token_logprobs[:n_prompt] == \
+        plain.choices[0].logprobs.token_logprobs[:n_prompt]
+    assert r.model_extra["tokenwise"]["kv"]["choices"][0]["kept_tokens"] < \
+        r.model_extra["tokenwise"]["kv"]["choices"][0]["seen_tokens"]

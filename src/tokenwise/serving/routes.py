@@ -35,6 +35,12 @@ ends, then sent as content, or as one ``delta.tool_calls`` chunk holding each ca
 A reply held to a constraint (``response_format`` JSON, a forced call) reports each token's
 ``constrained_entropy`` beside its ``entropy``, and the ``tokenwise`` object its
 ``mean_constrained_entropy``.
+
+``tokenwise.kv`` (a press or a quantised cache, :mod:`tokenwise.serving.kv_options`) is
+built by the planner and checked against the request's model(s) through the backend's
+``call`` (on the thread that runs the model) before any reply starts, so a bad setting is a
+400 for a stream too; each choice's finish event carries what its cache held, which the
+``tokenwise`` object reports under ``kv.choices``.
 """
 
 from __future__ import annotations
