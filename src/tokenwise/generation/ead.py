@@ -31,9 +31,9 @@ import torch
 from tokenwise import signals
 from tokenwise.errors import TokenwiseError
 from tokenwise.generation.engine import (
-    _check_kv,
     _check_seeds,
     _resolve_sampler,
+    check_kv,
     check_top_logprobs,
     step_records,
 )
@@ -151,8 +151,8 @@ def _check_ead_kv(kv: object) -> dict[str, Any]:
         if unknown:
             raise TokenwiseError(f"kv has key(s) {', '.join(map(repr, unknown))}; allowed "
                                  "'small' and 'large' (one cache setting per model)")
-        return {name: _check_kv(kv.get(name)) for name in ("small", "large")}
-    setting = _check_kv(kv)
+        return {name: check_kv(kv.get(name)) for name in ("small", "large")}
+    setting = check_kv(kv)
     return {"small": setting, "large": setting}
 
 

@@ -145,8 +145,20 @@ def _resolve_sampler(sampler: Sampler | str | None) -> Sampler | None:
     return sampler
 
 
-def _check_kv(kv: object) -> Any:
-    """``kv`` checked: None, a :mod:`tokenwise.kv` press or a quantised cache's settings."""
+def check_kv(kv: object) -> Any:
+    """``kv`` checked as :func:`generate` takes it: None, a :mod:`tokenwise.kv` press or a
+    quantised cache's settings (a question-agnostic press is refused: one prompt holds no
+    separate question).
+
+    Example:
+        >>> from tokenwise.kv import KIVI
+        >>> check_kv(KIVI(4)).bits
+        (4,)
+        >>> check_kv("snapkv")
+        Traceback (most recent call last):
+        ...
+        tokenwise.errors.TokenwiseError: kv='snapkv': allowed None, a tokenwise.kv press ...
+    """
     if kv is None:
         return None
     from tokenwise.kv import Press
@@ -334,7 +346,7 @@ def generate(
     stops = check_stops(stop)
     top_logprobs = check_top_logprobs(top_logprobs, lm.vocab_size)
     encoded = _check_budget(lm, prompts, max_new_tokens)
-    kv = _check_kv(kv)
+    kv = check_kv(kv)
     if on_cache is not None and (kv is None or not callable(on_cache)):
         raise TokenwiseError(f"on_cache={on_cache!r}: allowed a function of (row, cache), and "
                              "only with kv (without it there is no compressed cache to report)")

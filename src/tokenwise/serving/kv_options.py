@@ -73,7 +73,7 @@ def kv_setting(options: KVOptions) -> Any:
         APIError: 400 naming the field (``tokenwise.kv.press``, ``tokenwise.kv.budget``,
             ...) and what is allowed.
     """
-    from tokenwise.generation.engine import _check_kv
+    from tokenwise.generation.engine import check_kv
     from tokenwise.kv import PRESSES, get
 
     if (options.press is None) == (options.quantize is None):
@@ -109,7 +109,7 @@ def kv_setting(options: KVOptions) -> Any:
         except (TokenwiseError, TypeError, ValueError) as exc:
             raise _refuse(exc) from None
     try:
-        return _check_kv(setting)
+        return check_kv(setting)
     except TokenwiseError as exc:
         raise _refuse(exc, "tokenwise.kv.question_aware") from None
 
