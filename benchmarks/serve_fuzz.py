@@ -45,6 +45,11 @@ CHECK_NAMES = ("status_code_conformance", "content_type_conformance",
                "negative_data_rejection")
 
 
+#: how long the fuzzer's client waits for a response: longer than the server's
+#: ``request_timeout_s`` in :func:`fuzz_config` (60 s), so the server, not the client, ends it
+CLIENT_TIMEOUT_S = 120.0
+
+
 def own_timeout(response: Any) -> bool:
     """Whether a response is the 504 of a request that set its own ``timeout`` and ran past
     it: what that client asked for, not a server error."""
@@ -160,6 +165,11 @@ def run(app: Any, examples: int, seed: int, *, modes: tuple[str, ...] = ("positi
     schema = schemathesis.openapi.from_dict(doc)
     # reproductions must show the body as sent: the default masks keys like "max_tokens"
     schema.config.output.sanitization.enabled = False
+    # schemathesis' client gives up on a response after 10 s by default and keeps the part of
+    # an event stream it has read: on a loaded machine a 4-choice stream can take longer, and
+    # the cut stream (no [DONE]) would count against the server. Wait past the server's own
+    # deadline instead, so that every stream ends as the server ends it (at worst a 504 event).
+    schema.config.request_timeout = CLIENT_TIMEOUT_S
     checks = [getattr(schemathesis.checks, name) for name in CHECK_NAMES]
     checks += [no_server_error, _sse_check(doc)]
     by_route: dict[str, dict[str, Counter[str]]] = {}
