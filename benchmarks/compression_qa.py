@@ -72,6 +72,29 @@ class RandomCompressor(SelectiveCompressor):
                           self.rng.random(n).astype(np.float32))
 
 
+def hidden_state_embedder(lm):
+    """``texts -> (N, D)``: ``lm``'s last hidden state, mean-pooled over each text's tokens."""
+    import torch
+
+    def embed(texts: list[str]) -> np.ndarray:
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), 64):
+                ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"]
+                       or [lm.tokenizer.pad_token_id] for t in texts[start:start + 64]]
+                width = max(map(len, ids))
+                mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
+                padded = torch.tensor([i + [lm.tokenizer.pad_token_id] * (width - len(i))
+                                       for i in ids])
+                hidden = lm.hf_model(input_ids=padded, attention_mask=mask,
+                                     output_hidden_states=True).hidden_states[-1].float()
+                m = mask.unsqueeze(-1).float()  # (B, T, 1)
+                rows.append(((hidden * m).sum(1) / m.sum(1)).numpy())  # (B, D)
+        return np.concatenate(rows)
+
+    return embed
+
+
 def build(name: str, classifier: str):
     if name == "random":
         return RandomCompressor(0)
@@ -95,6 +118,11 @@ def build(name: str, classifier: str):
         from tokenwise.compression.generative import GenerativeCompressor
 
         return GenerativeCompressor("tw-small")
+    if name == "semantic_hidden":
+        from tokenwise.compression.semantic import SemanticCompressor
+
+        # Any embedder: tw-small's last hidden state, mean-pooled (trained on these worlds).
+        return SemanticCompressor(hidden_state_embedder(load("tw-small")))
     if name in ("semantic", "semantic_exact"):
         from tokenwise.compression.semantic import SemanticCompressor
 
