@@ -249,7 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-count", type=int, default=25, help="items per distractor count")
     parser.add_argument("--methods", default="random,token_classifier,perplexity,"
-                        "selective_context,extractive,generative")
+                        "selective_context,extractive,generative,semantic")
     parser.add_argument("--classifier", default="tw-keep",
                         help="token_classifier's model: built-in name or local directory")
     parser.add_argument("--layout", choices=("first", "last"), default="first",
