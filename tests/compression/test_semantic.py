@@ -98,7 +98,8 @@ def test_batched_rounds_embed_linearly_many_texts_and_order_like_the_greedy():
     assert len(exact.seen) == (n + 1) * (n + 2) // 2
     # Rounds halving the deletable words: about 2n texts, and log2(n) + 2 rounds.
     assert len(batched.seen) <= 2 * n + 2 * (np.log2(n) + 2)
-    assert s_batched.timings["rounds"] <= np.log2(n) + 2
+    assert s_batched.rounds <= np.log2(n) + 2
+    assert s_batched.embedded_texts == len(batched.seen)
     # The words deleted first and last agree with the exact greedy's.
     first = set(np.argsort(s_exact.scores, kind="stable")[:n // 4].tolist())
     first_b = set(np.argsort(s_batched.scores, kind="stable")[:n // 4].tolist())

