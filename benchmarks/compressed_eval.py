@@ -272,7 +272,7 @@ def figure(rows: list[dict], path: Path) -> None:
         bottom.set_ylabel("accuracy change (variant - base)")
         bottom.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
 
 
