@@ -14,6 +14,9 @@ What it measures (``tokenwise.kv``):
 * ``memory``: peak process RSS (one subprocess per method, ru_maxrss minus the RSS after
   loading) and the cache's own peak bytes, for one long SmolLM2 prompt: full cache vs presses
   in one pass vs chunked prefill, and KIVI.
+* ``chunked``: accuracy, needle recall and time of the memory part's eviction settings
+  (SnapKV window 32 in one pass and with 256-token chunked prefill, StreamingLLM chunked) on
+  the real part's items, so the memory figures have an accuracy beside them.
 * ``speed``: a pilot of decode time, ours / full cache ratios from interleaved repeats (the
   lead re-runs timings on a quiet machine).
 
@@ -27,6 +30,7 @@ Commands (the run behind the figures)::
     .venv/bin/python benchmarks/kv_press.py real --out /work/notes/results/kv_press
     .venv/bin/python benchmarks/kv_press.py memory --out /work/notes/results/kv_press
     .venv/bin/python benchmarks/kv_press.py speed --out /work/notes/results/kv_press
+    .venv/bin/python benchmarks/kv_press.py chunked --out /work/notes/results/kv_press
 """
 
 from __future__ import annotations
@@ -340,6 +344,48 @@ def part_real(args: argparse.Namespace) -> None:
               ratios=tuple(args.ratios), on_item=save)
 
 
+CHUNKED = ("snapkv25_w32", "snapkv25_w32_chunk256", "streaming25_chunk256")
+
+
+@torch.inference_mode()
+def part_chunked(args: argparse.Namespace) -> None:
+    """Accuracy of the memory part's settings (SnapKV window 32, chunked prefill) on the real
+    part's items: with chunks, the chunks before the question are compressed before it is
+    read, so chunked SnapKV is question-agnostic for them."""
+    from tokenwise import kv
+    from tokenwise.models import load
+
+    lm = load("smollm2-135m")
+    items = json.loads(Path(f"{args.out}_real_items.json").read_text())[:args.limit]
+    rows: dict[str, dict[str, list]] = {}
+    for n, it in enumerate(items):
+        t0 = time.time()
+        for method in CHUNKED:
+            chunk = 256 if "chunk256" in method else None
+            spec = (kv.SnapKV(0.25, window=32, chunk_size=chunk) if method.startswith("snapkv")
+                    else kv.StreamingLLM(0.25, chunk_size=chunk))
+            t1 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cache, logits = kv.prefill(lm, it["ids"], spec)
+            ans = greedy(lm, cache, logits, len(it["ids"]), 6)
+            r = rows.setdefault(method, {"correct": [], "seconds": [], "recall": [],
+                                         "cache_peak_tokens": []})
+            r["correct"].append(int(it["answer"] in ans))
+            r["seconds"].append(time.perf_counter() - t1)
+            r["recall"].append(needle_recall(cache, it["needle"]))
+            r["cache_peak_tokens"].append(cache.peak_tokens)
+        print(f"item {n + 1}/{len(items)} ({len(it['ids'])} tokens) {time.time() - t0:.1f}s",
+              flush=True)
+    summary = {m: {"n": len(r["correct"]), "accuracy": sum(r["correct"]) / len(r["correct"]),
+                   "needle_recall": sum(r["recall"]) / len(r["recall"]),
+                   "seconds_mean": sum(r["seconds"]) / len(r["seconds"])}
+               for m, r in rows.items()}
+    write(Path(args.out), "chunked", {
+        "model": "smollm2-135m (Q4 GGUF weights dequantised to float32)", "items": len(items),
+        "budget": 0.25, "window": 32, "chunk": 256, "summary": summary, "rows": rows})
+
+
 METHODS = ("full", "snapkv25", "snapkv25_chunk256", "streaming25_chunk256", "kivi2",
            "kivi2_chunk256")
 
@@ -487,7 +533,7 @@ def part_report(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("part", choices=["testbed", "real", "memory", "speed", "probe",
-                                         "report"])
+                                         "chunked", "report"])
     parser.add_argument("--out", default="benchmarks/results/kv_press")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-count", type=int, default=50)
@@ -502,13 +548,15 @@ def main() -> None:
                         help="ratio budgets of the real part")
     parser.add_argument("--tokens", type=int, nargs="*", default=None,
                         help="fixed token budgets (default: 32 testbed, 256 real)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="chunked: the first N items of the real part")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     if args.part == "probe":
         print(json.dumps(probe(args.method, args.length, args.seed)))
         return
     {"testbed": part_testbed, "real": part_real, "memory": part_memory,
-     "speed": part_speed, "report": part_report}[args.part](args)
+     "speed": part_speed, "chunked": part_chunked, "report": part_report}[args.part](args)
 
 
 if __name__ == "__main__":
