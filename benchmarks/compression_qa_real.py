@@ -19,18 +19,20 @@ chat template). Retention = accuracy on compressed / accuracy uncompressed on th
 (95% paired bootstrap over items); accuracies carry 95% Wilson intervals; the achieved rate is
 the compressed haystack's tokens over the whole haystack's, on Gemma's tokenizer.
 
-Methods, each at rate 0.2 / 0.33 / 0.5 (budget on Gemma's tokenizer; ``protect=False``,
-``keep_digits=False``: the needle's code may be dropped like any word; the verses hold no
-digits, so protection would keep exactly the code and make survival trivial):
+Methods, each at rate 0.2 / 0.33 / 0.5 by default (``--rates``; budget on Gemma's tokenizer;
+``protect=False``, ``keep_digits=False``: the needle's code may be dropped like any word; the
+verses hold no digits, so protection would keep exactly the code and make survival trivial):
 random words (baseline), token_classifier (the built-in tw-keep, trained on testbed needle
 memos, not English: run anyway), perplexity (LongLLMLingua's contrastive score) and
 selective_context (phrases) scored by ``--scorer`` (SmolLM2 by default: not the reader),
 extractive (RECOMP, MiniLM), generative (no generator: SCOPE's keyword-keeping fallback on
-every chunk), and microsoft/LLMLingua's own LLMLingua-1 path (``llmlingua`` package,
-``PromptCompressor.compress_prompt`` on the scorer's safetensors directory; no question,
-as in LLMLingua-1; one window, ``iterative_size`` = the text's own tokens, since at its
-default of 200 llmlingua 0.2.2 leaves the last tokens mod 200 uncompressed). Two shims
-make llmlingua 0.2.2 run here, both said in the results: its
+every chunk), semantic (TCRA-LLM's semantic compression: deletes the words that move their
+sentence's MiniLM embedding least; query-free, issue 24's target is >= 98% retention at rate
+0.8, so ``--rates 0.2,0.33,0.5,0.8`` measures it), and microsoft/LLMLingua's own LLMLingua-1
+path (``llmlingua`` package, ``PromptCompressor.compress_prompt`` on the scorer's safetensors
+directory; no question, as in LLMLingua-1; one window, ``iterative_size`` = the text's own
+tokens, since at its default of 200 llmlingua 0.2.2 leaves the last tokens mod 200
+uncompressed). Two shims make llmlingua 0.2.2 run here, both said in the results: its
 token counter is the reader's tokenizer (llmlingua asks tiktoken for gpt-3.5-turbo's, which
 downloads its vocabulary), and its list-of-``[k, v]`` KV caches are converted to and from
 transformers 5's ``DynamicCache``.
@@ -348,6 +350,8 @@ def build(name: str, scorer: Any, classifier: str, counter: Any) -> Any:
         return cls()
     if name == "generative":
         return cls(None)
+    if name == "semantic":
+        return cls()  # MiniLM, batched greedy rounds: the library's defaults
     raise SystemExit(f"unknown method {name!r}")
 
 
@@ -417,6 +421,8 @@ def main() -> None:
     parser.add_argument("--per-length", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default=DEFAULT_METHODS)
+    parser.add_argument("--rates", default=",".join(str(r) for r in RATES),
+                        help="comma-separated rates in (0, 1] (semantic's target is 0.8)")
     parser.add_argument("--reader", default="gemma3-270m")
     parser.add_argument("--contrast-reader", default="smollm2-135m",
                         help="second reader, on every --smol-every-th item ('' for none)")
@@ -438,6 +444,13 @@ def main() -> None:
     if args.setup:
         setup_corpus(args.cache, args.deb_dir)
         return
+    try:
+        rates = tuple(float(x) for x in args.rates.split(","))
+    except ValueError:
+        parser.error(f"--rates {args.rates!r}: expected comma-separated numbers in (0, 1], "
+                     "e.g. 0.2,0.33,0.5,0.8")
+    if not rates or any(not 0 < r <= 1 for r in rates):
+        parser.error(f"--rates {args.rates!r}: every rate must be in (0, 1]")
 
     import torch
 
@@ -496,17 +509,17 @@ def main() -> None:
             continue
         # Item by item, every rate (scores that do not depend on the budget are reused).
         t0 = time.perf_counter()
-        by_rate: dict[float, list[str | None]] = {rate: [] for rate in RATES}
-        errs: dict[float, list[str]] = {rate: [] for rate in RATES}
+        by_rate: dict[float, list[str | None]] = {rate: [] for rate in rates}
+        errs: dict[float, list[str]] = {rate: [] for rate in rates}
         for it in items:
-            for rate in RATES:
+            for rate in rates:
                 try:
                     by_rate[rate].append(compress_one(comp, it, rate, counter))
                 except Exception as exc:  # a failed item counts as lost
                     by_rate[rate].append(None)
                     errs[rate].append(f"{type(exc).__name__}: {str(exc)[:200]}")
-        t_comp = (time.perf_counter() - t0) / len(RATES)
-        for rate in RATES:
+        t_comp = (time.perf_counter() - t0) / len(rates)
+        for rate in rates:
             t0 = time.perf_counter()
             texts, errors = by_rate[rate], errs[rate]
             prompts = [None if t is None else reader_prompt(t, it["key"])
@@ -548,7 +561,7 @@ def main() -> None:
     out = {
         "command": " ".join(["python", *sys.argv]),
         "seed": args.seed, "reader": reader.name, "contrast_reader": args.contrast_reader,
-        "scorer": scorer.name, "classifier": args.classifier, "rates": list(RATES),
+        "scorer": scorer.name, "classifier": args.classifier, "rates": list(rates),
         "weights": "Q4 GGUF weights dequantised to float32 (differ from the bf16 originals)",
         "corpus": "King James Bible verses, Debian bible-kjv-text (decoded by bible-kjv)",
         "items": len(items), "lengths": lengths, "depths": list(DEPTHS),
