@@ -80,6 +80,25 @@ def parse_compress_models(pairs: tuple[str, ...]) -> dict[str, str]:
     return out  # ServerConfig checks the method names; the server loads the models at start
 
 
+def parse_control_probes(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``("calm=probe.json",)`` -> ``{"calm": "probe.json"}``.
+
+    Example:
+        >>> parse_control_probes(("calm=./calm.json",))
+        {'calm': './calm.json'}
+    """
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise TokenwiseError(f"--control-probe {pair!r}: write NAME=FILE, e.g. "
+                                 "--control-probe calm=./calm-probe.json")
+        if name.strip() in out:
+            raise TokenwiseError(f"--control-probe gives {name.strip()!r} twice")
+        out[name.strip()] = path.strip()
+    return out  # ServerConfig checks the names; the server loads the files at start
+
+
 @click.command("serve")
 @click.option("--model", "-m", "models", multiple=True, metavar="NAME_OR_DIR",
               help="Model to serve, repeatable: a built-in name or a local Hugging Face "
@@ -134,6 +153,10 @@ def parse_compress_models(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--compress-model", "compress_models", multiple=True, metavar="METHOD=DIR",
               help="The model a compression method reads with, repeatable "
                    "(e.g. token_classifier=DIR); other methods use their default.")
+@click.option("--control-probe", "control_probes", multiple=True, metavar="NAME=FILE",
+              help="A probe written by 'tokenwise control train' that requests may steer "
+                   "with by NAME (tokenwise.control.probe), repeatable. Requests name probes, "
+                   "never files.")
 @click.option("--device", default="cpu", show_default=True,
               help="Where to load the models: cpu, cuda, cuda:N or auto.")
 @click.option("--no-metrics", is_flag=True,
@@ -167,8 +190,8 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
                   body_timeout_s: float, allowed_hosts: tuple[str, ...],
                   allowed_origins: tuple[str, ...], cors_origins: tuple[str, ...],
                   timeout_s: float, max_queue: int, drain_timeout_s: float,
-                  compress_models: tuple[str, ...], device: str,
-                  no_metrics: bool, log_level: str, engine: str, **vllm: Any) -> None:
+                  compress_models: tuple[str, ...], control_probes: tuple[str, ...],
+                  device: str, no_metrics: bool, log_level: str, engine: str, **vllm: Any) -> None:
     """Serve models over an OpenAI-compatible HTTP API, with a playground at /.
 
     Any OpenAI client works unchanged (base URL http://HOST:PORT/v1); answers carry each
@@ -178,8 +201,8 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
     With --engine vllm, requests run on vLLM (continuous batching, tensor/pipeline
     parallel, multi-node via Ray); per-token entropy then needs logprobs=true (vLLM returns
     the full-vocabulary logprobs it is computed from only then), the top-level sampling
-    fields run in vLLM's order (temperature before min_p/top_h/top_p), and tokenwise.ead
-    and tokenwise.kv are refused.
+    fields run in vLLM's order (temperature before min_p/top_h/top_p), and tokenwise.ead,
+    tokenwise.kv and tokenwise.control are refused.
 
     Browsers: only pages served by this server (the playground) may call it, unless
     --allowed-origin or --cors-origin says otherwise; requests whose Host header is not a
@@ -205,7 +228,8 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
             drain_timeout_s=drain_timeout_s, header_timeout_s=header_timeout_s,
             body_timeout_s=body_timeout_s, allowed_hosts=allowed_hosts,
             allowed_origins=allowed_origins, cors_origins=cors_origins,
-            compress_models=parse_compress_models(compress_models), device=device,
+            compress_models=parse_compress_models(compress_models),
+            control_probes=parse_control_probes(control_probes), device=device,
             metrics=not no_metrics)
         options = vllm_options(ctx, engine, models, vllm, max_batch_rows)
         key = config.resolved_api_key()

@@ -42,6 +42,7 @@ from tokenwise.serving import tokenization
 from tokenwise.serving.admission import Admission
 from tokenwise.serving.batcher import Batcher
 from tokenwise.serving.config import ServerConfig, load_models
+from tokenwise.serving.control_options import load_probes
 from tokenwise.serving.errors import APIError
 from tokenwise.serving.metrics import (
     MeasuredBackend,
@@ -64,12 +65,15 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("tokenwise.serving")
 
 
-def options_listing(models: Mapping[str, Codec]) -> dict[str, Any]:
+def options_listing(models: Mapping[str, Codec],
+                    control_probes: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What a client may choose: models, samplers with their parameters, compression
-    methods, uncertainty estimators, KV-cache presses and quantisers.
+    methods, uncertainty estimators, KV-cache presses and quantisers, and the probes
+    ``tokenwise.control`` may name.
 
     Args:
         models: the served models by id.
+        control_probes: the server's probes (NAME -> file; only the names are listed).
 
     Example:
         >>> "top_h" in [s["name"] for s in options_listing({})["samplers"]]
@@ -83,7 +87,8 @@ def options_listing(models: Mapping[str, Codec]) -> dict[str, Any]:
 
     return {"models": list(models), "samplers": describe(),
             "compression": compression_names(), "uncertainty": available(),
-            "kv": {"press": sorted(PRESSES), "quantize": list(QUANTIZERS)}}
+            "kv": {"press": sorted(PRESSES), "quantize": list(QUANTIZERS)},
+            "control_probes": sorted(control_probes or {})}
 
 
 def load_compressors(compress_models: dict[str, str]) -> None:
@@ -151,6 +156,7 @@ def create_app(config: ServerConfig | None = None,
         raise TypeError("create_app(engine=...) needs the models that engine serves")
     models = dict(models)
     load_compressors(config.compress_models)
+    load_probes(config.control_probes)
     admission = Admission(config.max_queue)
     metrics = _metrics(config, models, engine, admission)
     service = CompletionService(config, models, engine if metrics is None
@@ -215,7 +221,7 @@ def create_app(config: ServerConfig | None = None,
 
     @app.get("/tokenwise/options")
     async def options() -> dict[str, Any]:
-        return options_listing(models)
+        return options_listing(models, config.control_probes)
 
     @app.get("/tokenwise/stats")
     async def stats() -> dict[str, Any]:

@@ -22,7 +22,11 @@ through :meth:`Batcher.call`, on the same thread, between batches.
 A request with ``tokenwise.kv`` (a press or a quantised cache) is a batch of its own: its
 cache keeps other tokens than a padded batch's rows would, so its choices are decoded one
 after another, each with its own compressed cache, while other requests batch as before
-(streaming, cancellation and deadlines work as for any batch).
+(streaming, cancellation and deadlines work as for any batch). A request with
+``tokenwise.control`` (semantic control, :mod:`tokenwise.serving.control_options`) is
+decoded the same way, one choice at a time: the sampler's rollouts draw from one random
+stream for the batch, so a row's tokens would depend on the rows beside it, and a seed must
+give the same reply alone or in any batch.
 
 The batcher is the embedded backend behind the completion routes: :meth:`Batcher.events`
 turns a planned request into its choices' token and finish events (the interface
@@ -83,7 +87,8 @@ class Job:
         cancelled: set when the client leaves.
         finished: per row, whether its finish event went out.
         kv: the request's ``tokenwise.kv`` press or quantised cache (None: a plain cache).
-            Such a job shares no batch, and its rows are decoded one at a time.
+            Such a job shares no batch, and its rows are decoded one at a time, as are
+            those of a job whose spec has semantic control (:attr:`alone`).
     """
 
     model: str
@@ -91,6 +96,12 @@ class Job:
     rows: list[Row]
     cancelled: threading.Event = field(default_factory=threading.Event)
     kv: Any = None
+
+    @property
+    def alone(self) -> bool:
+        """Whether the job shares no batch and decodes its rows one at a time (a compressed
+        cache, or semantic control)."""
+        return self.kv is not None or self.spec.control is not None
 
     def __post_init__(self) -> None:
         self.finished = [False] * len(self.rows)
@@ -285,12 +296,12 @@ class Batcher:
 
     def _take_batch(self, first: Job) -> list[Job]:
         jobs, rows = [first], list(first.rows)
-        if not self.batching or first.kv is not None:  # a compressed cache decodes alone
+        if not self.batching or first.alone:  # a compressed cache or control: alone
             return jobs
         lm = self.models[first.model]
         for other in list(self._pending):
             if not isinstance(other, Job) or other.model != first.model \
-                    or other.spec != first.spec or other.kv is not None:
+                    or other.spec != first.spec or other.alone:
                 continue
             if len(rows) + len(other.rows) > self.max_rows \
                     or not self._fits(lm, rows + other.rows):
@@ -305,7 +316,7 @@ class Batcher:
         first = jobs[0]
         lm, names = self.models[first.model], self.names[first.model]
         rows = [r for j in jobs for r in j.rows]
-        if first.kv is not None:  # one job; each row keeps its own compressed cache
+        if first.alone:  # one job; each row keeps its own compressed cache / rollouts
             done = BatchStats(rows=len(rows))
             for row in rows:
                 if row.cancelled():  # its client left while an earlier choice decoded

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,9 @@ class ServerConfig:
             exits (status 0).
         compress_models: compression method -> the model it reads with (a directory or a
             built-in name); methods not listed use their own default.
+        control_probes: probe NAME -> probe file (written by ``tokenwise control train``)
+            that a request's ``tokenwise.control.probe`` may name; a request never gives a
+            path. Loaded when the app is created.
         device: where models are loaded (``"cpu"``, ``"cuda"``, ``"auto"``).
         allowed_hosts: more names the ``Host`` header may carry (besides the loopback names,
             the bound host, and any IP address when bound to all interfaces); ``"*"``: any
@@ -88,6 +92,7 @@ class ServerConfig:
     max_queue: int = 256
     drain_timeout_s: float = 30.0
     compress_models: dict[str, str] = field(default_factory=dict)
+    control_probes: dict[str, str] = field(default_factory=dict)
     device: str = "cpu"
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
@@ -129,6 +134,7 @@ class ServerConfig:
         self.cors_origins = tuple(_origin(o, "cors_origins") for o in
                                   _strings(self.cors_origins, "cors_origins"))
         self.compress_models = _compress_models(self.compress_models)
+        self.control_probes = _control_probes(self.control_probes)
 
     def resolved_api_key(self) -> str | None:
         """The key in force: ``api_key``, else the environment variable; None if neither.
@@ -209,6 +215,26 @@ def _origin(value: str, name: str) -> str:
     default = {"http": 80, "https": 443}[parts.scheme]
     # Browsers leave a scheme's default port out of Origin: compare in that form.
     return f"{parts.scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+
+
+#: what a probe's NAME may be: it travels in requests and responses
+_PROBE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _control_probes(given: object) -> dict[str, str]:
+    """Probe names checked (short, plain names) and files made strings; the files are
+    loaded when the app is created (:func:`tokenwise.serving.control_options.load_probes`)."""
+    if not isinstance(given, dict):
+        raise TokenwiseError(f"control_probes={given!r}: allowed a dict NAME -> probe file")
+    out: dict[str, str] = {}
+    for name, path in given.items():
+        if not isinstance(name, str) or not _PROBE_NAME.fullmatch(name):
+            raise TokenwiseError(f"control probe name {name!r}: allowed 1-64 letters, digits, "
+                                 "'_', '.' or '-', starting with a letter or digit")
+        if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+            raise TokenwiseError(f"control probe {name!r}: {path!r} is not a file path")
+        out[name] = os.fspath(path)
+    return out
 
 
 def _compress_models(given: object) -> dict[str, str]:

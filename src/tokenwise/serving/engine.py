@@ -312,7 +312,7 @@ def batch_sampler(lm: LanguageModel, spec: SamplerSpec, rows: list[Row]
         >>> batch_sampler(load("tw-small"), SamplerSpec(), [Row("7+2=", 3, print)])
         (None, None)
     """
-    sampler = spec.build()
+    sampler = spec.build(lm)
     if all(r.constraint is None for r in rows):
         return sampler, None
     constrained = RowConstraints(lm, [r.constraint for r in rows])

@@ -333,6 +333,8 @@ class Options(_Out):
     uncertainty: list[str]
     #: ``tokenwise.kv`` choices: ``{"press": [names], "quantize": ["kivi", "saq"]}``
     kv: dict[str, list[str]]
+    #: the probe names ``tokenwise.control.probe`` may give (``--control-probe``)
+    control_probes: list[str]
 
 
 class Stats(BaseModel):
@@ -396,6 +398,9 @@ def _component_schemas(config: Any, models: Mapping[str, Any]) -> dict[str, Any]
     from tokenwise.kv import PRESSES
     from tokenwise.serving.kv_options import QUANTIZERS
 
+    probes = sorted(getattr(config, "control_probes", None) or {})
+    if probes:  # none: any string is refused by the planner, naming how to add one
+        schemas["ControlOptions"]["properties"]["probe"]["enum"] = probes
     kv = schemas["KVOptions"]["properties"]  # one of them is needed: the planner says so
     for field, allowed in (("press", sorted(PRESSES)), ("quantize", list(QUANTIZERS))):
         kv[field] = {"anyOf": [{"type": "string", "enum": allowed}, {"type": "null"}],

@@ -30,6 +30,7 @@ from tokenwise.serving.constraints import (
     response_format_constraint,
     tool_call_constraint,
 )
+from tokenwise.serving.control_options import ControlSpec, control_spec
 from tokenwise.serving.errors import APIError
 from tokenwise.serving.kv_options import describe as describe_kv
 from tokenwise.serving.kv_options import kv_setting
@@ -39,6 +40,7 @@ from tokenwise.serving.schemas import (
     ChatMessage,
     CompletionRequest,
     EADOptions,
+    TokenwiseOptions,
     UncertaintyOptions,
 )
 from tokenwise.serving.tools import ToolSpec, call_constraint, check_tools, render_tool_chat
@@ -440,6 +442,8 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
     spec = sampler_spec(req)
     check_vocabulary(req, spec, lm.vocab_size)
     opts = req.tokenwise
+    if opts is not None and opts.control is not None:
+        spec = spec.with_control(_control(opts, cfg, lm, max_tokens, req.model))
     info: dict[str, Any] = {"model": req.model, "sampler": spec.describe()}
     tools = None
     if kind == "chat":
@@ -510,6 +514,18 @@ def plan_request(req: ChatCompletionRequest | CompletionRequest, cfg: ServerConf
                 uncertainty=opts.uncertainty if opts is not None else None, info=info,
                 echo=kind == "completion" and req.echo, tools=tools, constraint=constraint,
                 kv=kv)
+
+
+def _control(opts: TokenwiseOptions, cfg: ServerConfig, lm: Codec, max_tokens: int,
+             model: str) -> ControlSpec:
+    """The request's ``tokenwise.control``, checked (400s name the field)."""
+    for other in ("ead", "uncertainty"):
+        if getattr(opts, other) is not None:
+            raise APIError(400, f"tokenwise.control cannot be combined with "
+                                f"tokenwise.{other}: {other} decodes with samplers of its own, "
+                                "which the control would not steer; send one of them",
+                           param="tokenwise.control", code="conflicting_fields")
+    return control_spec(opts.control, cfg.control_probes, lm, max_tokens, model)
 
 
 def apply_compression(plan: Plan, req: ChatCompletionRequest | CompletionRequest,

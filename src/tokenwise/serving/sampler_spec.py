@@ -12,6 +12,9 @@ mixed with the top-level fields (their neutral values aside, which clients send 
 
 Samplers carry state (Mirostat) and are not shared between batches: the spec is a tuple of
 ``(name, params)`` steps, hashable, so requests with equal specs can share one batch.
+``tokenwise.control`` (semantic control with a probe the server loaded,
+:mod:`tokenwise.serving.control_options`) is the spec's ``control``, run before the steps;
+it needs the model, so :meth:`SamplerSpec.build` takes it.
 
 Example:
     >>> from tokenwise.serving.schemas import CompletionRequest
@@ -30,6 +33,7 @@ from typing import Any
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.sampling import Chain, Sampler, get
+from tokenwise.serving.control_options import ControlSpec
 from tokenwise.serving.errors import APIError
 from tokenwise.serving.schemas import SamplingFields
 
@@ -45,30 +49,55 @@ class SamplerSpec:
 
     Attributes:
         steps: ``((name, ((param, value), ...)), ...)``; empty = greedy decoding.
+        control: semantic control run before the steps
+            (:class:`~tokenwise.serving.control_options.ControlSpec`), or None.
     """
 
     steps: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    control: ControlSpec | None = None
 
     @property
     def greedy(self) -> bool:
         """True when no sampler runs (argmax decoding)."""
-        return not self.steps
+        return not self.steps and self.control is None
 
-    def build(self) -> Sampler | None:
-        """A fresh sampler (None for greedy)."""
-        if not self.steps:
-            return None
+    def build(self, lm: Any = None) -> Sampler | None:
+        """A fresh sampler (None for greedy).
+
+        Args:
+            lm: the model the sampler runs on; needed with ``control`` (its rollouts and
+                embeddings run on the model).
+        """
         samplers = [get(name, **dict(params)) for name, params in self.steps]
+        if self.control is not None:
+            if lm is None:
+                raise TokenwiseError("SamplerSpec.build() with control needs the model: "
+                                     "build(lm)")
+            samplers.insert(0, self.control.build(lm))
+        if not samplers:
+            return None
         return samplers[0] if len(samplers) == 1 else Chain(samplers)
 
     def describe(self) -> list[dict[str, Any]]:
-        """The steps with every setting the samplers use (defaults included), for responses."""
-        sampler = self.build()
-        if sampler is None:
-            return []
-        steps = sampler.samplers if isinstance(sampler, Chain) else [sampler]
-        return [json.loads(json.dumps({"name": s.name, **s.params()}, default=_jsonable))
-                for s in steps]
+        """The steps with every setting the samplers use (defaults included), for responses
+        (semantic control first, its probe named, not its file)."""
+        out = [] if self.control is None else [self.control.describe()]
+        steps = [get(name, **dict(params)) for name, params in self.steps]
+        return out + [json.loads(json.dumps({"name": s.name, **s.params()}, default=_jsonable))
+                      for s in steps]
+
+    def with_control(self, control: ControlSpec) -> SamplerSpec:
+        """This spec with ``control`` before its steps; a greedy spec keeps choosing the
+        argmax (of the steered logits) with an explicit ``temperature=0`` step.
+
+        Example:
+            >>> from tokenwise.serving.control_options import ControlSpec
+            >>> c = ControlSpec("calm", "p.json", "hidden", -1, 1.0, 4, 4, True, 0, 8)
+            >>> SamplerSpec().with_control(c).steps
+            (('temperature', (('temperature', 0.0),)),)
+        """
+        steps = self.steps or (("temperature", (("temperature", 0.0),)),)
+        return SamplerSpec(steps, control)
 
 
 def _jsonable(value: Any) -> Any:

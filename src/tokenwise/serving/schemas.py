@@ -198,10 +198,29 @@ class KVOptions(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ControlOptions(WireModel):
+    """Semantic control (:class:`tokenwise.sampling.SemanticControl`): steer the reply towards
+    the attribute of a probe the server was started with (``--control-probe NAME=FILE``,
+    files written by ``tokenwise control train``); ``probe`` is that NAME, never a path.
+
+    ``top_k`` candidates each get a rollout of ``horizon`` tokens per generated token (that
+    many forward passes without a KV cache), so both are capped; the rollouts stop at
+    ``max_tokens`` (the finished reply is what the probe judges).
+    """
+
+    probe: str
+    strength: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    top_k: Annotated[int, Field(ge=1, le=16), _INTEGRAL] = 4
+    horizon: Annotated[int, Field(ge=0, le=32), _INTEGRAL] = 4
+    spread: bool = True
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1), _INTEGRAL] = 0
+
+
 class TokenwiseOptions(WireModel):
     """The namespaced extras."""
 
     sampler: list[SamplerStep] | None = None
+    control: ControlOptions | None = None
     ead: EADOptions | None = None
     compress: CompressOptions | None = None
     uncertainty: UncertaintyOptions | None = None

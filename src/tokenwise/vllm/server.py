@@ -42,6 +42,8 @@ continuous batching, tensor/pipeline parallelism and multi-node serving. What ru
   exposes no scores to a press and keeps its own paged cache.
 * ``tokenwise.ead`` (entropy-adaptive decoding) is refused with a 400: it switches between
   two models inside tokenwise's own decode loop, which vLLM does not expose.
+* ``tokenwise.control`` (semantic control) is refused with a 400: its rollouts and the
+  probe's gradient run inside tokenwise's own decode loop.
 * Tools: rendering the chat with its tools and parsing the reply into ``tool_calls`` are
   the routes' own, so ``tools`` with ``tool_choice`` ``"auto"`` or ``"none"`` work as on
   the embedded engine. What needs a grammar on the sampler, JSON ``response_format`` and a
@@ -508,6 +510,13 @@ class VLLMBackend:
                                 "between two models inside tokenwise's own decoding loop, "
                                 "which vLLM does not expose. Serve with --engine tokenwise "
                                 "(the default) for EAD.", param="tokenwise.ead",
+                           code="unsupported_on_engine")
+        if opts is not None and opts.control is not None:
+            raise APIError(400, "tokenwise.control (semantic control) is not supported by "
+                                "this server's vLLM engine (--engine vllm): its rollouts and "
+                                "the probe's gradient run inside tokenwise's own decoding "
+                                "loop. Serve with --engine tokenwise (the default) for "
+                                "tokenwise.control.", param="tokenwise.control",
                            code="unsupported_on_engine")
         if opts is not None and opts.kv is not None:
             raise APIError(400, "tokenwise.kv (KV-cache compression) is not supported by this "
