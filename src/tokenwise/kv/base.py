@@ -63,6 +63,22 @@ def check_budget(budget: object, setting: str = "budget") -> BudgetSpec:
     raise TokenwiseError(f"{setting}={budget!r}: {allowed}")
 
 
+def check_positive(setting: str, value: object) -> int:
+    """``value`` checked as a whole number >= 1 (a press's window, kernel, group, ...).
+
+    Args:
+        setting: its name in the error.
+        value: the value to check (``bool`` is refused, numpy integers are taken).
+
+    Example:
+        >>> check_positive("window", 16)
+        16
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise TokenwiseError(f"{setting}={value!r}: allowed a whole number >= 1")
+    return int(value)
+
+
 def tokens_for(budget: BudgetSpec, prompt_tokens: int, layer: int, n_layers: int) -> int:
     """The tokens layer ``layer`` keeps for a prompt of ``prompt_tokens`` tokens.
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenwise.errors import TokenwiseError
-from tokenwise.kv.base import Press, ScoreInputs
+from tokenwise.kv.base import Press, ScoreInputs, check_positive
 
 
 @dataclass
@@ -40,8 +39,7 @@ class ExpectedAttention(Press):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise TokenwiseError(f"window={self.window!r}: allowed a whole number >= 1")
+        self.window = check_positive("window", self.window)
 
     def queries_needed(self) -> int | None:
         return self.window

@@ -18,7 +18,6 @@ pass (pure PyTorch: no fused kernel, so decoding is slower than a full cache).
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from tokenwise.errors import TokenwiseError
+from tokenwise.kv.base import check_positive
 
 _BITS = (2, 4, 8)
 
@@ -144,12 +144,6 @@ def requantize(q: Quantized, bits: int) -> Quantized:
     return quantize(dequantize(q), bits, per_channel=q.per_channel, group=q.group)
 
 
-def _positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise TokenwiseError(f"{name}={value!r}: allowed a whole number >= 1")
-    return int(value)
-
-
 @dataclass
 class QuantSpec:
     """Settings of a quantised cache: widths by age, groups and the full-precision window.
@@ -189,13 +183,13 @@ class QuantSpec:
                                  f"one where each stair after the first of bits="
                                  f"{list(self.bits)} starts")
         for a in self.ages:
-            _positive("ages", a)
+            check_positive("ages", a)
         if list(self.ages) != sorted(set(self.ages)):
             raise TokenwiseError(f"ages={list(self.ages)}: must increase")
-        self.group = _positive("group", self.group)
-        self.residual = _positive("residual", self.residual)
+        self.group = check_positive("group", self.group)
+        self.residual = check_positive("residual", self.residual)
         if self.chunk_size is not None:
-            self.chunk_size = _positive("chunk_size", self.chunk_size)
+            self.chunk_size = check_positive("chunk_size", self.chunk_size)
 
     def bits_at(self, age: int) -> int:
         """The width for a block whose newest token is ``age`` tokens past the window.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from tokenwise.errors import TokenwiseError
-from tokenwise.kv.base import Press, ScoreInputs, pool_scores
+from tokenwise.kv.base import Press, ScoreInputs, check_positive, pool_scores
 
 
 @dataclass
@@ -47,10 +47,8 @@ class SnapKV(Press):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for setting in ("window", "kernel"):
-            value = getattr(self, setting)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise TokenwiseError(f"{setting}={value!r}: allowed a whole number >= 1")
+        self.window = check_positive("window", self.window)
+        self.kernel = check_positive("kernel", self.kernel)
         if not isinstance(self.question_aware, bool):
             raise TokenwiseError(f"question_aware={self.question_aware!r}: allowed True or False")
 
