@@ -145,10 +145,9 @@ class ControlSpec:
                                spread=self.spread, seed=self.seed)
 
     def describe(self) -> dict[str, Any]:
-        """The settings as a response reports them (the probe by name, not by path)."""
-        info = _probe(self.path).info
-        return {"name": "semantic_control", "probe": self.probe,
-                "fitted_on": info.get("model"), "embedding": self.embedding,
+        """The settings as a response reports them: the probe by name, neither its file nor
+        the model it was fitted on (which may be a directory of the server's)."""
+        return {"name": "semantic_control", "probe": self.probe, "embedding": self.embedding,
                 "layer": self.layer, "strength": self.strength, "top_k": self.top_k,
                 "horizon": self.horizon, "length": self.length, "spread": self.spread,
                 "seed": self.seed}
@@ -195,8 +194,7 @@ def control_spec(opts: ControlOptions, probes: Mapping[str, str], lm: Any, max_t
     size = _embedding_size(lm, embedding)
     if size is not None and size != width:
         raise APIError(400, f"tokenwise.control.probe: probe {opts.probe!r} reads "
-                            f"{width}-d {embedding} embeddings (fitted on "
-                            f"{probe.info.get('model', 'an unnamed model')!r}), but model "
+                            f"{width}-d {embedding} embeddings, but model "
                             f"{model or getattr(lm, 'name', '?')!r} gives {size}-d ones: "
                             "use a probe fitted on this model", param="tokenwise.control.probe",
                        code="invalid_value")
