@@ -38,6 +38,29 @@ distribution is random (it depends on its rollout), so ``q_t`` is its mean over 
 independent rollouts at the same prefix; a finite mean makes the estimate err upwards
 (conservative). Run (a few minutes on one loaded core):
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/semantic_control.py
+
+``--part world`` (issue 24's second measurement): a topic constraint on a real trained model,
+tw-small, writing fact-world text, where no exact conditional exists. Each line is
+``--world-length`` tokens after a person's name from the world tw-small was trained on
+(``FactWorld(0)``): "... keeps a kitten as a pet.\nQ: ...". Topics: ``animals`` (the line
+names a pet, any surface form; ~27% of tw-small's lines) and ``medicine`` (it names the doctor
+profession: doctor, physician, medic; ~2%). The verifier is a ``LogisticProbe`` on tw-small's
+mean last hidden state (``HiddenStateEmbedder``, as ``tokenwise control train`` fits it) of
+``--world-train`` of tw-small's own lines (other names), labelled by the topic's words. The
+judge is held out: a bag-of-words logistic regression fitted on windows of freshly written
+fact-world documents (the world's templates, not the model), never seen by any sampler;
+its agreement with the word rule is reported too. Fluency: the perplexity of each generated
+line under tw-small (the base model) given its prompt, as a geometric mean over lines
+(median beside it); also the share of lines the steering verifier itself calls on topic.
+Methods on the same ``--world-lines`` names: plain sampling
+(temperature 1); the verifier on the prefix without rollouts (``SemanticControl`` with no
+model, FUDGE-like but with a probe fitted on whole lines); ``SemanticControl`` at each
+(``--world-k``, ``--world-h``, ``--world-s``); rejection sampling at equal token
+evaluations (M = cost // N whole plain lines, the first the verifier accepts kept, else the
+last). Run (~16 min on one loaded core)::
+
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/semantic_control.py --part world \
+        --world-k 4,8,8 --world-h 4,8,8 --world-s 1,1,2
 """
 
 from __future__ import annotations
@@ -45,9 +68,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
+import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -220,6 +247,238 @@ def semantic_cost(con: Constraint, top_k: int, horizon: int) -> int:
     return con.length + k * sum(min(horizon, con.length - t - 1) for t in range(con.length))
 
 
+# --------------------------------------------------------------------------- part "world"
+
+#: topics of the fact world, each a set of words (every surface form of its values)
+WORLD_TOPICS = {"animals": ("pet", None), "medicine": ("profession", "doctor")}
+
+
+def topic_words(world: Any, topic: str) -> tuple[str, ...]:
+    """The words that put a text on ``topic``: every surface form (article dropped) of the
+    topic's values in the fact world ("animals": every pet; "medicine": doctor's forms).
+
+    Example:
+        >>> from tokenwise.testbed import FactWorld
+        >>> topic_words(FactWorld(0), "medicine")
+        ('doctor', 'medic', 'physician')
+    """
+    attribute, meaning = WORLD_TOPICS[topic]
+    words = {re.sub(r"^(a|an) ", "", form)
+             for value in world.attributes[attribute].values
+             if meaning is None or value.meaning == meaning for form in value.forms}
+    return tuple(sorted(words))
+
+
+def on_topic(texts: list[str], words: tuple[str, ...]) -> torch.Tensor:
+    """``(N,)`` bool: the text names one of ``words`` (the rule the judge is trained on)."""
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b")
+    return torch.tensor([pattern.search(t.lower()) is not None for t in texts])
+
+
+class BagOfWordsJudge:
+    """The held-out judge: a logistic regression on word counts, fitted on windows of fact-
+    world documents (written by the world's templates, not by the model), never seen by the
+    sampler. It shares nothing with the verifier (which reads tw-small's hidden states of
+    the model's own samples) but the definition of the topic.
+
+    Args:
+        texts: training texts.
+        labels: ``(N,)`` 0/1.
+    """
+
+    def __init__(self, texts: list[str], labels: torch.Tensor) -> None:
+        counts: dict[str, int] = {}
+        for t in texts:
+            for w in self.words(t):
+                counts[w] = counts.get(w, 0) + 1
+        self.vocab = {w: i for i, w in enumerate(sorted(w for w, c in counts.items() if c >= 3))}
+        self.probe = LogisticProbe.fit(self.features(texts), labels.float(), l2=1e-4)
+
+    @staticmethod
+    def words(text: str) -> list[str]:
+        return re.findall(r"[a-z]+", text.lower())
+
+    def features(self, texts: list[str]) -> torch.Tensor:
+        x = torch.zeros(len(texts), len(self.vocab))
+        for i, t in enumerate(texts):
+            for w in self.words(t):
+                if w in self.vocab:
+                    x[i, self.vocab[w]] = 1.0
+        return x
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """``(N,)`` bool: judged on topic."""
+        return self.probe(self.features(texts)) > 0
+
+
+def judge_texts(world: Any, words: tuple[str, ...], count: int,
+                seed: int) -> tuple[list[str], torch.Tensor]:
+    """Windows of 3-12 consecutive words of fresh fact-world documents, labelled by the rule;
+    texts naming the topic are oversampled to a third (the judge sees enough of them)."""
+    rng = random.Random(f"judge/{seed}")
+    tokens = " \n ".join(line for doc in world.documents(rng)
+                         for line in doc.split("\n")).split(" ")
+    pos: list[str] = []
+    neg: list[str] = []
+    while len(pos) + len(neg) < count:
+        start = rng.randrange(len(tokens) - 12)
+        text = " ".join(tokens[start:start + rng.randint(3, 12)]).replace(" \n ", "\n")
+        hit = bool(on_topic([text], words)[0])
+        if hit and len(pos) < count // 3:
+            pos.append(text)
+        elif not hit and len(neg) < count - count // 3:
+            neg.append(text)
+    return pos + neg, torch.tensor([1] * len(pos) + [0] * len(neg))
+
+
+def rollout_cost(length: int, top_k: int, horizon: int) -> int:
+    """Token evaluations per line: one per token plus ``top_k`` rollouts of up to ``horizon``."""
+    return length + top_k * sum(min(horizon, length - t - 1) for t in range(length))
+
+
+def world_main(args: argparse.Namespace) -> None:
+    """A topic constraint on tw-small's fact-world text (issue 24's second measurement)."""
+    import tokenwise as tw
+    from tokenwise.sampling.semantic_control import HiddenStateEmbedder
+    from tokenwise.scoring import token_surprisal
+    from tokenwise.testbed import FactWorld
+
+    torch.manual_seed(args.seed)
+    t_start = time.time()
+    lm = tw.load(args.world_model)
+    world = FactWorld(0)  # the world tw-small was trained on (Testbed(seed=0))
+    n = args.world_length
+    rng = random.Random(args.seed)
+    entities = list(world.entities)
+    rng.shuffle(entities)
+    test_prompts = entities[:args.world_lines]
+    train_prompts = [entities[args.world_lines + i % (len(entities) - args.world_lines)]
+                     for i in range(args.world_train)]
+    embedder = HiddenStateEmbedder(lm)
+
+    def sample(prompts: list[str], sampler: Any, seed0: int) -> list[Any]:
+        out = []
+        for s in range(0, len(prompts), args.world_batch):
+            chunk = prompts[s:s + args.world_batch]
+            out += tw.generate(lm, chunk, sampler, max_new_tokens=n,
+                               seed=[seed0 + s + i for i in range(len(chunk))])
+        return out
+
+    def ids_of(gens: list[Any]) -> list[list[int]]:
+        return [[r.id for r in g.tokens] for g in gens]
+
+    def embed(id_rows: list[list[int]]) -> torch.Tensor:
+        rows = []
+        with torch.no_grad():
+            for row in id_rows:  # rows may be shorter than n (an end token): one at a time
+                rows.append(embedder(F.one_hot(torch.tensor([row]), lm.vocab_size).float()))
+        return torch.cat(rows)
+
+    def perplexity(prompts: list[str], id_rows: list[list[int]]) -> list[float]:
+        return [float(np.exp(np.nanmean(token_surprisal(lm, row, lm.encode(p)))))
+                for p, row in zip(prompts, id_rows, strict=True)]
+
+    t0 = time.time()
+    train_gens = sample(train_prompts, "temperature", 10**6)
+    train_ids, train_texts = ids_of(train_gens), [g.text for g in train_gens]
+    train_x = embed(train_ids)
+    print(f"world: {args.world_model}, {n} tokens a line after a person's name; verifier "
+          f"training lines {len(train_texts)} ({time.time() - t0:.0f} s)", flush=True)
+    rows: list[dict] = []
+    examples: dict[str, dict[str, list[str]]] = {}
+    for topic in args.world_topics.split(","):
+        t_topic = time.time()
+        words = topic_words(world, topic)
+        labels = on_topic(train_texts, words)
+        probe = LogisticProbe.fit(train_x, labels.float(), l2=args.world_l2)
+        probe_acc = float(((probe(train_x) > 0) == labels).float().mean())
+        jtexts, jlabels = judge_texts(world, words, args.world_judge, args.seed)
+        judge = BagOfWordsJudge(jtexts, jlabels)
+        print(f"\n== topic {topic!r} ({', '.join(words)}): {int(labels.sum())}/{len(labels)} "
+              f"of tw-small's lines on topic; probe accuracy on them {probe_acc:.3f}",
+              flush=True)
+        examples[topic] = {}
+
+        def report(method: str, evals: float, prompts: list[str], texts: list[str],
+                   id_rows: list[list[int]], seconds: float, topic: str = topic,
+                   words: tuple[str, ...] = words, judge: Any = judge, probe: Any = probe,
+                   **extra: Any) -> None:
+            judged = judge(texts)
+            rule = on_topic(texts, words)
+            # what the steering verifier itself says: a gap to the judge is text that
+            # fools the verifier (e.g. a misspelt "shysician" near "physician")
+            verifier = probe(embed(id_rows)) > 0
+            ppl = perplexity(prompts, id_rows)
+            k, m = int(judged.sum()), len(texts)
+            lo, hi = wilson(k, m)
+            row = {"topic": topic, "method": method, "evals_per_line": evals,
+                   "judged_on_topic": k / m, "judged_ci95": [lo, hi],
+                   "rule_on_topic": float(rule.float().mean()),
+                   "judge_agrees_with_rule": float((judged == rule).float().mean()),
+                   "verifier_on_topic": float(verifier.float().mean()),
+                   "perplexity_median": float(np.median(ppl)),
+                   "perplexity_mean_log": float(np.exp(np.mean(np.log(ppl)))),
+                   "distinct_texts": len(set(texts)) / m, "seconds": seconds, **extra}
+            rows.append(row)
+            examples[topic][method] = texts[:5]
+            print(f"{method:40s} {evals:6.0f} evals  judged {k / m:.3f} [{lo:.3f}, {hi:.3f}]"
+                  f"  rule {row['rule_on_topic']:.3f}  verifier "
+                  f"{row['verifier_on_topic']:.3f}  ppl {row['perplexity_mean_log']:.2f}"
+                  f" (median {row['perplexity_median']:.2f})  distinct "
+                  f"{row['distinct_texts']:.2f}  {seconds:.0f} s", flush=True)
+
+        t0 = time.time()
+        plain = sample(test_prompts, "temperature", 0)
+        report("plain sampling", n, test_prompts, [g.text for g in plain], ids_of(plain),
+               time.time() - t0)
+        t0 = time.time()
+        prefix = SemanticControl(probe, embedder, None, top_k=args.world_k[0], seed=args.seed)
+        gens = sample(test_prompts, prefix, 0)
+        report(f"prefix verifier (no rollout) k={args.world_k[0]}", n, test_prompts,
+               [g.text for g in gens], ids_of(gens), time.time() - t0)
+        done_tries: set[int] = set()
+        for top_k, horizon, strength in zip(args.world_k, args.world_h, args.world_s,
+                                            strict=True):
+            cost = rollout_cost(n, top_k, horizon)
+            t0 = time.time()
+            sampler = SemanticControl(probe, embedder, lm, strength=strength, top_k=top_k,
+                                      horizon=horizon, length=n, seed=args.seed)
+            gens = sample(test_prompts, sampler, 0)
+            report(f"semantic k={top_k} h={horizon} s={strength:g}", cost, test_prompts,
+                   [g.text for g in gens], ids_of(gens), time.time() - t0, top_k=top_k,
+                   horizon=horizon, strength=strength)
+            # rejection with the same token evaluations: whole lines from the model, the
+            # first the verifier accepts (probe logit > 0) kept, else the last try
+            tries = max(1, cost // n)
+            if tries in done_tries:
+                continue
+            done_tries.add(tries)
+            t0 = time.time()
+            pool = [sample(test_prompts, "temperature", 10**7 * (1 + j)) for j in range(tries)]
+            accept = [probe(embed(ids_of(p))) > 0 for p in pool]
+            pick = []
+            for i in range(len(test_prompts)):
+                j = next((j for j in range(tries) if bool(accept[j][i])), tries - 1)
+                pick.append(pool[j][i])
+            report(f"  rejection, {tries} tries (verifier accepts)", tries * n, test_prompts,
+                   [g.text for g in pick], ids_of(pick), time.time() - t0, tries=tries,
+                   verifier_accepted=float(torch.stack(accept).any(0).float().mean()))
+        print(f"({time.time() - t_topic:.0f} s)", flush=True)
+    print(f"\nwall {time.time() - t_start:.0f} s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "rows": rows, "examples": examples}, fh, indent=1)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of k successes in n."""
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return mid - half, mid + half
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lines", type=int, default=2000, help="generated lines per method")
@@ -230,7 +489,36 @@ def main() -> None:
                     help="L2 penalty of the probe (small: the attribute is a sharp threshold)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the rows here too")
+    ap.add_argument("--part", choices=("markov", "world"), default="markov",
+                    help="markov: exact conditional on the Markov source; world: a topic "
+                    "constraint on tw-small's fact-world text, judged by a held-out classifier")
+    ap.add_argument("--world-model", default="tw-small")
+    ap.add_argument("--world-topics", default="animals,medicine",
+                    help=f"comma-separated, from {', '.join(WORLD_TOPICS)}")
+    ap.add_argument("--world-lines", type=int, default=100, help="test prompts per method")
+    ap.add_argument("--world-length", type=int, default=12, help="tokens a line")
+    ap.add_argument("--world-train", type=int, default=2000,
+                    help="tw-small lines the verifier is fitted on")
+    ap.add_argument("--world-judge", type=int, default=6000,
+                    help="fact-world texts the held-out judge is fitted on")
+    ap.add_argument("--world-l2", type=float, default=1e-3, help="L2 of the verifier")
+    ap.add_argument("--world-k", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[4, 8], help="top_k of each SemanticControl setting")
+    ap.add_argument("--world-h", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[4, 8], help="horizon of each setting (as many as --world-k)")
+    ap.add_argument("--world-s", type=lambda s: [float(x) for x in s.split(",")],
+                    default=[1.0, 1.0], help="strength of each setting (as many as --world-k)")
+    ap.add_argument("--world-batch", type=int, default=50, help="prompts a generate call")
     args = ap.parse_args()
+    if args.part == "world":
+        bad = [t for t in args.world_topics.split(",") if t not in WORLD_TOPICS]
+        if bad:
+            ap.error(f"--world-topics {bad[0]!r}: allowed {', '.join(WORLD_TOPICS)}")
+        if not len(args.world_k) == len(args.world_h) == len(args.world_s):
+            ap.error(f"--world-k {args.world_k}, --world-h {args.world_h} and --world-s "
+                     f"{args.world_s}: allowed lists of equal length")
+        world_main(args)
+        return
     torch.manual_seed(args.seed)
     src = MarkovSource(seed=0)
     transition = torch.tensor(src.transition, dtype=torch.float32)
