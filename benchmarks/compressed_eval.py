@@ -325,14 +325,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/work/notes/results/compressed_eval"))
     ap.add_argument("--sparsities", type=lambda s: [float(x) for x in s.split(",")],
                     default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
-    ap.add_argument("--bits", type=lambda s: [int(x) for x in s.split(",")], default=[8, 4, 3])
+    ap.add_argument("--bits", type=lambda s: [int(x) for x in s.split(",") if x], default=[8, 4, 3],
+                    help='RTN bit widths ("" for none, e.g. to add sparsities only)')
     ap.add_argument("--peer-bits", type=lambda s: [int(x) for x in s.split(",") if x],
                     default=[8, 4])
     ap.add_argument("--testbed-group-size", type=int, default=16,
                     help="RTN group size on the testbed models (16 divides 256, 688 and 352)")
     ap.add_argument("--smollm2-group-size", type=int, default=64)
     ap.add_argument("--smollm2-sparsities", type=lambda s: [float(x) for x in s.split(",")],
-                    default=[0.1, 0.3, 0.5])
+                    default=[0.1, 0.3, 0.5, 0.7])
     ap.add_argument("--facts", type=int, default=None,
                     help="fact questions per bucket (default: all)")
     ap.add_argument("--arith", type=int, default=100, help="additions per digit count")
