@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +64,30 @@ def read_text(source: str) -> str:
         ) from None
     return text.removeprefix(_BOM)
 
+
+
+def json_lines(text: str, where: Callable[[int], str]) -> Iterator[tuple[str, Any]]:
+    """Each non-blank line of a JSONL text parsed, with its place for error messages.
+
+    Args:
+        text: the file's text.
+        where: line number (from 1) -> how an error names that line (e.g. ``"data.jsonl:3"``).
+
+    Yields:
+        ``(where(n), value)`` for every non-blank line; a line that is not JSON raises
+        :class:`~tokenwise.errors.TokenwiseError` naming it.
+
+    Example:
+        >>> list(json_lines('{"a": 1}\\n\\n[2]', lambda n: f"f:{n}"))
+        [('f:1', {'a': 1}), ('f:3', [2])]
+    """
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield where(n), json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TokenwiseError(f"{where(n)}: not JSON ({exc.msg})") from None
 
 def check_output_path(path: str | None, option: str) -> None:
     """Fail before any work when an output file cannot be written where asked.

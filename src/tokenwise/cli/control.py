@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 import click
 
-from tokenwise.cli.common import model_option
+from tokenwise.cli.common import json_lines, model_option
 from tokenwise.errors import TokenwiseError
 
 EMBEDDINGS = ("hidden", "tokens")
@@ -29,19 +28,13 @@ def read_labelled(path: str) -> list[tuple[str, int]]:
         [('a b', 1), ('c', 0)]
     """
     rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TokenwiseError(f"{path}:{number}: not JSON ({exc.msg})") from None
+    text = Path(path).read_text(encoding="utf-8")
+    for place, row in json_lines(text, lambda n: f"{path}:{n}"):
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise TokenwiseError(f"{path}:{number}: allowed an object with a string \"text\"")
+            raise TokenwiseError(f"{place}: allowed an object with a string \"text\"")
         label = row.get("label")
         if label not in (0, 1) or isinstance(label, float):
-            raise TokenwiseError(f"{path}:{number}: label={label!r}: allowed 0, 1, true or "
-                                 "false")
+            raise TokenwiseError(f"{place}: label={label!r}: allowed 0, 1, true or false")
         rows.append((row["text"], int(label)))
     if not rows:
         raise TokenwiseError(f"{path} has no labelled texts")

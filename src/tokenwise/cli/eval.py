@@ -11,12 +11,11 @@ the true bit budget).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from tokenwise.cli.common import check_output_path, read_text
+from tokenwise.cli.common import check_output_path, json_lines, read_text
 from tokenwise.errors import TokenwiseError
 
 
@@ -46,20 +45,14 @@ def read_items(path: str) -> list:
     from tokenwise.evaluate import Item
 
     items = []
-    for n, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TokenwiseError(f"--items {path!r} line {n}: not JSON ({exc.msg})") from None
+    for place, row in json_lines(read_text(path), lambda n: f"--items {path!r} line {n}"):
         if not isinstance(row, dict):
-            raise TokenwiseError(f"--items {path!r} line {n}: expected an object")
+            raise TokenwiseError(f"{place}: expected an object")
         answers = row.get("answers", [row["answer"]] if "answer" in row else None)
         missing = [k for k, v in (("prompt", row.get("prompt")), ("answers", answers),
                                   ("bucket", row.get("bucket"))) if v is None]
         if missing:
-            raise TokenwiseError(f"--items {path!r} line {n}: missing {', '.join(missing)} "
+            raise TokenwiseError(f"{place}: missing {', '.join(missing)} "
                                  "(each line needs prompt, answers or answer, bucket)")
         if isinstance(answers, str):
             answers = [answers]
@@ -68,7 +61,7 @@ def read_items(path: str) -> list:
             items.append(Item(row["prompt"], tuple(str(a) for a in answers), str(row["bucket"]),
                               **extra))
         except TokenwiseError as exc:
-            raise TokenwiseError(f"--items {path!r} line {n}: {exc}") from None
+            raise TokenwiseError(f"{place}: {exc}") from None
     if not items:
         raise TokenwiseError(f"--items {path!r} holds no items")
     return items

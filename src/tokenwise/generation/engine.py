@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -184,7 +185,7 @@ def _decode_rows(lm: LanguageModel, prompts: list[str], encoded: list[list[int]]
     decoded one after another (records keep their row index)."""
     results: list[Generation] = []
     for i, (p, e, s) in enumerate(zip(prompts, encoded, seeds, strict=True)):
-        seen = None if on_cache is None else (lambda _, cache, i=i: on_cache(i, cache))
+        seen = None if on_cache is None else functools.partial(on_cache, i)
         loop = _decode(lm, [p], [e], sampler, max_new_tokens, [s], stop, top_logprobs, kv,
                        seen)
         try:
@@ -201,7 +202,7 @@ def _decode_rows(lm: LanguageModel, prompts: list[str], encoded: list[list[int]]
 def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
             sampler: Sampler | None, max_new_tokens: int, seeds: list[int | None],
             stop: list[str], top_logprobs: int = 0, kv: Any = None,
-            on_cache: Callable[[int, Any], None] | None = None
+            on_cache: Callable[[Any], None] | None = None
             ) -> Generator[TokenRecord, None, list[Generation]]:
     """Yield each token's record as it is chosen; return the finished generations.
 
@@ -236,7 +237,7 @@ def _decode(lm: LanguageModel, prompts: list[str], encoded: list[list[int]],
         cache, last = prefill(lm, encoded[0], kv)
         out = ForwardOutput(logits=last[:, None], cache=cache)
         if on_cache is not None:
-            on_cache(0, cache)
+            on_cache(cache)
     texts = [TextStream(lambda ids: lm.decode(ids, skip_special_tokens=True), stop)
              for _ in prompts]
     results = [Generation(prompt=p, text="", prompt_tokens=len(e),

@@ -323,11 +323,7 @@ class Batcher:
                     row.sink(FinishEvent("cancelled", "", "", 0))
                     done.cancelled += 1
                     continue
-                alone = self._decode_alone(lm, first.spec, row, names, first.kv)
-                done.steps += alone.steps
-                done.tokens += alone.tokens
-                done.cancelled += alone.cancelled
-                done.timed_out += alone.timed_out
+                done.absorb(self._decode_alone(lm, first.spec, row, names, first.kv))
             return done
         if len(rows) == 1:
             return self._decode_alone(lm, first.spec, rows[0], names)
@@ -344,10 +340,7 @@ class Batcher:
             if g.finished:
                 continue
             alone = self._decode_alone(lm, first.spec, g.replay_row(), names)
-            done.steps += alone.steps
-            done.tokens += max(alone.tokens - len(g.delivered), 0)
-            done.cancelled += alone.cancelled
-            done.timed_out += alone.timed_out
+            done.absorb(alone, tokens=max(alone.tokens - len(g.delivered), 0))
         return done
 
     def _decode_alone(self, lm: LanguageModel, spec: SamplerSpec, row: Row,
@@ -355,7 +348,7 @@ class Batcher:
         """One row in a batch of its own (with ``kv``: its compressed cache); its failure is
         its own (an "error" finish)."""
         try:
-            if kv is None:
+            if kv is None:  # the plain call (tests stand in for run_batch with it)
                 return run_batch(lm, spec, [row], names)
             return run_batch(lm, spec, [row], names, kv=kv)
         except Exception:

@@ -150,6 +150,20 @@ class BatchStats:
     cancelled: int = 0
     timed_out: int = 0
 
+    def absorb(self, part: BatchStats, *, tokens: int | None = None) -> None:
+        """Count a run made for some of this batch's rows (its steps, cancellations and
+        time-outs; its tokens, or ``tokens`` when only some of them are new).
+
+        Example:
+            >>> done = BatchStats(rows=2)
+            >>> done.absorb(BatchStats(rows=1, steps=3, tokens=3)); (done.steps, done.tokens)
+            (3, 3)
+        """
+        self.steps += part.steps
+        self.tokens += part.tokens if tokens is None else tokens
+        self.cancelled += part.cancelled
+        self.timed_out += part.timed_out
+
 
 def alternatives(record: TokenRecord, k: int, names: TokenBytes) -> list[Alternative]:
     """The first ``k`` of the top alternatives ``record`` carries, as the wire needs them.

@@ -438,6 +438,18 @@ def refuse_constraints(req: ChatCompletionRequest | CompletionRequest) -> None:
                        param="tool_choice", code="unsupported_on_engine")
 
 
+
+#: the ``tokenwise`` request fields only tokenwise's own decoding loop can serve: what each is,
+#: why vLLM cannot run it, and its short name (the 400 of :meth:`VLLMBackend.check`)
+_TOKENWISE_ONLY: dict[str, tuple[str, str, str]] = {
+    "ead": ("entropy-adaptive decoding", "it switches between two models inside tokenwise's "
+            "own decoding loop, which vLLM does not expose", "EAD"),
+    "control": ("semantic control", "its rollouts and the probe's gradient run inside "
+                "tokenwise's own decoding loop", "tokenwise.control"),
+    "kv": ("KV-cache compression", "vLLM's paged, fused attention exposes no attention scores "
+           "to a press and keeps its own cache layout", "tokenwise.kv"),
+}
+
 class VLLMBackend:
     """The completion routes' backend, backed by vLLM's ``AsyncLLM`` (started with the app).
 
@@ -500,31 +512,16 @@ class VLLMBackend:
     # -- the ServingBackend interface ---------------------------------------------------
 
     def check(self, req: ChatCompletionRequest | CompletionRequest) -> None:
-        """Refuse (400) what vLLM cannot run: EAD, constrained replies
+        """Refuse (400) what vLLM cannot run: EAD, semantic control, KV presses, constrained replies
         (:func:`refuse_constraints`), and sampler chains in an order vLLM does not apply."""
         refuse_constraints(req)
         opts = req.tokenwise
-        if opts is not None and opts.ead is not None:
-            raise APIError(400, "tokenwise.ead (entropy-adaptive decoding) is not supported by "
-                                "this server's vLLM engine (--engine vllm): it switches "
-                                "between two models inside tokenwise's own decoding loop, "
-                                "which vLLM does not expose. Serve with --engine tokenwise "
-                                "(the default) for EAD.", param="tokenwise.ead",
-                           code="unsupported_on_engine")
-        if opts is not None and opts.control is not None:
-            raise APIError(400, "tokenwise.control (semantic control) is not supported by "
-                                "this server's vLLM engine (--engine vllm): its rollouts and "
-                                "the probe's gradient run inside tokenwise's own decoding "
-                                "loop. Serve with --engine tokenwise (the default) for "
-                                "tokenwise.control.", param="tokenwise.control",
-                           code="unsupported_on_engine")
-        if opts is not None and opts.kv is not None:
-            raise APIError(400, "tokenwise.kv (KV-cache compression) is not supported by this "
-                                "server's vLLM engine (--engine vllm): vLLM's paged, fused "
-                                "attention exposes no attention scores to a press and keeps "
-                                "its own cache layout. Serve with --engine tokenwise (the "
-                                "default) for tokenwise.kv.", param="tokenwise.kv",
-                           code="unsupported_on_engine")
+        for name, (what, why, short) in _TOKENWISE_ONLY.items():
+            if opts is not None and getattr(opts, name) is not None:
+                raise APIError(400, f"tokenwise.{name} ({what}) is not supported by this "
+                                    f"server's vLLM engine (--engine vllm): {why}. Serve with "
+                                    f"--engine tokenwise (the default) for {short}.",
+                               param=f"tokenwise.{name}", code="unsupported_on_engine")
         spec = sampler_spec(req)
         chain = opts is not None and opts.sampler is not None
         try:
