@@ -14,6 +14,15 @@ Example:
     1.6094
 """
 
+from tokenwise.training.aepo import (
+    DEFAULT_SHAPING,
+    DEFAULT_TARGET_SCALES,
+    ShapingCoefficients,
+    adaptive_kl_coef,
+    aepo_rewards,
+    bucket_targets,
+    difficulty_buckets,
+)
 from tokenwise.training.distributed import ddp_num_items, vocab_parallel_linear_cross_entropy
 from tokenwise.training.emo import emo_distance, emo_loss, frozen_embedding
 from tokenwise.training.linear_ce import linear_cross_entropy, resolve_filter_eps
@@ -31,12 +40,19 @@ from tokenwise.training.trainer import TrainConfig, train
 from tokenwise.training.tta import EntropyMinimization, norm_parameters, tent
 
 __all__ = [
+    "DEFAULT_SHAPING",
+    "DEFAULT_TARGET_SCALES",
     "KNOWN_MODEL_CLASSES",
     "LOSSES",
     "EntropyMinimization",
     "LossSpec",
+    "ShapingCoefficients",
     "TrainConfig",
+    "adaptive_kl_coef",
+    "aepo_rewards",
+    "bucket_targets",
     "ddp_num_items",
+    "difficulty_buckets",
     "emo_distance",
     "emo_loss",
     "frozen_embedding",
