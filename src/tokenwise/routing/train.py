@@ -109,6 +109,8 @@ class RoutingData:
         token_entropy: ``(N,)`` mean entropy (nats) of the feature model's next-token
             distribution over those samples' tokens.
         meta: how it was collected.
+        sample_flops: ``(N,)`` FLOPs the ``k`` labelling samples cost (for routers that
+            sample before deciding, e.g. by semantic entropy); None if not recorded.
     """
 
     prompts: list[str]
@@ -121,6 +123,7 @@ class RoutingData:
     sample_entropy: np.ndarray
     token_entropy: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    sample_flops: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -137,7 +140,8 @@ class RoutingData:
                            {k: v[idx] for k, v in self.right.items()},
                            {k: v[idx] for k, v in self.flops.items()},
                            self.sample_accuracy[idx], self.sample_entropy[idx],
-                           self.token_entropy[idx], dict(self.meta))
+                           self.token_entropy[idx], dict(self.meta),
+                           None if self.sample_flops is None else self.sample_flops[idx])
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write to one ``.npz`` file.
@@ -150,6 +154,8 @@ class RoutingData:
         arrays = {"features": self.features, "feature_flops": self.feature_flops,
                   "sample_accuracy": self.sample_accuracy, "sample_entropy": self.sample_entropy,
                   "token_entropy": self.token_entropy}
+        if self.sample_flops is not None:
+            arrays["sample_flops"] = self.sample_flops
         for k, v in self.right.items():
             arrays[f"right/{k}"] = v
             arrays[f"flops/{k}"] = self.flops[k]
@@ -170,7 +176,7 @@ class RoutingData:
             flops = {k[6:]: z[k] for k in z.files if k.startswith("flops/")}
             return cls(h["prompts"], h["groups"], z["features"], z["feature_flops"], right,
                        flops, z["sample_accuracy"], z["sample_entropy"], z["token_entropy"],
-                       h["meta"])
+                       h["meta"], z["sample_flops"] if "sample_flops" in z.files else None)
 
     def labels(self, **kwargs: Any) -> list[str]:
         """DiffAdapt labels of every question (:func:`~tokenwise.routing.difficulty_labels`).
@@ -221,7 +227,7 @@ def collect(items: Sequence[RouteItem], models: Mapping[str, LanguageModel],
     n = len(items)
     right = {s.name: np.zeros(n, bool) for s in strategies}
     flops = {s.name: np.zeros(n) for s in strategies}
-    acc, ent, tok = np.zeros(n), np.zeros(n), np.zeros(n)
+    acc, ent, tok, sflops = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
     fm = models[feature_model]
     for i, item in enumerate(progress_bar(items, desc="answering", enabled=progress)):
         for s in strategies:
@@ -232,12 +238,13 @@ def collect(items: Sequence[RouteItem], models: Mapping[str, LanguageModel],
         acc[i] = np.mean([item.is_right(t) for t in drawn.samples])
         ent[i] = answer_entropy(drawn.samples)
         tok[i] = drawn.mean_entropy
+        sflops[i] = drawn.flops
     features = prompt_features(fm, [it.prompt for it in items], layer=layer, progress=progress)
     fflops = np.array([feature_flops(fm, it.prompt) for it in items])
     meta = {"feature_model": feature_model, "layer": layer, "k": k, "seed": seed,
             "strategies": [s.as_dict() for s in strategies]}
     return RoutingData([it.prompt for it in items], [it.group for it in items], features,
-                       fflops, right, flops, acc, ent, tok, meta)
+                       fflops, right, flops, acc, ent, tok, meta, sflops)
 
 
 def simulate(data: RoutingData, choices: Sequence[str], *, abstain: str | None = None
