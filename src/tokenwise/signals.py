@@ -38,12 +38,15 @@ from tokenwise.errors import TokenwiseError
 
 __all__ = [
     "TokenStats",
+    "attention_entropy",
     "entropy",
+    "high_window_entropy",
     "log_probs",
     "rolling_mean",
     "surprisal",
     "token_stats",
     "varentropy",
+    "window_entropy",
 ]
 
 _NEG_INF = float("-inf")
@@ -73,6 +76,15 @@ def _check_int(value: object, name: str, minimum: int) -> int:
     if number < minimum:
         raise TokenwiseError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return number
+
+
+def _check_mask(mask: object, shape: torch.Size, of: str) -> Tensor:
+    mask = _check_tensor(mask, "mask")
+    if mask.dtype != torch.bool:
+        raise TokenwiseError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+    if mask.shape != shape:
+        raise TokenwiseError(f"mask must have {of} shape {tuple(shape)}, got {tuple(mask.shape)}")
+    return mask
 
 
 def _check_dim(dim: object, ndim: int) -> int:
@@ -381,13 +393,7 @@ def rolling_mean(
         raise TokenwiseError(f"direction must be 'trailing' or 'leading', got {direction!r}")
     dim = _check_dim(dim, x.ndim)
     if mask is not None:
-        mask = _check_tensor(mask, "mask")
-        if mask.dtype != torch.bool:
-            raise TokenwiseError(f"mask must be a bool tensor, got dtype {mask.dtype}")
-        if mask.shape != x.shape:
-            raise TokenwiseError(
-                f"mask must have x's shape {tuple(x.shape)}, got {tuple(mask.shape)}"
-            )
+        mask = _check_mask(mask, x.shape, "x's")
     out_dtype = x.dtype if x.is_floating_point() else torch.float32
 
     # work along the last dim; float64 keeps prefix-sum differences accurate over long texts
@@ -438,6 +444,223 @@ def rolling_mean(
         mean = torch.where(n_pos > 0, math.inf, mean)
         mean = torch.where(n_neg > 0, -math.inf, mean)
     return mean.movedim(-1, dim).to(out_dtype)
+
+
+def window_entropy(
+    entropies: Tensor,
+    window: int,
+    direction: Literal["leading", "trailing"] = "leading",
+    dim: int = -1,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Mean of per-token entropies over a sliding window: ARES's window entropy.
+
+    ARES (*Multimodal Adaptive Reasoning via Difficulty-Aware Token-Level Entropy Shaping*)
+    averages token entropies over a window that looks *forward*, so ``"leading"`` is the
+    default: position ``t`` averages ``entropies[t .. min(T-1, t+w-1)]``, the next ``w``
+    values with ``t`` itself first, fewer at the end. (ARES's code averages the ``w`` tokens
+    *after* ``t``, ``t+1 .. t+w``, and skips positions without a full window; its value at
+    ``t`` is this one at ``t + 1``.) ``"trailing"`` averages ``entropies[max(0, t-w+1) .. t]``
+    instead, known as soon as token ``t`` is. This is :func:`rolling_mean` with the
+    direction defaulting to ``"leading"``; take the entropies from the full distribution
+    (:func:`entropy`, :func:`token_stats`), not from a truncated top-k.
+
+    Args:
+        entropies: Per-token entropies (any real dtype), e.g. ``(T,)`` or ``(B, T)``.
+        window: Window length, an integer ``>= 1`` (it may exceed the sequence length).
+        direction: ``"leading"`` (ARES, the default) or ``"trailing"``.
+        dim: The token dimension.
+        mask: Optional bool tensor of ``entropies``' shape; ``False`` entries (padding) are
+            left out of every window, so each mean is over the valid entries in its window;
+            a window with none gives 0.
+
+    Returns:
+        Tensor of ``entropies``' shape, in its float dtype (float32 for integer input).
+
+    Raises:
+        TokenwiseError: For a bad ``window``, ``direction``, ``dim`` or ``mask``, or a NaN at a
+            valid position.
+
+    Example:
+        >>> import torch
+        >>> h = torch.tensor([0.0, 0.0, 3.0, 1.0])
+        >>> window_entropy(h, 2)
+        tensor([0.0000, 1.5000, 2.0000, 1.0000])
+        >>> window_entropy(h, 2, direction="trailing")
+        tensor([0.0000, 0.0000, 1.5000, 2.0000])
+    """
+    entropies = _check_tensor(entropies, "entropies")
+    if mask is not None:
+        mask = _check_mask(mask, entropies.shape, "the entropies'")
+    return rolling_mean(entropies, window, dim=dim, direction=direction, mask=mask)
+
+
+def _check_real(value: object, name: str, allowed: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TokenwiseError(f"{name} must be {allowed}, got {value!r}")
+    return float(value)
+
+
+def _lerp(low: float, high: float, weight: float) -> float:
+    """torch.lerp's formula (numpy's too), so both percentile paths round alike."""
+    return low + weight * (high - low) if weight < 0.5 else high - (high - low) * (1 - weight)
+
+
+def _row_percentiles(values: Tensor, valid: Tensor, q: float) -> Tensor:
+    """Per-row linear-interpolation percentile (numpy's default) of the valid values.
+
+    ``values`` and ``valid`` are ``(N, T)``; returns ``(N,)`` float64, meaningless (but
+    finite or NaN, never used) for a row with no valid value.
+    """
+    ordered = torch.where(valid, values, math.inf).sort(dim=-1).values  # (N, T)
+    counts = valid.sum(-1)  # (N,)
+    position = (q / 100) * (counts - 1).clamp_min(0).to(torch.float64)  # (N,)
+    low = position.floor()
+    weight = position - low  # (N,)
+    low_index = low.long().clamp(0, max(values.shape[-1] - 1, 0))
+    high_index = torch.minimum(low_index + 1, (counts - 1).clamp_min(0))
+    low_value = ordered.gather(-1, low_index[:, None]).squeeze(-1)  # (N,)
+    high_value = ordered.gather(-1, high_index[:, None]).squeeze(-1)  # (N,)
+    return torch.lerp(low_value, high_value, weight)
+
+
+def _running_flags(values: Tensor, valid: Tensor, q: float) -> Tensor:
+    """Flags of values above the percentile of the valid values at earlier positions.
+
+    Exact order statistics from one sorted list per row (``bisect.insort``), on the CPU.
+    """
+    import bisect
+
+    flags = torch.zeros(values.shape, dtype=torch.bool)  # (N, T)
+    for row, (row_values, row_valid) in enumerate(
+        zip(values.cpu().tolist(), valid.cpu().tolist(), strict=True)
+    ):
+        history: list[float] = []
+        for t, (value, ok) in enumerate(zip(row_values, row_valid, strict=True)):
+            if not ok:
+                continue
+            if history:
+                position = (q / 100) * (len(history) - 1)
+                low = math.floor(position)
+                high = min(low + 1, len(history) - 1)
+                if value > _lerp(history[low], history[high], position - low):
+                    flags[row, t] = True
+            bisect.insort(history, value)
+    return flags
+
+
+def high_window_entropy(
+    entropies: Tensor,
+    window: int,
+    *,
+    threshold: float | None = None,
+    percentile: float | None = None,
+    running: bool = False,
+    direction: Literal["leading", "trailing"] = "leading",
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Mark high-window-entropy (HWE) tokens: window entropy strictly above a threshold.
+
+    ARES's signal for reasoning-critical moments: a single token's entropy is noisy, the
+    mean over a window (:func:`window_entropy`, along the last dimension) is not. Entropy
+    alone decides; no word list gates the tokens. The threshold is one of:
+
+    * ``threshold``: a fixed value in the entropies' units (nats from :func:`entropy`).
+    * ``percentile=p``: the ``p``-th percentile (linear interpolation, as ``numpy.percentile``)
+      of the window entropies of the same sequence (each row of a batch on its own, padded
+      positions left out); ``p=80`` marks about the top 20%.
+    * ``percentile=p, running=True``: at position ``t``, the ``p``-th percentile of the window
+      entropies of the valid positions *before* ``t`` only. The rule for the start: a
+      position with no valid position before it (the first of each row) has no history and
+      is never marked. Causal: a flag never depends on a later position's window entropy,
+      so with ``direction="trailing"`` the flag of token ``t`` is final as soon as token
+      ``t`` exists; with ``"leading"`` it is final once token ``t + window - 1`` exists.
+
+    "Above" is strict (ARES's code uses ``>=``), so a constant sequence marks nothing, nor
+    does one of length 1 under a percentile. Padded (``mask`` False) positions are never
+    marked and never count towards a percentile. Comparisons are made in float64.
+
+    Args:
+        entropies: Per-token entropies ``(..., T)``; leading dimensions are a batch.
+        window: Window length, an integer ``>= 1``.
+        threshold: Fixed threshold; give exactly one of ``threshold`` and ``percentile``.
+        percentile: Percentile in the open interval ``(0, 100)``.
+        running: With ``percentile``, use only earlier positions (see above).
+        direction: ``"leading"`` (ARES's forward window, the default) or ``"trailing"``.
+        mask: Optional bool tensor of ``entropies``' shape, False at padding.
+
+    Returns:
+        Bool tensor of ``entropies``' shape, True at HWE tokens.
+
+    Raises:
+        TokenwiseError: Neither or both of ``threshold`` and ``percentile``, a non-finite
+            ``threshold``, a ``percentile`` outside ``(0, 100)``, ``running`` without
+            ``percentile``, a bad ``window``, ``direction`` or ``mask``, or a non-finite
+            entropy at a valid position.
+
+    Example:
+        >>> import torch
+        >>> h = torch.tensor([0.1, 0.2, 2.0, 2.2, 0.1, 0.3])
+        >>> high_window_entropy(h, 2, threshold=1.0)
+        tensor([False,  True,  True,  True, False, False])
+        >>> high_window_entropy(h, 2, percentile=80)
+        tensor([False, False,  True, False, False, False])
+        >>> high_window_entropy(h, 2, percentile=50, running=True)
+        tensor([False,  True,  True,  True, False, False])
+    """
+    entropies = _check_tensor(entropies, "entropies")
+    if (threshold is None) == (percentile is None):
+        raise TokenwiseError(
+            "give exactly one of threshold (a fixed window entropy, e.g. threshold=1.5) and "
+            f"percentile (e.g. percentile=80); got threshold={threshold!r}, "
+            f"percentile={percentile!r}"
+        )
+    if not isinstance(running, bool):
+        raise TokenwiseError(f"running must be True or False, got {running!r}")
+    if threshold is not None:
+        threshold = _check_real(threshold, "threshold", "a finite number")
+        if not math.isfinite(threshold):
+            raise TokenwiseError(f"threshold must be a finite number, got {threshold!r}")
+        if running:
+            raise TokenwiseError(
+                "running=True computes a running percentile: give percentile=P instead of "
+                f"threshold={threshold!r}, or drop running"
+            )
+    else:
+        percentile = _check_real(percentile, "percentile", "a number in (0, 100), e.g. 80")
+        if not 0 < percentile < 100:
+            raise TokenwiseError(
+                f"percentile must be in the open interval (0, 100), e.g. 80, got {percentile!r}"
+            )
+    _check_dim(-1, entropies.ndim)  # a 0-d tensor has no token dimension
+    valid = (
+        torch.ones(entropies.shape, dtype=torch.bool, device=entropies.device)
+        if mask is None
+        else _check_mask(mask, entropies.shape, "the entropies'").to(entropies.device)
+    )
+    values = entropies.detach().to(torch.float64)  # flags have no gradient
+    bad = valid & ~torch.isfinite(values)
+    if bool(bad.any()):
+        where = tuple(bad.nonzero()[0].tolist())
+        raise TokenwiseError(
+            f"entropies[{', '.join(map(str, where))}] is {values[where].item()!r}; entropies "
+            "must be finite at valid positions (mask padding out)"
+        )
+    means = window_entropy(values, window, direction, mask=valid)
+    if threshold is not None:
+        return (means > threshold) & valid
+    assert percentile is not None
+    shape = entropies.shape
+    if means.numel() == 0:
+        return torch.zeros(shape, dtype=torch.bool, device=entropies.device)
+    flat_means = means.reshape(-1, shape[-1])  # (N, T)
+    flat_valid = valid.reshape(-1, shape[-1])  # (N, T)
+    if running:
+        flags = _running_flags(flat_means, flat_valid, percentile).to(entropies.device)
+    else:
+        limits = _row_percentiles(flat_means, flat_valid, percentile)  # (N,)
+        flags = (flat_means > limits[:, None]) & flat_valid
+    return flags.reshape(shape)
 
 
 @dataclass(frozen=True)

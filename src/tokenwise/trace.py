@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -90,6 +90,64 @@ class TokenTrace:
     def perplexity(self) -> float:
         """``exp`` of the mean surprisal of the text's tokens."""
         return math.exp(float(self.surprisals.mean())) if len(self) else 1.0
+
+    def window_entropies(
+        self, window: int, direction: Literal["leading", "trailing"] = "leading"
+    ) -> torch.Tensor:
+        """``(T,)`` mean entropy over a window of tokens, one value per token (nats).
+
+        :func:`tokenwise.signals.window_entropy` of :attr:`entropies`: ``"leading"`` (ARES's
+        forward window) averages tokens ``i .. i+window-1``, ``"trailing"`` ``i-window+1 .. i``,
+        fewer at the ends.
+
+        Args:
+            window: Window length in tokens, an integer ``>= 1``.
+            direction: ``"leading"`` (the default) or ``"trailing"``.
+
+        Example:
+            >>> import torch, tokenwise as tw
+            >>> trace = tw.score("tw-small", "7+5=12")
+            >>> whole = trace.window_entropies(len(trace))  # position 0 sees every token
+            >>> bool(torch.isclose(whole[0], trace.entropies.mean()))
+            True
+        """
+        from tokenwise.signals import window_entropy
+
+        return window_entropy(self.entropies, window, direction)
+
+    def high_window_entropy(
+        self,
+        window: int,
+        threshold: float | None = None,
+        percentile: float | None = None,
+        running: bool = False,
+        direction: Literal["leading", "trailing"] = "leading",
+    ) -> torch.Tensor:
+        """``(T,)`` bool, True at high-window-entropy (HWE) tokens of this text.
+
+        :func:`tokenwise.signals.high_window_entropy` of :attr:`entropies`: the window entropy
+        strictly above a fixed ``threshold`` (nats), or above the ``percentile`` of this
+        text's window entropies (``running=True``: of the earlier tokens' only; the first
+        token is then never marked).
+
+        Args:
+            window: Window length in tokens, an integer ``>= 1``.
+            threshold: Fixed threshold in nats; give exactly one of it and ``percentile``.
+            percentile: Percentile in ``(0, 100)``, e.g. 80 for about the top 20%.
+            running: With ``percentile``, compare each token with earlier tokens only.
+            direction: ``"leading"`` (ARES's forward window, the default) or ``"trailing"``.
+
+        Example:
+            >>> import tokenwise as tw
+            >>> trace = tw.score("tw-small", "Q: Where was Dalvin Orsk born?")
+            >>> flags = trace.high_window_entropy(4, percentile=80)
+            >>> len(flags) == len(trace) and 0 < int(flags.sum()) <= len(trace) // 5 + 1
+            True
+        """
+        from tokenwise.signals import high_window_entropy
+
+        return high_window_entropy(self.entropies, window, threshold=threshold,
+                                   percentile=percentile, running=running, direction=direction)
 
     def rows(self) -> list[dict[str, Any]]:
         """One plain dict per token (JSON-ready).

@@ -39,11 +39,20 @@ from tokenwise.scoring import check_text, check_window_args
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, writable=True),
               help="With --attention-entropy: write a PNG of mean attention entropy vs "
                    "position (before and after --extend). Needs matplotlib.")
+@click.option("--hwe-window", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Also report each token's window entropy (mean entropy of it and the next "
+                   "N-1 tokens, ARES's forward window) and an hwe flag: true where that is "
+                   "above --hwe-percentile of the text's window entropies.")
+@click.option("--hwe-percentile", type=click.FloatRange(0, 100, min_open=True, max_open=True),
+              default=80.0, show_default=True, metavar="P",
+              help="With --hwe-window: the percentile a window entropy must exceed "
+                   "(80: about the top 20%).")
 @click.pass_context
 def score_command(ctx: click.Context, source: str, model: str, as_json: bool,
                   html_out: str | None, color_by: str, window: int | None, stride: int | None,
                   top_k: int, bits: bool, attention_entropy: bool, extend_to: int | None,
-                  extend_method: str, plot_out: str | None) -> None:
+                  extend_method: str, plot_out: str | None, hwe_window: int | None,
+                  hwe_percentile: float) -> None:
     """Score every token of FILE (or standard input with -) under a model.
 
     Prints a table (or JSON with --json) of each token's log-probability, surprisal,
@@ -51,14 +60,28 @@ def score_command(ctx: click.Context, source: str, model: str, as_json: bool,
     scored with a sliding window. JSON values are in nats. A progress bar over the windows
     goes to standard error in every mode.
 
+    With --hwe-window N, each token also gets its window entropy (the mean entropy of the
+    token and the next N-1, fewer at the end) and an hwe flag, true for high-window-entropy
+    tokens (ARES): window entropy above the --hwe-percentile (default 80) of the text's
+    window entropies. In JSON they are the rows' "window_entropy" (nats) and "hwe" fields,
+    and an "hwe" object records the settings.
+
     With --attention-entropy, the entropy of every attention row over the whole text in one
     pass (e.g. `tokenwise score long.txt --model tw-reader --attention-entropy --extend 1024
     --plot ent.png`): past the trained length it drifts up unless the extension keeps it.
     """
+    from click.core import ParameterSource
+
     from tokenwise.models import declared_context_length, load
     from tokenwise.scoring import score
 
+    if hwe_window is None and ctx.get_parameter_source("hwe_percentile") != ParameterSource.DEFAULT:
+        raise TokenwiseError("--hwe-percentile goes with --hwe-window N; add it or drop "
+                             "--hwe-percentile")
     if attention_entropy or extend_to is not None or plot_out is not None:
+        if hwe_window is not None:
+            raise TokenwiseError("--hwe-window flags scored tokens; --attention-entropy reports "
+                                 "attention rows instead: drop one of them")
         _attention_entropy_mode(ctx, source, model, as_json, html_out, window, stride, bits,
                                 attention_entropy, extend_to, extend_method, plot_out)
         return
@@ -76,10 +99,26 @@ def score_command(ctx: click.Context, source: str, model: str, as_json: bool,
 
         path = write_html(trace, html_out, color_by=color_by, base=2 if bits else None)
         click.echo(f"wrote {path}", err=True)
+    hwe = None
+    if hwe_window is not None:
+        hwe = (trace.window_entropies(hwe_window).tolist(),
+               trace.high_window_entropy(hwe_window, percentile=hwe_percentile).tolist())
     if as_json:
-        click.echo(trace.to_json())
+        if hwe is None:
+            click.echo(trace.to_json())
+            return
+        import json
+
+        doc = trace.to_dict()
+        for row, value, flag in zip(doc["tokens"], *hwe, strict=True):
+            row["window_entropy"], row["hwe"] = value, flag
+        tokens = doc.pop("tokens")  # keep the rows last, as to_json does
+        doc["hwe"] = {"window": hwe_window, "percentile": hwe_percentile,
+                      "direction": "leading", "marked": sum(hwe[1])}
+        doc["tokens"] = tokens
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
         return
-    _print_table(trace, bits)
+    _print_table(trace, bits, hwe)
 
 
 def _check_combination(ctx: click.Context, as_json: bool, html_out: str | None,
@@ -94,24 +133,30 @@ def _check_combination(ctx: click.Context, as_json: bool, html_out: str | None,
                              "in nats (divide by ln 2 for bits), so drop --bits")
 
 
-def _print_table(trace, bits: bool) -> None:
+def _print_table(trace, bits: bool,
+                 hwe: tuple[list[float], list[bool]] | None = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
     unit = "bits" if bits else "nats"
     scale = 1 / math.log(2) if bits else 1.0
     table = Table(title=escape(f"{trace.model}: {len(trace)} tokens"), show_lines=False)
-    for col in ("#", "token", f"logprob ({unit})", f"surprisal ({unit})", f"entropy ({unit})",
-                f"varentropy ({unit}²)", "ctx", "top alternatives (p)"):
+    columns = ["#", "token", f"logprob ({unit})", f"surprisal ({unit})", f"entropy ({unit})",
+               f"varentropy ({unit}²)", "ctx", "top alternatives (p)"]
+    if hwe is not None:
+        columns[-1:-1] = [f"window entropy ({unit})", "hwe"]
+    for col in columns:
         table.add_column(col, justify="right" if col not in ("token", "top alternatives")
                          else "left")
-    for row in trace.rows():
+    for i, row in enumerate(trace.rows()):
         alts = "  ".join(f"{show_piece(a['piece'])} {math.exp(a['logprob']):.2f}"
                          for a in row["top"])
+        extra = [] if hwe is None else [f"{hwe[0][i] * scale:.3f}", "yes" if hwe[1][i] else ""]
         table.add_row(
             str(row["index"]), escape(show_piece(row["piece"])), f"{row['logprob'] * scale:.3f}",
             f"{row['surprisal'] * scale:.3f}", f"{row['entropy'] * scale:.3f}",
-            f"{row['varentropy'] * scale * scale:.3f}", str(row["context"]), escape(alts),
+            f"{row['varentropy'] * scale * scale:.3f}", str(row["context"]), *extra,
+            escape(alts),
         )
     out = console()
     out.print(table)

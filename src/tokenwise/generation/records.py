@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,67 @@ class Generation:
     def mean_entropy(self) -> float:
         """Mean entropy over the generated tokens (nats)."""
         return sum(t.entropy for t in self.tokens) / len(self.tokens) if self.tokens else 0.0
+
+    def window_entropies(
+        self, window: int, direction: Literal["leading", "trailing"] = "leading"
+    ) -> torch.Tensor:
+        """``(N,)`` float32 mean entropy over a window of generated tokens, one per token.
+
+        :func:`tokenwise.signals.window_entropy` of the records' entropies (nats):
+        ``"leading"`` (ARES's forward window) averages tokens ``i .. i+window-1``,
+        ``"trailing"`` ``i-window+1 .. i``, fewer at the ends.
+
+        Args:
+            window: Window length in tokens, an integer ``>= 1``.
+            direction: ``"leading"`` (the default) or ``"trailing"``.
+
+        Example:
+            >>> import tokenwise as tw
+            >>> gen = tw.generate("tw-small", "5+3=", max_new_tokens=4)
+            >>> gen.window_entropies(2).shape == (len(gen.tokens),)
+            True
+        """
+        from tokenwise.signals import window_entropy
+
+        return window_entropy(self._entropies(), window, direction)
+
+    def high_window_entropy(
+        self,
+        window: int,
+        threshold: float | None = None,
+        percentile: float | None = None,
+        running: bool = False,
+        direction: Literal["leading", "trailing"] = "leading",
+    ) -> torch.Tensor:
+        """``(N,)`` bool, True at high-window-entropy (HWE) generated tokens.
+
+        :func:`tokenwise.signals.high_window_entropy` of the records' entropies: the window
+        entropy strictly above a fixed ``threshold`` (nats), or above the ``percentile`` of
+        this generation's window entropies (``running=True``: of earlier tokens' only, as a
+        decoder would see them; the first token is then never marked).
+
+        Args:
+            window: Window length in tokens, an integer ``>= 1``.
+            threshold: Fixed threshold in nats; give exactly one of it and ``percentile``.
+            percentile: Percentile in ``(0, 100)``, e.g. 80 for about the top 20%.
+            running: With ``percentile``, compare each token with earlier tokens only.
+            direction: ``"leading"`` (ARES's forward window, the default) or ``"trailing"``.
+
+        Example:
+            >>> import tokenwise as tw
+            >>> gen = tw.generate("tw-small", "5+3=", max_new_tokens=4)
+            >>> bool(gen.high_window_entropy(2, threshold=1e9).any())
+            False
+        """
+        from tokenwise.signals import high_window_entropy
+
+        return high_window_entropy(self._entropies(), window, threshold=threshold,
+                                   percentile=percentile, running=running, direction=direction)
+
+    def _entropies(self) -> torch.Tensor:
+        import torch
+
+        return torch.tensor([t.entropy for t in self.tokens], dtype=torch.float32)  # (N,)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
