@@ -34,6 +34,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                  "Generate a continuation of PROMPT, with each token's entropy."),
     "models": ("models", "models_command",
                "List the built-in and real models; fetch a real one."),
+    "route": ("route", "route_group",
+              "Adaptive compute: train a difficulty router over a strategy table, evaluate "
+              "it, use it."),
     "samplers": ("samplers", "samplers_command", "List the samplers and their parameters."),
     "score": ("score", "score_command",
               "Score every token of FILE: logprob, entropy, perplexity."),

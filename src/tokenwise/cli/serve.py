@@ -23,7 +23,7 @@ _VLLM_OPTIONS = {"gpu_memory_utilization": "--gpu-memory-utilization",
                  "dtype": "--dtype", "enforce_eager": "--enforce-eager"}
 #: options of the embedded engine that have no meaning on vLLM.
 _EMBEDDED_ONLY = {"no_batching": "--no-batching", "batch_window_ms": "--batch-window-ms",
-                  "device": "--device"}
+                  "device": "--device", "routers": "--router"}
 
 
 def vllm_options(ctx: click.Context, engine: str, models: tuple[str, ...],
@@ -43,6 +43,10 @@ def vllm_options(ctx: click.Context, engine: str, models: tuple[str, ...],
             raise TokenwiseError(f"{', '.join(wrong)}: vLLM engine option(s); add "
                                  "--engine vllm, or leave them out")
         return None
+    if "routers" in explicit:
+        raise TokenwiseError("--router: not used by --engine vllm (a router's probe reads a "
+                             "hidden state and its strategies run models tokenwise loads "
+                             "itself); serve routers with --engine tokenwise (the default)")
     wrong = [flag for name, flag in _EMBEDDED_ONLY.items() if name in explicit]
     if wrong:
         raise TokenwiseError(f"{', '.join(wrong)}: not used by --engine vllm (vLLM batches "
@@ -97,6 +101,26 @@ def parse_control_probes(pairs: tuple[str, ...]) -> dict[str, str]:
             raise TokenwiseError(f"--control-probe gives {name.strip()!r} twice")
         out[name.strip()] = path.strip()
     return out  # ServerConfig checks the names; the server loads the files at start
+
+
+def parse_routers(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``("math=./router",)`` -> ``{"math": "./router"}``.
+
+    Example:
+        >>> parse_routers(("math=./math-router",))
+        {'math': './math-router'}
+    """
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise TokenwiseError(f"--router {pair!r}: write NAME=DIR, e.g. "
+                                 "--router math=./math-router (a directory written by "
+                                 "tokenwise route train)")
+        if name.strip() in out:
+            raise TokenwiseError(f"--router gives {name.strip()!r} twice")
+        out[name.strip()] = path.strip()
+    return out  # ServerConfig checks the names; the server loads the routers at start
 
 
 @click.command("serve")
@@ -157,6 +181,10 @@ def parse_control_probes(pairs: tuple[str, ...]) -> dict[str, str]:
               help="A probe written by 'tokenwise control train' that requests may steer "
                    "with by NAME (tokenwise.control.probe), repeatable. Requests name probes, "
                    "never files.")
+@click.option("--router", "routers", multiple=True, metavar="NAME=DIR",
+              help="A router written by 'tokenwise route train' that requests may be answered "
+                   "by, by NAME (tokenwise.route), repeatable; it and every model it runs load "
+                   "at start. Requests name routers, never directories.")
 @click.option("--device", default="cpu", show_default=True,
               help="Where to load the models: cpu, cuda, cuda:N or auto.")
 @click.option("--no-metrics", is_flag=True,
@@ -191,7 +219,8 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
                   allowed_origins: tuple[str, ...], cors_origins: tuple[str, ...],
                   timeout_s: float, max_queue: int, drain_timeout_s: float,
                   compress_models: tuple[str, ...], control_probes: tuple[str, ...],
-                  device: str, no_metrics: bool, log_level: str, engine: str, **vllm: Any) -> None:
+                  routers: tuple[str, ...], device: str, no_metrics: bool, log_level: str,
+                  engine: str, **vllm: Any) -> None:
     """Serve models over an OpenAI-compatible HTTP API, with a playground at /.
 
     Any OpenAI client works unchanged (base URL http://HOST:PORT/v1); answers carry each
@@ -202,7 +231,7 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
     parallel, multi-node via Ray); per-token entropy then needs logprobs=true (vLLM returns
     the full-vocabulary logprobs it is computed from only then), the top-level sampling
     fields run in vLLM's order (temperature before min_p/top_h/top_p), and tokenwise.ead,
-    tokenwise.kv and tokenwise.control are refused.
+    tokenwise.kv, tokenwise.control and tokenwise.route are refused (--router too).
 
     Browsers: only pages served by this server (the playground) may call it, unless
     --allowed-origin or --cors-origin says otherwise; requests whose Host header is not a
@@ -229,7 +258,8 @@ def serve_command(ctx: click.Context, models: tuple[str, ...], host: str, port: 
             body_timeout_s=body_timeout_s, allowed_hosts=allowed_hosts,
             allowed_origins=allowed_origins, cors_origins=cors_origins,
             compress_models=parse_compress_models(compress_models),
-            control_probes=parse_control_probes(control_probes), device=device,
+            control_probes=parse_control_probes(control_probes),
+            routers=parse_routers(routers), device=device,
             metrics=not no_metrics)
         options = vllm_options(ctx, engine, models, vllm, max_batch_rows)
         key = config.resolved_api_key()

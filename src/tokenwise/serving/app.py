@@ -53,6 +53,7 @@ from tokenwise.serving.metrics import (
 from tokenwise.serving.openapi import document
 from tokenwise.serving.planning import pick_model
 from tokenwise.serving.responses import model_card, models_list
+from tokenwise.serving.route_options import load_routers
 from tokenwise.serving.routes import (
     CompletionService,
     ServingBackend,
@@ -66,14 +67,16 @@ log = logging.getLogger("tokenwise.serving")
 
 
 def options_listing(models: Mapping[str, Codec],
-                    control_probes: Mapping[str, str] | None = None) -> dict[str, Any]:
+                    control_probes: Mapping[str, str] | None = None,
+                    routers: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a client may choose: models, samplers with their parameters, compression
-    methods, uncertainty estimators, KV-cache presses and quantisers, and the probes
-    ``tokenwise.control`` may name.
+    methods, uncertainty estimators, KV-cache presses and quantisers, the probes
+    ``tokenwise.control`` may name and the routers ``tokenwise.route`` may name.
 
     Args:
         models: the served models by id.
         control_probes: the server's probes (NAME -> file; only the names are listed).
+        routers: the server's routers (by NAME; only the names are listed).
 
     Example:
         >>> "top_h" in [s["name"] for s in options_listing({})["samplers"]]
@@ -88,7 +91,7 @@ def options_listing(models: Mapping[str, Codec],
     return {"models": list(models), "samplers": describe(),
             "compression": compression_names(), "uncertainty": available(),
             "kv": {"press": sorted(PRESSES), "quantize": list(QUANTIZERS)},
-            "control_probes": sorted(control_probes or {})}
+            "control_probes": sorted(control_probes or {}), "routers": sorted(routers or {})}
 
 
 def load_compressors(compress_models: dict[str, str]) -> None:
@@ -157,10 +160,11 @@ def create_app(config: ServerConfig | None = None,
     models = dict(models)
     load_compressors(config.compress_models)
     load_probes(config.control_probes)
+    routers = load_routers(config.routers, models, config.device)
     admission = Admission(config.max_queue)
     metrics = _metrics(config, models, engine, admission)
     service = CompletionService(config, models, engine if metrics is None
-                                else MeasuredBackend(engine, metrics), admission)
+                                else MeasuredBackend(engine, metrics), admission, routers)
     started = int(time.time())
 
     @contextlib.asynccontextmanager
@@ -175,6 +179,7 @@ def create_app(config: ServerConfig | None = None,
                   lifespan=lifespan)
     app.state.config, app.state.models, app.state.engine = config, models, engine
     app.state.admission = admission  # the server's drain (SIGTERM) goes through it
+    app.state.routers = routers  # NAME -> LoadedRouter (tokenwise.route)
     app.state.metrics = metrics  # None when off
     app.add_middleware(GuardMiddleware, api_key=config.resolved_api_key(),
                        max_body_bytes=config.max_request_bytes,
@@ -221,7 +226,7 @@ def create_app(config: ServerConfig | None = None,
 
     @app.get("/tokenwise/options")
     async def options() -> dict[str, Any]:
-        return options_listing(models, config.control_probes)
+        return options_listing(models, config.control_probes, routers)
 
     @app.get("/tokenwise/stats")
     async def stats() -> dict[str, Any]:

@@ -60,6 +60,9 @@ class ServerConfig:
         control_probes: probe NAME -> probe file (written by ``tokenwise control train``)
             that a request's ``tokenwise.control.probe`` may name; a request never gives a
             path. Loaded when the app is created.
+        routers: router NAME -> router directory (written by ``tokenwise route train``)
+            that a request's ``tokenwise.route`` may name; a request never gives a path.
+            Loaded, with every model they run, when the app is created.
         device: where models are loaded (``"cpu"``, ``"cuda"``, ``"auto"``).
         allowed_hosts: more names the ``Host`` header may carry (besides the loopback names,
             the bound host, and any IP address when bound to all interfaces); ``"*"``: any
@@ -93,6 +96,7 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     compress_models: dict[str, str] = field(default_factory=dict)
     control_probes: dict[str, str] = field(default_factory=dict)
+    routers: dict[str, str] = field(default_factory=dict)
     device: str = "cpu"
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
@@ -135,6 +139,7 @@ class ServerConfig:
                                   _strings(self.cors_origins, "cors_origins"))
         self.compress_models = _compress_models(self.compress_models)
         self.control_probes = _control_probes(self.control_probes)
+        self.routers = _named_paths(self.routers, "routers", "router", "router directory")
 
     def resolved_api_key(self) -> str | None:
         """The key in force: ``api_key``, else the environment variable; None if neither.
@@ -224,15 +229,23 @@ _PROBE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 def _control_probes(given: object) -> dict[str, str]:
     """Probe names checked (short, plain names) and files made strings; the files are
     loaded when the app is created (:func:`tokenwise.serving.control_options.load_probes`)."""
+    return _named_paths(given, "control_probes", "control probe", "probe file")
+
+
+def _named_paths(given: object, option: str, what: str, path_kind: str) -> dict[str, str]:
+    """``NAME -> path`` with each NAME short and plain (it travels in requests and responses)
+    and each path a string; what the paths hold is read when the app is created."""
     if not isinstance(given, dict):
-        raise TokenwiseError(f"control_probes={given!r}: allowed a dict NAME -> probe file")
+        raise TokenwiseError(f"{option}={given!r}: allowed a dict NAME -> {path_kind}")
     out: dict[str, str] = {}
     for name, path in given.items():
         if not isinstance(name, str) or not _PROBE_NAME.fullmatch(name):
-            raise TokenwiseError(f"control probe name {name!r}: allowed 1-64 letters, digits, "
+            raise TokenwiseError(f"{what} name {name!r}: allowed 1-64 letters, digits, "
                                  "'_', '.' or '-', starting with a letter or digit")
         if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-            raise TokenwiseError(f"control probe {name!r}: {path!r} is not a file path")
+            raise TokenwiseError(f"{what} {name!r}: {path!r} is not a "
+                                 f"{'file' if path_kind.endswith('file') else 'directory'} "
+                                 "path")
         out[name] = os.fspath(path)
     return out
 

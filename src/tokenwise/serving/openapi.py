@@ -232,6 +232,10 @@ class TokenwiseInfo(BaseModel):
     #: each choice's mean per-token entropy (nats); null where the engine reported none
     mean_entropy: list[float | None] | None = None
     mean_constrained_entropy: list[float | None] | None = None
+    #: with ``tokenwise.route``: ``{"router", "strategy", "model" (null when it abstained),
+    #: "feature_model", "policy", "decision": {"label", "probabilities", "reason"},
+    #: "abstained", "flops", "n", "samples", "votes", "seed"}``
+    route: dict[str, Any] | None = None
 
 
 class ChatCompletion(_Out):
@@ -335,6 +339,8 @@ class Options(_Out):
     kv: dict[str, list[str]]
     #: the probe names ``tokenwise.control.probe`` may give (``--control-probe``)
     control_probes: list[str]
+    #: the router names ``tokenwise.route`` may give (``--router``)
+    routers: list[str]
 
 
 class Stats(BaseModel):
@@ -401,6 +407,12 @@ def _component_schemas(config: Any, models: Mapping[str, Any]) -> dict[str, Any]
     probes = sorted(getattr(config, "control_probes", None) or {})
     if probes:  # none: any string is refused by the planner, naming how to add one
         schemas["ControlOptions"]["properties"]["probe"]["enum"] = probes
+    routers = sorted(getattr(config, "routers", None) or {})
+    if routers:  # none: any string is refused by the routes, naming how to add one
+        schemas["RouteOptions"]["properties"]["router"]["enum"] = routers
+        for option in schemas["TokenwiseOptions"]["properties"]["route"]["anyOf"]:
+            if option.get("type") == "string":
+                option["enum"] = routers
     kv = schemas["KVOptions"]["properties"]  # one of them is needed: the planner says so
     for field, allowed in (("press", sorted(PRESSES)), ("quantize", list(QUANTIZERS))):
         kv[field] = {"anyOf": [{"type": "string", "enum": allowed}, {"type": "null"}],

@@ -36,6 +36,10 @@ A reply held to a constraint (``response_format`` JSON, a forced call) reports e
 ``constrained_entropy`` beside its ``entropy``, and the ``tokenwise`` object its
 ``mean_constrained_entropy``.
 
+``tokenwise.route`` (a router the server was started with, :mod:`tokenwise.serving.
+route_options`) is answered by the router on the backend's ``call``, not through
+``events``: the whole answer at once, within the request's deadline.
+
 ``tokenwise.kv`` (a press or a quantised cache, :mod:`tokenwise.serving.kv_options`) is
 built by the planner and checked against the request's model(s) through the backend's
 ``call`` (on the thread that runs the model) before any reply starts, so a bad setting is a
@@ -48,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from starlette.requests import Request
@@ -88,6 +92,8 @@ from tokenwise.serving.responses import (
     tool_call_deltas,
     usage,
 )
+from tokenwise.serving.route_options import LoadedRouter, RoutePlan, route_plan
+from tokenwise.serving.route_options import answer as route_answer
 from tokenwise.serving.schemas import ChatCompletionRequest, CompletionRequest
 from tokenwise.serving.tools import parse_tool_calls, stream_safe_prefix
 
@@ -135,14 +141,18 @@ class CompletionService:
             :class:`~tokenwise.models.Codec`): the backend generates.
         backend: the backend that generates.
         admission: the places for held requests (default: ``config.max_queue`` of them).
+        routers: the routers ``tokenwise.route`` may name
+            (:func:`~tokenwise.serving.route_options.load_routers`; default none).
     """
 
     def __init__(self, config: ServerConfig, models: Mapping[str, Codec],
-                 backend: ServingBackend, admission: Admission | None = None) -> None:
+                 backend: ServingBackend, admission: Admission | None = None,
+                 routers: Mapping[str, LoadedRouter] | None = None) -> None:
         self.config = config
         self.models = models
         self.backend = backend
         self.admission = admission or Admission(config.max_queue)
+        self.routers = dict(routers or {})
 
     async def handle(self, request: Request, kind: str) -> Response:
         """Answer one request (``kind``: ``"chat"`` or ``"completion"``)."""
@@ -153,6 +163,10 @@ class CompletionService:
             req = parse_body(body, schema)
             if req.timeout is not None and req.timeout < self.config.request_timeout_s:
                 slot.deadline, slot.own_timeout = slot.arrived + req.timeout, True
+            if req.tokenwise is not None and req.tokenwise.route is not None:
+                routed = self._route_plan(req)
+                slot.planned = True
+                return await self._until_done(request, self._routed(routed, slot))
             plan = await self._plan(req, kind)
             slot.planned = True
             if plan.stream:
@@ -163,20 +177,45 @@ class CompletionService:
                                                 "X-Accel-Buffering": "no"})
                 slot = None  # released when the stream ends
                 return response
-            work = asyncio.ensure_future(self._complete(plan, slot))
-            gone = asyncio.ensure_future(_client_gone(request))
-            try:
-                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not work.done():
-                    work.cancel()  # the client left (or the server stops): stop its decoding
-                gone.cancel()
-            if not work.done() or work.cancelled():
-                return Response(status_code=499)
-            return JSONResponse(work.result())
+            return await self._until_done(request, self._complete(plan, slot))
         finally:
             if slot is not None:
                 self.admission.release(slot)
+
+    async def _until_done(self, request: Request,
+                          job: Coroutine[Any, Any, dict[str, Any]]) -> Response:
+        """The body ``job`` makes, or 499 (and ``job`` cancelled) when the client leaves."""
+        work = asyncio.ensure_future(job)
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                work.cancel()  # the client left (or the server stops): stop its decoding
+            gone.cancel()
+        if not work.done() or work.cancelled():
+            return Response(status_code=499)
+        return JSONResponse(work.result())
+
+    def _route_plan(self, req: ChatCompletionRequest | CompletionRequest) -> RoutePlan:
+        """A ``tokenwise.route`` request checked: by the backend first (vLLM refuses it,
+        saying why), then against the server's routers."""
+        self.backend.check(req)
+        return route_plan(req, self.config, self.models, self.routers)
+
+    async def _routed(self, plan: RoutePlan, slot: Slot) -> dict[str, Any]:
+        """Answer a routed request on the backend's model thread (between batches), within
+        the request's deadline: past it, or when the drain cuts it, the request ends (504,
+        503); a router already answering finishes its few tokens in the background."""
+        when = asyncio.get_running_loop().time() + (slot.deadline - time.monotonic())
+        job = _once(self.backend.call(lambda: route_answer(plan)))
+        try:
+            _, body = await _next_event(job, when, slot)
+        except asyncio.TimeoutError:
+            raise cut_error() if slot.cut else self._timeout(slot) from None
+        finally:
+            await job.aclose()
+        return body
 
     async def _plan(self, req: ChatCompletionRequest | CompletionRequest, kind: str) -> Plan:
         plan = await self._plan_checked(req, kind)
@@ -439,7 +478,12 @@ def _scored(event: PromptEvent) -> list[WireToken]:
     return event.tokens
 
 
-async def _next_event(events: AsyncIterator[Event], when: float, slot: Slot) -> Event:
+async def _once(awaitable: Awaitable[Any]) -> AsyncIterator[tuple[int, Any]]:
+    """``awaitable``'s result as the one event of an event stream (choice 0)."""
+    yield 0, await awaitable
+
+
+async def _next_event(events: AsyncIterator[Any], when: float, slot: Slot) -> Any:
     """The next event, or :class:`asyncio.TimeoutError` at loop time ``when``, or sooner when
     the drain cuts the request while it waits (Python 3.11+: the wait's timeout is
     rescheduled; on 3.10 a cut request notices at its next event or its deadline)."""

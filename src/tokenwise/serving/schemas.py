@@ -216,11 +216,21 @@ class ControlOptions(WireModel):
     seed: Annotated[int, Field(ge=0, le=2**63 - 1), _INTEGRAL] = 0
 
 
+class RouteOptions(WireModel):
+    """Adaptive compute (:mod:`tokenwise.routing`): a router the server was started with
+    (``--router NAME=DIR``, directories written by ``tokenwise route train``) picks the
+    strategy that answers; ``router`` is that NAME, never a path. ``"route": NAME`` is short
+    for ``{"router": NAME}``."""
+
+    router: str
+
+
 class TokenwiseOptions(WireModel):
     """The namespaced extras."""
 
     sampler: list[SamplerStep] | None = None
     control: ControlOptions | None = None
+    route: str | RouteOptions | None = None
     ead: EADOptions | None = None
     compress: CompressOptions | None = None
     uncertainty: UncertaintyOptions | None = None

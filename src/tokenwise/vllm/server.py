@@ -448,6 +448,8 @@ _TOKENWISE_ONLY: dict[str, tuple[str, str, str]] = {
                 "tokenwise's own decoding loop", "tokenwise.control"),
     "kv": ("KV-cache compression", "vLLM's paged, fused attention exposes no attention scores "
            "to a press and keeps its own cache layout", "tokenwise.kv"),
+    "route": ("strategy routing", "its probe reads a hidden state and its strategies run "
+              "models that tokenwise loads itself", "tokenwise.route"),
 }
 
 class VLLMBackend:
