@@ -257,10 +257,6 @@ def test_constructor_errors(kwargs, needle):
     assert needle in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "probe.py:77 _make_net calls torch.manual_seed(self.seed), reseeding the global RNG on "
-    "every fit and load; later 'fresh' randomness (generate/run_strategy with seed=None) "
-    "repeats after each fit"))
 def test_fitting_and_loading_leave_the_global_rng_alone(tmp_path):
     import torch
 

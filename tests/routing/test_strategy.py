@@ -113,17 +113,11 @@ def test_literal_braces_are_allowed_in_the_template():
     assert s.prompt.format(prompt="Q") == "{x} Q"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "strategy.py:84 counts the substring '{prompt}', so the escaped literal '{{prompt}}' "
-    "passes as the one field; format() then finds no field and the question is dropped"))
 def test_a_template_of_only_escaped_braces_has_no_field_and_is_refused():
     with pytest.raises(TokenwiseError, match="exactly one"):
         Strategy("s", model="m", prompt="{{prompt}}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "strategy.py:84 counts the substring '{prompt}': a template quoting a literal "
-    "'{{prompt}}' next to its one real field is refused as having two"))
 def test_a_template_may_quote_a_literal_prompt_next_to_its_field():
     s = Strategy("s", model="m", prompt="say {{prompt}}: {prompt}")
     assert s.prompt.format(prompt="Q") == "say {prompt}: Q"

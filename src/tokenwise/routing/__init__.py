@@ -22,10 +22,16 @@ Example:
     '4'
 """
 
-from tokenwise.routing.features import check_layer, feature_flops, prompt_features
+from tokenwise.routing.features import (
+    EXTRAS,
+    check_extras,
+    check_layer,
+    feature_flops,
+    prompt_features,
+)
 from tokenwise.routing.labels import LABELS, difficulty_labels
 from tokenwise.routing.probe import DifficultyProbe
-from tokenwise.routing.router import Decision, RoutedAnswer, Router
+from tokenwise.routing.router import Decision, RoutedAnswer, Router, pick_label, pick_strategy
 from tokenwise.routing.strategy import (
     ABSTAIN_TEXT,
     Strategy,
@@ -47,6 +53,7 @@ from tokenwise.routing.train import (
 
 __all__ = [
     "ABSTAIN_TEXT",
+    "EXTRAS",
     "LABELS",
     "Decision",
     "DifficultyProbe",
@@ -57,6 +64,7 @@ __all__ = [
     "Strategy",
     "StrategyAnswer",
     "answer_entropy",
+    "check_extras",
     "check_layer",
     "collect",
     "cross_val_proba",
@@ -65,6 +73,8 @@ __all__ = [
     "fit_router",
     "generation_flops",
     "load_strategies",
+    "pick_label",
+    "pick_strategy",
     "prompt_features",
     "read_items",
     "run_strategy",

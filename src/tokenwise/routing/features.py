@@ -1,4 +1,5 @@
-"""What a difficulty probe reads: one layer's hidden state at the prompt's last token.
+"""What a difficulty probe reads: one layer's hidden state at the prompt's last token, and
+optionally the entropy of the next-token distribution there.
 
 DiffAdapt reads the final hidden state of the model on the question; any layer can be chosen
 here (``layer=-1`` is the last, ``0`` the embeddings). Prompts are read one at a time, so no
@@ -16,6 +17,10 @@ import torch
 from tokenwise.errors import TokenwiseError
 from tokenwise.models import LanguageModel
 from tokenwise.progress import progress_bar
+from tokenwise.signals import entropy, log_probs
+
+#: Extra scalar features :func:`prompt_features` can append.
+EXTRAS = ("entropy", "top_logprob")
 
 
 def check_layer(model: LanguageModel, layer: object) -> int:
@@ -34,14 +39,34 @@ def check_layer(model: LanguageModel, layer: object) -> int:
 
 
 @torch.inference_mode()
+def check_extras(extras: object) -> tuple[str, ...]:
+    """``extras`` as a tuple of known extra feature names.
+
+    Args:
+        extras: a sequence drawn from :data:`EXTRAS`.
+    """
+    if isinstance(extras, str) or not isinstance(extras, Sequence):
+        raise TokenwiseError(f"extras must be a list drawn from {list(EXTRAS)}, got {extras!r}")
+    bad = [e for e in extras if e not in EXTRAS]
+    if bad or len(set(extras)) != len(extras):
+        raise TokenwiseError(f"extras must be distinct names from {list(EXTRAS)}, got "
+                             f"{list(extras)}")
+    return tuple(extras)
+
+
 def prompt_features(model: LanguageModel, prompts: Sequence[str], *, layer: int = -1,
-                    progress: bool = False) -> np.ndarray:
-    """``(N, D)`` float32 features: the chosen layer's hidden state at each prompt's last token.
+                    extras: Sequence[str] = (), progress: bool = False) -> np.ndarray:
+    """``(N, D + E)`` float32 features: the chosen layer's hidden state at each prompt's last
+    token, then the ``extras`` read from the same pass.
 
     Args:
         model: the model whose hidden states are read.
         prompts: the questions, as the model will see them (start tokens are added).
         layer: which hidden state (0 = embeddings, -1 = last layer).
+        extras: scalars of the model's next-token distribution after the prompt, appended
+            in this order: ``"entropy"`` (nats) and ``"top_logprob"`` (the most likely first
+            answer token's log-probability). A linear probe cannot compute these from the
+            hidden state, and they are what EAD decides on.
         progress: show a progress bar on standard error.
 
     Returns:
@@ -55,6 +80,7 @@ def prompt_features(model: LanguageModel, prompts: Sequence[str], *, layer: int 
         True
     """
     layer = check_layer(model, layer)
+    extras = check_extras(extras)
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise TokenwiseError("prompts must be a list of strings")
     rows = []
@@ -64,9 +90,14 @@ def prompt_features(model: LanguageModel, prompts: Sequence[str], *, layer: int 
         ids = model.encode(prompt, add_bos=True)[-model.context_length:]
         out = model.forward(torch.tensor([ids]), output_hidden_states=True, logits_to_keep=1)
         assert out.hidden_states is not None
-        rows.append(out.hidden_states[layer][0, -1].float().cpu().numpy())
+        row = out.hidden_states[layer][0, -1].float().cpu()  # (D,)
+        if extras:
+            logits = out.logits[0, -1].float().cpu()  # (V,)
+            values = {"entropy": entropy(logits), "top_logprob": log_probs(logits).max()}
+            row = torch.cat([row, torch.stack([values[e] for e in extras])])
+        rows.append(row.numpy())
     if not rows:
-        return np.zeros((0, int(model.config.hidden_size)), dtype=np.float32)
+        return np.zeros((0, int(model.config.hidden_size) + len(extras)), dtype=np.float32)
     return np.stack(rows).astype(np.float32)
 
 

@@ -74,12 +74,14 @@ class DifficultyProbe:
         return self._net is not None
 
     def _make_net(self, dim: int) -> torch.nn.Module:
-        torch.manual_seed(self.seed)
         k = len(self.classes)
-        if self.kind == "logistic":
-            return torch.nn.Linear(dim, k)
-        return torch.nn.Sequential(torch.nn.Linear(dim, self.hidden), torch.nn.ReLU(),
-                                   torch.nn.Linear(self.hidden, k))
+        # seeded initialisation without touching the caller's global random stream
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            if self.kind == "logistic":
+                return torch.nn.Linear(dim, k)
+            return torch.nn.Sequential(torch.nn.Linear(dim, self.hidden), torch.nn.ReLU(),
+                                       torch.nn.Linear(self.hidden, k))
 
     def fit(self, features: np.ndarray, labels: Sequence[Any]) -> DifficultyProbe:
         """Fit on ``(N, D)`` features and N labels (any hashables, stored as strings).

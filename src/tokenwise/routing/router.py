@@ -28,7 +28,7 @@ import numpy as np
 
 from tokenwise.errors import TokenwiseError
 from tokenwise.models import LanguageModel
-from tokenwise.routing.features import check_layer, feature_flops, prompt_features
+from tokenwise.routing.features import check_extras, check_layer, feature_flops, prompt_features
 from tokenwise.routing.labels import LABELS
 from tokenwise.routing.probe import DifficultyProbe
 from tokenwise.routing.strategy import (
@@ -98,6 +98,8 @@ class Router:
         strategies: the strategy table (:func:`~tokenwise.routing.load_strategies`).
         feature_model: the key of the model whose hidden state the probes read.
         layer: the hidden state read (0 = embeddings, -1 = last).
+        extras: extra scalar features appended to the hidden state
+            (:func:`~tokenwise.routing.prompt_features`), as the probes were trained.
         policy: ``"difficulty"`` or ``"value"`` (module docstring).
         probes: ``{"difficulty": probe}`` for the difficulty policy; strategy name ->
             probe with a ``"right"`` class for the value policy (strategies without a probe
@@ -127,6 +129,7 @@ class Router:
     strategies: Sequence[Strategy]
     feature_model: str
     layer: int = -1
+    extras: Sequence[str] = ()
     policy: Policy = "difficulty"
     probes: Mapping[str, DifficultyProbe] = field(default_factory=dict)
     mapping: Mapping[str, str] = field(default_factory=dict)
@@ -139,6 +142,7 @@ class Router:
 
     def __post_init__(self) -> None:
         self.strategies = load_strategies(list(self.strategies))
+        self.extras = check_extras(tuple(self.extras))
         self.by_name = {s.name: s for s in self.strategies}
         names = ", ".join(self.by_name)
         if self.policy not in ("difficulty", "value"):
@@ -199,7 +203,7 @@ class Router:
             probe = self.probes["difficulty"]
             p = probe.predict_proba(np.atleast_2d(features))[0]
             probs = {c: float(v) for c, v in zip(probe.classes, p, strict=True)}
-            label = max(probs, key=lambda c: (probs[c], -_order(c)))
+            label = pick_label(probs)
             return Decision(self.mapping[label], label, probs,
                             f"labelled {label} (p = {probs[label]:.2f})")
         probs = {name: float(probe.score(np.atleast_2d(features), RIGHT)[0])
@@ -209,7 +213,7 @@ class Router:
             return Decision(self.abstain, None, probs,
                             f"best P(right) {max(probs.values()):.2f} < {self.abstain_below}")
         value = {n: p - self.cost_weight * float(self.costs.get(n, 0.0)) for n, p in probs.items()}
-        best = max(value, key=lambda n: (value[n], -float(self.costs.get(n, 0.0))))
+        best = pick_strategy(value, self.costs)
         return Decision(best, None, probs, f"P(right) {probs[best]:.2f}, value {value[best]:.2f}")
 
     def decide_many(self, features: np.ndarray) -> list[Decision]:
@@ -227,7 +231,8 @@ class Router:
             models: name -> loaded model; must hold :attr:`feature_model`.
             prompt: the question.
         """
-        return self.decide(prompt_features(self._feature(models), [prompt], layer=self.layer)[0])
+        return self.decide(prompt_features(self._feature(models), [prompt], layer=self.layer,
+                                           extras=self.extras)[0])
 
     def answer(self, models: Mapping[str, LanguageModel], prompt: str, *,
                seed: int | None = 0, decision: Decision | None = None) -> RoutedAnswer:
@@ -286,6 +291,7 @@ class Router:
         config = {"format": "tokenwise-router/1", "strategies": [s.as_dict() for s in
                                                                  self.strategies],
                   "feature_model": self.feature_model, "layer": self.layer,
+                  "extras": list(self.extras),
                   "policy": self.policy, "probes": files, "mapping": dict(self.mapping),
                   "costs": dict(self.costs), "cost_weight": self.cost_weight,
                   "abstain": self.abstain, "abstain_below": self.abstain_below,
@@ -314,12 +320,39 @@ class Router:
                                  f"(format {c.get('format')!r})")
         probes = {name: DifficultyProbe.load(path / file) for name, file in c["probes"].items()}
         return cls(load_strategies(c["strategies"]), feature_model=c["feature_model"],
-                   layer=c["layer"], policy=c["policy"], probes=probes, mapping=c["mapping"],
+                   layer=c["layer"], extras=c.get("extras", []), policy=c["policy"],
+                   probes=probes, mapping=c["mapping"],
                    costs=c["costs"], cost_weight=c["cost_weight"], abstain=c["abstain"],
                    abstain_below=c["abstain_below"],
                    abstain_above_entropy=c["abstain_above_entropy"], meta=c.get("meta", {}))
 
 
-def _order(label: str) -> int:
-    """Ties between labels go to the harder one (the safer route)."""
-    return -LABELS.index(label) if label in LABELS else 0
+def pick_label(probs: Mapping[str, float]) -> str:
+    """The most probable label; a tie goes to the harder one (the safer route), then to the
+    first in ``probs``.
+
+    Args:
+        probs: label -> probability.
+
+    Example:
+        >>> pick_label({"easy": 0.4, "normal": 0.4, "hard": 0.2})
+        'normal'
+    """
+    names = list(probs)
+    return max(names, key=lambda c: (probs[c], LABELS.index(c) if c in LABELS else -1,
+                                     -names.index(c)))
+
+
+def pick_strategy(values: Mapping[str, float], costs: Mapping[str, float]) -> str:
+    """The strategy of highest value; a tie goes to the cheaper one, then to the first.
+
+    Args:
+        values: strategy -> value (``P(right) - cost_weight x cost``).
+        costs: strategy -> relative cost (missing = 0).
+
+    Example:
+        >>> pick_strategy({"large": 0.5, "small": 0.5}, {"large": 1.0, "small": 0.1})
+        'small'
+    """
+    names = list(values)
+    return max(names, key=lambda n: (values[n], -float(costs.get(n, 0.0)), -names.index(n)))

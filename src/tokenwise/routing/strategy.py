@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,16 +82,19 @@ class Strategy:
         for key, value, low in (("max_new_tokens", self.max_new_tokens, 1), ("n", self.n, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise TokenwiseError(f"{where}: {key} must be an integer >= {low}, got {value!r}")
-        if not isinstance(self.prompt, str) or self.prompt.count("{prompt}") != 1:
-            raise TokenwiseError(
-                f"{where}: prompt must be a template with exactly one {{prompt}} field, "
-                f"got {self.prompt!r}")
+        if not isinstance(self.prompt, str):
+            raise TokenwiseError(f"{where}: prompt must be a template string, got "
+                                 f"{self.prompt!r}")
         try:
-            self.prompt.format(prompt="")
-        except (KeyError, IndexError, ValueError) as exc:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.prompt) if f is not None]
+        except ValueError as exc:
+            raise TokenwiseError(f"{where}: prompt template {self.prompt!r} is malformed ({exc});"
+                                 " write literal braces as {{ and }}") from None
+        if fields != ["prompt"]:
             raise TokenwiseError(
-                f"{where}: prompt template {self.prompt!r} has a field other than {{prompt}} "
-                f"({exc}); write literal braces as {{{{ and }}}}") from None
+                f"{where}: prompt must be a template with exactly one {{prompt}} field and no "
+                f"other (literal braces as {{{{ and }}}}), got {self.prompt!r} with fields "
+                f"{fields}")
         if self.stop is not None and (not isinstance(self.stop, str) or not self.stop):
             raise TokenwiseError(f"{where}: stop must be a non-empty string or null")
         if not isinstance(self.sampler, tuple):

@@ -27,7 +27,7 @@ from tokenwise.progress import progress_bar
 from tokenwise.routing.features import feature_flops, prompt_features
 from tokenwise.routing.labels import difficulty_labels
 from tokenwise.routing.probe import DifficultyProbe, Kind
-from tokenwise.routing.router import RIGHT, Policy, Router
+from tokenwise.routing.router import RIGHT, Policy, Router, pick_label, pick_strategy
 from tokenwise.routing.strategy import Strategy, answer_entropy, run_strategy
 from tokenwise.uncertainty.equivalence import normalise_text
 
@@ -150,6 +150,8 @@ class RoutingData:
             path: the file.
         """
         path = Path(path)
+        if path.suffix != ".npz":  # np.savez would add it; say which file was written
+            path = path.with_name(path.name + ".npz")
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"features": self.features, "feature_flops": self.feature_flops,
                   "sample_accuracy": self.sample_accuracy, "sample_entropy": self.sample_entropy,
@@ -189,7 +191,8 @@ class RoutingData:
 
 def collect(items: Sequence[RouteItem], models: Mapping[str, LanguageModel],
             strategies: Sequence[Strategy], *, feature_model: str, layer: int = -1,
-            k: int = 10, label_max_new_tokens: int = 16, seed: int = 0,
+            extras: Sequence[str] = (), k: int = 10,
+            label_max_new_tokens: int = 16, seed: int = 0,
             progress: bool = True) -> RoutingData:
     """Run every strategy on every question, sample ``k`` labelling answers, read features.
 
@@ -200,6 +203,8 @@ def collect(items: Sequence[RouteItem], models: Mapping[str, LanguageModel],
         feature_model: the model whose hidden states the probes read and whose ``k``
             samples (temperature 1) label difficulty.
         layer: the hidden state read.
+        extras: scalar features appended to the hidden state
+            (:func:`~tokenwise.routing.prompt_features`; ``()`` for the hidden state alone).
         k: labelling samples per question (>= 1).
         label_max_new_tokens: most tokens per labelling sample.
         seed: seeds the sampled strategies and the labelling samples.
@@ -239,9 +244,11 @@ def collect(items: Sequence[RouteItem], models: Mapping[str, LanguageModel],
         ent[i] = answer_entropy(drawn.samples)
         tok[i] = drawn.mean_entropy
         sflops[i] = drawn.flops
-    features = prompt_features(fm, [it.prompt for it in items], layer=layer, progress=progress)
+    features = prompt_features(fm, [it.prompt for it in items], layer=layer, extras=extras,
+                               progress=progress)
     fflops = np.array([feature_flops(fm, it.prompt) for it in items])
-    meta = {"feature_model": feature_model, "layer": layer, "k": k, "seed": seed,
+    meta = {"feature_model": feature_model, "layer": layer, "extras": list(extras), "k": k,
+            "seed": seed,
             "strategies": [s.as_dict() for s in strategies]}
     return RoutingData([it.prompt for it in items], [it.group for it in items], features,
                        fflops, right, flops, acc, ent, tok, meta, sflops)
@@ -294,9 +301,12 @@ def cross_val_proba(features: np.ndarray, labels: Sequence[str], *, folds: int =
     Returns:
         ``(N, classes)`` probabilities and the class names (sorted).
     """
-    if folds < 2:
-        raise TokenwiseError(f"folds must be >= 2, got {folds}")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise TokenwiseError(f"folds must be an integer >= 2, got {folds!r}")
     labels = [str(v) for v in labels]
+    if folds > len(labels):
+        raise TokenwiseError(f"folds={folds} needs at least {folds} questions, got "
+                             f"{len(labels)}; use fewer folds or more questions")
     classes = sorted(set(labels))
     out = np.zeros((len(labels), len(classes)))
     for held in _folds(len(labels), folds, seed):
@@ -364,6 +374,9 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
     """
     table = {s.name: s for s in strategies}
     runnable = [s.name for s in strategies if not s.abstain]
+    if abstain is not None and (abstain not in table or not table[abstain].abstain):
+        raise TokenwiseError(f"abstain must name an abstaining strategy of the table, got "
+                             f"{abstain!r}")
     missing = [s for s in runnable if s not in data.right]
     if missing:
         raise TokenwiseError(f"data has no measurements for strategies {missing}; collect "
@@ -391,7 +404,7 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
         labels = data.labels(**dict(label_kwargs or {}))
         proba, classes = cross_val_proba(data.features, labels, folds=folds, kind=kind,
                                          seed=seed, **probe_kwargs)
-        predicted = [classes[j] for j in proba[sel].argmax(1)]
+        predicted = [pick_label(dict(zip(classes, row, strict=True))) for row in proba[sel]]
         options = runnable + ([abstain] if abstain else [])
         for combo in itertools.product(options, repeat=len(classes)):
             mapping = dict(zip(classes, combo, strict=True))
@@ -401,7 +414,8 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
         best = _pick(cands, floor)
         probe = DifficultyProbe(kind, seed=seed, **probe_kwargs).fit(data.features, labels)
         router = Router(strategies, feature_model=str(data.meta.get("feature_model")),
-                        layer=int(data.meta.get("layer", -1)), policy="difficulty",
+                        layer=int(data.meta.get("layer", -1)),
+                        extras=tuple(data.meta.get("extras", ())), policy="difficulty",
                         probes={"difficulty": probe}, mapping=best.setting["mapping"],
                         abstain=abstain)
         meta["label_counts"] = {c: labels.count(c) for c in classes}
@@ -419,8 +433,8 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
         weights = list(cost_weights) if cost_weights is not None else list(
             np.round(np.linspace(0.0, 2.0, 41), 4))
         for w in weights:
-            value = np.stack([oof[s][sel] - w * costs[s] for s in runnable], 1)  # (N, S)
-            choice = [runnable[j] for j in value.argmax(1)]
+            choice = [pick_strategy({s: oof[s][i] - w * costs[s] for s in runnable}, costs)
+                      for i in sel]
             r = simulate(judged, choice)
             cands.append(Candidate({"cost_weight": float(w)}, r["accuracy"], r["flops"]))
         best = _pick(cands, floor)
@@ -429,9 +443,10 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
             y = [RIGHT if v else "wrong" for v in data.right[s]]
             probes[s] = DifficultyProbe(kind, seed=seed, **probe_kwargs).fit(data.features, y)
         router = Router(strategies, feature_model=str(data.meta.get("feature_model")),
-                        layer=int(data.meta.get("layer", -1)), policy="value", probes=probes,
+                        layer=int(data.meta.get("layer", -1)),
+                        extras=tuple(data.meta.get("extras", ())), policy="value", probes=probes,
                         costs=costs, cost_weight=best.setting["cost_weight"],
-                        abstain=abstain if abstain in table else None)
+                        abstain=abstain)
     else:
         raise TokenwiseError(f"policy must be 'difficulty' or 'value', got {policy!r}")
     meta["chosen"] = {**best.setting, "cv_accuracy": best.accuracy, "cv_flops": best.flops}
