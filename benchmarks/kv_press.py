@@ -16,7 +16,11 @@ What it measures (``tokenwise.kv``):
   in one pass vs chunked prefill, and KIVI.
 * ``chunked``: accuracy, needle recall and time of the memory part's eviction settings
   (SnapKV window 32 in one pass and with 256-token chunked prefill, StreamingLLM chunked) on
-  the real part's items, so the memory figures have an accuracy beside them.
+  the real part's items, so the memory figures have an accuracy beside them; plus the
+  question-aware chunked prefill (``kv.prefill(..., question=...)`` with a chunked press:
+  each chunk is compressed by a probe of the question read after it) for SnapKV and
+  expected attention, whose budget is 25% of the context with the question kept on top.
+  ``--methods`` runs a subset.
 * ``speed``: a pilot of decode time, ours / full cache ratios from interleaved repeats (the
   lead re-runs timings on a quiet machine).
 
@@ -31,6 +35,10 @@ Commands (the run behind the figures)::
     .venv/bin/python benchmarks/kv_press.py memory --out /work/notes/results/kv_press
     .venv/bin/python benchmarks/kv_press.py speed --out /work/notes/results/kv_press
     .venv/bin/python benchmarks/kv_press.py chunked --out /work/notes/results/kv_press
+    # question-aware chunked prefill (reads <out>_real_items.json, as the chunked part does)
+    .venv/bin/python benchmarks/kv_press.py chunked --out /work/notes/results/kv_press_q
+    .venv/bin/python benchmarks/kv_press.py memory --methods snapkv25_chunk256 \
+        snapkv25_chunk256_q --out /work/notes/results/kv_press_q
 """
 
 from __future__ import annotations
@@ -344,50 +352,87 @@ def part_real(args: argparse.Namespace) -> None:
               ratios=tuple(args.ratios), on_item=save)
 
 
-CHUNKED = ("snapkv25_w32", "snapkv25_w32_chunk256", "streaming25_chunk256")
+CHUNKED = ("snapkv25_w32", "snapkv25_w32_chunk256", "streaming25_chunk256",
+           "snapkv25_w32_chunk256_q", "expected25_w32", "expected25_w32_chunk256_q")
+
+
+def chunked_setting(method: str, it: dict) -> tuple[Any, list[int], list[int] | None]:
+    """``(press, ids, question)`` for a method of the chunked part: ``_q`` methods read the
+    context in chunks with the question as a probe after each (the question apart)."""
+    from tokenwise import kv
+
+    chunk = 256 if "chunk256" in method else None
+    if method.startswith("snapkv"):
+        spec = kv.SnapKV(0.25, window=32, chunk_size=chunk)
+    elif method.startswith("expected"):
+        spec = kv.ExpectedAttention(0.25, window=32, chunk_size=chunk)
+    else:
+        spec = kv.StreamingLLM(0.25, chunk_size=chunk)
+    if method.endswith("_q"):
+        return spec, it["ids"][:it["n_ctx"]], it["ids"][it["n_ctx"]:]
+    return spec, it["ids"], None
 
 
 @torch.inference_mode()
 def part_chunked(args: argparse.Namespace) -> None:
     """Accuracy of the memory part's settings (SnapKV window 32, chunked prefill) on the real
-    part's items: with chunks, the chunks before the question are compressed before it is
-    read, so chunked SnapKV is question-agnostic for them."""
+    part's items: with plain chunks, the chunks before the question are compressed before it
+    is read, so chunked SnapKV is question-agnostic for them; the ``_q`` methods give
+    :func:`tokenwise.kv.prefill` the question apart, so each chunk is compressed by a probe
+    of the question read right after it."""
     from tokenwise import kv
     from tokenwise.models import load
 
     lm = load("smollm2-135m")
     items = json.loads(Path(f"{args.out}_real_items.json").read_text())[:args.limit]
+    methods = args.methods or CHUNKED
+    unknown = sorted(set(methods) - set(CHUNKED))
+    if unknown:
+        raise SystemExit(f"--methods {unknown}: allowed {', '.join(CHUNKED)}")
     rows: dict[str, dict[str, list]] = {}
     for n, it in enumerate(items):
         t0 = time.time()
-        for method in CHUNKED:
-            chunk = 256 if "chunk256" in method else None
-            spec = (kv.SnapKV(0.25, window=32, chunk_size=chunk) if method.startswith("snapkv")
-                    else kv.StreamingLLM(0.25, chunk_size=chunk))
+        for method in methods:
+            spec, ids, question = chunked_setting(method, it)
             t1 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cache, logits = kv.prefill(lm, it["ids"], spec)
+                cache, logits = kv.prefill(lm, ids, spec, question=question)
             ans = greedy(lm, cache, logits, len(it["ids"]), 6)
             r = rows.setdefault(method, {"correct": [], "seconds": [], "recall": [],
-                                         "cache_peak_tokens": []})
+                                         "cache_peak_tokens": [], "kept_tokens": [],
+                                         "prefill_tokens": []})
             r["correct"].append(int(it["answer"] in ans))
             r["seconds"].append(time.perf_counter() - t1)
             r["recall"].append(needle_recall(cache, it["needle"]))
             r["cache_peak_tokens"].append(cache.peak_tokens)
+            r["kept_tokens"].append(cache.get_seq_length())
+            r["prefill_tokens"].append(cache.prefill_tokens)
         print(f"item {n + 1}/{len(items)} ({len(it['ids'])} tokens) {time.time() - t0:.1f}s",
               flush=True)
-    summary = {m: {"n": len(r["correct"]), "accuracy": sum(r["correct"]) / len(r["correct"]),
+        save_chunked(args, items, rows, n + 1)
+
+
+def save_chunked(args: argparse.Namespace, items: list[dict], rows: dict, done: int) -> None:
+    """Write the chunked part's summary and rows (after every item: a slow run leaves
+    results)."""
+    summary = {m: {"n": len(r["correct"]), "correct": sum(r["correct"]),
+                   "accuracy": sum(r["correct"]) / len(r["correct"]),
                    "needle_recall": sum(r["recall"]) / len(r["recall"]),
-                   "seconds_mean": sum(r["seconds"]) / len(r["seconds"])}
+                   "seconds_mean": sum(r["seconds"]) / len(r["seconds"]),
+                   "cache_peak_tokens_max": max(r["cache_peak_tokens"]),
+                   "kept_tokens_mean": sum(r["kept_tokens"]) / len(r["kept_tokens"])}
                for m, r in rows.items()}
     write(Path(args.out), "chunked", {
-        "model": "smollm2-135m (Q4 GGUF weights dequantised to float32)", "items": len(items),
-        "budget": 0.25, "window": 32, "chunk": 256, "summary": summary, "rows": rows})
+        "model": "smollm2-135m (Q4 GGUF weights dequantised to float32)", "items": done,
+        "items_planned": len(items), "budget": 0.25, "window": 32, "chunk": 256,
+        "note": "_q methods: question-aware chunked prefill, budget 25% of the context with "
+                "the question kept whole on top; the others: 25% of the whole prompt",
+        "summary": summary, "rows": rows})
 
 
 METHODS = ("full", "snapkv25", "snapkv25_chunk256", "streaming25_chunk256", "kivi2",
-           "kivi2_chunk256")
+           "kivi2_chunk256", "snapkv25_chunk256_q")
 
 
 @torch.inference_mode()
@@ -417,7 +462,11 @@ def probe(method: str, length: int, seed: int) -> dict:
             spec = kv.StreamingLLM(0.25, chunk_size=chunk)
         else:
             spec = kv.KIVI(2, 32, 32, chunk_size=chunk)
-        cache, logits = kv.prefill(lm, ids, spec)
+        if method.endswith("_q"):  # question-aware chunks: the question apart
+            cache, logits = kv.prefill(lm, ids[:item["n_ctx"]], spec,
+                                       question=ids[item["n_ctx"]:])
+        else:
+            cache, logits = kv.prefill(lm, ids, spec)
         cache_peak = cache.peak_bytes
     ans = greedy(lm, cache, logits, len(ids), 8)
     elapsed = time.time() - t0
@@ -439,7 +488,11 @@ def part_memory(args: argparse.Namespace) -> None:
     item = real_items(load("smollm2-135m"), (args.length,), 1, args.seed)[0]
     Path(f"{args.out}_memory_item.json").write_text(json.dumps([item]))
     results = []
-    for method in METHODS:
+    methods = args.methods or METHODS
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"--methods {unknown}: allowed {', '.join(METHODS)}")
+    for method in methods:
         cmd = [sys.executable, __file__, "probe", "--method", method, "--length",
                str(args.length), "--seed", str(args.seed)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -550,6 +603,8 @@ def main() -> None:
                         help="fixed token budgets (default: 32 testbed, 256 real)")
     parser.add_argument("--limit", type=int, default=None,
                         help="chunked: the first N items of the real part")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="chunked / memory: run only these methods")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     if args.part == "probe":

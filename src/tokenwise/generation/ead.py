@@ -91,7 +91,9 @@ class _Runner:
     With ``kv`` the model's first pass reads the prompt alone into a compressed or quantised
     cache (:func:`tokenwise.kv.prefill`, in the press's chunks), so a ratio budget is of the
     prompt and both models compress the same prompt the same way, however late the large one
-    joins; the tokens written before it joined are then read like decoded tokens.
+    joins; the tokens written before it joined are then read like decoded tokens. A press with
+    ``question_tokens`` probes each chunk with the prompt's question; those extra passes and
+    tokens are counted in ``forward_passes`` and ``tokens_processed``.
     """
 
     def __init__(self, lm: LanguageModel, prompt_tokens: int, kv: Any = None) -> None:
@@ -112,9 +114,10 @@ class _Runner:
             from tokenwise.kv import prefill
 
             self.cache, last = prefill(self.lm, seq[:self.prompt_tokens], self.kv)
-            chunk = self.kv.chunk_size or self.prompt_tokens
-            self.passes += -(-self.prompt_tokens // chunk)
-            self.seen = self.read = self.prompt_tokens
+            # the passes and tokens prefill ran: its chunks, and any question probes
+            self.passes += self.cache.prefill_passes
+            self.read = self.cache.prefill_tokens
+            self.seen = self.prompt_tokens
             logits = last[0]
         while self.seen < len(seq):
             end = self.seen + 1 if self.one_by_one else len(seq)

@@ -182,11 +182,31 @@ class Press:
         chunk_size: prefill the prompt this many tokens at a time, compressing after each
             chunk, so the cache never holds more than ``budget + chunk_size`` tokens
             (None: the whole prompt in one pass).
+        question_tokens: with ``chunk_size``, the last this many tokens of a one-string
+            prompt (``tokenwise.generate(..., kv=press)``, EAD, the server) are its question:
+            the context is read chunk by chunk and, before each chunk is compressed, the
+            question is run after it as a probe, so a press that reads queries (SnapKV,
+            expected attention, CRITIC, H2O) scores the chunk by the question's attention
+            and stays question-aware with a bounded peak (``budget + chunk_size +
+            question_tokens`` tokens a layer); the budget is of the context, and the question
+            is then read once and kept whole (see :func:`tokenwise.kv.prefill`). None: no
+            split (chunks before the question are compressed without it). It must be below
+            the prompt's length.
+
+    Example:
+        >>> from tokenwise.kv import SnapKV
+        >>> SnapKV(0.25, chunk_size=256, question_tokens=30).describe()["question_tokens"]
+        30
+        >>> SnapKV(0.25, question_tokens=30)
+        Traceback (most recent call last):
+        ...
+        tokenwise.errors.TokenwiseError: question_tokens=30 needs chunk_size ...
     """
 
     budget: BudgetSpec = 0.5
     every: int | None = field(default=None, kw_only=True)
     chunk_size: int | None = field(default=None, kw_only=True)
+    question_tokens: int | None = field(default=None, kw_only=True)
 
     #: the press's name in :data:`tokenwise.kv.PRESSES`.
     name: ClassVar[str] = ""
@@ -203,6 +223,14 @@ class Press:
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, numbers.Integral) or value < 1):
                 raise TokenwiseError(f"{setting}={value!r}: allowed None or a whole number >= 1")
+        if self.question_tokens is not None:
+            self.question_tokens = check_positive("question_tokens", self.question_tokens)
+            if self.chunk_size is None:
+                raise TokenwiseError(
+                    f"question_tokens={self.question_tokens} needs chunk_size (a chunked "
+                    "prefill); without chunks the prompt is read in one pass, already "
+                    "question-aware when it ends with the question: leave question_tokens "
+                    "None or set chunk_size")
 
     def queries_needed(self) -> int | None:
         """How many trailing queries this press reads (0 none, None all since the last
@@ -214,10 +242,13 @@ class Press:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        """The press's settings, for reports (JSON-ready)."""
+        """The press's settings, for reports (JSON-ready); ``question_tokens`` only when set
+        (a prompt split into context and question), so unsplit settings read as before."""
         from dataclasses import asdict
 
         out = asdict(self)
+        if out.get("question_tokens") is None:
+            out.pop("question_tokens", None)
         out["press"] = self.name
         if isinstance(out.get("budget"), tuple):
             out["budget"] = list(out["budget"])

@@ -19,6 +19,7 @@ cache's forward passes), so SDPA models need no eager attention and no ``(T, T)`
 from __future__ import annotations
 
 import inspect
+import numbers
 import sys
 import warnings
 import weakref
@@ -115,6 +116,9 @@ class CompressedCache(DynamicCache):
             eviction).
         peak_bytes: the most bytes held during a pass: the other layers' stored tensors plus
             one layer's kept + just-read tensors before eviction.
+        prefill_passes: forward passes :func:`prefill` ran to read the prompt (question probes
+            included).
+        prefill_tokens: tokens those passes read (each probe's question included).
 
     Pass a fresh cache to ``model.generate(..., cache=cache)`` (``past_key_values=`` before
     transformers 5.2x); batches must be unpadded (one prompt, or prompts of one length), since
@@ -165,12 +169,18 @@ class CompressedCache(DynamicCache):
         self.report: list[dict[str, Any]] = []
         self.peak_tokens = 0
         self.peak_bytes = 0
+        self.prefill_passes = 0
+        self.prefill_tokens = 0
         self._modules = attention_modules(hf)
         self._scaling = [float(getattr(m, "scaling", m.head_dim ** -0.5)) for m in self._modules]
         self._pending: dict[int, torch.Tensor] = {}
         self._chunk_old: int | None = None
         #: store every token of the coming passes (the question after agnostic compression)
         self.hold = False
+        #: the coming pass ends with this many probe tokens (a question-aware chunk): they
+        #: vote and are kept whole, the budget applies to the tokens before them, and the
+        #: caller removes them afterwards with :meth:`drop_last`
+        self.probe = 0
         me = weakref.ref(self)
         handles = [m.register_forward_pre_hook(_make_hook(me, m.layer_idx), with_kwargs=True)
                    for m in self._modules]
@@ -243,6 +253,10 @@ class CompressedCache(DynamicCache):
         self.peak_bytes = max(self.peak_bytes, others + _nbytes(keys, values, positions))
         if self.hold:
             due = False
+        elif self.probe:
+            if not 0 < self.probe <= t:
+                raise TokenwiseError(f"probe={self.probe}: allowed 1 to the pass's {t} tokens")
+            due = s - self.probe > k
         elif layer.seen <= self.prompt_tokens:  # still reading the prompt
             due = s > k
             if not due and layer_idx == 0 and layer.seen == self.prompt_tokens:
@@ -271,7 +285,13 @@ class CompressedCache(DynamicCache):
                              scaling=self._scaling[layer_idx], layer=layer_idx, state=state,
                              prompt_end=layer.seen)
         scores = self.press.score(inputs)
-        idx = keep_indices(scores, k)
+        n = self.probe
+        if n:  # the budget is of the tokens before the probe; the probe is kept whole
+            s = keys.shape[-2]
+            tail = torch.arange(s - n, s, device=keys.device).expand(*scores.shape[:2], n)
+            idx = torch.cat([keep_indices(scores[..., :s - n], k), tail], -1)
+        else:
+            idx = keep_indices(scores, k)
         layer.keys = gather_tokens(keys, idx)
         layer.values = gather_tokens(values, idx)
         layer.positions = gather_tokens(positions, idx)
@@ -280,8 +300,11 @@ class CompressedCache(DynamicCache):
         if self.press.queries_needed() is None:
             layer.queries = layer.query_positions = None
         layer.since = 0
-        self.report.append({"layer": layer_idx, "before": int(keys.shape[-2]), "after": k,
-                            "new_tokens": t, "seen": layer.seen})
+        entry = {"layer": layer_idx, "before": int(keys.shape[-2]), "after": k,
+                 "new_tokens": t, "seen": layer.seen}
+        if n:
+            entry["probe"] = n
+        self.report.append(entry)
 
     def _note_noop(self, k: int, s: int) -> None:
         note = (f"budget of {k} tokens >= the {s} tokens read: nothing evicted "
@@ -307,6 +330,78 @@ class CompressedCache(DynamicCache):
         if pos is None:
             raise TokenwiseError(f"layer {layer_idx} holds nothing yet")
         return pos
+
+    def drop_last(self, n: int) -> None:
+        """Remove the last ``n`` entries of every layer: the ``n`` newest tokens read, as if
+        they had never been read (a question probe's tokens after a question-aware chunk).
+
+        Every layer's keys, values, positions and press state lose their last ``n`` tokens
+        per KV head (into new, smaller tensors: the memory is freed); ``seen`` goes back to
+        the first removed position, so the next tokens continue there with no gap; the
+        captured queries at those positions go too, and ``since`` (tokens decoded since the
+        last compression) shrinks by ``n``. Every layer of a :class:`CompressedCache` is a
+        full-attention layer (models with sliding-window layers are refused when the cache
+        is built), so no layer keeps a window of its own to rewind. Peak counters and the
+        report are left as they are (they record what was held).
+
+        The last ``n`` entries must be the same positions in every row and KV head and hold
+        the newest token read (a pass kept whole, as a probe is); otherwise nothing changes
+        and an error says which layer differs.
+
+        Args:
+            n: entries to remove per layer and head, from 0 (nothing) up to what every
+                layer holds.
+
+        Example:
+            >>> import warnings
+            >>> from tokenwise.models import load
+            >>> from tokenwise.kv import StreamingLLM
+            >>> lm = load("tw-reader")
+            >>> ids = lm.encode("Memo:\\nThe code of Avo is 123.\\nQ: What is", add_bos=True)
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")
+            ...     cache, _ = prefill(lm, ids, StreamingLLM(1.0))
+            >>> cache.drop_last(3)
+            >>> cache.get_seq_length() == len(ids) - 3, cache.layers[0].seen == len(ids) - 3
+            (True, True)
+        """
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise TokenwiseError(f"n={n!r}: allowed a whole number >= 0")
+        n = int(n)
+        if n == 0:
+            return
+        firsts = []
+        for i, layer in enumerate(self.layers):
+            s = layer.get_seq_length()
+            if layer.positions is None or s < n:
+                raise TokenwiseError(f"n={n}: layer {i} holds {s} tokens; allowed at most "
+                                     "what every layer holds")
+            gone = layer.positions[..., s - n:]  # (B, H, n)
+            if not bool((gone == gone[:1, :1]).all()):
+                raise TokenwiseError(
+                    f"n={n}: the last {n} entries of layer {i} are different positions in "
+                    "different heads (evicted per head); drop_last removes a pass kept whole")
+            if int(gone.max()) + 1 != layer.seen:
+                raise TokenwiseError(
+                    f"n={n}: layer {i} no longer holds its newest token read (position "
+                    f"{layer.seen - 1}); drop_last removes the newest tokens read")
+            firsts.append(int(gone.min()))
+        for layer, first in zip(self.layers, firsts, strict=True):
+            keep = layer.get_seq_length() - n
+            layer.keys = layer.keys[:, :, :keep].clone()
+            layer.values = layer.values[:, :, :keep].clone()
+            layer.positions = layer.positions[..., :keep].clone()
+            if layer.state is not None:
+                layer.state = layer.state[..., :keep].clone()
+            if layer.queries is not None and layer.query_positions is not None:
+                old = layer.query_positions < first
+                if bool(old.any()):
+                    layer.queries = layer.queries[:, :, old].clone()
+                    layer.query_positions = layer.query_positions[old].clone()
+                else:
+                    layer.queries = layer.query_positions = None
+            layer.seen = first
+            layer.since = max(0, layer.since - n)
 
     def compressed_copy(self, press: Press, upto: int | None = None) -> CompressedCache:
         """A new cache holding what ``press`` keeps of this one's tokens, as if it had read
@@ -410,35 +505,70 @@ def prefill(model: Any, ids: torch.Tensor | list[int], press: Press | QuantSpec,
     """Read a prompt into a :class:`CompressedCache`, in chunks when ``press.chunk_size`` is
     set, and return the cache and the logits of the last token.
 
-    With ``question``, ``ids`` is the context: a question-aware press
-    (``question_aware=True``, the default) reads context and question before compressing; a
-    question-agnostic one compresses the context alone and then reads the question into the
-    cache uncompressed.
+    With ``question`` (or a press's ``question_tokens``, which takes that many trailing
+    tokens of ``ids`` as the question), ``ids`` is the context:
+
+    * a question-aware press (``question_aware=True``, the default) read in one pass reads
+      context and question before compressing (the budget is of both);
+    * a question-aware press with ``chunk_size`` reads the context chunk by chunk, and each
+      chunk that brings the cache over the budget is read together with the question as a
+      probe right after it (positions continuing from the chunk): the press scores the kept
+      tokens and the chunk with the question's queries, keeps its budget of them, and the
+      probe's question entries are then removed (:meth:`CompressedCache.drop_last`). Once the
+      context is read, the question is read for real, after the last chunk, and kept whole.
+      The budget is of the context; the cache ends with ``budget + len(question)`` tokens and
+      a layer never holds more than ``budget + chunk_size + len(question)``. Presses that
+      read no queries (StreamingLLM, key-norm, random, oracle) score the same without the
+      question, so they skip the probe;
+    * a question-agnostic one (``question_aware=False``) compresses the context alone and
+      then reads the question into the cache uncompressed.
 
     Args:
         model: a tokenwise ``LanguageModel`` or a Hugging Face causal LM.
         ids: the prompt's (or the context's) token ids, ``(T,)`` or ``(1, T)``.
         press: the press, or a quantised cache's settings (:func:`~tokenwise.kv.KIVI`).
-        question: the question's ids, read after the context.
+        question: the question's ids, read after the context (not with a press that sets
+            ``question_tokens``).
 
     Returns:
         ``(cache, logits)`` with ``logits`` ``(1, V)`` for the next token.
 
     Example:
         >>> from tokenwise.models import load
-        >>> from tokenwise.kv import StreamingLLM
+        >>> from tokenwise.kv import SnapKV, StreamingLLM
         >>> lm = load("tw-reader")
         >>> ids = lm.encode("Memo:\\nThe code of Avo is 123.\\nQ: What is", add_bos=True)
         >>> cache, logits = prefill(lm, ids, StreamingLLM(6, sinks=1, chunk_size=4))
         >>> cache.get_seq_length(), cache.peak_tokens <= 6 + 4
         (6, True)
+        >>> press = SnapKV(6, window=2, chunk_size=4, question_tokens=3)
+        >>> cache, logits = prefill(lm, ids, press)
+        >>> cache.get_seq_length(), cache.peak_tokens <= 6 + 4 + 3
+        (9, True)
     """
     hf = hf_model_of(model)
     device = next(hf.parameters()).device
     ids = torch.as_tensor(ids, dtype=torch.long, device=device).reshape(1, -1)
     q_ids = None if question is None else \
         torch.as_tensor(question, dtype=torch.long, device=device).reshape(1, -1)
+    n_split = getattr(press, "question_tokens", None)
+    if n_split is not None:
+        if q_ids is not None:
+            raise TokenwiseError(
+                f"question= given and press question_tokens={n_split}: give the question one "
+                "way, as question= (the context apart) or as the prompt's last "
+                "question_tokens tokens")
+        if n_split >= ids.shape[1]:
+            raise TokenwiseError(
+                f"question_tokens={n_split} for a prompt of {ids.shape[1]} tokens: allowed "
+                "fewer than the prompt's tokens (a context must come before the question)")
+        ids, q_ids = ids[:, :-n_split], ids[:, -n_split:]
+    if q_ids is not None and q_ids.shape[1] == 0:
+        q_ids = None
     agnostic = q_ids is not None and getattr(press, "question_aware", True) is False
+    if (q_ids is not None and not agnostic and isinstance(press, Press)
+            and press.chunk_size is not None and ids.shape[1] > 0):
+        return _prefill_question_chunked(hf, ids, q_ids, press)
     first = ids if agnostic or q_ids is None else torch.cat([ids, q_ids], 1)
     total = first.shape[1]
     if total == 0:
@@ -452,18 +582,57 @@ def prefill(model: Any, ids: torch.Tensor | list[int], press: Press | QuantSpec,
     logits = None
     for start in range(0, total, step):
         chunk = first[:, start:start + step]
-        pos = torch.arange(start, start + chunk.shape[1], device=device)[None]
-        logits = _forward(hf, chunk, cache, pos)
+        logits = _read(hf, chunk, cache, start)
     if agnostic and q_ids is not None and isinstance(cache, CompressedCache):
         # the question is read after compression and kept whole: one pass, no eviction
         cache.hold = True
-        pos = torch.arange(total, total + q_ids.shape[1], device=device)[None]
         try:
-            logits = _forward(hf, q_ids, cache, pos)
+            logits = _read(hf, q_ids, cache, total)
         finally:
             cache.hold = False
     assert logits is not None
     return cache, logits
+
+
+def _prefill_question_chunked(hf: Any, ids: torch.Tensor, q_ids: torch.Tensor,
+                              press: Press) -> tuple[CompressedCache, torch.Tensor]:
+    """The context chunk by chunk, each compression scored by a probe of the question read
+    right after the chunk (then removed); the question read for real at the end."""
+    n_ctx, n_q = ids.shape[1], q_ids.shape[1]
+    cache = CompressedCache(hf, press, prompt_tokens=n_ctx)
+    # chunked prefill has one budget for every layer (a per-layer list is refused above)
+    k = tokens_for(press.budget, n_ctx, 0, cache.n_layers)
+    probes = press.queries_needed() != 0
+    step = press.chunk_size or n_ctx
+    for start in range(0, n_ctx, step):
+        chunk = ids[:, start:start + step]
+        if probes and cache.get_seq_length() + chunk.shape[1] > k:
+            # the chunk and the question after it in one pass: the chunk's tokens see only
+            # what precedes them (causal), exactly as if read alone, and the question's
+            # queries vote on the kept tokens and the chunk
+            cache.probe = n_q
+            try:
+                _read(hf, torch.cat([chunk, q_ids], 1), cache, start)
+            finally:
+                cache.probe = 0
+            cache.drop_last(n_q)
+        else:
+            _read(hf, chunk, cache, start)
+    cache.hold = True  # the question for real, after the whole context, kept whole
+    try:
+        logits = _read(hf, q_ids, cache, n_ctx)
+    finally:
+        cache.hold = False
+    return cache, logits
+
+
+def _read(hf: Any, ids: torch.Tensor, cache: Any, start: int) -> torch.Tensor:
+    """One prefill pass of ``ids`` at positions from ``start``, counted on the cache."""
+    pos = torch.arange(start, start + ids.shape[1], device=ids.device)[None]
+    logits = _forward(hf, ids, cache, pos)
+    cache.prefill_passes += 1
+    cache.prefill_tokens += ids.shape[1]
+    return logits
 
 
 def cache_keyword(hf: Any) -> str:

@@ -338,6 +338,9 @@ class QuantizedKVCache(Cache):
             super().__init__(layers=[], layer_class_to_replicate=DynamicLayer)
             self.layer_class_to_replicate = None
         self.peak_bytes = 0
+        #: forward passes and tokens :func:`tokenwise.kv.prefill` ran to read the prompt
+        self.prefill_passes = 0
+        self.prefill_tokens = 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
