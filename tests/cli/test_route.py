@@ -94,6 +94,19 @@ def test_a_refit_from_the_cache_answers_nothing_again(made, tmp_path, monkeypatc
     assert set(router.mapping.values()) <= {"small", "large", "idk"}
 
 
+def test_value_policy_abstains_below_its_bar(made, tmp_path):
+    files, _ = made
+    out = tmp_path / "value_idk"
+    result = run("train", "--items", files["train"], "--strategies", files["table"],
+                 "--feature-model", "tw-small", "--k", 2, "--folds", 2, "--abstain", "idk",
+                 "--abstain-below", "1.0", "--data-cache", files["cache"], "--out", out)
+    assert result.exit_code == 0, result.output
+    router = Router.load(out)
+    assert router.policy == "value" and router.abstain == "idk" and router.abstain_below == 1.0
+    # every candidate declines at least the questions no probe is certain of
+    assert all(c["answered"] < 1.0 for c in router.meta["selection"])
+
+
 def test_a_cache_of_other_questions_or_settings_is_refused(made, tmp_path):
     files, _ = made
     other = write_items(tmp_path / "other.jsonl", TRAIN[:6])
@@ -177,7 +190,8 @@ def test_train_refuses_bad_input_naming_it(made, tmp_path):
          "--feature-model names model 'no-such-model', which does not load"),
         ({"--abstain": "small", "--policy": "difficulty"}, "'--abstain'",
          "'small' is not an abstaining strategy of the table; allowed: idk"),
-        ({"--abstain": "idk"}, "'--abstain'", "the value policy never abstains"),
+        ({"--abstain": "idk"}, "'--abstain'", "the value policy abstains only below"),
+        ({"--abstain-below": "0.3"}, "'--abstain-below'", "needs --policy value and --abstain"),
         ({"--reference": "idk"}, "'--reference'", "allowed a strategy that runs a model"),
         ({"--folds": 20}, "'--folds'", "20 folds need at least 20 questions"),
         ({"--layer": 99}, "'--layer'", "layer must be an integer from"),

@@ -77,3 +77,27 @@ def test_fit_router_refuses_an_unknown_abstain():
     table = [Strategy("small", model="m"), Strategy("large", model="m")]
     with pytest.raises(TokenwiseError, match="abstain must name an abstaining strategy"):
         fit_router(_data(), table, policy="value", folds=2, abstain="idk")
+
+
+def test_fit_router_value_policy_abstains_below_the_bar():
+    from tokenwise.routing import cross_val_proba
+
+    table = [Strategy("small", model="m"), Strategy("large", model="m"),
+             Strategy("idk", abstain=True)]
+    data = _data()
+    router = fit_router(data, table, policy="value", folds=2, cost_weights=[0.0],
+                        abstain="idk", abstain_below=0.9)
+    # the reference: out-of-fold P(right) per strategy, abstain where the best is under 0.9
+    best = np.zeros(4)
+    for s in ("small", "large"):
+        y = ["right" if v else "wrong" for v in data.right[s]]
+        p, classes = cross_val_proba(data.features, y, folds=2)
+        best = np.maximum(best, p[:, classes.index("right")])
+    declined = best < 0.9
+    cand = router.meta["selection"][0]
+    assert cand["answered"] == pytest.approx(1 - declined.mean())
+    assert cand["flops"] == pytest.approx((~declined).mean() * 1.0)  # small where answered
+    assert router.abstain_below == 0.9
+    with pytest.raises(TokenwiseError, match=r"abstain_below=0\.9 needs policy='value'"):
+        fit_router(data, table, policy="difficulty", folds=2, abstain="idk",
+                   abstain_below=0.9)

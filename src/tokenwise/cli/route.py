@@ -191,7 +191,10 @@ def route_group() -> None:
               help="The strategy the target is relative to [the one with the most FLOPs].")
 @click.option("--abstain", default=None,
               help="An abstaining strategy of the table that difficulty labels may map to "
-                   "(--policy difficulty).")
+                   "(--policy difficulty), or that answers when the best P(right) is under "
+                   "--abstain-below (--policy value).")
+@click.option("--abstain-below", type=click.FloatRange(0, 1), default=None,
+              help="Value policy: abstain when no strategy's predicted P(right) reaches this.")
 @click.option("--kind", type=click.Choice(["logistic", "mlp"]), default="logistic",
               show_default=True, help="Probe kind.")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
@@ -206,7 +209,8 @@ def route_group() -> None:
               help="Directory for the router (router.json and the probes).")
 def train_command(items_path: str, table_path: str, feature_model: str, layer: int, k: int,
                   policy: str, target: float, reference: str | None, abstain: str | None,
-                  kind: str, folds: int, seed: int, data_cache: str | None, out: str) -> None:
+                  abstain_below: float | None, kind: str, folds: int, seed: int,
+                  data_cache: str | None, out: str) -> None:
     """Answer the --items questions with every strategy of --strategies, fit the probes and
     save a router to --out (the cheapest setting keeping --target of the reference's
     accuracy under cross-validation).
@@ -226,14 +230,16 @@ def train_command(items_path: str, table_path: str, feature_model: str, layer: i
                                    "router needs at least one that runs a model")
     if abstain is not None:
         allowed = [s.name for s in table if s.abstain]
-        if policy != "difficulty":
-            raise _bad("--abstain", "the value policy never abstains as trained here (it "
-                                    "picks the best-valued strategy); use --policy difficulty "
-                                    "to let labels map to an abstaining strategy")
+        if policy == "value" and abstain_below is None:
+            raise _bad("--abstain", "the value policy abstains only below a P(right) bar: "
+                                    "add --abstain-below P (or use --policy difficulty to let "
+                                    "labels map to an abstaining strategy)")
         if abstain not in allowed:
             raise _bad("--abstain", f"{abstain!r} is not an abstaining strategy of the table; "
                                     f"allowed: {', '.join(allowed) or 'none (add one with '}"
                                     f"{'' if allowed else 'abstain: true)'}")
+    if abstain_below is not None and (policy != "value" or abstain is None):
+        raise _bad("--abstain-below", "needs --policy value and --abstain NAME")
     if reference is not None and reference not in runnable:
         raise _bad("--reference", f"{reference!r}: allowed a strategy that runs a model: "
                                   f"{', '.join(runnable)}")
@@ -261,7 +267,7 @@ def train_command(items_path: str, table_path: str, feature_model: str, layer: i
                    err=True)
     router = fit_router(data, table, policy=cast("Policy", policy), reference=reference,
                         target=target, kind=cast("Kind", kind), folds=folds, seed=seed,
-                        abstain=abstain)
+                        abstain=abstain, abstain_below=abstain_below)
     router.meta.update({"items": len(items), "k": k, "seed": seed})
     router.save(out)
     click.echo(train_summary(router, data, names, out))

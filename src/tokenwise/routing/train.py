@@ -271,8 +271,9 @@ def simulate(data: RoutingData, choices: Sequence[str], *, abstain: str | None =
     if len(choices) != len(data):
         raise TokenwiseError(f"{len(data)} questions but {len(choices)} choices")
     idx = np.arange(len(data))
-    right = np.array([data.right[c][i] for i, c in zip(idx, choices, strict=True)], bool)
-    flops = np.array([data.flops[c][i] for i, c in zip(idx, choices, strict=True)])
+    pairs = list(zip(idx, choices, strict=True))
+    right = np.array([c != abstain and data.right[c][i] for i, c in pairs], bool)
+    flops = np.array([0.0 if c == abstain else data.flops[c][i] for i, c in pairs])
     flops = flops + data.feature_flops
     answered = np.array([c != abstain for c in choices], bool)
     return {"accuracy": float(right.mean()), "answered": float(answered.mean()),
@@ -346,7 +347,8 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
                label_kwargs: Mapping[str, Any] | None = None,
                probe_kwargs: Mapping[str, Any] | None = None,
                cost_weights: Sequence[float] | None = None,
-               select_on: Sequence[int] | None = None) -> Router:
+               select_on: Sequence[int] | None = None,
+               abstain_below: float | None = None) -> Router:
     """Fit the probes on all of ``data`` and choose the policy's setting by cross-validation.
 
     Selection rule: among the candidate settings (every label -> strategy mapping for the
@@ -371,6 +373,9 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
         cost_weights: value-policy candidates (default 0 to 2 in 41 steps).
         select_on: judge the candidates on these questions only (e.g. those drawn like the
             test set), while the probes learn from all of ``data``; default all.
+        abstain_below: value policy with ``abstain``: answer with the abstaining strategy when
+            the best out-of-fold P(right) is under this (the selection counts those
+            questions as not right).
     """
     table = {s.name: s for s in strategies}
     runnable = [s.name for s in strategies if not s.abstain]
@@ -381,6 +386,10 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
     if missing:
         raise TokenwiseError(f"data has no measurements for strategies {missing}; collect "
                              "with the same table")
+    if abstain_below is not None and (policy != "value" or abstain is None
+                                      or not 0 <= abstain_below <= 1):
+        raise TokenwiseError(f"abstain_below={abstain_below!r} needs policy='value', an "
+                             "abstain strategy and a value in [0, 1]")
     if not 0 < target <= 1:
         raise TokenwiseError(f"target must lie in (0, 1], got {target!r}")
     mean_flops = {s: float(data.flops[s].mean()) for s in runnable}
@@ -433,10 +442,13 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
         weights = list(cost_weights) if cost_weights is not None else list(
             np.round(np.linspace(0.0, 2.0, 41), 4))
         for w in weights:
-            choice = [pick_strategy({s: oof[s][i] - w * costs[s] for s in runnable}, costs)
+            choice = [abstain if abstain_below is not None and abstain is not None
+                      and max(oof[s][i] for s in runnable) < abstain_below
+                      else pick_strategy({s: oof[s][i] - w * costs[s] for s in runnable}, costs)
                       for i in sel]
-            r = simulate(judged, choice)
-            cands.append(Candidate({"cost_weight": float(w)}, r["accuracy"], r["flops"]))
+            r = simulate(judged, choice, abstain=abstain)
+            cands.append(Candidate({"cost_weight": float(w)}, r["accuracy"], r["flops"],
+                                   r["answered"]))
         best = _pick(cands, floor)
         probes = {}
         for s in runnable:
@@ -446,7 +458,7 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
                         layer=int(data.meta.get("layer", -1)),
                         extras=tuple(data.meta.get("extras", ())), policy="value", probes=probes,
                         costs=costs, cost_weight=best.setting["cost_weight"],
-                        abstain=abstain)
+                        abstain=abstain, abstain_below=abstain_below)
     else:
         raise TokenwiseError(f"policy must be 'difficulty' or 'value', got {policy!r}")
     meta["chosen"] = {**best.setting, "cv_accuracy": best.accuracy, "cv_flops": best.flops}
