@@ -101,3 +101,15 @@ def test_fit_router_value_policy_abstains_below_the_bar():
     with pytest.raises(TokenwiseError, match=r"abstain_below=0\.9 needs policy='value'"):
         fit_router(data, table, policy="difficulty", folds=2, abstain="idk",
                    abstain_below=0.9)
+
+
+def test_router_refuses_a_probe_for_an_abstaining_strategy_and_a_negative_entropy_bar():
+    from tokenwise.routing import DifficultyProbe, Router
+
+    table = [Strategy("small", model="m"), Strategy("idk", abstain=True)]
+    probe = DifficultyProbe().fit(np.array([[0.0], [1.0]]), ["right", "wrong"])
+    with pytest.raises(TokenwiseError, match="'idk' abstains: it takes no probe"):
+        Router(table, feature_model="m", policy="value", probes={"small": probe, "idk": probe})
+    with pytest.raises(TokenwiseError, match="abstain_above_entropy must be >= 0"):
+        Router(table, feature_model="m", policy="value", probes={"small": probe},
+               abstain="idk", abstain_above_entropy=-1.0)

@@ -171,6 +171,9 @@ class Router:
                 if name not in self.by_name:
                     raise TokenwiseError(f"probe for unknown strategy {name!r}; the table "
                                          f"has: {names}")
+                if self.by_name[name].abstain:
+                    raise TokenwiseError(f"{name!r} abstains: it takes no probe (name it as "
+                                         "abstain= with abstain_below= instead)")
                 if RIGHT not in probe.classes:
                     raise TokenwiseError(f"the probe of {name!r} has no {RIGHT!r} class "
                                          f"(classes {probe.classes})")
@@ -190,6 +193,9 @@ class Router:
                 raise TokenwiseError(f"{key} needs abstain=<an abstaining strategy's name>")
         if self.abstain_below is not None and not 0 <= self.abstain_below <= 1:
             raise TokenwiseError(f"abstain_below must lie in [0, 1], got {self.abstain_below!r}")
+        if self.abstain_above_entropy is not None and not self.abstain_above_entropy >= 0:
+            raise TokenwiseError(f"abstain_above_entropy must be >= 0 (nats), got "
+                                 f"{self.abstain_above_entropy!r}")
 
     # -- deciding ------------------------------------------------------------------------
 
