@@ -353,15 +353,23 @@ def part_real(args: argparse.Namespace) -> None:
 
 
 CHUNKED = ("snapkv25_w32", "snapkv25_w32_chunk256", "streaming25_chunk256",
-           "snapkv25_w32_chunk256_q", "expected25_w32", "expected25_w32_chunk256_q")
+           "snapkv25_w32_chunk256_q", "expected25_w32", "expected25_w32_chunk256_q",
+           "snapkv25_w32_chunk256_q_matched")
 
 
 def chunked_setting(method: str, it: dict) -> tuple[Any, list[int], list[int] | None]:
     """``(press, ids, question)`` for a method of the chunked part: ``_q`` methods read the
-    context in chunks with the question as a probe after each (the question apart)."""
+    context in chunks with the question as a probe after each (the question apart), their
+    budget 25% of the context with the question on top; ``_q_matched`` keeps as many tokens
+    in all as the one-pass rows (25% of the whole prompt, question included)."""
     from tokenwise import kv
 
     chunk = 256 if "chunk256" in method else None
+    if method.endswith("_matched"):
+        n_q = len(it["ids"]) - it["n_ctx"]
+        total = -(-len(it["ids"]) // 4)  # ceil(0.25 * prompt), as the one-pass budget
+        spec = kv.SnapKV(total - n_q, window=32, chunk_size=chunk)
+        return spec, it["ids"][:it["n_ctx"]], it["ids"][it["n_ctx"]:]
     if method.startswith("snapkv"):
         spec = kv.SnapKV(0.25, window=32, chunk_size=chunk)
     elif method.startswith("expected"):
@@ -427,7 +435,8 @@ def save_chunked(args: argparse.Namespace, items: list[dict], rows: dict, done: 
         "model": "smollm2-135m (Q4 GGUF weights dequantised to float32)", "items": done,
         "items_planned": len(items), "budget": 0.25, "window": 32, "chunk": 256,
         "note": "_q methods: question-aware chunked prefill, budget 25% of the context with "
-                "the question kept whole on top; the others: 25% of the whole prompt",
+                "the question kept whole on top (_q_matched: 25% of the whole prompt in all, "
+                "question included); the others: 25% of the whole prompt",
         "summary": summary, "rows": rows})
 
 
