@@ -352,7 +352,7 @@ def part_real(args: argparse.Namespace) -> None:
               ratios=tuple(args.ratios), on_item=save)
 
 
-CHUNKED = ("snapkv25_w32", "snapkv25_w32_chunk256", "streaming25_chunk256",
+CHUNKED = ("full", "snapkv25_w32", "snapkv25_w32_chunk256", "streaming25_chunk256",
            "snapkv25_w32_chunk256_q", "expected25_w32", "expected25_w32_chunk256_q",
            "snapkv25_w32_chunk256_q_matched")
 
@@ -365,6 +365,8 @@ def chunked_setting(method: str, it: dict) -> tuple[Any, list[int], list[int] | 
     from tokenwise import kv
 
     chunk = 256 if "chunk256" in method else None
+    if method == "full":  # keeps everything: the reference the presses are retained against
+        return kv.KeyNorm(1.0), it["ids"], None
     if method.endswith("_matched"):
         n_q = len(it["ids"]) - it["n_ctx"]
         total = -(-len(it["ids"]) // 4)  # ceil(0.25 * prompt), as the one-pass budget
