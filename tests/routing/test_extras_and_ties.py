@@ -113,3 +113,18 @@ def test_router_refuses_a_probe_for_an_abstaining_strategy_and_a_negative_entrop
     with pytest.raises(TokenwiseError, match="abstain_above_entropy must be >= 0"):
         Router(table, feature_model="m", policy="value", probes={"small": probe},
                abstain="idk", abstain_above_entropy=-1.0)
+
+
+@pytest.mark.parametrize("target", [0.5, 1.0])
+def test_fit_router_says_whether_the_target_was_met(target):
+    data = _data()
+    data.right["large"] = np.array([True, True, True, False])  # 0.75; small 0.5
+    table = [Strategy("small", model="m"), Strategy("large", model="m")]
+    router = fit_router(data, table, policy="value", folds=2, target=target,
+                        cost_weights=[0.0, 10.0])
+    chosen = router.meta["chosen"]
+    assert chosen["meets_target"] == (chosen["cv_accuracy"] >= target * 0.75)
+    if target == 0.5:  # weight 10 always picks small (0.5 >= 0.375): met, and cheapest
+        assert chosen["meets_target"] and chosen["cost_weight"] == 10.0
+    else:  # nothing reaches 0.75 x 1.0 unless the probes route perfectly: not met here
+        assert chosen["cv_accuracy"] < 0.75 and not chosen["meets_target"]

@@ -252,7 +252,8 @@ def test_fit_router_value_hand_computed_cost_weights():
     assert strict.cost_weight == 0.0
     lax = fit_router(data, TABLE, policy="value", cost_weights=[0.0, 5.0], target=0.5)
     assert lax.cost_weight == 5.0  # 0.5 >= 0.5 x 0.9 and cheaper
-    assert lax.meta["chosen"] == {"cost_weight": 5.0, "cv_accuracy": 0.5, "cv_flops": 1.5}
+    assert lax.meta["chosen"] == {"cost_weight": 5.0, "cv_accuracy": 0.5, "cv_flops": 1.5,
+                                  "meets_target": True}
 
 
 def test_fit_router_falls_back_on_the_most_accurate():

@@ -293,7 +293,9 @@ def train_summary(router: Router, data: RoutingData, names: Sequence[str], out: 
                                       chosen["mapping"].items()))
     lines = [f"saved {out}: {router.policy} policy, {meta['kind']} probe(s) on "
              f"{router.feature_model} layer {router.layer}, {len(data)} questions",
-             f"chosen: {setting}",
+             f"chosen: {setting}" + ("" if chosen.get("meets_target", True) else
+                                     " (no setting kept the target under cross-validation: "
+                                     "the most accurate one was chosen)"),
              f"cross-validated ({meta['folds']} folds): accuracy {chosen['cv_accuracy']:.3f} "
              f"vs {meta['reference_accuracy']:.3f} for reference {ref!r} (target "
              f"{meta['target']:g} x = {meta['target'] * meta['reference_accuracy']:.3f}); "

@@ -461,7 +461,8 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
                         abstain=abstain, abstain_below=abstain_below)
     else:
         raise TokenwiseError(f"policy must be 'difficulty' or 'value', got {policy!r}")
-    meta["chosen"] = {**best.setting, "cv_accuracy": best.accuracy, "cv_flops": best.flops}
+    meta["chosen"] = {**best.setting, "cv_accuracy": best.accuracy, "cv_flops": best.flops,
+                      "meets_target": bool(best.accuracy >= floor)}
     meta["selection"] = [c.__dict__ for c in cands]
     router.meta = meta
     return router
