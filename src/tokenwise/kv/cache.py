@@ -14,6 +14,14 @@ the shrunken length.
 Queries for the presses that read attention are recomputed from each attention layer's input
 with the model's own query projection and RoPE (a forward pre-hook that runs only for this
 cache's forward passes), so SDPA models need no eager attention and no ``(T, T)`` matrix.
+
+Hybrid models (Gemma-3: sliding-window and full-attention layers) are supported: a
+sliding-window layer is never pressed. It keeps exactly what the model's own
+``DynamicSlidingWindowLayer`` keeps, the last ``sliding_window - 1`` tokens (a query at
+position ``p`` sees keys at ``p - sliding_window + 1 .. p``), so its memory is bounded by the
+model; the press's budget applies to the full-attention layers only. Each layer reports
+``is_sliding`` and its mask sizes the way transformers' masking code asks, so both kinds of
+mask come out exactly as with the model's own cache.
 """
 
 from __future__ import annotations
@@ -100,6 +108,74 @@ class CompressedLayer(DynamicLayer):
         return total
 
 
+class SlidingLayer(CompressedLayer):
+    """A sliding-window layer: never pressed, it keeps the last ``sliding_window - 1`` tokens
+    (what transformers' ``DynamicSlidingWindowLayer`` keeps), or more while a question probe
+    is pending (so :meth:`CompressedCache.drop_last` can restore the window before it).
+
+    The kept tokens are always the newest ones, contiguous, so the mask's key offset is
+    ``seen - held`` and its query offset ``seen`` (true positions, as the model's own sliding
+    cache reports them).
+
+    Args:
+        sliding_window: the model's ``sliding_window`` (a query sees itself and the
+            ``sliding_window - 1`` tokens before it).
+    """
+
+    is_sliding = True
+
+    def __init__(self, sliding_window: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sliding_window = int(sliding_window)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """``(kv_length, kv_offset)``: the held tokens and the pass's, the first held one's
+        true position."""
+        held = self.get_seq_length()
+        return held + query_length, max(self.seen - held, 0)
+
+    def get_max_length(self) -> int:
+        return self.sliding_window
+
+
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+
+def layer_kinds(config: Any) -> list[str]:
+    """Each layer's kind, ``"full_attention"`` or ``"sliding_attention"``, from a text config.
+
+    Without ``layer_types``, a config with ``sliding_window`` set has sliding-window layers
+    only (as transformers infers it), otherwise full-attention layers only.
+
+    Args:
+        config: the model's text config.
+
+    Example:
+        >>> from transformers import LlamaConfig
+        >>> layer_kinds(LlamaConfig(num_hidden_layers=2))
+        ['full_attention', 'full_attention']
+    """
+    n = int(config.num_hidden_layers)
+    types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if types is None:
+        types = [SLIDING if window is not None else FULL] * n
+    types = list(types)
+    bad = sorted(set(types) - {FULL, SLIDING})
+    if bad:
+        raise TokenwiseError(
+            f"{config.model_type}: layers of type {bad}; kv presses support "
+            f"'{FULL}' and '{SLIDING}' layers")
+    if len(types) != n:
+        raise TokenwiseError(f"{config.model_type}: {len(types)} layer_types for "
+                             f"{n} layers")
+    if SLIDING in types and (isinstance(window, bool) or not isinstance(window, int)
+                             or window < 1):
+        raise TokenwiseError(f"{config.model_type}: sliding_window={window!r} with "
+                             "sliding-window layers; allowed a whole number >= 1")
+    return types
+
+
 class CompressedCache(DynamicCache):
     """A ``DynamicCache`` that evicts with a press; usable from ``model.generate``.
 
@@ -110,10 +186,17 @@ class CompressedCache(DynamicCache):
         prompt_tokens: the prompt's length, for a ratio budget when the prompt is read in
             chunks (default: the first pass's length).
 
+    On a hybrid model (sliding-window and full-attention layers, Gemma-3) only the
+    full-attention layers are pressed; the sliding-window layers keep the model's own window
+    (the last ``sliding_window - 1`` tokens). A per-layer budget has one entry per
+    full-attention layer, in layer order (sliding-window layers take none).
+
     Attributes:
         report: what each compression did (layer, tokens before/after) and any no-op note.
         peak_tokens: the most tokens a layer held during a pass (kept + just read, before
             eviction).
+        peak_by_kind: the same per layer kind (``"full_attention"``, ``"sliding_attention"``).
+        kinds: each layer's kind.
         peak_bytes: the most bytes held during a pass: the other layers' stored tensors plus
             one layer's kept + just-read tensors before eviction.
         prefill_passes: forward passes :func:`prefill` ran to read the prompt (question probes
@@ -142,15 +225,19 @@ class CompressedCache(DynamicCache):
                                  "tokenwise.kv.SnapKV(0.25))")
         hf = hf_model_of(model)
         config = hf.config.get_text_config(decoder=True)
-        layer_types = getattr(config, "layer_types", None) or []
-        if any(t != "full_attention" for t in layer_types):
-            raise TokenwiseError(
-                f"{config.model_type}: layers of type {sorted(set(layer_types))}; kv presses "
-                "support models whose layers are all full attention (sliding-window layers keep "
-                "their own window)")
+        self.kinds = layer_kinds(config)
         self.n_layers = int(config.num_hidden_layers)
+        full = [i for i, kind in enumerate(self.kinds) if kind == FULL]
+        #: each full-attention layer's index into a per-layer budget
+        self._rank = {layer: r for r, layer in enumerate(full)}
+        self.n_full = len(full)
+        self._first = {kind: self.kinds.index(kind) for kind in set(self.kinds)}
         if isinstance(press.budget, tuple):
-            tokens_for(press.budget, 1, 0, self.n_layers)  # a wrong-length list fails here
+            if len(press.budget) != self.n_full:
+                raise TokenwiseError(
+                    f"budget has {len(press.budget)} entries for a model of {self.n_full} "
+                    f"full-attention layers ({self.n_layers} layers in all): give one budget, "
+                    "or one per full-attention layer (sliding-window layers are not pressed)")
             impl = getattr(hf.config, "_attn_implementation", None)
             if impl != "sdpa":
                 raise TokenwiseError(
@@ -163,18 +250,21 @@ class CompressedCache(DynamicCache):
                     f"{press.chunk_size}: chunked prefill needs one budget for every layer")
         super().__init__()
         self.layer_class_to_replicate = None
-        self.layers = [CompressedLayer() for _ in range(self.n_layers)]
+        window = getattr(config, "sliding_window", None)
+        self.layers = [SlidingLayer(window) if kind == SLIDING else CompressedLayer()
+                       for kind in self.kinds]
         self.press = press
         self.prompt_tokens = prompt_tokens
         self.report: list[dict[str, Any]] = []
         self.peak_tokens = 0
+        self.peak_by_kind = dict.fromkeys(dict.fromkeys(self.kinds), 0)
         self.peak_bytes = 0
         self.prefill_passes = 0
         self.prefill_tokens = 0
         self._modules = attention_modules(hf)
         self._scaling = [float(getattr(m, "scaling", m.head_dim ** -0.5)) for m in self._modules]
         self._pending: dict[int, torch.Tensor] = {}
-        self._chunk_old: int | None = None
+        self._chunk_old: dict[str, int] = {}
         #: store every token of the coming passes (the question after agnostic compression)
         self.hold = False
         #: the coming pass ends with this many probe tokens (a question-aware chunk): they
@@ -190,6 +280,60 @@ class CompressedCache(DynamicCache):
         """Remove the cache's hooks from the model (also done when the cache is collected)."""
         self._finalizer()
 
+    def budget_tokens(self, layer_idx: int, prompt_tokens: int) -> int | None:
+        """Tokens the press keeps in layer ``layer_idx`` for a prompt of ``prompt_tokens``
+        tokens, None for a sliding-window layer (never pressed).
+
+        Args:
+            layer_idx: the layer index.
+            prompt_tokens: the prompt's length (for a ratio budget).
+
+        Example:
+            >>> from tokenwise.models import load
+            >>> from tokenwise.kv import StreamingLLM
+            >>> CompressedCache(load("tw-reader"), StreamingLLM(0.5)).budget_tokens(0, 10)
+            5
+        """
+        if self.kinds[layer_idx] != FULL:
+            return None
+        return tokens_for(self.press.budget, prompt_tokens, self._rank[layer_idx],
+                          self.n_full)
+
+    def get_seq_length(self, layer_idx: int | None = None) -> int:
+        """Tokens layer ``layer_idx`` holds; by default the first full-attention layer's (the
+        pressed ones; layer 0 on a model with no full-attention layer)."""
+        if layer_idx is None:
+            layer_idx = self._first.get(FULL, 0)
+        return super().get_seq_length(layer_idx)
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        """The mask's query offset: the held tokens for a full-attention layer (its kept
+        tokens come first, all visible), the true position for a sliding-window layer."""
+        if layer_idx < len(self.layers) and isinstance(self.layers[layer_idx], SlidingLayer):
+            return self.layers[layer_idx].seen
+        return self.get_seq_length(layer_idx)
+
+    def held_by_kind(self) -> dict[str, int]:
+        """The most tokens a layer of each kind holds now.
+
+        Example:
+            >>> from tokenwise.models import load
+            >>> from tokenwise.kv import StreamingLLM
+            >>> CompressedCache(load("tw-reader"), StreamingLLM(4)).held_by_kind()
+            {'full_attention': 0}
+        """
+        out = dict.fromkeys(dict.fromkeys(self.kinds), 0)
+        for kind, layer in zip(self.kinds, self.layers, strict=True):
+            out[kind] = max(out[kind], layer.get_seq_length())
+        return out
+
+    def bytes_by_kind(self) -> dict[str, int]:
+        """Bytes the layers of each kind hold now (keys, values, positions, press state)."""
+        out = dict.fromkeys(dict.fromkeys(self.kinds), 0)
+        for kind, layer in zip(self.kinds, self.layers, strict=True):
+            out[kind] += layer.nbytes()
+        return out
+
     # what the pre-hook captured for a layer: true positions and the press's queries
     def _capture(self, module: Any, layer_idx: int, kwargs: dict[str, Any],
                  args: tuple[Any, ...]) -> None:
@@ -201,7 +345,7 @@ class CompressedCache(DynamicCache):
                      else torch.arange(layer.seen, layer.seen + t, device=hidden.device))
         self._pending[layer_idx] = positions.to(torch.long)
         n = self.press.queries_needed()
-        if n == 0:
+        if n == 0 or isinstance(layer, SlidingLayer):  # sliding layers are never pressed
             return
         cos_sin = kwargs.get("position_embeddings")
         if cos_sin is None:
@@ -225,13 +369,15 @@ class CompressedCache(DynamicCache):
         layer = self.layers[layer_idx]
         b, h, t, _ = key_states.shape
         old = layer.get_seq_length()
-        if layer_idx == 0:
-            self._chunk_old = old
-        elif t > 1 and self._chunk_old is not None and old != self._chunk_old:
+        kind = self.kinds[layer_idx]
+        first = self._first[kind]
+        if layer_idx == first:
+            self._chunk_old[kind] = old
+        elif t > 1 and kind in self._chunk_old and old != self._chunk_old[kind]:
             raise TokenwiseError(
-                f"layer {layer_idx} holds {old} tokens and layer 0 {self._chunk_old}: a "
-                f"{t}-token pass after a per-layer budget has no single mask; read further "
-                "tokens one at a time")
+                f"layer {layer_idx} holds {old} tokens and layer {first} (the first {kind} "
+                f"layer) {self._chunk_old[kind]}: a {t}-token pass after a per-layer budget "
+                "has no single mask; read further tokens one at a time")
         new_pos = self._pending.pop(layer_idx, None)
         if new_pos is None:
             new_pos = torch.arange(layer.seen, layer.seen + t, device=key_states.device)
@@ -246,11 +392,26 @@ class CompressedCache(DynamicCache):
         layer.seen = max(layer.seen, int(new_pos.max()) + 1)
         if self.prompt_tokens is None:
             self.prompt_tokens = t
-        k = tokens_for(self.press.budget, self.prompt_tokens, layer_idx, self.n_layers)
         s = keys.shape[-2]
         others = self.nbytes() - layer.nbytes()
         self.peak_tokens = max(self.peak_tokens, s)
+        self.peak_by_kind[kind] = max(self.peak_by_kind[kind], s)
         self.peak_bytes = max(self.peak_bytes, others + _nbytes(keys, values, positions))
+        if isinstance(layer, SlidingLayer):
+            # the model's own window; a pending probe's tokens are kept on top of it, so
+            # drop_last restores exactly the window held before the probe
+            if self.probe and not 0 < self.probe <= t:
+                raise TokenwiseError(f"probe={self.probe}: allowed 1 to the pass's {t} tokens")
+            keep = layer.sliding_window - 1 + self.probe
+            if s > keep:
+                layer.keys = keys[:, :, s - keep:].clone()
+                layer.values = values[:, :, s - keep:].clone()
+                layer.positions = positions[..., s - keep:].clone()
+            else:
+                layer.keys, layer.values, layer.positions = keys, values, positions
+            return keys, values
+        k = self.budget_tokens(layer_idx, self.prompt_tokens)
+        assert k is not None
         if self.hold:
             due = False
         elif self.probe:
@@ -259,7 +420,7 @@ class CompressedCache(DynamicCache):
             due = s - self.probe > k
         elif layer.seen <= self.prompt_tokens:  # still reading the prompt
             due = s > k
-            if not due and layer_idx == 0 and layer.seen == self.prompt_tokens:
+            if not due and layer_idx == first and layer.seen == self.prompt_tokens:
                 self._note_noop(k, s)
         else:
             layer.since += t
@@ -339,10 +500,11 @@ class CompressedCache(DynamicCache):
         per KV head (into new, smaller tensors: the memory is freed); ``seen`` goes back to
         the first removed position, so the next tokens continue there with no gap; the
         captured queries at those positions go too, and ``since`` (tokens decoded since the
-        last compression) shrinks by ``n``. Every layer of a :class:`CompressedCache` is a
-        full-attention layer (models with sliding-window layers are refused when the cache
-        is built), so no layer keeps a window of its own to rewind. Peak counters and the
-        report are left as they are (they record what was held).
+        last compression) shrinks by ``n``. A sliding-window layer is put back to the window
+        it held before those tokens (the last ``sliding_window - 1`` tokens before them),
+        which it can only do if it kept them: a pass read with ``cache.probe = n`` keeps
+        them (as :func:`prefill` does for a question probe); otherwise an error says so.
+        Peak counters and the report are left as they are (they record what was held).
 
         The last ``n`` entries must be the same positions in every row and KV head and hold
         the newest token read (a pass kept whole, as a probe is); otherwise nothing changes
@@ -385,14 +547,23 @@ class CompressedCache(DynamicCache):
                 raise TokenwiseError(
                     f"n={n}: layer {i} no longer holds its newest token read (position "
                     f"{layer.seen - 1}); drop_last removes the newest tokens read")
-            firsts.append(int(gone.min()))
+            first = int(gone.min())
+            if isinstance(layer, SlidingLayer) and s - n < min(first, layer.sliding_window - 1):
+                raise TokenwiseError(
+                    f"n={n}: layer {i} is a sliding-window layer holding {s} tokens; it needs "
+                    f"{min(first, layer.sliding_window - 1)} before the removed ones to "
+                    f"restore its window (read the pass with cache.probe = {n})")
+            firsts.append(first)
         for layer, first in zip(self.layers, firsts, strict=True):
-            keep = layer.get_seq_length() - n
-            layer.keys = layer.keys[:, :, :keep].clone()
-            layer.values = layer.values[:, :, :keep].clone()
-            layer.positions = layer.positions[..., :keep].clone()
+            end = layer.get_seq_length() - n
+            start = 0
+            if isinstance(layer, SlidingLayer):
+                start = max(0, end - (layer.sliding_window - 1))
+            layer.keys = layer.keys[:, :, start:end].clone()
+            layer.values = layer.values[:, :, start:end].clone()
+            layer.positions = layer.positions[..., start:end].clone()
             if layer.state is not None:
-                layer.state = layer.state[..., :keep].clone()
+                layer.state = layer.state[..., start:end].clone()
             if layer.queries is not None and layer.query_positions is not None:
                 old = layer.query_positions < first
                 if bool(old.any()):
@@ -435,10 +606,14 @@ class CompressedCache(DynamicCache):
         out.press, out.report, out._pending = press, [], {}
         out._finalizer = weakref.finalize(out, _remove_all, [])
         out.layers = []
+        out.peak_by_kind = dict.fromkeys(self.peak_by_kind, 0)
         need = press.queries_needed()
         for i, layer in enumerate(self.layers):
             if layer.keys is None:
                 raise TokenwiseError("compressed_copy of a cache that has read nothing")
+            if isinstance(layer, SlidingLayer):
+                out.layers.append(_window_copy(layer, upto, i))
+                continue
             if layer.get_seq_length() < layer.seen:
                 raise TokenwiseError("compressed_copy needs a source cache that evicted "
                                      "nothing (budget 1.0)")
@@ -462,19 +637,39 @@ class CompressedCache(DynamicCache):
                     q, qpos = q[:, :, -need:], qpos[-need:]
             new.queries, new.query_positions = q, qpos
             out.layers.append(new)
-            k = tokens_for(press.budget, seen, i, self.n_layers)
+            k = out.budget_tokens(i, seen)
+            assert k is not None
             if keys.shape[-2] > k:
                 out._compress(new, i, keys, values, positions, k, keys.shape[-2])
             else:
                 new.keys, new.values, new.positions = keys, values, positions
-        out.prompt_tokens = out.layers[0].seen
+        out.prompt_tokens = out.layers[out._first.get(FULL, 0)].seen
         out.peak_tokens = max(lay.get_seq_length() for lay in out.layers)
+        out.peak_by_kind = out.held_by_kind()
         out.peak_bytes = out.nbytes()
         return out
 
     def crop(self, max_length: int) -> None:
         raise TokenwiseError("a CompressedCache cannot be cropped (evicted tokens are gone); "
                              "assisted decoding and contrastive search need a full cache")
+
+
+def _window_copy(layer: SlidingLayer, upto: int | None, i: int) -> SlidingLayer:
+    """A copy of a sliding-window layer as if only positions below ``upto`` had been read."""
+    keys, values, positions, seen = layer.keys, layer.values, layer.positions, layer.seen
+    if upto is not None and upto < seen:
+        n = int((positions[0, 0] < upto).sum())
+        if n < min(upto, layer.sliding_window - 1):
+            raise TokenwiseError(
+                f"upto={upto}: sliding-window layer {i} holds positions from "
+                f"{int(positions.min())} on, and its window before {upto} is gone")
+        start = max(0, n - (layer.sliding_window - 1))
+        keys, values = keys[:, :, start:n], values[:, :, start:n]
+        positions, seen = positions[..., start:n], upto
+    new = SlidingLayer(layer.sliding_window)
+    new.lazy_initialization(keys, values)
+    new.keys, new.values, new.positions, new.seen = keys, values, positions, seen
+    return new
 
 
 def _nbytes(*tensors: torch.Tensor | None) -> int:
@@ -600,8 +795,9 @@ def _prefill_question_chunked(hf: Any, ids: torch.Tensor, q_ids: torch.Tensor,
     right after the chunk (then removed); the question read for real at the end."""
     n_ctx, n_q = ids.shape[1], q_ids.shape[1]
     cache = CompressedCache(hf, press, prompt_tokens=n_ctx)
-    # chunked prefill has one budget for every layer (a per-layer list is refused above)
-    k = tokens_for(press.budget, n_ctx, 0, cache.n_layers)
+    # chunked prefill has one budget for every layer (a per-layer list is refused above);
+    # sliding-window layers are never pressed, their window is restored after each probe
+    k = tokens_for(press.budget, n_ctx, 0, 1)
     probes = press.queries_needed() != 0
     step = press.chunk_size or n_ctx
     for start in range(0, n_ctx, step):
