@@ -39,6 +39,12 @@ Commands (the run behind the figures)::
     .venv/bin/python benchmarks/kv_press.py chunked --out /work/notes/results/kv_press_q
     .venv/bin/python benchmarks/kv_press.py memory --methods snapkv25_chunk256 \
         snapkv25_chunk256_q --out /work/notes/results/kv_press_q
+    # Gemma-3-270M (hybrid: sliding-window layers keep their window, full ones are pressed)
+    .venv/bin/python benchmarks/kv_press.py items --model gemma3-270m --per-length 4 \
+        --out /work/notes/results/kv_gemma
+    .venv/bin/python benchmarks/kv_press.py chunked --model gemma3-270m --methods full \
+        snapkv25_w32 snapkv25_w32_chunk256 snapkv25_w32_chunk256_q \
+        --out /work/notes/results/kv_gemma
 """
 
 from __future__ import annotations
@@ -122,7 +128,10 @@ def _kept(pos: torch.Tensor, needle: list[int]) -> float:
 
 
 def needle_recall(cache: Any, needle: list[int]) -> float:
+    """Share of the needle's (layer, head, position) triples kept, over the pressed layers
+    (sliding-window layers of a hybrid model keep the model's own window, not pressed)."""
     vals = [_kept(layer.positions[0, h], needle) for layer in cache.layers
+            if not getattr(layer, "is_sliding", False)
             for h in range(layer.positions.shape[1])]
     return sum(vals) / len(vals)
 
@@ -252,18 +261,28 @@ def english_text() -> str:
     return "\n".join(line.strip() for line in text.splitlines())
 
 
-def real_items(lm: Any, lengths: tuple[int, ...], per_length: int, seed: int) -> list[dict]:
-    """Chat prompts: text of about ``length`` tokens with a planted needle, then a question."""
+def real_items(lm: Any, lengths: tuple[int, ...], per_length: int, seed: int,
+               chat: bool = True) -> list[dict]:
+    """Prompts of text of about ``length`` tokens with a planted needle, then a question:
+    chat prompts (SmolLM2-Instruct) or, with ``chat=False`` (a base model such as
+    Gemma-3-270M), the completion form ``...document...\n\nQuestion: What is the secret
+    number of NAME?\nAnswer: The secret number of NAME is`` after the BOS token. The same
+    seed draws the same names, numbers, passages and depths for both forms."""
     tok = lm.tokenizer
     rng = random.Random(f"kv-press-real/{seed}")
     text = english_text()
     paragraphs = [p for p in text.split("\n\n") if p.strip()]
     para_ids = [tok(p + "\n\n", add_special_tokens=False)["input_ids"] for p in paragraphs]
-    rendered = tok.apply_chat_template([{"role": "user", "content": "SPLITHERE"}],
-                                       tokenize=False, add_generation_prompt=True)
-    pre, post = rendered.split("SPLITHERE")
-    pre_ids = tok(pre + "Read the document, then answer the question.\n\n",
-                  add_special_tokens=False)["input_ids"]
+    if chat:
+        rendered = tok.apply_chat_template([{"role": "user", "content": "SPLITHERE"}],
+                                           tokenize=False, add_generation_prompt=True)
+        pre, post = rendered.split("SPLITHERE")
+        pre_ids = tok(pre + "Read the document, then answer the question.\n\n",
+                      add_special_tokens=False)["input_ids"]
+    else:
+        pre_ids = [tok.bos_token_id] + tok(
+            "Read the document, then answer the question.\n\n",
+            add_special_tokens=False)["input_ids"]
     items = []
     for length in lengths:
         for _ in range(per_length):
@@ -283,15 +302,38 @@ def real_items(lm: Any, lengths: tuple[int, ...], per_length: int, seed: int) ->
             before = pre_ids + [t for p in body[:at] for t in p]
             after = [t for p in body[at:] for t in p]
             # the answer's opening is part of the prompt, so the number comes first
-            question = tok(f"Question: What is the secret number of {name}? Answer with the "
-                           f"number only.{post}The secret number of {name} is",
-                           add_special_tokens=False)["input_ids"]
+            q_text = (f"Question: What is the secret number of {name}? Answer with the "
+                      f"number only.{post}The secret number of {name} is" if chat else
+                      f"Question: What is the secret number of {name}?\nAnswer: The secret "
+                      f"number of {name} is")
+            question = tok(q_text, add_special_tokens=False)["input_ids"]
             ids = before + needle_ids + after + question
             items.append({"ids": ids, "n_ctx": len(before) + len(needle_ids) + len(after),
                           "needle": list(range(len(before), len(before) + len(needle_ids))),
                           "answer": code, "length": length,
                           "depth": round(at / len(body), 2)})
     return items
+
+
+def items_path(args: argparse.Namespace) -> Path:
+    """The real items the chunked part reads: ``<out>_real_items.json`` for SmolLM2 (as the
+    real part writes it), ``<out>_<model>_items.json`` for another model (``items`` part)."""
+    if args.model == "smollm2-135m":
+        return Path(f"{args.out}_real_items.json")
+    return Path(f"{args.out}_{args.model}_items.json")
+
+
+def part_items(args: argparse.Namespace) -> None:
+    """Write the real items for ``--model`` (completion form for a base model) and stop."""
+    from tokenwise.models import load
+
+    lm = load(args.model)
+    items = real_items(lm, tuple(args.lengths), args.per_length, args.seed,
+                       chat=args.model == "smollm2-135m")
+    path = items_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(items))
+    print(f"{len(items)} items -> {path}")
 
 
 def write(out: Path, part: str, payload: dict) -> None:
@@ -393,8 +435,8 @@ def part_chunked(args: argparse.Namespace) -> None:
     from tokenwise import kv
     from tokenwise.models import load
 
-    lm = load("smollm2-135m")
-    items = json.loads(Path(f"{args.out}_real_items.json").read_text())[:args.limit]
+    lm = load(args.model)
+    items = json.loads(items_path(args).read_text())[:args.limit]
     methods = args.methods or CHUNKED
     unknown = sorted(set(methods) - set(CHUNKED))
     if unknown:
@@ -411,13 +453,18 @@ def part_chunked(args: argparse.Namespace) -> None:
             ans = greedy(lm, cache, logits, len(it["ids"]), 6)
             r = rows.setdefault(method, {"correct": [], "seconds": [], "recall": [],
                                          "cache_peak_tokens": [], "kept_tokens": [],
-                                         "prefill_tokens": []})
+                                         "prefill_tokens": [], "peak_by_kind": [],
+                                         "held_by_kind": [], "bytes_by_kind": []})
             r["correct"].append(int(it["answer"] in ans))
             r["seconds"].append(time.perf_counter() - t1)
             r["recall"].append(needle_recall(cache, it["needle"]))
             r["cache_peak_tokens"].append(cache.peak_tokens)
             r["kept_tokens"].append(cache.get_seq_length())
             r["prefill_tokens"].append(cache.prefill_tokens)
+            r["peak_by_kind"].append(dict(cache.peak_by_kind))
+            r["held_by_kind"].append(cache.held_by_kind())
+            r["bytes_by_kind"].append(cache.bytes_by_kind())
+            cache.close()
         print(f"item {n + 1}/{len(items)} ({len(it['ids'])} tokens) {time.time() - t0:.1f}s",
               flush=True)
         save_chunked(args, items, rows, n + 1)
@@ -431,10 +478,17 @@ def save_chunked(args: argparse.Namespace, items: list[dict], rows: dict, done: 
                    "needle_recall": sum(r["recall"]) / len(r["recall"]),
                    "seconds_mean": sum(r["seconds"]) / len(r["seconds"]),
                    "cache_peak_tokens_max": max(r["cache_peak_tokens"]),
-                   "kept_tokens_mean": sum(r["kept_tokens"]) / len(r["kept_tokens"])}
+                   "kept_tokens_mean": sum(r["kept_tokens"]) / len(r["kept_tokens"]),
+                   "cache_peak_by_kind_max": {k: max(p[k] for p in r["peak_by_kind"])
+                                              for k in r["peak_by_kind"][0]},
+                   "held_by_kind_mean": {k: sum(p[k] for p in r["held_by_kind"])
+                                         / len(r["held_by_kind"])
+                                         for k in r["held_by_kind"][0]}}
                for m, r in rows.items()}
+    model = ("smollm2-135m (Q4 GGUF weights dequantised to float32)"
+             if args.model == "smollm2-135m" else args.model)
     write(Path(args.out), "chunked", {
-        "model": "smollm2-135m (Q4 GGUF weights dequantised to float32)", "items": done,
+        "model": model, "items": done,
         "items_planned": len(items), "budget": 0.25, "window": 32, "chunk": 256,
         "note": "_q methods: question-aware chunked prefill, budget 25% of the context with "
                 "the question kept whole on top (_q_matched: 25% of the whole prompt in all, "
@@ -597,7 +651,10 @@ def part_report(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("part", choices=["testbed", "real", "memory", "speed", "probe",
-                                         "chunked", "report"])
+                                         "chunked", "items", "report"])
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="chunked / items: the model (gemma3-270m: completion-form items "
+                             "in <out>_gemma3-270m_items.json, written by the items part)")
     parser.add_argument("--out", default="benchmarks/results/kv_press")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-count", type=int, default=50)
@@ -622,7 +679,8 @@ def main() -> None:
         print(json.dumps(probe(args.method, args.length, args.seed)))
         return
     {"testbed": part_testbed, "real": part_real, "memory": part_memory,
-     "speed": part_speed, "chunked": part_chunked, "report": part_report}[args.part](args)
+     "speed": part_speed, "chunked": part_chunked, "items": part_items,
+     "report": part_report}[args.part](args)
 
 
 if __name__ == "__main__":
