@@ -206,3 +206,18 @@ def test_quantised_cache_runs_on_a_hybrid_model(gemma):
     ref_logits, _ = _plain(gemma, ids)
     _, logits = kv.prefill(gemma, ids, kv.KIVI(8, group=8, residual=32))
     torch.testing.assert_close(logits, ref_logits)
+
+
+def test_cache_report_on_a_hybrid_model_reports_pressed_and_sliding_layers_apart(gemma):
+    from tokenwise.generation.kv_report import cache_report
+
+    ids = _ids(30)
+    cache, _ = kv.prefill(gemma, ids, kv.SnapKV(12, window=4))
+    report = cache_report(cache, ids.shape[1])
+    assert report["kept_tokens"] == 12  # the pressed (full-attention) layers
+    assert report["sliding_window_tokens"] == WINDOW - 1
+    # a plain cache: every token on full layers, the window on sliding ones
+    expected = sum(2 * lay.keys.shape[1] * lay.keys.shape[3] * lay.keys.element_size()
+                   * (WINDOW - 1 if lay.is_sliding else ids.shape[1]) for lay in cache.layers)
+    assert report["full_bytes"] == expected
+    assert report["cache_bytes"] < expected

@@ -23,7 +23,10 @@ def cache_report(cache: Any, prompt_tokens: int) -> dict[str, Any]:
         "peak_bytes", ...}``: ``kind`` is ``"press"`` (with ``press``, its name, and
         ``noop``, True when the budget evicted nothing) or ``"quantized"`` (with ``bits``, the
         stairs, and ``bits_histogram``, tokens per width summed over layers, ``"fp"`` for
-        the full-precision tail). ``kept_tokens`` is the most tokens a layer holds per head.
+        the full-precision tail). ``kept_tokens`` is the most tokens a pressed layer holds
+        per head; on a hybrid model (Gemma-3) ``sliding_window_tokens`` is what its
+        sliding-window layers hold (never pressed), and ``full_bytes`` counts those layers
+        at the model's window, as a plain cache holds them.
 
     Example:
         >>> import warnings
@@ -41,13 +44,22 @@ def cache_report(cache: Any, prompt_tokens: int) -> dict[str, Any]:
 
     if isinstance(cache, CompressedCache):
         layers = [layer for layer in cache.layers if layer.keys is not None]
+        pressed = [layer for layer in layers if not getattr(layer, "is_sliding", False)]
+        sliding = [layer for layer in layers if getattr(layer, "is_sliding", False)]
         seen = max((layer.seen for layer in layers), default=0)
-        kept = max((layer.get_seq_length() for layer in layers), default=0)
-        full = sum(_token_bytes(layer.keys) * layer.seen for layer in layers)
-        return {"kind": "press", "press": cache.press.name, "prompt_tokens": prompt_tokens,
-                "seen_tokens": seen, "kept_tokens": kept, "cache_bytes": cache.nbytes(),
-                "full_bytes": full, "peak_bytes": max(cache.peak_bytes, cache.nbytes()),
-                "noop": any("noop" in r for r in cache.report)}
+        kept = max((layer.get_seq_length() for layer in pressed or layers), default=0)
+        # a plain cache holds every token of a full-attention layer, but only the model's
+        # window of a sliding-window one
+        full = sum(_token_bytes(layer.keys) * layer.seen for layer in pressed)
+        full += sum(_token_bytes(layer.keys) * min(layer.seen, layer.sliding_window - 1)
+                    for layer in sliding)
+        out = {"kind": "press", "press": cache.press.name, "prompt_tokens": prompt_tokens,
+               "seen_tokens": seen, "kept_tokens": kept, "cache_bytes": cache.nbytes(),
+               "full_bytes": full, "peak_bytes": max(cache.peak_bytes, cache.nbytes()),
+               "noop": any("noop" in r for r in cache.report)}
+        if sliding:
+            out["sliding_window_tokens"] = max(layer.get_seq_length() for layer in sliding)
+        return out
     if isinstance(cache, QuantizedKVCache):
         layers = [layer for layer in cache.layers
                   if isinstance(layer, QuantizedLayer) and layer.keys is not None]
