@@ -221,3 +221,37 @@ def test_cache_report_on_a_hybrid_model_reports_pressed_and_sliding_layers_apart
                    * (WINDOW - 1 if lay.is_sliding else ids.shape[1]) for lay in cache.layers)
     assert report["full_bytes"] == expected
     assert report["cache_bytes"] < expected
+
+
+def test_quantised_cache_keeps_only_the_window_on_sliding_layers(gemma):
+    """Sliding layers hold the model's window in full precision (never the whole history,
+    never quantised); full layers are quantised; decoding past the window stays exact on an
+    all-sliding model, and the byte counts add the windows."""
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    from tokenwise.generation.kv_report import cache_report
+    from tokenwise.kv.quantized import QuantizedLayer
+
+    ids = _ids(40, seed=9)
+    cache, _ = kv.prefill(gemma, ids, kv.KIVI(2, group=8, residual=8))
+    kinds = [type(layer) for layer in cache.layers]
+    assert kinds == [DynamicSlidingWindowLayer if k == "sliding_attention" else QuantizedLayer
+                     for k in KINDS]
+    windows = [layer for layer in cache.layers if layer.is_sliding]
+    assert all(layer.keys.shape[2] == WINDOW - 1 for layer in windows)
+    window_bytes = sum(2 * layer.keys.numel() * layer.keys.element_size() for layer in windows)
+    packed = sum(layer.nbytes() for layer in cache.layers if isinstance(layer, QuantizedLayer))
+    assert cache.nbytes() == packed + window_bytes
+    report = cache_report(cache, ids.shape[1])
+    assert report["sliding_window_tokens"] == WINDOW - 1 and report["seen_tokens"] == 40
+
+    sliding = _gemma(["sliding_attention"] * 2)
+    ref_logits, ref_cache = _plain(sliding, ids)
+    cache, logits = kv.prefill(sliding, ids, kv.KIVI(2, group=8, residual=8))
+    torch.testing.assert_close(logits, ref_logits)  # nothing is quantised on such a model
+    token = logits.argmax(-1, keepdim=True)
+    for pos in range(40, 44):
+        ref = _step(sliding, ref_cache, token, pos)
+        got = _step(sliding, cache, token, pos)
+        torch.testing.assert_close(got, ref)
+        token = ref.argmax(-1, keepdim=True)

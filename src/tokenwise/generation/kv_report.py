@@ -63,13 +63,19 @@ def cache_report(cache: Any, prompt_tokens: int) -> dict[str, Any]:
     if isinstance(cache, QuantizedKVCache):
         layers = [layer for layer in cache.layers
                   if isinstance(layer, QuantizedLayer) and layer.keys is not None]
+        windows = [layer for layer in cache.layers if getattr(layer, "is_sliding", False)
+                   and getattr(layer, "keys", None) is not None and layer.keys.numel() > 0]
         seen = max((layer.total for layer in layers), default=0)
         full = sum(_token_bytes(layer.keys) * layer.total for layer in layers)
-        return {"kind": "quantized", "bits": list(cache.spec.bits),
-                "prompt_tokens": prompt_tokens, "seen_tokens": seen, "kept_tokens": seen,
-                "cache_bytes": cache.nbytes(), "full_bytes": full,
-                "peak_bytes": max(cache.peak_bytes, cache.nbytes()),
-                "bits_histogram": cache.bits_histogram()}
+        full += sum(_token_bytes(layer.keys) * layer.keys.shape[2] for layer in windows)
+        out = {"kind": "quantized", "bits": list(cache.spec.bits),
+               "prompt_tokens": prompt_tokens, "seen_tokens": seen, "kept_tokens": seen,
+               "cache_bytes": cache.nbytes(), "full_bytes": full,
+               "peak_bytes": max(cache.peak_bytes, cache.nbytes()),
+               "bits_histogram": cache.bits_histogram()}
+        if windows:
+            out["sliding_window_tokens"] = max(layer.keys.shape[2] for layer in windows)
+        return out
     raise TypeError(f"cache_report takes a tokenwise.kv cache, not {type(cache).__name__}")
 
 

@@ -297,3 +297,41 @@ def pool_scores(scores: torch.Tensor, kernel: int) -> torch.Tensor:
                                             stride=1, padding=kernel // 2,
                                             count_include_pad=False)
     return pooled[..., :s].reshape(b, h, s)
+
+
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+
+def layer_kinds(config: Any) -> list[str]:
+    """Each layer's kind, ``"full_attention"`` or ``"sliding_attention"``, from a text config.
+
+    Without ``layer_types``, a config with ``sliding_window`` set has sliding-window layers
+    only (as transformers infers it), otherwise full-attention layers only.
+
+    Args:
+        config: the model's text config.
+
+    Example:
+        >>> from transformers import LlamaConfig
+        >>> layer_kinds(LlamaConfig(num_hidden_layers=2))
+        ['full_attention', 'full_attention']
+    """
+    n = int(config.num_hidden_layers)
+    types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if types is None:
+        types = [SLIDING if window is not None else FULL] * n
+    types = list(types)
+    bad = sorted(set(types) - {FULL, SLIDING})
+    if bad:
+        raise TokenwiseError(
+            f"{config.model_type}: layers of type {bad}; kv presses support "
+            f"'{FULL}' and '{SLIDING}' layers")
+    if len(types) != n:
+        raise TokenwiseError(f"{config.model_type}: {len(types)} layer_types for "
+                             f"{n} layers")
+    if SLIDING in types and (isinstance(window, bool) or not isinstance(window, int)
+                             or window < 1):
+        raise TokenwiseError(f"{config.model_type}: sliding_window={window!r} with "
+                             "sliding-window layers; allowed a whole number >= 1")
+    return types

@@ -38,7 +38,16 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from tokenwise.errors import TokenwiseError
-from tokenwise.kv.base import Press, ScoreInputs, gather_tokens, keep_indices, tokens_for
+from tokenwise.kv.base import (
+    FULL,
+    SLIDING,
+    Press,
+    ScoreInputs,
+    gather_tokens,
+    keep_indices,
+    layer_kinds,
+    tokens_for,
+)
 from tokenwise.kv.quantized import QuantizedKVCache, QuantSpec
 
 
@@ -136,44 +145,6 @@ class SlidingLayer(CompressedLayer):
 
     def get_max_length(self) -> int:
         return self.sliding_window
-
-
-FULL, SLIDING = "full_attention", "sliding_attention"
-
-
-def layer_kinds(config: Any) -> list[str]:
-    """Each layer's kind, ``"full_attention"`` or ``"sliding_attention"``, from a text config.
-
-    Without ``layer_types``, a config with ``sliding_window`` set has sliding-window layers
-    only (as transformers infers it), otherwise full-attention layers only.
-
-    Args:
-        config: the model's text config.
-
-    Example:
-        >>> from transformers import LlamaConfig
-        >>> layer_kinds(LlamaConfig(num_hidden_layers=2))
-        ['full_attention', 'full_attention']
-    """
-    n = int(config.num_hidden_layers)
-    types = getattr(config, "layer_types", None)
-    window = getattr(config, "sliding_window", None)
-    if types is None:
-        types = [SLIDING if window is not None else FULL] * n
-    types = list(types)
-    bad = sorted(set(types) - {FULL, SLIDING})
-    if bad:
-        raise TokenwiseError(
-            f"{config.model_type}: layers of type {bad}; kv presses support "
-            f"'{FULL}' and '{SLIDING}' layers")
-    if len(types) != n:
-        raise TokenwiseError(f"{config.model_type}: {len(types)} layer_types for "
-                             f"{n} layers")
-    if SLIDING in types and (isinstance(window, bool) or not isinstance(window, int)
-                             or window < 1):
-        raise TokenwiseError(f"{config.model_type}: sliding_window={window!r} with "
-                             "sliding-window layers; allowed a whole number >= 1")
-    return types
 
 
 class CompressedCache(DynamicCache):

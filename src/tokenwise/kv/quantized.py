@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
 from tokenwise.errors import TokenwiseError
-from tokenwise.kv.base import check_positive
+from tokenwise.kv.base import SLIDING, check_positive, layer_kinds
 
 _BITS = (2, 4, 8)
 
@@ -313,7 +313,12 @@ class QuantizedKVCache(Cache):
 
     Args:
         spec: the settings (:func:`KIVI`, :func:`SAQ`).
-        model: the model (for its layer count); without it layers are added as they come.
+        model: the model (for its layer count and which layers slide); without it every
+            layer is quantised, added as it comes.
+
+    On a hybrid model (Gemma-3) the sliding-window layers are not quantised: they keep the
+    model's own window (transformers' ``DynamicSlidingWindowLayer``, the last
+    ``sliding_window - 1`` tokens) in the model's dtype, which :meth:`nbytes` counts.
 
     Example:
         >>> from tokenwise.models import load
@@ -332,8 +337,11 @@ class QuantizedKVCache(Cache):
         self.spec = spec
         if model is not None:
             config = getattr(model, "hf_model", model).config.get_text_config(decoder=True)
-            super().__init__(layers=[QuantizedLayer(spec)
-                                     for _ in range(config.num_hidden_layers)])
+            # a sliding-window layer keeps the model's own window in full precision: it is
+            # bounded already, and quantising its whole history would hold more than it needs
+            super().__init__(layers=[
+                DynamicSlidingWindowLayer(sliding_window=int(config.sliding_window))
+                if kind == SLIDING else QuantizedLayer(spec) for kind in layer_kinds(config)])
         else:
             super().__init__(layers=[], layer_class_to_replicate=DynamicLayer)
             self.layer_class_to_replicate = None
@@ -351,16 +359,22 @@ class QuantizedKVCache(Cache):
         return out
 
     def nbytes(self) -> int:
-        """Bytes the cache holds now (packed codes, minima, scales, full-precision tail)."""
-        return sum(layer.nbytes() for layer in self.layers if isinstance(layer, QuantizedLayer))
+        """Bytes the cache holds now (packed codes, minima, scales, full-precision tail; the
+        sliding-window layers' windows)."""
+        return sum(layer.nbytes() if isinstance(layer, QuantizedLayer) else _window_bytes(layer)
+                   for layer in self.layers)
 
     def fp16_bytes(self) -> int:
-        """What the same tokens would take as float16 keys and values."""
+        """What the same tokens would take as float16 keys and values (a sliding-window
+        layer: its window)."""
         total = 0
         for layer in self.layers:
             if isinstance(layer, QuantizedLayer) and layer.keys is not None:
                 b, h, _, d = layer.keys.shape
                 total += 2 * 2 * b * h * d * layer.total
+            elif _held(layer):
+                b, h, n, d = layer.keys.shape
+                total += 2 * 2 * b * h * d * n
         return total
 
     def bits_histogram(self) -> dict[str, int]:
@@ -371,3 +385,17 @@ class QuantizedKVCache(Cache):
                 for key, n in layer.bits_histogram().items():
                     out[key] = out.get(key, 0) + n
         return out
+
+
+def _held(layer: Any) -> bool:
+    """True for a sliding-window layer that holds tokens."""
+    return (getattr(layer, "is_sliding", False) and getattr(layer, "keys", None) is not None
+            and layer.keys.numel() > 0)
+
+
+def _window_bytes(layer: Any) -> int:
+    """Bytes a sliding-window layer's kept keys and values take."""
+    if not _held(layer):
+        return 0
+    return layer.keys.numel() * layer.keys.element_size() + \
+        layer.values.numel() * layer.values.element_size()
