@@ -120,3 +120,16 @@ def test_model_generate_with_a_quantised_cache(reader, long_ids):
                                      max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert cache.get_seq_length() == len(long_ids) + 2
     assert out.tolist() == plain.tolist()
+
+
+def test_a_cache_built_without_the_model_adds_quantised_layers_as_they_come(reader, long_ids):
+    """transformers (5.25) refuses an empty layer list beside a class to replicate: the
+    model-less cache must still build, and hold what the model-built one holds."""
+    ids = torch.tensor([long_ids])
+    spec = kv.KIVI(2, group=16, residual=16)
+    alone, built = kv.QuantizedKVCache(spec), kv.QuantizedKVCache(spec, reader)
+    out_alone = reader.forward(ids, cache=alone, use_cache=True)
+    out_built = reader.forward(ids, cache=built, use_cache=True)
+    assert len(alone.layers) == len(built.layers)
+    assert alone.nbytes() == built.nbytes() and alone.get_seq_length() == len(long_ids)
+    torch.testing.assert_close(out_alone.logits, out_built.logits)

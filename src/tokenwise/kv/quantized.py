@@ -343,7 +343,8 @@ class QuantizedKVCache(Cache):
                 DynamicSlidingWindowLayer(sliding_window=int(config.sliding_window))
                 if kind == SLIDING else QuantizedLayer(spec) for kind in layer_kinds(config)])
         else:
-            super().__init__(layers=[], layer_class_to_replicate=DynamicLayer)
+            # transformers wants one of layers / a class to replicate; update() appends ours
+            super().__init__(layer_class_to_replicate=DynamicLayer)
             self.layer_class_to_replicate = None
         self.peak_bytes = 0
         #: forward passes and tokens :func:`tokenwise.kv.prefill` ran to read the prompt
