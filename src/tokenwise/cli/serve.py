@@ -65,6 +65,19 @@ def vllm_options(ctx: click.Context, engine: str, models: tuple[str, ...],
     return VLLMOptions(**kwargs)
 
 
+def _parse_pairs(pairs: tuple[str, ...], option: str, form: str) -> dict[str, str]:
+    """``KEY=VALUE`` options into a dict; ``form`` says how to write one (in errors)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise TokenwiseError(f"{option} {pair!r}: write {form}")
+        if key.strip() in out:
+            raise TokenwiseError(f"{option} gives {key.strip()!r} twice")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def parse_compress_models(pairs: tuple[str, ...]) -> dict[str, str]:
     """``("token_classifier=DIR",)`` -> ``{"token_classifier": "DIR"}``.
 
@@ -72,16 +85,9 @@ def parse_compress_models(pairs: tuple[str, ...]) -> dict[str, str]:
         >>> parse_compress_models(("perplexity=tw-large",))
         {'perplexity': 'tw-large'}
     """
-    out: dict[str, str] = {}
-    for pair in pairs:
-        method, sep, model = pair.partition("=")
-        if not sep or not method.strip() or not model.strip():
-            raise TokenwiseError(f"--compress-model {pair!r}: write METHOD=DIR, e.g. "
-                                 "--compress-model token_classifier=./llmlingua2-model")
-        if method.strip() in out:
-            raise TokenwiseError(f"--compress-model gives {method.strip()!r} twice")
-        out[method.strip()] = model.strip()
-    return out  # ServerConfig checks the method names; the server loads the models at start
+    # ServerConfig checks the method names; the server loads the models at start
+    return _parse_pairs(pairs, "--compress-model", "METHOD=DIR, e.g. --compress-model "
+                        "token_classifier=./llmlingua2-model")
 
 
 def parse_control_probes(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -91,16 +97,9 @@ def parse_control_probes(pairs: tuple[str, ...]) -> dict[str, str]:
         >>> parse_control_probes(("calm=./calm.json",))
         {'calm': './calm.json'}
     """
-    out: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, path = pair.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise TokenwiseError(f"--control-probe {pair!r}: write NAME=FILE, e.g. "
-                                 "--control-probe calm=./calm-probe.json")
-        if name.strip() in out:
-            raise TokenwiseError(f"--control-probe gives {name.strip()!r} twice")
-        out[name.strip()] = path.strip()
-    return out  # ServerConfig checks the names; the server loads the files at start
+    # ServerConfig checks the names; the server loads the files at start
+    return _parse_pairs(pairs, "--control-probe",
+                        "NAME=FILE, e.g. --control-probe calm=./calm-probe.json")
 
 
 def parse_routers(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -110,17 +109,9 @@ def parse_routers(pairs: tuple[str, ...]) -> dict[str, str]:
         >>> parse_routers(("math=./math-router",))
         {'math': './math-router'}
     """
-    out: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, path = pair.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise TokenwiseError(f"--router {pair!r}: write NAME=DIR, e.g. "
-                                 "--router math=./math-router (a directory written by "
-                                 "tokenwise route train)")
-        if name.strip() in out:
-            raise TokenwiseError(f"--router gives {name.strip()!r} twice")
-        out[name.strip()] = path.strip()
-    return out  # ServerConfig checks the names; the server loads the routers at start
+    # ServerConfig checks the names; the server loads the routers at start
+    return _parse_pairs(pairs, "--router", "NAME=DIR, e.g. --router math=./math-router (a "
+                        "directory written by tokenwise route train)")
 
 
 @click.command("serve")

@@ -63,8 +63,7 @@ def cache_report(cache: Any, prompt_tokens: int) -> dict[str, Any]:
     if isinstance(cache, QuantizedKVCache):
         layers = [layer for layer in cache.layers
                   if isinstance(layer, QuantizedLayer) and layer.keys is not None]
-        windows = [layer for layer in cache.layers if getattr(layer, "is_sliding", False)
-                   and getattr(layer, "keys", None) is not None and layer.keys.numel() > 0]
+        windows = cache.windows()
         seen = max((layer.total for layer in layers), default=0)
         full = sum(_token_bytes(layer.keys) * layer.total for layer in layers)
         full += sum(_token_bytes(layer.keys) * layer.keys.shape[2] for layer in windows)

@@ -116,6 +116,16 @@ class CompressedLayer(DynamicLayer):
                 total += t.numel() * t.element_size()
         return total
 
+    def cut(self, start: int, end: int) -> None:
+        """Keep entries ``start:end`` (per KV head) of the keys, values, positions and press
+        state, copied into new tensors so the rest is freed."""
+        assert self.keys is not None and self.values is not None and self.positions is not None
+        self.keys = self.keys[:, :, start:end].clone()
+        self.values = self.values[:, :, start:end].clone()
+        self.positions = self.positions[..., start:end].clone()
+        if self.state is not None:
+            self.state = self.state[..., start:end].clone()
+
 
 class SlidingLayer(CompressedLayer):
     """A sliding-window layer: never pressed, it keeps the last ``sliding_window - 1`` tokens
@@ -228,7 +238,7 @@ class CompressedCache(DynamicCache):
         self.prompt_tokens = prompt_tokens
         self.report: list[dict[str, Any]] = []
         self.peak_tokens = 0
-        self.peak_by_kind = dict.fromkeys(dict.fromkeys(self.kinds), 0)
+        self.peak_by_kind = dict.fromkeys(self.kinds, 0)
         self.peak_bytes = 0
         self.prefill_passes = 0
         self.prefill_tokens = 0
@@ -293,14 +303,14 @@ class CompressedCache(DynamicCache):
             >>> CompressedCache(load("tw-reader"), StreamingLLM(4)).held_by_kind()
             {'full_attention': 0}
         """
-        out = dict.fromkeys(dict.fromkeys(self.kinds), 0)
+        out = dict.fromkeys(self.kinds, 0)
         for kind, layer in zip(self.kinds, self.layers, strict=True):
             out[kind] = max(out[kind], layer.get_seq_length())
         return out
 
     def bytes_by_kind(self) -> dict[str, int]:
         """Bytes the layers of each kind hold now (keys, values, positions, press state)."""
-        out = dict.fromkeys(dict.fromkeys(self.kinds), 0)
+        out = dict.fromkeys(self.kinds, 0)
         for kind, layer in zip(self.kinds, self.layers, strict=True):
             out[kind] += layer.nbytes()
         return out
@@ -368,26 +378,21 @@ class CompressedCache(DynamicCache):
         self.peak_tokens = max(self.peak_tokens, s)
         self.peak_by_kind[kind] = max(self.peak_by_kind[kind], s)
         self.peak_bytes = max(self.peak_bytes, others + _nbytes(keys, values, positions))
+        if self.probe and not 0 < self.probe <= t:
+            raise TokenwiseError(f"probe={self.probe}: allowed 1 to the pass's {t} tokens")
         if isinstance(layer, SlidingLayer):
             # the model's own window; a pending probe's tokens are kept on top of it, so
             # drop_last restores exactly the window held before the probe
-            if self.probe and not 0 < self.probe <= t:
-                raise TokenwiseError(f"probe={self.probe}: allowed 1 to the pass's {t} tokens")
+            layer.keys, layer.values, layer.positions = keys, values, positions
             keep = layer.sliding_window - 1 + self.probe
             if s > keep:
-                layer.keys = keys[:, :, s - keep:].clone()
-                layer.values = values[:, :, s - keep:].clone()
-                layer.positions = positions[..., s - keep:].clone()
-            else:
-                layer.keys, layer.values, layer.positions = keys, values, positions
+                layer.cut(s - keep, s)
             return keys, values
         k = self.budget_tokens(layer_idx, self.prompt_tokens)
         assert k is not None
         if self.hold:
             due = False
         elif self.probe:
-            if not 0 < self.probe <= t:
-                raise TokenwiseError(f"probe={self.probe}: allowed 1 to the pass's {t} tokens")
             due = s - self.probe > k
         elif layer.seen <= self.prompt_tokens:  # still reading the prompt
             due = s > k
@@ -530,11 +535,7 @@ class CompressedCache(DynamicCache):
             start = 0
             if isinstance(layer, SlidingLayer):
                 start = max(0, end - (layer.sliding_window - 1))
-            layer.keys = layer.keys[:, :, start:end].clone()
-            layer.values = layer.values[:, :, start:end].clone()
-            layer.positions = layer.positions[..., start:end].clone()
-            if layer.state is not None:
-                layer.state = layer.state[..., start:end].clone()
+            layer.cut(start, end)
             if layer.queries is not None and layer.query_positions is not None:
                 old = layer.query_positions < first
                 if bool(old.any()):
@@ -751,11 +752,7 @@ def prefill(model: Any, ids: torch.Tensor | list[int], press: Press | QuantSpec,
         logits = _read(hf, chunk, cache, start)
     if agnostic and q_ids is not None and isinstance(cache, CompressedCache):
         # the question is read after compression and kept whole: one pass, no eviction
-        cache.hold = True
-        try:
-            logits = _read(hf, q_ids, cache, total)
-        finally:
-            cache.hold = False
+        logits = _read_whole(hf, q_ids, cache, total)
     assert logits is not None
     return cache, logits
 
@@ -785,12 +782,8 @@ def _prefill_question_chunked(hf: Any, ids: torch.Tensor, q_ids: torch.Tensor,
             cache.drop_last(n_q)
         else:
             _read(hf, chunk, cache, start)
-    cache.hold = True  # the question for real, after the whole context, kept whole
-    try:
-        logits = _read(hf, q_ids, cache, n_ctx)
-    finally:
-        cache.hold = False
-    return cache, logits
+    # the question for real, after the whole context, kept whole
+    return cache, _read_whole(hf, q_ids, cache, n_ctx)
 
 
 def _read(hf: Any, ids: torch.Tensor, cache: Any, start: int) -> torch.Tensor:
@@ -800,6 +793,16 @@ def _read(hf: Any, ids: torch.Tensor, cache: Any, start: int) -> torch.Tensor:
     cache.prefill_passes += 1
     cache.prefill_tokens += ids.shape[1]
     return logits
+
+
+def _read_whole(hf: Any, ids: torch.Tensor, cache: CompressedCache,
+                start: int) -> torch.Tensor:
+    """A prefill pass kept whole, nothing evicted (the question after the context)."""
+    cache.hold = True
+    try:
+        return _read(hf, ids, cache, start)
+    finally:
+        cache.hold = False
 
 
 def cache_keyword(hf: Any) -> str:

@@ -359,11 +359,20 @@ class QuantizedKVCache(Cache):
         self.peak_bytes = max(self.peak_bytes, self.nbytes())
         return out
 
+    def windows(self) -> list[Any]:
+        """The sliding-window layers that hold tokens (each keeps the model's own window)."""
+        return [layer for layer in self.layers
+                if getattr(layer, "is_sliding", False) and getattr(layer, "keys", None) is not None
+                and layer.keys.numel() > 0]
+
     def nbytes(self) -> int:
         """Bytes the cache holds now (packed codes, minima, scales, full-precision tail; the
         sliding-window layers' windows)."""
-        return sum(layer.nbytes() if isinstance(layer, QuantizedLayer) else _window_bytes(layer)
-                   for layer in self.layers)
+        quantized = sum(layer.nbytes() for layer in self.layers
+                        if isinstance(layer, QuantizedLayer))
+        return quantized + sum(layer.keys.numel() * layer.keys.element_size()
+                               + layer.values.numel() * layer.values.element_size()
+                               for layer in self.windows())
 
     def fp16_bytes(self) -> int:
         """What the same tokens would take as float16 keys and values (a sliding-window
@@ -373,9 +382,9 @@ class QuantizedKVCache(Cache):
             if isinstance(layer, QuantizedLayer) and layer.keys is not None:
                 b, h, _, d = layer.keys.shape
                 total += 2 * 2 * b * h * d * layer.total
-            elif _held(layer):
-                b, h, n, d = layer.keys.shape
-                total += 2 * 2 * b * h * d * n
+        for layer in self.windows():
+            b, h, n, d = layer.keys.shape
+            total += 2 * 2 * b * h * d * n
         return total
 
     def bits_histogram(self) -> dict[str, int]:
@@ -386,17 +395,3 @@ class QuantizedKVCache(Cache):
                 for key, n in layer.bits_histogram().items():
                     out[key] = out.get(key, 0) + n
         return out
-
-
-def _held(layer: Any) -> bool:
-    """True for a sliding-window layer that holds tokens."""
-    return (getattr(layer, "is_sliding", False) and getattr(layer, "keys", None) is not None
-            and layer.keys.numel() > 0)
-
-
-def _window_bytes(layer: Any) -> int:
-    """Bytes a sliding-window layer's kept keys and values take."""
-    if not _held(layer):
-        return 0
-    return layer.keys.numel() * layer.keys.element_size() + \
-        layer.values.numel() * layer.values.element_size()

@@ -209,6 +209,8 @@ class StrategyAnswer:
         abstained: True for an abstaining strategy.
         mean_entropy: mean entropy (nats) of the model's distribution over every generated
             token of every sample (0 when nothing was generated).
+        prompt_tokens: tokens of the formatted prompt as the model read it (start tokens
+            included; 0 when abstaining).
     """
 
     strategy: str
@@ -219,6 +221,7 @@ class StrategyAnswer:
     tokens: int = 0
     abstained: bool = False
     mean_entropy: float = 0.0
+    prompt_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -281,7 +284,7 @@ def run_strategy(strategy: Strategy, models: Mapping[str, LanguageModel], prompt
     entropies = [t.entropy for g in gens for t in g.tokens]
     return StrategyAnswer(strategy.name, answer, samples, votes, flops,
                           len(entropies), mean_entropy=float(np.mean(entropies)) if entropies
-                          else 0.0)
+                          else 0.0, prompt_tokens=gens[0].prompt_tokens)
 
 
 def _first(samples: Sequence[str], key: str) -> int:

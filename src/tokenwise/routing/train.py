@@ -226,9 +226,7 @@ def collect(items: Sequence[RouteItem], models: Mapping[str, LanguageModel],
         raise TokenwiseError(f"feature model {feature_model!r} is not loaded "
                              f"(loaded: {', '.join(sorted(models))})")
     sampler = Strategy("_labels", model=feature_model, sampler=LABEL_SAMPLER, n=k,
-                       max_new_tokens=label_max_new_tokens) if k > 1 else Strategy(
-        "_labels", model=feature_model, sampler=LABEL_SAMPLER,
-        max_new_tokens=label_max_new_tokens)
+                       max_new_tokens=label_max_new_tokens)
     n = len(items)
     right = {s.name: np.zeros(n, bool) for s in strategies}
     flops = {s.name: np.zeros(n) for s in strategies}
@@ -429,9 +427,10 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
                         abstain=abstain)
         meta["label_counts"] = {c: labels.count(c) for c in classes}
     elif policy == "value":
+        ys = {s: [RIGHT if v else "wrong" for v in data.right[s]] for s in runnable}
         oof = {}
         for s in runnable:
-            y = [RIGHT if v else "wrong" for v in data.right[s]]
+            y = ys[s]
             if len(set(y)) < 2:
                 raise TokenwiseError(f"strategy {s!r} was {'right' if y[0] == RIGHT else 'wrong'}"
                                      " on every training question: nothing for its probe to "
@@ -450,10 +449,8 @@ def fit_router(data: RoutingData, strategies: Sequence[Strategy], *, policy: Pol
             cands.append(Candidate({"cost_weight": float(w)}, r["accuracy"], r["flops"],
                                    r["answered"]))
         best = _pick(cands, floor)
-        probes = {}
-        for s in runnable:
-            y = [RIGHT if v else "wrong" for v in data.right[s]]
-            probes[s] = DifficultyProbe(kind, seed=seed, **probe_kwargs).fit(data.features, y)
+        probes = {s: DifficultyProbe(kind, seed=seed, **probe_kwargs).fit(data.features, ys[s])
+                  for s in runnable}
         router = Router(strategies, feature_model=str(data.meta.get("feature_model")),
                         layer=int(data.meta.get("layer", -1)),
                         extras=tuple(data.meta.get("extras", ())), policy="value", probes=probes,

@@ -304,9 +304,10 @@ def answer(plan: RoutePlan) -> dict[str, Any]:
                        code="invalid_value") from None
     strategy = router.by_name[result.decision.strategy]
     ran = not strategy.abstain
-    reader = routed.models[strategy.model if ran else router.feature_model]
     prompt = strategy.prompt.format(prompt=plan.question) if ran else plan.question
-    prompt_tokens = len(reader.encode(prompt, add_bos=True))
+    # the answering model's read of its prompt; when abstaining, the feature model's
+    prompt_tokens = result.answer.prompt_tokens if ran else len(
+        routed.models[router.feature_model].encode(prompt, add_bos=True))
     sampled = ran and not strategy.greedy
     finish = "length" if (ran and strategy.n == 1
                           and result.answer.tokens >= strategy.max_new_tokens) else "stop"
