@@ -298,3 +298,50 @@ def test_cli_parses_router_pairs_and_refuses_them_on_vllm(tmp_path):
     result = CliRunner().invoke(cli, ["serve", "--engine", "vllm", "--model", "tw-small",
                                       "--router", f"m={tmp_path}"])
     assert result.exit_code != 0 and "--router: not used by --engine vllm" in result.output
+
+
+def _scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``GET /metrics``: (name, sorted labels) -> value."""
+    parser = pytest.importorskip("prometheus_client.parser")
+    r = client.get("/metrics")
+    assert r.status_code == 200, r.text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in parser.text_string_to_metric_families(r.text)
+            for s in family.samples}
+
+
+def test_routed_requests_are_counted_in_the_metrics_once(served):
+    """Prompt and completion tokens, finish reasons, latency and the HTTP counter's model
+    label of routed requests, as the normal path counts them: by the usage they reported,
+    under the request's model, once."""
+    before = _scrape(served)
+    replies = [_complete(served, seed=0), _complete(served, route="vote", seed=1),
+               _complete(served, route="never", prompt="6+6="),
+               served.post("/v1/chat/completions", json={
+                   "model": "tw-small", "messages": [{"role": "user", "content": "7+2="}],
+                   "seed": 0, "tokenwise": {"route": "math"}})]
+    assert [r.status_code for r in replies] == [200] * 4, [r.text for r in replies]
+    bodies = [r.json() for r in replies]
+    after = _scrape(served)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("tokenwise_prompt_tokens_total", model="tw-small") == \
+        sum(b["usage"]["prompt_tokens"] for b in bodies) > 0
+    assert grew("tokenwise_completion_tokens_total", model="tw-small") == \
+        sum(b["usage"]["completion_tokens"] for b in bodies) > 0
+    reasons = [b["choices"][0]["finish_reason"] for b in bodies]
+    for reason in set(reasons):
+        assert grew("tokenwise_finished_sequences_total", model="tw-small",
+                    reason=reason) == reasons.count(reason)
+    assert grew("tokenwise_request_latency_seconds_count", model="tw-small",
+                kind="completion") == 3
+    assert grew("tokenwise_request_latency_seconds_count", model="tw-small", kind="chat") == 1
+    for endpoint, count in (("/v1/completions", 3), ("/v1/chat/completions", 1)):
+        assert grew("tokenwise_http_requests_total", endpoint=endpoint, model="tw-small",
+                    status="200") == count
+    assert after[("tokenwise_requests_generating", ())] == 0
+    # no routed request reached the engine's generation path
+    assert grew("tokenwise_time_to_first_token_seconds_count", model="tw-small") == 0

@@ -14,7 +14,11 @@ apps in one process, as in the tests, count apart):
   event), the time to first token of streamed requests, and the requests generating now.
   The embedded engine hands an unstreamed request's tokens over with its finish events
   (one wake-up per sequence), so only streamed requests have a first-token time worth the
-  name.
+  name. A routed request (``tokenwise.route``) is answered whole on the backend's ``call``,
+  not through ``events``: :meth:`MeasuredBackend.measure_answer` counts its body the same
+  way (its usage's prompt and completion tokens, its finish reason, its latency, generating
+  while the router answers) and labels it with the request's model, so each request is
+  counted once, by one of the two.
 * :class:`AdmissionCollector` reads the server's admission at each scrape: the completion
   requests held (``tokenwise_requests_held``) against ``max_queue``, the refusals by
   reason (``tokenwise_requests_rejected_total``: ``queue_full`` 429s, ``draining`` 503s),
@@ -37,7 +41,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -384,6 +388,45 @@ class ServingMetrics:
             self.generating.dec()
             await events.aclose()  # the backend stops the request's work when closed early
 
+    async def measure_answer(self, model: str, kind: str,
+                             answer: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        """Await a response body made whole outside the backend's events (a routed
+        request's), counting it as :meth:`measure` counts events: the prompt and completion
+        tokens its ``usage`` reports, each choice's finish reason and the latency once it is
+        made; the request is generating while it is awaited. Nothing is counted but the
+        gauge when ``answer`` raises (a refusal, a timeout).
+
+        Args:
+            model: the request's model (the one the response names).
+            kind: ``"chat"`` or ``"completion"``.
+            answer: makes the body (an OpenAI completion object with ``usage``).
+
+        Example:
+            >>> import asyncio
+            >>> metrics = ServingMetrics(["tw-small"])
+            >>> async def body():
+            ...     return {"choices": [{"finish_reason": "stop"}],
+            ...             "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+            >>> _ = asyncio.run(metrics.measure_answer("tw-small", "chat", body()))
+            >>> b'tokenwise_completion_tokens_total{model="tw-small"} 2.0' in metrics.render()[0]
+            True
+        """
+        info = _REQUEST.get()
+        start = info.start if info is not None else time.perf_counter()
+        prompt, completion, chat, text, _ = self._children(model)
+        self.generating.inc()
+        try:
+            body = await answer
+        finally:
+            self.generating.dec()
+        use = body["usage"]
+        prompt.inc(use["prompt_tokens"])
+        completion.inc(use["completion_tokens"])
+        for choice in body["choices"]:
+            self._finished_child(model, choice["finish_reason"]).inc()
+        (chat if kind == "chat" else text).observe(time.perf_counter() - start)
+        return body
+
 
 class MeasuredBackend:
     """A :class:`~tokenwise.serving.routes.ServingBackend` that counts what passes through
@@ -419,6 +462,22 @@ class MeasuredBackend:
     def events(self, plan: Plan, deadline: float) -> AsyncIterator[Event]:
         """The backend's events for ``plan``, counted."""
         return self.metrics.measure(plan, self.backend.events(plan, deadline))
+
+    def measure_answer(self, model: str, kind: str,
+                       answer: Awaitable[dict[str, Any]]) -> Awaitable[dict[str, Any]]:
+        """``answer`` (a body made on the backend's ``call``, not through :meth:`events`: a
+        routed request's), counted (:meth:`ServingMetrics.measure_answer`); the request is
+        counted under ``model`` from here on, as :meth:`check_plan` does for a planned one.
+
+        Args:
+            model: the request's model, one the server serves.
+            kind: ``"chat"`` or ``"completion"``.
+            answer: makes the body.
+        """
+        info = _REQUEST.get()
+        if info is not None:
+            info.model = model
+        return self.metrics.measure_answer(model, kind, answer)
 
 
 class MetricsMiddleware:

@@ -38,7 +38,9 @@ A reply held to a constraint (``response_format`` JSON, a forced call) reports e
 
 ``tokenwise.route`` (a router the server was started with, :mod:`tokenwise.serving.
 route_options`) is answered by the router on the backend's ``call``, not through
-``events``: the whole answer at once, within the request's deadline.
+``events``: the whole answer at once, within the request's deadline. A backend that counts
+requests (:class:`~tokenwise.serving.metrics.MeasuredBackend`) counts it through its
+``measure_answer``, read with ``getattr`` (a backend without it counts nothing there).
 
 ``tokenwise.kv`` (a press or a quantised cache, :mod:`tokenwise.serving.kv_options`) is
 built by the planner and checked against the request's model(s) through the backend's
@@ -208,7 +210,9 @@ class CompletionService:
         the request's deadline: past it, or when the drain cuts it, the request ends (504,
         503); a router already answering finishes its few tokens in the background."""
         when = asyncio.get_running_loop().time() + (slot.deadline - time.monotonic())
-        job = _once(self.backend.call(lambda: route_answer(plan)))
+        answer = self.backend.call(lambda: route_answer(plan))
+        measure = getattr(self.backend, "measure_answer", None)
+        job = _once(answer if measure is None else measure(plan.model, plan.kind, answer))
         try:
             _, body = await _next_event(job, when, slot)
         except asyncio.TimeoutError:
