@@ -86,5 +86,6 @@ def print_report(report: dict) -> None:
     out.print(
         f"Markov source ({m['positions']} positions, nats): true entropy {m['true_entropy_mean']}"
         f", measured {m['model_entropy_mean']}, mean |error| {m['mean_abs_error']}, "
-        f"correlation {m['correlation']}, cross-entropy {m['cross_entropy']}"
+        f"correlation {m['correlation']}; per symbol ({m['symbols']}): cross-entropy "
+        f"{m['cross_entropy']}, true {m['true_entropy_per_symbol']}"
     )

@@ -2,11 +2,13 @@
 
 Greedy accuracy on fact questions by frequency bucket, on additions by number of digits and
 on needle contexts by number of distractors; and, on the exact-entropy Markov source, the
-model's measured next-token entropy against the true entropy at every symbol position.
+model's measured next-symbol entropy against the true entropy at every symbol a token
+begins, and its cross-entropy per symbol.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,12 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tokenwise import signals
 from tokenwise.errors import TokenwiseError
 from tokenwise.models import LanguageModel
 from tokenwise.testbed import arithmetic
 from tokenwise.testbed.facts import BUCKETS
-from tokenwise.testbed.markov import SYMBOLS
+from tokenwise.testbed.markov import HEADER, SYMBOLS
 from tokenwise.testbed.needle import DISTRACTOR_COUNTS
 from tokenwise.testbed.worlds import Testbed
 
@@ -170,45 +171,135 @@ def eval_needle(model: LanguageModel, testbed: Testbed, per_count: int = 100) ->
     return out
 
 
+def _first_symbols(model: LanguageModel) -> torch.Tensor:
+    """``(V,)`` the index in :data:`SYMBOLS` of the symbol each token's text begins with
+    (its space, then the whole symbol: ``" ka"``, ``" ka lo"``), -1 for every other token.
+
+    A token's text is read after an anchor token (``model.decode`` of the pair, less the
+    anchor's text), so tokenizers that write a leading space only inside a text
+    (SentencePiece's ``▁``) read as byte-level ones do.
+    """
+    anchor = model.encode(HEADER)[-1:]
+    head = model.decode(anchor)
+    vocab = len(model.tokenizer)
+    texts = model.tokenizer.batch_decode([[*anchor, t] for t in range(vocab)])
+    pattern = re.compile(r" (" + "|".join(map(re.escape, SYMBOLS)) + r")(?!\w)")
+    first = torch.full((vocab,), -1, dtype=torch.long)
+    for t, text in enumerate(texts):
+        match = pattern.match(text, len(head)) if text.startswith(head) else None
+        if match is not None:
+            first[t] = SYMBOLS.index(match.group(1))
+    return first
+
+
+def _token_starts(model: LanguageModel, ids: Sequence[int]) -> list[int]:
+    """Where each token of ``ids`` (a text's, without start ids) begins in the text."""
+    return [len(model.decode(ids[:k])) for k in range(len(ids))]
+
+
 @torch.inference_mode()
 def eval_markov(model: LanguageModel, testbed: Testbed, n_sequences: int = 50) -> dict:
-    """Measured vs true next-token entropy on fresh lines of the exact-entropy source.
+    """Measured vs true next-symbol entropy on fresh lines of the exact-entropy source.
 
-    At every symbol position the model's entropy (over its whole vocabulary) is compared
-    with the true entropy of the source; the model's mean surprisal of the sampled symbols
-    is the cross-entropy, which can approach but not beat the true entropy.
+    The source's truth is a distribution over the next *symbol*. The built-in tokenizer
+    makes each symbol (with its leading space) one token, so the model's next-token
+    distribution is a next-symbol one at every symbol. A tokenizer with supertokens
+    (multi-symbol tokens such as ``" pe lo"``: :func:`tokenwise.tokenizers.train` with
+    ``supertokens=True``, a model transplanted onto it) writes some symbols inside a token,
+    where the model gives no next-symbol distribution. So:
+
+    * the per-position comparison is made at every symbol a token begins (every symbol
+      with the built-in tokenizer): the model's next-symbol distribution there is its
+      next-token distribution with the tokens that begin with the same symbol (``" pe"``,
+      ``" pe lo"``, ...) counted as one outcome, every other token its own; its entropy is
+      compared with the true entropy at that position (``positions`` of them;
+      ``true_entropy_mean``, ``model_entropy_mean``, ``mean_abs_error``, ``correlation``).
+      With one token per symbol this is the entropy over the whole vocabulary.
+    * ``cross_entropy`` is the model's surprisal of all the tokens that hold the line's
+      symbols, per symbol (nats per symbol, ``symbols`` of them): a tokenizer-independent
+      figure that can approach but not beat ``true_entropy_per_symbol``, the mean true
+      entropy of every symbol. Text a token shares with the symbols (the header's ``:``,
+      the closing newline) is certain given what precedes it, so it adds no true entropy.
 
     Args:
         model: the model.
         testbed: the worlds (the Markov source is ``testbed.markov``).
         n_sequences: how many fresh lines.
+
+    Raises:
+        TokenwiseError: the model's tokenizer splits a symbol (a token that begins a symbol
+            holds only part of it), so its tokens give no next-symbol distribution.
+
+    Example:
+        >>> from tokenwise.models import load
+        >>> from tokenwise.testbed.worlds import Testbed
+        >>> report = eval_markov(load("tw-small"), Testbed(0), n_sequences=2)
+        >>> report["positions"] == report["symbols"] == 80
+        True
     """
     source = testbed.markov
     rng = np.random.default_rng([testbed.seed, 9090])
-    symbol_ids = [model.encode(" " + s) for s in SYMBOLS]
-    if any(len(s) != 1 for s in symbol_ids):
-        raise TokenwiseError(f"model {model.name!r} does not encode each Markov symbol as one "
-                             "token; its entropy cannot be compared with the source's")
-    true_h, model_h, surprise = [], [], []
+    first = _first_symbols(model)
+    split = [s for i, s in enumerate(SYMBOLS)
+             if int(first[model.encode(" " + s)[0]]) != i]
+    if split:
+        raise TokenwiseError(f"model {model.name!r} splits the Markov symbols "
+                             f"{', '.join(split)} (their first token is not the whole symbol); "
+                             "its entropy cannot be compared with the source's")
+    n_start = len(model.encode(HEADER, add_bos=True)) - len(model.encode(HEADER))
+    true_h, model_h, all_true = [], [], []
+    total_surprisal, symbols = 0.0, 0
     for _ in range(n_sequences):
         seq = source.sample(rng)
         ids = model.encode(seq.text, add_bos=True)
-        sym_positions = [i for i, t in enumerate(ids) if [t] in symbol_ids]
-        sym_positions = sym_positions[-source.length :]
+        text_ids = ids[n_start:]
+        starts = _token_starts(model, text_ids)
+        # symbol j is " " + SYMBOLS[s] at characters [begin + 3j, begin + 3j + 3)
+        begin, end = len(HEADER), len(HEADER) + 3 * source.length
+        at = {c: n_start + k for k, c in enumerate(starts)}
+        measured = [j for j in range(source.length) if begin + 3 * j in at]
+        token_pos = [at[begin + 3 * j] for j in measured]
+        bounds = [*starts[1:], len(seq.text)]
+        covering = [n_start + k for k, (a, b) in enumerate(zip(starts, bounds, strict=True))
+                    if a < end and b > begin]
+        if not token_pos or token_pos[0] == 0:
+            raise TokenwiseError(f"model {model.name!r} begins no Markov symbol of a line with "
+                                 "a token; its entropy cannot be compared with the source's")
         logits = model.forward(torch.tensor([ids])).logits[0].float()  # (T, V)
-        pred = torch.tensor(sym_positions) - 1
-        model_h.append(signals.entropy(logits[pred]).cpu().numpy())
-        chosen = torch.tensor([ids[p] for p in sym_positions], device=logits.device)
-        surprise.append(signals.surprisal(logits[pred], chosen).cpu().numpy())
-        true_h.append(seq.true_entropies)
-    t, m, s = (np.concatenate(x) for x in (true_h, model_h, surprise))
+        logp = torch.log_softmax(logits, dim=-1)
+        # the next-symbol distribution before each measured symbol
+        pred = logp[torch.tensor(token_pos) - 1]  # (N, V)
+        probs = pred.exp()
+        # the logits may be wider than the tokenizer (padded rows): those tokens are "other"
+        group = torch.full((pred.shape[-1],), -1, dtype=torch.long)
+        group[:len(first)] = first[:pred.shape[-1]]
+        group = group.to(pred.device)
+        is_sym = group >= 0
+        sym_p = torch.zeros(len(token_pos), len(SYMBOLS), device=pred.device)
+        sym_p.index_add_(1, group[is_sym], probs[:, is_sym])
+        other = torch.where(is_sym, torch.zeros_like(probs), -torch.xlogy(probs, probs))
+        model_h.append((-torch.xlogy(sym_p, sym_p).sum(-1) + other.sum(-1)).cpu().numpy())
+        actual = torch.tensor([seq.symbols[j] for j in measured], device=pred.device)
+        got = group[torch.tensor([ids[p] for p in token_pos], device=pred.device)]
+        if not torch.equal(got, actual):
+            raise TokenwiseError(f"model {model.name!r} splits a Markov symbol inside a line; "
+                                 "its entropy cannot be compared with the source's")
+        chosen = torch.tensor([ids[p] for p in covering], device=logp.device)
+        total_surprisal += float(-logp[torch.tensor(covering) - 1].gather(
+            1, chosen[:, None]).sum())
+        symbols += source.length
+        true_h.append(seq.true_entropies[measured])
+        all_true.append(seq.true_entropies)
+    t, m = np.concatenate(true_h), np.concatenate(model_h)
     return {
         "positions": int(t.size),
+        "symbols": symbols,
         "true_entropy_mean": round(float(t.mean()), 4),
         "model_entropy_mean": round(float(m.mean()), 4),
         "mean_abs_error": round(float(np.abs(m - t).mean()), 4),
         "correlation": round(float(np.corrcoef(t, m)[0, 1]), 4),
-        "cross_entropy": round(float(s.mean()), 4),
+        "cross_entropy": round(total_surprisal / symbols, 4),
+        "true_entropy_per_symbol": round(float(np.concatenate(all_true).mean()), 4),
         "units": "nats",
     }
 
