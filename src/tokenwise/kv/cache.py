@@ -244,7 +244,13 @@ class CompressedCache(DynamicCache):
         self.prefill_tokens = 0
         self._modules = attention_modules(hf)
         self._scaling = [float(getattr(m, "scaling", m.head_dim ** -0.5)) for m in self._modules]
-        self._pending: dict[int, torch.Tensor] = {}
+        #: each layer's positions for the coming update, and one past the largest of them
+        self._pending: dict[int, tuple[torch.Tensor, int]] = {}
+        #: the current pass's ``position_ids`` and one past their largest, read to the host
+        #: once per pass (on a GPU each read waits for the device: once per layer would
+        #: stall every layer of every decoding step)
+        self._pass_end: tuple[torch.Tensor, int] | None = None
+        self._first_module = self._modules[0].layer_idx
         self._chunk_old: dict[str, int] = {}
         #: store every token of the coming passes (the question after agnostic compression)
         self.hold = False
@@ -322,9 +328,17 @@ class CompressedCache(DynamicCache):
         pos = kwargs.get("position_ids")
         t = hidden.shape[1]
         layer = self.layers[layer_idx]
-        positions = (pos[0] if pos is not None
-                     else torch.arange(layer.seen, layer.seen + t, device=hidden.device))
-        self._pending[layer_idx] = positions.to(torch.long)
+        if layer_idx == self._first_module:  # a new pass: its position ids are new
+            self._pass_end = None
+        if pos is None:
+            positions = torch.arange(layer.seen, layer.seen + t, device=hidden.device)
+            end = layer.seen + t
+        else:
+            positions = pos[0]
+            if self._pass_end is None or self._pass_end[0] is not pos:
+                self._pass_end = (pos, int(positions.max()) + 1)
+            end = self._pass_end[1]
+        self._pending[layer_idx] = (positions.to(torch.long), end)
         n = self.press.queries_needed()
         if n == 0 or isinstance(layer, SlidingLayer):  # sliding layers are never pressed
             return
@@ -359,9 +373,12 @@ class CompressedCache(DynamicCache):
                 f"layer {layer_idx} holds {old} tokens and layer {first} (the first {kind} "
                 f"layer) {self._chunk_old[kind]}: a {t}-token pass after a per-layer budget "
                 "has no single mask; read further tokens one at a time")
-        new_pos = self._pending.pop(layer_idx, None)
-        if new_pos is None:
+        pending = self._pending.pop(layer_idx, None)
+        if pending is None:
             new_pos = torch.arange(layer.seen, layer.seen + t, device=key_states.device)
+            end = layer.seen + t
+        else:
+            new_pos, end = pending
         new_pos = new_pos.view(1, 1, t).expand(b, h, t)
         if not layer.is_initialized:
             layer.lazy_initialization(key_states, value_states)
@@ -370,7 +387,7 @@ class CompressedCache(DynamicCache):
             keys = torch.cat([layer.keys, key_states], dim=-2)
             values = torch.cat([layer.values, value_states], dim=-2)
             positions = torch.cat([layer.positions, new_pos], dim=-1)
-        layer.seen = max(layer.seen, int(new_pos.max()) + 1)
+        layer.seen = max(layer.seen, end)
         if self.prompt_tokens is None:
             self.prompt_tokens = t
         s = keys.shape[-2]
@@ -574,8 +591,8 @@ class CompressedCache(DynamicCache):
         out = CompressedCache.__new__(CompressedCache)  # no hooks: it reads nothing itself
         out.__dict__.update({k: v for k, v in self.__dict__.items()
                              if k not in ("layers", "press", "report", "_finalizer",
-                                          "_pending")})
-        out.press, out.report, out._pending = press, [], {}
+                                          "_pending", "_pass_end")})
+        out.press, out.report, out._pending, out._pass_end = press, [], {}, None
         out._finalizer = weakref.finalize(out, _remove_all, [])
         out.layers = []
         out.peak_by_kind = dict.fromkeys(self.peak_by_kind, 0)

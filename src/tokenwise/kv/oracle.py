@@ -46,5 +46,7 @@ class Oracle(Press):
         pos = inputs.positions
         wanted = torch.tensor(self.keep, dtype=pos.dtype, device=pos.device)
         hit = torch.isin(pos, wanted)
-        # recency breaks ties, so the remaining budget holds the latest tokens (the question)
-        return hit.float() * 1e9 + pos.float()
+        # recency breaks ties, so the remaining budget holds the latest tokens (the question);
+        # a hit is lifted above every position (not by 1e9, which float32 scores round to
+        # steps of 64, tying hits whose order topk then breaks differently on CPU and CUDA)
+        return (pos + hit * (pos.max() + 1)).float()

@@ -42,5 +42,9 @@ class RandomPress(Press):
             raise TokenwiseError(f"seed={self.seed!r}: allowed a whole number from 0 to 2**53")
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 1000 + inputs.layer)
-        return torch.rand(inputs.positions.shape, generator=gen).to(inputs.keys.device)
+        # drawn on the CPU whatever the cache's device (the same tokens evicted on a GPU as
+        # on the CPU); device= is explicit, so a default device set elsewhere
+        # (torch.set_default_device("cuda")) cannot meet the CPU generator
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1000 + inputs.layer)
+        scores = torch.rand(inputs.positions.shape, generator=gen, device="cpu")
+        return scores.to(inputs.keys.device)
