@@ -1,27 +1,58 @@
 """Triton kernels for :func:`tokenwise.training.linear_cross_entropy` on CUDA.
 
-Two kernels, the same arithmetic as the torch loops in :mod:`tokenwise.training.linear_ce`:
+Forward (``_lse_kernel``): each program owns a block of tokens and one slice of the vocabulary,
+walks that slice tile by tile with an online log-sum-exp (and, if asked, the running
+``sum exp(z - m) (z - m)`` that gives the entropy), and stores per-slice partial results; torch
+merges the slices (a few values per token). The target logit is stored by the one program whose
+tile holds it. When a filtered backward will follow, it also sums every vocabulary column's
+logits over the tokens (one atomic add of a tile's column sums per tile).
 
-* ``_lse_kernel``: each program owns a block of tokens and one slice of the vocabulary, walks
-  that slice block by block with an online log-sum-exp (and, if asked, the running
-  ``sum exp(z - m) (z - m)`` that gives the entropy), and stores per-slice partial results;
-  torch merges the slices (a few values per token). The target logit is stored by the one
-  program whose block holds it.
-* ``_backward_kernel``: each program owns one (token block, vocabulary block) tile, recomputes
-  its logits, forms ``d = p * a - onehot * g`` (softcap chain rule included), returns early when
-  every ``|p - onehot|`` is below ``filter_eps``, and adds ``d @ c_v`` to ``grad_e`` and
-  ``d^T @ e_b`` to ``grad_c`` with fp32 atomic adds.
+Backward. The gradient of the logits is split in two:
 
-The logits never exist outside registers. Gradients accumulate in fp32 (the reference's
-default accumulates in bf16 instead). For a low-precision classifier a full fp32 grad_c would
-be twice the gradient's own size (2.2 GiB at V=256k, D=2304), so the backward walks the
-vocabulary in slices: each slice's fp32 grad_c is accumulated in one reused buffer of at most
-``GRAD_C_SLICE_BYTES`` and cast into the returned bf16/fp16 gradient before the next slice.
-fp32 inputs use full-precision (``ieee``) dot products, not TF32.
+* the softmax term ``d = p * a * s`` (``a`` the per-token weight of the softmax, ``s`` the
+  softcap's factor ``1 - (z / softcap)^2``, 1 without one) is formed in registers, tile by tile;
+* the one-hot term ``-g * s_t`` at each token's own target column is applied outside the tiles,
+  exactly (a gather of classifier rows for grad_e, an ``index_add`` of embedding rows for
+  grad_c, one entry per token for the bias).
+
+The filter therefore tests the actual gradient of the softmax term, upstream gradient and
+softcap's chain rule included: a (token block, vocabulary tile) is skipped when every ``|d|`` in
+it is below ``filter_eps * u`` for its token's upstream scale ``u = max(|a|, |g|)`` (the CPU
+recompute path's relative rule). A target column never keeps a tile alive by its one-hot term
+alone: on random-init logits at V = 256k the softmax term is negligible everywhere and every
+tile is skipped. The columns are walked in descending order of their summed logits from the
+forward, so the columns whose softmax matters gather in few tiles (the reference sorts its
+vocabulary the same way).
+
+With a filter the backward runs two passes over the (token block, vocabulary tile) grid:
+
+* ``_backward_kernel`` in pass C: recompute the tile's logits, form ``d``, store whether the
+  tile is kept, and for a kept tile add ``d^T @ e`` into an fp32 buffer of grad_c rows and its
+  column sums into the bias gradient (fp32 atomic adds: only the token blocks that keep a tile
+  add into its rows);
+* the same kernel in pass E: a program whose tile pass C skipped returns at once; a kept tile is
+  recomputed and adds ``d @ c`` into an fp32 buffer of grad_e rows. No program adds into grad_e
+  for a skipped tile, so on a trained model's softmax pass E costs a few percent of a product.
+
+Without a filter every tile is kept anyway, and one pass adds into both gradients.
+
+Memory: the fp32 accumulators are bounded. grad_c is accumulated one vocabulary slice at a time
+(at most ``GRAD_C_SLICE_BYTES``) and grad_e one token slice at a time (at most
+``GRAD_E_SLICE_BYTES``), each cast into the returned gradient, which has the inputs' dtype, before
+the next slice (an fp32 classifier's gradient is accumulated in place). fp32 inputs use
+full-precision (``ieee``) dot products, not TF32; bf16/fp16 tiles of ``d`` go into the products in
+the inputs' dtype with fp32 accumulation.
+
+Tiles: on CUDA each kernel is autotuned (``triton.autotune``, keyed by vocabulary size, width
+and a power-of-two bucket of the token count) over ``FWD_CONFIGS`` / ``BWD_CONFIGS``; pass E
+runs with the tiles pass C chose (they share the keep map). Skipped and kept tiles are counted on
+the device (``TILE_STATS``; reading it waits for the GPU).
 
 Without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` set before
-this module is imported, CPU tensors, ``impl="triton"``), which is how CI checks them; the
-interpreter cannot do bf16 dot products, so it is exercised with fp32 and fp16 there.
+this module is imported, CPU tensors, ``impl="triton"``), which is how CI checks them, with the
+first config of each list; the interpreter cannot do bf16 dot products, so it is exercised with
+fp32 and fp16 there. Speed and memory on a GPU: BENCHMARKS.md, "On a GPU: ours (Triton) vs
+cut-cross-entropy".
 
 Example:
     >>> from tokenwise.training import linear_ce_triton
@@ -31,10 +62,13 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
 from torch import Tensor
+
+from tokenwise.training.linear_ce.blocks import _FILTER_STATS
 
 try:
     import triton
@@ -43,14 +77,19 @@ except ImportError:  # pragma: no cover - depends on the environment
     triton = None
     tl = None
 
-__all__ = ["available", "backward", "interpreting", "lse_forward"]
+__all__ = ["TILE_STATS", "TileStats", "available", "backward", "interpreting", "lse_forward"]
 
-# tile sizes (powers of two, >= 16 for tl.dot); chosen for A100/H100-class GPUs, not tuned here
-FWD_BLOCK_B, FWD_BLOCK_V, FWD_BLOCK_D = 64, 128, 64
-BWD_BLOCK_B, BWD_BLOCK_V, BWD_BLOCK_D = 64, 64, 64
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# largest fp32 buffer for one vocabulary slice of grad_c when c is bf16/fp16 (see above)
-GRAD_C_SLICE_BYTES = 128 * 1024 * 1024
+# largest fp32 buffers: one vocabulary slice of grad_c (when c is bf16/fp16) and one token slice
+# of grad_e (see the module docstring); slices start at multiples of _ALIGN
+GRAD_C_SLICE_BYTES = 32 * 1024 * 1024
+GRAD_E_SLICE_BYTES = 8 * 1024 * 1024
+# slice starts are multiples of this, so every config's BLOCK_B / BLOCK_V divides them
+_ALIGN = 256
+# one-hot rows handled per torch call (bounds the fp32 temporaries to _ONEHOT_ROWS x D)
+_ONEHOT_ROWS = 512
+# tiles of the backward grid taken in groups of this many token blocks (L2 reuse of c's rows)
+_GROUP_B = 8
 
 
 def interpreting() -> bool:
@@ -72,6 +111,66 @@ def supports(*tensors: Tensor) -> bool:
     return on_device and all(t.dtype in _DTYPES for t in tensors if t.is_floating_point())
 
 
+class TileStats:
+    """Tiles of the filtered Triton backward: how many were visited and how many kept.
+
+    The counts stay on the device until read (reading waits for the GPU). A debugging and
+    benchmarking aid, not thread-safe.
+
+    Example:
+        >>> stats = TileStats()
+        >>> stats.tiles, stats.kept
+        (0, 0)
+    """
+
+    def __init__(self) -> None:
+        self.tiles = 0
+        self._kept = 0
+        self._pending: list[Tensor] = []
+
+    def reset(self) -> None:
+        """Forget every count."""
+        self.tiles = self._kept = 0
+        self._pending.clear()
+
+    def add(self, tiles: int, kept: Tensor) -> None:
+        """Count one backward's tiles; ``kept`` is a 0-d device tensor."""
+        self.tiles += tiles
+        self._pending.append(kept)
+
+    @property
+    def kept(self) -> int:
+        """Tiles kept (formed and multiplied) so far."""
+        for t in self._pending:
+            self._kept += int(t.item())
+        self._pending.clear()
+        return self._kept
+
+    @property
+    def skipped(self) -> int:
+        """Tiles the filter skipped so far."""
+        return self.tiles - self.kept
+
+
+TILE_STATS = TileStats()
+
+
+def _configs(specs: list[tuple[int, int, int, int, int]]) -> list:
+    return [triton.Config({"BLOCK_B": b, "BLOCK_V": v, "BLOCK_D": d}, num_warps=w, num_stages=s)
+            for b, v, d, w, s in specs]
+
+
+# (BLOCK_B, BLOCK_V, BLOCK_D, num_warps, num_stages); the interpreter runs the first of each.
+# Candidates around the tiles that do well for bf16 products of this shape on Hopper-class
+# GPUs; every BLOCK_B / BLOCK_V divides _ALIGN.
+_FWD_SPECS = [(64, 64, 32, 4, 3), (128, 128, 64, 8, 3), (256, 128, 32, 8, 3),
+              (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4)]
+_BWD_SPECS = [(64, 64, 32, 4, 3), (128, 128, 32, 4, 4), (128, 128, 64, 8, 3),
+              (64, 128, 64, 4, 4), (128, 64, 64, 4, 4)]
+_MIN_BLOCK_B = min(s[0] for s in _BWD_SPECS)
+_MIN_BLOCK_V = min(s[1] for s in _BWD_SPECS)
+
+
 if triton is not None:
 
     @triton.jit
@@ -80,7 +179,7 @@ if triton is not None:
         return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
     @triton.jit
-    def _logits_tile(E, C, Bias, rows, offs_v, b_mask, v_mask, D, stride_e0, stride_e1,
+    def _logits_tile(E, C, Bias, rows, cols, b_mask, v_mask, D, stride_e0, stride_e1,
                      stride_c0, stride_c1, softcap, BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr,
                      BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                      DOT_PRECISION: tl.constexpr):
@@ -90,21 +189,22 @@ if triton is not None:
             d_mask = (d0 + offs_d) < D
             e = tl.load(E + rows[:, None] * stride_e0 + (d0 + offs_d)[None, :] * stride_e1,
                         mask=b_mask[:, None] & d_mask[None, :], other=0.0)
-            c = tl.load(C + offs_v[None, :] * stride_c0 + (d0 + offs_d)[:, None] * stride_c1,
+            c = tl.load(C + cols[None, :] * stride_c0 + (d0 + offs_d)[:, None] * stride_c1,
                         mask=v_mask[None, :] & d_mask[:, None], other=0.0)
             acc = tl.dot(e, c, acc, input_precision=DOT_PRECISION)
         if HAS_BIAS:
-            acc += tl.load(Bias + offs_v, mask=v_mask, other=0.0).to(tl.float32)[None, :]
+            acc += tl.load(Bias + cols, mask=v_mask, other=0.0).to(tl.float32)[None, :]
         if HAS_SOFTCAP:
             acc = softcap * _tanh(acc / softcap)
         return acc
 
     @triton.jit
-    def _lse_kernel(E, C, Bias, Rows, Tgt, PartMax, PartSum, PartW, TgtLogit, M, V, D, chunk_v,
-                    stride_e0, stride_e1, stride_c0, stride_c1, softcap,
+    def _lse_kernel(E, C, Bias, Rows, Tgt, PartMax, PartSum, PartW, TgtLogit, ColSum, M, V, D,
+                    chunk_v, M_BIN, stride_e0, stride_e1, stride_c0, stride_c1, softcap,
                     BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
                     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ROWS: tl.constexpr,
-                    HAS_ENTROPY: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    HAS_ENTROPY: tl.constexpr, HAS_COLSUM: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
         pid_b = tl.program_id(0)
         pid_s = tl.program_id(1)
         offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -129,9 +229,12 @@ if triton is not None:
             t_logit = tl.sum(tl.where(is_t, z, 0.0), 1)
             has_t = tl.sum(is_t.to(tl.int32), 1) > 0
             tl.store(TgtLogit + offs_b, t_logit, mask=b_mask & has_t)
+            if HAS_COLSUM:
+                col = tl.sum(tl.where(b_mask[:, None], z, 0.0), 0)
+                tl.atomic_add(ColSum + offs_v, col, mask=v_mask)
             z = tl.where(v_mask[None, :], z, float("-inf"))
             new_max = tl.maximum(run_max, tl.max(z, 1))
-            rescale = tl.exp(run_max - new_max)  # 0 on the first block (run_max = -inf)
+            rescale = tl.exp(run_max - new_max)  # 0 on the first tile (run_max = -inf)
             y = z - new_max[:, None]
             ex = tl.exp(y)  # 0 at masked columns
             if HAS_ENTROPY:
@@ -147,61 +250,119 @@ if triton is not None:
             tl.store(PartW + out, run_w, mask=b_mask)
 
     @triton.jit
-    def _backward_kernel(E, C, Bias, Rows, Tgt, Lse, A, G, GradE, GradC, GradB, M, V, D,
-                         stride_e0, stride_e1, stride_c0, stride_c1, softcap, filter_eps,
+    def _backward_kernel(E, C, Bias, Rows, Lse, A, Thr, Order, Keep, GradE, GradC, GradB,
+                         M, n_cols, D, row0, col0, keep_stride, V_ALL, M_BIN,
+                         stride_e0, stride_e1, stride_c0, stride_c1, softcap,
                          BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-                         HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                         HAS_ROWS: tl.constexpr, HAS_FILTER: tl.constexpr,
-                         COMPUTE_DE: tl.constexpr, COMPUTE_DC: tl.constexpr,
+                         GROUP_B: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         HAS_SOFTCAP: tl.constexpr, HAS_ROWS: tl.constexpr,
+                         HAS_ORDER: tl.constexpr, WRITE_KEEP: tl.constexpr,
+                         READ_KEEP: tl.constexpr, COMPUTE_DE: tl.constexpr,
+                         COMPUTE_DC: tl.constexpr, DC_BY_COLUMN: tl.constexpr,
                          COMPUTE_DB: tl.constexpr, DOT_PRECISION: tl.constexpr):
-        pid_b = tl.program_id(0)
-        pid_v = tl.program_id(1)
+        # tiles of this launch: tokens [row0, row0 + M) x columns [col0, col0 + n_cols) of the
+        # (ordered) vocabulary; pointers Rows/Lse/A/Thr/GradE start at row0, Order/GradC
+        # (unless DC_BY_COLUMN)/GradB at col0. Programs go over GROUP_B token blocks first,
+        # then the next vocabulary tile, so programs running together share c's rows in L2.
+        pid = tl.program_id(0)
+        n_b = tl.cdiv(M, BLOCK_B)
+        n_v = tl.cdiv(n_cols, BLOCK_V)
+        per_group = GROUP_B * n_v
+        first_b = (pid // per_group) * GROUP_B
+        size_b = tl.minimum(n_b - first_b, GROUP_B)
+        pid_b = first_b + (pid % per_group) % size_b
+        pid_v = (pid % per_group) // size_b
+        keep_at = Keep + (row0 // BLOCK_B + pid_b) * keep_stride + col0 // BLOCK_V + pid_v
+        if READ_KEEP:  # noqa: SIM102 - constexpr test outside, tensor test inside
+            if tl.load(keep_at) == 0:
+                return
         offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
         b_mask = offs_b < M
         if HAS_ROWS:
             rows = tl.load(Rows + offs_b, mask=b_mask, other=0).to(tl.int64)
         else:
-            rows = offs_b.to(tl.int64)  # row * stride can pass 2**31 on long batches
-        offs_v = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
-        v_mask = offs_v < V
-        z = _logits_tile(E, C, Bias, rows, offs_v, b_mask, v_mask, D, stride_e0, stride_e1,
+            rows = (row0 + offs_b).to(tl.int64)  # row * stride can pass 2**31
+        local_v = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
+        v_mask = local_v < n_cols
+        if HAS_ORDER:
+            cols = tl.load(Order + local_v, mask=v_mask, other=0).to(tl.int64)
+        else:
+            cols = col0 + local_v
+        z = _logits_tile(E, C, Bias, rows, cols, b_mask, v_mask, D, stride_e0, stride_e1,
                          stride_c0, stride_c1, softcap, BLOCK_B, BLOCK_V, BLOCK_D, HAS_BIAS,
                          HAS_SOFTCAP, DOT_PRECISION)
         lse = tl.load(Lse + offs_b, mask=b_mask, other=float("inf"))
-        tgt = tl.load(Tgt + offs_b, mask=b_mask, other=-1)
-        p = tl.where(v_mask[None, :], tl.exp(z - lse[:, None]), 0.0)
-        is_t = offs_v[None, :] == tgt[:, None]
-        q = p - is_t.to(tl.float32)
-        if HAS_FILTER:  # noqa: SIM102 - constexpr test outside, tensor test inside
-            if tl.max(tl.max(tl.abs(q), 1), 0) < filter_eps:
-                return
         a = tl.load(A + offs_b, mask=b_mask, other=0.0)
-        g = tl.load(G + offs_b, mask=b_mask, other=0.0)
-        d = q * a[:, None] + tl.where(is_t, (a - g)[:, None], 0.0)
+        # the softmax term of dLoss/dlogit; the one-hot term is applied outside the tiles
+        d = tl.where(v_mask[None, :], tl.exp(z - lse[:, None]), 0.0) * a[:, None]
         if HAS_SOFTCAP:
             zs = z / softcap
             d = d * (1.0 - zs * zs)
-        if COMPUTE_DB:
-            tl.atomic_add(GradB + offs_v, tl.sum(d, 0), mask=v_mask)
+        if WRITE_KEEP:
+            thr = tl.load(Thr + offs_b, mask=b_mask, other=0.0)
+            big = (tl.abs(d) >= thr[:, None]) & (thr[:, None] > 0.0)
+            keep = tl.max(tl.max(big.to(tl.int32), 1), 0)
+            tl.store(keep_at, keep.to(tl.uint8))
+            if keep == 0:
+                return
         d_in = d.to(E.dtype.element_ty)
         offs_d = tl.arange(0, BLOCK_D)
+        if COMPUTE_DB:
+            tl.atomic_add(GradB + local_v, tl.sum(d, 0), mask=v_mask)
         if COMPUTE_DE:
             for d0 in range(0, D, BLOCK_D):
                 d_mask = (d0 + offs_d) < D
-                c = tl.load(C + offs_v[:, None] * stride_c0 + (d0 + offs_d)[None, :] * stride_c1,
+                c = tl.load(C + cols[:, None] * stride_c0 + (d0 + offs_d)[None, :] * stride_c1,
                             mask=v_mask[:, None] & d_mask[None, :], other=0.0)
                 part = tl.dot(d_in, c, input_precision=DOT_PRECISION)  # (BLOCK_B, BLOCK_D)
-                tl.atomic_add(GradE + rows[:, None] * D + (d0 + offs_d)[None, :], part,
+                tl.atomic_add(GradE + offs_b[:, None] * D + (d0 + offs_d)[None, :], part,
                               mask=b_mask[:, None] & d_mask[None, :])
         if COMPUTE_DC:
+            if DC_BY_COLUMN:  # noqa: SIM108 - a plain if on a constexpr compiles everywhere
+                dc_rows = cols
+            else:
+                dc_rows = local_v
             d_t = tl.trans(d_in)
             for d0 in range(0, D, BLOCK_D):
                 d_mask = (d0 + offs_d) < D
                 e = tl.load(E + rows[:, None] * stride_e0 + (d0 + offs_d)[None, :] * stride_e1,
                             mask=b_mask[:, None] & d_mask[None, :], other=0.0)
                 part = tl.dot(d_t, e, input_precision=DOT_PRECISION)  # (BLOCK_V, BLOCK_D)
-                tl.atomic_add(GradC + offs_v[:, None] * D + (d0 + offs_d)[None, :], part,
+                tl.atomic_add(GradC + dc_rows[:, None] * D + (d0 + offs_d)[None, :], part,
                               mask=v_mask[:, None] & d_mask[None, :])
+
+    def _autotune(kernel, specs, key, reset):
+        if interpreting():
+            return None
+        options = {}
+        if "cache_results" in inspect.signature(triton.autotune).parameters:
+            options["cache_results"] = True  # a tuned shape is not tuned again next process
+        return triton.autotune(configs=_configs(specs), key=key, reset_to_zero=reset,
+                               **options)(kernel)
+
+    # the backward's key is the whole vocabulary (V_ALL), the same for every slice of a call,
+    # so a call is tuned at its first launch, before anything has been accumulated
+    _lse_tuned = _autotune(_lse_kernel, _FWD_SPECS, ["V", "D", "M_BIN"], ["ColSum"])
+    _backward_tuned = _autotune(_backward_kernel, _BWD_SPECS, ["V_ALL", "D", "M_BIN"],
+                                ["GradE", "GradC", "GradB"])
+
+
+def _m_bin(m_rows: int) -> int:
+    """Power-of-two bucket of the token count (the tuners' key)."""
+    return max(256, 1 << max(0, m_rows - 1).bit_length())
+
+
+def _fixed(specs: list[tuple[int, int, int, int, int]]) -> dict:
+    b, v, d, w, s = specs[0]
+    return {"BLOCK_B": b, "BLOCK_V": v, "BLOCK_D": d, "num_warps": w, "num_stages": s}
+
+
+def _chosen(tuned, specs: list[tuple[int, int, int, int, int]]) -> dict:
+    """The launch options of a tuner's last choice (the first spec when not tuned)."""
+    if tuned is None:
+        return _fixed(specs)
+    cfg = tuned.best_config
+    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
 def _common_dtype(e2: Tensor, c: Tensor) -> tuple[Tensor, Tensor, str]:
@@ -211,18 +372,28 @@ def _common_dtype(e2: Tensor, c: Tensor) -> tuple[Tensor, Tensor, str]:
     return e2, c, "ieee" if e2.dtype == torch.float32 else "tf32"
 
 
-def _split_count(n_row_blocks: int, v_size: int, device: torch.device) -> int:
+def _split_count(m_rows: int, v_size: int, device: torch.device) -> int:
+    """Vocabulary slices of the forward: enough programs to fill the GPU."""
     if device.type == "cuda":
         target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
     else:
         target = 8  # interpreter: a few slices are enough to exercise the merge
-    return max(1, min(triton.cdiv(v_size, FWD_BLOCK_V), triton.cdiv(target, n_row_blocks)))
+    return max(1, min(triton.cdiv(v_size, _ALIGN), triton.cdiv(target, triton.cdiv(m_rows, 128))))
+
+
+def _slice_rows(budget: int, width: int, total: int) -> int:
+    """Rows of an fp32 ``(rows, width)`` buffer within ``budget`` bytes: a multiple of
+    ``_ALIGN``, at least one ``_ALIGN``, at most ``total`` rounded up."""
+    rows = max(_ALIGN, budget // (4 * width) // _ALIGN * _ALIGN)
+    return min(rows, triton.cdiv(total, _ALIGN) * _ALIGN)
 
 
 def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tgt: Tensor,
-                softcap: float | None, want_entropy: bool
-                ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Per valid token: log-sum-exp, target logit, and entropy (or None), all fp32 ``(M,)``.
+                softcap: float | None, want_entropy: bool, want_column_sums: bool = False
+                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Per valid token: log-sum-exp, target logit and entropy, all fp32 ``(M,)``, and each
+    vocabulary column's logits summed over the tokens (fp32 ``(V,)``, for the backward's
+    column order).
 
     Args:
         e2: embeddings ``(N, D)``.
@@ -231,31 +402,42 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
         rows: int64 ``(M,)`` row of ``e2`` for each valid token, or None for ``range(N)``.
         tgt: int64 ``(M,)`` targets in ``[0, V)``.
         softcap: softcap value or None.
-        want_entropy: also return the per-token entropy.
+        want_entropy: also return the per-token entropy (else None).
+        want_column_sums: also return the column sums (else None).
+
+    Example:
+        >>> # on CUDA tensors: lse, target_logit, _, _ = lse_forward(e, c, None, None, t,
+        >>> #                                                        None, False)
     """
     e2, c, precision = _common_dtype(e2, c)
     bias = None if bias is None else bias.contiguous()  # the kernels read it with stride 1
     m_rows, v_size, d_size = tgt.numel(), c.shape[0], c.shape[1]
     device = e2.device
     target_logit = torch.zeros(m_rows, dtype=torch.float32, device=device)
+    col_sums = torch.zeros(v_size, dtype=torch.float32, device=device) \
+        if want_column_sums else None
     if m_rows == 0:
         empty = target_logit.new_empty(0)
-        return empty, target_logit, empty if want_entropy else None
-    n_row_blocks = triton.cdiv(m_rows, FWD_BLOCK_B)
-    n_split = _split_count(n_row_blocks, v_size, device)
-    chunk_v = triton.cdiv(triton.cdiv(v_size, n_split), FWD_BLOCK_V) * FWD_BLOCK_V
+        return empty, target_logit, empty if want_entropy else None, col_sums
+    n_split = _split_count(m_rows, v_size, device)
+    chunk_v = triton.cdiv(triton.cdiv(v_size, n_split), _ALIGN) * _ALIGN
     n_split = triton.cdiv(v_size, chunk_v)
     part_max = torch.empty(n_split, m_rows, dtype=torch.float32, device=device)
     part_sum = torch.empty_like(part_max)
     part_w = torch.empty_like(part_max) if want_entropy else part_max
-    _lse_kernel[(n_row_blocks, n_split)](
-        e2, c, bias if bias is not None else c, rows if rows is not None else tgt, tgt,
-        part_max, part_sum, part_w, target_logit, m_rows, v_size, d_size, chunk_v,
-        e2.stride(0), e2.stride(1), c.stride(0), c.stride(1),
-        float(softcap) if softcap is not None else 1.0,
-        BLOCK_B=FWD_BLOCK_B, BLOCK_V=FWD_BLOCK_V, BLOCK_D=FWD_BLOCK_D,
-        HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, HAS_ROWS=rows is not None,
-        HAS_ENTROPY=want_entropy, DOT_PRECISION=precision)
+    args = (e2, c, bias if bias is not None else c, rows if rows is not None else tgt, tgt,
+            part_max, part_sum, part_w, target_logit,
+            col_sums if col_sums is not None else part_max, m_rows, v_size, d_size, chunk_v,
+            _m_bin(m_rows), e2.stride(0), e2.stride(1), c.stride(0), c.stride(1),
+            float(softcap) if softcap is not None else 1.0)
+    flags = dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
+                 HAS_ROWS=rows is not None, HAS_ENTROPY=want_entropy,
+                 HAS_COLSUM=col_sums is not None, DOT_PRECISION=precision)
+    if _lse_tuned is None:
+        opts = _fixed(_FWD_SPECS)
+        _lse_kernel[(triton.cdiv(m_rows, opts["BLOCK_B"]), n_split)](*args, **flags, **opts)
+    else:
+        _lse_tuned[lambda meta: (triton.cdiv(m_rows, meta["BLOCK_B"]), n_split)](*args, **flags)
     # merge the vocabulary slices: (S, M) -> (M,)
     top = part_max.amax(0)  # (M,)
     weight = (part_max - top).exp()  # (S, M)
@@ -266,17 +448,35 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
     if want_entropy:
         w_total = (weight * (part_w + (part_max - top) * part_sum)).sum(0)
         entropy = log_total - w_total / total
-    return lse, target_logit, entropy
+    return lse, target_logit, entropy, col_sums
+
+
+def _onehot_rows(c: Tensor, idx: Tensor, coef: Tensor, out: Tensor) -> None:
+    """``out[k] += coef[k] * c[idx[k]]`` in fp32, ``_ONEHOT_ROWS`` rows at a time."""
+    for k0 in range(0, idx.numel(), _ONEHOT_ROWS):
+        k1 = min(k0 + _ONEHOT_ROWS, idx.numel())
+        out[k0:k1].addcmul_(c.index_select(0, idx[k0:k1]).float(), coef[k0:k1, None])
+
+
+def _onehot_scatter(e2: Tensor, rows: Tensor | None, tokens: Tensor, dest: Tensor,
+                    coef: Tensor, out: Tensor) -> None:
+    """``out[dest[k]] += coef[k] * e2[row of tokens[k]]`` in fp32, a few rows at a time."""
+    for k0 in range(0, tokens.numel(), _ONEHOT_ROWS):
+        k1 = min(k0 + _ONEHOT_ROWS, tokens.numel())
+        tok = tokens[k0:k1]
+        src = e2.index_select(0, tok if rows is None else rows.index_select(0, tok))
+        out.index_add_(0, dest[k0:k1], src.float() * coef[k0:k1, None])
 
 
 def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tgt: Tensor,
              lse: Tensor, a: Tensor, g: Tensor, softcap: float | None,
-             filter_eps: float | None, need: tuple[bool, bool, bool]
+             filter_eps: float | None, need: tuple[bool, bool, bool],
+             target_logit: Tensor | None = None, column_sums: Tensor | None = None
              ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Gradients for ``e2``, ``c``, ``bias`` of ``sum g * nll(+z-loss) + g_lse * lse``.
 
-    grad_e and grad_bias come back in fp32; grad_c in fp32 when ``c`` is fp32, else already in
-    ``c``'s dtype (accumulated in fp32 slice by slice, see the module docstring).
+    grad_e comes back in ``e2``'s dtype, grad_c in ``c``'s, grad_bias in fp32 (all accumulated
+    in fp32, slice by slice; see the module docstring).
 
     Args:
         e2, c, bias, rows, tgt: as in :func:`lse_forward`.
@@ -284,55 +484,169 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
         a: fp32 ``(M,)`` weight of the softmax term per token.
         g: fp32 ``(M,)`` weight of the one-hot term per token.
         softcap: softcap value or None.
-        filter_eps: skip tiles whose ``|p - onehot|`` is everywhere below this; None never skips.
+        filter_eps: skip the tiles whose softmax term is everywhere below ``filter_eps`` times
+            its token's ``max(|a|, |g|)``; None or 0 never skips.
         need: which of (e, c, bias) need a gradient.
+        target_logit: fp32 ``(M,)`` softcapped target logits from the forward (needed with a
+            softcap, for the one-hot term's chain rule).
+        column_sums: fp32 ``(V,)`` from the forward; with a filter, the columns are walked in
+            descending order of it (None: in vocabulary order).
+
+    Example:
+        >>> # grad_e, grad_c, grad_b = backward(e, c, None, None, t, lse, a, g, None, 2e-4,
+        >>> #                                   (True, True, False))
     """
     need_e, need_c, need_b = need
     e_in, c_in, precision = _common_dtype(e2, c)
-    bias = None if bias is None else bias.contiguous()  # the kernel reads it with stride 1
+    bias = None if bias is None else bias.contiguous()  # the kernels read it with stride 1
     m_rows, v_size, d_size = tgt.numel(), c.shape[0], c.shape[1]
     device = e2.device
-    sliced = need_c and c.dtype != torch.float32
-    grad_e = torch.zeros(e2.shape, dtype=torch.float32, device=device) if need_e else None
+    grad_e = torch.zeros(e2.shape, dtype=e2.dtype, device=device) if need_e else None
+    # an fp32 classifier's gradient is accumulated in place; slices write every other one
+    grad_c = (torch.zeros(c.shape, dtype=c.dtype, device=device) if c.dtype == torch.float32
+              else torch.empty(c.shape, dtype=c.dtype, device=device)) if need_c else None
     grad_b = torch.zeros(v_size, dtype=torch.float32, device=device) if need_b else None
     if m_rows == 0 or not any(need):
-        grad_c = (torch.zeros(c.shape, dtype=c.dtype if sliced else torch.float32,
-                              device=device) if need_c else None)
+        if grad_c is not None:
+            grad_c.zero_()
         return grad_e, grad_c, grad_b
-    # sliced: every slice is written below, so no zero fill of the whole gradient
-    grad_c = (torch.empty(c.shape, dtype=c.dtype, device=device) if sliced else
-              torch.zeros(c.shape, dtype=torch.float32, device=device) if need_c else None)
-    if sliced:  # rows of grad_c per slice: a multiple of the tile, within the buffer budget
-        per_row = 4 * d_size
-        step = max(BWD_BLOCK_V, GRAD_C_SLICE_BYTES // per_row // BWD_BLOCK_V * BWD_BLOCK_V)
-        step = min(step, triton.cdiv(v_size, BWD_BLOCK_V) * BWD_BLOCK_V)
-        buffer = torch.empty(step, d_size, dtype=torch.float32, device=device)
-    else:
-        step, buffer = v_size, grad_c
-    dummy = lse
-    lse32, a32, g32 = lse.float().contiguous(), a.float().contiguous(), g.float().contiguous()
-    for v0 in range(0, v_size, step):
-        v1 = min(v0 + step, v_size)
-        c_part = c_in[v0:v1]
-        gc_part = None
-        if need_c:
-            gc_part = buffer[: v1 - v0]
-            if sliced:
-                gc_part.zero_()
-        # targets outside the slice match no column in it (their one-hot term is elsewhere)
-        tgt_part = tgt if v0 == 0 else tgt - v0
-        _backward_kernel[(triton.cdiv(m_rows, BWD_BLOCK_B), triton.cdiv(v1 - v0, BWD_BLOCK_V))](
-            e_in, c_part, bias[v0:v1] if bias is not None else c_part,
-            rows if rows is not None else tgt, tgt_part, lse32, a32, g32,
-            grad_e if grad_e is not None else dummy, gc_part if gc_part is not None else dummy,
-            grad_b[v0:v1] if grad_b is not None else dummy, m_rows, v1 - v0, d_size,
-            e_in.stride(0), e_in.stride(1), c_part.stride(0), c_part.stride(1),
-            float(softcap) if softcap is not None else 1.0,
-            float(filter_eps) if filter_eps is not None else 0.0,
-            BLOCK_B=BWD_BLOCK_B, BLOCK_V=BWD_BLOCK_V, BLOCK_D=BWD_BLOCK_D,
-            HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
-            HAS_ROWS=rows is not None, HAS_FILTER=filter_eps is not None and filter_eps > 0,
-            COMPUTE_DE=need_e, COMPUTE_DC=need_c, COMPUTE_DB=need_b, DOT_PRECISION=precision)
-        if sliced:
-            grad_c[v0:v1].copy_(gc_part)
+    if softcap is not None and target_logit is None:
+        raise ValueError("backward with a softcap needs the forward's target_logit")
+    filtered = bool(filter_eps) and filter_eps > 0
+    a32, g32 = a.float().contiguous(), g.float().contiguous()
+    lse32 = lse.float().contiguous()
+    # the one-hot term per token: -g times the softcap's factor at the target
+    onehot = -g32 if softcap is None else -g32 * (1.0 - (target_logit.float() / softcap) ** 2)
+    thr = (torch.maximum(a32.abs(), g32.abs()) * filter_eps).contiguous() if filtered else a32
+    order = None
+    if filtered and column_sums is not None:
+        order = torch.argsort(column_sums, descending=True)
+    scratch = torch.zeros(1, dtype=torch.float32, device=device)  # unused pointers
+    keep = torch.zeros(triton.cdiv(m_rows, _MIN_BLOCK_B), triton.cdiv(v_size, _MIN_BLOCK_V),
+                       dtype=torch.uint8, device=device) if filtered else scratch
+    fused_e = need_e and not filtered
+    direct_c = need_c and c.dtype == torch.float32 and c_in is c
+    direct_e = e2.dtype == torch.float32 and rows is None and e_in is e2
+    # grad_e in fp32 for the fused pass: every token at once
+    e_acc = None
+    if fused_e:
+        e_acc = grad_e if direct_e else torch.zeros(m_rows, d_size, dtype=torch.float32,
+                                                    device=device)
+    rows_arg = rows if rows is not None else tgt
+    softcap_arg = float(softcap) if softcap is not None else 1.0
+    flags = dict(GROUP_B=_GROUP_B, HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
+                 HAS_ROWS=rows is not None, DOT_PRECISION=precision)
+    strides = (e_in.stride(0), e_in.stride(1), c_in.stride(0), c_in.stride(1), softcap_arg)
+    m_bin = _m_bin(m_rows)
+
+    # pass C (or the one fused pass), vocabulary slice by vocabulary slice
+    do_c = need_c or need_b or filtered or fused_e
+    if do_c:
+        step = v_size if direct_c or not need_c else _slice_rows(GRAD_C_SLICE_BYTES, d_size,
+                                                                 v_size)
+        step = triton.cdiv(step, _ALIGN) * _ALIGN
+        c_buf = None
+        if need_c and not direct_c:
+            c_buf = torch.empty(min(step, v_size), d_size, dtype=torch.float32, device=device)
+        b_buf = torch.empty(min(step, v_size), dtype=torch.float32, device=device) \
+            if need_b else None
+        # one-hot term of grad_c: tokens sorted by their target's place in the column order
+        place = tgt if order is None else torch.empty_like(order).scatter_(
+            0, order, torch.arange(v_size, device=device))[tgt]
+        by_place = torch.argsort(place)
+        sorted_place = place[by_place]
+        bounds = torch.arange(0, v_size + step, step, device=device).clamp_(max=v_size)
+        cuts = torch.searchsorted(sorted_place, bounds).tolist()  # one host read
+        for k, v0 in enumerate(range(0, v_size, step)):
+            v1 = min(v0 + step, v_size)
+            if c_buf is not None:
+                c_buf.zero_()
+            if b_buf is not None:
+                b_buf.zero_()
+            gc = grad_c if direct_c else (c_buf if c_buf is not None else scratch)
+            args = (e_in, c_in, bias if bias is not None else scratch, rows_arg, lse32, a32, thr,
+                    order[v0:v1] if order is not None else scratch, keep,
+                    e_acc if e_acc is not None else scratch, gc,
+                    b_buf if b_buf is not None else scratch, m_rows, v1 - v0, d_size, 0, v0,
+                    keep.shape[1] if filtered else 0, v_size, m_bin, *strides)
+            modes = dict(HAS_ORDER=order is not None, WRITE_KEEP=filtered, READ_KEEP=False,
+                         COMPUTE_DE=fused_e, COMPUTE_DC=need_c, DC_BY_COLUMN=direct_c,
+                         COMPUTE_DB=need_b)
+            _launch(args, flags, modes, m_rows, v1 - v0, tuned=True)
+            # the one-hot term of the tokens whose target lies in this slice
+            tok = by_place[cuts[k]:cuts[k + 1]]
+            if need_c and tok.numel():
+                dest = tgt.index_select(0, tok) if direct_c else place.index_select(0, tok) - v0
+                _onehot_scatter(e_in, rows, tok, dest, onehot.index_select(0, tok),
+                                grad_c if direct_c else c_buf)
+            if c_buf is not None:
+                cols = slice(v0, v1) if order is None else order[v0:v1]
+                grad_c[cols] = c_buf[: v1 - v0].to(c.dtype)
+            if b_buf is not None:
+                if order is None:
+                    grad_b[v0:v1] += b_buf[: v1 - v0]
+                else:
+                    grad_b.index_add_(0, order[v0:v1], b_buf[: v1 - v0])
+        if need_b:
+            grad_b.index_add_(0, tgt, onehot)
+    if filtered:
+        opts = _chosen(_backward_tuned, _BWD_SPECS)
+        n_tb = triton.cdiv(m_rows, opts["BLOCK_B"])
+        n_vt = triton.cdiv(v_size, opts["BLOCK_V"])
+        # the kernels index the map by the tiles they ran with (row stride: the smallest's)
+        tile_keep = keep[:n_tb, :n_vt]
+        TILE_STATS.add(n_tb * n_vt, tile_keep.sum())
+        span_b = torch.full((n_tb,), opts["BLOCK_B"], device=device)
+        span_b[-1] = m_rows - (n_tb - 1) * opts["BLOCK_B"]
+        span_v = torch.full((n_vt,), opts["BLOCK_V"], device=device)
+        span_v[-1] = v_size - (n_vt - 1) * opts["BLOCK_V"]
+        _FILTER_STATS.add(m_rows * v_size, (tile_keep * span_b[:, None] * span_v).sum())
+
+    # pass E: grad_e from the kept tiles, token slice by token slice
+    if need_e and filtered:
+        step = m_rows if direct_e else _slice_rows(GRAD_E_SLICE_BYTES, d_size, m_rows)
+        e_buf = None if direct_e else torch.empty(min(step, m_rows), d_size,
+                                                  dtype=torch.float32, device=device)
+        for t0 in range(0, m_rows, step):
+            t1 = min(t0 + step, m_rows)
+            buf = grad_e[t0:t1] if direct_e else e_buf[: t1 - t0].zero_()
+            args = (e_in, c_in, bias if bias is not None else scratch,
+                    rows[t0:t1] if rows is not None else tgt, lse32[t0:t1], a32[t0:t1],
+                    thr[t0:t1], order if order is not None else scratch, keep, buf, scratch,
+                    scratch, t1 - t0, v_size, d_size, t0, 0, keep.shape[1], v_size, m_bin,
+                    *strides)
+            modes = dict(HAS_ORDER=order is not None, WRITE_KEEP=False, READ_KEEP=True,
+                         COMPUTE_DE=True, COMPUTE_DC=False, DC_BY_COLUMN=False,
+                         COMPUTE_DB=False)
+            _launch(args, flags, modes, t1 - t0, v_size, tuned=False)
+            _onehot_rows(c_in, tgt[t0:t1], onehot[t0:t1], buf)
+            _store_rows(grad_e, rows, t0, t1, buf, direct_e)
+    elif fused_e:
+        _onehot_rows(c_in, tgt, onehot, e_acc)
+        _store_rows(grad_e, rows, 0, m_rows, e_acc, direct_e)
     return grad_e, grad_c, grad_b
+
+
+def _store_rows(grad_e: Tensor, rows: Tensor | None, t0: int, t1: int, buf: Tensor,
+                direct: bool) -> None:
+    """Write tokens ``[t0, t1)``'s fp32 gradient rows into grad_e (at their rows of e2)."""
+    if direct:
+        return
+    if rows is None:
+        grad_e[t0:t1] = buf.to(grad_e.dtype)
+    else:
+        grad_e.index_copy_(0, rows[t0:t1], buf.to(grad_e.dtype))
+
+
+def _launch(args: tuple, flags: dict, modes: dict, n_rows: int, n_cols: int,
+            tuned: bool) -> None:
+    """One launch of the backward kernel over ``n_rows`` tokens x ``n_cols`` columns: tuned
+    (pass C and the fused pass) or with the tiles the tuner chose (pass E)."""
+    def grid(meta: dict) -> tuple[int]:
+        return (triton.cdiv(n_rows, meta["BLOCK_B"]) * triton.cdiv(n_cols, meta["BLOCK_V"]),)
+
+    if tuned and _backward_tuned is not None:
+        _backward_tuned[grid](*args, **flags, **modes)
+        return
+    opts = _chosen(_backward_tuned, _BWD_SPECS)
+    _backward_kernel[grid(opts)](*args, **flags, **modes, **opts)

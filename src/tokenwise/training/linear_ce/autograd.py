@@ -31,8 +31,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         elif backend == "triton":
             from tokenwise.training import linear_ce_triton
 
-            lse, target_logit, entropy = linear_ce_triton.lse_forward(
-                e2, c, bias, rows, tgt, cfg.softcap, cfg.return_entropy)
+            # the filtered backward walks the columns in the order of their summed logits
+            lse, target_logit, entropy, col_sums = linear_ce_triton.lse_forward(
+                e2, c, bias, rows, tgt, cfg.softcap, cfg.return_entropy,
+                want_column_sums=any(need) and bool(cfg.filter_eps))
+            ctx.triton_extra = (target_logit if cfg.softcap is not None else None, col_sums)
         else:
             lse, target_logit, entropy = _torch_lse_forward(e2, c, bias, rows, tgt, cfg)
         nll = lse - target_logit  # (M,)
@@ -98,9 +101,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if ctx.backend == "triton":
             from tokenwise.training import linear_ce_triton
 
+            target_logit, col_sums = ctx.triton_extra
             grad_e, grad_c, grad_b = linear_ce_triton.backward(
                 e2, c, bias, rows, tgt, lse, a.contiguous(), g.contiguous(), cfg.softcap,
-                cfg.filter_eps, ctx.need)
+                cfg.filter_eps, ctx.need, target_logit=target_logit, column_sums=col_sums)
         elif cfg.filter_eps and c.dtype == cfg.acc:
             # column filtering needs whole rows per token block and a full-size grad_c in the
             # accumulation dtype, which a low-precision c would make twice its gradient's size

@@ -120,14 +120,26 @@ class _FilterStats:
 
     def __init__(self) -> None:
         self.total = 0
-        self.kept = 0
+        self._kept = 0
+        self._pending: list[Tensor] = []  # device counts (the Triton path), read when asked
 
     def reset(self) -> None:
-        self.total = self.kept = 0
+        self.total = self._kept = 0
+        self._pending.clear()
 
-    def add(self, total: int, kept: int) -> None:
+    def add(self, total: int, kept: int | Tensor) -> None:
         self.total += total
-        self.kept += kept
+        if isinstance(kept, Tensor):
+            self._pending.append(kept)
+        else:
+            self._kept += kept
+
+    @property
+    def kept(self) -> int:
+        for t in self._pending:
+            self._kept += int(t.item())
+        self._pending.clear()
+        return self._kept
 
 
 _FILTER_STATS = _FilterStats()
