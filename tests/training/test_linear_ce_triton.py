@@ -24,6 +24,7 @@ from tests.training.linear_ce_reference import (
 )
 
 from tokenwise.training import linear_cross_entropy
+from tokenwise.training.linear_ce import _FILTER_STATS
 
 triton = pytest.importorskip("triton")
 
@@ -109,11 +110,14 @@ def test_triton_filter_skips_tiles_on_a_peaked_softmax(dtype, monkeypatch):
             monkeypatch.setattr(linear_ce_triton, "GRAD_C_SLICE_BYTES", c_bytes)
         ee, cc = e.clone().requires_grad_(), c.clone().requires_grad_()
         linear_ce_triton.TILE_STATS.reset()
+        _FILTER_STATS.reset()
         linear_cross_entropy(ee, cc, targets, filter_eps=eps, impl="triton").backward()
         grads[name] = (ee.grad.float(), cc.grad.float())
         if eps:
             stats = linear_ce_triton.TILE_STATS
             assert 0 < stats.kept < stats.tiles, (stats.kept, stats.tiles)
+            # the gradient entries of the kept tiles, as the torch paths count them
+            assert 0 < _FILTER_STATS.kept < _FILTER_STATS.total == e.shape[0] * c.shape[0]
             if INTERPRETING:  # 64 x 64 tiles: most hold no target and no frequent column
                 assert stats.kept < stats.tiles / 2, (stats.kept, stats.tiles)
     scale = max(g.abs().max() for g in grads["dense"])

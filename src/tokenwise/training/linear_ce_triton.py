@@ -68,8 +68,6 @@ import os
 import torch
 from torch import Tensor
 
-from tokenwise.training.linear_ce.blocks import _FILTER_STATS
-
 try:
     import triton
     import triton.language as tl
@@ -127,16 +125,24 @@ class TileStats:
         self.tiles = 0
         self._kept = 0
         self._pending: list[Tensor] = []
+        self._entries: tuple[int, Tensor] | None = None
 
     def reset(self) -> None:
         """Forget every count."""
         self.tiles = self._kept = 0
         self._pending.clear()
+        self._entries = None
 
-    def add(self, tiles: int, kept: Tensor) -> None:
-        """Count one backward's tiles; ``kept`` is a 0-d device tensor."""
+    def add(self, tiles: int, kept: Tensor, entries: int, kept_entries: Tensor) -> None:
+        """Count one backward's tiles and gradient entries (kept ones as 0-d device tensors)."""
         self.tiles += tiles
         self._pending.append(kept)
+        self._entries = (entries, kept_entries)
+
+    def take_entries(self) -> tuple[int, Tensor] | None:
+        """The last backward's (entries, kept entries), once; None if already taken."""
+        entries, self._entries = self._entries, None
+        return entries
 
     @property
     def kept(self) -> int:
@@ -595,12 +601,12 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
         n_vt = triton.cdiv(v_size, opts["BLOCK_V"])
         # the kernels index the map by the tiles they ran with (row stride: the smallest's)
         tile_keep = keep[:n_tb, :n_vt]
-        TILE_STATS.add(n_tb * n_vt, tile_keep.sum())
         span_b = torch.full((n_tb,), opts["BLOCK_B"], device=device)
         span_b[-1] = m_rows - (n_tb - 1) * opts["BLOCK_B"]
         span_v = torch.full((n_vt,), opts["BLOCK_V"], device=device)
         span_v[-1] = v_size - (n_vt - 1) * opts["BLOCK_V"]
-        _FILTER_STATS.add(m_rows * v_size, (tile_keep * span_b[:, None] * span_v).sum())
+        TILE_STATS.add(n_tb * n_vt, tile_keep.sum(), m_rows * v_size,
+                       (tile_keep * span_b[:, None] * span_v).sum())
 
     # pass E: grad_e from the kept tiles, token slice by token slice
     if need_e and filtered:
