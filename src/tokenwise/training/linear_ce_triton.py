@@ -85,7 +85,7 @@ GRAD_E_SLICE_BYTES = 8 * 1024 * 1024
 # slice starts are multiples of this, so every config's BLOCK_B / BLOCK_V divides them
 _ALIGN = 256
 # one-hot rows handled per torch call (bounds the fp32 temporaries to _ONEHOT_ROWS x D)
-_ONEHOT_ROWS = 512
+_ONEHOT_ROWS = 256
 # tiles of the backward grid taken in groups of this many token blocks (L2 reuse of c's rows)
 _GROUP_B = 8
 
@@ -337,6 +337,20 @@ if triton is not None:
                 tl.atomic_add(GradC + dc_rows[:, None] * D + (d0 + offs_d)[None, :], part,
                               mask=v_mask[:, None] & d_mask[None, :])
 
+    @triton.jit
+    def _store_rows_kernel(Src, Dst, Index, n_rows, D, stride_dst, HAS_INDEX: tl.constexpr,
+                           BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask = (r < n_rows)[:, None] & (cols < D)[None, :]
+        x = tl.load(Src + r.to(tl.int64)[:, None] * D + cols[None, :], mask=mask, other=0.0)
+        if HAS_INDEX:
+            at = tl.load(Index + r, mask=r < n_rows, other=0).to(tl.int64)
+        else:
+            at = r.to(tl.int64)
+        tl.store(Dst + at[:, None] * stride_dst + cols[None, :], x.to(Dst.dtype.element_ty),
+                 mask=mask)
+
     def _autotune(kernel, specs, key, reset):
         if interpreting():
             return None
@@ -586,8 +600,8 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
                 _onehot_scatter(e_in, rows, tok, dest, onehot.index_select(0, tok),
                                 grad_c if direct_c else c_buf)
             if c_buf is not None:
-                cols = slice(v0, v1) if order is None else order[v0:v1]
-                grad_c[cols] = c_buf[: v1 - v0].to(c.dtype)
+                _store_rows(c_buf[: v1 - v0], grad_c if order is not None else grad_c[v0:v1],
+                            order[v0:v1] if order is not None else None)
             if b_buf is not None:
                 if order is None:
                     grad_b[v0:v1] += b_buf[: v1 - v0]
@@ -595,6 +609,7 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
                     grad_b.index_add_(0, order[v0:v1], b_buf[: v1 - v0])
         if need_b:
             grad_b.index_add_(0, tgt, onehot)
+        del c_buf, b_buf  # before pass E allocates its own buffer
     if filtered:
         opts = _chosen(_backward_tuned, _BWD_SPECS)
         n_tb = triton.cdiv(m_rows, opts["BLOCK_B"])
@@ -626,22 +641,26 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
                          COMPUTE_DB=False)
             _launch(args, flags, modes, t1 - t0, v_size, tuned=False)
             _onehot_rows(c_in, tgt[t0:t1], onehot[t0:t1], buf)
-            _store_rows(grad_e, rows, t0, t1, buf, direct_e)
+            if not direct_e:
+                _store_rows(buf, grad_e[t0:t1] if rows is None else grad_e,
+                            None if rows is None else rows[t0:t1])
     elif fused_e:
         _onehot_rows(c_in, tgt, onehot, e_acc)
-        _store_rows(grad_e, rows, 0, m_rows, e_acc, direct_e)
+        if not direct_e:
+            _store_rows(e_acc, grad_e, rows)
     return grad_e, grad_c, grad_b
 
 
-def _store_rows(grad_e: Tensor, rows: Tensor | None, t0: int, t1: int, buf: Tensor,
-                direct: bool) -> None:
-    """Write tokens ``[t0, t1)``'s fp32 gradient rows into grad_e (at their rows of e2)."""
-    if direct:
+def _store_rows(src: Tensor, dst: Tensor, index: Tensor | None) -> None:
+    """``dst[index[r]] = src[r]`` (``dst[r]`` without an index), cast to ``dst``'s dtype in
+    the kernel, so no cast copy of the fp32 buffer is made."""
+    n_rows, d_size = src.shape
+    if n_rows == 0:
         return
-    if rows is None:
-        grad_e[t0:t1] = buf.to(grad_e.dtype)
-    else:
-        grad_e.index_copy_(0, rows[t0:t1], buf.to(grad_e.dtype))
+    block_r, block_d = 32, 128
+    _store_rows_kernel[(triton.cdiv(n_rows, block_r), triton.cdiv(d_size, block_d))](
+        src, dst, index if index is not None else src, n_rows, d_size, dst.stride(0),
+        HAS_INDEX=index is not None, BLOCK_R=block_r, BLOCK_D=block_d)
 
 
 def _launch(args: tuple, flags: dict, modes: dict, n_rows: int, n_cols: int,
