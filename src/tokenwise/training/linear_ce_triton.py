@@ -3,9 +3,11 @@
 Forward (``_lse_kernel``): each program owns a block of tokens and one slice of the vocabulary,
 walks that slice tile by tile with an online log-sum-exp (and, if asked, the running
 ``sum exp(z - m) (z - m)`` that gives the entropy), and stores per-slice partial results; torch
-merges the slices (a few values per token). The target logit is stored by the one program whose
-tile holds it. When a filtered backward will follow, it also sums every vocabulary column's
-logits over the tokens (one atomic add of a tile's column sums per tile).
+merges the slices (a few values per token). When a filtered backward will follow, it also sums
+every vocabulary column's logits over the tokens (one atomic add of a tile's column sums per
+tile). Each token's target logit is a dot product of its own, in ``_target_logit_kernel``:
+comparing a whole tile with the targets in the walk cost more registers than the products
+(compiled for sm_90 it spilled at every tile size).
 
 Backward. The gradient of the logits is split in two:
 
@@ -44,13 +46,16 @@ full-precision (``ieee``) dot products, not TF32; bf16/fp16 tiles of ``d`` go in
 the inputs' dtype with fp32 accumulation.
 
 Tiles: on CUDA each kernel is autotuned (``triton.autotune``, keyed by vocabulary size, width
-and a power-of-two bucket of the token count) over ``FWD_CONFIGS`` / ``BWD_CONFIGS``; pass E
-runs with the tiles pass C chose (they share the keep map). Skipped and kept tiles are counted on
-the device (``TILE_STATS``; reading it waits for the GPU).
+and a power-of-two bucket of the token count) over ``_FWD_SPECS`` / ``_BWD_SPECS``; pass E
+runs with the tiles pass C chose (they share the keep map). Tuning compiles every candidate for
+each new combination of dtypes and options (about a minute, once; tuned choices are cached on
+disk where Triton supports it); ``TOKENWISE_TRITON_AUTOTUNE=0`` (read at import) runs each
+list's first config instead. Skipped and kept tiles are counted on the device (``TILE_STATS``;
+reading it waits for the GPU).
 
 Without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` set before
-this module is imported, CPU tensors, ``impl="triton"``), which is how CI checks them, with the
-first config of each list; the interpreter cannot do bf16 dot products, so it is exercised with
+this module is imported, CPU tensors, ``impl="triton"``), which is how CI checks them, with
+64 x 64 tiles; the interpreter cannot do bf16 dot products, so it is exercised with
 fp32 and fp16 there. Speed and memory on a GPU: BENCHMARKS.md, "On a GPU: ours (Triton) vs
 cut-cross-entropy".
 
@@ -166,15 +171,20 @@ def _configs(specs: list[tuple[int, int, int, int, int]]) -> list:
             for b, v, d, w, s in specs]
 
 
-# (BLOCK_B, BLOCK_V, BLOCK_D, num_warps, num_stages); the interpreter runs the first of each.
-# Candidates around the tiles that do well for bf16 products of this shape on Hopper-class
-# GPUs; every BLOCK_B / BLOCK_V divides _ALIGN.
-_FWD_SPECS = [(64, 64, 32, 4, 3), (128, 128, 64, 8, 3), (256, 128, 32, 8, 3),
-              (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4)]
-_BWD_SPECS = [(64, 64, 32, 4, 3), (128, 128, 32, 4, 4), (128, 128, 64, 8, 3),
-              (64, 128, 64, 4, 4), (128, 64, 64, 4, 4)]
-_MIN_BLOCK_B = min(s[0] for s in _BWD_SPECS)
-_MIN_BLOCK_V = min(s[1] for s in _BWD_SPECS)
+# (BLOCK_B, BLOCK_V, BLOCK_D, num_warps, num_stages). Every candidate compiles for sm_90 in
+# bf16 without spilling registers (checked with Triton's compiler and cuobjdump, no GPU
+# needed; the fused no-filter pass spills a little at 128 x 64); every BLOCK_B / BLOCK_V
+# divides _ALIGN. The first of each list runs when tuning is off (TOKENWISE_TRITON_AUTOTUNE=0);
+# the interpreter runs _INTERPRETER_SPEC.
+_FWD_SPECS = [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 128, 8, 3),
+              (256, 64, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 32, 4, 3)]
+_BWD_SPECS = [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 32, 4, 4),
+              (256, 128, 32, 8, 3), (64, 256, 64, 8, 3), (64, 128, 64, 4, 4),
+              (128, 64, 64, 4, 4), (64, 64, 32, 4, 3)]
+_INTERPRETER_SPEC = (64, 64, 32, 4, 3)
+_TUNE = os.environ.get("TOKENWISE_TRITON_AUTOTUNE", "1") not in ("", "0")
+_MIN_BLOCK_B = min(s[0] for s in [*_BWD_SPECS, _INTERPRETER_SPEC])
+_MIN_BLOCK_V = min(s[1] for s in [*_BWD_SPECS, _INTERPRETER_SPEC])
 
 
 if triton is not None:
@@ -205,7 +215,7 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _lse_kernel(E, C, Bias, Rows, Tgt, PartMax, PartSum, PartW, TgtLogit, ColSum, M, V, D,
+    def _lse_kernel(E, C, Bias, Rows, PartMax, PartSum, PartW, ColSum, M, V, D,
                     chunk_v, M_BIN, stride_e0, stride_e1, stride_c0, stride_c1, softcap,
                     BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
                     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ROWS: tl.constexpr,
@@ -219,7 +229,6 @@ if triton is not None:
             rows = tl.load(Rows + offs_b, mask=b_mask, other=0).to(tl.int64)
         else:
             rows = offs_b.to(tl.int64)  # row * stride can pass 2**31 on long batches
-        tgt = tl.load(Tgt + offs_b, mask=b_mask, other=-1)
         run_max = tl.full((BLOCK_B,), float("-inf"), dtype=tl.float32)
         run_sum = tl.zeros((BLOCK_B,), dtype=tl.float32)
         run_w = tl.zeros((BLOCK_B,), dtype=tl.float32)
@@ -231,10 +240,6 @@ if triton is not None:
             z = _logits_tile(E, C, Bias, rows, offs_v, b_mask, v_mask, D, stride_e0, stride_e1,
                              stride_c0, stride_c1, softcap, BLOCK_B, BLOCK_V, BLOCK_D, HAS_BIAS,
                              HAS_SOFTCAP, DOT_PRECISION)
-            is_t = (offs_v[None, :] == tgt[:, None]) & v_mask[None, :]
-            t_logit = tl.sum(tl.where(is_t, z, 0.0), 1)
-            has_t = tl.sum(is_t.to(tl.int32), 1) > 0
-            tl.store(TgtLogit + offs_b, t_logit, mask=b_mask & has_t)
             if HAS_COLSUM:
                 col = tl.sum(tl.where(b_mask[:, None], z, 0.0), 0)
                 tl.atomic_add(ColSum + offs_v, col, mask=v_mask)
@@ -254,6 +259,35 @@ if triton is not None:
         tl.store(PartSum + out, run_sum, mask=b_mask)
         if HAS_ENTROPY:
             tl.store(PartW + out, run_w, mask=b_mask)
+
+    @triton.jit
+    def _target_logit_kernel(E, C, Bias, Rows, Tgt, Out, M, D, stride_e0, stride_e1, stride_c0,
+                             stride_c1, softcap, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                             HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                             HAS_ROWS: tl.constexpr):
+        # each token's own logit, apart from the tiles: a tile-wide comparison with the targets
+        # costs the forward more registers than its products (it spilled on Hopper)
+        offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        t_mask = offs_t < M
+        if HAS_ROWS:
+            rows = tl.load(Rows + offs_t, mask=t_mask, other=0).to(tl.int64)
+        else:
+            rows = offs_t.to(tl.int64)
+        tgt = tl.load(Tgt + offs_t, mask=t_mask, other=0).to(tl.int64)
+        offs_d = tl.arange(0, BLOCK_D)
+        acc = tl.zeros((BLOCK_T,), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            mask = t_mask[:, None] & ((d0 + offs_d) < D)[None, :]
+            e = tl.load(E + rows[:, None] * stride_e0 + (d0 + offs_d)[None, :] * stride_e1,
+                        mask=mask, other=0.0).to(tl.float32)
+            c = tl.load(C + tgt[:, None] * stride_c0 + (d0 + offs_d)[None, :] * stride_c1,
+                        mask=mask, other=0.0).to(tl.float32)
+            acc += tl.sum(e * c, 1)
+        if HAS_BIAS:
+            acc += tl.load(Bias + tgt, mask=t_mask, other=0.0).to(tl.float32)
+        if HAS_SOFTCAP:
+            acc = softcap * _tanh(acc / softcap)
+        tl.store(Out + offs_t, acc, mask=t_mask)
 
     @triton.jit
     def _backward_kernel(E, C, Bias, Rows, Lse, A, Thr, Order, Keep, GradE, GradC, GradB,
@@ -352,7 +386,7 @@ if triton is not None:
                  mask=mask)
 
     def _autotune(kernel, specs, key, reset):
-        if interpreting():
+        if interpreting() or not _TUNE:
             return None
         options = {}
         if "cache_results" in inspect.signature(triton.autotune).parameters:
@@ -373,12 +407,13 @@ def _m_bin(m_rows: int) -> int:
 
 
 def _fixed(specs: list[tuple[int, int, int, int, int]]) -> dict:
-    b, v, d, w, s = specs[0]
+    """Launch options without tuning: the interpreter's small tiles, else the list's first."""
+    b, v, d, w, s = _INTERPRETER_SPEC if interpreting() else specs[0]
     return {"BLOCK_B": b, "BLOCK_V": v, "BLOCK_D": d, "num_warps": w, "num_stages": s}
 
 
 def _chosen(tuned, specs: list[tuple[int, int, int, int, int]]) -> dict:
-    """The launch options of a tuner's last choice (the first spec when not tuned)."""
+    """The launch options of a tuner's last choice (:func:`_fixed` when not tuned)."""
     if tuned is None:
         return _fixed(specs)
     cfg = tuned.best_config
@@ -433,7 +468,7 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
     bias = None if bias is None else bias.contiguous()  # the kernels read it with stride 1
     m_rows, v_size, d_size = tgt.numel(), c.shape[0], c.shape[1]
     device = e2.device
-    target_logit = torch.zeros(m_rows, dtype=torch.float32, device=device)
+    target_logit = torch.empty(m_rows, dtype=torch.float32, device=device)
     col_sums = torch.zeros(v_size, dtype=torch.float32, device=device) \
         if want_column_sums else None
     if m_rows == 0:
@@ -445,14 +480,19 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
     part_max = torch.empty(n_split, m_rows, dtype=torch.float32, device=device)
     part_sum = torch.empty_like(part_max)
     part_w = torch.empty_like(part_max) if want_entropy else part_max
-    args = (e2, c, bias if bias is not None else c, rows if rows is not None else tgt, tgt,
-            part_max, part_sum, part_w, target_logit,
-            col_sums if col_sums is not None else part_max, m_rows, v_size, d_size, chunk_v,
-            _m_bin(m_rows), e2.stride(0), e2.stride(1), c.stride(0), c.stride(1),
-            float(softcap) if softcap is not None else 1.0)
+    softcap_arg = float(softcap) if softcap is not None else 1.0
+    args = (e2, c, bias if bias is not None else c, rows if rows is not None else tgt,
+            part_max, part_sum, part_w, col_sums if col_sums is not None else part_max, m_rows,
+            v_size, d_size, chunk_v, _m_bin(m_rows), e2.stride(0), e2.stride(1), c.stride(0),
+            c.stride(1), softcap_arg)
     flags = dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
                  HAS_ROWS=rows is not None, HAS_ENTROPY=want_entropy,
                  HAS_COLSUM=col_sums is not None, DOT_PRECISION=precision)
+    _target_logit_kernel[(triton.cdiv(m_rows, 16),)](
+        e2, c, bias if bias is not None else c, rows if rows is not None else tgt, tgt,
+        target_logit, m_rows, d_size, e2.stride(0), e2.stride(1), c.stride(0), c.stride(1),
+        softcap_arg, BLOCK_T=16, BLOCK_D=128, HAS_BIAS=bias is not None,
+        HAS_SOFTCAP=softcap is not None, HAS_ROWS=rows is not None)
     if _lse_tuned is None:
         opts = _fixed(_FWD_SPECS)
         _lse_kernel[(triton.cdiv(m_rows, opts["BLOCK_B"]), n_split)](*args, **flags, **opts)
