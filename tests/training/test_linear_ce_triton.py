@@ -222,3 +222,35 @@ def test_kernels_interpreted():
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
     assert proc.returncode == 0, tail
     assert " passed" in tail and " failed" not in tail, tail
+
+
+@pytest.mark.skipif(not INTERPRETING, reason="on a GPU the real tuners run in every test")
+def test_tuned_path_under_the_interpreter(monkeypatch):
+    """The CUDA host path with tuners, run by the interpreter: the tuners time every
+    candidate on the real buffers (each run accumulates into them) and must zero them before
+    the real run; pass E must use the tiles pass C chose (128, not the map's 64), and the
+    forward's grid the forward's. Timings are faked so the 128-wide tiles win."""
+    from triton.runtime import autotuner
+
+    specs = [(64, 64, 32, 4, 3), (128, 128, 64, 4, 3)]
+
+    def fake_bench(self, *args, config, **meta):
+        nargs = dict(zip(self.arg_names, args, strict=False))
+        full = {**nargs, **meta, **config.all_kwargs()}
+        self.pre_hook(full)  # what a timed run does to the buffers: zero, run, leave sums
+        self.fn.run(*args, **meta, **config.all_kwargs())
+        self.post_hook(full, exception=None)
+        return [1.0 if config.kwargs["BLOCK_B"] == 128 else 2.0] * 3
+
+    monkeypatch.setattr(autotuner.Autotuner, "_bench", fake_bench)
+    monkeypatch.setattr(linear_ce_triton, "_lse_tuned", linear_ce_triton._autotune(
+        linear_ce_triton._lse_kernel, specs, *linear_ce_triton._FWD_TUNE))
+    monkeypatch.setattr(linear_ce_triton, "_backward_tuned", linear_ce_triton._autotune(
+        linear_ce_triton._backward_kernel, specs, *linear_ce_triton._BWD_TUNE))
+    check_case(torch.float32, bias=True, softcap=20.0, shift=1, invalid=True, reduction="none",
+               z_loss=1e-2, with_lse=True, device=DEVICE, impl="triton")
+    assert linear_ce_triton._backward_tuned.best_config.kwargs["BLOCK_B"] == 128
+    assert linear_ce_triton._lse_tuned.best_config.kwargs["BLOCK_V"] == 128
+    # without a filter: the one fused pass, tuned, accumulating grad_e over every tile
+    check_case(torch.float16, bias=False, shift=0, invalid=False, reduction="mean",
+               filter_eps=None, device=DEVICE, impl="triton")

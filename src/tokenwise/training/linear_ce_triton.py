@@ -386,8 +386,8 @@ if triton is not None:
                  mask=mask)
 
     def _autotune(kernel, specs, key, reset):
-        if interpreting() or not _TUNE:
-            return None
+        """A tuner over ``specs`` for ``kernel``, keyed by ``key``, zeroing ``reset`` between
+        the runs it times (and before the real one)."""
         options = {}
         if "cache_results" in inspect.signature(triton.autotune).parameters:
             options["cache_results"] = True  # a tuned shape is not tuned again next process
@@ -396,9 +396,12 @@ if triton is not None:
 
     # the backward's key is the whole vocabulary (V_ALL), the same for every slice of a call,
     # so a call is tuned at its first launch, before anything has been accumulated
-    _lse_tuned = _autotune(_lse_kernel, _FWD_SPECS, ["V", "D", "M_BIN"], ["ColSum"])
-    _backward_tuned = _autotune(_backward_kernel, _BWD_SPECS, ["V_ALL", "D", "M_BIN"],
-                                ["GradE", "GradC", "GradB"])
+    _FWD_TUNE = (["V", "D", "M_BIN"], ["ColSum"])
+    _BWD_TUNE = (["V_ALL", "D", "M_BIN"], ["GradE", "GradC", "GradB"])
+    _lse_tuned = None if interpreting() or not _TUNE else _autotune(_lse_kernel, _FWD_SPECS,
+                                                                    *_FWD_TUNE)
+    _backward_tuned = None if interpreting() or not _TUNE else _autotune(
+        _backward_kernel, _BWD_SPECS, *_BWD_TUNE)
 
 
 def _m_bin(m_rows: int) -> int:
