@@ -73,6 +73,8 @@ import os
 import torch
 from torch import Tensor
 
+from tokenwise.training.counts import DeviceCount
+
 try:
     import triton
     import triton.language as tl
@@ -128,20 +130,19 @@ class TileStats:
 
     def __init__(self) -> None:
         self.tiles = 0
-        self._kept = 0
-        self._pending: list[Tensor] = []
+        self._kept = DeviceCount()
         self._entries: tuple[int, Tensor] | None = None
 
     def reset(self) -> None:
         """Forget every count."""
-        self.tiles = self._kept = 0
-        self._pending.clear()
+        self.tiles = 0
+        self._kept.reset()
         self._entries = None
 
     def add(self, tiles: int, kept: Tensor, entries: int, kept_entries: Tensor) -> None:
         """Count one backward's tiles and gradient entries (kept ones as 0-d device tensors)."""
         self.tiles += tiles
-        self._pending.append(kept)
+        self._kept.add(kept)
         self._entries = (entries, kept_entries)
 
     def take_entries(self) -> tuple[int, Tensor] | None:
@@ -152,10 +153,7 @@ class TileStats:
     @property
     def kept(self) -> int:
         """Tiles kept (formed and multiplied) so far."""
-        for t in self._pending:
-            self._kept += int(t.item())
-        self._pending.clear()
-        return self._kept
+        return self._kept.value
 
     @property
     def skipped(self) -> int:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tokenwise.training.counts import DeviceCount
+
 # Each transient logits block holds about this many elements (16 MiB in fp32): big enough for
 # efficient matrix products, small next to the gradients themselves.
 _BLOCK_ELEMENTS = 1 << 22
@@ -120,26 +122,19 @@ class _FilterStats:
 
     def __init__(self) -> None:
         self.total = 0
-        self._kept = 0
-        self._pending: list[Tensor] = []  # device counts (the Triton path), read when asked
+        self._kept = DeviceCount()  # the Triton path counts on the device, read when asked
 
     def reset(self) -> None:
-        self.total = self._kept = 0
-        self._pending.clear()
+        self.total = 0
+        self._kept.reset()
 
     def add(self, total: int, kept: int | Tensor) -> None:
         self.total += total
-        if isinstance(kept, Tensor):
-            self._pending.append(kept)
-        else:
-            self._kept += kept
+        self._kept.add(kept)
 
     @property
     def kept(self) -> int:
-        for t in self._pending:
-            self._kept += int(t.item())
-        self._pending.clear()
-        return self._kept
+        return self._kept.value
 
 
 _FILTER_STATS = _FilterStats()
