@@ -254,3 +254,23 @@ def test_tuned_path_under_the_interpreter(monkeypatch):
     # without a filter: the one fused pass, tuned, accumulating grad_e over every tile
     check_case(torch.float16, bias=False, shift=0, invalid=False, reduction="mean",
                filter_eps=None, device=DEVICE, impl="triton")
+
+
+@needs_kernels
+@pytest.mark.parametrize("which", ["e", "c", "bias"])
+def test_triton_only_some_inputs_need_a_gradient(which):
+    """A frozen classifier (or frozen embeddings, or only a bias to train) takes the same
+    gradients as the torch loops, filtered and not."""
+    e, c, targets, b = make_inputs(torch.float32, bias=True, invalid=True, device=DEVICE)
+    for eps in ("auto", None):
+        got = []
+        for impl, extra in (("triton", {}), ("torch", BLOCKS)):
+            leaves = {"e": e.clone(), "c": c.clone(), "bias": b.clone()}
+            leaves[which].requires_grad_()
+            loss = linear_cross_entropy(leaves["e"], leaves["c"], targets, bias=leaves["bias"],
+                                        shift=1, softcap=20.0, filter_eps=eps, impl=impl,
+                                        **extra)
+            loss.backward()
+            assert all(t.grad is None for k, t in leaves.items() if k != which)
+            got.append(leaves[which].grad)
+        torch.testing.assert_close(got[0], got[1], rtol=1e-4, atol=1e-6)

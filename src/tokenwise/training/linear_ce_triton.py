@@ -611,13 +611,12 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
             c_buf = torch.empty(min(step, v_size), d_size, dtype=torch.float32, device=device)
         b_buf = torch.empty(min(step, v_size), dtype=torch.float32, device=device) \
             if need_b else None
-        # one-hot term of grad_c: tokens sorted by their target's place in the column order
-        place = tgt if order is None else torch.empty_like(order).scatter_(
-            0, order, torch.arange(v_size, device=device))[tgt]
-        by_place = torch.argsort(place)
-        sorted_place = place[by_place]
-        bounds = torch.arange(0, v_size + step, step, device=device).clamp_(max=v_size)
-        cuts = torch.searchsorted(sorted_place, bounds).tolist()  # one host read
+        if need_c:  # one-hot term of grad_c: tokens sorted by their target's column place
+            place = tgt if order is None else torch.empty_like(order).scatter_(
+                0, order, torch.arange(v_size, device=device))[tgt]
+            by_place = torch.argsort(place)
+            bounds = torch.arange(0, v_size + step, step, device=device).clamp_(max=v_size)
+            cuts = torch.searchsorted(place[by_place], bounds).tolist()  # one host read
         for k, v0 in enumerate(range(0, v_size, step)):
             v1 = min(v0 + step, v_size)
             if c_buf is not None:
@@ -635,8 +634,8 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
                          COMPUTE_DB=need_b)
             _launch(args, flags, modes, m_rows, v1 - v0, tuned=True)
             # the one-hot term of the tokens whose target lies in this slice
-            tok = by_place[cuts[k]:cuts[k + 1]]
-            if need_c and tok.numel():
+            tok = by_place[cuts[k]:cuts[k + 1]] if need_c else None
+            if tok is not None and tok.numel():
                 dest = tgt.index_select(0, tok) if direct_c else place.index_select(0, tok) - v0
                 _onehot_scatter(e_in, rows, tok, dest, onehot.index_select(0, tok),
                                 grad_c if direct_c else c_buf)
