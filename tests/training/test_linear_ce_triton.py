@@ -71,19 +71,21 @@ def test_triton_agrees_with_torch_loops_and_skips_filtered_tiles():
         results.append((loss.detach(), lse.detach(), ee.grad, cc.grad, bb.grad))
     for ours, theirs in zip(*results, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
-    # a threshold above every softmax term skips every tile; the one-hot term is exact
+    # a threshold above every softmax term skips every tile; each target column's gradient,
+    # (p_t - 1) / M for a mean loss, is applied outside the tiles, exactly
     ee, cc, bb = (t.clone().requires_grad_() for t in (e, c, b))
     linear_ce_triton.TILE_STATS.reset()
     linear_cross_entropy(ee, cc, targets, bias=bb, filter_eps=1.0, impl="triton").backward()
     assert linear_ce_triton.TILE_STATS.kept == 0 < linear_ce_triton.TILE_STATS.tiles
     flat_e, flat_t = e.reshape(-1, e.shape[-1]), targets.reshape(-1)
     valid = flat_t != IGNORE
-    w = -1.0 / int(valid.sum())  # -g for a mean loss
+    ev, tv = flat_e[valid], flat_t[valid]
+    p_t = (ev @ c.T + b).softmax(1)[torch.arange(len(tv)), tv]
+    w = (p_t - 1.0) / int(valid.sum())
     want_e = torch.zeros_like(flat_e)
-    want_e[valid] = w * c[flat_t[valid]]
-    want_c = torch.zeros_like(c).index_add_(0, flat_t[valid], w * flat_e[valid])
-    want_b = torch.zeros_like(b).index_add_(0, flat_t[valid], torch.full_like(flat_t[valid], w,
-                                                                              dtype=b.dtype))
+    want_e[valid] = w[:, None] * c[tv]
+    want_c = torch.zeros_like(c).index_add_(0, tv, w[:, None] * ev)
+    want_b = torch.zeros_like(b).index_add_(0, tv, w)
     torch.testing.assert_close(ee.grad.reshape(-1, e.shape[-1]), want_e)
     torch.testing.assert_close(cc.grad, want_c)
     torch.testing.assert_close(bb.grad, want_b)
@@ -243,14 +245,14 @@ def test_tuned_path_under_the_interpreter(monkeypatch):
         return [1.0 if config.kwargs["BLOCK_B"] == 128 else 2.0] * 3
 
     monkeypatch.setattr(autotuner.Autotuner, "_bench", fake_bench)
-    monkeypatch.setattr(linear_ce_triton, "_lse_tuned", linear_ce_triton._autotune(
-        linear_ce_triton._lse_kernel, specs, *linear_ce_triton._FWD_TUNE))
-    monkeypatch.setattr(linear_ce_triton, "_backward_tuned", linear_ce_triton._autotune(
-        linear_ce_triton._backward_kernel, specs, *linear_ce_triton._BWD_TUNE))
+    tuners = {(kind, fp32): linear_ce_triton._autotune(kernel, specs, *tune)
+              for kind, (kernel, tune) in linear_ce_triton._KERNELS.items()
+              for fp32 in (False, True)}
+    monkeypatch.setattr(linear_ce_triton, "_TUNERS", tuners)
     check_case(torch.float32, bias=True, softcap=20.0, shift=1, invalid=True, reduction="none",
                z_loss=1e-2, with_lse=True, device=DEVICE, impl="triton")
-    assert linear_ce_triton._backward_tuned.best_config.kwargs["BLOCK_B"] == 128
-    assert linear_ce_triton._lse_tuned.best_config.kwargs["BLOCK_V"] == 128
+    assert tuners[("backward", True)].best_config.kwargs["BLOCK_B"] == 128
+    assert tuners[("forward", True)].best_config.kwargs["BLOCK_V"] == 128
     # without a filter: the one fused pass, tuned, accumulating grad_e over every tile
     check_case(torch.float16, bias=False, shift=0, invalid=False, reduction="mean",
                filter_eps=None, device=DEVICE, impl="triton")

@@ -38,6 +38,7 @@ FWD_TYPES = dict(E=BF16, C=BF16, Bias=BF16, Rows="*i64", PartMax="*fp32", PartSu
                  M_BIN="i32", stride_e0="i32", stride_e1="i32", stride_c0="i32",
                  stride_c1="i32", softcap="fp32")
 BWD_TYPES = dict(E=BF16, C=BF16, Bias=BF16, Rows="*i64", Lse="*fp32", A="*fp32", Thr="*fp32",
+                 TgtPlace="*i32",
                  Order="*i64", Keep="*u8", GradE="*fp32", GradC="*fp32", GradB="*fp32",
                  M="i32", n_cols="i32", D="i32", row0="i32", col0="i32", keep_stride="i32",
                  V_ALL="i32", M_BIN="i32", stride_e0="i32", stride_e1="i32", stride_c0="i32",
@@ -74,24 +75,34 @@ def compile_usage(fn, types: dict, consts: dict, warps: int, stages: int) -> dic
     return usage
 
 
-def _tiles(spec: tuple) -> dict:
+def _options(spec: tuple, fp32: bool) -> dict:
     b, v, d, _, _ = spec
+    # every option on: the most live values, so the worst case for registers
     return dict(BLOCK_B=b, BLOCK_V=v, BLOCK_D=d, stride_e1=1, stride_c1=1,
-                DOT_PRECISION="tf32", HAS_BIAS=False, HAS_SOFTCAP=False, HAS_ROWS=False)
+                DOT_PRECISION="ieee" if fp32 else "tf32", HAS_BIAS=True, HAS_SOFTCAP=True,
+                HAS_ROWS=True)
 
 
-@pytest.mark.parametrize("spec", K._FWD_SPECS)
-def test_forward_candidates_compile_without_spills(spec):
-    usage = compile_usage(K._lse_kernel, FWD_TYPES,
-                          {**_tiles(spec), "HAS_ENTROPY": False, "HAS_COLSUM": True}, *spec[3:])
+def _types(types: dict, fp32: bool) -> dict:
+    return {k: ("*fp32" if fp32 and v == BF16 else v) for k, v in types.items()}
+
+
+@pytest.mark.parametrize(("fp32", "spec"), [(f, s) for (k, f), specs in K._SPECS.items()
+                                            if k == "forward" for s in specs])
+def test_forward_candidates_compile_without_spills(fp32, spec):
+    usage = compile_usage(K._lse_kernel, _types(FWD_TYPES, fp32),
+                          {**_options(spec, fp32), "HAS_ENTROPY": True, "HAS_COLSUM": True},
+                          *spec[3:])
     assert usage["STACK"] == 0, (spec, usage)
 
 
-@pytest.mark.parametrize("spec", K._BWD_SPECS)
+@pytest.mark.parametrize(("fp32", "spec"), [(f, s) for (k, f), specs in K._SPECS.items()
+                                            if k == "backward" for s in specs])
 @pytest.mark.parametrize("name", sorted(PASSES))
-def test_backward_candidates_compile_without_spills(spec, name):
-    usage = compile_usage(K._backward_kernel, BWD_TYPES,
-                          {**_tiles(spec), "GROUP_B": K._GROUP_B, **PASSES[name]}, *spec[3:])
+def test_backward_candidates_compile_without_spills(fp32, spec, name):
+    usage = compile_usage(K._backward_kernel, _types(BWD_TYPES, fp32),
+                          {**_options(spec, fp32), "GROUP_B": K._GROUP_B, **PASSES[name]},
+                          *spec[3:])
     assert usage["STACK"] == 0, (spec, name, usage)
 
 

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 __all__ = ["DeviceCount"]
@@ -24,28 +25,29 @@ class DeviceCount:
 
     def __init__(self) -> None:
         self._value = 0
-        self._pending: list[Tensor] = []
+        self._pending: Tensor | None = None  # one running device sum, however many adds
 
     def add(self, n: int | Tensor) -> None:
-        """Add an int now, or a 0-d tensor when the value is next read.
+        """Add an int now, or a 0-d tensor into a running sum on its device.
 
         Args:
             n: the amount.
         """
         if isinstance(n, Tensor):
-            self._pending.append(n)
+            n = n.to(torch.int64)
+            self._pending = n if self._pending is None else self._pending + n
         else:
             self._value += n
 
     def reset(self) -> None:
         """Back to zero, dropping what was not read."""
         self._value = 0
-        self._pending.clear()
+        self._pending = None
 
     @property
     def value(self) -> int:
         """The sum so far."""
-        for t in self._pending:
-            self._value += int(t.item())
-        self._pending.clear()
+        if self._pending is not None:
+            self._value += int(self._pending.item())
+            self._pending = None
         return self._value

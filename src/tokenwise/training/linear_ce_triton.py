@@ -11,47 +11,53 @@ comparing a whole tile with the targets in the walk cost more registers than the
 
 Backward. The gradient of the logits is split in two:
 
-* the softmax term ``d = p * a * s`` (``a`` the per-token weight of the softmax, ``s`` the
-  softcap's factor ``1 - (z / softcap)^2``, 1 without one) is formed in registers, tile by tile;
-* the one-hot term ``-g * s_t`` at each token's own target column is applied outside the tiles,
-  exactly (a gather of classifier rows for grad_e, an ``index_add`` of embedding rows for
-  grad_c, one entry per token for the bias).
+* off each token's target column, the softmax term ``d = p * a * s`` (``a`` the per-token weight
+  of the softmax, ``s`` the softcap's factor ``1 - (z / softcap)^2``, 1 without one) is formed
+  in registers, tile by tile;
+* each token's target column, whole, ``(p_t * a - g) * s_t``, is applied outside the tiles in
+  fp32 (a gather of classifier rows for grad_e, an ``index_add`` of embedding rows for grad_c,
+  one entry per token for the bias), from the forward's target logit and lse. It is never cast
+  to the inputs' dtype, so a confident token's small ``p_t - 1`` keeps its precision (formed in
+  a tile, ``p_t * a`` would be rounded to bf16 before the ``- g``).
 
-The filter therefore tests the actual gradient of the softmax term, upstream gradient and
-softcap's chain rule included: a (token block, vocabulary tile) is skipped when every ``|d|`` in
-it is below ``filter_eps * u`` for its token's upstream scale ``u = max(|a|, |g|)`` (the CPU
-recompute path's relative rule). A target column never keeps a tile alive by its one-hot term
-alone: on random-init logits at V = 256k the softmax term is negligible everywhere and every
-tile is skipped. The columns are walked in descending order of their summed logits from the
-forward, so the columns whose softmax matters gather in few tiles (the reference sorts its
-vocabulary the same way).
+The filter therefore tests the actual gradient off the targets, upstream gradient and softcap's
+chain rule included: a (token block, vocabulary tile) is skipped when every ``|d|`` in it is
+below ``filter_eps * u`` for its token's upstream scale ``u = max(|a|, |g|)`` (the CPU recompute
+path's relative rule). A target column never keeps a tile alive: on random-init logits at V =
+256k the softmax term is negligible nearly everywhere else and nearly every tile is skipped.
+The columns are walked in descending order of their summed logits from the forward, so the
+columns whose softmax matters gather in few tiles (the reference sorts its vocabulary the same
+way).
 
 With a filter the backward runs two passes over the (token block, vocabulary tile) grid:
 
 * ``_backward_kernel`` in pass C: recompute the tile's logits, form ``d``, store whether the
   tile is kept, and for a kept tile add ``d^T @ e`` into an fp32 buffer of grad_c rows and its
-  column sums into the bias gradient (fp32 atomic adds: only the token blocks that keep a tile
-  add into its rows);
+  column sums into the bias gradient (relaxed fp32 atomic adds: only the token blocks that keep
+  a tile add into its rows);
 * the same kernel in pass E: a program whose tile pass C skipped returns at once; a kept tile is
   recomputed and adds ``d @ c`` into an fp32 buffer of grad_e rows. No program adds into grad_e
   for a skipped tile, so on a trained model's softmax pass E costs a few percent of a product.
 
-Without a filter every tile is kept anyway, and one pass adds into both gradients.
+Without a filter (``filter_eps=None``: every tile is kept anyway) one pass adds into both
+gradients, and grad_e is then accumulated in fp32 for all tokens at once (``M x D x 4`` bytes
+beside the gradients, unless grad_e is fp32 and every token is valid: then in place).
 
-Memory: the fp32 accumulators are bounded. grad_c is accumulated one vocabulary slice at a time
-(at most ``GRAD_C_SLICE_BYTES``) and grad_e one token slice at a time (at most
-``GRAD_E_SLICE_BYTES``), each cast into the returned gradient, which has the inputs' dtype, before
-the next slice (an fp32 classifier's gradient is accumulated in place). fp32 inputs use
-full-precision (``ieee``) dot products, not TF32; bf16/fp16 tiles of ``d`` go into the products in
-the inputs' dtype with fp32 accumulation.
+Memory with a filter: the fp32 accumulators are bounded. grad_c is accumulated one vocabulary
+slice at a time (at most ``GRAD_C_SLICE_BYTES``) and grad_e one token slice at a time (at most
+``GRAD_E_SLICE_BYTES``; the two buffers never live at once), each cast into the returned
+gradient, which has the inputs' dtype, before the next slice (an fp32 classifier's gradient is
+accumulated in place). fp32 inputs use full-precision (``ieee``) dot products, not TF32;
+bf16/fp16 tiles of ``d`` go into the products in the inputs' dtype with fp32 accumulation.
 
 Tiles: on CUDA each kernel is autotuned (``triton.autotune``, keyed by vocabulary size, width
-and a power-of-two bucket of the token count) over ``_FWD_SPECS`` / ``_BWD_SPECS``; pass E
-runs with the tiles pass C chose (they share the keep map). Tuning compiles every candidate for
-each new combination of dtypes and options (about a minute, once; tuned choices are cached on
-disk where Triton supports it); ``TOKENWISE_TRITON_AUTOTUNE=0`` (read at import) runs each
-list's first config instead. Skipped and kept tiles are counted on the device (``TILE_STATS``;
-reading it waits for the GPU).
+and a power-of-two bucket of the token count) over ``_SPECS``, for 16-bit and fp32 operands
+apart (fp32 needs smaller tiles); pass E runs with the tiles pass C chose (they share the keep
+map). Tuning compiles every candidate for each new combination of dtypes and options (about a
+minute, once; tuned choices are cached on disk where Triton supports it);
+``TOKENWISE_TRITON_AUTOTUNE=0`` (read at import) runs each list's first config instead.
+Skipped and kept tiles are counted on the device (``TILE_STATS``; reading it waits for the
+GPU).
 
 Without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` set before
 this module is imported, CPU tensors, ``impl="triton"``), which is how CI checks them, with
@@ -88,11 +94,11 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # largest fp32 buffers: one vocabulary slice of grad_c (when c is bf16/fp16) and one token slice
 # of grad_e (see the module docstring); slices start at multiples of _ALIGN
 GRAD_C_SLICE_BYTES = 32 * 1024 * 1024
-GRAD_E_SLICE_BYTES = 8 * 1024 * 1024
+GRAD_E_SLICE_BYTES = 32 * 1024 * 1024
 # slice starts are multiples of this, so every config's BLOCK_B / BLOCK_V divides them
 _ALIGN = 256
-# one-hot rows handled per torch call (bounds the fp32 temporaries to _ONEHOT_ROWS x D)
-_ONEHOT_ROWS = 256
+# target-column rows handled per torch call (bounds the fp32 temporaries to _TARGET_ROWS x D)
+_TARGET_ROWS = 256
 # tiles of the backward grid taken in groups of this many token blocks (L2 reuse of c's rows)
 _GROUP_B = 8
 
@@ -169,20 +175,30 @@ def _configs(specs: list[tuple[int, int, int, int, int]]) -> list:
             for b, v, d, w, s in specs]
 
 
-# (BLOCK_B, BLOCK_V, BLOCK_D, num_warps, num_stages). Every candidate compiles for sm_90 in
-# bf16 without spilling registers (checked with Triton's compiler and cuobjdump, no GPU
-# needed; the fused no-filter pass spills a little at 128 x 64); every BLOCK_B / BLOCK_V
-# divides _ALIGN. The first of each list runs when tuning is off (TOKENWISE_TRITON_AUTOTUNE=0);
-# the interpreter runs _INTERPRETER_SPEC.
-_FWD_SPECS = [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 128, 8, 3),
-              (256, 64, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 32, 4, 3)]
-_BWD_SPECS = [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 32, 4, 4),
-              (256, 128, 32, 8, 3), (64, 256, 64, 8, 3), (64, 128, 64, 4, 4),
-              (128, 64, 64, 4, 4), (64, 64, 32, 4, 3)]
+# (BLOCK_B, BLOCK_V, BLOCK_D, num_warps, num_stages) per kernel and per operand width: 16-bit
+# operands (bf16/fp16, Hopper's wgmma) and fp32 operands (full-precision dots, plain mma, twice
+# the registers per element). Every candidate compiles for sm_90 without spilling registers
+# with bias, softcap, a row map and the entropy on (checked with Triton's compiler and
+# cuobjdump, no GPU needed: tests/training/test_linear_ce_triton_compile.py); every BLOCK_B /
+# BLOCK_V divides _ALIGN. The first of a list runs when tuning is off
+# (TOKENWISE_TRITON_AUTOTUNE=0); the interpreter runs _INTERPRETER_SPEC.
+_SPECS = {
+    ("forward", False): [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 128, 8, 3),
+                         (256, 64, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
+                         (64, 64, 32, 4, 3)],
+    ("backward", False): [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (256, 64, 64, 8, 3),
+                          (64, 256, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
+                          (64, 64, 32, 4, 3)],
+    ("forward", True): [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 2),
+                        (32, 64, 32, 4, 3)],
+    ("backward", True): [(64, 64, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3),
+                         (64, 64, 32, 4, 2), (32, 64, 32, 4, 3)],
+}
 _INTERPRETER_SPEC = (64, 64, 32, 4, 3)
 _TUNE = os.environ.get("TOKENWISE_TRITON_AUTOTUNE", "1") not in ("", "0")
-_MIN_BLOCK_B = min(s[0] for s in [*_BWD_SPECS, _INTERPRETER_SPEC])
-_MIN_BLOCK_V = min(s[1] for s in [*_BWD_SPECS, _INTERPRETER_SPEC])
+_ALL_SPECS = [_INTERPRETER_SPEC, *(spec for specs in _SPECS.values() for spec in specs)]
+_MIN_BLOCK_B = min(spec[0] for spec in _ALL_SPECS)
+_MIN_BLOCK_V = min(spec[1] for spec in _ALL_SPECS)
 
 
 if triton is not None:
@@ -240,7 +256,7 @@ if triton is not None:
                              HAS_SOFTCAP, DOT_PRECISION)
             if HAS_COLSUM:
                 col = tl.sum(tl.where(b_mask[:, None], z, 0.0), 0)
-                tl.atomic_add(ColSum + offs_v, col, mask=v_mask)
+                tl.atomic_add(ColSum + offs_v, col, mask=v_mask, sem="relaxed")
             z = tl.where(v_mask[None, :], z, float("-inf"))
             new_max = tl.maximum(run_max, tl.max(z, 1))
             rescale = tl.exp(run_max - new_max)  # 0 on the first tile (run_max = -inf)
@@ -288,7 +304,8 @@ if triton is not None:
         tl.store(Out + offs_t, acc, mask=t_mask)
 
     @triton.jit
-    def _backward_kernel(E, C, Bias, Rows, Lse, A, Thr, Order, Keep, GradE, GradC, GradB,
+    def _backward_kernel(E, C, Bias, Rows, Lse, A, Thr, TgtPlace, Order, Keep, GradE, GradC,
+                         GradB,
                          M, n_cols, D, row0, col0, keep_stride, V_ALL, M_BIN,
                          stride_e0, stride_e1, stride_c0, stride_c1, softcap,
                          BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -299,7 +316,7 @@ if triton is not None:
                          COMPUTE_DC: tl.constexpr, DC_BY_COLUMN: tl.constexpr,
                          COMPUTE_DB: tl.constexpr, DOT_PRECISION: tl.constexpr):
         # tiles of this launch: tokens [row0, row0 + M) x columns [col0, col0 + n_cols) of the
-        # (ordered) vocabulary; pointers Rows/Lse/A/Thr/GradE start at row0, Order/GradC
+        # (ordered) vocabulary; pointers Rows/Lse/A/Thr/TgtPlace/GradE start at row0, Order/GradC
         # (unless DC_BY_COLUMN)/GradB at col0. Programs go over GROUP_B token blocks first,
         # then the next vocabulary tile, so programs running together share c's rows in L2.
         pid = tl.program_id(0)
@@ -331,8 +348,11 @@ if triton is not None:
                          HAS_SOFTCAP, DOT_PRECISION)
         lse = tl.load(Lse + offs_b, mask=b_mask, other=float("inf"))
         a = tl.load(A + offs_b, mask=b_mask, other=0.0)
-        # the softmax term of dLoss/dlogit; the one-hot term is applied outside the tiles
-        d = tl.where(v_mask[None, :], tl.exp(z - lse[:, None]), 0.0) * a[:, None]
+        # the softmax term of dLoss/dlogit off each token's target column; the target column's
+        # whole gradient is applied outside the tiles, in fp32
+        tcol = tl.load(TgtPlace + offs_b, mask=b_mask, other=-1) - col0  # int32
+        at_t = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V))[None, :] == tcol[:, None]
+        d = tl.where(v_mask[None, :] & ~at_t, tl.exp(z - lse[:, None]), 0.0) * a[:, None]
         if HAS_SOFTCAP:
             zs = z / softcap
             d = d * (1.0 - zs * zs)
@@ -346,15 +366,15 @@ if triton is not None:
         d_in = d.to(E.dtype.element_ty)
         offs_d = tl.arange(0, BLOCK_D)
         if COMPUTE_DB:
-            tl.atomic_add(GradB + local_v, tl.sum(d, 0), mask=v_mask)
+            tl.atomic_add(GradB + local_v, tl.sum(d, 0), mask=v_mask, sem="relaxed")
         if COMPUTE_DE:
             for d0 in range(0, D, BLOCK_D):
                 d_mask = (d0 + offs_d) < D
                 c = tl.load(C + cols[:, None] * stride_c0 + (d0 + offs_d)[None, :] * stride_c1,
                             mask=v_mask[:, None] & d_mask[None, :], other=0.0)
                 part = tl.dot(d_in, c, input_precision=DOT_PRECISION)  # (BLOCK_B, BLOCK_D)
-                tl.atomic_add(GradE + offs_b[:, None] * D + (d0 + offs_d)[None, :], part,
-                              mask=b_mask[:, None] & d_mask[None, :])
+                tl.atomic_add(GradE + offs_b.to(tl.int64)[:, None] * D + (d0 + offs_d)[None, :],
+                              part, mask=b_mask[:, None] & d_mask[None, :], sem="relaxed")
         if COMPUTE_DC:
             if DC_BY_COLUMN:  # noqa: SIM108 - a plain if on a constexpr compiles everywhere
                 dc_rows = cols
@@ -367,7 +387,7 @@ if triton is not None:
                             mask=b_mask[:, None] & d_mask[None, :], other=0.0)
                 part = tl.dot(d_t, e, input_precision=DOT_PRECISION)  # (BLOCK_V, BLOCK_D)
                 tl.atomic_add(GradC + dc_rows[:, None] * D + (d0 + offs_d)[None, :], part,
-                              mask=v_mask[:, None] & d_mask[None, :])
+                              mask=v_mask[:, None] & d_mask[None, :], sem="relaxed")
 
     @triton.jit
     def _store_rows_kernel(Src, Dst, Index, n_rows, D, stride_dst, HAS_INDEX: tl.constexpr,
@@ -394,12 +414,14 @@ if triton is not None:
 
     # the backward's key is the whole vocabulary (V_ALL), the same for every slice of a call,
     # so a call is tuned at its first launch, before anything has been accumulated
-    _FWD_TUNE = (["V", "D", "M_BIN"], ["ColSum"])
-    _BWD_TUNE = (["V_ALL", "D", "M_BIN"], ["GradE", "GradC", "GradB"])
-    _lse_tuned = None if interpreting() or not _TUNE else _autotune(_lse_kernel, _FWD_SPECS,
-                                                                    *_FWD_TUNE)
-    _backward_tuned = None if interpreting() or not _TUNE else _autotune(
-        _backward_kernel, _BWD_SPECS, *_BWD_TUNE)
+    # kernel, (key, accumulators the tuner zeroes) per kind
+    _KERNELS = {"forward": (_lse_kernel, (["V", "D", "M_BIN"], ["ColSum"])),
+                "backward": (_backward_kernel, (["V_ALL", "D", "M_BIN"],
+                                                ["GradE", "GradC", "GradB"]))}
+    # one tuner per kind and operand width; none under the interpreter or with tuning off
+    _TUNERS = {} if interpreting() or not _TUNE else {
+        (kind, fp32): _autotune(_KERNELS[kind][0], specs, *_KERNELS[kind][1])
+        for (kind, fp32), specs in _SPECS.items()}
 
 
 def _m_bin(m_rows: int) -> int:
@@ -407,18 +429,15 @@ def _m_bin(m_rows: int) -> int:
     return max(256, 1 << max(0, m_rows - 1).bit_length())
 
 
-def _fixed(specs: list[tuple[int, int, int, int, int]]) -> dict:
-    """Launch options without tuning: the interpreter's small tiles, else the list's first."""
-    b, v, d, w, s = _INTERPRETER_SPEC if interpreting() else specs[0]
+def _chosen(kind: str, fp32: bool) -> dict:
+    """Launch options: the tuner's last choice for ``kind`` ("forward"/"backward") and operand
+    width; without a tuner the interpreter's small tiles, else the list's first."""
+    tuner = _TUNERS.get((kind, fp32))
+    if tuner is not None:
+        cfg = tuner.best_config
+        return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    b, v, d, w, s = _INTERPRETER_SPEC if interpreting() else _SPECS[(kind, fp32)][0]
     return {"BLOCK_B": b, "BLOCK_V": v, "BLOCK_D": d, "num_warps": w, "num_stages": s}
-
-
-def _chosen(tuned, specs: list[tuple[int, int, int, int, int]]) -> dict:
-    """The launch options of a tuner's last choice (:func:`_fixed` when not tuned)."""
-    if tuned is None:
-        return _fixed(specs)
-    cfg = tuned.best_config
-    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
 def _common_dtype(e2: Tensor, c: Tensor) -> tuple[Tensor, Tensor, str]:
@@ -494,11 +513,12 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
         target_logit, m_rows, d_size, e2.stride(0), e2.stride(1), c.stride(0), c.stride(1),
         softcap_arg, BLOCK_T=16, BLOCK_D=128, HAS_BIAS=bias is not None,
         HAS_SOFTCAP=softcap is not None, HAS_ROWS=rows is not None)
-    if _lse_tuned is None:
-        opts = _fixed(_FWD_SPECS)
+    tuner = _TUNERS.get(("forward", precision == "ieee"))
+    if tuner is None:
+        opts = _chosen("forward", precision == "ieee")
         _lse_kernel[(triton.cdiv(m_rows, opts["BLOCK_B"]), n_split)](*args, **flags, **opts)
     else:
-        _lse_tuned[lambda meta: (triton.cdiv(m_rows, meta["BLOCK_B"]), n_split)](*args, **flags)
+        tuner[lambda meta: (triton.cdiv(m_rows, meta["BLOCK_B"]), n_split)](*args, **flags)
     # merge the vocabulary slices: (S, M) -> (M,)
     top = part_max.amax(0)  # (M,)
     weight = (part_max - top).exp()  # (S, M)
@@ -512,18 +532,18 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
     return lse, target_logit, entropy, col_sums
 
 
-def _onehot_rows(c: Tensor, idx: Tensor, coef: Tensor, out: Tensor) -> None:
-    """``out[k] += coef[k] * c[idx[k]]`` in fp32, ``_ONEHOT_ROWS`` rows at a time."""
-    for k0 in range(0, idx.numel(), _ONEHOT_ROWS):
-        k1 = min(k0 + _ONEHOT_ROWS, idx.numel())
+def _target_rows(c: Tensor, idx: Tensor, coef: Tensor, out: Tensor) -> None:
+    """``out[k] += coef[k] * c[idx[k]]`` in fp32, ``_TARGET_ROWS`` rows at a time."""
+    for k0 in range(0, idx.numel(), _TARGET_ROWS):
+        k1 = min(k0 + _TARGET_ROWS, idx.numel())
         out[k0:k1].addcmul_(c.index_select(0, idx[k0:k1]).float(), coef[k0:k1, None])
 
 
-def _onehot_scatter(e2: Tensor, rows: Tensor | None, tokens: Tensor, dest: Tensor,
+def _target_scatter(e2: Tensor, rows: Tensor | None, tokens: Tensor, dest: Tensor,
                     coef: Tensor, out: Tensor) -> None:
     """``out[dest[k]] += coef[k] * e2[row of tokens[k]]`` in fp32, a few rows at a time."""
-    for k0 in range(0, tokens.numel(), _ONEHOT_ROWS):
-        k1 = min(k0 + _ONEHOT_ROWS, tokens.numel())
+    for k0 in range(0, tokens.numel(), _TARGET_ROWS):
+        k1 = min(k0 + _TARGET_ROWS, tokens.numel())
         tok = tokens[k0:k1]
         src = e2.index_select(0, tok if rows is None else rows.index_select(0, tok))
         out.index_add_(0, dest[k0:k1], src.float() * coef[k0:k1, None])
@@ -543,13 +563,13 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
         e2, c, bias, rows, tgt: as in :func:`lse_forward`.
         lse: fp32 ``(M,)`` from the forward pass.
         a: fp32 ``(M,)`` weight of the softmax term per token.
-        g: fp32 ``(M,)`` weight of the one-hot term per token.
+        g: fp32 ``(M,)`` weight of the one-hot term per token (``dLoss/dz_t = p_t a - g``).
         softcap: softcap value or None.
         filter_eps: skip the tiles whose softmax term is everywhere below ``filter_eps`` times
             its token's ``max(|a|, |g|)``; None or 0 never skips.
         need: which of (e, c, bias) need a gradient.
-        target_logit: fp32 ``(M,)`` softcapped target logits from the forward (needed with a
-            softcap, for the one-hot term's chain rule).
+        target_logit: fp32 ``(M,)`` (softcapped) target logits from the forward; each target
+            column's gradient is formed from it outside the tiles.
         column_sums: fp32 ``(V,)`` from the forward; with a filter, the columns are walked in
             descending order of it (None: in vocabulary order).
 
@@ -571,17 +591,24 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
         if grad_c is not None:
             grad_c.zero_()
         return grad_e, grad_c, grad_b
-    if softcap is not None and target_logit is None:
-        raise ValueError("backward with a softcap needs the forward's target_logit")
+    if target_logit is None:
+        raise ValueError("backward needs the forward's target_logit")
     filtered = bool(filter_eps) and filter_eps > 0
     a32, g32 = a.float().contiguous(), g.float().contiguous()
     lse32 = lse.float().contiguous()
-    # the one-hot term per token: -g times the softcap's factor at the target
-    onehot = -g32 if softcap is None else -g32 * (1.0 - (target_logit.float() / softcap) ** 2)
+    # each token's target column, whole, in fp32: (p_t * a - g) times the softcap's factor
+    z_t = target_logit.float()
+    target_term = (z_t - lse32).exp() * a32 - g32
+    if softcap is not None:
+        target_term = target_term * (1.0 - (z_t / softcap) ** 2)
     thr = (torch.maximum(a32.abs(), g32.abs()) * filter_eps).contiguous() if filtered else a32
     order = None
     if filtered and column_sums is not None:
         order = torch.argsort(column_sums, descending=True)
+    # each target's place in the order the kernels walk the columns (int32: V < 2**31)
+    place = tgt if order is None else torch.empty_like(order).scatter_(
+        0, order, torch.arange(v_size, device=device))[tgt]
+    place32 = place.to(torch.int32)
     scratch = torch.zeros(1, dtype=torch.float32, device=device)  # unused pointers
     keep = torch.zeros(triton.cdiv(m_rows, _MIN_BLOCK_B), triton.cdiv(v_size, _MIN_BLOCK_V),
                        dtype=torch.uint8, device=device) if filtered else scratch
@@ -611,9 +638,7 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
             c_buf = torch.empty(min(step, v_size), d_size, dtype=torch.float32, device=device)
         b_buf = torch.empty(min(step, v_size), dtype=torch.float32, device=device) \
             if need_b else None
-        if need_c:  # one-hot term of grad_c: tokens sorted by their target's column place
-            place = tgt if order is None else torch.empty_like(order).scatter_(
-                0, order, torch.arange(v_size, device=device))[tgt]
+        if need_c:  # target columns of grad_c: tokens sorted by their target's place
             by_place = torch.argsort(place)
             bounds = torch.arange(0, v_size + step, step, device=device).clamp_(max=v_size)
             cuts = torch.searchsorted(place[by_place], bounds).tolist()  # one host read
@@ -625,7 +650,7 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
                 b_buf.zero_()
             gc = grad_c if direct_c else (c_buf if c_buf is not None else scratch)
             args = (e_in, c_in, bias if bias is not None else scratch, rows_arg, lse32, a32, thr,
-                    order[v0:v1] if order is not None else scratch, keep,
+                    place32, order[v0:v1] if order is not None else scratch, keep,
                     e_acc if e_acc is not None else scratch, gc,
                     b_buf if b_buf is not None else scratch, m_rows, v1 - v0, d_size, 0, v0,
                     keep.shape[1] if filtered else 0, v_size, m_bin, *strides)
@@ -633,11 +658,11 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
                          COMPUTE_DE=fused_e, COMPUTE_DC=need_c, DC_BY_COLUMN=direct_c,
                          COMPUTE_DB=need_b)
             _launch(args, flags, modes, m_rows, v1 - v0, tuned=True)
-            # the one-hot term of the tokens whose target lies in this slice
+            # the target columns of the tokens whose target lies in this slice
             tok = by_place[cuts[k]:cuts[k + 1]] if need_c else None
             if tok is not None and tok.numel():
                 dest = tgt.index_select(0, tok) if direct_c else place.index_select(0, tok) - v0
-                _onehot_scatter(e_in, rows, tok, dest, onehot.index_select(0, tok),
+                _target_scatter(e_in, rows, tok, dest, target_term.index_select(0, tok),
                                 grad_c if direct_c else c_buf)
             if c_buf is not None:
                 _store_rows(c_buf[: v1 - v0], grad_c if order is not None else grad_c[v0:v1],
@@ -648,10 +673,10 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
                 else:
                     grad_b.index_add_(0, order[v0:v1], b_buf[: v1 - v0])
         if need_b:
-            grad_b.index_add_(0, tgt, onehot)
+            grad_b.index_add_(0, tgt, target_term)
         del c_buf, b_buf  # before pass E allocates its own buffer
     if filtered:
-        opts = _chosen(_backward_tuned, _BWD_SPECS)
+        opts = _chosen("backward", precision == "ieee")
         n_tb = triton.cdiv(m_rows, opts["BLOCK_B"])
         n_vt = triton.cdiv(v_size, opts["BLOCK_V"])
         # the kernels index the map by the tiles they ran with (row stride: the smallest's)
@@ -673,19 +698,20 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
             buf = grad_e[t0:t1] if direct_e else e_buf[: t1 - t0].zero_()
             args = (e_in, c_in, bias if bias is not None else scratch,
                     rows[t0:t1] if rows is not None else tgt, lse32[t0:t1], a32[t0:t1],
-                    thr[t0:t1], order if order is not None else scratch, keep, buf, scratch,
+                    thr[t0:t1], place32[t0:t1], order if order is not None else scratch, keep,
+                    buf, scratch,
                     scratch, t1 - t0, v_size, d_size, t0, 0, keep.shape[1], v_size, m_bin,
                     *strides)
             modes = dict(HAS_ORDER=order is not None, WRITE_KEEP=False, READ_KEEP=True,
                          COMPUTE_DE=True, COMPUTE_DC=False, DC_BY_COLUMN=False,
                          COMPUTE_DB=False)
             _launch(args, flags, modes, t1 - t0, v_size, tuned=False)
-            _onehot_rows(c_in, tgt[t0:t1], onehot[t0:t1], buf)
+            _target_rows(c_in, tgt[t0:t1], target_term[t0:t1], buf)
             if not direct_e:
                 _store_rows(buf, grad_e[t0:t1] if rows is None else grad_e,
                             None if rows is None else rows[t0:t1])
     elif fused_e:
-        _onehot_rows(c_in, tgt, onehot, e_acc)
+        _target_rows(c_in, tgt, target_term, e_acc)
         if not direct_e:
             _store_rows(e_acc, grad_e, rows)
     return grad_e, grad_c, grad_b
@@ -710,8 +736,10 @@ def _launch(args: tuple, flags: dict, modes: dict, n_rows: int, n_cols: int,
     def grid(meta: dict) -> tuple[int]:
         return (triton.cdiv(n_rows, meta["BLOCK_B"]) * triton.cdiv(n_cols, meta["BLOCK_V"]),)
 
-    if tuned and _backward_tuned is not None:
-        _backward_tuned[grid](*args, **flags, **modes)
+    fp32 = flags["DOT_PRECISION"] == "ieee"
+    tuner = _TUNERS.get(("backward", fp32))
+    if tuned and tuner is not None:
+        tuner[grid](*args, **flags, **modes)
         return
-    opts = _chosen(_backward_tuned, _BWD_SPECS)
+    opts = _chosen("backward", fp32)
     _backward_kernel[grid(opts)](*args, **flags, **modes, **opts)

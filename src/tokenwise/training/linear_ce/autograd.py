@@ -35,7 +35,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             lse, target_logit, entropy, col_sums = linear_ce_triton.lse_forward(
                 e2, c, bias, rows, tgt, cfg.softcap, cfg.return_entropy,
                 want_column_sums=any(need) and bool(cfg.filter_eps))
-            ctx.triton_extra = (target_logit if cfg.softcap is not None else None, col_sums)
+            ctx.triton_extra = (target_logit, col_sums)
         else:
             lse, target_logit, entropy = _torch_lse_forward(e2, c, bias, rows, tgt, cfg)
         nll = lse - target_logit  # (M,)
