@@ -9,8 +9,10 @@ the share of the products' work left. This script computes that share exactly fr
   column sort): a tile is kept when some ``|softmax - onehot| >= eps``, so every tile that
   holds a token's target is kept;
 * ``|p - onehot|, sorted``: the same, columns in descending order of their summed logits;
-* ``softmax term, vocabulary order``: ours, whose one-hot term is applied outside the tiles;
-* ``softmax term, sorted``: ours as shipped.
+* ``softmax term``: a one-hot term applied outside the tiles, the target's softmax entry still
+  tested in them;
+* ``off the target``: ours, whose tiles leave each token's target column out altogether (its
+  whole gradient is applied outside them), in vocabulary order and sorted (as shipped).
 
 For a mean loss every token's upstream scale is ``u = a = g``, so the softmax-term test is
 ``p >= eps``. ``eps`` is bf16's ``finfo.eps / 32`` (the "auto" threshold). The data is
@@ -68,10 +70,13 @@ def tile_shares(e: torch.Tensor, c: torch.Tensor, t: torch.Tensor, eps: float,
             target_hits.append(hit)
     big_all = torch.cat(softmax_hits)  # (N, V) bool, 1 byte each
     hit_all = torch.cat(target_hits)
+    is_target = torch.zeros_like(big_all)
+    is_target[torch.arange(n), t] = True
     for bb, bv in tiles:
         n_b = -(-n // bb)
         n_v = -(-v // bv)
-        for name, mat in (("softmax term", big_all), ("|p - onehot|", big_all | hit_all)):
+        for name, mat in (("|p - onehot|", big_all | hit_all), ("softmax term", big_all),
+                          ("off the target", big_all & ~is_target)):
             for sort_name, cols in (("vocabulary order", None), ("sorted", order)):
                 m = mat if cols is None else mat[:, cols]
                 pad = torch.zeros(n_b * bb, n_v * bv, dtype=torch.bool)
