@@ -226,8 +226,8 @@ def run_case(case: str, n: int, d: int, v: int, dtype: torch.dtype, device: str,
         if device == "cuda":
             stats = linear_ce_triton.TILE_STATS
             tiles = {"tiles": stats.tiles, "kept": stats.kept} if stats.tiles else None
-            configs = {f"{kind}{' fp32' if fp32 else ''}": str(tuner.best_config)
-                       for (kind, fp32), tuner in linear_ce_triton._TUNERS.items()
+            configs = {f"{kind} {operands}": str(tuner.best_config)
+                       for (kind, operands), tuner in linear_ce_triton._TUNERS.items()
                        if getattr(tuner, "best_config", None) is not None}
     grad_bytes = e.grad.numel() * e.grad.element_size() + c.grad.numel() * c.grad.element_size()
     return {"case": case, "peak_mib": (peak - base) / MIB, "time_s": statistics.median(times),

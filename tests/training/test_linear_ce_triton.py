@@ -245,14 +245,14 @@ def test_tuned_path_under_the_interpreter(monkeypatch):
         return [1.0 if config.kwargs["BLOCK_B"] == 128 else 2.0] * 3
 
     monkeypatch.setattr(autotuner.Autotuner, "_bench", fake_bench)
-    tuners = {(kind, fp32): linear_ce_triton._autotune(kernel, specs, *tune)
+    tuners = {(kind, operands): linear_ce_triton._autotune(kernel, specs, *tune)
               for kind, (kernel, tune) in linear_ce_triton._KERNELS.items()
-              for fp32 in (False, True)}
+              for operands in ("16", "fp32", "mixed")}
     monkeypatch.setattr(linear_ce_triton, "_TUNERS", tuners)
     check_case(torch.float32, bias=True, softcap=20.0, shift=1, invalid=True, reduction="none",
                z_loss=1e-2, with_lse=True, device=DEVICE, impl="triton")
-    assert tuners[("backward", True)].best_config.kwargs["BLOCK_B"] == 128
-    assert tuners[("forward", True)].best_config.kwargs["BLOCK_V"] == 128
+    assert tuners[("backward", "fp32")].best_config.kwargs["BLOCK_B"] == 128
+    assert tuners[("forward", "fp32")].best_config.kwargs["BLOCK_V"] == 128
     # without a filter: the one fused pass, tuned, accumulating grad_e over every tile
     check_case(torch.float16, bias=False, shift=0, invalid=False, reduction="mean",
                filter_eps=None, device=DEVICE, impl="triton")
@@ -276,3 +276,23 @@ def test_triton_only_some_inputs_need_a_gradient(which):
             assert all(t.grad is None for k, t in leaves.items() if k != which)
             got.append(leaves[which].grad)
         torch.testing.assert_close(got[0], got[1], rtol=1e-4, atol=1e-6)
+
+
+@needs_kernels
+@pytest.mark.parametrize(("e_dtype", "c_dtype"), [(torch.float32, torch.float16),
+                                                  (torch.float16, torch.float32)])
+def test_triton_mixed_dtypes(e_dtype, c_dtype):
+    """Mixed operands (fp32 activations with fp16 weights, or the reverse) take fp32 dots, each
+    tile cast in the kernel (no fp32 copy of the classifier), and give the torch loops'
+    gradients in each input's own dtype."""
+    e, c, targets, _ = make_inputs(torch.float32, bias=False, invalid=True, device=DEVICE)
+    e, c = e.to(e_dtype), c.to(c_dtype)
+    got = []
+    for impl, extra in (("triton", {}), ("torch", BLOCKS)):
+        ee, cc = e.clone().requires_grad_(), c.clone().requires_grad_()
+        loss = linear_cross_entropy(ee, cc, targets, shift=1, softcap=20.0, impl=impl, **extra)
+        loss.backward()
+        assert ee.grad.dtype == e_dtype and cc.grad.dtype == c_dtype
+        got.append((loss.detach(), ee.grad.float(), cc.grad.float()))
+    for ours, theirs in zip(*got, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=2e-3, atol=2e-5)

@@ -75,34 +75,44 @@ def compile_usage(fn, types: dict, consts: dict, warps: int, stages: int) -> dic
     return usage
 
 
-def _options(spec: tuple, fp32: bool) -> dict:
+def _options(spec: tuple, fp32_dots: bool) -> dict:
     b, v, d, _, _ = spec
     # every option on: the most live values, so the worst case for registers
     return dict(BLOCK_B=b, BLOCK_V=v, BLOCK_D=d, stride_e1=1, stride_c1=1,
-                DOT_PRECISION="ieee" if fp32 else "tf32", HAS_BIAS=True, HAS_SOFTCAP=True,
+                DOT_PRECISION="ieee" if fp32_dots else "tf32", HAS_BIAS=True, HAS_SOFTCAP=True,
                 HAS_ROWS=True)
 
 
-def _types(types: dict, fp32: bool) -> dict:
-    return {k: ("*fp32" if fp32 and v == BF16 else v) for k, v in types.items()}
+# the dtypes of e and c for each kind of operands
+DTYPES = {"16": ("*bf16", "*bf16"), "fp32": ("*fp32", "*fp32"), "mixed": ("*bf16", "*fp32"),
+          "mixed, fp32 e": ("*fp32", "*bf16")}
 
 
-@pytest.mark.parametrize(("fp32", "spec"), [(f, s) for (k, f), specs in K._SPECS.items()
-                                            if k == "forward" for s in specs])
-def test_forward_candidates_compile_without_spills(fp32, spec):
-    usage = compile_usage(K._lse_kernel, _types(FWD_TYPES, fp32),
-                          {**_options(spec, fp32), "HAS_ENTROPY": True, "HAS_COLSUM": True},
-                          *spec[3:])
+def _types(types: dict, operands: str) -> dict:
+    e, c = DTYPES[operands]
+    return {**types, "E": e, "Bias": e, "C": c}
+
+
+def _cases(kind: str) -> list:
+    return [(operands, spec) for (k, kinds), specs in K._SPECS.items() if k == kind
+            for operands in ([kinds] if kinds != "mixed" else [kinds, "mixed, fp32 e"])
+            for spec in specs]
+
+
+@pytest.mark.parametrize(("operands", "spec"), _cases("forward"))
+def test_forward_candidates_compile_without_spills(operands, spec):
+    usage = compile_usage(K._lse_kernel, _types(FWD_TYPES, operands),
+                          {**_options(spec, operands != "16"), "HAS_ENTROPY": True,
+                           "HAS_COLSUM": True}, *spec[3:])
     assert usage["STACK"] == 0, (spec, usage)
 
 
-@pytest.mark.parametrize(("fp32", "spec"), [(f, s) for (k, f), specs in K._SPECS.items()
-                                            if k == "backward" for s in specs])
+@pytest.mark.parametrize(("operands", "spec"), _cases("backward"))
 @pytest.mark.parametrize("name", sorted(PASSES))
-def test_backward_candidates_compile_without_spills(fp32, spec, name):
-    usage = compile_usage(K._backward_kernel, _types(BWD_TYPES, fp32),
-                          {**_options(spec, fp32), "GROUP_B": K._GROUP_B, **PASSES[name]},
-                          *spec[3:])
+def test_backward_candidates_compile_without_spills(operands, spec, name):
+    usage = compile_usage(K._backward_kernel, _types(BWD_TYPES, operands),
+                          {**_options(spec, operands != "16"), "GROUP_B": K._GROUP_B,
+                           **PASSES[name]}, *spec[3:])
     assert usage["STACK"] == 0, (spec, name, usage)
 
 

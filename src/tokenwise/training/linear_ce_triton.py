@@ -51,10 +51,10 @@ accumulated in place). fp32 inputs use full-precision (``ieee``) dot products, n
 bf16/fp16 tiles of ``d`` go into the products in the inputs' dtype with fp32 accumulation.
 
 Tiles: on CUDA each kernel is autotuned (``triton.autotune``, keyed by vocabulary size, width
-and a power-of-two bucket of the token count) over ``_SPECS``, for 16-bit and fp32 operands
-apart (fp32 needs smaller tiles); pass E runs with the tiles pass C chose (they share the keep
-map). Tuning compiles every candidate for each new combination of dtypes and options (about a
-minute, once; tuned choices are cached on disk where Triton supports it);
+and a power-of-two bucket of the token count) over ``_SPECS``, for 16-bit, fp32 and mixed
+operands apart (fp32 needs smaller tiles); pass E runs with the tiles pass C chose (they share
+the keep map). Tuning compiles every candidate for each new combination of dtypes and options
+(about a minute, once; tuned choices are cached on disk where Triton supports it);
 ``TOKENWISE_TRITON_AUTOTUNE=0`` (read at import) runs each list's first config instead.
 Skipped and kept tiles are counted on the device (``TILE_STATS``; reading it waits for the
 GPU).
@@ -175,24 +175,27 @@ def _configs(specs: list[tuple[int, int, int, int, int]]) -> list:
             for b, v, d, w, s in specs]
 
 
-# (BLOCK_B, BLOCK_V, BLOCK_D, num_warps, num_stages) per kernel and per operand width: 16-bit
-# operands (bf16/fp16, Hopper's wgmma) and fp32 operands (full-precision dots, plain mma, twice
-# the registers per element). Every candidate compiles for sm_90 without spilling registers
-# with bias, softcap, a row map and the entropy on (checked with Triton's compiler and
-# cuobjdump, no GPU needed: tests/training/test_linear_ce_triton_compile.py); every BLOCK_B /
-# BLOCK_V divides _ALIGN. The first of a list runs when tuning is off
-# (TOKENWISE_TRITON_AUTOTUNE=0); the interpreter runs _INTERPRETER_SPEC.
+# (BLOCK_B, BLOCK_V, BLOCK_D, num_warps, num_stages) per kernel and per kind of operands:
+# "16" (bf16/fp16, Hopper's wgmma), "fp32" (full-precision dots, plain mma, twice the registers
+# per element) and "mixed" (e and c of different dtypes: fp32 dots on tiles cast in the kernel,
+# the hungriest). Every candidate compiles for sm_90 without spilling registers with bias,
+# softcap, a row map and the entropy on (checked with Triton's compiler and cuobjdump, no GPU
+# needed: tests/training/test_linear_ce_triton_compile.py); every BLOCK_B / BLOCK_V divides
+# _ALIGN. The first of a list runs when tuning is off (TOKENWISE_TRITON_AUTOTUNE=0); the
+# interpreter runs _INTERPRETER_SPEC.
 _SPECS = {
-    ("forward", False): [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 128, 8, 3),
-                         (256, 64, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
+    ("forward", "16"): [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 128, 8, 3),
+                        (256, 64, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
+                        (64, 64, 32, 4, 3)],
+    ("backward", "16"): [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (256, 64, 64, 8, 3),
+                         (64, 256, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
                          (64, 64, 32, 4, 3)],
-    ("backward", False): [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (256, 64, 64, 8, 3),
-                          (64, 256, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
-                          (64, 64, 32, 4, 3)],
-    ("forward", True): [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 2),
-                        (32, 64, 32, 4, 3)],
-    ("backward", True): [(64, 64, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3),
-                         (64, 64, 32, 4, 2), (32, 64, 32, 4, 3)],
+    ("forward", "fp32"): [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 2),
+                          (32, 64, 32, 4, 3)],
+    ("backward", "fp32"): [(64, 64, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3),
+                           (64, 64, 32, 4, 2), (32, 64, 32, 4, 3)],
+    ("forward", "mixed"): [(32, 64, 32, 8, 3)],
+    ("backward", "mixed"): [(32, 64, 32, 8, 3)],
 }
 _INTERPRETER_SPEC = (64, 64, 32, 4, 3)
 _TUNE = os.environ.get("TOKENWISE_TRITON_AUTOTUNE", "1") not in ("", "0")
@@ -221,6 +224,9 @@ if triton is not None:
                         mask=b_mask[:, None] & d_mask[None, :], other=0.0)
             c = tl.load(C + cols[None, :] * stride_c0 + (d0 + offs_d)[:, None] * stride_c1,
                         mask=v_mask[None, :] & d_mask[:, None], other=0.0)
+            if DOT_PRECISION == "ieee":  # fp32 operands, or mixed ones cast tile by tile
+                e = e.to(tl.float32)
+                c = c.to(tl.float32)
             acc = tl.dot(e, c, acc, input_precision=DOT_PRECISION)
         if HAS_BIAS:
             acc += tl.load(Bias + cols, mask=v_mask, other=0.0).to(tl.float32)[None, :]
@@ -363,7 +369,10 @@ if triton is not None:
             tl.store(keep_at, keep.to(tl.uint8))
             if keep == 0:
                 return
-        d_in = d.to(E.dtype.element_ty)
+        if DOT_PRECISION == "ieee":  # noqa: SIM108 - a plain if on a constexpr compiles everywhere
+            d_in = d
+        else:
+            d_in = d.to(E.dtype.element_ty)
         offs_d = tl.arange(0, BLOCK_D)
         if COMPUTE_DB:
             tl.atomic_add(GradB + local_v, tl.sum(d, 0), mask=v_mask, sem="relaxed")
@@ -372,6 +381,8 @@ if triton is not None:
                 d_mask = (d0 + offs_d) < D
                 c = tl.load(C + cols[:, None] * stride_c0 + (d0 + offs_d)[None, :] * stride_c1,
                             mask=v_mask[:, None] & d_mask[None, :], other=0.0)
+                if DOT_PRECISION == "ieee":
+                    c = c.to(tl.float32)
                 part = tl.dot(d_in, c, input_precision=DOT_PRECISION)  # (BLOCK_B, BLOCK_D)
                 tl.atomic_add(GradE + offs_b.to(tl.int64)[:, None] * D + (d0 + offs_d)[None, :],
                               part, mask=b_mask[:, None] & d_mask[None, :], sem="relaxed")
@@ -385,6 +396,8 @@ if triton is not None:
                 d_mask = (d0 + offs_d) < D
                 e = tl.load(E + rows[:, None] * stride_e0 + (d0 + offs_d)[None, :] * stride_e1,
                             mask=b_mask[:, None] & d_mask[None, :], other=0.0)
+                if DOT_PRECISION == "ieee":
+                    e = e.to(tl.float32)
                 part = tl.dot(d_t, e, input_precision=DOT_PRECISION)  # (BLOCK_V, BLOCK_D)
                 tl.atomic_add(GradC + dc_rows[:, None] * D + (d0 + offs_d)[None, :], part,
                               mask=v_mask[:, None] & d_mask[None, :], sem="relaxed")
@@ -418,10 +431,10 @@ if triton is not None:
     _KERNELS = {"forward": (_lse_kernel, (["V", "D", "M_BIN"], ["ColSum"])),
                 "backward": (_backward_kernel, (["V_ALL", "D", "M_BIN"],
                                                 ["GradE", "GradC", "GradB"]))}
-    # one tuner per kind and operand width; none under the interpreter or with tuning off
+    # one tuner per kernel and kind of operands; none under the interpreter or with tuning off
     _TUNERS = {} if interpreting() or not _TUNE else {
-        (kind, fp32): _autotune(_KERNELS[kind][0], specs, *_KERNELS[kind][1])
-        for (kind, fp32), specs in _SPECS.items()}
+        (kind, operands): _autotune(_KERNELS[kind][0], specs, *_KERNELS[kind][1])
+        for (kind, operands), specs in _SPECS.items()}
 
 
 def _m_bin(m_rows: int) -> int:
@@ -429,22 +442,26 @@ def _m_bin(m_rows: int) -> int:
     return max(256, 1 << max(0, m_rows - 1).bit_length())
 
 
-def _chosen(kind: str, fp32: bool) -> dict:
-    """Launch options: the tuner's last choice for ``kind`` ("forward"/"backward") and operand
-    width; without a tuner the interpreter's small tiles, else the list's first."""
-    tuner = _TUNERS.get((kind, fp32))
+def _chosen(kind: str, operands: str) -> dict:
+    """Launch options: the tuner's last choice for ``kind`` ("forward"/"backward") and
+    ``operands`` ("16"/"fp32"/"mixed"); without a tuner the interpreter's small tiles, else the
+    list's first."""
+    tuner = _TUNERS.get((kind, operands))
     if tuner is not None:
         cfg = tuner.best_config
         return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-    b, v, d, w, s = _INTERPRETER_SPEC if interpreting() else _SPECS[(kind, fp32)][0]
+    b, v, d, w, s = _INTERPRETER_SPEC if interpreting() else _SPECS[(kind, operands)][0]
     return {"BLOCK_B": b, "BLOCK_V": v, "BLOCK_D": d, "num_warps": w, "num_stages": s}
 
 
-def _common_dtype(e2: Tensor, c: Tensor) -> tuple[Tensor, Tensor, str]:
-    """Operands with one dtype for tl.dot, and the dot precision to use."""
-    if e2.dtype != c.dtype:  # mixed inputs (e.g. fp32 activations, bf16 weights): fp32 dots
-        e2, c = e2.float(), c.float()
-    return e2, c, "ieee" if e2.dtype == torch.float32 else "tf32"
+def _operands(e2: Tensor, c: Tensor) -> tuple[str, str]:
+    """The kind of operands ("16", "fp32" or "mixed") and the dot precision: ``"ieee"`` (fp32
+    dots, the kernels cast each tile) for fp32 or mixed operands (e.g. fp32 activations with
+    bf16 weights: no fp32 copy of either is made), else ``"tf32"`` (ignored for 16-bit
+    operands, which go into the products as they are)."""
+    if e2.dtype != c.dtype:
+        return "mixed", "ieee"
+    return ("fp32", "ieee") if e2.dtype == torch.float32 else ("16", "tf32")
 
 
 def _split_count(m_rows: int, v_size: int, device: torch.device) -> int:
@@ -484,7 +501,7 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
         >>> # on CUDA tensors: lse, target_logit, _, _ = lse_forward(e, c, None, None, t,
         >>> #                                                        None, False)
     """
-    e2, c, precision = _common_dtype(e2, c)
+    operands, precision = _operands(e2, c)
     bias = None if bias is None else bias.contiguous()  # the kernels read it with stride 1
     m_rows, v_size, d_size = tgt.numel(), c.shape[0], c.shape[1]
     device = e2.device
@@ -513,9 +530,9 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
         target_logit, m_rows, d_size, e2.stride(0), e2.stride(1), c.stride(0), c.stride(1),
         softcap_arg, BLOCK_T=16, BLOCK_D=128, HAS_BIAS=bias is not None,
         HAS_SOFTCAP=softcap is not None, HAS_ROWS=rows is not None)
-    tuner = _TUNERS.get(("forward", precision == "ieee"))
+    tuner = _TUNERS.get(("forward", operands))
     if tuner is None:
-        opts = _chosen("forward", precision == "ieee")
+        opts = _chosen("forward", operands)
         _lse_kernel[(triton.cdiv(m_rows, opts["BLOCK_B"]), n_split)](*args, **flags, **opts)
     else:
         tuner[lambda meta: (triton.cdiv(m_rows, meta["BLOCK_B"]), n_split)](*args, **flags)
@@ -578,7 +595,7 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
         >>> #                                   (True, True, False))
     """
     need_e, need_c, need_b = need
-    e_in, c_in, precision = _common_dtype(e2, c)
+    operands, precision = _operands(e2, c)
     bias = None if bias is None else bias.contiguous()  # the kernels read it with stride 1
     m_rows, v_size, d_size = tgt.numel(), c.shape[0], c.shape[1]
     device = e2.device
@@ -613,8 +630,8 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
     keep = torch.zeros(triton.cdiv(m_rows, _MIN_BLOCK_B), triton.cdiv(v_size, _MIN_BLOCK_V),
                        dtype=torch.uint8, device=device) if filtered else scratch
     fused_e = need_e and not filtered
-    direct_c = need_c and c.dtype == torch.float32 and c_in is c
-    direct_e = e2.dtype == torch.float32 and rows is None and e_in is e2
+    direct_c = need_c and c.dtype == torch.float32
+    direct_e = e2.dtype == torch.float32 and rows is None
     # grad_e in fp32 for the fused pass: every token at once
     e_acc = None
     if fused_e:
@@ -624,7 +641,7 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
     softcap_arg = float(softcap) if softcap is not None else 1.0
     flags = dict(GROUP_B=_GROUP_B, HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
                  HAS_ROWS=rows is not None, DOT_PRECISION=precision)
-    strides = (e_in.stride(0), e_in.stride(1), c_in.stride(0), c_in.stride(1), softcap_arg)
+    strides = (e2.stride(0), e2.stride(1), c.stride(0), c.stride(1), softcap_arg)
     m_bin = _m_bin(m_rows)
 
     # pass C (or the one fused pass), vocabulary slice by vocabulary slice
@@ -649,7 +666,7 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
             if b_buf is not None:
                 b_buf.zero_()
             gc = grad_c if direct_c else (c_buf if c_buf is not None else scratch)
-            args = (e_in, c_in, bias if bias is not None else scratch, rows_arg, lse32, a32, thr,
+            args = (e2, c, bias if bias is not None else scratch, rows_arg, lse32, a32, thr,
                     place32, order[v0:v1] if order is not None else scratch, keep,
                     e_acc if e_acc is not None else scratch, gc,
                     b_buf if b_buf is not None else scratch, m_rows, v1 - v0, d_size, 0, v0,
@@ -657,12 +674,12 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
             modes = dict(HAS_ORDER=order is not None, WRITE_KEEP=filtered, READ_KEEP=False,
                          COMPUTE_DE=fused_e, COMPUTE_DC=need_c, DC_BY_COLUMN=direct_c,
                          COMPUTE_DB=need_b)
-            _launch(args, flags, modes, m_rows, v1 - v0, tuned=True)
+            _launch(args, flags, modes, m_rows, v1 - v0, operands, tuned=True)
             # the target columns of the tokens whose target lies in this slice
             tok = by_place[cuts[k]:cuts[k + 1]] if need_c else None
             if tok is not None and tok.numel():
                 dest = tgt.index_select(0, tok) if direct_c else place.index_select(0, tok) - v0
-                _target_scatter(e_in, rows, tok, dest, target_term.index_select(0, tok),
+                _target_scatter(e2, rows, tok, dest, target_term.index_select(0, tok),
                                 grad_c if direct_c else c_buf)
             if c_buf is not None:
                 _store_rows(c_buf[: v1 - v0], grad_c if order is not None else grad_c[v0:v1],
@@ -676,7 +693,7 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
             grad_b.index_add_(0, tgt, target_term)
         del c_buf, b_buf  # before pass E allocates its own buffer
     if filtered:
-        opts = _chosen("backward", precision == "ieee")
+        opts = _chosen("backward", operands)
         n_tb = triton.cdiv(m_rows, opts["BLOCK_B"])
         n_vt = triton.cdiv(v_size, opts["BLOCK_V"])
         # the kernels index the map by the tiles they ran with (row stride: the smallest's)
@@ -696,7 +713,7 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
         for t0 in range(0, m_rows, step):
             t1 = min(t0 + step, m_rows)
             buf = grad_e[t0:t1] if direct_e else e_buf[: t1 - t0].zero_()
-            args = (e_in, c_in, bias if bias is not None else scratch,
+            args = (e2, c, bias if bias is not None else scratch,
                     rows[t0:t1] if rows is not None else tgt, lse32[t0:t1], a32[t0:t1],
                     thr[t0:t1], place32[t0:t1], order if order is not None else scratch, keep,
                     buf, scratch,
@@ -705,13 +722,13 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
             modes = dict(HAS_ORDER=order is not None, WRITE_KEEP=False, READ_KEEP=True,
                          COMPUTE_DE=True, COMPUTE_DC=False, DC_BY_COLUMN=False,
                          COMPUTE_DB=False)
-            _launch(args, flags, modes, t1 - t0, v_size, tuned=False)
-            _target_rows(c_in, tgt[t0:t1], target_term[t0:t1], buf)
+            _launch(args, flags, modes, t1 - t0, v_size, operands, tuned=False)
+            _target_rows(c, tgt[t0:t1], target_term[t0:t1], buf)
             if not direct_e:
                 _store_rows(buf, grad_e[t0:t1] if rows is None else grad_e,
                             None if rows is None else rows[t0:t1])
     elif fused_e:
-        _target_rows(c_in, tgt, target_term, e_acc)
+        _target_rows(c, tgt, target_term, e_acc)
         if not direct_e:
             _store_rows(e_acc, grad_e, rows)
     return grad_e, grad_c, grad_b
@@ -729,17 +746,16 @@ def _store_rows(src: Tensor, dst: Tensor, index: Tensor | None) -> None:
         HAS_INDEX=index is not None, BLOCK_R=block_r, BLOCK_D=block_d)
 
 
-def _launch(args: tuple, flags: dict, modes: dict, n_rows: int, n_cols: int,
+def _launch(args: tuple, flags: dict, modes: dict, n_rows: int, n_cols: int, operands: str,
             tuned: bool) -> None:
     """One launch of the backward kernel over ``n_rows`` tokens x ``n_cols`` columns: tuned
     (pass C and the fused pass) or with the tiles the tuner chose (pass E)."""
     def grid(meta: dict) -> tuple[int]:
         return (triton.cdiv(n_rows, meta["BLOCK_B"]) * triton.cdiv(n_cols, meta["BLOCK_V"]),)
 
-    fp32 = flags["DOT_PRECISION"] == "ieee"
-    tuner = _TUNERS.get(("backward", fp32))
+    tuner = _TUNERS.get(("backward", operands))
     if tuned and tuner is not None:
         tuner[grid](*args, **flags, **modes)
         return
-    opts = _chosen("backward", fp32)
+    opts = _chosen("backward", operands)
     _backward_kernel[grid(opts)](*args, **flags, **modes, **opts)
