@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tests.training.linear_ce_reference import (
     BLOCKS,
     IGNORE,
@@ -138,13 +139,16 @@ def test_triton_column_order_changes_no_gradient():
     e, c, targets = make_peaked_inputs(torch.float32, n=130, v=700, d=40)
     e2, tgt = e.to(DEVICE), targets.to(DEVICE)
     c = c.to(DEVICE)
-    lse, target_logit, _, sums = linear_ce_triton.lse_forward(e2, c, None, None, tgt, None,
-                                                             False, want_column_sums=True)
+    out = linear_ce_triton.lse_forward(e2, c, None, None, tgt, None, False,
+                                       want_column_sums=True)
+    lse, target_logit, sums, off_lse = out.lse, out.target_logit, out.column_sums, \
+        out.off_target_lse
     torch.testing.assert_close(sums, (e2 @ c.T).sum(0), rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(lse, torch.logsumexp(e2 @ c.T, 1), rtol=1e-5, atol=1e-5)
     a = g = torch.full_like(lse, 1.0 / lse.numel())
     out = [linear_ce_triton.backward(e2, c, None, None, tgt, lse, a, g, None, 1e-30,
-                                     (True, True, False), target_logit, column_sums=s)
+                                     (True, True, False), target_logit, column_sums=s,
+                                     off_target_lse=off_lse)
            for s in (None, sums)]
     for one, other in zip(out[0][:2], out[1][:2], strict=True):
         torch.testing.assert_close(one, other, rtol=1e-4, atol=1e-7)
@@ -296,3 +300,33 @@ def test_triton_mixed_dtypes(e_dtype, c_dtype):
         got.append((loss.detach(), ee.grad.float(), cc.grad.float()))
     for ours, theirs in zip(*got, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=2e-3, atol=2e-5)
+
+
+@needs_kernels
+def test_triton_sure_tokens_keep_their_precision():
+    """Tokens whose target logit stands far above the rest (p_t within 1e-13 of 1): their
+    gradient, (p_t - 1) times the upstream weight, keeps its relative precision and their loss
+    is never below 0 - the target column is summed apart in the forward and its gradient
+    formed from the log-sum-exp off the target, not from two computations of one logit."""
+    gen = torch.Generator().manual_seed(0)
+    n, v, d = 64, 128, 4096
+    c = torch.randn(v, d, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, v, (n,), generator=gen)
+    e = 35.0 * c[t] / c[t].square().sum(1, keepdim=True)  # target logit 35, the rest ~N(0, 0.3)
+    ref_e, ref_c = e.clone().requires_grad_(), c.clone().requires_grad_()
+    F.cross_entropy(ref_e @ ref_c.T, t, reduction="sum").backward()
+    ee, cc = e.float().to(DEVICE).requires_grad_(), c.float().to(DEVICE).requires_grad_()
+    # no filter: every off-target entry here is below any threshold (the filter would drop
+    # them all, within its bound); what is checked is the target term's own precision
+    loss = linear_cross_entropy(ee, cc, t.to(DEVICE), reduction="none", filter_eps=None,
+                                impl="triton")
+    assert bool((loss >= 0).all()), loss.min()
+    loss.sum().backward()
+    # plain fp32 torch rounds p_t to 1 and loses the difference: ~100% error on grad_e here
+    pe, pc = e.float().requires_grad_(), c.float().requires_grad_()
+    F.cross_entropy(pe @ pc.T, t, reduction="sum").backward()
+    for got, plain, want in ((ee.grad, pe.grad, ref_e.grad), (cc.grad, pc.grad, ref_c.grad)):
+        err = float((got.double().cpu() - want).abs().max())
+        plain_err = float((plain.double() - want).abs().max())
+        assert err <= 2e-2 * float(want.abs().max()), (err, float(want.abs().max()))
+        assert err <= 0.1 * plain_err, (err, plain_err)

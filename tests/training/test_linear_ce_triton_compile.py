@@ -33,13 +33,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 TARGET = GPUTarget("cuda", 90, 32)
 BF16 = "*bf16"
-FWD_TYPES = dict(E=BF16, C=BF16, Bias=BF16, Rows="*i64", PartMax="*fp32", PartSum="*fp32",
-                 PartW="*fp32", ColSum="*fp32", M="i32", V="i32", D="i32", chunk_v="i32",
+FWD_TYPES = dict(E=BF16, C=BF16, Bias=BF16, Rows="*i64", Tgt="*i32", PartMax="*fp32",
+                 PartSum="*fp32", PartW="*fp32", ColSum="*fp32", M="i32", V="i32", D="i32",
+                 chunk_v="i32",
                  M_BIN="i32", stride_e0="i32", stride_e1="i32", stride_c0="i32",
                  stride_c1="i32", softcap="fp32")
 BWD_TYPES = dict(E=BF16, C=BF16, Bias=BF16, Rows="*i64", Lse="*fp32", A="*fp32", Thr="*fp32",
-                 TgtPlace="*i32",
-                 Order="*i64", Keep="*u8", GradE="*fp32", GradC="*fp32", GradB="*fp32",
+                 TgtPlace="*i32", Order="*i64", Keep="*u8", GradE="*fp32", GradC="*fp32",
+                 GradB="*fp32",
                  M="i32", n_cols="i32", D="i32", row0="i32", col0="i32", keep_stride="i32",
                  V_ALL="i32", M_BIN="i32", stride_e0="i32", stride_e1="i32", stride_c0="i32",
                  stride_c1="i32", softcap="fp32")

@@ -25,7 +25,8 @@ class DeviceCount:
 
     def __init__(self) -> None:
         self._value = 0
-        self._pending: Tensor | None = None  # one running device sum, however many adds
+        # one running sum per device, however many adds (tensors on two GPUs cannot be added)
+        self._pending: dict[torch.device, Tensor] = {}
 
     def add(self, n: int | Tensor) -> None:
         """Add an int now, or a 0-d tensor into a running sum on its device.
@@ -35,19 +36,20 @@ class DeviceCount:
         """
         if isinstance(n, Tensor):
             n = n.to(torch.int64)
-            self._pending = n if self._pending is None else self._pending + n
+            held = self._pending.get(n.device)
+            self._pending[n.device] = n if held is None else held + n
         else:
             self._value += n
 
     def reset(self) -> None:
         """Back to zero, dropping what was not read."""
         self._value = 0
-        self._pending = None
+        self._pending.clear()
 
     @property
     def value(self) -> int:
         """The sum so far."""
-        if self._pending is not None:
-            self._value += int(self._pending.item())
-            self._pending = None
+        for t in self._pending.values():
+            self._value += int(t.item())
+        self._pending.clear()
         return self._value

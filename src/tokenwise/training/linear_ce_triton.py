@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -88,7 +89,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     triton = None
     tl = None
 
-__all__ = ["TILE_STATS", "TileStats", "available", "backward", "interpreting", "lse_forward"]
+__all__ = ["TILE_STATS", "Forward", "TileStats", "available", "backward", "interpreting",
+           "lse_forward"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # largest fp32 buffers: one vocabulary slice of grad_c (when c is bf16/fp16) and one token slice
@@ -190,8 +192,7 @@ _SPECS = {
     ("backward", "16"): [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (256, 64, 64, 8, 3),
                          (64, 256, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
                          (64, 64, 32, 4, 3)],
-    ("forward", "fp32"): [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 2),
-                          (32, 64, 32, 4, 3)],
+    ("forward", "fp32"): [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (32, 64, 32, 4, 3)],
     ("backward", "fp32"): [(64, 64, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3),
                            (64, 64, 32, 4, 2), (32, 64, 32, 4, 3)],
     ("forward", "mixed"): [(32, 64, 32, 8, 3)],
@@ -235,7 +236,7 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _lse_kernel(E, C, Bias, Rows, PartMax, PartSum, PartW, ColSum, M, V, D,
+    def _lse_kernel(E, C, Bias, Rows, Tgt, PartMax, PartSum, PartW, ColSum, M, V, D,
                     chunk_v, M_BIN, stride_e0, stride_e1, stride_c0, stride_c1, softcap,
                     BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
                     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ROWS: tl.constexpr,
@@ -249,6 +250,7 @@ if triton is not None:
             rows = tl.load(Rows + offs_b, mask=b_mask, other=0).to(tl.int64)
         else:
             rows = offs_b.to(tl.int64)  # row * stride can pass 2**31 on long batches
+        tgt = tl.load(Tgt + offs_b, mask=b_mask, other=-1)  # int32
         run_max = tl.full((BLOCK_B,), float("-inf"), dtype=tl.float32)
         run_sum = tl.zeros((BLOCK_B,), dtype=tl.float32)
         run_w = tl.zeros((BLOCK_B,), dtype=tl.float32)
@@ -263,14 +265,18 @@ if triton is not None:
             if HAS_COLSUM:
                 col = tl.sum(tl.where(b_mask[:, None], z, 0.0), 0)
                 tl.atomic_add(ColSum + offs_v, col, mask=v_mask, sem="relaxed")
-            z = tl.where(v_mask[None, :], z, float("-inf"))
+            # the sums leave each token's target column out (the caller adds it back from the
+            # target logit), so 1 - p_t = exp(lse_off - lse) stays exact for a sure token
+            off = v_mask[None, :] & ((v0 + tl.arange(0, BLOCK_V))[None, :] != tgt[:, None])
+            z = tl.where(off, z, float("-inf"))
             new_max = tl.maximum(run_max, tl.max(z, 1))
-            rescale = tl.exp(run_max - new_max)  # 0 on the first tile (run_max = -inf)
+            # 0 on the first tile (run_max = -inf); a row with no column yet stays at 0
+            rescale = tl.where(new_max == float("-inf"), 0.0, tl.exp(run_max - new_max))
             y = z - new_max[:, None]
-            ex = tl.exp(y)  # 0 at masked columns
+            ex = tl.where(off, tl.exp(y), 0.0)
             if HAS_ENTROPY:
                 delta = tl.where(run_max == float("-inf"), 0.0, run_max - new_max)
-                wy = tl.where(v_mask[None, :], ex * y, 0.0)
+                wy = tl.where(off, ex * y, 0.0)
                 run_w = rescale * (run_w + delta * run_sum) + tl.sum(wy, 1)
             run_sum = run_sum * rescale + tl.sum(ex, 1)
             run_max = new_max
@@ -480,12 +486,27 @@ def _slice_rows(budget: int, width: int, total: int) -> int:
     return min(rows, triton.cdiv(total, _ALIGN) * _ALIGN)
 
 
+class Forward(NamedTuple):
+    """What :func:`lse_forward` returns, per valid token (fp32 ``(M,)``) unless said."""
+
+    lse: Tensor  #: log-sum-exp of the logits
+    target_logit: Tensor  #: the (softcapped) logit of the token's target
+    entropy: Tensor | None  #: of the softmax, when asked
+    column_sums: Tensor | None  #: ``(V,)`` logits summed over the tokens, when asked
+    off_target_lse: Tensor  #: log-sum-exp of the logits off the target (``-inf`` for V = 1)
+
+
 def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tgt: Tensor,
                 softcap: float | None, want_entropy: bool, want_column_sums: bool = False
-                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Per valid token: log-sum-exp, target logit and entropy, all fp32 ``(M,)``, and each
-    vocabulary column's logits summed over the tokens (fp32 ``(V,)``, for the backward's
-    column order).
+                ) -> Forward:
+    """Per valid token: log-sum-exp, target logit, entropy, and the log-sum-exp off the target
+    (``1 - p_t = exp(off_target_lse - lse)``, exact for a sure token); each vocabulary column's
+    logits summed over the tokens (for the backward's column order).
+
+    The walk over the vocabulary leaves each token's target column out and the target logit
+    (its own small kernel) is added back: ``lse = logaddexp(off_target_lse, target_logit)``,
+    so the loss ``lse - target_logit`` is never below 0 and the backward's target term does not
+    subtract two computations of the same logit.
 
     Args:
         e2: embeddings ``(N, D)``.
@@ -498,8 +519,7 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
         want_column_sums: also return the column sums (else None).
 
     Example:
-        >>> # on CUDA tensors: lse, target_logit, _, _ = lse_forward(e, c, None, None, t,
-        >>> #                                                        None, False)
+        >>> # on CUDA tensors: out = lse_forward(e, c, None, None, t, None, False); out.lse
     """
     operands, precision = _operands(e2, c)
     bias = None if bias is None else bias.contiguous()  # the kernels read it with stride 1
@@ -510,7 +530,7 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
         if want_column_sums else None
     if m_rows == 0:
         empty = target_logit.new_empty(0)
-        return empty, target_logit, empty if want_entropy else None, col_sums
+        return Forward(empty, target_logit, empty if want_entropy else None, col_sums, empty)
     n_split = _split_count(m_rows, v_size, device)
     chunk_v = triton.cdiv(triton.cdiv(v_size, n_split), _ALIGN) * _ALIGN
     n_split = triton.cdiv(v_size, chunk_v)
@@ -519,9 +539,9 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
     part_w = torch.empty_like(part_max) if want_entropy else part_max
     softcap_arg = float(softcap) if softcap is not None else 1.0
     args = (e2, c, bias if bias is not None else c, rows if rows is not None else tgt,
-            part_max, part_sum, part_w, col_sums if col_sums is not None else part_max, m_rows,
-            v_size, d_size, chunk_v, _m_bin(m_rows), e2.stride(0), e2.stride(1), c.stride(0),
-            c.stride(1), softcap_arg)
+            tgt.to(torch.int32), part_max, part_sum, part_w,
+            col_sums if col_sums is not None else part_max, m_rows, v_size, d_size, chunk_v,
+            _m_bin(m_rows), e2.stride(0), e2.stride(1), c.stride(0), c.stride(1), softcap_arg)
     flags = dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
                  HAS_ROWS=rows is not None, HAS_ENTROPY=want_entropy,
                  HAS_COLSUM=col_sums is not None, DOT_PRECISION=precision)
@@ -536,17 +556,25 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
         _lse_kernel[(triton.cdiv(m_rows, opts["BLOCK_B"]), n_split)](*args, **flags, **opts)
     else:
         tuner[lambda meta: (triton.cdiv(m_rows, meta["BLOCK_B"]), n_split)](*args, **flags)
-    # merge the vocabulary slices: (S, M) -> (M,)
-    top = part_max.amax(0)  # (M,)
-    weight = (part_max - top).exp()  # (S, M)
-    total = (weight * part_sum).sum(0)
+    # merge the vocabulary slices, then add the target column: (S, M) -> (M,), all relative to
+    # top, the largest logit (a slice, or a row, with no column left has max -inf and sum 0)
+    z_t = target_logit
+    top = torch.maximum(part_max.amax(0), z_t)  # finite: the target logit is
+    weight = (part_max - top).exp()  # (S, M), 0 where a slice had no column
+    off_total = (weight * part_sum).sum(0)
+    target_weight = (z_t - top).exp()
+    total = off_total + target_weight
     log_total = total.log()
     lse = top + log_total
+    off_lse = top + off_total.log()  # -inf when the target is the only column
     entropy = None
     if want_entropy:
-        w_total = (weight * (part_w + (part_max - top) * part_sum)).sum(0)
+        # sum of exp(z - top) (z - top) over the columns: each slice's from its own max
+        shift = torch.where(part_max == float("-inf"), 0.0, part_max - top)
+        w_total = (weight * (part_w + shift * part_sum)).sum(0)
+        w_total = w_total + target_weight * (z_t - top)
         entropy = log_total - w_total / total
-    return lse, target_logit, entropy, col_sums
+    return Forward(lse, target_logit, entropy, col_sums, off_lse)
 
 
 def _target_rows(c: Tensor, idx: Tensor, coef: Tensor, out: Tensor) -> None:
@@ -569,7 +597,8 @@ def _target_scatter(e2: Tensor, rows: Tensor | None, tokens: Tensor, dest: Tenso
 def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tgt: Tensor,
              lse: Tensor, a: Tensor, g: Tensor, softcap: float | None,
              filter_eps: float | None, need: tuple[bool, bool, bool],
-             target_logit: Tensor | None = None, column_sums: Tensor | None = None
+             target_logit: Tensor | None = None, column_sums: Tensor | None = None,
+             off_target_lse: Tensor | None = None
              ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Gradients for ``e2``, ``c``, ``bias`` of ``sum g * nll(+z-loss) + g_lse * lse``.
 
@@ -589,6 +618,8 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
             column's gradient is formed from it outside the tiles.
         column_sums: fp32 ``(V,)`` from the forward; with a filter, the columns are walked in
             descending order of it (None: in vocabulary order).
+        off_target_lse: fp32 ``(M,)`` from the forward (``1 - p_t = exp(off_target_lse -
+            lse)``).
 
     Example:
         >>> # grad_e, grad_c, grad_b = backward(e, c, None, None, t, lse, a, g, None, 2e-4,
@@ -608,14 +639,16 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
         if grad_c is not None:
             grad_c.zero_()
         return grad_e, grad_c, grad_b
-    if target_logit is None:
-        raise ValueError("backward needs the forward's target_logit")
+    if target_logit is None or off_target_lse is None:
+        raise ValueError("backward needs the forward's target_logit and off_target_lse")
     filtered = bool(filter_eps) and filter_eps > 0
     a32, g32 = a.float().contiguous(), g.float().contiguous()
     lse32 = lse.float().contiguous()
-    # each token's target column, whole, in fp32: (p_t * a - g) times the softcap's factor
+    # each token's target column, whole, in fp32: (p_t a - g) = (a - g) - a (1 - p_t), with
+    # 1 - p_t from the log-sum-exp off the target (exact for a sure token), times the
+    # softcap's factor
     z_t = target_logit.float()
-    target_term = (z_t - lse32).exp() * a32 - g32
+    target_term = (a32 - g32) - a32 * (off_target_lse.float() - lse32).exp()
     if softcap is not None:
         target_term = target_term * (1.0 - (z_t / softcap) ** 2)
     thr = (torch.maximum(a32.abs(), g32.abs()) * filter_eps).contiguous() if filtered else a32

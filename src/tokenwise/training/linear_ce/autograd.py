@@ -32,10 +32,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             from tokenwise.training import linear_ce_triton
 
             # the filtered backward walks the columns in the order of their summed logits
-            lse, target_logit, entropy, col_sums = linear_ce_triton.lse_forward(
+            out = linear_ce_triton.lse_forward(
                 e2, c, bias, rows, tgt, cfg.softcap, cfg.return_entropy,
                 want_column_sums=any(need) and bool(cfg.filter_eps))
-            ctx.triton_extra = (target_logit, col_sums)
+            lse, target_logit, entropy = out.lse, out.target_logit, out.entropy
+            ctx.triton_extra = (target_logit, out.column_sums, out.off_target_lse)
         else:
             lse, target_logit, entropy = _torch_lse_forward(e2, c, bias, rows, tgt, cfg)
         nll = lse - target_logit  # (M,)
@@ -101,10 +102,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if ctx.backend == "triton":
             from tokenwise.training import linear_ce_triton
 
-            target_logit, col_sums = ctx.triton_extra
+            target_logit, col_sums, off_lse = ctx.triton_extra
             grad_e, grad_c, grad_b = linear_ce_triton.backward(
                 e2, c, bias, rows, tgt, lse, a.contiguous(), g.contiguous(), cfg.softcap,
-                cfg.filter_eps, ctx.need, target_logit=target_logit, column_sums=col_sums)
+                cfg.filter_eps, ctx.need, target_logit=target_logit, column_sums=col_sums,
+                off_target_lse=off_lse)
             entries = linear_ce_triton.TILE_STATS.take_entries()
             if entries is not None:
                 _FILTER_STATS.add(*entries)
