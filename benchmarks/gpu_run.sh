@@ -42,8 +42,9 @@ for s in "${steps[@]}"; do
             triton.__version__, torch.cuda.get_device_name())"' ;;
     tests)
         # fixed tiles here: tuning would compile every candidate for each dtype and option set
-        TOKENWISE_TRITON_AUTOTUNE=0 step tests 90 python3 -m pytest -q -p no:cacheprovider tests/sampling/test_top_h.py \
-            tests/training/test_linear_ce_triton.py tests/compression/test_token_classifier.py ;;
+        TOKENWISE_TRITON_AUTOTUNE=0 step tests 90 python3 -m pytest -q -p no:cacheprovider \
+            tests/sampling/test_top_h.py tests/training/test_linear_ce_triton.py \
+            tests/compression/test_token_classifier.py ;;
     sampler)
         step sampler 70 python3 benchmarks/sampler_cost.py --device cuda ;;
     kv)
