@@ -1,4 +1,6 @@
-"""A count that adds device tensors without waiting for the device until it is read.
+"""Counts of the work the fused loss's filters leave: a count that adds device tensors
+without waiting for the device until it is read, and the shared filter counter that the torch
+loops and the Triton kernels both add to.
 
 Example:
     >>> import torch
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["DeviceCount"]
+__all__ = ["FILTER_STATS", "DeviceCount", "FilterStats"]
 
 
 class DeviceCount:
@@ -53,3 +55,46 @@ class DeviceCount:
             self._value += int(t.item())
         self._pending.clear()
         return self._value
+
+
+class FilterStats:
+    """How much gradient work the filter left: entries (token x vocabulary) of the gradient
+    blocks that were formed and multiplied, out of all entries of the blocks visited.
+
+    A debugging aid (tests and benchmarks read it to check that filtering really skips work);
+    not thread-safe.
+
+    Example:
+        >>> stats = FilterStats()
+        >>> stats.add(10, 4)
+        >>> stats.kept, stats.total
+        (4, 10)
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._kept = DeviceCount()  # the Triton path counts on the device, read when asked
+
+    def reset(self) -> None:
+        """Forget every count."""
+        self.total = 0
+        self._kept.reset()
+
+    def add(self, total: int, kept: int | Tensor) -> None:
+        """Count ``total`` entries visited, ``kept`` of them formed (an int or a 0-d tensor).
+
+        Args:
+            total: entries visited.
+            kept: entries formed and multiplied.
+        """
+        self.total += total
+        self._kept.add(kept)
+
+    @property
+    def kept(self) -> int:
+        """Entries formed and multiplied so far."""
+        return self._kept.value
+
+
+#: the one counter every path of the fused loss adds to
+FILTER_STATS = FilterStats()

@@ -80,7 +80,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tokenwise.training.counts import DeviceCount
+from tokenwise.training.counts import FILTER_STATS, DeviceCount
 
 try:
     import triton
@@ -139,24 +139,16 @@ class TileStats:
     def __init__(self) -> None:
         self.tiles = 0
         self._kept = DeviceCount()
-        self._entries: tuple[int, Tensor] | None = None
 
     def reset(self) -> None:
         """Forget every count."""
         self.tiles = 0
         self._kept.reset()
-        self._entries = None
 
-    def add(self, tiles: int, kept: Tensor, entries: int, kept_entries: Tensor) -> None:
-        """Count one backward's tiles and gradient entries (kept ones as 0-d device tensors)."""
+    def add(self, tiles: int, kept: Tensor) -> None:
+        """Count one backward's tiles (the kept ones as a 0-d device tensor)."""
         self.tiles += tiles
         self._kept.add(kept)
-        self._entries = (entries, kept_entries)
-
-    def take_entries(self) -> tuple[int, Tensor] | None:
-        """The last backward's (entries, kept entries), once; None if already taken."""
-        entries, self._entries = self._entries, None
-        return entries
 
     @property
     def kept(self) -> int:
@@ -213,6 +205,17 @@ if triton is not None:
         return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
     @triton.jit
+    def _row_tile(P, idx, row_mask, cols, col_mask, stride0, stride1,
+                  DOT_PRECISION: tl.constexpr):
+        # rows idx x columns cols of a row-major matrix, as the products take them: cast to
+        # fp32 for fp32 dots (fp32 operands, or mixed ones cast tile by tile)
+        x = tl.load(P + idx[:, None] * stride0 + cols[None, :] * stride1,
+                    mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+        if DOT_PRECISION == "ieee":
+            x = x.to(tl.float32)
+        return x
+
+    @triton.jit
     def _logits_tile(E, C, Bias, rows, cols, b_mask, v_mask, D, stride_e0, stride_e1,
                      stride_c0, stride_c1, softcap, BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr,
                      BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
@@ -221,12 +224,12 @@ if triton is not None:
         acc = tl.zeros((BLOCK_B, BLOCK_V), dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             d_mask = (d0 + offs_d) < D
-            e = tl.load(E + rows[:, None] * stride_e0 + (d0 + offs_d)[None, :] * stride_e1,
-                        mask=b_mask[:, None] & d_mask[None, :], other=0.0)
+            e = _row_tile(E, rows, b_mask, d0 + offs_d, d_mask, stride_e0, stride_e1,
+                          DOT_PRECISION)
+            # c's tile loaded (D, V) directly, as the product wants it
             c = tl.load(C + cols[None, :] * stride_c0 + (d0 + offs_d)[:, None] * stride_c1,
                         mask=v_mask[None, :] & d_mask[:, None], other=0.0)
-            if DOT_PRECISION == "ieee":  # fp32 operands, or mixed ones cast tile by tile
-                e = e.to(tl.float32)
+            if DOT_PRECISION == "ieee":
                 c = c.to(tl.float32)
             acc = tl.dot(e, c, acc, input_precision=DOT_PRECISION)
         if HAS_BIAS:
@@ -317,8 +320,7 @@ if triton is not None:
 
     @triton.jit
     def _backward_kernel(E, C, Bias, Rows, Lse, A, Thr, TgtPlace, Order, Keep, GradE, GradC,
-                         GradB,
-                         M, n_cols, D, row0, col0, keep_stride, V_ALL, M_BIN,
+                         GradB, M, n_cols, D, row0, col0, keep_stride, V_ALL, M_BIN,
                          stride_e0, stride_e1, stride_c0, stride_c1, softcap,
                          BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
                          GROUP_B: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -329,8 +331,9 @@ if triton is not None:
                          COMPUTE_DB: tl.constexpr, DOT_PRECISION: tl.constexpr):
         # tiles of this launch: tokens [row0, row0 + M) x columns [col0, col0 + n_cols) of the
         # (ordered) vocabulary; pointers Rows/Lse/A/Thr/TgtPlace/GradE start at row0, Order/GradC
-        # (unless DC_BY_COLUMN)/GradB at col0. Programs go over GROUP_B token blocks first,
-        # then the next vocabulary tile, so programs running together share c's rows in L2.
+        # (unless DC_BY_COLUMN)/GradB at col0. V_ALL and M_BIN are read by the tuner only (its
+        # key). Programs go over GROUP_B token blocks first, then the next vocabulary tile, so
+        # programs running together share c's rows in L2.
         pid = tl.program_id(0)
         n_b = tl.cdiv(M, BLOCK_B)
         n_v = tl.cdiv(n_cols, BLOCK_V)
@@ -385,10 +388,8 @@ if triton is not None:
         if COMPUTE_DE:
             for d0 in range(0, D, BLOCK_D):
                 d_mask = (d0 + offs_d) < D
-                c = tl.load(C + cols[:, None] * stride_c0 + (d0 + offs_d)[None, :] * stride_c1,
-                            mask=v_mask[:, None] & d_mask[None, :], other=0.0)
-                if DOT_PRECISION == "ieee":
-                    c = c.to(tl.float32)
+                c = _row_tile(C, cols, v_mask, d0 + offs_d, d_mask, stride_c0, stride_c1,
+                              DOT_PRECISION)
                 part = tl.dot(d_in, c, input_precision=DOT_PRECISION)  # (BLOCK_B, BLOCK_D)
                 tl.atomic_add(GradE + offs_b.to(tl.int64)[:, None] * D + (d0 + offs_d)[None, :],
                               part, mask=b_mask[:, None] & d_mask[None, :], sem="relaxed")
@@ -400,10 +401,8 @@ if triton is not None:
             d_t = tl.trans(d_in)
             for d0 in range(0, D, BLOCK_D):
                 d_mask = (d0 + offs_d) < D
-                e = tl.load(E + rows[:, None] * stride_e0 + (d0 + offs_d)[None, :] * stride_e1,
-                            mask=b_mask[:, None] & d_mask[None, :], other=0.0)
-                if DOT_PRECISION == "ieee":
-                    e = e.to(tl.float32)
+                e = _row_tile(E, rows, b_mask, d0 + offs_d, d_mask, stride_e0, stride_e1,
+                              DOT_PRECISION)
                 part = tl.dot(d_t, e, input_precision=DOT_PRECISION)  # (BLOCK_V, BLOCK_D)
                 tl.atomic_add(GradC + dc_rows[:, None] * D + (d0 + offs_d)[None, :], part,
                               mask=v_mask[:, None] & d_mask[None, :], sem="relaxed")
@@ -431,9 +430,9 @@ if triton is not None:
         return triton.autotune(configs=_configs(specs), key=key, reset_to_zero=reset,
                                **options)(kernel)
 
-    # the backward's key is the whole vocabulary (V_ALL), the same for every slice of a call,
-    # so a call is tuned at its first launch, before anything has been accumulated
-    # kernel, (key, accumulators the tuner zeroes) per kind
+    # per kernel: itself, the tuner's key and the accumulators it zeroes. The backward's key
+    # is the whole vocabulary (V_ALL), the same for every slice of a call, so a call is tuned
+    # at its first launch, before anything has been accumulated
     _KERNELS = {"forward": (_lse_kernel, (["V", "D", "M_BIN"], ["ColSum"])),
                 "backward": (_backward_kernel, (["V_ALL", "D", "M_BIN"],
                                                 ["GradE", "GradC", "GradB"]))}
@@ -537,19 +536,20 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
     part_max = torch.empty(n_split, m_rows, dtype=torch.float32, device=device)
     part_sum = torch.empty_like(part_max)
     part_w = torch.empty_like(part_max) if want_entropy else part_max
-    softcap_arg = float(softcap) if softcap is not None else 1.0
-    args = (e2, c, bias if bias is not None else c, rows if rows is not None else tgt,
-            tgt.to(torch.int32), part_max, part_sum, part_w,
+    # pointers the kernels do not read (HAS_BIAS / HAS_ROWS false) still need a tensor
+    bias_arg, rows_arg = bias if bias is not None else c, rows if rows is not None else tgt
+    strides = (e2.stride(0), e2.stride(1), c.stride(0), c.stride(1),
+               float(softcap) if softcap is not None else 1.0)
+    options = dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
+                   HAS_ROWS=rows is not None)
+    args = (e2, c, bias_arg, rows_arg, tgt.to(torch.int32), part_max, part_sum, part_w,
             col_sums if col_sums is not None else part_max, m_rows, v_size, d_size, chunk_v,
-            _m_bin(m_rows), e2.stride(0), e2.stride(1), c.stride(0), c.stride(1), softcap_arg)
-    flags = dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
-                 HAS_ROWS=rows is not None, HAS_ENTROPY=want_entropy,
-                 HAS_COLSUM=col_sums is not None, DOT_PRECISION=precision)
+            _m_bin(m_rows), *strides)
+    flags = dict(**options, HAS_ENTROPY=want_entropy, HAS_COLSUM=col_sums is not None,
+                 DOT_PRECISION=precision)
     _target_logit_kernel[(triton.cdiv(m_rows, 16),)](
-        e2, c, bias if bias is not None else c, rows if rows is not None else tgt, tgt,
-        target_logit, m_rows, d_size, e2.stride(0), e2.stride(1), c.stride(0), c.stride(1),
-        softcap_arg, BLOCK_T=16, BLOCK_D=128, HAS_BIAS=bias is not None,
-        HAS_SOFTCAP=softcap is not None, HAS_ROWS=rows is not None)
+        e2, c, bias_arg, rows_arg, tgt, target_logit, m_rows, d_size, *strides, BLOCK_T=16,
+        BLOCK_D=128, **options)
     tuner = _TUNERS.get(("forward", operands))
     if tuner is None:
         opts = _chosen("forward", operands)
@@ -577,21 +577,17 @@ def lse_forward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None,
     return Forward(lse, target_logit, entropy, col_sums, off_lse)
 
 
-def _target_rows(c: Tensor, idx: Tensor, coef: Tensor, out: Tensor) -> None:
-    """``out[k] += coef[k] * c[idx[k]]`` in fp32, ``_TARGET_ROWS`` rows at a time."""
+def _add_rows(src: Tensor, idx: Tensor, coef: Tensor, out: Tensor,
+              dest: Tensor | None = None) -> None:
+    """``out[dest[k]] += coef[k] * src[idx[k]]`` (``out[k]`` without ``dest``) in fp32,
+    ``_TARGET_ROWS`` rows at a time (so the fp32 temporaries stay small)."""
     for k0 in range(0, idx.numel(), _TARGET_ROWS):
         k1 = min(k0 + _TARGET_ROWS, idx.numel())
-        out[k0:k1].addcmul_(c.index_select(0, idx[k0:k1]).float(), coef[k0:k1, None])
-
-
-def _target_scatter(e2: Tensor, rows: Tensor | None, tokens: Tensor, dest: Tensor,
-                    coef: Tensor, out: Tensor) -> None:
-    """``out[dest[k]] += coef[k] * e2[row of tokens[k]]`` in fp32, a few rows at a time."""
-    for k0 in range(0, tokens.numel(), _TARGET_ROWS):
-        k1 = min(k0 + _TARGET_ROWS, tokens.numel())
-        tok = tokens[k0:k1]
-        src = e2.index_select(0, tok if rows is None else rows.index_select(0, tok))
-        out.index_add_(0, dest[k0:k1], src.float() * coef[k0:k1, None])
+        part = src.index_select(0, idx[k0:k1]).float().mul_(coef[k0:k1, None])
+        if dest is None:
+            out[k0:k1] += part
+        else:
+            out.index_add_(0, dest[k0:k1], part)
 
 
 def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tgt: Tensor,
@@ -631,14 +627,12 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
     m_rows, v_size, d_size = tgt.numel(), c.shape[0], c.shape[1]
     device = e2.device
     grad_e = torch.zeros(e2.shape, dtype=e2.dtype, device=device) if need_e else None
-    # an fp32 classifier's gradient is accumulated in place; slices write every other one
-    grad_c = (torch.zeros(c.shape, dtype=c.dtype, device=device) if c.dtype == torch.float32
-              else torch.empty(c.shape, dtype=c.dtype, device=device)) if need_c else None
     grad_b = torch.zeros(v_size, dtype=torch.float32, device=device) if need_b else None
     if m_rows == 0 or not any(need):
-        if grad_c is not None:
-            grad_c.zero_()
-        return grad_e, grad_c, grad_b
+        return grad_e, (torch.zeros_like(c) if need_c else None), grad_b
+    # an fp32 classifier's gradient is accumulated in place; slices write every other one
+    grad_c = (torch.zeros_like(c) if c.dtype == torch.float32 else torch.empty_like(c)) \
+        if need_c else None
     if target_logit is None or off_target_lse is None:
         raise ValueError("backward needs the forward's target_logit and off_target_lse")
     filtered = bool(filter_eps) and filter_eps > 0
@@ -670,11 +664,14 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
     if fused_e:
         e_acc = grad_e if direct_e else torch.zeros(m_rows, d_size, dtype=torch.float32,
                                                     device=device)
-    rows_arg = rows if rows is not None else tgt
-    softcap_arg = float(softcap) if softcap is not None else 1.0
+    # pointers the kernel does not read (by its flags) still need a tensor
+    bias_arg = bias if bias is not None else scratch
+    order_arg = order if order is not None else scratch
     flags = dict(GROUP_B=_GROUP_B, HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
-                 HAS_ROWS=rows is not None, DOT_PRECISION=precision)
-    strides = (e2.stride(0), e2.stride(1), c.stride(0), c.stride(1), softcap_arg)
+                 HAS_ROWS=rows is not None, HAS_ORDER=order is not None,
+                 DOT_PRECISION=precision)
+    strides = (e2.stride(0), e2.stride(1), c.stride(0), c.stride(1),
+               float(softcap) if softcap is not None else 1.0)
     m_bin = _m_bin(m_rows)
 
     # pass C (or the one fused pass), vocabulary slice by vocabulary slice
@@ -699,21 +696,21 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
             if b_buf is not None:
                 b_buf.zero_()
             gc = grad_c if direct_c else (c_buf if c_buf is not None else scratch)
-            args = (e2, c, bias if bias is not None else scratch, rows_arg, lse32, a32, thr,
-                    place32, order[v0:v1] if order is not None else scratch, keep,
+            args = (e2, c, bias_arg, rows if rows is not None else tgt, lse32, a32, thr,
+                    place32, order_arg[v0:v1] if order is not None else scratch, keep,
                     e_acc if e_acc is not None else scratch, gc,
                     b_buf if b_buf is not None else scratch, m_rows, v1 - v0, d_size, 0, v0,
                     keep.shape[1] if filtered else 0, v_size, m_bin, *strides)
-            modes = dict(HAS_ORDER=order is not None, WRITE_KEEP=filtered, READ_KEEP=False,
-                         COMPUTE_DE=fused_e, COMPUTE_DC=need_c, DC_BY_COLUMN=direct_c,
-                         COMPUTE_DB=need_b)
+            modes = dict(WRITE_KEEP=filtered, READ_KEEP=False, COMPUTE_DE=fused_e,
+                         COMPUTE_DC=need_c, DC_BY_COLUMN=direct_c, COMPUTE_DB=need_b)
             _launch(args, flags, modes, m_rows, v1 - v0, operands, tuned=True)
             # the target columns of the tokens whose target lies in this slice
             tok = by_place[cuts[k]:cuts[k + 1]] if need_c else None
             if tok is not None and tok.numel():
                 dest = tgt.index_select(0, tok) if direct_c else place.index_select(0, tok) - v0
-                _target_scatter(e2, rows, tok, dest, target_term.index_select(0, tok),
-                                grad_c if direct_c else c_buf)
+                _add_rows(e2, tok if rows is None else rows.index_select(0, tok),
+                          target_term.index_select(0, tok), grad_c if direct_c else c_buf,
+                          dest)
             if c_buf is not None:
                 _store_rows(c_buf[: v1 - v0], grad_c if order is not None else grad_c[v0:v1],
                             order[v0:v1] if order is not None else None)
@@ -735,8 +732,8 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
         span_b[-1] = m_rows - (n_tb - 1) * opts["BLOCK_B"]
         span_v = torch.full((n_vt,), opts["BLOCK_V"], device=device)
         span_v[-1] = v_size - (n_vt - 1) * opts["BLOCK_V"]
-        TILE_STATS.add(n_tb * n_vt, tile_keep.sum(), m_rows * v_size,
-                       (tile_keep * span_b[:, None] * span_v).sum())
+        TILE_STATS.add(n_tb * n_vt, tile_keep.sum())
+        FILTER_STATS.add(m_rows * v_size, (tile_keep * span_b[:, None] * span_v).sum())
 
     # pass E: grad_e from the kept tiles, token slice by token slice
     if need_e and filtered:
@@ -746,22 +743,19 @@ def backward(e2: Tensor, c: Tensor, bias: Tensor | None, rows: Tensor | None, tg
         for t0 in range(0, m_rows, step):
             t1 = min(t0 + step, m_rows)
             buf = grad_e[t0:t1] if direct_e else e_buf[: t1 - t0].zero_()
-            args = (e2, c, bias if bias is not None else scratch,
-                    rows[t0:t1] if rows is not None else tgt, lse32[t0:t1], a32[t0:t1],
-                    thr[t0:t1], place32[t0:t1], order if order is not None else scratch, keep,
-                    buf, scratch,
+            args = (e2, c, bias_arg, rows[t0:t1] if rows is not None else tgt, lse32[t0:t1],
+                    a32[t0:t1], thr[t0:t1], place32[t0:t1], order_arg, keep, buf, scratch,
                     scratch, t1 - t0, v_size, d_size, t0, 0, keep.shape[1], v_size, m_bin,
                     *strides)
-            modes = dict(HAS_ORDER=order is not None, WRITE_KEEP=False, READ_KEEP=True,
-                         COMPUTE_DE=True, COMPUTE_DC=False, DC_BY_COLUMN=False,
-                         COMPUTE_DB=False)
+            modes = dict(WRITE_KEEP=False, READ_KEEP=True, COMPUTE_DE=True, COMPUTE_DC=False,
+                         DC_BY_COLUMN=False, COMPUTE_DB=False)
             _launch(args, flags, modes, t1 - t0, v_size, operands, tuned=False)
-            _target_rows(c, tgt[t0:t1], target_term[t0:t1], buf)
+            _add_rows(c, tgt[t0:t1], target_term[t0:t1], buf)
             if not direct_e:
                 _store_rows(buf, grad_e[t0:t1] if rows is None else grad_e,
                             None if rows is None else rows[t0:t1])
     elif fused_e:
-        _target_rows(c, tgt, target_term, e_acc)
+        _add_rows(c, tgt, target_term, e_acc)
         if not direct_e:
             _store_rows(e_acc, grad_e, rows)
     return grad_e, grad_c, grad_b

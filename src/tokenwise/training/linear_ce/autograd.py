@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tokenwise.training.linear_ce.blocks import _FILTER_STATS, _Config
+from tokenwise.training.linear_ce.blocks import _Config
 from tokenwise.training.linear_ce.column_backward import _torch_backward_columns
 from tokenwise.training.linear_ce.forward import _torch_lse_forward
 from tokenwise.training.linear_ce.fused import _torch_fused
@@ -107,9 +107,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 e2, c, bias, rows, tgt, lse, a.contiguous(), g.contiguous(), cfg.softcap,
                 cfg.filter_eps, ctx.need, target_logit=target_logit, column_sums=col_sums,
                 off_target_lse=off_lse)
-            entries = linear_ce_triton.TILE_STATS.take_entries()
-            if entries is not None:
-                _FILTER_STATS.add(*entries)
         elif cfg.filter_eps and c.dtype == cfg.acc:
             # column filtering needs whole rows per token block and a full-size grad_c in the
             # accumulation dtype, which a low-precision c would make twice its gradient's size

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tokenwise.training.counts import DeviceCount
+from tokenwise.training.counts import FILTER_STATS
 
 # Each transient logits block holds about this many elements (16 MiB in fp32): big enough for
 # efficient matrix products, small next to the gradients themselves.
@@ -113,28 +113,5 @@ def _gathered_products(d: Tensor, idx: Tensor, e_b: Tensor, rows_b: Tensor | Non
         grad_b.index_add_(0, idx, d.sum(0))
 
 
-class _FilterStats:
-    """How much gradient work the filter left: entries (token x vocabulary) of the gradient
-    blocks that were formed and multiplied, out of all entries of the blocks visited.
-
-    A debugging aid (tests read it to check that filtering really skips work); not thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self.total = 0
-        self._kept = DeviceCount()  # the Triton path counts on the device, read when asked
-
-    def reset(self) -> None:
-        self.total = 0
-        self._kept.reset()
-
-    def add(self, total: int, kept: int | Tensor) -> None:
-        self.total += total
-        self._kept.add(kept)
-
-    @property
-    def kept(self) -> int:
-        return self._kept.value
-
-
-_FILTER_STATS = _FilterStats()
+# the counter lives below this package so the Triton kernels can add to it too
+_FILTER_STATS = FILTER_STATS
